@@ -1,17 +1,195 @@
-"""Cloud Functions entry points (placeholder while the skeleton is being built)."""
+"""Cloud Functions entry points. They translate transports to use cases and nothing else.
+
+  http_api          the public HTTP API (jobs in, status out)
+  pubsub_worker     one Pub/Sub message = one image, delivered as a CloudEvent
+  scheduled_poller  called by Cloud Scheduler: reconciles work that needs a nudge
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+
 import functions_framework
+import pydantic
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.routing import Map, Rule
+
+import wiring
+from adapters.pubsub_queue import decode_work_message
+from core import errors, usecases
+from schemas import JobRequest, error_fields
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+log = logging.getLogger("imagefleet")
+
+_ROUTES = Map(
+    [
+        Rule("/healthz", endpoint="healthz", methods=["GET"]),
+        Rule("/v1/jobs", endpoint="submit", methods=["POST"]),
+        Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
+    ],
+    strict_slashes=False,
+)
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, fields: list | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.fields = code, reason, message, fields
+
+
+def _json(body: dict, code: int = 200, headers: dict | None = None):
+    return json.dumps(body), code, {"Content-Type": "application/json", **(headers or {})}
+
+
+def _error(e: ApiError):
+    body = {"error": {"code": e.code, "reason": e.reason, "message": e.message}}
+    if e.fields:
+        body["error"]["fields"] = e.fields
+    return _json(body, e.code)
 
 
 @functions_framework.http
 def http_api(request):
-    return {"status": "ok"}
+    try:
+        adapter = _ROUTES.bind_to_environ(request.environ)
+        endpoint, args = adapter.match()
+        return _HANDLERS[endpoint](request, **args)
+    except ApiError as e:
+        return _error(e)
+    except MethodNotAllowed as e:
+        allowed = ", ".join(e.valid_methods or [])
+        return _error(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"))
+    except RouteNotFound:
+        return _error(ApiError(404, "not_found", f"no route {request.path}"))
+    except HTTPException as e:  # e.g. 413 from the body size cap
+        return _error(ApiError(e.code or 400, e.name.lower().replace(" ", "_"), e.description or e.name))
+    except Exception:  # never an HTML error page: log it, answer JSON
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(ApiError(500, "internal", "internal error; see the function's logs"))
+
+
+def _healthz(request):
+    return _json({"status": "ok"})
+
+
+def _read_json(request, max_bytes: int):
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
+    request.max_content_length = max_bytes
+    try:
+        return json.loads(request.get_data(cache=False))
+    except HTTPException:
+        raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}")
+
+
+def _submit(request):
+    s = wiring.settings()
+    body = _read_json(request, s.max_body_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object",
+                       [{"field": "(body)", "problem": "expected an object"}])
+    try:
+        job_request = JobRequest.model_validate(
+            body, context={"max_items_per_job": s.max_items_per_job, "max_prompt_chars": s.max_prompt_chars}
+        )
+    except pydantic.ValidationError as e:
+        fields = error_fields(e)
+        raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields)
+    try:
+        job = usecases.submit_job(
+            job_request.to_spec(),
+            store=wiring.job_store(),
+            queue=wiring.work_queue(),
+            clock=wiring.clock(),
+            model=s.gemini_model,
+            interactive_threshold=s.interactive_threshold,
+            batch_available=s.batch_lane_enabled,
+        )
+    except errors.LaneUnavailable as e:
+        raise ApiError(503, "lane_unavailable", str(e))
+    status_url = f"/v1/jobs/{job.job_id}"
+    log.info("accepted job %s: %d items, lane %s", job.job_id, job.item_count, job.lane.value)
+    return _json(
+        {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
+         "item_count": job.item_count, "status_url": status_url},
+        202, {"Location": status_url},
+    )
+
+
+def _status(request, job_id: str):
+    try:
+        page_size = int(request.args.get("page_size", 100))
+    except ValueError:
+        page_size = -1
+    if not 1 <= page_size <= 500:
+        raise ApiError(400, "invalid_request", "page_size must be an integer from 1 to 500",
+                       [{"field": "page_size", "problem": "out of range"}])
+    page_token = request.args.get("page_token")
+    if page_token is not None and not page_token.isdigit():
+        raise ApiError(400, "invalid_request", "page_token is not one this API issued",
+                       [{"field": "page_token", "problem": "invalid"}])
+    if not job_id.isalnum() or len(job_id) > 64:
+        raise ApiError(404, "not_found", f"job {job_id} not found")
+    try:
+        body = usecases.get_job_status(
+            job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token
+        )
+    except errors.NotFound as e:
+        raise ApiError(404, "not_found", str(e))
+    return _json(body)
+
+
+_HANDLERS = {"healthz": _healthz, "submit": _submit, "status": _status}
+
+
+class RetryLater(Exception):
+    """Raised to make functions-framework answer 500, so that Pub/Sub redelivers the message."""
 
 
 @functions_framework.cloud_event
 def pubsub_worker(cloud_event):
-    return None
+    message = (cloud_event.data or {}).get("message") or {}
+    message_id = message.get("messageId") or message.get("message_id")
+    try:
+        job_id, key = decode_work_message(base64.b64decode(message.get("data") or b""))
+    except ValueError as e:
+        # A message we cannot read can never succeed: log it with its id and drop it.
+        log.error("dropping unreadable message %s: %s", message_id, e)
+        return
+    s = wiring.settings()
+    outcome = usecases.process_item(
+        job_id,
+        key,
+        store=wiring.job_store(),
+        generator=wiring.image_generator(),
+        sink=wiring.image_sink(),
+        limiter=wiring.rate_limiter(),
+        clock=wiring.clock(),
+        owner=f"{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
+        max_attempts=s.max_attempts,
+        max_wait=s.max_wait_seconds,
+        lease_seconds=s.lease_seconds,
+    )
+    log.info("item %s/%s: %s %s", job_id, key, outcome.state, outcome.reason)
+    if not outcome.ack:
+        raise RetryLater(f"{job_id}/{key}: {outcome.reason}")
 
 
 @functions_framework.http
 def scheduled_poller(request):
-    return {"status": "ok"}
+    s = wiring.settings()
+    republished = usecases.reconcile_unpublished(
+        store=wiring.job_store(), queue=wiring.work_queue(), clock=wiring.clock(),
+        grace_seconds=s.republish_grace_seconds,
+    )
+    return _json({"republished_jobs": republished})

@@ -1,0 +1,223 @@
+"""Firestore persistence: jobs, their items, and the shared rate limiter's slots and leases.
+
+Layout:
+  jobs/{job_id}                       the job (written at submit and at a few transitions)
+  jobs/{job_id}/items/{item_key}      one document per image: each is written by one worker at a
+                                      time, so no document sees more than a few writes per second
+  ratelimit/{limiter_id}              blocked_until, written only when a 429 pushes everyone back
+  ratelimit/{limiter_id}/slots/{n}    one create-only document per send slot (TTL on expire_at)
+  ratelimit/{limiter_id}/leases/{i}   the concurrency leases
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from core.models import Item, ItemState, Job, JobStatus, TERMINAL_JOB_STATUSES
+
+# Firestore accepts at most 500 writes in one batch.
+_BATCH_LIMIT = 500
+
+
+def _ts(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
+
+
+class FirestoreJobStore:
+    def __init__(self, client: firestore.Client, collection: str = "jobs") -> None:
+        self.db = client
+        self.jobs = client.collection(collection)
+
+    def _items(self, job_id: str):
+        return self.jobs.document(job_id).collection("items")
+
+    def create_job(self, job: Job, items: Sequence[Item]) -> None:
+        # Items first, job last: a reader that finds the job document finds all its items.
+        items_ref = self._items(job.job_id)
+        for start in range(0, len(items), _BATCH_LIMIT):
+            batch = self.db.batch()
+            for item in items[start : start + _BATCH_LIMIT]:
+                batch.create(items_ref.document(item.key), item.to_dict())
+            batch.commit()
+        self.jobs.document(job.job_id).create(job.to_dict())
+
+    def get_job(self, job_id: str) -> Job | None:
+        snap = self.jobs.document(job_id).get()
+        return Job.from_dict(snap.to_dict()) if snap.exists else None
+
+    def mark_published(self, job_id: str, now: float) -> None:
+        self.jobs.document(job_id).update({"published": True, "updated_at": now})
+
+    def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
+        # Equality only, so no composite index is needed; the age filter is applied here.
+        query = self.jobs.where(filter=FieldFilter("published", "==", False)).limit(limit)
+        jobs = [Job.from_dict(s.to_dict()) for s in query.stream()]
+        return [j for j in jobs if j.created_at < older_than]
+
+    def get_item(self, job_id: str, key: str) -> Item | None:
+        snap = self._items(job_id).document(key).get()
+        return Item.from_dict(snap.to_dict()) if snap.exists else None
+
+    def list_items(self, job_id: str, start_after_index: int | None, limit: int) -> list[Item]:
+        query = self._items(job_id).order_by("index")
+        if start_after_index is not None:
+            query = query.start_after({"index": start_after_index})
+        return [Item.from_dict(s.to_dict()) for s in query.limit(limit).stream()]
+
+    def count_items(self, job_id: str) -> dict[ItemState, int]:
+        # Counts come from aggregation queries over the items, never from a counter on the
+        # job document, which would be written once per item (a hot document).
+        counts = {}
+        for state in ItemState:
+            query = self._items(job_id).where(filter=FieldFilter("state", "==", state.value))
+            result = query.count().get()
+            counts[state] = int(result[0][0].value)
+        return counts
+
+    def claim_item(
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+    ) -> Item | None:
+        ref = self._items(job_id).document(key)
+
+        @firestore.transactional
+        def claim(tx: firestore.Transaction) -> Item | None:
+            snap = ref.get(transaction=tx)
+            if not snap.exists:
+                return None
+            item = Item.from_dict(snap.to_dict())
+            if item.terminal:
+                return None
+            if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
+                return None
+            updates = {
+                "state": ItemState.RUNNING.value,
+                "lease_owner": owner,
+                "lease_expires_at": now + lease_seconds,
+                "updated_at": now,
+            }
+            tx.update(ref, updates)
+            item.state = ItemState.RUNNING
+            item.lease_owner = owner
+            item.lease_expires_at = now + lease_seconds
+            return item
+
+        return claim(self.db.transaction())
+
+    def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
+        ref = self._items(job_id).document(key)
+
+        @firestore.transactional
+        def finish(tx: firestore.Transaction) -> bool:
+            snap = ref.get(transaction=tx)
+            if not snap.exists or snap.get("lease_owner") != owner:
+                return False
+            tx.update(ref, updates)
+            return True
+
+        return finish(self.db.transaction())
+
+    def set_job_running(self, job_id: str, now: float) -> None:
+        self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
+
+    def complete_job(self, job_id: str, status: JobStatus, now: float) -> None:
+        self._transition(
+            job_id, status, now,
+            allowed_from={JobStatus.QUEUED, JobStatus.RUNNING},
+            extra={"finished_at": now},
+        )
+
+    def _transition(
+        self, job_id: str, status: JobStatus, now: float,
+        allowed_from: set[JobStatus], extra: dict | None = None,
+    ) -> None:
+        ref = self.jobs.document(job_id)
+
+        @firestore.transactional
+        def move(tx: firestore.Transaction) -> None:
+            snap = ref.get(transaction=tx)
+            if not snap.exists:
+                return
+            current = JobStatus(snap.get("status"))
+            if current not in allowed_from or current in TERMINAL_JOB_STATUSES:
+                return
+            tx.update(ref, {"status": status.value, "updated_at": now, **(extra or {})})
+
+        move(self.db.transaction())
+
+
+class FirestoreSlotStore:
+    """The SlotStore of core.ratelimit on Firestore."""
+
+    def __init__(self, client: firestore.Client, limiter_id: str, collection: str = "ratelimit"):
+        self.db = client
+        self.root = client.collection(collection).document(limiter_id)
+        self.slots = self.root.collection("slots")
+        self.leases = self.root.collection("leases")
+
+    def blocked_until(self) -> float:
+        snap = self.root.get()
+        return float(snap.get("blocked_until")) if snap.exists and snap.to_dict().get("blocked_until") else 0.0
+
+    def push_blocked_until(self, until: float) -> None:
+        @firestore.transactional
+        def push(tx: firestore.Transaction) -> None:
+            snap = self.root.get(transaction=tx)
+            current = (snap.to_dict() or {}).get("blocked_until", 0.0) if snap.exists else 0.0
+            if until > current:
+                tx.set(self.root, {"blocked_until": until}, merge=True)
+
+        push(self.db.transaction())
+
+    def last_slot(self) -> int | None:
+        query = self.slots.order_by("slot", direction=firestore.Query.DESCENDING).limit(1)
+        for snap in query.stream():
+            return int(snap.get("slot"))
+        return None
+
+    def try_claim_slot(self, slot: int, owner: str, expire_at: float) -> bool:
+        try:
+            # Zero-padded ids keep the documents in time order in the console.
+            self.slots.document(f"{slot:015d}").create(
+                {"slot": slot, "owner": owner, "expire_at": _ts(expire_at)}
+            )
+            return True
+        except gexc.Conflict:
+            return False
+
+    def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
+        candidates = list(range(capacity))
+        random.shuffle(candidates)
+        for index in candidates:
+            ref = self.leases.document(str(index))
+
+            @firestore.transactional
+            def take(tx: firestore.Transaction, ref=ref) -> bool:
+                snap = ref.get(transaction=tx)
+                data = snap.to_dict() or {}
+                if data.get("owner") and data.get("expires_at", 0) > now:
+                    return False
+                tx.set(ref, {"owner": owner, "expires_at": now + ttl})
+                return True
+
+            try:
+                if take(self.db.transaction()):
+                    return ref.id
+            except (gexc.Aborted, ValueError):
+                continue  # lost the race for this lease; try the next one
+        return None
+
+    def release_lease(self, lease_id: str, owner: str) -> None:
+        ref = self.leases.document(lease_id)
+
+        @firestore.transactional
+        def release(tx: firestore.Transaction) -> None:
+            snap = ref.get(transaction=tx)
+            if snap.exists and snap.get("owner") == owner:
+                tx.set(ref, {"owner": None, "expires_at": 0})
+
+        release(self.db.transaction())

@@ -1,0 +1,116 @@
+"""generateContent through the google-genai SDK, with its errors translated into core errors."""
+from __future__ import annotations
+
+import base64
+
+from google.genai import Client, errors, types
+
+from core.errors import (
+    ContentRefused,
+    InvalidRequest,
+    PermissionDenied,
+    QuotaExceeded,
+    TransientError,
+)
+from core.models import GeneratedImage
+from core.ratelimit import parse_retry_delay
+
+try:  # google-genai 3.x talks through httpx2; older or forced configurations use httpx.
+    import httpx2
+
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError,)
+except ImportError:  # pragma: no cover
+    _TRANSPORT_ERRORS = ()
+try:
+    import httpx
+
+    _TRANSPORT_ERRORS += (httpx.TransportError,)
+except ImportError:  # pragma: no cover
+    pass
+
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+class GeminiImageGenerator:
+    def __init__(self, client: Client, model: str) -> None:
+        self.client = client
+        self.model = model
+
+    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None) -> GeneratedImage:
+        config = types.GenerateContentConfig(
+            response_modalities=["TEXT", "IMAGE"],
+            image_config=types.ImageConfig(aspect_ratio=aspect_ratio, image_size=image_size),
+        )
+        try:
+            response = self.client.models.generate_content(
+                model=self.model, contents=prompt, config=config
+            )
+        except errors.APIError as e:
+            raise translate_api_error(e) from e
+        except _TRANSPORT_ERRORS as e:
+            raise TransientError(f"transport: {type(e).__name__}: {e}") from e
+        return parse_image_response(response)
+
+
+def translate_api_error(e: errors.APIError):
+    code = e.code or 0
+    message = f"{code} {e.status}: {e.message}"
+    if code == 429:
+        quota_id, delay = quota_details(e.details)
+        return QuotaExceeded(message, retry_delay=delay, quota_id=quota_id)
+    if code == 403:
+        return PermissionDenied(message)
+    if code in (400, 404):
+        return InvalidRequest(message)
+    return TransientError(message)  # 5xx, 408 and anything unexpected
+
+
+def quota_details(body) -> tuple[str | None, float | None]:
+    """quotaId from google.rpc.QuotaFailure and retryDelay from google.rpc.RetryInfo."""
+    details = []
+    if isinstance(body, dict):
+        details = (body.get("error") or {}).get("details") or []
+    quota_id, delay = None, None
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        if detail.get("@type") == _QUOTA_FAILURE:
+            for violation in detail.get("violations") or []:
+                quota_id = quota_id or violation.get("quotaId")
+        elif detail.get("@type") == _RETRY_INFO:
+            delay = parse_retry_delay(detail.get("retryDelay"))
+    return quota_id, delay
+
+
+def parse_image_response(response: types.GenerateContentResponse) -> GeneratedImage:
+    if not response.candidates:
+        feedback = response.prompt_feedback
+        reason = feedback.block_reason if feedback and feedback.block_reason else "no candidates"
+        raise ContentRefused(f"prompt blocked: {_enum_name(reason)}")
+    candidate = response.candidates[0]
+    finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else "STOP"
+    texts, image = [], None
+    for part in (candidate.content.parts if candidate.content and candidate.content.parts else []):
+        if part.inline_data and part.inline_data.data and image is None:
+            image = part.inline_data
+        elif part.text:
+            texts.append(part.text)
+    if image is None:
+        raise ContentRefused(f"no image returned: finishReason {finish}")
+    data = image.data
+    if isinstance(data, str):  # defensive: the SDK decodes to bytes
+        data = base64.b64decode(data)
+    usage = response.usage_metadata
+    return GeneratedImage(
+        data=data,
+        mime_type=image.mime_type or "image/png",
+        finish_reason=finish,
+        model_version=response.model_version,
+        text=" ".join(texts) or None,
+        output_tokens=usage.candidates_token_count if usage else None,
+    )
+
+
+def _enum_name(value) -> str:
+    return getattr(value, "value", None) or str(value)

@@ -1,0 +1,53 @@
+"""All runtime configuration, read from the environment once per instance.
+
+The emulator variables (FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST,
+GOOGLE_GEMINI_BASE_URL) and GEMINI_API_KEY are deliberately absent: the SDKs read them.
+"""
+from __future__ import annotations
+
+import functools
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+
+    google_cloud_project: str = Field(description="Project of Firestore, Pub/Sub and GCS")
+    images_bucket: str = Field(description="Bucket that receives the generated images")
+    work_topic: str = Field("imagefleet-work", description="Topic of the interactive lane")
+
+    gemini_model: str = "gemini-2.5-flash-image"
+    gemini_timeout_seconds: float = Field(60.0, gt=0)
+
+    # Routing and input limits
+    interactive_threshold: int = Field(10, ge=1)
+    batch_lane_enabled: bool = False
+    max_items_per_job: int = Field(10_000, ge=1)
+    max_prompt_chars: int = Field(4_000, ge=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+    # The shared rate limiter: set these to the project's quota for the model.
+    rate_limit_requests: int | None = Field(10, description="requests per window; 0 = unlimited")
+    rate_limit_images: int | None = Field(10, description="images per window; 0 = unlimited")
+    rate_window_seconds: float = Field(60.0, gt=0)
+    rate_concurrency: int | None = Field(4, description="concurrent requests; 0 = unlimited")
+    rate_safety: float = Field(0.95, gt=0, le=1)
+
+    # Worker behaviour
+    max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")
+    max_wait_seconds: float = Field(
+        30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
+    )
+    republish_grace_seconds: float = Field(60.0, ge=0)
+
+    @property
+    def lease_seconds(self) -> float:
+        # Longer than the slowest delivery (wait + model call), so a live worker never loses it.
+        return self.max_wait_seconds + self.gemini_timeout_seconds + 30.0
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,74 @@
+"""Domain exceptions. Adapters translate SDK errors into these; entry points map them to HTTP or retry/drop."""
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class for every error the core raises on purpose."""
+
+
+class NotFound(DomainError):
+    pass
+
+
+class LaneUnavailable(DomainError):
+    """The chosen lane is not deployed or switched off."""
+
+
+class Conflict(DomainError):
+    pass
+
+
+# --- outcomes of a generation attempt -------------------------------------------------
+
+
+class GenerationError(DomainError):
+    """Base for failed generateContent calls."""
+
+    retryable = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class QuotaExceeded(GenerationError):
+    """429 RESOURCE_EXHAUSTED. Not the item's fault: it does not count as an attempt."""
+
+    retryable = True
+
+    def __init__(self, reason: str, retry_delay: float | None, quota_id: str | None) -> None:
+        super().__init__(reason)
+        self.retry_delay = retry_delay
+        self.quota_id = quota_id
+
+    @property
+    def per_day(self) -> bool:
+        return bool(self.quota_id and "PerDay" in self.quota_id)
+
+
+class TransientError(GenerationError):
+    """5xx, timeouts, connection failures: retried up to the attempt limit."""
+
+    retryable = True
+
+
+class PermissionDenied(GenerationError):
+    """403: a key, billing or project problem. Retried up to the attempt limit, loudly logged."""
+
+    retryable = True
+
+
+class ContentRefused(GenerationError):
+    """A blocked prompt or an image refusal (IMAGE_SAFETY, NO_IMAGE, ...): retrying will not help."""
+
+
+class InvalidRequest(GenerationError):
+    """400 from the model API: retrying the same request will not help."""
+
+
+class RateLimited(DomainError):
+    """The shared rate limiter has no capacity within the wait this instance may afford."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"no rate-limit capacity for {retry_after:.1f}s")
+        self.retry_after = retry_after

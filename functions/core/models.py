@@ -1,0 +1,162 @@
+"""Domain types shared by the use cases, the adapters and the entry points."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Lane(str, enum.Enum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ItemState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_ITEM_STATES = frozenset(
+    {ItemState.SUCCEEDED, ItemState.FAILED, ItemState.DEAD_LETTERED, ItemState.CANCELLED}
+)
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.PARTIALLY_SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """One image to generate, as the client asked for it (already validated)."""
+
+    key: str
+    prompt: str
+    aspect_ratio: str = "1:1"
+    domain: str | None = None
+    quality: str = "standard"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    items: tuple[ItemSpec, ...]
+    requested_lane: str = "auto"
+
+
+@dataclass
+class Job:
+    job_id: str
+    lane: Lane
+    status: JobStatus
+    model: str
+    item_count: int
+    created_at: float
+    updated_at: float
+    published: bool = False
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "lane": self.lane.value,
+            "status": self.status.value,
+            "model": self.model,
+            "item_count": self.item_count,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "published": self.published,
+            "finished_at": self.finished_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        return cls(
+            job_id=d["job_id"],
+            lane=Lane(d["lane"]),
+            status=JobStatus(d["status"]),
+            model=d["model"],
+            item_count=d["item_count"],
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+            published=d.get("published", False),
+            finished_at=d.get("finished_at"),
+        )
+
+
+@dataclass
+class Item:
+    job_id: str
+    key: str
+    index: int
+    prompt: str
+    aspect_ratio: str
+    domain: str | None
+    quality: str
+    state: ItemState = ItemState.QUEUED
+    attempts: int = 0
+    quota_retries: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    gcs_uri: str | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+    output_tokens: int | None = None
+    updated_at: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_ITEM_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Item:
+        d = dict(d)
+        d["state"] = ItemState(d["state"])
+        known = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        """The item as the status API shows it."""
+        return {
+            "key": self.key,
+            "index": self.index,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "gcs_uri": self.gcs_uri,
+            "error": self.error,
+            "finish_reason": self.finish_reason,
+        }
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """A successful generateContent call, reduced to what we store."""
+
+    data: bytes
+    mime_type: str
+    finish_reason: str
+    model_version: str | None = None
+    text: str | None = None
+    output_tokens: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    uri: str
+    created: bool  # False when the object already existed (an earlier attempt wrote it)

@@ -1,0 +1,74 @@
+"""The collaborators the use cases need, as Protocols. Adapters implement them; fakes live in core.fakes."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from core.models import GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class JobStore(Protocol):
+    def create_job(self, job: Job, items: Sequence[Item]) -> None:
+        """Write the job and all its items. Items are written in batches; the job document last."""
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def mark_published(self, job_id: str, now: float) -> None: ...
+
+    def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]: ...
+
+    def get_item(self, job_id: str, key: str) -> Item | None: ...
+
+    def list_items(
+        self, job_id: str, start_after_index: int | None, limit: int
+    ) -> list[Item]: ...
+
+    def count_items(self, job_id: str) -> dict[ItemState, int]: ...
+
+    def claim_item(
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+    ) -> Item | None:
+        """Atomically move a queued (or lease-expired running) item to running under owner's lease.
+
+        Returns the claimed item, or None when the item is terminal or leased by someone else
+        (the returned value says which via get_item)."""
+
+    def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
+        """Apply updates to the item if owner still holds its lease. Returns False otherwise."""
+
+    def complete_job(self, job_id: str, status: JobStatus, now: float) -> None:
+        """Set a terminal status unless the job already has one."""
+
+    def set_job_running(self, job_id: str, now: float) -> None: ...
+
+
+class WorkQueue(Protocol):
+    def publish_items(self, job_id: str, keys: Iterable[str]) -> None:
+        """Publish one message per item. Raises on failure; duplicates are harmless."""
+
+
+class ImageSink(Protocol):
+    def put_png(self, name: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
+        """Create the object only if absent; an existing object is reported, not overwritten."""
+
+
+class ImageGenerator(Protocol):
+    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None) -> GeneratedImage:
+        """Call the model once. Raises a core.errors.GenerationError subclass on failure."""
+
+
+class RateLimiter(Protocol):
+    def acquire(self, owner: str, max_wait: float) -> None:
+        """Block until owner may send one request; RateLimited if not possible within max_wait."""
+
+    def release(self, owner: str) -> None:
+        """Give back the concurrency slot taken by acquire."""
+
+    def push_back(self, until: float) -> None:
+        """Nobody may send before `until` (epoch seconds): a 429 told us when the window frees."""

@@ -1,0 +1,145 @@
+"""A rate limiter shared by every worker instance, built from create-only "send slots".
+
+Time is cut into slots `interval` seconds apart, where interval = window / (limit * safety).
+To send a request a worker must own a slot: it claims the first free slot at or after
+now (and after any 429 push-back) with a create-only write, then sleeps until the slot's
+time. Because every slot is written exactly once, no storage document is hot, and N
+instances together never send faster than one request per interval, which keeps any
+window of `window_seconds` under the quota. A separate pool of leases caps concurrency.
+
+The algorithm lives here; a SlotStore (Firestore in the cloud, memory in unit tests)
+only provides the atomic primitives.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.errors import RateLimited
+from core.ports import Clock
+
+# How many successive slots a worker probes before re-reading the latest claimed slot.
+_MAX_PROBES = 8
+# Slots are kept this long after their time; a TTL policy in Firestore deletes them later.
+_SLOT_RETENTION_SECONDS = 3600.0
+# Polling period while every concurrency lease is taken.
+_LEASE_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The quota we stay under. None or 0 means unlimited for that dimension."""
+
+    requests_per_window: int | None = None
+    images_per_window: int | None = None
+    window_seconds: float = 60.0
+    concurrency: int | None = None
+    # Fraction of the quota we aim at: network jitter between "slot time" and "arrival at
+    # the API" must not push two requests into one window slot.
+    safety: float = 0.95
+    images_per_request: int = 1
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two consecutive sends, across every instance."""
+        per_window = []
+        if self.requests_per_window:
+            per_window.append(self.requests_per_window)
+        if self.images_per_window:
+            per_window.append(self.images_per_window / self.images_per_request)
+        if not per_window:
+            return 0.0
+        return self.window_seconds / (min(per_window) * self.safety)
+
+
+class SlotStore(Protocol):
+    def blocked_until(self) -> float: ...
+
+    def push_blocked_until(self, until: float) -> None:
+        """Move blocked_until forward (never back)."""
+
+    def last_slot(self) -> int | None: ...
+
+    def try_claim_slot(self, slot: int, owner: str, expire_at: float) -> bool:
+        """Create the slot record if absent. True when this call created it."""
+
+    def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
+        """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
+
+    def release_lease(self, lease_id: str, owner: str) -> None: ...
+
+
+class SlotRateLimiter:
+    """Blocking acquire/release over a SlotStore. One per worker instance."""
+
+    def __init__(self, limit: RateLimit, store: SlotStore, clock: Clock, lease_ttl: float = 120.0):
+        self.limit = limit
+        self.store = store
+        self.clock = clock
+        self.lease_ttl = lease_ttl
+        self._leases: dict[str, str] = {}
+
+    def acquire(self, owner: str, max_wait: float) -> None:
+        """Return when `owner` may send one request; raise RateLimited if that is beyond max_wait."""
+        deadline = self.clock.now() + max_wait
+        if self.limit.interval > 0:
+            self._wait_for_slot(owner, deadline)
+        if self.limit.concurrency:
+            self._take_lease(owner, deadline)
+
+    def release(self, owner: str) -> None:
+        lease_id = self._leases.pop(owner, None)
+        if lease_id is not None:
+            self.store.release_lease(lease_id, owner)
+
+    def push_back(self, until: float) -> None:
+        self.store.push_blocked_until(until)
+
+    def _wait_for_slot(self, owner: str, deadline: float) -> None:
+        interval = self.limit.interval
+        while True:
+            now = self.clock.now()
+            start = max(now, self.store.blocked_until())
+            slot = math.ceil(start / interval)
+            last = self.store.last_slot()
+            if last is not None:
+                slot = max(slot, last + 1)
+            for _ in range(_MAX_PROBES):
+                send_at = slot * interval
+                if send_at > deadline:
+                    raise RateLimited(send_at - now)
+                if self.store.try_claim_slot(slot, owner, send_at + _SLOT_RETENTION_SECONDS):
+                    break
+                slot += 1
+            else:
+                continue  # heavy contention: re-read the latest slot and probe again
+            self.clock.sleep(max(0.0, send_at - self.clock.now()))
+            # A 429 seen by another instance while we slept pushes everybody back.
+            if self.store.blocked_until() <= self.clock.now():
+                return
+
+    def _take_lease(self, owner: str, deadline: float) -> None:
+        while True:
+            now = self.clock.now()
+            lease_id = self.store.try_take_lease(owner, self.limit.concurrency, now, self.lease_ttl)
+            if lease_id is not None:
+                self._leases[owner] = lease_id
+                return
+            if now + _LEASE_POLL_SECONDS > deadline:
+                raise RateLimited(_LEASE_POLL_SECONDS)
+            self.clock.sleep(_LEASE_POLL_SECONDS)
+
+
+def parse_retry_delay(value: str | None) -> float | None:
+    """google.protobuf.Duration JSON ("47.174s", "1s") to seconds."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.endswith("s"):
+        text = text[:-1]
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,93 @@
+"""The HTTP API's request bodies, validated with pydantic. Limits come from Settings via context."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from core.models import ItemSpec, JobSpec
+
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+AspectRatio = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+
+# Client keys become Firestore document ids and object names ({job_id}/{key}.png): no slash,
+# no dot segments, nothing a path or a console could misread.
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class ItemRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    prompt: str = Field(min_length=1, description="What to draw")
+    key: str | None = Field(
+        None, pattern=KEY_PATTERN,
+        description="Optional client key, unique in the job; names the image object",
+    )
+    aspect_ratio: AspectRatio = "1:1"
+    domain: str | None = Field(None, max_length=200, description="Optional context for the prompt")
+    quality: Literal["standard", "high"] = "standard"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        limit = (info.context or {}).get("max_prompt_chars", 4000)
+        if len(value) > limit:
+            raise ValueError(f"prompt is {len(value)} characters; the limit is {limit}")
+        if _CONTROL.search(value):
+            raise ValueError("prompt contains control characters")
+        return value
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[ItemRequest] = Field(min_length=1, description="One entry per image")
+    lane: Literal["auto", "interactive", "batch"] = "auto"
+
+    @field_validator("requests")
+    @classmethod
+    def _count(cls, value: list[ItemRequest], info: ValidationInfo) -> list[ItemRequest]:
+        limit = (info.context or {}).get("max_items_per_job", 10_000)
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} requests; the limit per job is {limit}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> JobRequest:
+        seen: dict[str, int] = {}
+        for i, key in enumerate(self.item_keys()):
+            if key in seen:
+                raise ValueError(
+                    f"requests[{i}].key {key!r} repeats requests[{seen[key]}]; keys must be unique"
+                )
+            seen[key] = i
+        return self
+
+    def item_keys(self) -> list[str]:
+        return [r.key or f"item-{i:05d}" for i, r in enumerate(self.requests)]
+
+    def to_spec(self) -> JobSpec:
+        return JobSpec(
+            items=tuple(
+                ItemSpec(
+                    key=key, prompt=r.prompt, aspect_ratio=r.aspect_ratio,
+                    domain=r.domain, quality=r.quality,
+                )
+                for key, r in zip(self.item_keys(), self.requests)
+            ),
+            requested_lane=self.lane,
+        )
+
+
+def error_fields(exc) -> list[dict]:
+    """pydantic errors as [{"field": "requests[3].prompt", "problem": "..."}]."""
+    out = []
+    for err in exc.errors(include_url=False):
+        field = ""
+        for part in err["loc"]:
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append({"field": field or "(body)", "problem": msg})
+    return out

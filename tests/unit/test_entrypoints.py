@@ -1,0 +1,161 @@
+"""The entry points through functions-framework's test client, wired to in-memory fakes."""
+import base64
+import json
+import pathlib
+
+import functions_framework
+import pytest
+
+import wiring
+from core.errors import TransientError
+from tests.fakes import (
+    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
+    ScriptedImageGenerator,
+)
+
+SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-unit")
+    monkeypatch.setenv("IMAGES_BUCKET", "unit-bucket")
+    monkeypatch.setenv("MAX_ITEMS_PER_JOB", "20")
+    monkeypatch.setenv("MAX_PROMPT_CHARS", "50")
+    wiring.get_settings.cache_clear()
+
+    class Fakes:
+        store = InMemoryJobStore()
+        queue = InMemoryWorkQueue()
+        sink = InMemoryImageSink()
+        generator = ScriptedImageGenerator()
+        clock = FakeClock()
+
+    f = Fakes()
+    monkeypatch.setattr(wiring, "job_store", lambda: f.store)
+    monkeypatch.setattr(wiring, "work_queue", lambda: f.queue)
+    monkeypatch.setattr(wiring, "image_sink", lambda: f.sink)
+    monkeypatch.setattr(wiring, "image_generator", lambda: f.generator)
+    monkeypatch.setattr(wiring, "rate_limiter", lambda: NoLimiter())
+    monkeypatch.setattr(wiring, "clock", lambda: f.clock)
+    yield f
+    wiring.get_settings.cache_clear()
+
+
+@pytest.fixture
+def api(fakes):
+    return functions_framework.create_app("http_api", SOURCE, "http").test_client()
+
+
+@pytest.fixture
+def worker(fakes):
+    return functions_framework.create_app("pubsub_worker", SOURCE, "cloudevent").test_client()
+
+
+def post_job(api, body, **kw):
+    return api.post("/v1/jobs", data=json.dumps(body), content_type="application/json", **kw)
+
+
+def test_submit_answers_202_with_a_status_url(api, fakes):
+    r = post_job(api, {"requests": [{"prompt": "a red fox"}, {"prompt": "a blue whale", "key": "whale"}]})
+    assert r.status_code == 202
+    body = r.get_json()
+    assert body["lane"] == "interactive" and body["status"] == "queued" and body["item_count"] == 2
+    assert body["status_url"] == f"/v1/jobs/{body['job_id']}" == r.headers["Location"]
+    assert [k for _, k in fakes.queue.messages] == ["item-00000", "whale"]
+
+    status = api.get(body["status_url"]).get_json()
+    assert status["counts"]["queued"] == 2
+    assert [i["key"] for i in status["items"]] == ["item-00000", "whale"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"requests": []}, "requests"),
+    ({"requests": [{"prompt": ""}]}, "requests[0].prompt"),
+    ({"requests": [{"prompt": "x" * 51}]}, "requests[0].prompt"),
+    ({"requests": [{"prompt": "bell\x07"}]}, "requests[0].prompt"),
+    ({"requests": [{"prompt": "a", "key": "../../etc"}]}, "requests[0].key"),
+    ({"requests": [{"prompt": "a", "key": "a/b"}]}, "requests[0].key"),
+    ({"requests": [{"prompt": "a", "aspect_ratio": "7:3"}]}, "requests[0].aspect_ratio"),
+    ({"requests": [{"prompt": "a", "quality": "ultra"}]}, "requests[0].quality"),
+    ({"requests": [{"prompt": "a"}], "lane": "fast"}, "lane"),
+    ({"requests": [{"prompt": "a"}], "extra": 1}, "extra"),
+    ({"requests": [{"prompt": "a"}] * 21}, "requests"),
+    ({"requests": [{"prompt": "a", "key": "k"}, {"prompt": "b", "key": "k"}]}, "(body)"),
+    ({"prompts": ["a"]}, "requests"),
+])
+def test_bad_jobs_get_400_naming_the_field(api, fakes, body, field):
+    r = post_job(api, body)
+    assert r.status_code == 400
+    err = r.get_json()["error"]
+    assert err["reason"] == "invalid_request"
+    assert field in [f["field"] for f in err["fields"]], err
+    assert fakes.store.jobs == {} and fakes.queue.messages == []
+
+
+def test_transport_errors_are_json(api):
+    assert api.get("/nowhere").status_code == 404
+    assert api.get("/nowhere").get_json()["error"]["reason"] == "not_found"
+    r = api.put("/v1/jobs")
+    assert r.status_code == 405 and "POST" in r.get_json()["error"]["message"]
+    r = api.post("/v1/jobs", data="prompt=x", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 415 and r.is_json
+    r = api.post("/v1/jobs", data="{not json", content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["reason"] == "invalid_json"
+    r = api.post("/v1/jobs", data="[" * 50_000, content_type="application/json")
+    assert r.status_code == 400
+    r = api.post("/v1/jobs", data="[1]", content_type="application/json")
+    assert r.status_code == 400
+
+
+def test_oversized_body_is_413(api, monkeypatch):
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    wiring.get_settings.cache_clear()
+    r = post_job(api, {"requests": [{"prompt": "x" * 40}] * 60})
+    assert r.status_code == 413 and r.get_json()["error"]["reason"] == "body_too_large"
+
+
+def test_batch_lane_is_a_clear_503_until_deployed(api):
+    r = post_job(api, {"requests": [{"prompt": "a"}] * 10})
+    assert r.status_code == 503 and "batch lane" in r.get_json()["error"]["message"]
+
+
+def test_status_of_unknown_job_and_bad_paging(api):
+    assert api.get("/v1/jobs/doesnotexist").status_code == 404
+    assert api.get("/v1/jobs/x..y").status_code == 404
+    job_id = post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["job_id"]
+    assert api.get(f"/v1/jobs/{job_id}?page_size=0").status_code == 400
+    assert api.get(f"/v1/jobs/{job_id}?page_token=abc").status_code == 400
+
+
+def test_healthz(api):
+    assert api.get("/healthz").get_json() == {"status": "ok"}
+
+
+def push(worker, data: bytes):
+    """A Pub/Sub push as Eventarc delivers it: a binary-mode CloudEvent (fixture on disk)."""
+    envelope = json.loads((FIXTURES / "pubsub_push.json").read_text())
+    envelope["message"]["data"] = base64.b64encode(data).decode()
+    headers = {
+        "ce-id": "1", "ce-specversion": "1.0", "ce-source": "//pubsub.googleapis.com/projects/demo-unit/topics/work",
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished", "Content-Type": "application/json",
+    }
+    return worker.post("/", data=json.dumps(envelope), headers=headers)
+
+
+def test_worker_acks_a_finished_item_and_retries_a_transient_failure(api, worker, fakes):
+    job_id = post_job(api, {"requests": [{"prompt": "a", "key": "one"}, {"prompt": "b", "key": "two"}]}).get_json()["job_id"]
+    r = push(worker, json.dumps({"job_id": job_id, "item_key": "one"}).encode())
+    assert r.status_code == 200
+    assert fakes.store.get_item(job_id, "one").state.value == "succeeded"
+
+    fakes.generator.script = [TransientError("503 UNAVAILABLE")]
+    r = push(worker, json.dumps({"job_id": job_id, "item_key": "two"}).encode())
+    assert r.status_code == 500  # raise to retry: Pub/Sub redelivers
+    assert fakes.store.get_item(job_id, "two").attempts == 1
+
+
+def test_worker_drops_unreadable_messages(worker, fakes):
+    assert push(worker, b"not json").status_code == 200
+    assert push(worker, b'{"job_id": 1}').status_code == 200

@@ -1,0 +1,181 @@
+"""The emulator's configuration: defaults, merge semantics and validation.
+
+Config stays a plain JSON-shaped dict so the admin API can return exactly what is in effect.
+Patches (``POST /_emulator/config`` or ``--config``) are deep-merged: dicts merge key by key,
+lists and scalars replace, and ``null`` puts a key back to its default (for a quota limit,
+which has no default, that means unlimited). A patch is validated as a whole before it takes
+effect, so a bad patch leaves the running config untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from infra.gemini_emulator.faults import FAULT_OUTCOMES, OUTCOMES
+from infra.gemini_emulator.quota import LIMIT_KEYS
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "api_keys": None,  # null: any non-empty key is valid
+    "models": None,  # null: serve any model id
+    "seed": None,  # null: unseeded RNG
+    "image_scale": 1.0,  # multiplies the aspect-ratio sizes (e.g. 0.25 for fast tests)
+    "image_target_bytes": None,  # pad every PNG up to this many bytes (benchmarks)
+    "window_seconds": 60.0,  # sliding window for RPM/IPM, and the stats window
+    "day_seconds": 86400.0,  # sliding window for RPD
+    "quotas": {},  # {"default" | <model id>: {"rpm", "ipm", "rpd", "concurrent"}}
+    "concurrency_retry_delay_s": 1.0,
+    "latency": {"mean_ms": 0.0, "jitter_ms": 0.0, "distribution": "uniform"},
+    "faults": {
+        "rates": {},
+        "script": [],
+        "prompt_rules": [],
+        "hang_seconds": 300.0,
+        "retry_delay_s": 1.0,  # RetryInfo.retryDelay on an injected 429
+    },
+    "request_log_size": 100,
+}
+
+
+class ConfigError(ValueError):
+    """A config patch the emulator refuses; the message names the offending key."""
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """Deep-merge ``patch`` into a copy of ``base``; ``null`` restores ``defaults`` at that path."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        default_here = defaults.get(key) if isinstance(defaults, dict) else None
+        if value is None:
+            if isinstance(defaults, dict) and key in defaults:
+                out[key] = copy.deepcopy(defaults[key])
+            else:
+                out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value, default_here if isinstance(default_here, dict) else {})
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_patch(current: dict[str, Any], patch: Any) -> dict[str, Any]:
+    """Return the validated config that results from ``patch``; raise :class:`ConfigError`."""
+    if not isinstance(patch, dict):
+        raise ConfigError("config must be a JSON object")
+    merged = merge(current, patch, DEFAULT_CONFIG)
+    validate(merged)
+    return merged
+
+
+def initial_config(patch: dict[str, Any] | None = None) -> dict[str, Any]:
+    return apply_patch(DEFAULT_CONFIG, patch or {})
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _check_keys(obj: dict[str, Any], allowed: set[str] | dict[str, Any], where: str) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _number(value: Any, where: str, *, minimum: float = 0.0, exclusive: bool = False, allow_null: bool = False) -> None:
+    if value is None and allow_null:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if value < minimum or (exclusive and value == minimum):
+        op = ">" if exclusive else ">="
+        raise ConfigError(f"{where}: must be {op} {minimum}, got {value!r}")
+
+
+def _int(value: Any, where: str, *, allow_null: bool = False) -> None:
+    if value is None and allow_null:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected a non-negative integer, got {value!r}")
+
+
+def _string_list(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected null or a list of non-empty strings, got {value!r}")
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    _check_keys(cfg, DEFAULT_CONFIG, "config")
+    _string_list(cfg["api_keys"], "api_keys")
+    _string_list(cfg["models"], "models")
+    if cfg["seed"] is not None and (isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], (int, str))):
+        raise ConfigError(f"seed: expected null, an integer or a string, got {cfg['seed']!r}")
+    _number(cfg["image_scale"], "image_scale", exclusive=True)
+    if cfg["image_scale"] > 4:
+        raise ConfigError("image_scale: must be <= 4")
+    _int(cfg["image_target_bytes"], "image_target_bytes", allow_null=True)
+    _number(cfg["window_seconds"], "window_seconds", exclusive=True)
+    _number(cfg["day_seconds"], "day_seconds", exclusive=True)
+    _number(cfg["concurrency_retry_delay_s"], "concurrency_retry_delay_s")
+    _int(cfg["request_log_size"], "request_log_size")
+    _validate_quotas(cfg["quotas"])
+    _validate_latency(cfg["latency"])
+    _validate_faults(cfg["faults"])
+
+
+def _validate_quotas(quotas: Any) -> None:
+    if not isinstance(quotas, dict):
+        raise ConfigError("quotas: expected an object {model id | 'default': limits}")
+    for model, limits in quotas.items():
+        where = f"quotas.{model}"
+        if not isinstance(limits, dict):
+            raise ConfigError(f"{where}: expected an object with keys {list(LIMIT_KEYS)}")
+        _check_keys(limits, set(LIMIT_KEYS), where)
+        for key, value in limits.items():
+            _int(value, f"{where}.{key}", allow_null=True)
+
+
+def _validate_latency(latency: Any) -> None:
+    if not isinstance(latency, dict):
+        raise ConfigError("latency: expected an object")
+    _check_keys(latency, DEFAULT_CONFIG["latency"], "latency")
+    _number(latency["mean_ms"], "latency.mean_ms")
+    _number(latency["jitter_ms"], "latency.jitter_ms")
+    if latency["distribution"] not in ("uniform", "normal"):
+        raise ConfigError("latency.distribution: expected 'uniform' or 'normal'")
+
+
+def _validate_faults(faults: Any) -> None:
+    if not isinstance(faults, dict):
+        raise ConfigError("faults: expected an object")
+    _check_keys(faults, DEFAULT_CONFIG["faults"], "faults")
+    rates = faults["rates"]
+    if not isinstance(rates, dict):
+        raise ConfigError("faults.rates: expected an object {outcome: probability}")
+    _check_keys(rates, set(FAULT_OUTCOMES), "faults.rates")
+    for outcome, p in rates.items():
+        _number(p, f"faults.rates.{outcome}")
+        if p > 1:
+            raise ConfigError(f"faults.rates.{outcome}: a probability must be <= 1")
+    if sum(rates.values()) > 1 + 1e-9:
+        raise ConfigError("faults.rates: probabilities sum to more than 1")
+    script = faults["script"]
+    if not isinstance(script, list) or any(o not in OUTCOMES for o in script):
+        raise ConfigError(f"faults.script: expected a list of outcomes from {list(OUTCOMES)}")
+    rules = faults["prompt_rules"]
+    if not isinstance(rules, list):
+        raise ConfigError("faults.prompt_rules: expected a list")
+    for i, rule in enumerate(rules):
+        where = f"faults.prompt_rules[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where}: expected an object")
+        _check_keys(rule, {"contains", "outcome", "model"}, where)
+        if not isinstance(rule.get("contains"), str) or not rule["contains"]:
+            raise ConfigError(f"{where}.contains: expected a non-empty string")
+        if rule.get("outcome") not in OUTCOMES:
+            raise ConfigError(f"{where}.outcome: expected one of {list(OUTCOMES)}")
+        if "model" in rule and not isinstance(rule["model"], str):
+            raise ConfigError(f"{where}.model: expected a model id string")
+    _number(faults["hang_seconds"], "faults.hang_seconds")
+    _number(faults["retry_delay_s"], "faults.retry_delay_s")

@@ -1,0 +1,238 @@
+"""GenerateContentRequest parsing and GenerateContentResponse bodies, free of HTTP.
+
+Kept apart from the handler so the Batch API can run the same parsing and build the same
+response bodies for each JSONL line or inlined request.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from infra.gemini_emulator import errors
+from infra.gemini_emulator.images import (
+    ASPECT_RATIO_SIZES,
+    DEFAULT_ASPECT_RATIO,
+    DEFAULT_IMAGE_SIZE,
+    IMAGE_SIZE_FACTORS,
+)
+from infra.gemini_emulator.wire import decode_bytes, encode_bytes, normalize_keys
+
+IMAGE_OUTPUT_TOKENS = 1290  # per image up to 1024x1024 (2.5 Flash Image pricing docs)
+IMAGE_INPUT_TOKENS = 258  # per input image up to 384x384 (Gemini token docs)
+_MODALITIES = {"TEXT", "IMAGE", "AUDIO", "MODALITY_UNSPECIFIED"}
+_FIELD = "GenerateContentRequest"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: str
+    prompt: str  # user text, joined; what the image shows and prompt_rules match
+    text_chars: int  # every text in the request, for token counting
+    input_images: int
+    want_text: bool
+    want_image: bool
+    aspect_ratio: str
+    image_size: str
+
+    @property
+    def images_requested(self) -> int:
+        return 1 if self.want_image else 0
+
+
+def is_image_model(model: str) -> bool:
+    return "image" in model
+
+
+def _bad(path: str, problem: str) -> errors.ApiError:
+    return errors.invalid_argument(f"* {_FIELD}.{path}: {problem}")
+
+
+def parse_request(model: str, raw: Any) -> GenerateRequest:
+    """Validate a request body (either key casing) or raise a 400 ApiError naming the field."""
+    if not isinstance(raw, dict):
+        raise errors.invalid_argument("Invalid JSON payload received. Expected an object.")
+    body = normalize_keys(raw)
+    contents = body.get("contents")
+    if not contents:
+        raise _bad("contents", "contents is not specified")
+    if not isinstance(contents, list):
+        raise _bad("contents", "expected a list of Content")
+
+    user_texts: list[str] = []
+    text_chars = 0
+    input_images = 0
+    for i, content in enumerate(contents):
+        if not isinstance(content, dict) or not isinstance(content.get("parts"), list) or not content["parts"]:
+            raise _bad(f"contents[{i}].parts", "contents.parts must not be empty.")
+        role = content.get("role") or "user"
+        for j, part in enumerate(content["parts"]):
+            where = f"contents[{i}].parts[{j}]"
+            if not isinstance(part, dict):
+                raise _bad(where, "expected a Part object")
+            if isinstance(part.get("text"), str):
+                text_chars += len(part["text"])
+                if role == "user":
+                    user_texts.append(part["text"])
+            if "inline_data" in part:
+                blob = part["inline_data"]
+                if not isinstance(blob, dict) or not isinstance(blob.get("data"), str):
+                    raise _bad(f"{where}.inline_data.data", "required field is missing")
+                try:
+                    decode_bytes(blob["data"])
+                except ValueError:
+                    raise _bad(f"{where}.inline_data.data", "Base64 decoding failed") from None
+                input_images += str(blob.get("mime_type", "")).startswith("image/")
+            if isinstance(part.get("file_data"), dict):
+                input_images += str(part["file_data"].get("mime_type", "")).startswith("image/")
+    system = body.get("system_instruction")
+    if isinstance(system, dict):
+        parts = system.get("parts") if isinstance(system.get("parts"), list) else []
+        text_chars += sum(len(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+    config = body.get("generation_config") or {}
+    if not isinstance(config, dict):
+        raise _bad("generation_config", "expected a GenerationConfig object")
+    modalities = config.get("response_modalities") or []
+    if not isinstance(modalities, list) or any(m not in _MODALITIES for m in modalities):
+        raise _bad("generation_config.response_modalities", f"invalid value {modalities!r}")
+    image_config = config.get("image_config") or {}
+    if not isinstance(image_config, dict):
+        raise _bad("generation_config.image_config", "expected an ImageConfig object")
+    aspect_ratio = image_config.get("aspect_ratio") or DEFAULT_ASPECT_RATIO
+    if aspect_ratio not in ASPECT_RATIO_SIZES:
+        raise _bad(
+            "generation_config.image_config.aspect_ratio",
+            f"unsupported aspect ratio {aspect_ratio!r}; supported: {', '.join(ASPECT_RATIO_SIZES)}",
+        )
+    image_size = image_config.get("image_size") or DEFAULT_IMAGE_SIZE
+    if image_size not in IMAGE_SIZE_FACTORS:
+        raise _bad(
+            "generation_config.image_config.image_size",
+            f"unsupported image size {image_size!r}; supported: {', '.join(IMAGE_SIZE_FACTORS)}",
+        )
+
+    image_model = is_image_model(model)
+    # Image models answer TEXT+IMAGE unless told otherwise; other models only ever answer text.
+    want_image = image_model and (not modalities or "IMAGE" in modalities)
+    want_text = not image_model or not modalities or "TEXT" in modalities
+    return GenerateRequest(
+        model=model,
+        prompt=" ".join(t.strip() for t in user_texts if t.strip()),
+        text_chars=text_chars,
+        input_images=input_images,
+        want_text=want_text,
+        want_image=want_image,
+        aspect_ratio=aspect_ratio,
+        image_size=image_size,
+    )
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _response_id() -> str:
+    return secrets.token_urlsafe(16)  # 22 chars, the shape of real responseIds
+
+
+def _prompt_usage(req: GenerateRequest) -> tuple[int, list[dict[str, Any]]]:
+    text_tokens = math.ceil(req.text_chars / 4)
+    image_tokens = IMAGE_INPUT_TOKENS * req.input_images
+    details = [{"modality": "TEXT", "tokenCount": text_tokens}] if text_tokens else []
+    if image_tokens:
+        details.append({"modality": "IMAGE", "tokenCount": image_tokens})
+    return text_tokens + image_tokens, details
+
+
+def _usage(req: GenerateRequest, candidate_details: list[dict[str, Any]]) -> dict[str, Any]:
+    # proto3 JSON omits zero counters, and so does the real API.
+    prompt_tokens, prompt_details = _prompt_usage(req)
+    candidate_tokens = sum(d["tokenCount"] for d in candidate_details)
+    usage: dict[str, Any] = {}
+    if prompt_tokens:
+        usage["promptTokenCount"] = prompt_tokens
+    if candidate_tokens:
+        usage["candidatesTokenCount"] = candidate_tokens
+    usage["totalTokenCount"] = prompt_tokens + candidate_tokens
+    if prompt_details:
+        usage["promptTokensDetails"] = prompt_details
+    if candidate_details:
+        usage["candidatesTokensDetails"] = candidate_details
+    return usage
+
+
+def _envelope(req: GenerateRequest, candidates: list[dict[str, Any]] | None, usage: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if candidates is not None:
+        body["candidates"] = candidates
+    body["usageMetadata"] = usage
+    body["modelVersion"] = req.model
+    body["responseId"] = _response_id()
+    return body
+
+
+def reply_text(req: GenerateRequest) -> str:
+    shown = req.prompt if len(req.prompt) <= 200 else req.prompt[:199] + "…"
+    if req.want_image:
+        return f"Here is your image of: {shown}"
+    return f"Emulated reply to: {shown}"
+
+
+def success_response(req: GenerateRequest, png: bytes | None) -> dict[str, Any]:
+    """A STOP candidate: optional text part, then the PNG as inlineData.
+
+    candidatesTokenCount counts only the image (1290), as the tests and cost maths expect; the
+    short text part is free here, unlike on the real API.
+    """
+    parts: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    if req.want_text or png is None:
+        parts.append({"text": reply_text(req)})
+        if png is None:
+            details.append({"modality": "TEXT", "tokenCount": max(1, math.ceil(len(parts[0]["text"]) / 4))})
+    if png is not None:
+        parts.append({"inlineData": {"mimeType": "image/png", "data": encode_bytes(png)}})
+        details.append({"modality": "IMAGE", "tokenCount": IMAGE_OUTPUT_TOKENS})
+    candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}
+    return _envelope(req, [candidate], _usage(req, details))
+
+
+_SAFETY_CATEGORIES = (
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+)
+
+
+def blocked_response(req: GenerateRequest, reason: str = "SAFETY") -> dict[str, Any]:
+    """HTTP 200 with no candidates: the prompt itself was refused."""
+    ratings = [{"category": c, "probability": "NEGLIGIBLE"} for c in _SAFETY_CATEGORIES]
+    ratings[-1] = {"category": _SAFETY_CATEGORIES[-1], "probability": "HIGH", "blocked": True}
+    body = _envelope(req, None, _usage(req, []))
+    return {"promptFeedback": {"blockReason": reason, "safetyRatings": ratings}, **body}
+
+
+def image_safety_response(req: GenerateRequest) -> dict[str, Any]:
+    """The image was generated then filtered: a candidate with no content at all."""
+    candidate = {
+        "finishReason": "IMAGE_SAFETY",
+        "finishMessage": "Unable to show the generated image. The generated image was filtered out "
+        "because it violated Google's Generative AI Prohibited Use policy.",
+        "index": 0,
+    }
+    return _envelope(req, [candidate], _usage(req, []))
+
+
+def no_image_response(req: GenerateRequest) -> dict[str, Any]:
+    """The model answered in words instead of drawing: a text part, no image, NO_IMAGE."""
+    text = "I'm unable to create an image for that request."
+    candidate = {
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "finishReason": "NO_IMAGE",
+        "index": 0,
+    }
+    details = [{"modality": "TEXT", "tokenCount": math.ceil(len(text) / 4)}]
+    return _envelope(req, [candidate], _usage(req, details))

@@ -1,0 +1,62 @@
+# The single list of commands. `make` (or `make help`) lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help venv up demo check test unit integration e2e bench bench-interactive lint clean distclean
+
+help: ## list the commands
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
+	@echo "  (pass pytest options with ARGS=..., e.g. make unit ARGS='-k ratelimit')"
+
+venv: $(STAMP) ## create .venv (Python >= 3.11) and install requirements.txt; again only when a requirements file changes
+
+$(STAMP): requirements.txt functions/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required; run e.g. 'make $(MAKECMDGOALS) PYTHON=python3.11'" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+up: venv ## run the local stack (emulators + functions) in the foreground; Ctrl-C stops it
+	$(PY) -m infra.local up
+
+demo: venv ## start a fresh local stack and run the demo against it
+	$(PY) -m infra.local demo
+
+check: venv ## check the prerequisites of the local stack (Java, gcloud emulators)
+	$(PY) -m infra.local check
+
+test: venv ## all tests: unit, integration and e2e (starts the emulators it needs)
+	$(PY) -m pytest $(ARGS)
+
+unit: venv ## unit tests only (no network, starts nothing)
+	$(PY) -m pytest tests/unit $(ARGS)
+
+integration: venv ## adapters against the emulators
+	$(PY) -m pytest tests/integration $(ARGS)
+
+e2e: venv ## the functions under functions-framework, fed by a Pub/Sub push subscription
+	$(PY) -m pytest tests/e2e $(ARGS)
+
+bench: bench-interactive ## all benchmarks
+
+bench-interactive: venv ## benchmark of the interactive lane against the local stack
+	$(PY) tests/bench/bench_interactive.py
+
+lint: venv ## byte-compile everything; terraform fmt -check when terraform is installed
+	$(PY) -m compileall -q functions infra tests
+	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra/terraform; \
+		else echo "terraform not installed: skipping terraform fmt -check"; fi
+
+clean: ## remove the local stack's state and logs, caches and outputs (keeps .venv)
+	rm -rf .local-stack out .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)

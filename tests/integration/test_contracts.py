@@ -1,0 +1,229 @@
+"""Contract tests: one body runs against the in-memory fake and the real adapter on its emulator.
+
+If a fake drifts from the real thing, the unit tests built on it stop being evidence; these
+tests are what keeps them honest."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+
+import pytest
+
+from core.models import Item, ItemState, Job, JobStatus, Lane
+from tests.fakes import InMemoryImageSink, InMemoryJobStore, InMemorySlotStore
+
+
+def make_job(n: int = 3, job_id: str | None = None) -> tuple[Job, list[Item]]:
+    job_id = job_id or uuid.uuid4().hex
+    job = Job(job_id=job_id, lane=Lane.INTERACTIVE, status=JobStatus.QUEUED, model="m",
+              item_count=n, created_at=100.0, updated_at=100.0)
+    items = [Item(job_id=job_id, key=f"k{i}", index=i, prompt=f"p{i}", aspect_ratio="1:1",
+                  domain=None, quality="standard", updated_at=100.0) for i in range(n)]
+    return job, items
+
+
+@pytest.fixture(params=["memory", "firestore"])
+def job_store(request):
+    if request.param == "memory":
+        return InMemoryJobStore()
+    request.getfixturevalue("firestore_clean")
+    from google.cloud import firestore
+
+    from adapters.firestore_store import FirestoreJobStore
+
+    return FirestoreJobStore(firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"]))
+
+
+@pytest.fixture(params=["memory", "firestore"])
+def slot_store(request):
+    if request.param == "memory":
+        return InMemorySlotStore()
+    request.getfixturevalue("firestore_clean")
+    from google.cloud import firestore
+
+    from adapters.firestore_store import FirestoreSlotStore
+
+    return FirestoreSlotStore(firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"]), "test-model")
+
+
+@pytest.fixture(params=["memory", "gcs"])
+def sink(request):
+    if request.param == "memory":
+        return InMemoryImageSink(bucket="contract-bucket")
+    request.getfixturevalue("emulators")
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from adapters.gcs_sink import GcsImageSink
+
+    client = storage.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials())
+    bucket = client.create_bucket(f"contract-{uuid.uuid4().hex[:12]}")
+    return GcsImageSink(client, bucket.name)
+
+
+# --- JobStore ----------------------------------------------------------------------------
+
+
+def test_job_round_trip_listing_and_counts(job_store):
+    job, items = make_job(5)
+    job_store.create_job(job, items)
+    assert job_store.get_job(job.job_id) == job
+    assert job_store.get_job("missing") is None
+    assert job_store.get_item(job.job_id, "k3") == items[3]
+    assert job_store.get_item(job.job_id, "nope") is None
+    assert [i.key for i in job_store.list_items(job.job_id, None, 2)] == ["k0", "k1"]
+    assert [i.key for i in job_store.list_items(job.job_id, 1, 10)] == ["k2", "k3", "k4"]
+    counts = job_store.count_items(job.job_id)
+    assert counts[ItemState.QUEUED] == 5 and counts[ItemState.SUCCEEDED] == 0
+
+
+def test_unpublished_jobs_and_mark_published(job_store):
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    assert [j.job_id for j in job_store.unpublished_jobs(older_than=101.0, limit=10)] == [job.job_id]
+    assert job_store.unpublished_jobs(older_than=99.0, limit=10) == []
+    job_store.mark_published(job.job_id, 102.0)
+    assert job_store.unpublished_jobs(older_than=1e12, limit=10) == []
+    assert job_store.get_job(job.job_id).published
+
+
+def test_claim_is_exclusive_until_the_lease_expires(job_store):
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    claimed = job_store.claim_item(job.job_id, "k0", "a", now=200.0, lease_seconds=60)
+    assert claimed.state is ItemState.RUNNING and claimed.lease_owner == "a"
+    assert job_store.claim_item(job.job_id, "k0", "b", now=230.0, lease_seconds=60) is None
+    again = job_store.claim_item(job.job_id, "k0", "b", now=261.0, lease_seconds=60)
+    assert again.lease_owner == "b"
+    # The old owner lost its lease: its late write must not land.
+    assert not job_store.finish_item(job.job_id, "k0", "a", {"state": "succeeded"})
+    assert job_store.finish_item(job.job_id, "k0", "b", {"state": "succeeded", "lease_owner": None})
+    assert job_store.get_item(job.job_id, "k0").state is ItemState.SUCCEEDED
+    assert job_store.claim_item(job.job_id, "k0", "c", now=999.0, lease_seconds=60) is None
+    assert job_store.claim_item(job.job_id, "missing", "c", now=999.0, lease_seconds=60) is None
+
+
+def test_concurrent_claims_have_exactly_one_winner(job_store):
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    winners = []
+
+    def claim(owner):
+        if job_store.claim_item(job.job_id, "k0", owner, now=300.0, lease_seconds=60):
+            winners.append(owner)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+
+
+def test_job_transitions_only_move_forward(job_store):
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    job_store.set_job_running(job.job_id, 110.0)
+    assert job_store.get_job(job.job_id).status is JobStatus.RUNNING
+    job_store.complete_job(job.job_id, JobStatus.SUCCEEDED, 120.0)
+    job_store.complete_job(job.job_id, JobStatus.FAILED, 130.0)
+    job_store.set_job_running(job.job_id, 140.0)
+    done = job_store.get_job(job.job_id)
+    assert done.status is JobStatus.SUCCEEDED and done.finished_at == 120.0
+
+
+def test_large_jobs_are_written_in_several_batches(job_store):
+    job, items = make_job(1201)
+    job_store.create_job(job, items)
+    assert job_store.count_items(job.job_id)[ItemState.QUEUED] == 1201
+    assert job_store.list_items(job.job_id, 1199, 10)[0].key == "k1200"
+
+
+# --- SlotStore ---------------------------------------------------------------------------
+
+
+def test_slots_are_create_only_and_the_last_one_is_found(slot_store):
+    assert slot_store.last_slot() is None
+    assert slot_store.try_claim_slot(1000, "a", 5000.0)
+    assert not slot_store.try_claim_slot(1000, "b", 5000.0)
+    assert slot_store.try_claim_slot(1002, "b", 5000.0)
+    assert slot_store.try_claim_slot(999, "c", 5000.0)
+    assert slot_store.last_slot() == 1002
+
+
+def test_blocked_until_only_moves_forward(slot_store):
+    assert slot_store.blocked_until() == 0.0
+    slot_store.push_blocked_until(500.0)
+    slot_store.push_blocked_until(400.0)
+    assert slot_store.blocked_until() == 500.0
+
+
+def test_leases_cap_concurrency_and_expire(slot_store):
+    a = slot_store.try_take_lease("a", capacity=2, now=10.0, ttl=30.0)
+    b = slot_store.try_take_lease("b", capacity=2, now=10.0, ttl=30.0)
+    assert a is not None and b is not None and a != b
+    assert slot_store.try_take_lease("c", capacity=2, now=20.0, ttl=30.0) is None
+    slot_store.release_lease(a, "not-the-owner")
+    assert slot_store.try_take_lease("c", capacity=2, now=20.0, ttl=30.0) is None
+    slot_store.release_lease(a, "a")
+    assert slot_store.try_take_lease("c", capacity=2, now=20.0, ttl=30.0) == a
+    assert slot_store.try_take_lease("d", capacity=2, now=41.0, ttl=30.0) is not None  # b expired
+
+
+# --- ImageSink ---------------------------------------------------------------------------
+
+
+def test_images_are_written_once(sink):
+    name = f"{uuid.uuid4().hex}/k0.png"
+    first = sink.put_png(name, b"\x89PNG first", {"job_id": "j", "item_key": "k0"})
+    assert first.created and first.uri.endswith(f"/{name}") and first.uri.startswith("gs://")
+    second = sink.put_png(name, b"\x89PNG second", {"job_id": "j", "item_key": "k0"})
+    assert not second.created and second.uri == first.uri
+
+
+def test_gcs_object_carries_content_type_and_metadata(emulators):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from adapters.gcs_sink import GcsImageSink
+
+    client = storage.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials())
+    bucket = client.create_bucket(f"meta-{uuid.uuid4().hex[:12]}")
+    GcsImageSink(client, bucket.name).put_png("j/k.png", b"\x89PNG", {"job_id": "j", "finish_reason": "STOP"})
+    blob = bucket.get_blob("j/k.png")
+    assert blob.content_type == "image/png"
+    assert blob.metadata == {"job_id": "j", "finish_reason": "STOP"}
+    assert blob.download_as_bytes() == b"\x89PNG"
+
+
+# --- WorkQueue ---------------------------------------------------------------------------
+
+
+def test_pubsub_queue_publishes_one_decodable_message_per_item(emulators):
+    from google.cloud import pubsub_v1
+
+    from adapters.pubsub_queue import PubSubWorkQueue, decode_work_message
+
+    project = os.environ["GOOGLE_CLOUD_PROJECT"]
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.create_topic(name=publisher.topic_path(project, f"t-{uuid.uuid4().hex}")).name
+    sub = subscriber.create_subscription(
+        name=subscriber.subscription_path(project, f"s-{uuid.uuid4().hex}"), topic=topic
+    ).name
+    PubSubWorkQueue(publisher, topic).publish_items("job1", ["a", "b", "c"])
+
+    received = []
+    for _ in range(10):
+        resp = subscriber.pull(subscription=sub, max_messages=10, timeout=10)
+        received += resp.received_messages
+        if len(received) >= 3:
+            break
+    got = sorted(decode_work_message(m.message.data) for m in received)
+    assert got == [("job1", "a"), ("job1", "b"), ("job1", "c")]
+    assert {m.message.attributes["job_id"] for m in received} == {"job1"}
+    with pytest.raises(ValueError):
+        decode_work_message(b'{"job_id": "x"}')
+    with pytest.raises(ValueError):
+        decode_work_message(json.dumps({"job_id": 1, "item_key": "k"}).encode())

@@ -1,0 +1,81 @@
+"""GeminiImageGenerator through the real google-genai SDK against our Gemini API emulator."""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import requests
+from google import genai
+from google.genai import types
+from PIL import Image
+
+from adapters.gemini_generator import GeminiImageGenerator
+from core.errors import ContentRefused, PermissionDenied, QuotaExceeded, TransientError
+
+MODEL = "gemini-2.5-flash-image"
+
+
+@pytest.fixture
+def gemini(emulators):
+    base = os.environ["GOOGLE_GEMINI_BASE_URL"].rstrip("/")
+    requests.post(f"{base}/_emulator/reset", timeout=10).raise_for_status()
+
+    def configure(patch: dict) -> None:
+        requests.post(f"{base}/_emulator/config", json=patch, timeout=10).raise_for_status()
+
+    configure({"image_scale": 0.25})
+    # Built like wiring.image_generator(): base URL and key from the environment.
+    client = genai.Client(http_options=types.HttpOptions(timeout=3000))
+    generator = GeminiImageGenerator(client, MODEL)
+    generator.configure = configure
+    generator.stats = lambda: requests.get(f"{base}/_emulator/stats", timeout=10).json()
+    yield generator
+    requests.post(f"{base}/_emulator/reset", timeout=10)
+
+
+def test_generates_a_png_of_the_requested_shape(gemini):
+    image = gemini.generate("a lighthouse at dusk", "16:9", None)
+    assert image.mime_type == "image/png" and image.finish_reason == "STOP"
+    assert image.output_tokens == 1290
+    png = Image.open(io.BytesIO(image.data))
+    assert png.format == "PNG"
+    assert png.size[0] > png.size[1]  # 16:9 is landscape (scaled by image_scale)
+
+
+def test_quota_429_carries_quota_id_and_retry_delay(gemini):
+    gemini.configure({"window_seconds": 30, "quotas": {"default": {"rpm": 1}}})
+    gemini.generate("first", "1:1", None)
+    with pytest.raises(QuotaExceeded) as e:
+        gemini.generate("second", "1:1", None)
+    assert e.value.quota_id == "GenerateRequestsPerMinutePerProjectPerModel"
+    assert 0 < e.value.retry_delay <= 30
+    assert not e.value.per_day
+
+
+def test_daily_quota_is_recognised(gemini):
+    gemini.configure({"quotas": {"default": {"rpd": 1}}})
+    gemini.generate("first", "1:1", None)
+    with pytest.raises(QuotaExceeded) as e:
+        gemini.generate("second", "1:1", None)
+    assert e.value.per_day
+
+
+@pytest.mark.parametrize("outcome,error", [
+    ("500", TransientError), ("503", TransientError), ("403", PermissionDenied),
+    ("blocked", ContentRefused), ("image_safety", ContentRefused), ("no_image", ContentRefused),
+])
+def test_faults_become_domain_errors(gemini, outcome, error):
+    gemini.configure({"faults": {"script": [outcome]}})
+    with pytest.raises(error) as e:
+        gemini.generate("anything", "1:1", None)
+    if outcome == "image_safety":
+        assert "IMAGE_SAFETY" in e.value.reason
+    if outcome == "blocked":
+        assert "blocked" in e.value.reason
+
+
+def test_a_hang_becomes_a_transient_timeout(gemini):
+    gemini.configure({"faults": {"script": ["hang"], "hang_seconds": 10}})
+    with pytest.raises(TransientError, match="transport"):
+        gemini.generate("slow", "1:1", None)

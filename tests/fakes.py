@@ -68,6 +68,10 @@ class InMemoryJobStore:
             counts[ItemState(d["state"])] += 1
         return counts
 
+    def has_unfinished_items(self, job_id: str) -> bool:
+        unfinished = {ItemState.QUEUED.value, ItemState.RUNNING.value}
+        return any(d["state"] in unfinished for d in self.items.get(job_id, {}).values())
+
     def claim_item(self, job_id, key, owner, now, lease_seconds) -> Item | None:
         with self.lock:
             d = self.items.get(job_id, {}).get(key)

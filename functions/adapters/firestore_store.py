@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -79,17 +79,20 @@ class FirestoreJobStore:
             counts[state] = int(result[0][0].value)
         return counts
 
+    def has_unfinished_items(self, job_id: str) -> bool:
+        unfinished = [ItemState.QUEUED.value, ItemState.RUNNING.value]
+        query = self._items(job_id).where(filter=FieldFilter("state", "in", unfinished)).limit(1)
+        return any(True for _ in query.stream())
+
     def claim_item(
         self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
     ) -> Item | None:
-        ref = self._items(job_id).document(key)
+        claimed: list[Item] = []
 
-        @firestore.transactional
-        def claim(tx: firestore.Transaction) -> Item | None:
-            snap = ref.get(transaction=tx)
-            if not snap.exists:
+        def decide(data: dict | None) -> dict | None:
+            if data is None:
                 return None
-            item = Item.from_dict(snap.to_dict())
+            item = Item.from_dict(data)
             if item.terminal:
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
@@ -100,26 +103,18 @@ class FirestoreJobStore:
                 "lease_expires_at": now + lease_seconds,
                 "updated_at": now,
             }
-            tx.update(ref, updates)
-            item.state = ItemState.RUNNING
-            item.lease_owner = owner
-            item.lease_expires_at = now + lease_seconds
-            return item
+            claimed[:] = [Item.from_dict({**data, **updates})]
+            return updates
 
-        return claim(self.db.transaction())
+        return claimed[0] if compare_and_set(self.db, self._items(job_id).document(key), decide) else None
 
     def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
-        ref = self._items(job_id).document(key)
+        def decide(data: dict | None) -> dict | None:
+            if data is None or data.get("lease_owner") != owner:
+                return None
+            return updates
 
-        @firestore.transactional
-        def finish(tx: firestore.Transaction) -> bool:
-            snap = ref.get(transaction=tx)
-            if not snap.exists or snap.get("lease_owner") != owner:
-                return False
-            tx.update(ref, updates)
-            return True
-
-        return finish(self.db.transaction())
+        return compare_and_set(self.db, self._items(job_id).document(key), decide)
 
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
@@ -135,19 +130,15 @@ class FirestoreJobStore:
         self, job_id: str, status: JobStatus, now: float,
         allowed_from: set[JobStatus], extra: dict | None = None,
     ) -> None:
-        ref = self.jobs.document(job_id)
-
-        @firestore.transactional
-        def move(tx: firestore.Transaction) -> None:
-            snap = ref.get(transaction=tx)
-            if not snap.exists:
-                return
-            current = JobStatus(snap.get("status"))
+        def decide(data: dict | None) -> dict | None:
+            if data is None:
+                return None
+            current = JobStatus(data["status"])
             if current not in allowed_from or current in TERMINAL_JOB_STATUSES:
-                return
-            tx.update(ref, {"status": status.value, "updated_at": now, **(extra or {})})
+                return None
+            return {"status": status.value, "updated_at": now, **(extra or {})}
 
-        move(self.db.transaction())
+        compare_and_set(self.db, self.jobs.document(job_id), decide)
 
 
 class FirestoreSlotStore:
@@ -164,14 +155,10 @@ class FirestoreSlotStore:
         return float(snap.get("blocked_until")) if snap.exists and snap.to_dict().get("blocked_until") else 0.0
 
     def push_blocked_until(self, until: float) -> None:
-        @firestore.transactional
-        def push(tx: firestore.Transaction) -> None:
-            snap = self.root.get(transaction=tx)
-            current = (snap.to_dict() or {}).get("blocked_until", 0.0) if snap.exists else 0.0
-            if until > current:
-                tx.set(self.root, {"blocked_until": until}, merge=True)
+        def decide(data: dict | None) -> dict | None:
+            return {"blocked_until": until} if until > (data or {}).get("blocked_until", 0.0) else None
 
-        push(self.db.transaction())
+        compare_and_set(self.db, self.root, decide)
 
     def last_slot(self) -> int | None:
         query = self.slots.order_by("slot", direction=firestore.Query.DESCENDING).limit(1)
@@ -191,33 +178,50 @@ class FirestoreSlotStore:
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         candidates = list(range(capacity))
-        random.shuffle(candidates)
+        random.shuffle(candidates)  # spread contending instances over the leases
+
+        def decide(data: dict | None) -> dict | None:
+            if data and data.get("owner") and data.get("expires_at", 0) > now:
+                return None
+            return {"owner": owner, "expires_at": now + ttl}
+
         for index in candidates:
             ref = self.leases.document(str(index))
-
-            @firestore.transactional
-            def take(tx: firestore.Transaction, ref=ref) -> bool:
-                snap = ref.get(transaction=tx)
-                data = snap.to_dict() or {}
-                if data.get("owner") and data.get("expires_at", 0) > now:
-                    return False
-                tx.set(ref, {"owner": owner, "expires_at": now + ttl})
-                return True
-
-            try:
-                if take(self.db.transaction()):
-                    return ref.id
-            except (gexc.Aborted, ValueError):
-                continue  # lost the race for this lease; try the next one
+            if compare_and_set(self.db, ref, decide, attempts=1):
+                return ref.id
         return None
 
     def release_lease(self, lease_id: str, owner: str) -> None:
-        ref = self.leases.document(lease_id)
+        def decide(data: dict | None) -> dict | None:
+            return {"owner": None, "expires_at": 0} if data and data.get("owner") == owner else None
 
-        @firestore.transactional
-        def release(tx: firestore.Transaction) -> None:
-            snap = ref.get(transaction=tx)
-            if snap.exists and snap.get("owner") == owner:
-                tx.set(ref, {"owner": None, "expires_at": 0})
+        compare_and_set(self.db, self.leases.document(lease_id), decide)
 
-        release(self.db.transaction())
+
+def compare_and_set(
+    client: firestore.Client,
+    ref: firestore.DocumentReference,
+    decide: Callable[[dict | None], dict | None],
+    attempts: int = 5,
+) -> bool:
+    """Optimistic read-modify-write: write decide(current) only if nobody wrote in between.
+
+    A transaction would do, but Firestore's server SDK transactions lock the document, and
+    under contention (a dozen workers releasing leases or pushing the limiter back) the
+    lock waits cost about a second each. A precondition on the read's update_time (or
+    create-if-absent) gives the same atomicity without locks. Returns True when written,
+    False when decide() declined or every attempt lost the race."""
+    for _ in range(attempts):
+        snap = ref.get()
+        updates = decide(snap.to_dict() if snap.exists else None)
+        if updates is None:
+            return False
+        try:
+            if snap.exists:
+                ref.update(updates, option=client.write_option(last_update_time=snap.update_time))
+            else:
+                ref.create(updates)
+            return True
+        except (gexc.FailedPrecondition, gexc.Conflict):
+            continue
+    return False

@@ -31,6 +31,9 @@ class JobStore(Protocol):
 
     def count_items(self, job_id: str) -> dict[ItemState, int]: ...
 
+    def has_unfinished_items(self, job_id: str) -> bool:
+        """True while any item is queued or running (cheaper than count_items)."""
+
     def claim_item(
         self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
     ) -> Item | None:

@@ -173,6 +173,8 @@ def finalize_job_if_done(job_id: str, *, store: JobStore, clock: Clock) -> JobSt
 
     Every finisher calls this after committing its own item, so the last one to commit
     always sees zero remaining; two finishers may both see it, and the write is idempotent."""
+    if store.has_unfinished_items(job_id):
+        return None
     status = job_status_from_counts(store.count_items(job_id))
     if status is not None:
         store.complete_job(job_id, status, clock.now())

@@ -77,6 +77,19 @@ def test_job_round_trip_listing_and_counts(job_store):
     assert [i.key for i in job_store.list_items(job.job_id, 1, 10)] == ["k2", "k3", "k4"]
     counts = job_store.count_items(job.job_id)
     assert counts[ItemState.QUEUED] == 5 and counts[ItemState.SUCCEEDED] == 0
+    assert job_store.has_unfinished_items(job.job_id)
+
+
+def test_unfinished_items_tracks_queued_and_running(job_store):
+    job, items = make_job(2)
+    job_store.create_job(job, items)
+    for key in ("k0", "k1"):
+        job_store.claim_item(job.job_id, key, "w", now=200.0, lease_seconds=60)
+    assert job_store.has_unfinished_items(job.job_id)
+    job_store.finish_item(job.job_id, "k0", "w", {"state": "failed", "lease_owner": None})
+    assert job_store.has_unfinished_items(job.job_id)
+    job_store.finish_item(job.job_id, "k1", "w", {"state": "succeeded", "lease_owner": None})
+    assert not job_store.has_unfinished_items(job.job_id)
 
 
 def test_unpublished_jobs_and_mark_published(job_store):

@@ -91,10 +91,18 @@ def up(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from infra.local.demo import run_demo
+    from infra.local import demo as scenario
 
-    with _stack(args, ports=Ports.free(), state_dir=STATE_DIR / "demo", functions=True) as stack:
-        return run_demo(stack)
+    if scenario.use_real_gemini():
+        print("GEMINI_API_KEY is set and GOOGLE_GEMINI_BASE_URL is not: using the real Gemini API.")
+        args.no_gemini = True
+    else:
+        args.function_env = [f"{k}={v}" for k, v in scenario.FUNCTION_ENV.items()] + args.function_env
+    stack = _stack(args, ports=Ports.free(), state_dir=STATE_DIR / "demo", functions=True)
+    if stack.gemini:
+        stack.gemini_config = {**scenario.GEMINI_CONFIG, **(stack.gemini_config or {})}
+    with stack:
+        return scenario.run_demo(stack)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from infra.local.relay import PushRelay
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = REPO_ROOT / "functions"
 DEFAULT_PROJECT = "demo-imagefleet"
@@ -406,7 +408,9 @@ class Stack:
         worker_threads: int | None = None,
         images_bucket: str | None = None,
         work_topic: str = "imagefleet-work",
-        ack_deadline: int = 60,
+        ack_deadline: int = 120,
+        delivery: str = "push",
+        relay_concurrency: int = 8,
         retry_min_backoff: float = 1.0,
         retry_max_backoff: float = 10.0,
         dead_letter_max_attempts: int | None = None,
@@ -429,6 +433,10 @@ class Stack:
         self.images_bucket = images_bucket or f"{project}-images"
         self.work_topic = work_topic
         self.ack_deadline = ack_deadline
+        if delivery not in ("push", "relay"):
+            raise StackError(f"delivery is 'push' or 'relay', not {delivery!r}")
+        self.delivery, self.relay_concurrency = delivery, relay_concurrency
+        self.relay: PushRelay | None = None
         self.retry_min_backoff, self.retry_max_backoff = retry_min_backoff, retry_max_backoff
         self.dead_letter_max_attempts = dead_letter_max_attempts
         self.scheduler_interval = scheduler_interval
@@ -531,7 +539,10 @@ class Stack:
             if self.functions:
                 self._start_and_wait([self._function(n) for n in FUNCTION_TARGETS])
                 # After the worker is up, so the first pushes don't fail.
-                self._create_push_subscription()
+                if self.delivery == "push":
+                    self._create_push_subscription()
+                else:
+                    self._start_relay()
                 if self.scheduler_interval:
                     self._start_scheduler()
             return self
@@ -543,6 +554,9 @@ class Stack:
     def stop(self) -> None:
         """Stop every process group; safe to call twice."""
         self._scheduler_stop.set()
+        if self.relay:
+            self.relay.stop()
+            self.relay = None
         if self._scheduler:
             self._scheduler.join(timeout=5)
             self._scheduler = None
@@ -705,6 +719,18 @@ class Stack:
             body["deadLetterPolicy"] = {"deadLetterTopic": dead_topic,
                                         "maxDeliveryAttempts": self.dead_letter_max_attempts}
         self._rest("PUT", f"{self.url('pubsub')}/v1/{self.push_subscription_path}", body, ok=(200, 409))
+
+    def _start_relay(self) -> None:
+        # A pull subscription drained by the relay's threads instead of the emulator's push
+        # loop, which keeps only 2 pushes in flight (see relay.py).
+        subscription = f"projects/{self.project}/subscriptions/{self.work_topic}-relay"
+        self._rest("PUT", f"{self.url('pubsub')}/v1/{subscription}",
+                   {"topic": self.topic_path, "ackDeadlineSeconds": self.ack_deadline}, ok=(200, 409))
+        self.relay = PushRelay(
+            pubsub_url=self.url("pubsub"), subscription_path=subscription,
+            endpoint=self.push_endpoint, concurrency=self.relay_concurrency,
+            min_backoff=self.retry_min_backoff, max_backoff=self.retry_max_backoff,
+        ).start()
 
     # -- Cloud Scheduler stand-in -------------------------------------------------------------
 

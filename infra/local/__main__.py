@@ -72,6 +72,11 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGHUP, signal.default_int_handler)
     ports = Ports.from_env()
+    from infra.local.demo import use_real_gemini
+
+    if use_real_gemini():
+        print("GEMINI_API_KEY is set and GOOGLE_GEMINI_BASE_URL is not: the functions call the real Gemini API.")
+        args.no_gemini = True
     print(f"Starting the local stack (logs in {STATE_DIR / 'logs'})...", flush=True)
     with _stack(args, ports=ports, state_dir=STATE_DIR, functions=not args.no_functions) as stack:
         timings = ", ".join(f"{n} {s}s" for n, s in stack.startup_seconds.items())

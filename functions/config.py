@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     # Routing and input limits
     interactive_threshold: int = Field(10, ge=1)
-    batch_lane_enabled: bool = False
+    batch_lane_enabled: bool = True
     max_items_per_job: int = Field(10_000, ge=1)
     max_prompt_chars: int = Field(4_000, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
@@ -41,6 +41,37 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
     )
     republish_grace_seconds: float = Field(60.0, ge=0)
+
+    # The batch lane
+    gemini_api_key: SecretStr | None = Field(
+        None, description="read only to fingerprint batches; the SDK reads GEMINI_API_KEY itself"
+    )
+    batch_max_requests: int = Field(1000, ge=1, description="requests per Gemini batch")
+    batch_max_output_bytes: int = Field(
+        2_000_000_000, ge=1, description="expected results-file size per batch"
+    )
+    batch_expected_image_bytes: int = Field(
+        2_000_000, ge=1, description="expected size of one result line (a base64 image)"
+    )
+    batch_max_attempts: int = Field(3, ge=1, description="batches an item may go through")
+    poller_budget_seconds: float = Field(
+        240.0, gt=0, description="a poller call stops starting work after this long"
+    )
+    batch_lease_seconds: float = Field(
+        300.0, gt=0, description="how long a poller owns a batch; above the budget"
+    )
+    batch_checkpoint_lines: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _lease_outlives_budget(self) -> Settings:
+        if self.batch_lease_seconds <= self.poller_budget_seconds:
+            raise ValueError("BATCH_LEASE_SECONDS must be longer than POLLER_BUDGET_SECONDS")
+        return self
+
+    @property
+    def batch_items_per_batch(self) -> int:
+        by_bytes = max(1, self.batch_max_output_bytes // self.batch_expected_image_bytes)
+        return min(self.batch_max_requests, by_bytes)
 
     @property
     def lease_seconds(self) -> float:

@@ -29,6 +29,7 @@ _ROUTES = Map(
         Rule("/healthz", endpoint="healthz", methods=["GET"]),
         Rule("/v1/jobs", endpoint="submit", methods=["POST"]),
         Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
+        Rule("/v1/jobs/<job_id>", endpoint="cancel", methods=["DELETE"]),
     ],
     strict_slashes=False,
 )
@@ -113,7 +114,9 @@ def _submit(request):
             clock=wiring.clock(),
             model=s.gemini_model,
             interactive_threshold=s.interactive_threshold,
-            batch_available=s.batch_lane_enabled,
+            batch=wiring.batch_lane(),
+            batch_max_requests=s.batch_items_per_batch,
+            owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
         )
     except errors.LaneUnavailable as e:
         raise ApiError(503, "lane_unavailable", str(e))
@@ -138,18 +141,36 @@ def _status(request, job_id: str):
     if page_token is not None and not page_token.isdigit():
         raise ApiError(400, "invalid_request", "page_token is not one this API issued",
                        [{"field": "page_token", "problem": "invalid"}])
-    if not job_id.isalnum() or len(job_id) > 64:
-        raise ApiError(404, "not_found", f"job {job_id} not found")
+    _check_job_id(job_id)
     try:
         body = usecases.get_job_status(
-            job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token
+            job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
+            batches=wiring.job_store(),
         )
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     return _json(body)
 
 
-_HANDLERS = {"healthz": _healthz, "submit": _submit, "status": _status}
+def _cancel(request, job_id: str):
+    _check_job_id(job_id)
+    try:
+        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink())
+    except errors.NotFound as e:
+        raise ApiError(404, "not_found", str(e))
+    except errors.Conflict as e:
+        raise ApiError(409, "conflict", str(e))
+    log.info("cancelled job %s", job_id)
+    return _json(body)
+
+
+def _check_job_id(job_id: str) -> None:
+    # Job ids are ours (uuid hex): anything else cannot name a job, and never reaches a query.
+    if not job_id.isalnum() or len(job_id) > 64:
+        raise ApiError(404, "not_found", f"job {job_id} not found")
+
+
+_HANDLERS = {"healthz": _healthz, "submit": _submit, "status": _status, "cancel": _cancel}
 
 
 class RetryLater(Exception):
@@ -187,9 +208,15 @@ def pubsub_worker(cloud_event):
 
 @functions_framework.http
 def scheduled_poller(request):
+    """One Cloud Scheduler tick. Overlapping ticks are safe: every batch is leased."""
     s = wiring.settings()
+    clock = wiring.clock()
+    deadline = clock.now() + s.poller_budget_seconds
     republished = usecases.reconcile_unpublished(
-        store=wiring.job_store(), queue=wiring.work_queue(), clock=wiring.clock(),
+        store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
     )
-    return _json({"republished_jobs": republished})
+    lane = wiring.batch_lane()
+    batches = lane.reconcile(f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}", deadline) if lane else {}
+    log.info("poller tick: republished %d jobs, batches %s", len(republished), batches)
+    return _json({"republished_jobs": republished, "batches": batches})

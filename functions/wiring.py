@@ -65,19 +65,50 @@ def image_sink():
 
 
 @functools.cache
-def image_generator():
+def genai_client():
     from google import genai
     from google.genai import types
 
+    # Base URL and key come from GOOGLE_GEMINI_BASE_URL / GEMINI_API_KEY. Retries are ours
+    # (shared limiter, Pub/Sub redelivery, batch resubmission), so the SDK's stay off.
+    return genai.Client(
+        http_options=types.HttpOptions(timeout=int(settings().gemini_timeout_seconds * 1000))
+    )
+
+
+@functools.cache
+def image_generator():
     from adapters.gemini_generator import GeminiImageGenerator
 
+    return GeminiImageGenerator(genai_client(), settings().gemini_model)
+
+
+@functools.cache
+def batch_lane():
+    """The batch lane, or None when it is switched off (BATCH_LANE_ENABLED=false)."""
+    from adapters.gemini_batches import GeminiBatchApi
+    from core import usecases
+    from core.batches import BatchLane
+
     s = settings()
-    # Base URL and key come from GOOGLE_GEMINI_BASE_URL / GEMINI_API_KEY. Retries are ours
-    # (shared limiter + Pub/Sub redelivery), so the SDK's own retries stay off.
-    client = genai.Client(
-        http_options=types.HttpOptions(timeout=int(s.gemini_timeout_seconds * 1000))
+    if not s.batch_lane_enabled:
+        return None
+    key = s.gemini_api_key.get_secret_value() if s.gemini_api_key else None
+    return BatchLane(
+        store=job_store(),
+        jobs=job_store(),
+        api=GeminiBatchApi(genai_client(), key),
+        sink=image_sink(),
+        clock=clock(),
+        lease_seconds=s.batch_lease_seconds,
+        max_attempts=s.batch_max_attempts,
+        checkpoint_lines=s.batch_checkpoint_lines,
+        image_size_for=usecases.image_size_for,
+        compose_prompt=usecases.compose_prompt,
+        finalize_job=lambda job_id: usecases.finalize_job_if_done(
+            job_id, store=job_store(), clock=clock(), sink=image_sink()
+        ),
     )
-    return GeminiImageGenerator(client, s.gemini_model)
 
 
 def rate_limit(s: Settings) -> RateLimit:

@@ -1,12 +1,17 @@
 """In-memory fakes of the core's ports, for fast unit tests. Contract tests keep them honest."""
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from core.errors import GenerationError
-from core.models import GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage, TERMINAL_JOB_STATUSES
+from core.models import (
+    ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
+    StoredImage, TERMINAL_JOB_STATUSES,
+)
 
 
 class FakeClock:
@@ -32,6 +37,7 @@ class InMemoryJobStore:
     def __init__(self) -> None:
         self.jobs: dict[str, dict] = {}
         self.items: dict[str, dict[str, dict]] = {}
+        self.intents: dict[str, dict] = {}
         self.lock = threading.Lock()
 
     def create_job(self, job: Job, items: Sequence[Item]) -> None:
@@ -97,8 +103,85 @@ class InMemoryJobStore:
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, {JobStatus.QUEUED})
 
-    def complete_job(self, job_id: str, status: JobStatus, now: float) -> None:
-        self._transition(job_id, status, now, {JobStatus.QUEUED, JobStatus.RUNNING}, finished_at=now)
+    def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            if d is None:
+                return
+            current = JobStatus(d["status"])
+            if current in (JobStatus.QUEUED, JobStatus.RUNNING):
+                d.update(status=status.value, updated_at=now, finished_at=now, manifest_uri=manifest_uri)
+            elif current is JobStatus.CANCELLED and manifest_uri and not d.get("manifest_uri"):
+                d.update(updated_at=now, finished_at=now, manifest_uri=manifest_uri)
+
+    def cancel_job(self, job_id: str, now: float) -> bool:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            if d is None or JobStatus(d["status"]) not in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return False
+            d.update(status=JobStatus.CANCELLED.value, updated_at=now)
+            return True
+
+    # --- BatchStore ---
+
+    def create_job_with_intents(self, job: Job, items: Sequence[Item], intents: Sequence[BatchIntent]) -> None:
+        with self.lock:
+            for intent in intents:
+                self.intents[intent.intent_id] = intent.to_dict()
+        self.create_job(job, items)
+
+    def create_intent(self, intent: BatchIntent) -> bool:
+        with self.lock:
+            if intent.intent_id in self.intents:
+                return False
+            self.intents[intent.intent_id] = intent.to_dict()
+            return True
+
+    def get_intent(self, intent_id: str) -> BatchIntent | None:
+        d = self.intents.get(intent_id)
+        return BatchIntent.from_dict(copy.deepcopy(d)) if d else None
+
+    def intents_of_job(self, job_id: str) -> list[BatchIntent]:
+        found = [BatchIntent.from_dict(copy.deepcopy(d)) for d in self.intents.values() if d["job_id"] == job_id]
+        return sorted(found, key=lambda i: i.intent_id)
+
+    def active_intents(self, limit: int) -> list[BatchIntent]:
+        active = {s.value for s in ACTIVE_INTENT_STATES}
+        found = [BatchIntent.from_dict(copy.deepcopy(d)) for d in self.intents.values() if d["state"] in active]
+        return sorted(found, key=lambda i: i.intent_id)[:limit]
+
+    def claim_intent(self, intent_id, owner, now, lease_seconds) -> BatchIntent | None:
+        with self.lock:
+            d = self.intents.get(intent_id)
+            if d is None or d["state"] == IntentState.FINISHED.value:
+                return None
+            if d.get("lease_owner") and (d.get("lease_expires_at") or 0) > now:
+                return None
+            d.update(lease_owner=owner, lease_expires_at=now + lease_seconds)
+            return BatchIntent.from_dict(copy.deepcopy(d))
+
+    def update_intent(self, intent_id, owner, updates) -> bool:
+        with self.lock:
+            d = self.intents.get(intent_id)
+            if d is None or d.get("lease_owner") != owner:
+                return False
+            d.update(copy.deepcopy(updates))
+            return True
+
+    def checkpoint(self, intent_id, owner, intent_updates, item_updates) -> bool:
+        with self.lock:
+            d = self.intents.get(intent_id)
+            if d is None or d.get("lease_owner") != owner:
+                return False
+            d.update(copy.deepcopy(intent_updates))
+            items = self.items[d["job_id"]]
+            for key, updates in item_updates.items():
+                items[key].update(copy.deepcopy(updates))
+            return True
+
+    def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
+        items = self.items.get(job_id, {})
+        return [Item.from_dict(copy.deepcopy(items[k])) for k in keys if k in items]
 
     def _transition(self, job_id, status, now, allowed_from, **extra) -> None:
         with self.lock:
@@ -135,6 +218,9 @@ class InMemoryImageSink:
         self.writes += 1
         self.objects[name] = (data, dict(metadata))
         return StoredImage(uri=uri, created=True)
+
+    def put_manifest(self, name: str, data: bytes) -> StoredImage:
+        return self.put_png(name, data, {})
 
 
 class ScriptedImageGenerator:
@@ -210,3 +296,92 @@ class NoLimiter:
 
     def push_back(self, until: float) -> None:
         self.pushed_back.append(until)
+
+
+class FakeBatchApi:
+    """The Files and Batch APIs in memory. Tests move batches along with finish()/set_state()."""
+
+    def __init__(self, fingerprint: str = "fp-test") -> None:
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.fingerprint = fingerprint
+        self.created = 0
+        self.fail_create_after_creating = False
+        self.cancelled: list[str] = []
+        self.deleted_files: list[str] = []
+
+    def key_fingerprint(self) -> str:
+        return self.fingerprint
+
+    def upload_jsonl(self, data: bytes, display_name: str) -> str:
+        name = f"files/f{len(self.files):04d}"
+        self.files[name] = data
+        return name
+
+    def create_batch(self, model: str, input_file: str, display_name: str) -> BatchInfo:
+        name = f"batches/b{len(self.batches):04d}"
+        requests = [json.loads(line) for line in self.files[input_file].splitlines() if line.strip()]
+        self.batches[name] = {"state": "BATCH_STATE_PENDING", "display_name": display_name,
+                              "requests": requests, "output_file": None}
+        self.created += 1
+        if self.fail_create_after_creating:
+            raise ConnectionError("connection reset after the batch was created")
+        return BatchInfo(name=name, state="BATCH_STATE_PENDING", display_name=display_name)
+
+    def find_batch(self, display_name: str) -> BatchInfo | None:
+        for name, b in self.batches.items():
+            if b["display_name"] == display_name:
+                return BatchInfo(name=name, state=b["state"], display_name=display_name, output_file=b["output_file"])
+        return None
+
+    def get_batch(self, name: str) -> BatchInfo | None:
+        b = self.batches.get(name)
+        if b is None:
+            return None
+        return BatchInfo(name=name, state=b["state"], display_name=b["display_name"], output_file=b["output_file"])
+
+    def cancel_batch(self, name: str) -> None:
+        self.cancelled.append(name)
+        self.batches[name]["state"] = "BATCH_STATE_CANCELLED"
+
+    def set_state(self, name: str, state: str) -> None:
+        self.batches[name]["state"] = state
+
+    def finish(self, name: str, outcome: Callable[[str, dict], dict] | None = None) -> list[bytes]:
+        """SUCCEEDED with one result line per request; outcome(key, request) gives the line's
+        body ({"response": ...} or {"error": ...}); the default is a tiny PNG."""
+        b = self.batches[name]
+        lines = []
+        for req in b["requests"]:
+            body = outcome(req["key"], req["request"]) if outcome else None
+            lines.append(json.dumps({"key": req["key"], **(body or png_response(req["key"]))}).encode())
+        out = f"files/batch-{name.split('/')[1]}"
+        self.files[out] = b"\n".join(lines) + b"\n"
+        b.update(state="BATCH_STATE_SUCCEEDED", output_file=out)
+        return lines
+
+    def stream_file(self, name: str, sink) -> None:
+        data = self.files[name]
+        for start in range(0, len(data), 7):  # odd chunk size: lines straddle chunks
+            sink.write(data[start : start + 7])
+
+    def delete_file(self, name: str) -> None:
+        self.deleted_files.append(name)
+        self.files.pop(name, None)
+
+
+def png_response(text: str, size: tuple[int, int] = (4, 3)) -> dict:
+    """A GenerateContentResponse carrying a real (tiny) PNG."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 80, 40)).save(buffer, format="PNG")
+    return {"response": {
+        "candidates": [{"content": {"parts": [
+            {"text": f"image of {text}"},
+            {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(buffer.getvalue()).decode()}},
+        ], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"candidatesTokenCount": 1290}, "modelVersion": "fake-image-model",
+    }}

@@ -4,6 +4,7 @@ Layout:
   jobs/{job_id}                       the job (written at submit and at a few transitions)
   jobs/{job_id}/items/{item_key}      one document per image: each is written by one worker at a
                                       time, so no document sees more than a few writes per second
+  batches/{intent_id}                 one batch intent: recorded before the Gemini batch exists
   ratelimit/{limiter_id}              blocked_until, written only when a 429 pushes everyone back
   ratelimit/{limiter_id}/slots/{n}    one create-only document per send slot (TTL on expire_at)
   ratelimit/{limiter_id}/leases/{i}   the concurrency leases
@@ -18,7 +19,16 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from core.models import Item, ItemState, Job, JobStatus, TERMINAL_JOB_STATUSES
+from core.models import (
+    ACTIVE_INTENT_STATES,
+    BatchIntent,
+    IntentState,
+    Item,
+    ItemState,
+    Job,
+    JobStatus,
+    TERMINAL_JOB_STATUSES,
+)
 
 # Firestore accepts at most 500 writes in one batch.
 _BATCH_LIMIT = 500
@@ -29,9 +39,10 @@ def _ts(epoch: float) -> dt.datetime:
 
 
 class FirestoreJobStore:
-    def __init__(self, client: firestore.Client, collection: str = "jobs") -> None:
+    def __init__(self, client: firestore.Client, collection: str = "jobs", intents: str = "batches") -> None:
         self.db = client
         self.jobs = client.collection(collection)
+        self.intents = client.collection(intents)
 
     def _items(self, job_id: str):
         return self.jobs.document(job_id).collection("items")
@@ -119,12 +130,114 @@ class FirestoreJobStore:
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
 
-    def complete_job(self, job_id: str, status: JobStatus, now: float) -> None:
-        self._transition(
-            job_id, status, now,
-            allowed_from={JobStatus.QUEUED, JobStatus.RUNNING},
-            extra={"finished_at": now},
-        )
+    def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
+        def decide(data: dict | None) -> dict | None:
+            if data is None:
+                return None
+            current = JobStatus(data["status"])
+            if current in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return {"status": status.value, "updated_at": now, "finished_at": now, "manifest_uri": manifest_uri}
+            if current is JobStatus.CANCELLED and manifest_uri and not data.get("manifest_uri"):
+                return {"updated_at": now, "finished_at": now, "manifest_uri": manifest_uri}
+            return None
+
+        compare_and_set(self.db, self.jobs.document(job_id), decide)
+
+    def cancel_job(self, job_id: str, now: float) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or JobStatus(data["status"]) not in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return None
+            return {"status": JobStatus.CANCELLED.value, "updated_at": now}
+
+        return compare_and_set(self.db, self.jobs.document(job_id), decide)
+
+    # --- BatchStore ----------------------------------------------------------------------
+
+    def create_job_with_intents(self, job: Job, items: Sequence[Item], intents: Sequence[BatchIntent]) -> None:
+        self._write_all([(self.intents.document(i.intent_id), i.to_dict()) for i in intents])
+        self.create_job(job, items)
+
+    def create_intent(self, intent: BatchIntent) -> bool:
+        try:
+            self.intents.document(intent.intent_id).create(intent.to_dict())
+            return True
+        except gexc.Conflict:
+            return False
+
+    def get_intent(self, intent_id: str) -> BatchIntent | None:
+        snap = self.intents.document(intent_id).get()
+        return BatchIntent.from_dict(snap.to_dict()) if snap.exists else None
+
+    def intents_of_job(self, job_id: str) -> list[BatchIntent]:
+        query = self.intents.where(filter=FieldFilter("job_id", "==", job_id))
+        return sorted((BatchIntent.from_dict(s.to_dict()) for s in query.stream()), key=lambda i: i.intent_id)
+
+    def active_intents(self, limit: int) -> list[BatchIntent]:
+        states = [s.value for s in ACTIVE_INTENT_STATES]
+        query = self.intents.where(filter=FieldFilter("state", "in", states)).limit(limit)
+        return [BatchIntent.from_dict(s.to_dict()) for s in query.stream()]
+
+    def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
+        claimed: list[BatchIntent] = []
+
+        def decide(data: dict | None) -> dict | None:
+            if data is None or data["state"] == IntentState.FINISHED.value:
+                return None
+            if data.get("lease_owner") and (data.get("lease_expires_at") or 0) > now:
+                return None
+            updates = {"lease_owner": owner, "lease_expires_at": now + lease_seconds}
+            claimed[:] = [BatchIntent.from_dict({**data, **updates})]
+            return updates
+
+        return claimed[0] if compare_and_set(self.db, self.intents.document(intent_id), decide) else None
+
+    def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            return updates if data is not None and data.get("lease_owner") == owner else None
+
+        return compare_and_set(self.db, self.intents.document(intent_id), decide)
+
+    def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
+        """Item updates and the intent's progress in one atomic batch (split past 500 writes,
+        the intent going in the last one), conditional on the lease."""
+        ref = self.intents.document(intent_id)
+        snap = ref.get()
+        if not snap.exists or snap.get("lease_owner") != owner:
+            return False
+        items_ref = self._items(snap.get("job_id"))
+        writes = [(items_ref.document(key), updates) for key, updates in item_updates.items()]
+        step = _BATCH_LIMIT - 1  # room for the intent in the last batch
+        chunks = [writes[i : i + step] for i in range(0, len(writes), step)] or [[]]
+        for chunk in chunks[:-1]:
+            # Item results are idempotent: after a crash they are simply written again.
+            self._update_all(chunk)
+        batch = self.db.batch()
+        for doc, updates in chunks[-1]:
+            batch.update(doc, updates)
+        batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
+        try:
+            batch.commit()
+        except (gexc.FailedPrecondition, gexc.Conflict):
+            return False
+        return True
+
+    def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
+        refs = [self._items(job_id).document(k) for k in keys]
+        found = {s.id: Item.from_dict(s.to_dict()) for s in self.db.get_all(refs) if s.exists}
+        return [found[k] for k in keys if k in found]
+
+    def _write_all(self, docs: list) -> None:
+        for start in range(0, len(docs), _BATCH_LIMIT):
+            batch = self.db.batch()
+            for ref, data in docs[start : start + _BATCH_LIMIT]:
+                batch.create(ref, data)
+            batch.commit()
+
+    def _update_all(self, docs: list) -> None:
+        batch = self.db.batch()
+        for ref, updates in docs:
+            batch.update(ref, updates)
+        batch.commit()
 
     def _transition(
         self, job_id: str, status: JobStatus, now: float,

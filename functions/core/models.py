@@ -65,6 +65,7 @@ class Job:
     updated_at: float
     published: bool = False
     finished_at: float | None = None
+    manifest_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class Job:
             "updated_at": self.updated_at,
             "published": self.published,
             "finished_at": self.finished_at,
+            "manifest_uri": self.manifest_uri,
         }
 
     @classmethod
@@ -91,6 +93,7 @@ class Job:
             updated_at=d["updated_at"],
             published=d.get("published", False),
             finished_at=d.get("finished_at"),
+            manifest_uri=d.get("manifest_uri"),
         )
 
 
@@ -112,6 +115,12 @@ class Item:
     error: str | None = None
     finish_reason: str | None = None
     output_tokens: int | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    lane: str | None = None
+    batch_intent: str | None = None
     updated_at: float = 0.0
 
     @property
@@ -140,6 +149,7 @@ class Item:
             "gcs_uri": self.gcs_uri,
             "error": self.error,
             "finish_reason": self.finish_reason,
+            "lane": self.lane,
         }
 
 
@@ -160,3 +170,77 @@ class GeneratedImage:
 class StoredImage:
     uri: str
     created: bool  # False when the object already existed (an earlier attempt wrote it)
+
+
+class IntentState(str, enum.Enum):
+    """Where a batch intent is: the record we write before Gemini knows about the batch."""
+
+    PENDING = "pending"  # recorded, no input file yet
+    CREATING = "creating"  # input uploaded, batches.create may have been called
+    SUBMITTED = "submitted"  # the Gemini batch name is recorded
+    INGESTING = "ingesting"  # SUCCEEDED: results are being streamed into GCS
+    FINISHED = "finished"
+
+
+ACTIVE_INTENT_STATES = (IntentState.PENDING, IntentState.CREATING, IntentState.SUBMITTED, IntentState.INGESTING)
+
+
+@dataclass
+class BatchIntent:
+    """One Gemini batch job, recorded before it is created (batches.create is not idempotent)."""
+
+    intent_id: str
+    job_id: str
+    model: str
+    keys: list[str]
+    attempt: int
+    created_at: float
+    updated_at: float
+    state: IntentState = IntentState.PENDING
+    gemini_batch: str | None = None
+    gemini_state: str | None = None
+    input_file: str | None = None
+    output_file: str | None = None
+    key_fingerprint: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    lines_done: int = 0
+    retry_keys: list[str] = field(default_factory=list)
+    seen_keys: int = 0
+    outcome: str | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        d["keys"] = list(self.keys)
+        d["retry_keys"] = list(self.retry_keys)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchIntent:
+        d = dict(d)
+        d["state"] = IntentState(d["state"])
+        known = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "intent_id": self.intent_id,
+            "state": self.state.value,
+            "gemini_batch": self.gemini_batch,
+            "gemini_state": self.gemini_state,
+            "attempt": self.attempt,
+            "items": len(self.keys),
+            "outcome": self.outcome,
+        }
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """What batches.get tells us, normalised."""
+
+    name: str
+    state: str  # BATCH_STATE_* (JOB_STATE_* is normalised to it)
+    display_name: str | None = None
+    output_file: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from core.models import GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
+from core.models import BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
 
 
 class Clock(Protocol):
@@ -45,8 +45,11 @@ class JobStore(Protocol):
     def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
         """Apply updates to the item if owner still holds its lease. Returns False otherwise."""
 
-    def complete_job(self, job_id: str, status: JobStatus, now: float) -> None:
+    def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
         """Set a terminal status unless the job already has one."""
+
+    def cancel_job(self, job_id: str, now: float) -> bool:
+        """Move a queued or running job to cancelled; False if it had already ended."""
 
     def set_job_running(self, job_id: str, now: float) -> None: ...
 
@@ -59,6 +62,9 @@ class WorkQueue(Protocol):
 class ImageSink(Protocol):
     def put_png(self, name: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
         """Create the object only if absent; an existing object is reported, not overwritten."""
+
+    def put_manifest(self, name: str, data: bytes) -> StoredImage:
+        """Create a JSONL object only if absent."""
 
 
 class ImageGenerator(Protocol):
@@ -75,3 +81,55 @@ class RateLimiter(Protocol):
 
     def push_back(self, until: float) -> None:
         """Nobody may send before `until` (epoch seconds): a 429 told us when the window frees."""
+
+
+class BatchStore(Protocol):
+    """Batch intents, kept beside the jobs (the Firestore adapter implements both)."""
+
+    def create_job_with_intents(self, job: Job, items: Sequence[Item], intents: Sequence[BatchIntent]) -> None:
+        """Items and intents first, the job document last."""
+
+    def create_intent(self, intent: BatchIntent) -> bool:
+        """Create-only: False when an intent with that id exists."""
+
+    def get_intent(self, intent_id: str) -> BatchIntent | None: ...
+
+    def intents_of_job(self, job_id: str) -> list[BatchIntent]: ...
+
+    def active_intents(self, limit: int) -> list[BatchIntent]: ...
+
+    def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
+        """Lease an unfinished intent unless someone else holds a live lease on it."""
+
+    def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
+        """Apply updates if owner still holds the lease."""
+
+    def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
+        """Atomically update the intent (if owner holds the lease) and the job's items."""
+
+    def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]: ...
+
+
+class BatchApi(Protocol):
+    """The Gemini Files and Batch APIs, as the batch lane uses them."""
+
+    def key_fingerprint(self) -> str:
+        """A fingerprint of the API key the batches are created with (never the key)."""
+
+    def upload_jsonl(self, data: bytes, display_name: str) -> str:
+        """Upload a JSONL input file; its name (files/...)."""
+
+    def create_batch(self, model: str, input_file: str, display_name: str) -> BatchInfo: ...
+
+    def find_batch(self, display_name: str) -> BatchInfo | None:
+        """The batch with this display name, if one exists (for recovery after a crash)."""
+
+    def get_batch(self, name: str) -> BatchInfo | None:
+        """None when the batch does not exist (any more)."""
+
+    def cancel_batch(self, name: str) -> None: ...
+
+    def stream_file(self, name: str, sink) -> None:
+        """Stream a generated file's bytes into sink.write(chunk); errors from sink propagate."""
+
+    def delete_file(self, name: str) -> None: ...

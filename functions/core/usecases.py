@@ -1,13 +1,17 @@
 """Use cases: plain functions taking their collaborators as keyword arguments."""
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import routing
+from core.batches import BatchLane, plan_intents
+from core.jsonl import png_facts
 from core.errors import (
+    Conflict,
     ContentRefused,
     GenerationError,
     InvalidRequest,
@@ -24,7 +28,7 @@ from core.models import (
     JobStatus,
     Lane,
 )
-from core.ports import Clock, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
+from core.ports import BatchStore, Clock, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +55,23 @@ def submit_job(
     clock: Clock,
     model: str,
     interactive_threshold: int,
-    batch_available: bool = False,
+    batch: BatchLane | None = None,
+    batch_max_requests: int = 1000,
+    owner: str = "api",
     make_id: Callable[[], str] = new_job_id,
 ) -> Job:
     """Record the job and its items, then hand the items to their lane.
 
-    The job is written with published=False before anything is published: if this instance
-    dies half-way through publishing, reconcile_unpublished() finishes the job later. Pub/Sub
-    duplicates are harmless because the worker is idempotent."""
+    Interactive: the job is written with published=False before anything is published; if
+    this instance dies half-way, reconcile_unpublished() finishes the job later, and Pub/Sub
+    duplicates are harmless because the worker is idempotent.
+    Batch: the job, its items and one intent per batch are written first; the batches are
+    then created here, and whatever fails or crashes is created by the next poller tick."""
     lane = routing.choose_lane(
         len(spec.items),
         spec.requested_lane,
         threshold=interactive_threshold,
-        batch_available=batch_available,
+        batch_available=batch is not None,
     )
     now = clock.now()
     job = Job(
@@ -74,6 +82,7 @@ def submit_job(
         item_count=len(spec.items),
         created_at=now,
         updated_at=now,
+        published=lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
     )
     items = [
         Item(
@@ -84,15 +93,24 @@ def submit_job(
             aspect_ratio=s.aspect_ratio,
             domain=s.domain,
             quality=s.quality,
+            lane=lane.value,
             updated_at=now,
         )
         for i, s in enumerate(spec.items)
     ]
-    store.create_job(job, items)
     if lane is Lane.INTERACTIVE:
+        store.create_job(job, items)
         queue.publish_items(job.job_id, [it.key for it in items])
         store.mark_published(job.job_id, clock.now())
         job.published = True
+        return job
+    intents = plan_intents(job, items, max_requests=batch_max_requests, now=now)
+    batch.store.create_job_with_intents(job, items, intents)
+    for intent in intents:
+        try:
+            batch.submit(intent.intent_id, owner)
+        except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
+            log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
     return job
 
 
@@ -127,7 +145,8 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 
 
 def get_job_status(
-    job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None
+    job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
+    batches: BatchStore | None = None,
 ) -> dict:
     job = store.get_job(job_id)
     if job is None:
@@ -145,9 +164,11 @@ def get_job_status(
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "finished_at": job.finished_at,
+        "manifest_uri": job.manifest_uri,
         "counts": {state.value: counts.get(state, 0) for state in ItemState},
         "items": [it.public() for it in items],
         "next_page_token": next_token,
+        "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches and job.lane is Lane.BATCH else [],
     }
 
 
@@ -168,17 +189,60 @@ def job_status_from_counts(counts: dict[ItemState, int]) -> JobStatus | None:
     return JobStatus.CANCELLED
 
 
-def finalize_job_if_done(job_id: str, *, store: JobStore, clock: Clock) -> JobStatus | None:
-    """Give the job its terminal status once no item is queued or running.
+def finalize_job_if_done(
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None
+) -> JobStatus | None:
+    """Give the job its terminal status, and write its manifest, once no item is left to do.
 
     Every finisher calls this after committing its own item, so the last one to commit
-    always sees zero remaining; two finishers may both see it, and the write is idempotent."""
+    always sees zero remaining; two finishers may both see it, and both writes are
+    idempotent (the manifest is create-only, the status only moves forward). The manifest
+    is written before the status, so a job that says it is done always has one."""
     if store.has_unfinished_items(job_id):
         return None
     status = job_status_from_counts(store.count_items(job_id))
-    if status is not None:
-        store.complete_job(job_id, status, clock.now())
+    if status is None:
+        return None
+    manifest_uri = None
+    if sink is not None:
+        manifest_uri = sink.put_manifest(manifest_name(job_id), build_manifest(_all_items(store, job_id))).uri
+    store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
     return status
+
+
+def manifest_name(job_id: str) -> str:
+    return f"{job_id}/manifest.jsonl"
+
+
+def build_manifest(items: list[Item]) -> bytes:
+    """One JSON line per item: where its image is and what it is."""
+    lines = []
+    for it in items:
+        lines.append(json.dumps({
+            "key": it.key, "state": it.state.value, "gcs_uri": it.gcs_uri, "sha256": it.sha256,
+            "bytes": it.bytes, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
+            "output_tokens": it.output_tokens, "lane": it.lane, "attempts": it.attempts, "error": it.error,
+        }, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def cancel_job(job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None) -> dict:
+    """Cancel a job: queued interactive items are dropped here or by the worker that meets
+    them; the poller cancels the job's Gemini batches. Finished items keep their images."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if not store.cancel_job(job_id, clock.now()):
+        raise Conflict(f"job {job_id} has already ended ({job.status.value})")
+    if job.lane is Lane.INTERACTIVE:
+        for item in _all_items(store, job_id):
+            if item.state is ItemState.QUEUED:
+                owner = f"cancel-{job_id}"
+                if store.claim_item(job_id, item.key, owner, clock.now(), 60):
+                    store.finish_item(job_id, item.key, owner,
+                                      _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+    return get_job_status(job_id, store=store, page_size=1)
 
 
 # --- the worker --------------------------------------------------------------------------
@@ -237,6 +301,8 @@ def process_item(
     if item is None:
         return _ack("unknown", f"no item {job_id}/{key}")
     if item.terminal:
+        # The finisher may have died before finalizing the job: finishing it is idempotent.
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
         return _ack(item.state.value, "already finished")
     job = store.get_job(job_id)
     if job is None:
@@ -247,7 +313,7 @@ def process_item(
         claimed = store.claim_item(job_id, key, owner, started, lease_seconds)
         if claimed is not None:
             store.finish_item(job_id, key, owner, _finished(ItemState.CANCELLED, started, error="job cancelled"))
-            finalize_job_if_done(job_id, store=store, clock=clock)
+            finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
         return _ack(ItemState.CANCELLED.value, "job cancelled")
 
     claimed = store.claim_item(job_id, key, owner, started, lease_seconds)
@@ -286,7 +352,7 @@ def process_item(
                 _finished(ItemState.FAILED, clock.now(), error=e.reason, attempts=item.attempts + 1,
                           quota_retries=item.quota_retries),
             )
-            finalize_job_if_done(job_id, store=store, clock=clock)
+            finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
             return _ack(ItemState.FAILED.value, e.reason)
         except GenerationError as e:  # retryable: transient or permission
             attempts = item.attempts + 1
@@ -297,7 +363,7 @@ def process_item(
                               error=f"gave up after {attempts} attempts: {e.reason}",
                               attempts=attempts, quota_retries=item.quota_retries),
                 )
-                finalize_job_if_done(job_id, store=store, clock=clock)
+                finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
                 return _ack(ItemState.DEAD_LETTERED.value, e.reason)
             item.attempts = attempts
             _requeue(store, item, owner, clock.now(), error=e.reason)
@@ -324,9 +390,10 @@ def process_item(
             ItemState.SUCCEEDED, clock.now(), attempts=item.attempts + 1,
             quota_retries=item.quota_retries, gcs_uri=stored.uri,
             finish_reason=image.finish_reason, output_tokens=image.output_tokens, error=None,
+            **png_facts(image.data),
         ),
     )
-    finalize_job_if_done(job_id, store=store, clock=clock)
+    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
     return _ack(ItemState.SUCCEEDED.value)
 
 

@@ -10,7 +10,7 @@ import wiring
 from core.errors import TransientError
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    ScriptedImageGenerator,
+    FakeBatchApi, ScriptedImageGenerator,
 )
 
 SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
@@ -33,6 +33,16 @@ def fakes(monkeypatch):
         clock = FakeClock()
 
     f = Fakes()
+    f.batch_api = FakeBatchApi()
+    from core import usecases
+    from core.batches import BatchLane
+
+    f.lane = BatchLane(
+        store=f.store, jobs=f.store, api=f.batch_api, sink=f.sink, clock=f.clock, lease_seconds=60,
+        max_attempts=3, image_size_for=usecases.image_size_for, compose_prompt=usecases.compose_prompt,
+        finalize_job=lambda job_id: usecases.finalize_job_if_done(job_id, store=f.store, clock=f.clock, sink=f.sink),
+    )
+    monkeypatch.setattr(wiring, "batch_lane", lambda: f.lane if wiring.settings().batch_lane_enabled else None)
     monkeypatch.setattr(wiring, "job_store", lambda: f.store)
     monkeypatch.setattr(wiring, "work_queue", lambda: f.queue)
     monkeypatch.setattr(wiring, "image_sink", lambda: f.sink)
@@ -116,9 +126,35 @@ def test_oversized_body_is_413(api, monkeypatch):
     assert r.status_code == 413 and r.get_json()["error"]["reason"] == "body_too_large"
 
 
-def test_batch_lane_is_a_clear_503_until_deployed(api):
+def test_batch_lane_switched_off_is_a_clear_503(api, monkeypatch):
+    monkeypatch.setenv("BATCH_LANE_ENABLED", "false")
+    wiring.get_settings.cache_clear()
     r = post_job(api, {"requests": [{"prompt": "a"}] * 10})
     assert r.status_code == 503 and "batch lane" in r.get_json()["error"]["message"]
+
+
+def test_large_jobs_go_to_the_batch_lane_and_the_poller_ingests_them(api, fakes, monkeypatch):
+    poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()
+    r = post_job(api, {"requests": [{"prompt": f"p{i}"} for i in range(12)]})
+    assert r.status_code == 202 and r.get_json()["lane"] == "batch"
+    job_id = r.get_json()["job_id"]
+    (batch_name,) = fakes.batch_api.batches
+    status = api.get(f"/v1/jobs/{job_id}").get_json()
+    assert status["status"] == "running" and status["batches"][0]["gemini_batch"] == batch_name
+    fakes.batch_api.finish(batch_name)
+    tick = poller.post("/").get_json()
+    assert tick["batches"]["ingested"] == 1
+    status = api.get(f"/v1/jobs/{job_id}").get_json()
+    assert status["status"] == "succeeded" and status["counts"]["succeeded"] == 12
+    assert status["manifest_uri"].endswith(f"{job_id}/manifest.jsonl")
+
+
+def test_cancel_over_http(api, fakes):
+    job_id = post_job(api, {"requests": [{"prompt": "a"}, {"prompt": "b"}]}).get_json()["job_id"]
+    r = api.delete(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
+    assert api.delete(f"/v1/jobs/{job_id}").status_code == 409
+    assert api.delete("/v1/jobs/nope").status_code == 404
 
 
 def test_status_of_unknown_job_and_bad_paging(api):

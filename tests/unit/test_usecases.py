@@ -1,8 +1,12 @@
 """submit_job, process_item and friends on in-memory fakes."""
+import hashlib
+import json
+
 import pytest
 
 from core import usecases
 from core.errors import (
+    Conflict,
     ContentRefused, InvalidRequest, LaneUnavailable, NotFound, PermissionDenied, QuotaExceeded,
     RateLimited, TransientError,
 )
@@ -49,7 +53,7 @@ def test_submit_records_the_job_and_publishes_one_message_per_item(env):
     assert env.store.count_items(job.job_id)[ItemState.QUEUED] == 3
 
 
-def test_auto_routes_large_jobs_to_batch_which_is_not_deployed_yet(env):
+def test_auto_routes_large_jobs_to_batch_unless_it_is_switched_off(env):
     with pytest.raises(LaneUnavailable, match="batch lane is not deployed"):
         env.submit(10)
     with pytest.raises(LaneUnavailable):
@@ -86,12 +90,51 @@ def test_process_item_writes_the_image_and_finishes_the_job(env):
     assert data.startswith(b"\x89PNG") and meta["item_key"] == "k0" and meta["finish_reason"] == "STOP"
 
 
+def test_a_finished_job_gets_a_manifest_line_per_item(env):
+    job = env.submit(2)
+    env.generator.script = ["ok", ContentRefused("prompt blocked: SAFETY")]
+    env.process(job.job_id, "k0")
+    env.process(job.job_id, "k1")
+    done = env.store.get_job(job.job_id)
+    assert done.status is JobStatus.PARTIALLY_SUCCEEDED
+    assert done.manifest_uri == f"gs://test-bucket/{job.job_id}/manifest.jsonl"
+    lines = [json.loads(x) for x in env.sink.objects[f"{job.job_id}/manifest.jsonl"][0].splitlines()]
+    assert [(x["key"], x["state"], x["lane"]) for x in lines] == [("k0", "succeeded", "interactive"), ("k1", "failed", "interactive")]
+    png = env.sink.objects[f"{job.job_id}/k0.png"][0]
+    assert lines[0]["sha256"] == hashlib.sha256(png).hexdigest() and lines[0]["bytes"] == len(png)
+    assert lines[0]["attempts"] == 1 and lines[0]["output_tokens"] == 1290
+    assert lines[1]["error"] == "prompt blocked: SAFETY" and lines[1]["gcs_uri"] is None
+
+
+def test_a_finisher_that_died_before_finalizing_is_covered_by_the_next_delivery(env):
+    job = env.submit(1)
+    env.process(job.job_id, "k0")
+    env.store.jobs[job.job_id].update(status="running", manifest_uri=None)  # as if finalize never ran
+    env.process(job.job_id, "k0", owner="redelivery")
+    assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED
+
+
+def test_cancel_drops_queued_items_and_keeps_finished_ones(env):
+    job = env.submit(3)
+    env.process(job.job_id, "k0")
+    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink)
+    assert status["status"] == "cancelled"
+    assert status["counts"]["succeeded"] == 1 and status["counts"]["cancelled"] == 2
+    assert env.process(job.job_id, "k1").ack  # the message still in flight is dropped
+    assert len(env.generator.calls) == 1
+    with pytest.raises(Conflict):
+        usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)
+    with pytest.raises(NotFound):
+        usecases.cancel_job("missing", store=env.store, clock=env.clock)
+
+
 def test_duplicate_delivery_of_a_finished_item_is_skipped(env):
     job = env.submit(1)
     env.process(job.job_id, "k0")
     outcome = env.process(job.job_id, "k0", owner="w2")
     assert outcome.ack and outcome.reason == "already finished"
-    assert len(env.generator.calls) == 1 and env.sink.writes == 1
+    assert len(env.generator.calls) == 1
+    assert [n for n in env.sink.objects if n.endswith(".png")] == [f"{job.job_id}/k0.png"]
 
 
 def test_concurrent_duplicate_is_retried_later_not_processed(env):
@@ -123,7 +166,7 @@ def test_non_retryable_outcomes_fail_the_item_and_ack(env, error):
     item = env.store.get_item(job.job_id, "k0")
     assert item.state is ItemState.FAILED and item.error == error.reason
     assert env.store.get_job(job.job_id).status is JobStatus.FAILED
-    assert env.sink.objects == {}
+    assert list(env.sink.objects) == [f"{job.job_id}/manifest.jsonl"]
 
 
 @pytest.mark.parametrize("error", [TransientError("503 UNAVAILABLE"), PermissionDenied("403")])

@@ -1,0 +1,309 @@
+"""The batch lane: intents, submission, reconciliation and streamed ingestion of results.
+
+batches.create is not idempotent on Gemini's side, so every batch starts life as an intent
+record in our store. The intent id is the batch's display name: after a crash between
+"create" and "record", the poller finds the batch by that name instead of creating it again.
+Everything that touches an intent holds its lease, so overlapping pollers never work on the
+same batch twice, and ingestion checkpoints its progress so a killed poller resumes.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from core.errors import GenerationError
+from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
+from core.models import (
+    BatchIntent,
+    Item,
+    ItemState,
+    Job,
+    JobStatus,
+    IntentState,
+)
+from core.ports import BatchApi, BatchStore, Clock, ImageSink, JobStore
+
+log = logging.getLogger(__name__)
+
+TERMINAL_BATCH_STATES = {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
+
+
+def normalise_state(state: str | None) -> str:
+    """The API says BATCH_STATE_*; the SDK and older docs say JOB_STATE_*. Accept both."""
+    state = (state or "BATCH_STATE_UNSPECIFIED").upper()
+    if state.startswith("JOB_STATE_"):
+        state = "BATCH_STATE_" + state.removeprefix("JOB_STATE_")
+    return state
+
+
+def plan_intents(
+    job: Job, items: Sequence[Item], *, max_requests: int, now: float, attempt: int = 1
+) -> list[BatchIntent]:
+    """Split a job into batches of at most max_requests items, with deterministic ids."""
+    intents = []
+    for n, start in enumerate(range(0, len(items), max_requests)):
+        keys = [it.key for it in items[start : start + max_requests]]
+        intents.append(
+            BatchIntent(
+                intent_id=f"{job.job_id}-b{n:03d}-a{attempt}",
+                job_id=job.job_id, model=job.model, keys=keys, attempt=attempt,
+                created_at=now, updated_at=now,
+            )
+        )
+    return intents
+
+
+def retry_intent_id(intent: BatchIntent) -> str:
+    base = intent.intent_id.rsplit("-a", 1)[0]
+    return f"{base}-a{intent.attempt + 1}"
+
+
+class _Pause(Exception):
+    """Raised inside the results stream when the time budget is spent."""
+
+
+class BatchLane:
+    """The batch lane's collaborators and limits, built once per instance by wiring."""
+
+    def __init__(
+        self,
+        *,
+        store: BatchStore,
+        jobs: JobStore,
+        api: BatchApi,
+        sink: ImageSink,
+        clock: Clock,
+        lease_seconds: float,
+        max_attempts: int,
+        checkpoint_lines: int = 200,
+        image_size_for: Callable[[str, str], str | None],
+        compose_prompt: Callable[[Item], str],
+        finalize_job: Callable[[str], object],
+    ) -> None:
+        self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.checkpoint_lines = checkpoint_lines
+        self.image_size_for = image_size_for
+        self.compose_prompt = compose_prompt
+        self.finalize_job = finalize_job
+
+    # --- submission ------------------------------------------------------------------------
+
+    def submit(self, intent_id: str, owner: str) -> BatchIntent | None:
+        """Create the Gemini batch of one intent, if nobody else is doing it right now."""
+        intent = self.store.claim_intent(intent_id, owner, self.clock.now(), self.lease_seconds)
+        if intent is None:
+            return None
+        try:
+            return self._submit(intent, owner)
+        finally:
+            self._release(intent, owner)
+
+    def _submit(self, intent: BatchIntent, owner: str) -> BatchIntent:
+        if intent.state is IntentState.CREATING:
+            # We may have created the batch and died before recording it: look before creating.
+            if intent.key_fingerprint and intent.key_fingerprint != self.api.key_fingerprint():
+                log.error("intent %s was started with another API key; its batch, if any, is not "
+                          "visible to this one", intent.intent_id)
+            found = self.api.find_batch(intent.intent_id)
+            if found is not None:
+                log.warning("intent %s: found batch %s created before a crash", intent.intent_id, found.name)
+                return self._record_submitted(intent, owner, found.name, found.state)
+        items = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+        if not items:
+            self._finish(intent, owner, "nothing left to do")
+            return intent
+        data = b"".join(
+            request_line(it.key, self.compose_prompt(it), it.aspect_ratio, self.image_size_for(intent.model, it.quality))
+            for it in items
+        )
+        input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
+        self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
+                     key_fingerprint=self.api.key_fingerprint())
+        info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
+        intent = self._record_submitted(intent, owner, info.name, info.state)
+        try:
+            self.api.delete_file(input_file)  # the batch has read what it needs
+        except Exception as e:  # noqa: BLE001 - it expires after 48 h anyway
+            log.warning("could not delete input file %s: %s", input_file, e)
+        return intent
+
+    def _record_submitted(self, intent: BatchIntent, owner: str, name: str, state: str) -> BatchIntent:
+        self._update(intent, owner, state=IntentState.SUBMITTED.value, gemini_batch=name,
+                     gemini_state=normalise_state(state))
+        self.jobs.set_job_running(intent.job_id, self.clock.now())
+        intent.state, intent.gemini_batch, intent.gemini_state = IntentState.SUBMITTED, name, normalise_state(state)
+        return intent
+
+    # --- reconciliation --------------------------------------------------------------------
+
+    def reconcile(self, owner: str, deadline: float, limit: int = 100) -> dict[str, int]:
+        """One poller tick: move every active intent forward, within the time budget."""
+        summary = {"seen": 0, "skipped": 0, "submitted": 0, "running": 0, "ingested": 0,
+                   "paused": 0, "resubmitted": 0, "cancelled": 0, "errors": 0}
+        for candidate in self.store.active_intents(limit):
+            if self.clock.now() >= deadline:
+                break
+            summary["seen"] += 1
+            intent = self.store.claim_intent(candidate.intent_id, owner, self.clock.now(), self.lease_seconds)
+            if intent is None:
+                summary["skipped"] += 1  # another poller holds it
+                continue
+            try:
+                summary[self._reconcile_one(intent, owner, deadline)] += 1
+            except Exception:  # noqa: BLE001 - one bad batch must not starve the others
+                log.exception("reconciling intent %s failed", intent.intent_id)
+                summary["errors"] += 1
+            finally:
+                self._release(intent, owner)
+        return summary
+
+    def _reconcile_one(self, intent: BatchIntent, owner: str, deadline: float) -> str:
+        job = self.jobs.get_job(intent.job_id)
+        if job is None:
+            self._finish(intent, owner, "job missing")
+            return "cancelled"
+        if job.status is JobStatus.CANCELLED:
+            return self._cancel(intent, owner)
+        if intent.state in (IntentState.PENDING, IntentState.CREATING):
+            self._submit(intent, owner)
+            return "submitted"
+        if intent.state is IntentState.SUBMITTED:
+            info = self.api.get_batch(intent.gemini_batch)
+            if info is None:
+                # Truth comes from batches.get: only its "not found" means the batch is gone.
+                self._resubmit(intent, owner, "the Gemini batch no longer exists")
+                return "resubmitted"
+            state = normalise_state(info.state)
+            if state != intent.gemini_state:
+                self._update(intent, owner, gemini_state=state)
+            if state == "BATCH_STATE_SUCCEEDED":
+                self._update(intent, owner, state=IntentState.INGESTING.value, output_file=info.output_file)
+                intent.state, intent.output_file = IntentState.INGESTING, info.output_file
+            elif state in TERMINAL_BATCH_STATES:
+                self._resubmit(intent, owner, f"batch ended {state}")
+                return "resubmitted"
+            else:
+                return "running"
+        return self._ingest(intent, owner, deadline)
+
+    def _cancel(self, intent: BatchIntent, owner: str) -> str:
+        if intent.gemini_batch and intent.state is IntentState.SUBMITTED:
+            try:
+                self.api.cancel_batch(intent.gemini_batch)
+            except Exception as e:  # noqa: BLE001 - it may have ended meanwhile
+                log.warning("cancel of %s failed: %s", intent.gemini_batch, e)
+        now = self.clock.now()
+        unfinished = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+        updates = {it.key: {"state": ItemState.CANCELLED.value, "error": "job cancelled", "updated_at": now}
+                   for it in unfinished}
+        self.store.checkpoint(intent.intent_id, owner, self._finished_fields("cancelled"), updates)
+        self.finalize_job(intent.job_id)
+        return "cancelled"
+
+    # --- ingestion -------------------------------------------------------------------------
+
+    def _ingest(self, intent: BatchIntent, owner: str, deadline: float) -> str:
+        """Stream the results file line by line into GCS, checkpointing as we go."""
+        keys = set(intent.keys)
+        progress = {"lines": 0}
+        pending: dict[str, dict] = {}
+
+        def flush() -> None:
+            fields = {"lines_done": progress["lines"], "updated_at": self.clock.now()}
+            if not self.store.checkpoint(intent.intent_id, owner, fields, dict(pending)):
+                raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
+            pending.clear()
+
+        def on_line(line: bytes) -> None:
+            progress["lines"] += 1
+            if progress["lines"] <= intent.lines_done:
+                return  # ingested before a pause or a crash: skip without parsing
+            result = parse_result_line(line)
+            if result.key in keys:
+                pending[result.key] = self._line_updates(intent, result)
+            else:
+                log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, progress["lines"], result.key)
+            if len(pending) >= self.checkpoint_lines:
+                flush()
+            if self.clock.now() >= deadline:
+                flush()
+                raise _Pause
+
+        splitter = LineSplitter(on_line)
+        try:
+            self.api.stream_file(intent.output_file, splitter)
+            splitter.close()
+        except _Pause:
+            log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, progress["lines"])
+            return "paused"
+        flush()
+        try:
+            self.api.delete_file(intent.output_file)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not delete results file %s: %s", intent.output_file, e)
+        intent.lines_done = progress["lines"]
+        self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
+        return "ingested"
+
+    def _line_updates(self, intent: BatchIntent, result) -> dict:
+        now = self.clock.now()
+        if result.image is not None:
+            image = result.image
+            stored = self.sink.put_png(
+                f"{intent.job_id}/{result.key}.png", image.data,
+                {"job_id": intent.job_id, "item_key": result.key, "model": image.model_version or intent.model,
+                 "finish_reason": image.finish_reason, "lane": "batch"},
+            )
+            return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
+                    "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
+                    "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **png_facts(image.data)}
+        error: GenerationError = result.error
+        if error.retryable:
+            return {"error": error.reason, "attempts": intent.attempt, "updated_at": now}
+        return {"state": ItemState.FAILED.value, "error": error.reason, "attempts": intent.attempt,
+                "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now}
+
+    # --- resubmission ----------------------------------------------------------------------
+
+    def _resubmit(self, intent: BatchIntent, owner: str, reason: str, outcome: str | None = None) -> None:
+        """Give the intent's unfinished items a new batch, or dead-letter them past the limit."""
+        now = self.clock.now()
+        unfinished = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+        updates: dict[str, dict] = {}
+        if unfinished and intent.attempt < self.max_attempts:
+            retry = BatchIntent(
+                intent_id=retry_intent_id(intent), job_id=intent.job_id, model=intent.model,
+                keys=[it.key for it in unfinished], attempt=intent.attempt + 1, created_at=now, updated_at=now,
+            )
+            if self.store.create_intent(retry):  # create-only: a crash-and-retry creates it once
+                log.warning("intent %s: %d items go to %s (%s)", intent.intent_id, len(unfinished), retry.intent_id, reason)
+        else:
+            for it in unfinished:
+                updates[it.key] = {"state": ItemState.DEAD_LETTERED.value, "updated_at": now,
+                                   "error": f"gave up after {intent.attempt} batch attempts: {it.error or reason}",
+                                   "lane": "batch", "attempts": intent.attempt}
+        self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates)
+        self.finalize_job(intent.job_id)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _finished_fields(self, outcome: str) -> dict:
+        now = self.clock.now()
+        return {"state": IntentState.FINISHED.value, "outcome": outcome, "finished_at": now, "updated_at": now}
+
+    def _finish(self, intent: BatchIntent, owner: str, outcome: str) -> None:
+        self.store.update_intent(intent.intent_id, owner, self._finished_fields(outcome))
+        self.finalize_job(intent.job_id)
+
+    def _update(self, intent: BatchIntent, owner: str, **fields) -> None:
+        if not self.store.update_intent(intent.intent_id, owner, {**fields, "updated_at": self.clock.now()}):
+            raise LostLease(f"lost the lease on intent {intent.intent_id}")
+
+    def _release(self, intent: BatchIntent, owner: str) -> None:
+        self.store.update_intent(intent.intent_id, owner, {"lease_owner": None, "lease_expires_at": None})
+
+
+class LostLease(Exception):
+    """Another poller took over this intent (ours expired): stop touching it."""

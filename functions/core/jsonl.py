@@ -1,0 +1,155 @@
+"""The Batch API's JSONL: request lines we write, result lines we read. Pure JSON, no SDK.
+
+A results file can be gigabytes, so nothing here holds more than one line: LineSplitter turns
+a stream of byte chunks into lines, and parse_result_line reads one line into a domain outcome.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.errors import ContentRefused, GenerationError, InvalidRequest, QuotaExceeded, TransientError
+from core.models import GeneratedImage
+
+# Error codes in a result line that a new batch may cure.
+RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def request_line(key: str, prompt: str, aspect_ratio: str, image_size: str | None) -> bytes:
+    image_config = {"aspectRatio": aspect_ratio}
+    if image_size:
+        image_config["imageSize"] = image_size
+    line = {
+        "key": key,
+        "request": {
+            "contents": [{"parts": [{"text": prompt}], "role": "user"}],
+            "generation_config": {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": image_config},
+        },
+    }
+    return json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    key: str | None
+    image: GeneratedImage | None = None
+    error: GenerationError | None = None
+
+
+def _get(d: dict, camel: str, snake: str, default=None):
+    return d.get(camel, d.get(snake, default))
+
+
+def parse_result_line(line: bytes) -> ResultLine:
+    """One line of a results file: {"key", "response"} or {"key", "error"}."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        return ResultLine(key=None, error=InvalidRequest(f"unreadable result line: {e}"))
+    if not isinstance(obj, dict):
+        return ResultLine(key=None, error=InvalidRequest("result line is not an object"))
+    key = obj.get("key")
+    if key is None and isinstance(obj.get("metadata"), dict):
+        key = obj["metadata"].get("key")
+    if "error" in obj:
+        return ResultLine(key=key, error=error_from_status(obj["error"] or {}))
+    response = obj.get("response")
+    if not isinstance(response, dict):
+        return ResultLine(key=key, error=InvalidRequest("result line has neither response nor error"))
+    try:
+        return ResultLine(key=key, image=image_from_response(response))
+    except GenerationError as e:
+        return ResultLine(key=key, error=e)
+
+
+def error_from_status(status: dict) -> GenerationError:
+    code = int(status.get("code") or 0)
+    message = f"{code} {status.get('status', '')}: {status.get('message', '')}".strip()
+    if code == 429:
+        return QuotaExceeded(message, retry_delay=None, quota_id=None)
+    if code in RETRYABLE_CODES:
+        return TransientError(message)
+    return InvalidRequest(message)
+
+
+def image_from_response(response: dict) -> GeneratedImage:
+    """A GenerateContentResponse (camelCase JSON) to an image, or the reason there is none."""
+    candidates = response.get("candidates") or []
+    if not candidates:
+        feedback = _get(response, "promptFeedback", "prompt_feedback", {}) or {}
+        reason = _get(feedback, "blockReason", "block_reason", "no candidates")
+        raise ContentRefused(f"prompt blocked: {reason}")
+    candidate = candidates[0]
+    finish = _get(candidate, "finishReason", "finish_reason", "STOP")
+    texts, inline = [], None
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        data = _get(part, "inlineData", "inline_data")
+        if data and data.get("data") and inline is None:
+            inline = data
+        elif part.get("text"):
+            texts.append(part["text"])
+    if inline is None:
+        raise ContentRefused(f"no image returned: finishReason {finish}")
+    try:
+        raw = base64.b64decode(inline["data"].replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidRequest(f"image data is not base64: {e}") from None
+    usage = _get(response, "usageMetadata", "usage_metadata", {}) or {}
+    tokens = _get(usage, "candidatesTokenCount", "candidates_token_count")
+    return GeneratedImage(
+        data=raw,
+        mime_type=_get(inline, "mimeType", "mime_type", "image/png"),
+        finish_reason=finish,
+        model_version=_get(response, "modelVersion", "model_version"),
+        text=" ".join(texts) or None,
+        output_tokens=int(tokens) if tokens is not None else None,
+    )
+
+
+class LineSplitter:
+    """A writable sink for streamed bytes that calls on_line once per complete line.
+
+    Memory is bounded by the longest line, never by the stream. Pass it as the destination of
+    a streaming download; call close() at the end for a last line without a newline."""
+
+    def __init__(self, on_line: Callable[[bytes], None]) -> None:
+        self.on_line = on_line
+        self._partial = bytearray()
+        self.bytes_seen = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.bytes_seen += len(chunk)
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                self._partial += chunk[start:]
+                return len(chunk)
+            if self._partial:
+                self._partial += chunk[start:end]
+                line = bytes(self._partial)
+                self._partial.clear()
+            else:
+                line = bytes(chunk[start:end])
+            if line.strip():
+                self.on_line(line)
+            start = end + 1
+
+    def close(self) -> None:
+        if self._partial.strip():
+            line = bytes(self._partial)
+            self._partial.clear()
+            self.on_line(line)
+
+
+def png_facts(data: bytes) -> dict:
+    """sha256, size and, for a PNG, width and height from its IHDR chunk (no decoding)."""
+    facts = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "width": None, "height": None}
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        facts["width"], facts["height"] = struct.unpack(">II", data[16:24])
+    return facts

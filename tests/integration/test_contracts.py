@@ -240,3 +240,80 @@ def test_pubsub_queue_publishes_one_decodable_message_per_item(emulators):
         decode_work_message(b'{"job_id": "x"}')
     with pytest.raises(ValueError):
         decode_work_message(json.dumps({"job_id": 1, "item_key": "k"}).encode())
+
+
+# --- BatchStore --------------------------------------------------------------------------
+
+
+def make_intents(job, n_keys_each=2):
+    from core.batches import plan_intents
+
+    items = [Item(job_id=job.job_id, key=f"k{i}", index=i, prompt="p", aspect_ratio="1:1", domain=None,
+                  quality="standard") for i in range(job.item_count)]
+    return items, plan_intents(job, items, max_requests=n_keys_each, now=100.0)
+
+
+def test_intents_are_written_with_the_job_and_found_by_state(job_store):
+    job, _ = make_job(5)
+    items, intents = make_intents(job)
+    job_store.create_job_with_intents(job, items, intents)
+    assert [i.intent_id for i in job_store.intents_of_job(job.job_id)] == [i.intent_id for i in intents]
+    assert job_store.get_intent(intents[2].intent_id).keys == ["k4"]
+    assert len(job_store.active_intents(10)) == 3
+    assert not job_store.create_intent(intents[0])  # create-only
+    assert job_store.get_items(job.job_id, ["k3", "missing", "k0"])[0].key == "k3"
+    assert [i.key for i in job_store.get_items(job.job_id, ["k3", "missing", "k0"])] == ["k3", "k0"]
+
+
+def test_intent_leases_and_conditional_updates(job_store):
+    from core.models import IntentState
+
+    job, _ = make_job(2)
+    items, (intent,) = make_intents(job)
+    job_store.create_job_with_intents(job, items, [intent])
+    claimed = job_store.claim_intent(intent.intent_id, "a", now=200.0, lease_seconds=60)
+    assert claimed.lease_owner == "a" and claimed.keys == ["k0", "k1"]
+    assert job_store.claim_intent(intent.intent_id, "b", now=230.0, lease_seconds=60) is None
+    assert not job_store.update_intent(intent.intent_id, "b", {"gemini_batch": "batches/x"})
+    assert job_store.update_intent(intent.intent_id, "a", {"gemini_batch": "batches/x", "state": "submitted"})
+    assert job_store.claim_intent(intent.intent_id, "b", now=261.0, lease_seconds=60).gemini_batch == "batches/x"
+    # a's lease is gone: its checkpoint must not land, b's must, items and intent together
+    assert not job_store.checkpoint(intent.intent_id, "a", {"lines_done": 9}, {"k0": {"state": "failed"}})
+    assert job_store.checkpoint(intent.intent_id, "b", {"lines_done": 1},
+                                {"k0": {"state": "succeeded", "gcs_uri": "gs://b/k0.png"}})
+    assert job_store.get_intent(intent.intent_id).lines_done == 1
+    assert job_store.get_item(job.job_id, "k0").gcs_uri == "gs://b/k0.png"
+    assert job_store.checkpoint(intent.intent_id, "b", {"state": IntentState.FINISHED.value}, {})
+    assert job_store.active_intents(10) == []
+    assert job_store.claim_intent(intent.intent_id, "c", now=999.0, lease_seconds=60) is None
+
+
+def test_checkpoints_larger_than_one_firestore_batch(job_store):
+    job, _ = make_job(1200)
+    items, (intent,) = make_intents(job, n_keys_each=1200)
+    job_store.create_job_with_intents(job, items, [intent])
+    job_store.claim_intent(intent.intent_id, "a", now=200.0, lease_seconds=60)
+    updates = {f"k{i}": {"state": "succeeded"} for i in range(1200)}
+    assert job_store.checkpoint(intent.intent_id, "a", {"lines_done": 1200}, updates)
+    assert job_store.count_items(job.job_id)[ItemState.SUCCEEDED] == 1200
+
+
+def test_cancel_and_complete_with_a_manifest(job_store):
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    assert job_store.cancel_job(job.job_id, 110.0)
+    assert not job_store.cancel_job(job.job_id, 111.0)
+    job_store.complete_job(job.job_id, JobStatus.SUCCEEDED, 120.0, manifest_uri="gs://b/j/manifest.jsonl")
+    done = job_store.get_job(job.job_id)
+    assert done.status is JobStatus.CANCELLED and done.manifest_uri == "gs://b/j/manifest.jsonl"
+    other, other_items = make_job(1)
+    job_store.create_job(other, other_items)
+    job_store.complete_job(other.job_id, JobStatus.FAILED, 130.0, manifest_uri="gs://b/o/manifest.jsonl")
+    assert job_store.get_job(other.job_id).status is JobStatus.FAILED
+    assert not job_store.cancel_job(other.job_id, 140.0)
+
+
+def test_manifests_are_written_once(sink):
+    name = f"{uuid.uuid4().hex}/manifest.jsonl"
+    assert sink.put_manifest(name, b'{"key":"a"}\n').created
+    assert not sink.put_manifest(name, b'{"key":"b"}\n').created

@@ -1,4 +1,5 @@
-"""Gemini Developer API emulator: generateContent for image models, quotas, latency and faults.
+"""Gemini Developer API emulator: generateContent for image models, Files and Batch APIs, quotas,
+latency and faults.
 
 Built for offline tests and benchmarks of code that talks to Gemini through the unmodified
 ``google-genai`` SDK. Run it with ``python -m infra.gemini_emulator`` or in-process with

@@ -1,4 +1,4 @@
-"""CLI: ``python -m infra.gemini_emulator --host 127.0.0.1 --port 8500 [--config path.json]``.
+"""CLI: ``python -m infra.gemini_emulator --host 127.0.0.1 --port 8500 [--config path.json] [--data-dir DIR]``.
 
 Prints ``Gemini emulator listening on http://HOST:PORT`` once the socket is bound (``--port 0``
 picks a free port; read that line to learn it) and stops cleanly on SIGINT or SIGTERM.
@@ -27,13 +27,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8500, help="0 picks a free port (printed on startup)")
     parser.add_argument("--config", type=Path, help="JSON config patch applied over the defaults")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where file bytes and batch results live (default: a temp dir); emptied of the "
+        "emulator's files at exit either way",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--access-log", action="store_true", help="log every request (noisy in benchmarks)")
     return parser.parse_args(argv)
 
 
 async def _serve(config: dict[str, Any], args: argparse.Namespace) -> None:
-    app = create_app(config)
+    app = create_app(config, data_dir=args.data_dir)
     runner, base_url = await start_site(app, args.host, args.port, access_log=args.access_log)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,6 +1,7 @@
 """``/_emulator/*``: the control plane tests and benchmarks use (no API key).
 
-GET/POST config, GET stats, POST reset, GET requests (recent request log), GET healthz.
+GET/POST config, GET stats, POST reset, GET requests (recent request log), GET healthz, and
+POST batches/{id}:force (end a batch in a chosen state now).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from infra.gemini_emulator import batch_jobs, batches, errors
 from infra.gemini_emulator.config import ConfigError
 from infra.gemini_emulator.routing import ADMIN_PREFIX
 from infra.gemini_emulator.state import STATE_KEY
@@ -39,7 +41,25 @@ async def post_config(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    return _json(request.app[STATE_KEY].stats_snapshot())
+    state = request.app[STATE_KEY]
+    with state.lock:
+        batches.advance_all(state)  # so batches.by_state is current
+    return _json(state.stats_snapshot())
+
+
+async def force_batch(request: web.Request) -> web.Response:
+    """``{"state": "BATCH_STATE_EXPIRED"}`` (or JOB_STATE_X, or "expired"): end the batch in that
+    state now, whoever owns it. SUCCEEDED answers once the results are written. Returns the
+    Operation as ``batches.get`` would."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+        batch_state = batch_jobs.parse_state(body["state"])
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
+        return _bad_request(f'expected {{"state": one of {sorted(batch_jobs.TERMINAL)}}}: {exc}')
+    try:
+        return _json(await batches.force_state(request.app[STATE_KEY], request.match_info["batch_id"], batch_state))
+    except errors.ApiError as exc:
+        return exc.to_response()
 
 
 async def post_reset(request: web.Request) -> web.Response:
@@ -71,3 +91,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post(p + "reset", post_reset)
     app.router.add_get(p + "requests", get_requests)
     app.router.add_get(p + "healthz", healthz)
+    app.router.add_post(p + "batches/{batch_id:[^/:]+}:force", force_batch)

@@ -1,20 +1,22 @@
 """The aiohttp application: route registration, API-key auth and google.rpc error rendering.
 
-Each API surface is a module with ``setup_routes(app)`` (generate today; files and batches
-later), and every route is authenticated here except ``/_emulator/`` admin routes and handlers
-marked ``routing.public`` (later: resumable-upload session URLs, which the SDK calls keyless).
+Each API surface is a module with ``setup_routes(app)`` (generate, files, batches, admin), and
+every route is authenticated here except ``/_emulator/`` admin routes and handlers marked
+``routing.public`` (the upload route: its session URLs are called keyless by the SDK).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
 
-from infra.gemini_emulator import admin, errors, generate
-from infra.gemini_emulator.routing import Handler, is_public
+from infra.gemini_emulator import admin, batches, errors, files, generate
+from infra.gemini_emulator.auth import authenticate
+from infra.gemini_emulator.routing import ADMIN_PREFIX, Handler, is_public
 from infra.gemini_emulator.state import STATE_KEY, EmulatorState
 
 log = logging.getLogger(__name__)
@@ -40,38 +42,36 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``x-goog-api-key`` header or ``?key=``; missing -> 403, wrong -> 400 API_KEY_INVALID."""
-    if is_public(request):
-        return await handler(request)
-    key = request.headers.get("x-goog-api-key")
-    if key is None:
-        key = request.query.get("key")
+    """Count the request by endpoint, then require a key unless the handler is public."""
     state = request.app[STATE_KEY]
-    with state.lock:
-        allowed = state.config["api_keys"]
-        failure = None
-        if key is None:
-            failure = errors.missing_api_key()
-        elif not key or (allowed is not None and key not in allowed):
-            failure = errors.invalid_api_key()
-        if failure is not None:
-            state.stats.auth_failures += 1
-    if failure is not None:
-        raise failure
+    endpoint = request.match_info.route.name
+    if endpoint is not None and not request.path.startswith(ADMIN_PREFIX):
+        with state.lock:
+            state.stats.record_endpoint(endpoint)
+    if not is_public(request):
+        authenticate(request)
     return await handler(request)
 
 
-def create_app(config: dict[str, Any] | None = None, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
+def create_app(
+    config: dict[str, Any] | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    data_dir: str | Path | None = None,
+) -> web.Application:
     """Build the emulator app; ``config`` is a patch over the defaults (raises ConfigError).
 
-    ``clock`` drives quota windows and stats; inject a fake one for deterministic tests.
-    Run it with ``web.AppRunner(app, handler_cancellation=True)`` so a client that times out
-    frees its concurrency slot (see server.py).
+    ``clock`` drives quota windows, stats and batch turnaround; inject a fake one for
+    deterministic tests. ``data_dir`` holds file bytes (uploads, batch results); default: a
+    fresh temp dir, removed at cleanup. Run it with ``web.AppRunner(app, handler_cancellation=True)``
+    so a client that times out frees its concurrency slot (see server.py).
     """
-    state = EmulatorState(config, clock=clock)
+    state = EmulatorState(config, clock=clock, data_dir=data_dir)
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024**2)
     app[STATE_KEY] = state
     generate.setup_routes(app)
+    files.setup_routes(app)
+    batches.setup_routes(app)
     admin.setup_routes(app)
 
     async def _close(_: web.Application) -> None:

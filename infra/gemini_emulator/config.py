@@ -13,7 +13,7 @@ import copy
 import math
 from typing import Any
 
-from infra.gemini_emulator.faults import FAULT_OUTCOMES, OUTCOMES
+from infra.gemini_emulator.faults import BATCH_OUTCOMES, FAULT_OUTCOMES, OUTCOMES
 from infra.gemini_emulator.quota import LIMIT_KEYS
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -35,6 +35,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "retry_delay_s": 1.0,  # RetryInfo.retryDelay on an injected 429
     },
     "request_log_size": 100,
+    "files": {
+        "ttl_seconds": 172800.0,  # expirationTime = createTime + 48 h; an expired file is gone (403)
+    },
+    "batch": {
+        "pending_seconds": 1.0,  # BATCH_STATE_PENDING for this long after create
+        "running_seconds": 2.0,  # then RUNNING at least this long (longer if results take longer)
+        "max_concurrent_batches": 100,  # PENDING+RUNNING batches per project; 0 = unlimited
+        "shuffle_results": True,  # result-file lines in a seeded random order (the API promises none)
+        "outcome_script": [],  # terminal outcome per created batch, consumed in order
+        "display_name_rules": [],  # [{"contains": str, "outcome": str}], checked before the script
+    },
 }
 
 
@@ -122,6 +133,8 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_quotas(cfg["quotas"])
     _validate_latency(cfg["latency"])
     _validate_faults(cfg["faults"])
+    _validate_files(cfg["files"])
+    _validate_batch(cfg["batch"])
 
 
 def _validate_quotas(quotas: Any) -> None:
@@ -179,3 +192,36 @@ def _validate_faults(faults: Any) -> None:
             raise ConfigError(f"{where}.model: expected a model id string")
     _number(faults["hang_seconds"], "faults.hang_seconds")
     _number(faults["retry_delay_s"], "faults.retry_delay_s")
+
+
+def _validate_files(files: Any) -> None:
+    if not isinstance(files, dict):
+        raise ConfigError("files: expected an object")
+    _check_keys(files, DEFAULT_CONFIG["files"], "files")
+    _number(files["ttl_seconds"], "files.ttl_seconds", exclusive=True)
+
+
+def _validate_batch(batch: Any) -> None:
+    if not isinstance(batch, dict):
+        raise ConfigError("batch: expected an object")
+    _check_keys(batch, DEFAULT_CONFIG["batch"], "batch")
+    _number(batch["pending_seconds"], "batch.pending_seconds")
+    _number(batch["running_seconds"], "batch.running_seconds")
+    _int(batch["max_concurrent_batches"], "batch.max_concurrent_batches", allow_null=True)
+    if not isinstance(batch["shuffle_results"], bool):
+        raise ConfigError("batch.shuffle_results: expected true or false")
+    script = batch["outcome_script"]
+    if not isinstance(script, list) or any(o not in BATCH_OUTCOMES for o in script):
+        raise ConfigError(f"batch.outcome_script: expected a list of outcomes from {list(BATCH_OUTCOMES)}")
+    rules = batch["display_name_rules"]
+    if not isinstance(rules, list):
+        raise ConfigError("batch.display_name_rules: expected a list")
+    for i, rule in enumerate(rules):
+        where = f"batch.display_name_rules[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where}: expected an object")
+        _check_keys(rule, {"contains", "outcome"}, where)
+        if not isinstance(rule.get("contains"), str) or not rule["contains"]:
+            raise ConfigError(f"{where}.contains: expected a non-empty string")
+        if rule.get("outcome") not in BATCH_OUTCOMES:
+            raise ConfigError(f"{where}.outcome: expected one of {list(BATCH_OUTCOMES)}")

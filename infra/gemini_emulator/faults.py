@@ -1,4 +1,5 @@
-"""What happens to an admitted request: its outcome (rules, script, rates) and its latency.
+"""What happens to an admitted request: its outcome (rules, script, rates) and its latency;
+and how a batch ends (display-name rules, then an outcome script).
 
 Pure: the caller passes the RNG and the script cursor, and keeps the new cursor. Outcome order:
 1. ``prompt_rules`` - first rule whose ``contains`` is a substring of the prompt (and whose
@@ -16,6 +17,8 @@ OK = "ok"
 # Each admitted request ends in exactly one of these (the wire behaviour is in generate.py).
 FAULT_OUTCOMES = ("429", "500", "503", "403", "hang", "blocked", "image_safety", "no_image")
 OUTCOMES = (OK, *FAULT_OUTCOMES)
+# How a whole batch ends (its lines have the outcomes above). Picked at create time.
+BATCH_OUTCOMES = ("succeeded", "failed", "cancelled", "expired")
 
 
 def choose_outcome(
@@ -54,3 +57,15 @@ def latency_seconds(latency: dict[str, Any], rng: random.Random) -> float:
     else:
         ms = mean + rng.uniform(-jitter, jitter)
     return max(ms, 0.0) / 1000.0
+
+
+def choose_batch_outcome(*, display_name: str, batch: dict[str, Any], script_pos: int) -> tuple[str, int]:
+    """Terminal state planned for a new batch: ``display_name_rules``, then ``outcome_script``,
+    then "succeeded". Return ``(outcome, new_script_pos)``; a rule does not consume the script."""
+    for rule in batch["display_name_rules"]:
+        if rule["contains"] in display_name:
+            return rule["outcome"], script_pos
+    script = batch["outcome_script"]
+    if script_pos < len(script):
+        return script[script_pos], script_pos + 1
+    return "succeeded", script_pos

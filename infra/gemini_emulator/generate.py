@@ -43,8 +43,10 @@ class _Admitted:
 
 
 def setup_routes(app: web.Application) -> None:
-    path = versioned("/models/{model:[^/:]+}:{action:generateContent|streamGenerateContent}")
-    app.router.add_post(path, handle_generate)
+    # One route per action so that stats count them apart (route names are the endpoint names).
+    for action in ("generateContent", "streamGenerateContent"):
+        path = versioned("/models/{model:[^/:]+}:{action:" + action + "}")
+        app.router.add_post(path, handle_generate, name=f"models.{action}")
 
 
 async def handle_generate(request: web.Request) -> web.StreamResponse:
@@ -172,9 +174,7 @@ async def _serve(state: EmulatorState, req: content.GenerateRequest, adm: _Admit
 
 
 def _render(req: content.GenerateRequest, adm: _Admitted) -> bytes:
-    width, height = images.output_size(req.aspect_ratio, req.image_size, adm.image_scale)
-    footer = f"{req.model} · {req.aspect_ratio} · {req.image_size} · {width}x{height}"
-    png = images.render_png(req.prompt or "(no text prompt)", width, height, footer)
+    png = images.render_for_request(req.model, req.prompt, req.aspect_ratio, req.image_size, adm.image_scale)
     # Hook for benchmarks: real images are ~1-2 MB, ours are tens of KB.
     return images.pad_png(png, adm.image_target_bytes)
 

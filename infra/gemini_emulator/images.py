@@ -108,6 +108,14 @@ def render_png(prompt: str, width: int, height: int, footer: str = "") -> bytes:
     return out.getvalue()
 
 
+def render_for_request(model: str, prompt: str, aspect_ratio: str, image_size: str, scale: float) -> bytes:
+    """The emulator's answer image for one request (unpadded): the prompt plus a footer naming
+    the model and size. Shared by generateContent and batch lines, so both look the same."""
+    width, height = output_size(aspect_ratio, image_size, scale)
+    footer = f"{model} · {aspect_ratio} · {image_size} · {width}x{height}"
+    return render_png(prompt or "(no text prompt)", width, height, footer)
+
+
 def pad_png(png: bytes, target_bytes: int | None) -> bytes:
     """Grow ``png`` to ``target_bytes`` with a private ancillary chunk of random bytes.
 

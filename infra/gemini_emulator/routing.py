@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+import json
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,6 +20,21 @@ _PUBLIC_ATTR = "__gemini_emulator_public__"
 def versioned(path: str) -> str:
     """Route pattern serving ``path`` under every API version prefix, e.g. ``/v1beta/files``."""
     return "/" + VERSION_PATTERN + path
+
+
+def base_url(request: web.Request) -> str:
+    """``http://host:port`` as the client addressed us (the Host header), for URLs we hand out."""
+    return f"{request.scheme}://{request.host}"
+
+
+def json_response(body: Any, *, text: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    """A 200 JSON answer; pass ``text`` when the body was already serialised (off the loop)."""
+    return web.Response(
+        text=text if text is not None else json.dumps(body),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
 
 
 def public(handler: Handler) -> Handler:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
@@ -56,9 +57,10 @@ class BackgroundEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] | None = None,
+        data_dir: str | Path | None = None,
     ) -> None:
         kwargs = {"clock": clock} if clock else {}
-        self.app = create_app(config, **kwargs)
+        self.app = create_app(config, data_dir=data_dir, **kwargs)
         self._host, self._port = host, port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gemini-emulator", daemon=True)

@@ -48,6 +48,7 @@ class Stats:
         self.by_quota_id: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
         self.auth_failures = 0
+        self.by_endpoint: Counter[str] = Counter()  # every API request by route name, any outcome
         self.images_generated = 0
         self.current_concurrency = 0
         self.peak_concurrency = 0
@@ -66,6 +67,9 @@ class Stats:
     def _bucket(self, now: float, window_s: float) -> Counter[str]:
         start = ((now - self.epoch) // window_s) * window_s
         return self._fixed.setdefault(round(start, 6), Counter())
+
+    def record_endpoint(self, endpoint: str) -> None:
+        self.by_endpoint[endpoint] += 1
 
     def record_request(self, model: str) -> None:
         self.requests_total += 1
@@ -118,6 +122,7 @@ class Stats:
             "by_quota_id": dict(self.by_quota_id),
             "faults_injected": dict(self.faults_injected),
             "auth_failures": self.auth_failures,
+            "requests_by_endpoint": dict(sorted(self.by_endpoint.items())),
             "by_model": {
                 model: {
                     "requests": s.requests,

@@ -1,4 +1,4 @@
-"""Helpers for the request side of the wire: key casing and bytes fields.
+"""Helpers for the wire: key casing, bytes fields, timestamps and page tokens.
 
 The real server parses proto-JSON, which accepts lowerCamel and snake_case for every field, and the
 SDK really does send both in one body (``generationConfig`` holding ``inlineData.mime_type``). We
@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import re
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 100
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -60,3 +65,27 @@ def decode_bytes(data: str) -> bytes:
 def encode_bytes(data: bytes) -> str:
     """Responses carry standard padded base64, as the real API sends."""
     return base64.b64encode(data).decode("ascii")
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    """Timestamp JSON as the API writes it (UTC, fractional seconds, ``Z``)."""
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def paginate(
+    items: Sequence[T], seq_of: Callable[[T], int], page_size: str | None, page_token: str | None
+) -> tuple[list[T], str | None]:
+    """One page of ``items`` (sorted newest first by ``seq_of``) and the next page token.
+
+    The token is the sequence number of the last item served, so creating or deleting items
+    between pages neither repeats nor skips any. Raises ``ValueError`` on a bad size or token.
+    """
+    size = int(page_size) if page_size not in (None, "") else DEFAULT_PAGE_SIZE
+    size = DEFAULT_PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
+    if page_token:
+        after = int(page_token)
+        items = [item for item in items if seq_of(item) < after]
+    page = list(items[:size])
+    next_token = str(seq_of(page[-1])) if len(items) > size else None
+    return page, next_token

@@ -29,8 +29,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--worker-threads", type=int, help="THREADS of the worker's gunicorn")
         p.add_argument("--function-env", action="append", default=[], metavar="KEY=VALUE",
                        help="extra environment of the function processes (repeatable)")
-        p.add_argument("--scheduler-interval", type=float, default=60.0 if name == "up" else None,
-                       help="seconds between Cloud Scheduler ticks to the poller (0 = none)")
+        p.add_argument("--scheduler-interval", type=float, default=5.0 if name == "up" else None,
+                       help="seconds between Cloud Scheduler ticks to the poller (0 = none; 60 in the cloud)")
         if name == "up":
             p.add_argument("--no-functions", action="store_true", help="only the emulators")
     sub.add_parser("check", help="check the prerequisites and exit")
@@ -103,6 +103,8 @@ def demo(args: argparse.Namespace) -> int:
         args.no_gemini = True
     else:
         args.function_env = [f"{k}={v}" for k, v in scenario.FUNCTION_ENV.items()] + args.function_env
+    if args.scheduler_interval is None:
+        args.scheduler_interval = scenario.SCHEDULER_INTERVAL
     stack = _stack(args, ports=Ports.free(), state_dir=STATE_DIR / "demo", functions=True)
     if stack.gemini:
         stack.gemini_config = {**scenario.GEMINI_CONFIG, **(stack.gemini_config or {})}

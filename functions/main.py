@@ -116,6 +116,7 @@ def _submit(request):
             interactive_threshold=s.interactive_threshold,
             batch=wiring.batch_lane(),
             batch_max_requests=s.batch_items_per_batch,
+            batch_submit_budget=s.batch_submit_budget_seconds,
             owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
         )
     except errors.LaneUnavailable as e:

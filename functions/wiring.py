@@ -103,6 +103,7 @@ def batch_lane():
         lease_seconds=s.batch_lease_seconds,
         max_attempts=s.batch_max_attempts,
         checkpoint_lines=s.batch_checkpoint_lines,
+        upload_concurrency=s.batch_upload_concurrency,
         image_size_for=usecases.image_size_for,
         compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(

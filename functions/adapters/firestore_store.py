@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 
 from google.api_core import exceptions as gexc
@@ -32,6 +33,7 @@ from core.models import (
 
 # Firestore accepts at most 500 writes in one batch.
 _BATCH_LIMIT = 500
+_PARALLEL_COMMITS = 8
 
 
 def _ts(epoch: float) -> dt.datetime:
@@ -50,11 +52,7 @@ class FirestoreJobStore:
     def create_job(self, job: Job, items: Sequence[Item]) -> None:
         # Items first, job last: a reader that finds the job document finds all its items.
         items_ref = self._items(job.job_id)
-        for start in range(0, len(items), _BATCH_LIMIT):
-            batch = self.db.batch()
-            for item in items[start : start + _BATCH_LIMIT]:
-                batch.create(items_ref.document(item.key), item.to_dict())
-            batch.commit()
+        self._write_all([(items_ref.document(item.key), item.to_dict()) for item in items])
         self.jobs.document(job.job_id).create(job.to_dict())
 
     def get_job(self, job_id: str) -> Job | None:
@@ -227,11 +225,22 @@ class FirestoreJobStore:
         return [found[k] for k in keys if k in found]
 
     def _write_all(self, docs: list) -> None:
-        for start in range(0, len(docs), _BATCH_LIMIT):
+        """Create documents in batches of 500, several batches at a time (a 10,000-item job
+        is 20 commits: in parallel they take a fraction of the time)."""
+
+        def commit(chunk: list) -> None:
             batch = self.db.batch()
-            for ref, data in docs[start : start + _BATCH_LIMIT]:
+            for ref, data in chunk:
                 batch.create(ref, data)
             batch.commit()
+
+        chunks = [docs[i : i + _BATCH_LIMIT] for i in range(0, len(docs), _BATCH_LIMIT)]
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                commit(chunk)
+            return
+        with ThreadPoolExecutor(min(_PARALLEL_COMMITS, len(chunks))) as pool:
+            list(pool.map(commit, chunks))  # list(): re-raise the first failure
 
     def _update_all(self, docs: list) -> None:
         batch = self.db.batch()

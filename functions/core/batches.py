@@ -9,7 +9,9 @@ same batch twice, and ingestion checkpoints its progress so a killed poller resu
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from core.errors import GenerationError
 from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
@@ -76,6 +78,7 @@ class BatchLane:
         lease_seconds: float,
         max_attempts: int,
         checkpoint_lines: int = 200,
+        upload_concurrency: int = 4,
         image_size_for: Callable[[str, str], str | None],
         compose_prompt: Callable[[Item], str],
         finalize_job: Callable[[str], object],
@@ -84,23 +87,26 @@ class BatchLane:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.checkpoint_lines = checkpoint_lines
+        self.upload_concurrency = upload_concurrency
         self.image_size_for = image_size_for
         self.compose_prompt = compose_prompt
         self.finalize_job = finalize_job
 
     # --- submission ------------------------------------------------------------------------
 
-    def submit(self, intent_id: str, owner: str) -> BatchIntent | None:
-        """Create the Gemini batch of one intent, if nobody else is doing it right now."""
+    def submit(self, intent_id: str, owner: str, items: Sequence[Item] | None = None) -> BatchIntent | None:
+        """Create the Gemini batch of one intent, if nobody else is doing it right now.
+
+        `items` lets the submitter pass what it has just written instead of reading it back."""
         intent = self.store.claim_intent(intent_id, owner, self.clock.now(), self.lease_seconds)
         if intent is None:
             return None
         try:
-            return self._submit(intent, owner)
+            return self._submit(intent, owner, items)
         finally:
             self._release(intent, owner)
 
-    def _submit(self, intent: BatchIntent, owner: str) -> BatchIntent:
+    def _submit(self, intent: BatchIntent, owner: str, known: Sequence[Item] | None = None) -> BatchIntent:
         if intent.state is IntentState.CREATING:
             # We may have created the batch and died before recording it: look before creating.
             if intent.key_fingerprint and intent.key_fingerprint != self.api.key_fingerprint():
@@ -110,7 +116,9 @@ class BatchLane:
             if found is not None:
                 log.warning("intent %s: found batch %s created before a crash", intent.intent_id, found.name)
                 return self._record_submitted(intent, owner, found.name, found.state)
-        items = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+        if known is None or intent.state is not IntentState.PENDING:
+            known = self.store.get_items(intent.job_id, intent.keys)
+        items = [it for it in known if not it.terminal]
         if not items:
             self._finish(intent, owner, "nothing left to do")
             return intent
@@ -205,16 +213,36 @@ class BatchLane:
     # --- ingestion -------------------------------------------------------------------------
 
     def _ingest(self, intent: BatchIntent, owner: str, deadline: float) -> str:
-        """Stream the results file line by line into GCS, checkpointing as we go."""
+        """Stream the results file line by line into GCS, checkpointing as we go.
+
+        Lines are parsed on this thread while a few uploads run on a small pool: the pool's
+        queue is bounded, so memory stays at a handful of lines whatever the file's size.
+        A checkpoint first waits for every upload in flight, so "lines_done = n" always
+        means every line up to n is in GCS."""
         keys = set(intent.keys)
         progress = {"lines": 0}
         pending: dict[str, dict] = {}
+        in_flight: list[tuple[str, Future]] = []
+        slots = threading.BoundedSemaphore(2 * self.upload_concurrency)
+        pool = ThreadPoolExecutor(self.upload_concurrency, thread_name_prefix="ingest")
+
+        def drain() -> None:
+            for key, future in in_flight:
+                pending[key] = future.result()
+            in_flight.clear()
 
         def flush() -> None:
+            drain()
             fields = {"lines_done": progress["lines"], "updated_at": self.clock.now()}
             if not self.store.checkpoint(intent.intent_id, owner, fields, dict(pending)):
                 raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
             pending.clear()
+
+        def upload(result) -> dict:
+            try:
+                return self._line_updates(intent, result)
+            finally:
+                slots.release()
 
         def on_line(line: bytes) -> None:
             progress["lines"] += 1
@@ -222,10 +250,11 @@ class BatchLane:
                 return  # ingested before a pause or a crash: skip without parsing
             result = parse_result_line(line)
             if result.key in keys:
-                pending[result.key] = self._line_updates(intent, result)
+                slots.acquire()
+                in_flight.append((result.key, pool.submit(upload, result)))
             else:
                 log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, progress["lines"], result.key)
-            if len(pending) >= self.checkpoint_lines:
+            if len(pending) + len(in_flight) >= self.checkpoint_lines:
                 flush()
             if self.clock.now() >= deadline:
                 flush()
@@ -238,6 +267,8 @@ class BatchLane:
         except _Pause:
             log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, progress["lines"])
             return "paused"
+        finally:
+            pool.shutdown(wait=True)
         flush()
         try:
             self.api.delete_file(intent.output_file)

@@ -57,6 +57,7 @@ def submit_job(
     interactive_threshold: int,
     batch: BatchLane | None = None,
     batch_max_requests: int = 1000,
+    batch_submit_budget: float = 5.0,
     owner: str = "api",
     make_id: Callable[[], str] = new_job_id,
 ) -> Job:
@@ -106,9 +107,16 @@ def submit_job(
         return job
     intents = plan_intents(job, items, max_requests=batch_max_requests, now=now)
     batch.store.create_job_with_intents(job, items, intents)
+    by_key = {it.key: it for it in items}
+    deadline = clock.now() + batch_submit_budget
     for intent in intents:
+        if clock.now() >= deadline:
+            # The rest are recorded intents: the next poller tick creates them. The client
+            # gets its 202 in seconds, whatever the job's size.
+            log.info("job %s: leaving the remaining batches to the poller", job.job_id)
+            break
         try:
-            batch.submit(intent.intent_id, owner)
+            batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
         except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
             log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
     return job

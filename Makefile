@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help venv up demo check test unit integration e2e bench bench-interactive lint clean distclean
+.PHONY: help venv up demo check test unit integration e2e bench bench-interactive bench-ingest lint clean distclean
 
 help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -44,10 +44,13 @@ integration: venv ## adapters against the emulators
 e2e: venv ## the functions under functions-framework, fed by a Pub/Sub push subscription
 	$(PY) -m pytest tests/e2e $(ARGS)
 
-bench: bench-interactive ## all benchmarks
+bench: bench-interactive bench-ingest ## all benchmarks
 
-bench-interactive: venv ## benchmark of the interactive lane against the local stack
-	$(PY) tests/bench/bench_interactive.py
+bench-interactive: venv ## interactive lane: throughput against the quota, beside the research note's strategy
+	$(PY) tests/bench/bench_interactive.py $(ARGS)
+
+bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and 1 GB results files
+	$(PY) tests/bench/bench_ingest.py $(ARGS)
 
 lint: venv ## byte-compile everything; terraform fmt -check when terraform is installed
 	$(PY) -m compileall -q functions infra tests

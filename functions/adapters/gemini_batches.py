@@ -1,6 +1,7 @@
 """The Gemini Files and Batch APIs through the google-genai SDK, for the batch lane."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 
@@ -24,6 +25,15 @@ def _info(batch: types.BatchJob) -> BatchInfo:
     )
 
 
+@contextlib.contextmanager
+def _translated():
+    """SDK errors out as core errors (ClientError 429 -> QuotaExceeded, 5xx -> TransientError...)."""
+    try:
+        yield
+    except errors.APIError as e:
+        raise translate_api_error(e) from e
+
+
 class GeminiBatchApi:
     def __init__(self, client: Client, api_key: str | None) -> None:
         self.client = client
@@ -35,56 +45,46 @@ class GeminiBatchApi:
         return self._fingerprint
 
     def upload_jsonl(self, data: bytes, display_name: str) -> str:
-        try:
+        with _translated():
             uploaded = self.client.files.upload(
                 file=io.BytesIO(data),
                 config=types.UploadFileConfig(mime_type="jsonl", display_name=display_name),
             )
-        except errors.APIError as e:
-            raise translate_api_error(e) from e
         return uploaded.name
 
     def create_batch(self, model: str, input_file: str, display_name: str) -> BatchInfo:
-        try:
+        with _translated():
             batch = self.client.batches.create(model=model, src=input_file, config={"display_name": display_name})
-        except errors.APIError as e:
-            raise translate_api_error(e) from e
         return _info(batch)
 
     def find_batch(self, display_name: str) -> BatchInfo | None:
         # Only used to recover from a crash between create and record, so a full scan of the
         # key's batches (paged by the SDK) is acceptable.
-        for batch in self.client.batches.list(config={"page_size": 100}):
-            if batch.display_name == display_name:
-                return _info(batch)
+        with _translated():
+            for batch in self.client.batches.list(config={"page_size": 100}):
+                if batch.display_name == display_name:
+                    return _info(batch)
         return None
 
     def get_batch(self, name: str) -> BatchInfo | None:
-        try:
-            return _info(self.client.batches.get(name=name))
-        except errors.ClientError as e:
-            if e.code == 404:
-                return None
-            raise translate_api_error(e) from e
-        except errors.APIError as e:
-            raise translate_api_error(e) from e
+        with _translated():
+            try:
+                return _info(self.client.batches.get(name=name))
+            except errors.ClientError as e:
+                if e.code == 404:
+                    return None  # only get's "not found" means the batch is gone
+                raise
 
     def cancel_batch(self, name: str) -> None:
-        try:
+        with _translated():
             self.client.batches.cancel(name=name)
-        except errors.APIError as e:
-            raise translate_api_error(e) from e
 
     def stream_file(self, name: str, sink) -> None:
         # With a writable destination the SDK streams the body in 1 MiB chunks instead of
         # buffering it: memory stays bounded however large the results file is.
-        try:
+        with _translated():
             self.client.files.download(file=name, destination=sink)
-        except errors.APIError as e:
-            raise translate_api_error(e) from e
 
     def delete_file(self, name: str) -> None:
-        try:
+        with _translated():
             self.client.files.delete(name=name)
-        except errors.APIError as e:
-            raise translate_api_error(e) from e

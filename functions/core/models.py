@@ -29,6 +29,11 @@ class ItemState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
+def _known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+    """Stored documents may carry fields a newer or older version wrote: keep ours only."""
+    return {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+
+
 TERMINAL_ITEM_STATES = frozenset(
     {ItemState.SUCCEEDED, ItemState.FAILED, ItemState.DEAD_LETTERED, ItemState.CANCELLED}
 )
@@ -134,10 +139,7 @@ class Item:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Item:
-        d = dict(d)
-        d["state"] = ItemState(d["state"])
-        known = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**_known_fields(cls, {**d, "state": ItemState(d["state"])}))
 
     def public(self) -> dict[str, Any]:
         """The item as the status API shows it."""
@@ -219,10 +221,7 @@ class BatchIntent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchIntent:
-        d = dict(d)
-        d["state"] = IntentState(d["state"])
-        known = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**_known_fields(cls, {**d, "state": IntentState(d["state"])}))
 
     def public(self) -> dict[str, Any]:
         return {

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
     )
     republish_grace_seconds: float = Field(60.0, ge=0)
+    lease_margin_seconds: float = Field(
+        30.0, ge=0, description="added to the longest delivery to make an item's lease"
+    )
 
     # The batch lane
     gemini_api_key: SecretStr | None = Field(
@@ -80,7 +83,7 @@ class Settings(BaseSettings):
     @property
     def lease_seconds(self) -> float:
         # Longer than the slowest delivery (wait + model call), so a live worker never loses it.
-        return self.max_wait_seconds + self.gemini_timeout_seconds + 30.0
+        return self.max_wait_seconds + self.gemini_timeout_seconds + self.lease_margin_seconds
 
 
 @functools.cache

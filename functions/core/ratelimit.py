@@ -23,6 +23,8 @@ from core.ports import Clock
 _MAX_PROBES = 8
 # Slots are kept this long after their time; a TTL policy in Firestore deletes them later.
 _SLOT_RETENTION_SECONDS = 3600.0
+# A send this late (as a fraction of the interval) gives up its slot and claims a new one.
+_LATE_FRACTION = 0.25
 # Polling period while every concurrency lease is taken.
 _LEASE_POLL_SECONDS = 0.05
 
@@ -81,12 +83,20 @@ class SlotRateLimiter:
         self._leases: dict[str, str] = {}
 
     def acquire(self, owner: str, max_wait: float) -> None:
-        """Return when `owner` may send one request; raise RateLimited if that is beyond max_wait."""
+        """Return when `owner` may send one request; raise RateLimited if that is beyond max_wait.
+
+        The concurrency lease comes first and the send slot last, so that nothing but the
+        sleep stands between a slot's time and the send: a wait for a lease after the slot
+        would let sends bunch up and break the spacing."""
         deadline = self.clock.now() + max_wait
-        if self.limit.interval > 0:
-            self._wait_for_slot(owner, deadline)
         if self.limit.concurrency:
             self._take_lease(owner, deadline)
+        if self.limit.interval > 0:
+            try:
+                self._wait_for_slot(owner, deadline)
+            except RateLimited:
+                self.release(owner)
+                raise
 
     def release(self, owner: str) -> None:
         lease_id = self._leases.pop(owner, None)
@@ -115,8 +125,11 @@ class SlotRateLimiter:
             else:
                 continue  # heavy contention: re-read the latest slot and probe again
             self.clock.sleep(max(0.0, send_at - self.clock.now()))
-            # A 429 seen by another instance while we slept pushes everybody back.
-            if self.store.blocked_until() <= self.clock.now():
+            now = self.clock.now()
+            # A 429 seen by another instance while we slept pushes everybody back; and a
+            # send much later than its slot (a stalled instance) could land next to the
+            # following slot's send, so it takes a fresh slot instead.
+            if self.store.blocked_until() <= now and now - send_at <= interval * _LATE_FRACTION:
                 return
 
     def _take_lease(self, owner: str, deadline: float) -> None:

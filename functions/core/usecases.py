@@ -206,6 +206,9 @@ def finalize_job_if_done(
     always sees zero remaining; two finishers may both see it, and both writes are
     idempotent (the manifest is create-only, the status only moves forward). The manifest
     is written before the status, so a job that says it is done always has one."""
+    job = store.get_job(job_id)
+    if job is not None and job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
+        return job.status  # already finalized: a duplicate delivery costs one read
     if store.has_unfinished_items(job_id):
         return None
     status = job_status_from_counts(store.count_items(job_id))

@@ -130,3 +130,47 @@ def test_threads_contending_for_slots_each_get_a_distinct_one():
 @pytest.mark.parametrize("text,expected", [("47s", 47.0), ("4.2s", 4.2), ("0s", 0.0), ("", None), (None, None), ("abc", None)])
 def test_parse_retry_delay(text, expected):
     assert parse_retry_delay(text) == expected
+
+
+def test_a_send_stalled_past_its_slot_takes_a_fresh_slot():
+    class StallOnce(FakeClock):
+        stalled = False
+
+        def sleep(self, seconds):
+            super().sleep(seconds)
+            if not self.stalled:
+                self.stalled = True
+                self.advance(0.9)  # the instance froze right after its slot came
+
+    store, clock = InMemorySlotStore(), StallOnce()
+    limit = RateLimit(requests_per_window=10, window_seconds=10, safety=1.0)  # 1 s apart
+    limiter = SlotRateLimiter(limit, store, clock)
+    limiter.acquire("w", 100)
+    assert len(store.slots) == 2  # the stale slot is abandoned, never used late
+    assert clock.now() == pytest.approx(max(store.slots) * limit.interval)
+
+
+def test_the_lease_is_taken_before_the_slot_so_nothing_delays_the_send():
+    store, clock = InMemorySlotStore(), FakeClock()
+    limit = RateLimit(requests_per_window=10, window_seconds=10, concurrency=1, safety=1.0)
+    first = SlotRateLimiter(limit, store, clock)
+    first.acquire("a", 10)
+    clock.advance(3)  # "a" is still in flight
+    second = SlotRateLimiter(limit, store, clock)
+    with pytest.raises(RateLimited):
+        second.acquire("b", 1)
+    assert len(store.slots) == 1  # no slot claimed while waiting for the lease
+    first.release("a")
+    second.acquire("b", 1)
+    assert clock.now() == pytest.approx(max(store.slots) * limit.interval)
+
+
+def test_a_refused_slot_gives_the_lease_back():
+    store, clock = InMemorySlotStore(), FakeClock()
+    limit = RateLimit(requests_per_window=1, window_seconds=100, concurrency=1, safety=1.0)
+    limiter = SlotRateLimiter(limit, store, clock)
+    limiter.acquire("a", 1)
+    limiter.release("a")
+    with pytest.raises(RateLimited):
+        limiter.acquire("b", 1)  # next slot is 100 s away
+    assert store.try_take_lease("c", 1, clock.now(), 10) is not None

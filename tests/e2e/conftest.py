@@ -1,0 +1,106 @@
+"""The e2e stack's configuration, and a clean slate for every test.
+
+Windows and timeouts are short so the folder runs in about a minute on 2 cores (10 s of it
+waiting out a killed worker's lease, the test marked slow): a 2 s quota window on both sides
+(worker and emulator), 3 attempts, a 3 s model timeout. The worker is fed by the Pub/Sub
+emulator's push subscription (at most 2 pushes in flight), which redelivers after 1-2 s; its
+ack deadline (20 s) stays above the longest delivery (MAX_WAIT_SECONDS +
+GEMINI_TIMEOUT_SECONDS + Firestore round trips), so a message is never pushed again while a
+worker is still on it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from infra.local import Ports, Stack
+from tests.conftest import E2E_PROJECT
+from tests.e2e.helpers import (
+    GEMINI_TIMEOUT_SECONDS, LEASE_MARGIN_SECONDS, MAX_ATTEMPTS, MAX_WAIT_SECONDS, MODEL, RATE_LIMIT, WINDOW_SECONDS,
+)
+
+ACK_DEADLINE_SECONDS = 20
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: waits out a worker's lease (about 10 s); deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def stack_function_env() -> dict[str, str]:
+    return {
+        "INTERACTIVE_THRESHOLD": "10",
+        # These tests cover the interactive lane; with the batch lane off, a job at the
+        # threshold is refused (503 lane_unavailable) instead of starting batch work.
+        "BATCH_LANE_ENABLED": "false",
+        "RATE_LIMIT_REQUESTS": str(RATE_LIMIT),
+        "RATE_LIMIT_IMAGES": str(RATE_LIMIT),
+        "RATE_WINDOW_SECONDS": str(WINDOW_SECONDS),
+        "RATE_CONCURRENCY": "4",
+        "MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "MAX_WAIT_SECONDS": str(MAX_WAIT_SECONDS),
+        "GEMINI_TIMEOUT_SECONDS": str(GEMINI_TIMEOUT_SECONDS),
+        "LEASE_MARGIN_SECONDS": str(LEASE_MARGIN_SECONDS),
+        # The batch lane (tests/e2e/test_batch_lane.py switches it on for its own module): a
+        # short poller budget and batch lease, so a killed poller's batch is taken over in
+        # seconds; a checkpoint every 5 result lines; 2 batches per item at most.
+        "POLLER_BUDGET_SECONDS": "4",
+        "BATCH_LEASE_SECONDS": "6",
+        "BATCH_CHECKPOINT_LINES": "5",
+        "BATCH_MAX_ATTEMPTS": "2",
+        "BATCH_UPLOAD_CONCURRENCY": "2",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack_gemini_config() -> dict:
+    """The emulator's startup config, which every test starts from: the worker's quota exactly."""
+    return {
+        "image_scale": 0.25,
+        "window_seconds": WINDOW_SECONDS,
+        "quotas": {MODEL: {"rpm": RATE_LIMIT, "ipm": RATE_LIMIT, "concurrent": 4}},
+        "faults": {"hang_seconds": 10},  # > GEMINI_TIMEOUT_SECONDS: the worker gives up first
+        "batch": {"pending_seconds": 0.2, "running_seconds": 0.5},  # a batch is done in 0.7 s
+    }
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory, stack_function_env: dict[str, str],
+                stack_gemini_config: dict):
+    """tests/conftest.py's stack, with a push subscription tuned for quick redeliveries."""
+    with Stack(ports=Ports.free(), project=E2E_PROJECT, state_dir=tmp_path_factory.mktemp("stack"),
+               functions=True, function_env=stack_function_env, gemini_config=stack_gemini_config,
+               worker_threads=4, delivery="push", ack_deadline=ACK_DEADLINE_SECONDS,
+               retry_min_backoff=1, retry_max_backoff=2) as stack:
+        yield stack
+
+
+@pytest.fixture(autouse=True)
+def clean(stack: Stack) -> Stack:
+    """An empty Firestore (jobs and the rate limiter's slots) and a Gemini emulator back at its
+    startup config with zeroed quotas, stats and request log."""
+    assert all(stack.alive().values()), f"a process of the stack is down: {stack.alive()}"
+    stack.wipe_firestore()
+    stack.reset_gemini()
+    return stack
+
+
+@pytest.fixture
+def db(stack: Stack):
+    from google.cloud import firestore
+
+    return firestore.Client(project=stack.project)
+
+
+@pytest.fixture
+def bucket(stack: Stack):
+    from google.cloud import storage
+
+    return storage.Client(project=stack.project).bucket(stack.images_bucket)
+
+
+@pytest.fixture
+def publisher(stack: Stack):
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.PublisherClient()

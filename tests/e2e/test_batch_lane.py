@@ -1,0 +1,351 @@
+"""Jobs through the batch lane, from the 202 to the images and the manifest in GCS, with the
+poller called by hand one tick at a time (as Cloud Scheduler would, but deterministic): the
+happy path, per-line failures, batches that end without results, two pollers at once, a
+poller killed mid-ingest, a crash between creating a batch and recording it, a cancel, and a
+job split into several batches.
+
+The interactive tests run with the batch lane off; this module switches it on in the API and
+the poller, and versions the bucket, so that an image written twice would show as a second
+generation of its object."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.e2e.helpers import (
+    HTTP_TIMEOUT, MODEL, TERMINAL_ITEM_STATES, assert_settled, configure_gemini, force_batch,
+    functions_env, gemini_batch, gemini_batches, gemini_stats, item_docs, job_status, manifest,
+    object_generations, objects, post_job, process_log, prompt_rules, set_bucket_versioning,
+    submit, tick, tick_until_settled, wait_until,
+)
+
+RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4", "21:9", "1:1", "16:9"]
+SUCCEEDED = "BATCH_STATE_SUCCEEDED"
+# A results file of about 16 MB (60 lines of a padded 200 kB PNG in base64): long enough to
+# ingest that a second poller meets it half-way, or that a poller can be killed half-way.
+LARGE_JOB_ITEMS = 60
+LARGE_IMAGE_BYTES = 200_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def batch_lane_on(local_stack, stack_function_env):
+    """The batch lane on in the API and the poller for this module, and the bucket versioned."""
+    assert local_stack.scheduler_interval is None, "a scheduler thread would tick the poller behind our backs"
+    set_bucket_versioning(local_stack, True)
+    try:
+        with functions_env(local_stack, ["api", "poller"], {"BATCH_LANE_ENABLED": "true"}):
+            yield
+    finally:
+        set_bucket_versioning(local_stack, False)
+
+
+@pytest.fixture
+def settings(stack_function_env) -> dict[str, int]:
+    """The batch settings of the functions (tests/e2e/conftest.py)."""
+    return {name: int(stack_function_env[name]) for name in (
+        "POLLER_BUDGET_SECONDS", "BATCH_LEASE_SECONDS", "BATCH_CHECKPOINT_LINES", "BATCH_MAX_ATTEMPTS")}
+
+
+def assert_batch_settled(stack, status: dict, db, bucket) -> dict[str, dict]:
+    """assert_settled (every item terminal, counts, one object per success, the manifest against
+    the status API and the objects' bytes), and: Firestore says the same, each object has one
+    generation, and the manifest has one line per item with the lane and the image's size."""
+    job_id = status["job_id"]
+    items = assert_settled(status, bucket)
+    docs = item_docs(db, job_id)
+    assert {k: d["state"] for k, d in docs.items()} == {k: it["state"] for k, it in items.items()}
+    assert set(d["state"] for d in docs.values()) <= TERMINAL_ITEM_STATES
+    generations = object_generations(stack, job_id)
+    assert set(generations.values()) == {1}, {k: n for k, n in generations.items() if n != 1}
+    lines = manifest(bucket, job_id)
+    assert len(lines) == len(items) == status["item_count"]
+    blobs = objects(bucket, job_id)
+    for line in lines:
+        assert line["lane"] == "batch", line
+        if line["state"] == "succeeded":
+            image = Image.open(io.BytesIO(blobs[f"{job_id}/{line['key']}.png"].download_as_bytes()))
+            image.load()
+            assert (image.format, (line["width"], line["height"])) == ("PNG", image.size), line
+    return items
+
+
+def intents(db, job_id: str) -> dict[str, dict]:
+    """The job's batch intents in Firestore, by id."""
+    return {s.id: s.to_dict() for s in db.collection("batches").where(filter=FieldFilter("job_id", "==", job_id)).stream()}
+
+
+def intent_id(job_id: str, batch: int = 0, attempt: int = 1) -> str:
+    return f"{job_id}-b{batch:03d}-a{attempt}"
+
+
+def large_job(stack) -> tuple[str, dict]:
+    """Submit LARGE_JOB_ITEMS prompts with padded images; the job id and its one batch, once
+    Gemini says SUCCEEDED, so that the next tick ingests."""
+    configure_gemini(stack, {"image_target_bytes": LARGE_IMAGE_BYTES})
+    job_id = submit(stack, [{"key": f"big-{i:03d}", "prompt": f"a large picture {i}"} for i in range(LARGE_JOB_ITEMS)])
+    [batch] = job_status(stack, job_id)["batches"]
+    wait_until(stack, lambda: gemini_batch(stack, batch["gemini_batch"])["state"] == SUCCEEDED,
+               "the batch to succeed")
+    return job_id, batch
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def test_twelve_prompts_go_through_one_gemini_batch_into_twelve_pngs(stack, db, bucket):
+    asked = {f"shot-{i:02d}": (f"product shot {i} of a teapot", RATIOS[i]) for i in range(12)}
+
+    r = post_job(stack, [{"key": k, "prompt": p, "aspect_ratio": ar} for k, (p, ar) in asked.items()])
+
+    assert r.status_code == 202, r.text
+    assert (r.json()["lane"], r.json()["item_count"]) == ("batch", 12)  # auto, >= INTERACTIVE_THRESHOLD
+    job_id = r.json()["job_id"]
+    accepted = job_status(stack, job_id)
+    [intent] = accepted["batches"]  # created by the API before it answered
+    assert (intent["intent_id"], intent["state"], intent["attempt"], intent["items"]) == \
+        (intent_id(job_id), "submitted", 1, 12)
+    assert intent["gemini_batch"].startswith("batches/")
+    assert accepted["status"] == "running"
+
+    status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded"
+    assert ticks["ingested"] == 1
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {k: (it["attempts"], it["lane"], it["finish_reason"], it["error"]) for k, it in items.items()} == \
+        {k: (1, "batch", "STOP", None) for k in asked}
+    blobs = objects(bucket, job_id)
+    for key, (_, ratio) in asked.items():
+        blob = blobs[f"{job_id}/{key}.png"]
+        assert blob.metadata == {"job_id": job_id, "item_key": key, "model": MODEL, "finish_reason": "STOP",
+                                 "lane": "batch"}
+        image = Image.open(io.BytesIO(blob.download_as_bytes()))
+        image.load()
+        w, h = (int(n) for n in ratio.split(":"))
+        assert image.width / image.height == pytest.approx(w / h, rel=0.03), (key, image.size)
+    [batch] = gemini_batches(stack)
+    assert (batch["name"], batch["displayName"], batch["state"], batch["batchStats"]["requestCount"]) == \
+        (intent["gemini_batch"], intent["intent_id"], SUCCEEDED, "12")
+    [doc] = intents(db, job_id).values()
+    assert (doc["state"], doc["outcome"], doc["lines_done"], doc["lease_owner"]) == ("finished", "succeeded", 12, None)
+    # The input file was deleted once the batch was created, the results file once ingested.
+    files = gemini_stats(stack)["files"]
+    assert (files["uploaded"], files["generated"], files["deleted"], files["live"]) == (1, 1, 2, 0), files
+
+
+def test_a_blocked_line_fails_and_a_500_line_is_retried_in_a_batch_of_its_own(stack, db, bucket, settings):
+    max_attempts = settings["BATCH_MAX_ATTEMPTS"]
+    configure_gemini(stack, prompt_rules(("[blocked]", "blocked"), ("[always-500]", "500")))
+    job_id = submit(stack, [
+        {"key": "blocked", "prompt": "[blocked] a forbidden thing"},
+        {"key": "broken", "prompt": "[always-500] a picture the model never makes"},
+        {"key": "fine-1", "prompt": "a quiet lake"},
+        {"key": "fine-2", "prompt": "a busy market"},
+    ], lane="batch")
+
+    status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "partially_succeeded"
+    assert {k: v for k, v in status["counts"].items() if v} == {"succeeded": 2, "failed": 1, "dead_lettered": 1}
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {k: (it["state"], it["attempts"]) for k, it in items.items()} == {
+        "blocked": ("failed", 1),
+        "broken": ("dead_lettered", max_attempts),
+        "fine-1": ("succeeded", 1),
+        "fine-2": ("succeeded", 1),
+    }
+    assert "blocked" in items["blocked"]["error"]
+    assert items["broken"]["error"].startswith(f"gave up after {max_attempts} batch attempts: 500")
+    # Every later batch held the retried line only.
+    batches = gemini_batches(stack)
+    assert [(b["displayName"], b["state"], b["batchStats"]["requestCount"]) for b in batches] == \
+        [(intent_id(job_id), SUCCEEDED, "4")] + \
+        [(intent_id(job_id, attempt=n), SUCCEEDED, "1") for n in range(2, max_attempts + 1)]
+    docs = intents(db, job_id)
+    assert {i: (d["keys"], d["state"]) for i, d in docs.items()} == {
+        intent_id(job_id): (["blocked", "broken", "fine-1", "fine-2"], "finished"),
+        **{intent_id(job_id, attempt=n): (["broken"], "finished") for n in range(2, max_attempts + 1)},
+    }
+    assert ticks["ingested"] == max_attempts
+    assert gemini_stats(stack)["batches"]["lines"]["by_outcome"] == {"ok": 2, "blocked": 1, "500": max_attempts}
+
+
+@pytest.mark.parametrize("ending", ["BATCH_STATE_EXPIRED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED"])
+def test_a_batch_that_ends_without_results_is_resubmitted_and_succeeds(stack, db, bucket, ending):
+    configure_gemini(stack, {"batch": {"running_seconds": 60}})  # still running when we end it
+    keys = ["e-1", "e-2", "e-3", "e-4"]
+    job_id = submit(stack, [{"key": k, "prompt": f"a picture that waits {k}"} for k in keys], lane="batch")
+    [first] = job_status(stack, job_id)["batches"]
+    force_batch(stack, first["gemini_batch"], ending)
+    configure_gemini(stack, {"batch": {"running_seconds": 0.5}})  # the resubmission runs its course
+
+    status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded"
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {it["attempts"] for it in items.values()} == {2}  # two batches, one image each
+    assert (ticks["resubmitted"], ticks["ingested"]) == (1, 1)
+    retry = intent_id(job_id, attempt=2)
+    assert [(b["displayName"], b["state"], b["batchStats"]["requestCount"]) for b in gemini_batches(stack)] == \
+        [(first["intent_id"], ending, "4"), (retry, SUCCEEDED, "4")]
+    docs = intents(db, job_id)
+    assert {i: (d["state"], d["outcome"]) for i, d in docs.items()} == {
+        first["intent_id"]: ("finished", f"batch ended {ending}"),
+        retry: ("finished", "succeeded"),
+    }
+    # Every image came from the one batch that succeeded.
+    assert {d["batch_intent"] for d in item_docs(db, job_id).values()} == {retry}
+    files = gemini_stats(stack)["files"]
+    assert (files["uploaded"], files["generated"], files["live"]) == (2, 1, 0), files
+
+
+def test_two_pollers_at_once_write_each_image_once(stack, db, bucket):
+    job_id, batch = large_job(stack)
+
+    rounds = []
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(2) as pool:
+        while not (job_status(stack, job_id)["manifest_uri"]):
+            assert time.monotonic() < deadline, f"not settled after {rounds}\n{process_log(stack, 'poller')}"
+            rounds.append(list(pool.map(lambda _: tick(stack), range(2))))
+
+    status = job_status(stack, job_id)
+    assert status["status"] == "succeeded"
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {it["attempts"] for it in items.values()} == {1}
+    # In the first round one poller ingested (or paused at its budget) while the other found
+    # the batch leased; afterwards the batch was only ever ingested once.
+    first = sorted(rounds[0], key=lambda s: s["skipped"])
+    assert first[1]["skipped"] == 1 and first[0]["ingested"] + first[0]["paused"] == 1, rounds
+    assert sum(s["ingested"] for r in rounds for s in r) == 1, rounds
+    assert {d["batch_intent"] for d in item_docs(db, job_id).values()} == {batch["intent_id"]}
+    assert gemini_stats(stack)["files"]["downloads"] == sum(s["ingested"] + s["paused"] for r in rounds for s in r)
+
+
+def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bucket, settings):
+    job_id, batch = large_job(stack)
+    intent_ref = db.collection("batches").document(batch["intent_id"])
+    answers: list = []
+
+    def doomed_tick() -> None:
+        try:
+            answers.append(tick(stack))
+        except requests.ConnectionError as e:
+            answers.append(e)
+
+    ticker = threading.Thread(target=doomed_tick)
+    ticker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not intent_ref.get().to_dict().get("lines_done"):  # tight: the file takes ~1 s
+            assert time.monotonic() < deadline and ticker.is_alive(), f"no checkpoint: {answers}"
+            time.sleep(0.01)
+        stack.kill("poller")  # SIGKILL: no finally blocks, the lease stays taken
+        ticker.join(HTTP_TIMEOUT)
+        time.sleep(0.3)  # a commit the poller had already sent lands before we look
+        killed = intent_ref.get().to_dict()
+        done_at_kill = {s.id: s.update_time for s in
+                        db.collection("jobs").document(job_id).collection("items").stream()
+                        if s.get("state") == "succeeded"}
+    finally:
+        stack.start_function("poller")
+
+    assert len(answers) == 1 and isinstance(answers[0], requests.ConnectionError), answers
+    lines_done = killed["lines_done"]
+    assert killed["state"] == "ingesting" and 0 < lines_done < LARGE_JOB_ITEMS, killed
+    assert lines_done % settings["BATCH_CHECKPOINT_LINES"] == 0
+    assert len(done_at_kill) == lines_done  # a checkpoint commits its lines' items with it
+    assert job_status(stack, job_id)["status"] == "running"
+    # The dead poller's lease holds until it runs out; then the next tick takes over.
+    assert tick(stack)["skipped"] == 1
+    time.sleep(max(0.0, killed["lease_expires_at"] - time.time()) + 0.2)
+    status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded"
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {it["attempts"] for it in items.values()} == {1}
+    assert ticks["ingested"] == 1
+    # Resumed after the checkpoint: the items committed before the kill were not written again.
+    after = {s.id: s.update_time for s in db.collection("jobs").document(job_id).collection("items").stream()}
+    assert {k for k, t in after.items() if done_at_kill.get(k) == t} == set(done_at_kill)
+    final = intent_ref.get().to_dict()
+    assert (final["state"], final["outcome"], final["lines_done"]) == ("finished", "succeeded", LARGE_JOB_ITEMS)
+
+
+def test_a_batch_created_before_a_crash_is_found_not_created_again(stack, db, bucket):
+    from google import genai
+    from google.genai import types
+
+    # The API uploads the input and records the intent as "creating"; then its batches.create
+    # fails (the emulator serves no model), which leaves what a crash right after create would.
+    configure_gemini(stack, {"models": ["no-such-model"]})
+    keys = [f"o-{i}" for i in range(4)]
+    job_id = submit(stack, [{"key": k, "prompt": f"an orphaned picture {k}"} for k in keys], lane="batch")
+    [intent] = job_status(stack, job_id)["batches"]
+    assert (intent["state"], intent["gemini_batch"]) == ("creating", None)
+    doc = db.collection("batches").document(intent["intent_id"]).get().to_dict()
+    # The create that "went through" before the crash: the same input, the intent id as name.
+    configure_gemini(stack, {"models": None})
+    client = genai.Client(api_key=stack.env()["GEMINI_API_KEY"],
+                          http_options=types.HttpOptions(base_url=stack.url("gemini")))
+    orphan = client.batches.create(model=MODEL, src=doc["input_file"], config={"display_name": intent["intent_id"]})
+
+    first = tick(stack)
+
+    assert first["submitted"] == 1
+    assert db.collection("batches").document(intent["intent_id"]).get().get("gemini_batch") == orphan.name
+    assert "created before a crash" in process_log(stack, "poller", 200)
+    status, _ = tick_until_settled(stack, job_id)
+    assert status["status"] == "succeeded"
+    assert_batch_settled(stack, status, db, bucket)
+    assert [(b["name"], b["displayName"]) for b in gemini_batches(stack)] == [(orphan.name, intent["intent_id"])]
+    stats = gemini_stats(stack)
+    assert (stats["batches"]["created"], stats["files"]["uploaded"]) == (1, 1)
+
+
+def test_cancelling_a_batch_job_cancels_its_gemini_batch_on_the_next_tick(stack, db, bucket):
+    configure_gemini(stack, {"batch": {"running_seconds": 60}})
+    job_id = submit(stack, [{"key": f"c-{i:02d}", "prompt": f"a picture nobody waits for {i}"} for i in range(12)])
+    [intent] = job_status(stack, job_id)["batches"]
+
+    r = requests.delete(f"{stack.url('api')}/v1/jobs/{job_id}", timeout=HTTP_TIMEOUT)
+
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert gemini_batch(stack, intent["gemini_batch"])["state"] in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+    assert tick(stack)["cancelled"] == 1
+    assert gemini_batch(stack, intent["gemini_batch"])["state"] == "BATCH_STATE_CANCELLED"
+    status = job_status(stack, job_id)
+    assert (status["status"], status["counts"]["cancelled"]) == ("cancelled", 12)
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {(it["state"], it["error"]) for it in items.values()} == {("cancelled", "job cancelled")}
+    assert intents(db, job_id)[intent["intent_id"]]["outcome"] == "cancelled"
+    again = requests.delete(f"{stack.url('api')}/v1/jobs/{job_id}", timeout=HTTP_TIMEOUT)
+    assert again.status_code == 409 and again.json()["error"]["reason"] == "conflict"
+    assert tick(stack)["seen"] == 0  # nothing left to reconcile
+
+
+def test_a_job_larger_than_a_batch_is_split_and_every_batch_ingested(stack, db, bucket):
+    keys = [f"s-{i:02d}" for i in range(12)]
+    with functions_env(stack, ["api"], {"BATCH_MAX_REQUESTS": "5"}):
+        job_id = submit(stack, [{"key": k, "prompt": f"a split picture {k}"} for k in keys])
+
+        status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded"
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {it["attempts"] for it in items.values()} == {1}
+    assert ticks["ingested"] == 3
+    assert [(b["displayName"], b["state"], b["batchStats"]["requestCount"]) for b in gemini_batches(stack)] == \
+        [(intent_id(job_id, 0), SUCCEEDED, "5"), (intent_id(job_id, 1), SUCCEEDED, "5"),
+         (intent_id(job_id, 2), SUCCEEDED, "2")]
+    docs = item_docs(db, job_id)
+    assert {k: docs[k]["batch_intent"] for k in keys} == {k: intent_id(job_id, i // 5) for i, k in enumerate(keys)}

@@ -75,7 +75,12 @@ def run_pipeline(stack: Stack, args) -> dict:
     elapsed = time.monotonic() - start
     stats = emulator_stats(stack)
     succeeded = status["counts"]["succeeded"]
-    objects = count_objects(f"{job_id}/", stack.images_bucket)
+    objects = count_objects(f"{job_id}/", stack.images_bucket) - 1  # less the manifest
+    items = requests.get(f"{stack.url('api')}/v1/jobs/{job_id}?page_size=500", timeout=30).json()["items"]
+    for item in items:
+        if item["attempts"] != 1 or item["state"] != "succeeded":
+            print(f"  note: item {item['key']} {item['state']} after {item['attempts']} attempts: {item['error']}",
+                  file=sys.stderr)
     return {
         "strategy": f"pipeline ({args.deliveries} deliveries)",
         "images": args.images,

@@ -19,6 +19,7 @@ from werkzeug.routing import Map, Rule
 import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
+from openapi import build_openapi
 from schemas import JobRequest, error_fields
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
@@ -27,6 +28,7 @@ log = logging.getLogger("imagefleet")
 _ROUTES = Map(
     [
         Rule("/healthz", endpoint="healthz", methods=["GET"]),
+        Rule("/v1/openapi.json", endpoint="openapi", methods=["GET"]),
         Rule("/v1/jobs", endpoint="submit", methods=["POST"]),
         Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
         Rule("/v1/jobs/<job_id>", endpoint="cancel", methods=["DELETE"]),
@@ -74,6 +76,11 @@ def http_api(request):
 
 def _healthz(request):
     return _json({"status": "ok"})
+
+
+def _openapi(request):
+    s = wiring.settings()
+    return _json(build_openapi(max_items=s.max_items_per_job, max_prompt_chars=s.max_prompt_chars))
 
 
 def _read_json(request, max_bytes: int):
@@ -171,7 +178,7 @@ def _check_job_id(job_id: str) -> None:
         raise ApiError(404, "not_found", f"job {job_id} not found")
 
 
-_HANDLERS = {"healthz": _healthz, "submit": _submit, "status": _status, "cancel": _cancel}
+_HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel}
 
 
 class RetryLater(Exception):

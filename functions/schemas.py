@@ -91,3 +91,80 @@ def error_fields(exc) -> list[dict]:
         msg = err["msg"].removeprefix("Value error, ")
         out.append({"field": field or "(body)", "problem": msg})
     return out
+
+
+# --- responses (documented in the OpenAPI contract; the handlers build plain dicts) --------
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    lane: Literal["interactive", "batch"]
+    status: Literal["queued"]
+    item_count: int
+    status_url: str = Field(description="Relative URL of the job's status")
+
+
+class ItemStatus(BaseModel):
+    key: str
+    index: int
+    state: Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+    attempts: int
+    gcs_uri: str | None
+    error: str | None
+    finish_reason: str | None
+    lane: Literal["interactive", "batch"] | None
+
+
+class BatchStatus(BaseModel):
+    intent_id: str
+    state: Literal["pending", "creating", "submitted", "ingesting", "finished"]
+    gemini_batch: str | None
+    gemini_state: str | None
+    attempt: int
+    items: int
+    outcome: str | None
+
+
+class ItemCounts(BaseModel):
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    dead_lettered: int
+    cancelled: int
+
+
+class JobStatusResponse(BaseModel):
+    job_id: str
+    lane: Literal["interactive", "batch"]
+    status: Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
+    model: str
+    item_count: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    manifest_uri: str | None
+    counts: ItemCounts
+    items: list[ItemStatus]
+    next_page_token: str | None
+    batches: list[BatchStatus]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    problem: str
+
+
+class ErrorDetail(BaseModel):
+    code: int
+    reason: str
+    message: str
+    fields: list[FieldProblem] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

@@ -1,0 +1,110 @@
+"""The HTTP API's OpenAPI 3.1 contract, generated from the pydantic models so it cannot drift.
+
+`python functions/openapi.py > openapi.json` rewrites the committed copy; a unit test fails when
+the committed copy and the models disagree.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from pydantic.json_schema import models_json_schema
+
+import schemas
+
+API_KEY_HEADER = "X-API-Key"
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+
+
+def _ok(model: str, description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
+
+
+def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> dict:
+    models = [
+        (schemas.JobRequest, "validation"),
+        (schemas.JobAccepted, "serialization"),
+        (schemas.JobStatusResponse, "serialization"),
+        (schemas.ErrorResponse, "serialization"),
+        (schemas.Health, "serialization"),
+    ]
+    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    components = top["$defs"]
+    # The limits live in Settings and are checked with validation context; state the defaults.
+    components["JobRequest"]["properties"]["requests"]["maxItems"] = max_items
+    components["ItemRequest"]["properties"]["prompt"]["maxLength"] = max_prompt_chars
+    job_id = {"name": "job_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}}
+    auth_errors = {"401": _error("Missing or invalid API key")}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imagefleet",
+            "version": "1.0.0",
+            "description": "Serverless image generation at scale on Gemini: submit prompts, follow the job, "
+                           "find the images in Cloud Storage.",
+        },
+        "paths": {
+            "/v1/jobs": {"post": {
+                "operationId": "submitJob",
+                "summary": "Submit a generation job",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+                "responses": {
+                    "202": _ok("JobAccepted", "Accepted: follow status_url"),
+                    "400": _error("Invalid JSON or an invalid request; `fields` names each problem"),
+                    **auth_errors,
+                    "413": _error("The body is over the size limit"),
+                    "415": _error("The body is not application/json"),
+                    "503": _error("The lane the job needs is switched off"),
+                },
+            }},
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "A job's status, counts and one page of its items",
+                    "parameters": [
+                        job_id,
+                        {"name": "page_size", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+                        {"name": "page_token", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                    ],
+                    "responses": {
+                        "200": _ok("JobStatusResponse", "The job"),
+                        "400": _error("Invalid paging"),
+                        **auth_errors,
+                        "404": _error("No such job"),
+                    },
+                },
+                "delete": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a queued or running job",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": _ok("JobStatusResponse", "Cancelled"),
+                        **auth_errors,
+                        "404": _error("No such job"),
+                        "409": _error("The job has already ended"),
+                    },
+                },
+            },
+            "/healthz": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
+                                 "responses": {"200": _ok("Health", "Up")}}},
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}},
+        },
+        "security": [{"apiKey": []}],
+    }
+
+
+if __name__ == "__main__":
+    json.dump(build_openapi(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

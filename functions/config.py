@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     images_bucket: str = Field(description="Bucket that receives the generated images")
     work_topic: str = Field("imagefleet-work", description="Topic of the interactive lane")
 
+    api_keys: SecretStr | None = Field(
+        None,
+        description="comma-separated API keys for X-API-Key; unset = no key check (the cloud's "
+        "IAM invoker check still applies)",
+    )
+
     gemini_model: str = "gemini-2.5-flash-image"
     gemini_timeout_seconds: float = Field(60.0, gt=0)
 
@@ -79,6 +85,11 @@ class Settings(BaseSettings):
     def batch_items_per_batch(self) -> int:
         by_bytes = max(1, self.batch_max_output_bytes // self.batch_expected_image_bytes)
         return min(self.batch_max_requests, by_bytes)
+
+    def accepted_api_keys(self) -> list[str]:
+        if self.api_keys is None:
+            return []
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
     def lease_seconds(self) -> float:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import uuid
@@ -19,7 +20,7 @@ from werkzeug.routing import Map, Rule
 import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
-from openapi import build_openapi
+from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
@@ -59,6 +60,8 @@ def http_api(request):
     try:
         adapter = _ROUTES.bind_to_environ(request.environ)
         endpoint, args = adapter.match()
+        if endpoint not in _PUBLIC:
+            _authenticate(request)
         return _HANDLERS[endpoint](request, **args)
     except ApiError as e:
         return _error(e)
@@ -72,6 +75,19 @@ def http_api(request):
     except Exception:  # never an HTML error page: log it, answer JSON
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error(ApiError(500, "internal", "internal error; see the function's logs"))
+
+
+def _authenticate(request) -> None:
+    """X-API-Key against API_KEYS, in constant time; the key is never logged or echoed."""
+    keys = wiring.settings().accepted_api_keys()
+    if not keys:
+        return
+    given = request.headers.get(API_KEY_HEADER, "").encode()
+    valid = False
+    for key in keys:  # every key is compared, so timing says nothing about which one matched
+        valid |= hmac.compare_digest(given, key.encode())
+    if not valid:
+        raise ApiError(401, "unauthenticated", f"send a valid API key in the {API_KEY_HEADER} header")
 
 
 def _healthz(request):
@@ -178,6 +194,7 @@ def _check_job_id(job_id: str) -> None:
         raise ApiError(404, "not_found", f"job {job_id} not found")
 
 
+_PUBLIC = {"healthz", "openapi"}
 _HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel}
 
 

@@ -195,3 +195,19 @@ def test_worker_acks_a_finished_item_and_retries_a_transient_failure(api, worker
 def test_worker_drops_unreadable_messages(worker, fakes):
     assert push(worker, b"not json").status_code == 200
     assert push(worker, b'{"job_id": 1}').status_code == 200
+
+
+def test_api_keys_are_required_when_configured(api, monkeypatch, caplog):
+    monkeypatch.setenv("API_KEYS", "k-one, k-two")
+    wiring.get_settings.cache_clear()
+    body = {"requests": [{"prompt": "a"}]}
+    assert post_job(api, body).status_code == 401
+    r = post_job(api, body, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401 and r.get_json()["error"]["reason"] == "unauthenticated"
+    assert "wrong" not in r.get_data(as_text=True)
+    assert post_job(api, body, headers={"X-API-Key": "k-two"}).status_code == 202
+    assert api.get("/v1/jobs/x", headers={"X-API-Key": "k-one"}).status_code == 404
+    assert api.get("/v1/jobs/x").status_code == 401
+    assert api.delete("/v1/jobs/x").status_code == 401
+    assert api.get("/healthz").status_code == 200 and api.get("/v1/openapi.json").status_code == 200
+    assert "k-one" not in caplog.text and "k-two" not in caplog.text

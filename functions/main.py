@@ -48,11 +48,11 @@ def _json(body: dict, code: int = 200, headers: dict | None = None):
     return json.dumps(body), code, {"Content-Type": "application/json", **(headers or {})}
 
 
-def _error(e: ApiError):
+def _error(e: ApiError, headers: dict | None = None):
     body = {"error": {"code": e.code, "reason": e.reason, "message": e.message}}
     if e.fields:
         body["error"]["fields"] = e.fields
-    return _json(body, e.code)
+    return _json(body, e.code, headers)
 
 
 @functions_framework.http
@@ -66,8 +66,9 @@ def http_api(request):
     except ApiError as e:
         return _error(e)
     except MethodNotAllowed as e:
-        allowed = ", ".join(e.valid_methods or [])
-        return _error(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"))
+        allowed = ", ".join(sorted(e.valid_methods or []))
+        return _error(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"),
+                      {"Allow": allowed})  # RFC 9110: a 405 lists what is allowed
     except RouteNotFound:
         return _error(ApiError(404, "not_found", f"no route {request.path}"))
     except HTTPException as e:  # e.g. 413 from the body size cap

@@ -109,6 +109,7 @@ def test_transport_errors_are_json(api):
     assert api.get("/nowhere").get_json()["error"]["reason"] == "not_found"
     r = api.put("/v1/jobs")
     assert r.status_code == 405 and "POST" in r.get_json()["error"]["message"]
+    assert r.headers["Allow"] == "POST"
     r = api.post("/v1/jobs", data="prompt=x", content_type="application/x-www-form-urlencoded")
     assert r.status_code == 415 and r.is_json
     r = api.post("/v1/jobs", data="{not json", content_type="application/json")

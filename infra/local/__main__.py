@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from infra.local.stack import DEFAULT_PROJECT, REPO_ROOT, Ports, Stack, StackError, check_prerequisites
+from infra.local.stack import (
+    DEFAULT_PROJECT, REPO_ROOT, Ports, Stack, StackError, check_prerequisites, generate_api_key,
+)
 
 STATE_DIR = REPO_ROOT / ".local-stack"
 
@@ -50,6 +52,7 @@ def _stack(args: argparse.Namespace, *, ports: Ports, state_dir: Path, functions
 
         gemini_config = json.loads(args.gemini_config.read_text())
     return Stack(
+        api_key=generate_api_key(),
         ports=ports, project=args.project, state_dir=state_dir, gemini=not args.no_gemini,
         gemini_config=gemini_config, functions=functions, function_env=function_env,
         worker_threads=args.worker_threads, scheduler_interval=args.scheduler_interval or None,
@@ -60,6 +63,8 @@ def _print_summary(stack: Stack) -> None:
     print("\nLocal stack is up:")
     for name, url in stack.urls.items():
         print(f"  {name:<10} {url}    (log: {stack.log_path(name)})")
+    if stack.api_key:
+        print(f"\nThe API wants the header  X-API-Key: {stack.api_key}")
     print("\nTo talk to it from another shell:")
     for key, value in stack.env().items():
         print(f"  export {key}={shlex.quote(value)}")

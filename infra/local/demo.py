@@ -52,22 +52,27 @@ def use_real_gemini(environ=os.environ) -> bool:
 def run_demo(stack: Stack) -> int:
     api = stack.url("api")
     target = "the real Gemini API" if not stack.gemini else f"the Gemini emulator at {stack.url('gemini')}"
-    print(f"\nLocal stack up; the API is {api}; images come from {target}.")
+    print(f"\nLocal stack up; the API is {api} (X-API-Key: {stack.api_key}); images come from {target}.")
     results = [_run_job(stack, "interactive", PROMPTS), _run_job(stack, "batch", BATCH_PROMPTS)]
     return 0 if all(results) else 1
+
+
+def _headers(stack: Stack) -> dict[str, str]:
+    return {"X-API-Key": stack.api_key} if stack.api_key else {}
 
 
 def _run_job(stack: Stack, lane: str, prompts: list[dict]) -> bool:
     api = stack.url("api")
     print(f"\n== {lane} lane: {len(prompts)} prompts")
     started = time.monotonic()
-    response = requests.post(f"{api}/v1/jobs", json={"requests": prompts, "lane": lane}, timeout=60)
+    response = requests.post(f"{api}/v1/jobs", json={"requests": prompts, "lane": lane}, timeout=60,
+                             headers=_headers(stack))
     if response.status_code != 202:
         print(f"submit failed: HTTP {response.status_code} {response.text}")
         return False
     job = response.json()
     print(f"Submitted job {job['job_id']}: {job['item_count']} prompts, lane {job['lane']}.")
-    status = _follow(api, job["status_url"], started)
+    status = _follow(api, job["status_url"], started, _headers(stack))
     out = OUT_DIR / job["job_id"]
     saved = _download(stack, status, out)
     _summary(status, saved, time.monotonic() - started)
@@ -75,10 +80,10 @@ def _run_job(stack: Stack, lane: str, prompts: list[dict]) -> bool:
     return status["status"] == "succeeded"
 
 
-def _follow(api: str, status_url: str, started: float, timeout: float = 600.0) -> dict:
+def _follow(api: str, status_url: str, started: float, headers: dict, timeout: float = 600.0) -> dict:
     last = None
     while True:
-        status = requests.get(f"{api}{status_url}", timeout=30).json()
+        status = requests.get(f"{api}{status_url}", timeout=30, headers=headers).json()
         counts = status["counts"]
         line = (f"  {status['status']:<20} done {counts['succeeded']}/{status['item_count']}"
                 f"  failed {counts['failed'] + counts['dead_lettered']}"

@@ -381,6 +381,13 @@ def _http_answers(url: str) -> Callable[[], bool]:
     return probe
 
 
+def generate_api_key() -> str:
+    """A fresh key for one local stack's API (printed for the developer, never logged by the API)."""
+    import secrets
+
+    return "local-" + secrets.token_urlsafe(24)
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -411,6 +418,7 @@ class Stack:
         ack_deadline: int = 120,
         delivery: str = "push",
         relay_concurrency: int = 8,
+        api_key: str | None = None,
         retry_min_backoff: float = 1.0,
         retry_max_backoff: float = 10.0,
         dead_letter_max_attempts: int | None = None,
@@ -437,6 +445,8 @@ class Stack:
             raise StackError(f"delivery is 'push' or 'relay', not {delivery!r}")
         self.delivery, self.relay_concurrency = delivery, relay_concurrency
         self.relay: PushRelay | None = None
+        # The key the API demands in X-API-Key (None: no key check). generate_api_key() makes one.
+        self.api_key = api_key
         self.retry_min_backoff, self.retry_max_backoff = retry_min_backoff, retry_max_backoff
         self.dead_letter_max_attempts = dead_letter_max_attempts
         self.scheduler_interval = scheduler_interval
@@ -488,6 +498,8 @@ class Stack:
             env["GEMINI_API_KEY"] = LOCAL_GEMINI_API_KEY
         if self.functions:
             env["API_URL"] = self.url("api")
+            if self.api_key:
+                env["IMAGEFLEET_API_KEY"] = self.api_key
         return env
 
     def function_env(self, name: str) -> dict[str, str]:
@@ -498,6 +510,8 @@ class Stack:
         # google-auth: never probe the metadata server for credentials.
         env["NO_GCE_CHECK"] = "true"
         env["PYTHONUNBUFFERED"] = "1"
+        if name == "api" and self.api_key:
+            env["API_KEYS"] = self.api_key
         if name == "worker" and self.worker_threads:
             env["THREADS"] = str(self.worker_threads)  # read by functions-framework's gunicorn
         env.update(self.extra_function_env)

@@ -52,10 +52,19 @@ bench-interactive: venv ## interactive lane: throughput against the quota, besid
 bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and 1 GB results files
 	$(PY) tests/bench/bench_ingest.py $(ARGS)
 
-lint: venv ## byte-compile everything; terraform fmt -check when terraform is installed
+# checkov cannot share .venv (infra/terraform/requirements-checkov.txt says why): its own venv.
+CHECKOV_VENV ?= $(VENV)/checkov
+
+$(CHECKOV_VENV)/.installed: infra/terraform/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/terraform/requirements-checkov.txt
+	@touch $@
+
+lint: venv $(CHECKOV_VENV)/.installed ## byte-compile everything; terraform fmt -check (when terraform is installed); checkov on infra/terraform
 	$(PY) -m compileall -q functions infra tests
 	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra/terraform; \
 		else echo "terraform not installed: skipping terraform fmt -check"; fi
+	$(CHECKOV_VENV)/bin/checkov -d infra/terraform --quiet --compact --framework terraform --skip-download
 
 clean: ## remove the local stack's state and logs, caches and outputs (keeps .venv)
 	rm -rf .local-stack out .pytest_cache

@@ -1,0 +1,74 @@
+# The (default) database: functions/wiring.py builds firestore.Client(project=...) without a
+# database id. If the project already has one, import it instead of creating it:
+#   terraform import google_firestore_database.main "projects/<project>/databases/(default)"
+#
+# No composite index: every query the functions make (functions/adapters/firestore_store.py)
+# is one equality or `in` filter, or one order_by, on a single field of one collection
+# (items by state or by index, jobs by published, batches by job_id or state, slots by slot),
+# and Firestore's automatic single-field indexes answer those.
+resource "google_firestore_database" "main" {
+  project     = var.project_id
+  name        = "(default)"
+  location_id = coalesce(var.firestore_location, var.region)
+  type        = "FIRESTORE_NATIVE"
+
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = var.firestore_delete_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  # `terraform destroy` forgets the database rather than deleting the jobs in it.
+  deletion_policy = "ABANDON"
+
+  depends_on = [google_project_service.this]
+}
+
+# ratelimit/{model}/slots/{n}: one create-only document per send slot, written as fast as the
+# quota allows and never read again once its time has passed. The TTL policy deletes each one
+# after its expire_at. The field is also exempt from indexing: nothing queries it, and
+# monotonically increasing timestamps in an index are a write hotspot.
+resource "google_firestore_field" "slot_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "slots"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+}
+
+# Single-field exemptions for large values nothing queries: they only cost index writes.
+# Field index changes are applied one at a time per database, hence the depends_on chain.
+
+# jobs/{id}/items/{key}.prompt: up to MAX_PROMPT_CHARS characters, 10,000 items per job.
+resource "google_firestore_field" "item_prompt" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "items"
+  field      = "prompt"
+
+  index_config {}
+
+  depends_on = [google_firestore_field.slot_expiry]
+}
+
+# batches/{intent}.keys and .retry_keys: arrays of up to BATCH_MAX_REQUESTS item keys, one
+# array-contains index entry each.
+resource "google_firestore_field" "intent_keys" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "batches"
+  field      = "keys"
+
+  index_config {}
+
+  depends_on = [google_firestore_field.item_prompt]
+}
+
+resource "google_firestore_field" "intent_retry_keys" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "batches"
+  field      = "retry_keys"
+
+  index_config {}
+
+  depends_on = [google_firestore_field.intent_keys]
+}

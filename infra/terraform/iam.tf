@@ -1,0 +1,196 @@
+# One identity per function, one for the scheduler's calls, one for Pub/Sub's pushes and one
+# for the builds. Each gets only what its code uses, granted on the resource (*_iam_member:
+# additive, never *_iam_binding or *_iam_policy, which would take over the resource's whole
+# policy). What the code uses was read from functions/: see the comment on each grant.
+
+resource "google_service_account" "api" {
+  account_id   = "${var.name_prefix}-api"
+  display_name = "${var.name_prefix} http_api"
+  depends_on   = [google_project_service.this]
+}
+
+resource "google_service_account" "worker" {
+  account_id   = "${var.name_prefix}-worker"
+  display_name = "${var.name_prefix} pubsub_worker"
+  depends_on   = [google_project_service.this]
+}
+
+resource "google_service_account" "poller" {
+  account_id   = "${var.name_prefix}-poller"
+  display_name = "${var.name_prefix} scheduled_poller"
+  depends_on   = [google_project_service.this]
+}
+
+resource "google_service_account" "scheduler" {
+  account_id   = "${var.name_prefix}-scheduler"
+  display_name = "${var.name_prefix} Cloud Scheduler -> scheduled_poller"
+  depends_on   = [google_project_service.this]
+}
+
+resource "google_service_account" "push" {
+  account_id   = "${var.name_prefix}-push"
+  display_name = "${var.name_prefix} Pub/Sub push -> pubsub_worker"
+  depends_on   = [google_project_service.this]
+}
+
+resource "google_service_account" "build" {
+  account_id   = "${var.name_prefix}-build"
+  display_name = "${var.name_prefix} Cloud Build of the functions"
+  depends_on   = [google_project_service.this]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Firestore: roles/datastore.user for the three functions. Firestore has no per-collection
+# IAM; the project (or an IAM condition on the database) is the narrowest level, and this
+# stack owns the project's (default) database. All three read and write jobs, items and
+# batches; the worker also the limiter's slots and leases.
+# ---------------------------------------------------------------------------------------------
+
+resource "google_project_iam_member" "api_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.api.email}"
+}
+
+resource "google_project_iam_member" "worker_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.worker.email}"
+}
+
+resource "google_project_iam_member" "poller_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.poller.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cloud Storage: objectCreator only. Every write is GcsImageSink._create: an upload with
+# if_generation_match=0 (create-only, storage.objects.create). No function reads, lists,
+# overwrites or deletes an object: the API writes the manifest of a job it cancels
+# (usecases.cancel_job), the worker images and manifests, the poller ingested images and
+# manifests.
+# ---------------------------------------------------------------------------------------------
+
+resource "google_storage_bucket_iam_member" "api_images" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.api.email}"
+}
+
+resource "google_storage_bucket_iam_member" "worker_images" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.worker.email}"
+}
+
+resource "google_storage_bucket_iam_member" "poller_images" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.poller.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Pub/Sub: the API publishes a job's items; the poller republishes jobs whose publishing was
+# interrupted (usecases.reconcile_unpublished). The worker never publishes.
+# ---------------------------------------------------------------------------------------------
+
+resource "google_pubsub_topic_iam_member" "api_publisher" {
+  topic  = google_pubsub_topic.work.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.api.email}"
+}
+
+resource "google_pubsub_topic_iam_member" "poller_publisher" {
+  topic  = google_pubsub_topic.work.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.poller.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The Gemini API key: all three call Gemini (API: batch creation; worker: generateContent;
+# poller: batches, files), granted on the one secret.
+# ---------------------------------------------------------------------------------------------
+
+resource "google_secret_manager_secret_iam_member" "api" {
+  secret_id = google_secret_manager_secret.gemini_api_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.api.email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "worker" {
+  secret_id = google_secret_manager_secret.gemini_api_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.worker.email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "poller" {
+  secret_id = google_secret_manager_secret.gemini_api_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.poller.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Invokers. http_api is private: no allUsers, only var.api_invoker_members. The worker is
+# invoked by Pub/Sub's push identity, the poller by the scheduler's.
+# ---------------------------------------------------------------------------------------------
+
+resource "google_cloud_run_service_iam_member" "api_invokers" {
+  for_each = toset(var.api_invoker_members)
+
+  location = google_cloudfunctions2_function.api.location
+  service  = google_cloudfunctions2_function.api.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+resource "google_cloud_run_service_iam_member" "worker_invoker_push" {
+  location = google_cloudfunctions2_function.worker.location
+  service  = google_cloudfunctions2_function.worker.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.push.email}"
+}
+
+resource "google_cloud_run_service_iam_member" "poller_invoker_scheduler" {
+  location = google_cloudfunctions2_function.poller.location
+  service  = google_cloudfunctions2_function.poller.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+# Pub/Sub's service agent mints the push identity's OIDC tokens. Needed on projects made
+# before April 2021; harmless after. Granted on the one service account, not the project.
+resource "google_service_account_iam_member" "push_token_creator" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${google_project_service_identity.pubsub.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The build service account. Projects made since mid-2024 no longer give the default build
+# identity broad roles, so builds run as this account with:
+#   logging.logWriter    project: build logs (logs have no narrower level)
+#   storage.objectViewer project: Cloud Functions copies the source into its own bucket
+#                        gcf-v2-sources-<project number>-<region>, created on the first
+#                        deploy, so it cannot be named here before it exists
+#   artifactregistry.writer on our repository only
+# ---------------------------------------------------------------------------------------------
+
+resource "google_project_iam_member" "build_log_writer" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = "serviceAccount:${google_service_account.build.email}"
+}
+
+resource "google_project_iam_member" "build_object_viewer" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = "serviceAccount:${google_service_account.build.email}"
+}
+
+resource "google_artifact_registry_repository_iam_member" "build_writer" {
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = "serviceAccount:${google_service_account.build.email}"
+}

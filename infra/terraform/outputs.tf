@@ -1,0 +1,44 @@
+output "api_url" {
+  description = "URL of http_api. It is private: call it with an identity token of a principal in api_invoker_members."
+  value       = google_cloudfunctions2_function.api.service_config[0].uri
+}
+
+output "api_call_example" {
+  description = "How to call the API with your own identity (needs roles/run.invoker on the API's service)."
+  value       = "curl -H \"Authorization: Bearer $(gcloud auth print-identity-token)\" ${google_cloudfunctions2_function.api.service_config[0].uri}/healthz"
+}
+
+output "worker_url" {
+  description = "URL of pubsub_worker (internal: reached only by the push subscription)."
+  value       = google_cloudfunctions2_function.worker.service_config[0].uri
+}
+
+output "poller_url" {
+  description = "URL of scheduled_poller (internal: reached only by Cloud Scheduler)."
+  value       = google_cloudfunctions2_function.poller.service_config[0].uri
+}
+
+output "images_bucket" {
+  description = "Bucket of the images and manifests: gs://<bucket>/<job_id>/<key>.png."
+  value       = google_storage_bucket.images.name
+}
+
+output "work_topic" {
+  description = "Topic of the interactive lane."
+  value       = google_pubsub_topic.work.name
+}
+
+output "dead_letter_subscription" {
+  description = "Pull subscription on the dead-letter topic, for inspection."
+  value       = google_pubsub_subscription.dead_letter.name
+}
+
+output "gemini_api_key_secret" {
+  description = "Secret that holds the Gemini API key; add its value with the command in add_api_key_command."
+  value       = google_secret_manager_secret.gemini_api_key.secret_id
+}
+
+output "add_api_key_command" {
+  description = "Adds the Gemini API key as a new secret version, outside Terraform."
+  value       = "printf %s \"$GEMINI_API_KEY\" | gcloud secrets versions add ${google_secret_manager_secret.gemini_api_key.secret_id} --project ${var.project_id} --data-file=-"
+}

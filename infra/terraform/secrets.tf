@@ -1,0 +1,17 @@
+# The Gemini API key. Terraform creates the secret, never a version of it: the key is added
+# outside Terraform, so it never lands in the state file or a plan:
+#   printf %s "$GEMINI_API_KEY" | gcloud secrets versions add <secret_id> --data-file=-
+# The functions read version "latest" when an instance starts (functions.tf).
+resource "google_secret_manager_secret" "gemini_api_key" {
+  secret_id = "${var.name_prefix}-gemini-api-key"
+
+  replication {
+    user_managed {
+      replicas {
+        location = var.region
+      }
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

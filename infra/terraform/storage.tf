@@ -1,0 +1,63 @@
+# Images and manifests: {job_id}/{key}.png and {job_id}/manifest.jsonl.
+resource "google_storage_bucket" "images" {
+  #checkov:skip=CKV_GCP_62:Object access is audited with Cloud Audit Logs (Data Access, a project-wide setting), not a legacy usage-log bucket.
+  #checkov:skip=CKV_GCP_78:Versioning adds nothing: objects are create-only (if_generation_match=0) under names fixed by job and key, so none is ever overwritten.
+  name     = "${var.project_id}-${var.name_prefix}-images"
+  location = var.region
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  # Off on purpose: objects are create-only and named by job and key, never overwritten.
+  versioning {
+    enabled = false
+  }
+
+  lifecycle_rule {
+    condition {
+      age = var.images_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 1
+    }
+    action {
+      type = "AbortIncompleteMultipartUpload"
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}
+
+# The functions' source archives, one object per content hash (functions.tf).
+resource "google_storage_bucket" "source" {
+  #checkov:skip=CKV_GCP_62:Object access is audited with Cloud Audit Logs (Data Access, a project-wide setting), not a legacy usage-log bucket.
+  #checkov:skip=CKV_GCP_78:Each archive is named by its content hash and never overwritten; Terraform replaces it on change.
+  name     = "${var.project_id}-${var.name_prefix}-source"
+  location = var.region
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+
+  versioning {
+    enabled = false
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 1
+    }
+    action {
+      type = "AbortIncompleteMultipartUpload"
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

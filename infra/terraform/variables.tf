@@ -1,0 +1,421 @@
+# ---------------------------------------------------------------------------------------------
+# Where
+# ---------------------------------------------------------------------------------------------
+
+variable "project_id" {
+  type        = string
+  description = "Project to deploy into."
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the functions, the buckets, the scheduler job and the Artifact Registry repository."
+  default     = "us-central1"
+}
+
+variable "firestore_location" {
+  type        = string
+  description = "Location of the Firestore (default) database, e.g. nam5 or us-central1; null means var.region."
+  default     = null
+}
+
+variable "name_prefix" {
+  type        = string
+  description = "Prefix of every resource name (functions, topics, service accounts, buckets after the project id)."
+  default     = "imagefleet"
+
+  validation {
+    # Service account ids are at most 30 characters: the longest suffix is "-scheduler" (10).
+    condition     = can(regex("^[a-z][a-z0-9-]{2,18}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix: 4 to 20 lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "labels" {
+  type        = map(string)
+  description = "Labels added to every resource that takes labels (beside app = name_prefix)."
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------------------------
+# Gemini and the shared rate limiter (functions/config.py)
+# ---------------------------------------------------------------------------------------------
+
+variable "gemini_model" {
+  type        = string
+  description = "GEMINI_MODEL: the image model."
+  default     = "gemini-2.5-flash-image"
+}
+
+variable "gemini_timeout_seconds" {
+  type        = number
+  description = "GEMINI_TIMEOUT_SECONDS: timeout of one generateContent call."
+  default     = 60
+}
+
+variable "rate_limit_requests" {
+  type        = number
+  description = "RATE_LIMIT_REQUESTS: the project's request quota per window for the model (0 = unlimited)."
+  default     = 10
+}
+
+variable "rate_limit_images" {
+  type        = number
+  description = "RATE_LIMIT_IMAGES: the project's image quota per window for the model (0 = unlimited)."
+  default     = 10
+}
+
+variable "rate_window_seconds" {
+  type        = number
+  description = "RATE_WINDOW_SECONDS: the quota window."
+  default     = 60
+}
+
+variable "rate_concurrency" {
+  type        = number
+  description = "RATE_CONCURRENCY: concurrent generateContent calls across every instance (0 = unlimited)."
+  default     = 4
+}
+
+variable "rate_safety" {
+  type        = number
+  description = "RATE_SAFETY: fraction of the quota aimed at."
+  default     = 0.95
+
+  validation {
+    condition     = var.rate_safety > 0 && var.rate_safety <= 1
+    error_message = "rate_safety is in (0, 1]."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# The interactive lane (functions/config.py)
+# ---------------------------------------------------------------------------------------------
+
+variable "interactive_threshold" {
+  type        = number
+  description = "INTERACTIVE_THRESHOLD: auto jobs of at least this many items go to the batch lane."
+  default     = 10
+}
+
+variable "max_attempts" {
+  type        = number
+  description = "MAX_ATTEMPTS: failed generateContent attempts (429s excluded) before an item is dead-lettered."
+  default     = 5
+}
+
+variable "max_wait_seconds" {
+  type        = number
+  description = "MAX_WAIT_SECONDS: longest a delivery waits for limiter capacity before handing the message back to Pub/Sub."
+  default     = 30
+}
+
+variable "lease_margin_seconds" {
+  type        = number
+  description = "LEASE_MARGIN_SECONDS: added to MAX_WAIT_SECONDS + GEMINI_TIMEOUT_SECONDS to make an item's lease."
+  default     = 30
+}
+
+variable "republish_grace_seconds" {
+  type        = number
+  description = "REPUBLISH_GRACE_SECONDS: age of an unpublished job before the poller republishes it."
+  default     = 60
+}
+
+variable "max_items_per_job" {
+  type        = number
+  description = "MAX_ITEMS_PER_JOB: requests accepted in one job."
+  default     = 10000
+}
+
+variable "max_prompt_chars" {
+  type        = number
+  description = "MAX_PROMPT_CHARS: longest prompt accepted."
+  default     = 4000
+}
+
+variable "max_body_bytes" {
+  type        = number
+  description = "MAX_BODY_BYTES: largest request body accepted by the API."
+  default     = 10485760
+}
+
+# ---------------------------------------------------------------------------------------------
+# The batch lane (functions/config.py)
+# ---------------------------------------------------------------------------------------------
+
+variable "batch_lane_enabled" {
+  type        = bool
+  description = "BATCH_LANE_ENABLED: false answers batch-lane jobs with 503 lane_unavailable."
+  default     = true
+}
+
+variable "batch_max_requests" {
+  type        = number
+  description = "BATCH_MAX_REQUESTS: requests per Gemini batch."
+  default     = 1000
+}
+
+variable "batch_max_output_bytes" {
+  type        = number
+  description = "BATCH_MAX_OUTPUT_BYTES: expected results-file size of one batch."
+  default     = 2000000000
+}
+
+variable "batch_expected_image_bytes" {
+  type        = number
+  description = "BATCH_EXPECTED_IMAGE_BYTES: expected size of one result line (a base64 image)."
+  default     = 2000000
+}
+
+variable "batch_max_attempts" {
+  type        = number
+  description = "BATCH_MAX_ATTEMPTS: batches an item may go through before it is dead-lettered."
+  default     = 3
+}
+
+variable "batch_submit_budget_seconds" {
+  type        = number
+  description = "BATCH_SUBMIT_BUDGET_SECONDS: time the API spends creating batches before leaving the rest to the poller."
+  default     = 3
+}
+
+variable "poller_budget_seconds" {
+  type        = number
+  description = "POLLER_BUDGET_SECONDS: a poller call starts no new work after this long; below poller_timeout_seconds."
+  default     = 240
+}
+
+variable "batch_lease_seconds" {
+  type        = number
+  description = "BATCH_LEASE_SECONDS: how long a poller owns a batch; above poller_budget_seconds."
+  default     = 300
+}
+
+variable "batch_checkpoint_lines" {
+  type        = number
+  description = "BATCH_CHECKPOINT_LINES: result lines per checkpoint while ingesting."
+  default     = 200
+}
+
+variable "batch_upload_concurrency" {
+  type        = number
+  description = "BATCH_UPLOAD_CONCURRENCY: image uploads in flight while ingesting."
+  default     = 4
+}
+
+# ---------------------------------------------------------------------------------------------
+# The functions
+# ---------------------------------------------------------------------------------------------
+
+variable "api_ingress" {
+  type        = string
+  description = "Ingress of http_api: ALLOW_ALL (callers still need roles/run.invoker), ALLOW_INTERNAL_ONLY or ALLOW_INTERNAL_AND_GCLB."
+  default     = "ALLOW_ALL"
+
+  validation {
+    condition     = contains(["ALLOW_ALL", "ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB"], var.api_ingress)
+    error_message = "api_ingress is ALLOW_ALL, ALLOW_INTERNAL_ONLY or ALLOW_INTERNAL_AND_GCLB."
+  }
+}
+
+variable "api_invoker_members" {
+  type        = list(string)
+  description = "Principals allowed to call http_api (roles/run.invoker on its service), e.g. [\"group:imaging@example.com\"]. Never allUsers."
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.api_invoker_members : !contains(["allUsers", "allAuthenticatedUsers"], m)])
+    error_message = "http_api is private: allUsers and allAuthenticatedUsers are not accepted."
+  }
+}
+
+variable "api_max_instances" {
+  type        = number
+  description = "Most instances of http_api."
+  default     = 10
+}
+
+variable "api_concurrency" {
+  type        = number
+  description = "Requests one http_api instance serves at once."
+  default     = 8
+}
+
+variable "api_memory" {
+  type        = string
+  description = "Memory of an http_api instance (a 10,000-prompt job is parsed and written from memory)."
+  default     = "1Gi"
+}
+
+variable "api_cpu" {
+  type        = string
+  description = "vCPUs of an http_api instance; at least 1 when api_concurrency > 1."
+  default     = "1"
+}
+
+variable "api_timeout_seconds" {
+  type        = number
+  description = "Request timeout of http_api."
+  default     = 60
+}
+
+variable "worker_max_instances" {
+  type        = number
+  description = "Most instances of pubsub_worker. With worker_concurrency it caps the deliveries in flight: the coarse throttle beside the shared Firestore limiter."
+  default     = 3
+}
+
+variable "worker_concurrency" {
+  type        = number
+  description = "Deliveries one pubsub_worker instance handles at once (max_instance_request_concurrency and gunicorn THREADS)."
+  default     = 4
+}
+
+variable "worker_memory" {
+  type        = string
+  description = "Memory of a pubsub_worker instance."
+  default     = "512Mi"
+}
+
+variable "worker_cpu" {
+  type        = string
+  description = "vCPUs of a pubsub_worker instance; at least 1 when worker_concurrency > 1."
+  default     = "1"
+}
+
+variable "worker_timeout_seconds" {
+  type        = number
+  description = "Request timeout of pubsub_worker: above MAX_WAIT_SECONDS + GEMINI_TIMEOUT_SECONDS, at most the ack deadline."
+  default     = 120
+}
+
+variable "worker_ack_deadline_seconds" {
+  type        = number
+  description = "Ack deadline of the push subscription: a push not answered by then is redelivered, so keep it above MAX_WAIT_SECONDS + GEMINI_TIMEOUT_SECONDS."
+  default     = 120
+
+  validation {
+    condition     = var.worker_ack_deadline_seconds >= 10 && var.worker_ack_deadline_seconds <= 600
+    error_message = "Pub/Sub accepts ack deadlines from 10 to 600 seconds."
+  }
+}
+
+variable "worker_retry_min_backoff_seconds" {
+  type        = number
+  description = "Retry policy of the push subscription: first redelivery delay after a nack (a hand-back for capacity is a nack)."
+  default     = 10
+}
+
+variable "worker_retry_max_backoff_seconds" {
+  type        = number
+  description = "Retry policy of the push subscription: longest redelivery delay."
+  default     = 300
+
+  validation {
+    condition     = var.worker_retry_max_backoff_seconds <= 600
+    error_message = "Pub/Sub accepts a maximum backoff of at most 600 seconds."
+  }
+}
+
+variable "dead_letter_max_delivery_attempts" {
+  type        = number
+  description = "Deliveries of one message before Pub/Sub moves it to the dead-letter topic. Hand-backs for capacity count, so keep it high: the worker dead-letters items itself after MAX_ATTEMPTS real failures."
+  default     = 100
+
+  validation {
+    condition     = var.dead_letter_max_delivery_attempts >= 5 && var.dead_letter_max_delivery_attempts <= 100
+    error_message = "Pub/Sub accepts 5 to 100 delivery attempts."
+  }
+}
+
+variable "poller_schedule" {
+  type        = string
+  description = "Cron schedule of the Cloud Scheduler job that calls scheduled_poller."
+  default     = "* * * * *"
+}
+
+variable "poller_time_zone" {
+  type        = string
+  description = "Time zone of poller_schedule."
+  default     = "Etc/UTC"
+}
+
+variable "poller_max_instances" {
+  type        = number
+  description = "Most instances of scheduled_poller (ticks may overlap; every batch is leased)."
+  default     = 3
+}
+
+variable "poller_memory" {
+  type        = string
+  description = "Memory of a scheduled_poller instance (decodes images while ingesting results files)."
+  default     = "1Gi"
+}
+
+variable "poller_cpu" {
+  type        = string
+  description = "vCPUs of a scheduled_poller instance."
+  default     = "1"
+}
+
+variable "poller_timeout_seconds" {
+  type        = number
+  description = "Request timeout of scheduled_poller and the scheduler's attempt deadline; above POLLER_BUDGET_SECONDS."
+  default     = 300
+}
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+variable "images_retention_days" {
+  type        = number
+  description = "Images and manifests are deleted this many days after they were written."
+  default     = 30
+
+  validation {
+    condition     = var.images_retention_days >= 1
+    error_message = "images_retention_days is at least 1."
+  }
+}
+
+variable "firestore_delete_protection" {
+  type        = bool
+  description = "Turn on delete protection of the Firestore database."
+  default     = true
+}
+
+# ---------------------------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------------------------
+
+variable "notification_channels" {
+  type        = list(string)
+  description = "Monitoring notification channel ids (projects/<p>/notificationChannels/<n>) the alert policies notify."
+  default     = []
+}
+
+variable "alert_window_seconds" {
+  type        = number
+  description = "Alignment window of the log-based alert conditions."
+  default     = 300
+}
+
+variable "alert_quota_warnings" {
+  type        = number
+  description = "Alert when the worker logs more than this many 429 quota warnings in alert_window_seconds (a few are normal: the limiter aims just under the quota)."
+  default     = 20
+}
+
+variable "alert_error_logs" {
+  type        = number
+  description = "Alert when the functions log more than this many ERROR lines in alert_window_seconds."
+  default     = 0
+}
+
+variable "alert_oldest_unacked_seconds" {
+  type        = number
+  description = "Alert when the oldest undelivered work message is older than this."
+  default     = 1800
+}

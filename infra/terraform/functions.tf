@@ -128,6 +128,16 @@ resource "google_cloudfunctions2_function" "api" {
       secret     = google_secret_manager_secret.gemini_api_key.secret_id
       version    = "latest"
     }
+
+    dynamic "secret_environment_variables" {
+      for_each = google_secret_manager_secret.api_keys
+      content {
+        key        = "API_KEYS"
+        project_id = var.project_id
+        secret     = secret_environment_variables.value.secret_id
+        version    = "latest"
+      }
+    }
   }
 
   lifecycle {

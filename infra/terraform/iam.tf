@@ -194,3 +194,11 @@ resource "google_artifact_registry_repository_iam_member" "build_writer" {
   role       = "roles/artifactregistry.writer"
   member     = "serviceAccount:${google_service_account.build.email}"
 }
+
+# Only the API reads its own keys.
+resource "google_secret_manager_secret_iam_member" "api_keys" {
+  count     = var.require_api_keys ? 1 : 0
+  secret_id = google_secret_manager_secret.api_keys[0].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.api.email}"
+}

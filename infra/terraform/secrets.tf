@@ -15,3 +15,21 @@ resource "google_secret_manager_secret" "gemini_api_key" {
 
   depends_on = [google_project_service.this]
 }
+
+# Optional API keys for the HTTP API (X-API-Key), on top of the IAM invoker check: a
+# comma-separated list in one secret, added outside Terraform like the Gemini key:
+#   printf %s "key-one,key-two" | gcloud secrets versions add <secret_id> --data-file=-
+resource "google_secret_manager_secret" "api_keys" {
+  count     = var.require_api_keys ? 1 : 0
+  secret_id = "${var.name_prefix}-api-keys"
+
+  replication {
+    user_managed {
+      replicas {
+        location = var.region
+      }
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

@@ -419,3 +419,9 @@ variable "alert_oldest_unacked_seconds" {
   description = "Alert when the oldest undelivered work message is older than this."
   default     = 1800
 }
+
+variable "require_api_keys" {
+  type        = bool
+  description = "Also require an X-API-Key on http_api, from the <name_prefix>-api-keys secret (its value is added outside Terraform)."
+  default     = false
+}

@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from core.errors import GenerationError
+from core.errors import GenerationError, PermissionDenied
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
     StoredImage, TERMINAL_JOB_STATUSES,
@@ -306,6 +306,7 @@ class FakeBatchApi:
         self.batches: dict[str, dict] = {}
         self.fingerprint = fingerprint
         self.created = 0
+        self.uploads = 0
         self.fail_create_after_creating = False
         self.cancelled: list[str] = []
         self.deleted_files: list[str] = []
@@ -314,7 +315,8 @@ class FakeBatchApi:
         return self.fingerprint
 
     def upload_jsonl(self, data: bytes, display_name: str) -> str:
-        name = f"files/f{len(self.files):04d}"
+        self.uploads += 1
+        name = f"files/f{self.uploads:04d}"
         self.files[name] = data
         return name
 
@@ -361,13 +363,17 @@ class FakeBatchApi:
         return lines
 
     def stream_file(self, name: str, sink) -> None:
+        if name not in self.files:
+            raise PermissionDenied(f"403 PERMISSION_DENIED: You do not have permission to access the File {name}")
         data = self.files[name]
         for start in range(0, len(data), 7):  # odd chunk size: lines straddle chunks
             sink.write(data[start : start + 7])
 
     def delete_file(self, name: str) -> None:
+        if name not in self.files:
+            raise PermissionDenied(f"403 PERMISSION_DENIED: You do not have permission to access the File {name}")
         self.deleted_files.append(name)
-        self.files.pop(name, None)
+        del self.files[name]
 
 
 def png_response(text: str, size: tuple[int, int] = (4, 3)) -> dict:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from core.errors import GenerationError
+from core.errors import GenerationError, InvalidRequest, PermissionDenied
 from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
 from core.models import (
     BatchIntent,
@@ -26,6 +26,10 @@ from core.models import (
 from core.ports import BatchApi, BatchStore, Clock, ImageSink, JobStore
 
 log = logging.getLogger(__name__)
+
+# Successive ticks that must find a SUCCEEDED batch's results file gone before its unfinished
+# items are resubmitted.
+_RESULTS_ERRORS_BEFORE_RESUBMIT = 3
 
 TERMINAL_BATCH_STATES = {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 
@@ -115,6 +119,7 @@ class BatchLane:
             found = self.api.find_batch(intent.intent_id)
             if found is not None:
                 log.warning("intent %s: found batch %s created before a crash", intent.intent_id, found.name)
+                self._delete_quietly(intent.input_file)
                 return self._record_submitted(intent, owner, found.name, found.state)
         if known is None or intent.state is not IntentState.PENDING:
             known = self.store.get_items(intent.job_id, intent.keys)
@@ -126,16 +131,26 @@ class BatchLane:
             request_line(it.key, self.compose_prompt(it), it.aspect_ratio, self.image_size_for(intent.model, it.quality))
             for it in items
         )
+        # A refused or crashed create left its input file behind: it is not reused (it may
+        # expire before the batch runs), so it goes before a new one is uploaded.
+        self._delete_quietly(intent.input_file)
         input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
         self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
                      key_fingerprint=self.api.key_fingerprint())
         info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
         intent = self._record_submitted(intent, owner, info.name, info.state)
-        try:
-            self.api.delete_file(input_file)  # the batch has read what it needs
-        except Exception as e:  # noqa: BLE001 - it expires after 48 h anyway
-            log.warning("could not delete input file %s: %s", input_file, e)
+        self._delete_quietly(input_file)  # the batch has read what it needs
         return intent
+
+    def _delete_quietly(self, name: str | None) -> None:
+        """Delete a Files API file we no longer need; a failure only costs storage until the
+        file expires (48 h), so it is logged, not raised."""
+        if not name:
+            return
+        try:
+            self.api.delete_file(name)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not delete %s: %s", name, e)
 
     def _record_submitted(self, intent: BatchIntent, owner: str, name: str, state: str) -> BatchIntent:
         self._update(intent, owner, state=IntentState.SUBMITTED.value, gemini_batch=name,
@@ -149,7 +164,7 @@ class BatchLane:
     def reconcile(self, owner: str, deadline: float, limit: int = 100) -> dict[str, int]:
         """One poller tick: move every active intent forward, within the time budget."""
         summary = {"seen": 0, "skipped": 0, "submitted": 0, "running": 0, "ingested": 0,
-                   "paused": 0, "resubmitted": 0, "cancelled": 0, "errors": 0}
+                   "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0, "errors": 0}
         for candidate in self.store.active_intents(limit):
             if self.clock.now() >= deadline:
                 break
@@ -202,6 +217,10 @@ class BatchLane:
                 self.api.cancel_batch(intent.gemini_batch)
             except Exception as e:  # noqa: BLE001 - it may have ended meanwhile
                 log.warning("cancel of %s failed: %s", intent.gemini_batch, e)
+        if intent.state is IntentState.CREATING:
+            self._delete_quietly(intent.input_file)
+        if intent.state is IntentState.INGESTING:
+            self._delete_quietly(intent.output_file)
         now = self.clock.now()
         unfinished = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
         updates = {it.key: {"state": ItemState.CANCELLED.value, "error": "job cancelled", "updated_at": now}
@@ -267,16 +286,29 @@ class BatchLane:
         except _Pause:
             log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, progress["lines"])
             return "paused"
+        except (PermissionDenied, InvalidRequest) as e:
+            # The Files API answers 403 for a file that is gone (expired after 48 h, or deleted
+            # by a poller killed just before its final checkpoint). Only when that repeats on
+            # successive ticks are the unfinished items resubmitted: a passing 403 must not
+            # bill them twice.
+            return self._results_unavailable(intent, owner, e)
         finally:
             pool.shutdown(wait=True)
         flush()
-        try:
-            self.api.delete_file(intent.output_file)
-        except Exception as e:  # noqa: BLE001
-            log.warning("could not delete results file %s: %s", intent.output_file, e)
+        self._delete_quietly(intent.output_file)
         intent.lines_done = progress["lines"]
         self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
         return "ingested"
+
+    def _results_unavailable(self, intent: BatchIntent, owner: str, error: Exception) -> str:
+        failures = intent.results_errors + 1
+        log.warning("intent %s: results file %s unreadable (%d in a row): %s",
+                    intent.intent_id, intent.output_file, failures, error)
+        if failures < _RESULTS_ERRORS_BEFORE_RESUBMIT:
+            self._update(intent, owner, results_errors=failures)
+            return "results_unavailable"
+        self._resubmit(intent, owner, "the results file is gone", outcome="results file gone")
+        return "resubmitted"
 
     def _line_updates(self, intent: BatchIntent, result) -> dict:
         now = self.clock.now()

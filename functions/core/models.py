@@ -207,8 +207,7 @@ class BatchIntent:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     lines_done: int = 0
-    retry_keys: list[str] = field(default_factory=list)
-    seen_keys: int = 0
+    results_errors: int = 0
     outcome: str | None = None
     finished_at: float | None = None
 
@@ -216,7 +215,6 @@ class BatchIntent:
         d = dict(self.__dict__)
         d["state"] = self.state.value
         d["keys"] = list(self.keys)
-        d["retry_keys"] = list(self.retry_keys)
         return d
 
     @classmethod

@@ -606,12 +606,15 @@ class Stack:
         self._record_pids()
         proc.wait_ready(time.monotonic() + self.startup_timeout)
 
-    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def restart(self, name: str, sig: int = signal.SIGKILL, env: Mapping[str, str] | None = None) -> None:
         """Kill one function process (SIGKILL by default: mid-item, no graceful shutdown) and
-        start it again on the same port."""
+        start it again on the same port, with `env` over its usual environment (Settings are
+        read once per instance, so a new setting needs a new process); without `env`, with
+        its usual environment again."""
         if name not in FUNCTION_TARGETS:
             raise StackError(f"only function processes can be restarted, not {name!r}")
         self.kill(name, sig)
+        self.processes[name].env = {**self.function_env(name), **(env or {})}
         self.start_function(name)
 
     def log_path(self, name: str) -> Path:

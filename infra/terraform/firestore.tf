@@ -49,8 +49,8 @@ resource "google_firestore_field" "item_prompt" {
   depends_on = [google_firestore_field.slot_expiry]
 }
 
-# batches/{intent}.keys and .retry_keys: arrays of up to BATCH_MAX_REQUESTS item keys, one
-# array-contains index entry each.
+# batches/{intent}.keys: an array of up to BATCH_MAX_REQUESTS item keys, one array-contains
+# index entry each.
 resource "google_firestore_field" "intent_keys" {
   project    = var.project_id
   database   = google_firestore_database.main.name
@@ -60,15 +60,4 @@ resource "google_firestore_field" "intent_keys" {
   index_config {}
 
   depends_on = [google_firestore_field.item_prompt]
-}
-
-resource "google_firestore_field" "intent_retry_keys" {
-  project    = var.project_id
-  database   = google_firestore_database.main.name
-  collection = "batches"
-  field      = "retry_keys"
-
-  index_config {}
-
-  depends_on = [google_firestore_field.intent_keys]
 }

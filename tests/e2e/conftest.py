@@ -30,9 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def stack_function_env() -> dict[str, str]:
     return {
         "INTERACTIVE_THRESHOLD": "10",
-        # These tests cover the interactive lane; with the batch lane off, a job at the
-        # threshold is refused (503 lane_unavailable) instead of starting batch work.
-        "BATCH_LANE_ENABLED": "false",
         "RATE_LIMIT_REQUESTS": str(RATE_LIMIT),
         "RATE_LIMIT_IMAGES": str(RATE_LIMIT),
         "RATE_WINDOW_SECONDS": str(WINDOW_SECONDS),

@@ -279,18 +279,11 @@ def functions_env(stack: Stack, names: list[str], env: dict[str, str]) -> Iterat
     """Run the named function processes with ``env`` added to their environment (Settings are
     read once per instance, so each is restarted), and restart them as they were on the way out.
     Nothing is restarted for a process whose environment already says so."""
-    saved = {name: dict(stack.processes[name].env) for name in names}
-    changed = [name for name in names if any(saved[name].get(k) != v for k, v in env.items())]
-
-    def restart(name: str, new_env: dict[str, str]) -> None:
-        stack.kill(name, signal.SIGTERM)
-        stack.processes[name].env = new_env
-        stack.start_function(name)
-
+    changed = [name for name in names if any(stack.processes[name].env.get(k) != v for k, v in env.items())]
     for name in changed:
-        restart(name, {**saved[name], **env})
+        stack.restart(name, signal.SIGTERM, env=env)
     try:
         yield
     finally:
         for name in changed:
-            restart(name, saved[name])
+            stack.restart(name, signal.SIGTERM)

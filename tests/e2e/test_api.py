@@ -43,12 +43,12 @@ def test_unknown_route_and_unknown_job_are_json_404s(stack):
     assert job.status_code == 404 and _error(job)["reason"] == "not_found"
 
 
-def test_a_job_at_the_threshold_needs_the_batch_lane_which_is_not_deployed(stack, db):
+def test_a_job_at_the_threshold_goes_to_the_batch_lane(stack, db):
     r = post_job(stack, [{"prompt": f"picture {i}"} for i in range(10)])  # INTERACTIVE_THRESHOLD=10
 
-    assert r.status_code == 503
-    assert _error(r)["reason"] == "lane_unavailable"
-    assert list(db.collection("jobs").stream()) == []
+    assert r.status_code == 202
+    assert r.json()["lane"] == "batch"
+    assert [d.id for d in db.collection("jobs").stream()] == [r.json()["job_id"]]
 
 
 def test_the_poller_answers_json_when_there_is_nothing_to_do(stack):

@@ -1,12 +1,12 @@
 """Jobs through the batch lane, from the 202 to the images and the manifest in GCS, with the
 poller called by hand one tick at a time (as Cloud Scheduler would, but deterministic): the
 happy path, per-line failures, batches that end without results, two pollers at once, a
-poller killed mid-ingest, a crash between creating a batch and recording it, a cancel, and a
-job split into several batches.
+poller killed mid-ingest, a poller out of budget, a crash between creating a batch and
+recording it, a cancel, a job split into several batches, and a results file that is gone.
 
-The interactive tests run with the batch lane off; this module switches it on in the API and
-the poller, and versions the bucket, so that an image written twice would show as a second
-generation of its object."""
+This module versions the bucket, so that an image written twice would show as a second
+generation of its object. The e2e stack has no scheduler thread, but a (re)started poller's
+readiness probe (a GET) is itself one tick."""
 from __future__ import annotations
 
 import io
@@ -14,10 +14,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from google.cloud.firestore_v1.base_query import FieldFilter
-
 import pytest
 import requests
+from google.cloud.firestore_v1.base_query import FieldFilter
 from PIL import Image
 
 from tests.e2e.helpers import (
@@ -36,13 +35,12 @@ LARGE_IMAGE_BYTES = 200_000
 
 
 @pytest.fixture(scope="module", autouse=True)
-def batch_lane_on(local_stack, stack_function_env):
-    """The batch lane on in the API and the poller for this module, and the bucket versioned."""
+def versioned_bucket(local_stack):
+    """The bucket versioned for this module, so a second write of an image would show."""
     assert local_stack.scheduler_interval is None, "a scheduler thread would tick the poller behind our backs"
     set_bucket_versioning(local_stack, True)
     try:
-        with functions_env(local_stack, ["api", "poller"], {"BATCH_LANE_ENABLED": "true"}):
-            yield
+        yield
     finally:
         set_bucket_versioning(local_stack, False)
 
@@ -50,8 +48,7 @@ def batch_lane_on(local_stack, stack_function_env):
 @pytest.fixture
 def settings(stack_function_env) -> dict[str, int]:
     """The batch settings of the functions (tests/e2e/conftest.py)."""
-    return {name: int(stack_function_env[name]) for name in (
-        "POLLER_BUDGET_SECONDS", "BATCH_LEASE_SECONDS", "BATCH_CHECKPOINT_LINES", "BATCH_MAX_ATTEMPTS")}
+    return {name: int(stack_function_env[name]) for name in ("BATCH_CHECKPOINT_LINES", "BATCH_MAX_ATTEMPTS")}
 
 
 def assert_batch_settled(stack, status: dict, db, bucket) -> dict[str, dict]:
@@ -79,7 +76,8 @@ def assert_batch_settled(stack, status: dict, db, bucket) -> dict[str, dict]:
 
 def intents(db, job_id: str) -> dict[str, dict]:
     """The job's batch intents in Firestore, by id."""
-    return {s.id: s.to_dict() for s in db.collection("batches").where(filter=FieldFilter("job_id", "==", job_id)).stream()}
+    query = db.collection("batches").where(filter=FieldFilter("job_id", "==", job_id))
+    return {s.id: s.to_dict() for s in query.stream()}
 
 
 def intent_id(job_id: str, batch: int = 0, attempt: int = 1) -> str:
@@ -90,7 +88,8 @@ def large_job(stack) -> tuple[str, dict]:
     """Submit LARGE_JOB_ITEMS prompts with padded images; the job id and its one batch, once
     Gemini says SUCCEEDED, so that the next tick ingests."""
     configure_gemini(stack, {"image_target_bytes": LARGE_IMAGE_BYTES})
-    job_id = submit(stack, [{"key": f"big-{i:03d}", "prompt": f"a large picture {i}"} for i in range(LARGE_JOB_ITEMS)])
+    job_id = submit(stack, [{"key": f"big-{i:03d}", "prompt": f"a large picture {i}"}
+                            for i in range(LARGE_JOB_ITEMS)])
     [batch] = job_status(stack, job_id)["batches"]
     wait_until(stack, lambda: gemini_batch(stack, batch["gemini_batch"])["state"] == SUCCEEDED,
                "the batch to succeed")
@@ -135,7 +134,8 @@ def test_twelve_prompts_go_through_one_gemini_batch_into_twelve_pngs(stack, db, 
     assert (batch["name"], batch["displayName"], batch["state"], batch["batchStats"]["requestCount"]) == \
         (intent["gemini_batch"], intent["intent_id"], SUCCEEDED, "12")
     [doc] = intents(db, job_id).values()
-    assert (doc["state"], doc["outcome"], doc["lines_done"], doc["lease_owner"]) == ("finished", "succeeded", 12, None)
+    assert (doc["state"], doc["outcome"], doc["lines_done"], doc["lease_owner"]) == \
+        ("finished", "succeeded", 12, None)
     # The input file was deleted once the batch was created, the results file once ingested.
     files = gemini_stats(stack)["files"]
     assert (files["uploaded"], files["generated"], files["deleted"], files["live"]) == (1, 1, 2, 0), files
@@ -175,7 +175,9 @@ def test_a_blocked_line_fails_and_a_500_line_is_retried_in_a_batch_of_its_own(st
         **{intent_id(job_id, attempt=n): (["broken"], "finished") for n in range(2, max_attempts + 1)},
     }
     assert ticks["ingested"] == max_attempts
-    assert gemini_stats(stack)["batches"]["lines"]["by_outcome"] == {"ok": 2, "blocked": 1, "500": max_attempts}
+    stats = gemini_stats(stack)
+    assert stats["batches"]["lines"]["by_outcome"] == {"ok": 2, "blocked": 1, "500": max_attempts}
+    assert stats["files"]["live"] == 0, stats["files"]
 
 
 @pytest.mark.parametrize("ending", ["BATCH_STATE_EXPIRED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED"])
@@ -213,7 +215,7 @@ def test_two_pollers_at_once_write_each_image_once(stack, db, bucket):
     rounds = []
     deadline = time.monotonic() + 60
     with ThreadPoolExecutor(2) as pool:
-        while not (job_status(stack, job_id)["manifest_uri"]):
+        while not job_status(stack, job_id)["manifest_uri"]:
             assert time.monotonic() < deadline, f"not settled after {rounds}\n{process_log(stack, 'poller')}"
             rounds.append(list(pool.map(lambda _: tick(stack), range(2))))
 
@@ -264,7 +266,8 @@ def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bu
     assert lines_done % settings["BATCH_CHECKPOINT_LINES"] == 0
     assert len(done_at_kill) == lines_done  # a checkpoint commits its lines' items with it
     assert job_status(stack, job_id)["status"] == "running"
-    # The dead poller's lease holds until it runs out; then the next tick takes over.
+    # The dead poller's lease holds until it runs out (the restarted poller's readiness probe,
+    # a GET, was already a tick that skipped it); then the next tick takes over.
     assert tick(stack)["skipped"] == 1
     time.sleep(max(0.0, killed["lease_expires_at"] - time.time()) + 0.2)
     status, ticks = tick_until_settled(stack, job_id)
@@ -278,6 +281,27 @@ def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bu
     assert {k for k, t in after.items() if done_at_kill.get(k) == t} == set(done_at_kill)
     final = intent_ref.get().to_dict()
     assert (final["state"], final["outcome"], final["lines_done"]) == ("finished", "succeeded", LARGE_JOB_ITEMS)
+    assert gemini_stats(stack)["files"]["live"] == 0
+
+
+def test_a_poller_out_of_budget_checkpoints_and_the_next_tick_resumes(stack, db, bucket):
+    with functions_env(stack, ["poller"], {"POLLER_BUDGET_SECONDS": "0.3"}):  # the file takes ~1 s
+        job_id, batch = large_job(stack)
+
+        status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded"
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {it["attempts"] for it in items.values()} == {1}
+    assert ticks["paused"] >= 1 and ticks["ingested"] == 1, ticks
+    marker = f"intent {batch['intent_id']} paused at line "
+    paused_at = [int(line.split(marker, 1)[1].split(";")[0])
+                 for line in stack.log_path("poller").read_text().splitlines() if marker in line]
+    assert len(paused_at) == ticks["paused"] and paused_at == sorted(set(paused_at)), paused_at
+    assert paused_at[-1] <= LARGE_JOB_ITEMS  # a pause on the last line leaves only the cleanup
+    # Each tick downloaded the file again, skipping what the last checkpoint had covered.
+    files = gemini_stats(stack)["files"]
+    assert (files["downloads"], files["live"]) == (ticks["paused"] + 1, 0), files
 
 
 def test_a_batch_created_before_a_crash_is_found_not_created_again(stack, db, bucket):
@@ -349,3 +373,43 @@ def test_a_job_larger_than_a_batch_is_split_and_every_batch_ingested(stack, db, 
          (intent_id(job_id, 2), SUCCEEDED, "2")]
     docs = item_docs(db, job_id)
     assert {k: docs[k]["batch_intent"] for k in keys} == {k: intent_id(job_id, i // 5) for i, k in enumerate(keys)}
+
+
+def test_a_results_file_gone_before_ingestion_does_not_wedge_the_job(stack, db, bucket):
+    configure_gemini(stack, {"files": {"ttl_seconds": 1}})
+    job_id = submit(stack, [{"key": f"g-{i}", "prompt": f"a picture nobody fetched {i}"} for i in range(4)],
+                    lane="batch")
+    [batch] = job_status(stack, job_id)["batches"]
+    wait_until(stack, lambda: gemini_batch(stack, batch["gemini_batch"])["state"] == SUCCEEDED,
+               "the batch to succeed")
+    time.sleep(1.2)  # its results file has expired
+    configure_gemini(stack, {"files": {"ttl_seconds": None}})  # a resubmission's results stay
+
+    status, _ = tick_until_settled(stack, job_id, timeout=15)
+
+    assert_batch_settled(stack, status, db, bucket)
+    assert intents(db, job_id)[batch["intent_id"]]["state"] == "finished"
+
+
+
+def test_retrying_a_refused_batch_create_leaves_no_input_files_behind(stack, db, bucket):
+    configure_gemini(stack, {"batch": {"running_seconds": 60, "max_concurrent_batches": 1}})
+    blocker = submit(stack, [{"key": "only", "prompt": "the picture that takes the only slot"}], lane="batch")
+    job_id = submit(stack, [{"key": f"w-{i}", "prompt": f"a picture that waits its turn {i}"} for i in range(2)],
+                    lane="batch")
+    [waiting] = job_status(stack, job_id)["batches"]
+    assert (waiting["state"], waiting["gemini_batch"]) == ("creating", None)  # 429 from batches.create
+    for _ in range(3):  # the poller retries the create, and is refused, on every tick
+        r = requests.post(f"{stack.url('poller')}/", json={}, timeout=HTTP_TIMEOUT)
+        assert r.json()["batches"]["errors"] == 1
+    configure_gemini(stack, {"batch": {"running_seconds": 0.5, "max_concurrent_batches": 100}})
+    [slot] = job_status(stack, blocker)["batches"]
+    force_batch(stack, slot["gemini_batch"], SUCCEEDED)
+
+    status, _ = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded"
+    assert_batch_settled(stack, status, db, bucket)
+    assert job_status(stack, blocker)["status"] == "succeeded"
+    files = gemini_stats(stack)["files"]
+    assert files["live"] == 0, files

@@ -14,6 +14,7 @@ from google.genai import types
 
 from adapters.gemini_batches import GeminiBatchApi
 from core.batches import normalise_state
+from core.errors import PermissionDenied
 from core.jsonl import LineSplitter, parse_result_line, request_line
 from tests.fakes import FakeBatchApi
 
@@ -75,6 +76,11 @@ def test_create_find_get_and_stream_results(api):
     assert sorted(r.key for r in results) == ["a", "b", "c"]  # in any order
     assert all(r.image is not None and r.image.data.startswith(b"\x89PNG") for r in results)
     api.delete_file(done.output_file)
+    # A file that is gone is a 403 PERMISSION_DENIED on the Files API, for reads and deletes.
+    with pytest.raises(PermissionDenied):
+        api.stream_file(done.output_file, LineSplitter(lines.append))
+    with pytest.raises(PermissionDenied):
+        api.delete_file(done.output_file)
 
 
 def test_unknown_batches_are_none_and_terminal_states_are_reported(api):

@@ -253,3 +253,36 @@ def test_a_failed_upload_leaves_a_pending_intent_for_the_poller():
     env.api.upload_jsonl = real_upload
     env.tick()
     assert env.store.intents_of_job(job.job_id)[0].state is IntentState.SUBMITTED
+
+
+def test_a_results_file_gone_for_three_ticks_resubmits_only_the_unfinished():
+    env = Env()
+    job = env.submit(3)
+    (name,) = env.api.batches
+    env.api.finish(name)
+    output = env.api.batches[name]["output_file"]
+    env.store.items[job.job_id]["k0"].update(state="succeeded")  # ingested before the file went
+    del env.api.files[output]
+    assert env.tick()["results_unavailable"] == 1 and env.tick()["results_unavailable"] == 1  # a passing 403 is not enough
+    assert env.tick()["resubmitted"] == 1
+    retry = env.store.get_intent(f"{job.job_id}-b000-a2")
+    assert retry.keys == ["k1", "k2"]
+
+
+def test_a_retried_create_deletes_the_input_file_it_left_behind():
+    env = Env()
+    real_create = env.api.create_batch
+
+    def refuse(model, input_file, display_name):
+        raise ConnectionError("429 at the concurrent-batch limit")
+
+    env.api.create_batch = refuse
+    job = env.submit(2)
+    (intent,) = env.store.intents_of_job(job.job_id)
+    assert intent.state is IntentState.CREATING and set(env.api.files) == {intent.input_file}
+    env.tick()  # refused again: the old file goes, a new one is uploaded
+    (again,) = env.store.intents_of_job(job.job_id)
+    assert set(env.api.files) == {again.input_file} and again.input_file != intent.input_file
+    env.api.create_batch = real_create
+    env.tick()
+    assert env.api.files == {}  # the batch exists: its input file is deleted too

@@ -14,7 +14,7 @@ import uuid
 
 import functions_framework
 import pydantic
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, ServiceUnavailable
 from werkzeug.routing import Map, Rule
 
 import wiring
@@ -199,8 +199,9 @@ _PUBLIC = {"healthz", "openapi"}
 _HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel}
 
 
-class RetryLater(Exception):
-    """Raised to make functions-framework answer 500, so that Pub/Sub redelivers the message."""
+class RetryLater(ServiceUnavailable):
+    """Raised to answer 503, so that Pub/Sub redelivers the message. An HTTP exception, not a
+    crash: Flask answers it without logging an ERROR traceback for a routine hand-back."""
 
 
 @functions_framework.cloud_event
@@ -227,9 +228,10 @@ def pubsub_worker(cloud_event):
         max_wait=s.max_wait_seconds,
         lease_seconds=s.lease_seconds,
     )
-    log.info("item %s/%s: %s %s", job_id, key, outcome.state, outcome.reason)
     if not outcome.ack:
+        log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason)
         raise RetryLater(f"{job_id}/{key}: {outcome.reason}")
+    log.info("item %s/%s: %s %s", job_id, key, outcome.state, outcome.reason)
 
 
 @functions_framework.http

@@ -56,10 +56,9 @@ resource "google_logging_metric" "items_dead_lettered" {
 }
 
 # ERROR and CRITICAL lines of the three functions, and Cloud Run's own errors about them (an
-# instance out of memory, a crash). Left out: the "ERROR pubsub_worker Exception on / [POST]"
-# traceback that Flask logs each time the worker raises RetryLater to hand a message back,
-# which is routine under quota pressure; a worker that fails every delivery shows in the
-# backlog and dead-letter alerts instead.
+# instance out of memory, a crash). A worker handing a message back to Pub/Sub (routine under
+# quota pressure) answers 503 and logs a WARNING, so it does not count here; a worker that
+# fails every delivery shows in the backlog and dead-letter alerts.
 resource "google_logging_metric" "function_errors" {
   name        = "${var.name_prefix}-function-errors"
   description = "ERROR lines logged by the imagefleet functions, and Cloud Run errors about their instances."
@@ -67,7 +66,7 @@ resource "google_logging_metric" "function_errors" {
     resource.type="cloud_run_revision"
     resource.labels.service_name=(${local.function_services})
     (
-      (textPayload=~"^(ERROR|CRITICAL) " AND NOT textPayload=~"^ERROR pubsub_worker Exception on ")
+      textPayload=~"^(ERROR|CRITICAL) "
       OR (logName:"run.googleapis.com%2Fvarlog%2Fsystem" AND severity>=ERROR)
     )
   EOT

@@ -189,7 +189,7 @@ def test_worker_acks_a_finished_item_and_retries_a_transient_failure(api, worker
 
     fakes.generator.script = [TransientError("503 UNAVAILABLE")]
     r = push(worker, json.dumps({"job_id": job_id, "item_key": "two"}).encode())
-    assert r.status_code == 500  # raise to retry: Pub/Sub redelivers
+    assert r.status_code == 503  # raise to retry: Pub/Sub redelivers
     assert fakes.store.get_item(job_id, "two").attempts == 1
 
 

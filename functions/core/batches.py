@@ -22,6 +22,7 @@ from core.models import (
     Job,
     JobStatus,
     IntentState,
+    object_name,
 )
 from core.ports import BatchApi, BatchStore, Clock, ImageSink, JobStore
 
@@ -315,7 +316,7 @@ class BatchLane:
         if result.image is not None:
             image = result.image
             stored = self.sink.put_png(
-                f"{intent.job_id}/{result.key}.png", image.data,
+                object_name(intent.job_id, result.key), image.data,
                 {"job_id": intent.job_id, "item_key": result.key, "model": image.model_version or intent.model,
                  "finish_reason": image.finish_reason, "lane": "batch"},
             )

@@ -29,6 +29,13 @@ class ItemState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
+def object_name(job_id: str, item_key: str) -> str:
+    """Deterministic object name: a retried or duplicated item can only ever write this one object.
+
+    Both parts come from a safe charset (server-made job ids, validated client keys)."""
+    return f"{job_id}/{item_key}.png"
+
+
 def _known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
     """Stored documents may carry fields a newer or older version wrote: keep ours only."""
     return {k: v for k, v in d.items() if k in cls.__dataclass_fields__}

@@ -21,6 +21,7 @@ from core.errors import (
 )
 from core.models import (
     TERMINAL_JOB_STATUSES,
+    object_name,
     Item,
     ItemState,
     Job,
@@ -31,13 +32,6 @@ from core.models import (
 from core.ports import BatchStore, Clock, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
-
-
-def object_name(job_id: str, item_key: str) -> str:
-    """Deterministic object name: a retried or duplicated item can only ever write this one object.
-
-    Both parts come from a safe charset (server-made job ids, validated client keys)."""
-    return f"{job_id}/{item_key}.png"
 
 
 def new_job_id() -> str:

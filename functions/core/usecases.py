@@ -385,6 +385,7 @@ def process_item(
             "item_key": key,
             "model": image.model_version or job.model,
             "finish_reason": image.finish_reason,
+            "lane": "interactive",
         },
     )
     if not stored.created:

@@ -45,7 +45,8 @@ def test_five_prompts_become_five_pngs_of_the_asked_shape(stack, db, bucket):
     for key, (_, ratio) in asked.items():
         blob = blobs[f"{job_id}/{key}.png"]
         assert blob.content_type == "image/png"
-        assert blob.metadata == {"job_id": job_id, "item_key": key, "model": MODEL, "finish_reason": "STOP"}
+        assert blob.metadata == {"job_id": job_id, "item_key": key, "model": MODEL, "finish_reason": "STOP",
+                                 "lane": "interactive"}
         image = Image.open(io.BytesIO(blob.download_as_bytes()))
         image.load()  # decodes the whole PNG, not just its header
         assert image.format == "PNG"

@@ -123,8 +123,9 @@ class BatchLane:
                 self._delete_quietly(intent.input_file)
                 return self._record_submitted(intent, owner, found.name, found.state)
         if known is None or intent.state is not IntentState.PENDING:
-            known = self.store.get_items(intent.job_id, intent.keys)
-        items = [it for it in known if not it.terminal]
+            items = self._unfinished(intent)
+        else:
+            items = [it for it in known if not it.terminal]
         if not items:
             self._finish(intent, owner, "nothing left to do")
             return intent
@@ -223,7 +224,7 @@ class BatchLane:
         if intent.state is IntentState.INGESTING:
             self._delete_quietly(intent.output_file)
         now = self.clock.now()
-        unfinished = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+        unfinished = self._unfinished(intent)
         updates = {it.key: {"state": ItemState.CANCELLED.value, "error": "job cancelled", "updated_at": now}
                    for it in unfinished}
         self.store.checkpoint(intent.intent_id, owner, self._finished_fields("cancelled"), updates)
@@ -334,7 +335,7 @@ class BatchLane:
     def _resubmit(self, intent: BatchIntent, owner: str, reason: str, outcome: str | None = None) -> None:
         """Give the intent's unfinished items a new batch, or dead-letter them past the limit."""
         now = self.clock.now()
-        unfinished = [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+        unfinished = self._unfinished(intent)
         updates: dict[str, dict] = {}
         if unfinished and intent.attempt < self.max_attempts:
             retry = BatchIntent(
@@ -352,6 +353,9 @@ class BatchLane:
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _unfinished(self, intent: BatchIntent) -> list[Item]:
+        return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
 
     def _finished_fields(self, outcome: str) -> dict:
         now = self.clock.now()

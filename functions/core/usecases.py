@@ -313,13 +313,18 @@ def process_item(
     if job is None:
         return _ack("unknown", f"no job {job_id}")
 
+    def end(state: ItemState, reason: str = "", **fields) -> ItemOutcome:
+        """Give the item its terminal state (we hold its lease), finish the job if it was the
+        last one, and ack the message."""
+        store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields))
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+        return _ack(state.value, reason)
+
     started = clock.now()
-    if job.status is JobStatus.CANCELLED or job.status in TERMINAL_JOB_STATUSES:
-        claimed = store.claim_item(job_id, key, owner, started, lease_seconds)
-        if claimed is not None:
-            store.finish_item(job_id, key, owner, _finished(ItemState.CANCELLED, started, error="job cancelled"))
-            finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
-        return _ack(ItemState.CANCELLED.value, "job cancelled")
+    if job.status in TERMINAL_JOB_STATUSES:  # cancelled while the message was in flight
+        if store.claim_item(job_id, key, owner, started, lease_seconds) is None:
+            return _ack(ItemState.CANCELLED.value, "job cancelled")
+        return end(ItemState.CANCELLED, "job cancelled", error="job cancelled")
 
     claimed = store.claim_item(job_id, key, owner, started, lease_seconds)
     if claimed is None:
@@ -352,24 +357,13 @@ def process_item(
             _requeue(store, item, owner, clock.now(), error=e.reason)
             return _retry(f"quota exceeded: {e.quota_id}")
         except (ContentRefused, InvalidRequest) as e:
-            store.finish_item(
-                job_id, key, owner,
-                _finished(ItemState.FAILED, clock.now(), error=e.reason, attempts=item.attempts + 1,
-                          quota_retries=item.quota_retries),
-            )
-            finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
-            return _ack(ItemState.FAILED.value, e.reason)
+            return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
+                       quota_retries=item.quota_retries)
         except GenerationError as e:  # retryable: transient or permission
             attempts = item.attempts + 1
             if attempts >= max_attempts:
-                store.finish_item(
-                    job_id, key, owner,
-                    _finished(ItemState.DEAD_LETTERED, clock.now(),
-                              error=f"gave up after {attempts} attempts: {e.reason}",
-                              attempts=attempts, quota_retries=item.quota_retries),
-                )
-                finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
-                return _ack(ItemState.DEAD_LETTERED.value, e.reason)
+                return end(ItemState.DEAD_LETTERED, e.reason, error=f"gave up after {attempts} attempts: {e.reason}",
+                           attempts=attempts, quota_retries=item.quota_retries)
             item.attempts = attempts
             _requeue(store, item, owner, clock.now(), error=e.reason)
             return _retry(e.reason)
@@ -390,17 +384,11 @@ def process_item(
     )
     if not stored.created:
         log.info("object for %s/%s already existed; keeping it", job_id, key)
-    store.finish_item(
-        job_id, key, owner,
-        _finished(
-            ItemState.SUCCEEDED, clock.now(), attempts=item.attempts + 1,
-            quota_retries=item.quota_retries, gcs_uri=stored.uri,
-            finish_reason=image.finish_reason, output_tokens=image.output_tokens, error=None,
-            **png_facts(image.data),
-        ),
+    return end(
+        ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
+        gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
+        error=None, **png_facts(image.data),
     )
-    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
-    return _ack(ItemState.SUCCEEDED.value)
 
 
 def _finished(state: ItemState, now: float, **fields) -> dict:

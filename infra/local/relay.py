@@ -10,23 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-import urllib.error
-import urllib.request
+
+from infra.local.http import http_json
 
 _ACK_CODES = {102, 200, 201, 203, 204}  # what the emulator's push treats as an ack
-
-
-def _post(url: str, body: dict, timeout: float) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 class PushRelay:
@@ -67,7 +54,7 @@ class PushRelay:
             thread.join(timeout=5)
 
     def _call(self, verb: str, body: dict) -> dict:
-        status, payload = _post(f"{self.pubsub_url}/v1/{self.subscription_path}:{verb}", body, 30)
+        status, payload = http_json("POST", f"{self.pubsub_url}/v1/{self.subscription_path}:{verb}", body, 30)
         if status != 200:
             raise OSError(f"pubsub {verb}: HTTP {status} {payload[:200]!r}")
         return json.loads(payload or b"{}")
@@ -90,7 +77,7 @@ class PushRelay:
         message = entry["message"]
         body = {"message": message, "subscription": self.subscription_path}
         try:
-            status, _ = _post(self.endpoint, body, self.delivery_timeout)
+            status, _ = http_json("POST", self.endpoint, body, self.delivery_timeout)
         except OSError:
             status = 0  # the worker is down or restarting: redeliver later
         message_id = message.get("messageId", "")

@@ -53,12 +53,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from infra.local.http import http_json
 from infra.local.relay import PushRelay
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -345,22 +343,10 @@ class Process:
 # --- readiness probes --------------------------------------------------------------------
 
 
-def _http(method: str, url: str, body: object | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def _http_ok(url: str, expect: bytes | None = None) -> Callable[[], bool]:
     def probe() -> bool:
         try:
-            status, body = _http("GET", url, timeout=2)
+            status, body = http_json("GET", url, timeout=2)
         except OSError:
             return False
         return status == 200 and (expect is None or expect in body)
@@ -373,7 +359,7 @@ def _http_answers(url: str) -> Callable[[], bool]:
 
     def probe() -> bool:
         try:
-            _http("GET", url, timeout=2)
+            http_json("GET", url, timeout=2)
             return True
         except OSError:
             return False
@@ -707,7 +693,7 @@ class Stack:
     # -- resources --------------------------------------------------------------------------
 
     def _rest(self, method: str, url: str, body: object | None = None, ok: tuple[int, ...] = (200,)) -> dict:
-        status, data = _http(method, url, body)
+        status, data = http_json(method, url, body)
         if status not in ok:
             raise StackError(f"{method} {url} -> {status}: {data[:500].decode(errors='replace')}")
         return json.loads(data) if data.strip() else {}
@@ -755,7 +741,7 @@ class Stack:
         def tick() -> None:
             while not self._scheduler_stop.wait(self.scheduler_interval):
                 try:
-                    _http("POST", f"{self.url('poller')}/", {}, timeout=120)
+                    http_json("POST", f"{self.url('poller')}/", {}, timeout=120)
                 except OSError:
                     pass  # the poller may be restarting; the next tick tries again
 

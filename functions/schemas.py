@@ -107,6 +107,7 @@ class JobAccepted(BaseModel):
 class ItemStatus(BaseModel):
     key: str
     index: int
+    prompt: str
     state: Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
     attempts: int
     gcs_uri: str | None

@@ -153,6 +153,7 @@ class Item:
         return {
             "key": self.key,
             "index": self.index,
+            "prompt": self.prompt,
             "state": self.state.value,
             "attempts": self.attempts,
             "gcs_uri": self.gcs_uri,

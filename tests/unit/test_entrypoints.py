@@ -10,7 +10,8 @@ import wiring
 from core.errors import TransientError
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    FakeBatchApi, ScriptedImageGenerator,
+    FakeBatchApi, ScriptedImageGenerator, InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
+    InMemoryIdempotencyStore,
 )
 
 SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
@@ -49,6 +50,19 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "image_generator", lambda: f.generator)
     monkeypatch.setattr(wiring, "rate_limiter", lambda: NoLimiter())
     monkeypatch.setattr(wiring, "clock", lambda: f.clock)
+    from core.accounting import Accounting, DailyLimits, Prices
+    from core.breaker import CircuitBreaker
+
+    f.breaker = CircuitBreaker(InMemoryBreakerStore(), f.clock, threshold=3, cooldown_seconds=60)
+    f.counters = InMemoryCounterStore()
+    f.accounting = Accounting(store=f.counters, clock=f.clock, prices=Prices(), limits=DailyLimits())
+    f.pool = InMemoryPoolStore(f.store)
+    f.idempotency = InMemoryIdempotencyStore()
+    monkeypatch.setattr(wiring, "breaker", lambda: f.breaker)
+    monkeypatch.setattr(wiring, "accounting", lambda: f.accounting)
+    monkeypatch.setattr(wiring, "pool_store", lambda: f.pool)
+    monkeypatch.setattr(wiring, "idempotency_store", lambda: f.idempotency)
+    monkeypatch.setattr(wiring, "dead_letters", lambda: None)
     yield f
     wiring.get_settings.cache_clear()
 

@@ -252,7 +252,8 @@ def _status(request, job_id: str):
         raise ApiError(400, "invalid_request", "page_size must be an integer from 1 to 500",
                        [{"field": "page_size", "problem": "out of range"}])
     page_token = request.args.get("page_token")
-    if page_token is not None and not page_token.isdigit():
+    # An item index: ASCII digits that fit Firestore's int64 (str.isdigit() also takes "²").
+    if page_token is not None and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 9):
         raise ApiError(400, "invalid_request", "page_token is not one this API issued",
                        [{"field": "page_token", "problem": "invalid"}])
     _check_job_id(job_id)

@@ -43,6 +43,8 @@ from core.ports import (
 
 log = logging.getLogger(__name__)
 
+_HOLD_POLL_SECONDS = 0.5
+
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
@@ -579,8 +581,15 @@ def process_item(
     deadline = started + max_wait
     dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED) if accounting else {}
     while True:
-        if breaker is not None and (outcome := blocked(breaker.before_send(owner))) is not None:
-            return outcome
+        if breaker is not None:
+            decision = breaker.before_send(owner)
+            if decision is Decision.HOLD and clock.now() + _HOLD_POLL_SECONDS < deadline:
+                # Halted, or another worker is probing: wait in place while this delivery may,
+                # rather than a round trip through Pub/Sub's backoff.
+                clock.sleep(_HOLD_POLL_SECONDS)
+                continue
+            if (outcome := blocked(decision)) is not None:
+                return outcome
         try:
             limiter.acquire(owner, max(0.0, deadline - clock.now()))
         except RateLimited as e:

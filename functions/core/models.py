@@ -64,6 +64,7 @@ class ItemSpec:
 class JobSpec:
     items: tuple[ItemSpec, ...]
     requested_lane: str = "auto"
+    callback_url: str | None = None
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Job:
     published: bool = False
     finished_at: float | None = None
     manifest_uri: str | None = None
+    callback_url: str | None = None  # where the job.completed webhook goes (validated at submit)
+    round: int = 1  # bumped each time a finished job is run again: one job.completed per round
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,8 @@ class Job:
             "published": self.published,
             "finished_at": self.finished_at,
             "manifest_uri": self.manifest_uri,
+            "callback_url": self.callback_url,
+            "round": self.round,
         }
 
     @classmethod
@@ -106,6 +111,8 @@ class Job:
             published=d.get("published", False),
             finished_at=d.get("finished_at"),
             manifest_uri=d.get("manifest_uri"),
+            callback_url=d.get("callback_url"),
+            round=d.get("round", 1),
         )
 
 

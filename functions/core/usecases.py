@@ -29,7 +29,7 @@ from core.models import (
     JobStatus,
     Lane,
 )
-from core.ports import BatchStore, Clock, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
+from core.ports import BatchStore, Clock, EventOutbox, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def submit_job(
         created_at=now,
         updated_at=now,
         published=lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
+        callback_url=spec.callback_url,
     )
     items = [
         Item(
@@ -148,7 +149,7 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 
 def get_job_status(
     job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
-    batches: BatchStore | None = None,
+    batches: BatchStore | None = None, events: EventOutbox | None = None,
 ) -> dict:
     job = store.get_job(job_id)
     if job is None:
@@ -171,6 +172,7 @@ def get_job_status(
         "items": [it.public() for it in items],
         "next_page_token": next_token,
         "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches and job.lane is Lane.BATCH else [],
+        "events": events.events_of_job(job_id) if events else [],
     }
 
 
@@ -192,17 +194,22 @@ def job_status_from_counts(counts: dict[ItemState, int]) -> JobStatus | None:
 
 
 def finalize_job_if_done(
-    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None
 ) -> JobStatus | None:
     """Give the job its terminal status, and write its manifest, once no item is left to do.
 
     Every finisher calls this after committing its own item, so the last one to commit
     always sees zero remaining; two finishers may both see it, and both writes are
     idempotent (the manifest is create-only, the status only moves forward). The manifest
-    is written before the status, so a job that says it is done always has one."""
+    is written before the status, so a job that says it is done always has one.
+
+    With `events`, the job.completed event is recorded after the status (create-only), also
+    when the job was already finalized and the event is missing: a finisher that died between
+    the two is repaired by the next one that gets here."""
     job = store.get_job(job_id)
     if job is not None and job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
-        return job.status  # already finalized: a duplicate delivery costs one read
+        _record_completion(job, store, events)
+        return job.status  # already finalized: a duplicate delivery costs one read (two with events)
     if store.has_unfinished_items(job_id):
         return None
     status = job_status_from_counts(store.count_items(job_id))
@@ -212,7 +219,20 @@ def finalize_job_if_done(
     if sink is not None:
         manifest_uri = sink.put_manifest(manifest_name(job_id), build_manifest(_all_items(store, job_id))).uri
     store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
+    if events is not None:
+        _record_completion(store.get_job(job_id), store, events)  # as stored: another finisher may have won
     return status
+
+
+def _record_completion(job: Job | None, store: JobStore, events: EventOutbox | None) -> None:
+    """Record the job.completed event of a finalized job unless it is recorded. A cancelled job
+    is terminal at once but finalized only when its last running item has ended."""
+    if events is None or job is None or job.status not in TERMINAL_JOB_STATUSES:
+        return
+    if job.finished_at is None and store.has_unfinished_items(job.job_id):
+        return
+    if not events.has_completion(job):
+        events.record_completion(job, store.count_items(job.job_id))
 
 
 def manifest_name(job_id: str) -> str:
@@ -231,7 +251,9 @@ def build_manifest(items: list[Item]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def cancel_job(job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None) -> dict:
+def cancel_job(
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None
+) -> dict:
     """Cancel a job: queued interactive items are dropped here or by the worker that meets
     them; the poller cancels the job's Gemini batches. Finished items keep their images."""
     job = store.get_job(job_id)
@@ -246,8 +268,8 @@ def cancel_job(job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | 
                 if store.claim_item(job_id, item.key, owner, clock.now(), 60):
                     store.finish_item(job_id, item.key, owner,
                                       _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
-    return get_job_status(job_id, store=store, page_size=1)
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
+    return get_job_status(job_id, store=store, page_size=1, events=events)
 
 
 # --- the worker --------------------------------------------------------------------------
@@ -296,6 +318,7 @@ def process_item(
     max_attempts: int,
     max_wait: float,
     lease_seconds: float,
+    events: EventOutbox | None = None,
 ) -> ItemOutcome:
     """Generate one image, at most once per success, under the shared rate limit.
 
@@ -307,7 +330,7 @@ def process_item(
         return _ack("unknown", f"no item {job_id}/{key}")
     if item.terminal:
         # The finisher may have died before finalizing the job: finishing it is idempotent.
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
         return _ack(item.state.value, "already finished")
     job = store.get_job(job_id)
     if job is None:
@@ -317,7 +340,7 @@ def process_item(
         """Give the item its terminal state (we hold its lease), finish the job if it was the
         last one, and ack the message."""
         store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields))
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
         return _ack(state.value, reason)
 
     started = clock.now()

@@ -125,7 +125,9 @@ def _submit(request):
                        [{"field": "(body)", "problem": "expected an object"}])
     try:
         job_request = JobRequest.model_validate(
-            body, context={"max_items_per_job": s.max_items_per_job, "max_prompt_chars": s.max_prompt_chars}
+            body, context={"max_items_per_job": s.max_items_per_job, "max_prompt_chars": s.max_prompt_chars,
+                           "webhook_secret_set": s.webhook_key() is not None,
+                           "webhook_allow_insecure": s.webhook_allow_insecure}
         )
     except pydantic.ValidationError as e:
         fields = error_fields(e)
@@ -170,7 +172,7 @@ def _status(request, job_id: str):
     try:
         body = usecases.get_job_status(
             job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
-            batches=wiring.job_store(),
+            batches=wiring.job_store(), events=wiring.job_events(),
         )
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
@@ -180,7 +182,8 @@ def _status(request, job_id: str):
 def _cancel(request, job_id: str):
     _check_job_id(job_id)
     try:
-        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink())
+        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
+                                   events=wiring.job_events())
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:
@@ -227,6 +230,7 @@ def pubsub_worker(cloud_event):
         max_attempts=s.max_attempts,
         max_wait=s.max_wait_seconds,
         lease_seconds=s.lease_seconds,
+        events=wiring.job_events(),
     )
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason)
@@ -244,7 +248,10 @@ def scheduled_poller(request):
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
     )
+    owner = f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
+    # Events first, with a quarter of the budget: a long ingest must not hold back webhooks.
+    events = wiring.job_events().deliver_due(owner, deadline=clock.now() + s.poller_budget_seconds / 4)
     lane = wiring.batch_lane()
-    batches = lane.reconcile(f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}", deadline) if lane else {}
-    log.info("poller tick: republished %d jobs, batches %s", len(republished), batches)
-    return _json({"republished_jobs": republished, "batches": batches})
+    batches = lane.reconcile(owner, deadline) if lane else {}
+    log.info("poller tick: republished %d jobs, batches %s, events %s", len(republished), batches, events)
+    return _json({"republished_jobs": republished, "batches": batches, "events": events})

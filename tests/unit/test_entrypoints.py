@@ -49,6 +49,12 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "image_generator", lambda: f.generator)
     monkeypatch.setattr(wiring, "rate_limiter", lambda: NoLimiter())
     monkeypatch.setattr(wiring, "clock", lambda: f.clock)
+    from core.events import CompletionEvents, DeliveryPolicy
+    from tests.fakes import InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender
+
+    f.events = CompletionEvents(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
+                                webhooks=ScriptedWebhookSender(), clock=f.clock, secret=None, policy=DeliveryPolicy())
+    monkeypatch.setattr(wiring, "job_events", lambda: f.events)
     yield f
     wiring.get_settings.cache_clear()
 

@@ -46,6 +46,9 @@ def stack_function_env() -> dict[str, str]:
         "BATCH_CHECKPOINT_LINES": "5",
         "BATCH_MAX_ATTEMPTS": "2",
         "BATCH_UPLOAD_CONCURRENCY": "2",
+        # Completion webhooks (tests/e2e/test_events.py): retried after 0.25-0.5 s, then 0.5-1 s...
+        "WEBHOOK_BACKOFF_BASE_SECONDS": "0.5",
+        "WEBHOOK_TIMEOUT_SECONDS": "3",
     }
 
 

@@ -146,7 +146,8 @@ def test_a_failing_receiver_gets_the_same_event_again_until_it_accepts(stack, ev
         wait_for_job(stack, job_id)
         # The worker's attempt right after the job ended was refused; nobody retries until the
         # poller is called (the e2e stack has no scheduler thread).
-        [first] = wait_until(stack, lambda: job_status(stack, job_id)["events"], "the event to be recorded")
+        [first] = wait_until(stack, lambda: [e for e in job_status(stack, job_id)["events"] if e["attempts"]],
+                             "the first attempt to be recorded")
         assert (first["state"], first["attempts"], first["last_error"]) == ("pending", 1, "webhook: HTTP 500")
 
         event = delivered_event(stack, job_id, poll=True)

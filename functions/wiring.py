@@ -154,7 +154,8 @@ def job_events():
     publisher = pubsub_publisher()
     return CompletionEvents(
         store=FirestoreEventStore(firestore_client()),
-        publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic)),
+        publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
+                                       timeout=s.webhook_timeout_seconds),
         webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),
         clock=clock(),
         secret=s.webhook_key(),

@@ -53,6 +53,9 @@ def stack_function_env() -> dict[str, str]:
         "BREAKER_COOLDOWN_SECONDS": "2",
         "BREAKER_HALT_SECONDS": "3",
         "POOL_MAX_AGE_SECONDS": "0",
+        # Completion webhooks (tests/e2e/test_events.py): retried after 0.25-0.5 s, then 0.5-1 s...
+        "WEBHOOK_BACKOFF_BASE_SECONDS": "0.5",
+        "WEBHOOK_TIMEOUT_SECONDS": "3",
     }
 
 

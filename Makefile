@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help venv up demo check test unit integration e2e bench bench-interactive bench-ingest lint clean distclean
+.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest lint clean distclean
 
 help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ integration: venv ## adapters against the emulators
 
 e2e: venv ## the functions under functions-framework, fed by a Pub/Sub push subscription
 	$(PY) -m pytest tests/e2e $(ARGS)
+
+chaos: venv ## the fault matrix: one line per scenario (items, faults injected, lost, duplicated, wall time)
+	$(PY) -m pytest tests/e2e/test_fault_matrix.py -q -p no:randomly $(ARGS)
 
 bench: bench-interactive bench-ingest ## all benchmarks
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from core.ports import (
 log = logging.getLogger(__name__)
 
 _HOLD_POLL_SECONDS = 0.5
+_JITTER = random.Random()
 
 
 def new_job_id() -> str:
@@ -623,7 +625,9 @@ def process_item(
                 compose_prompt(item), item.aspect_ratio, image_size_for(job.model, item.quality)
             )
         except QuotaExceeded as e:
-            delay = e.retry_delay if e.retry_delay is not None else 1.0
+            # Up to 20% jitter on retryDelay, so instances that were told the same delay do
+            # not all come back in the same instant.
+            delay = (e.retry_delay if e.retry_delay is not None else 1.0) * (1 + 0.2 * _JITTER.random())
             limiter.push_back(clock.now() + delay)
             item.quota_retries += 1
             count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)

@@ -359,8 +359,10 @@ def scheduled_poller(request):
                             max_batch_items=s.batch_items_per_batch)
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
+    finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
+                                               events=wiring.job_events())
     summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
-               "events": events}
+               "events": events, "finalized_jobs": finalized}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)
     return _json(summary)

@@ -157,6 +157,10 @@ class FirestoreJobStore:
         compare_and_set(self.db, self.jobs.document(job_id), decide)
         return self.get_job(job_id)
 
+    def running_jobs(self, limit: int) -> list[Job]:
+        query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(limit)
+        return [Job.from_dict(s.to_dict()) for s in query.stream()]
+
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": False, "updated_at": now})
 

@@ -218,6 +218,20 @@ def reconcile_unpublished(
     return done
 
 
+def finalize_stalled_jobs(
+    *, store: JobStore, clock: Clock, sink: ImageSink | None, events: EventOutbox | None = None, limit: int = 50,
+) -> list[str]:
+    """Finish running jobs that have no work left. Every finisher finalizes its job, but one
+    that died after its last commit (a poller killed after an intent's final checkpoint, whose
+    batch nothing will reconcile again) would leave the job running forever."""
+    done = []
+    for job in store.running_jobs(limit):
+        if finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events) is not None:
+            log.warning("finalized job %s, which had no work left", job.job_id, extra={"job_id": job.job_id})
+            done.append(job.job_id)
+    return done
+
+
 def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
     items: list[Item] = []
     after = None

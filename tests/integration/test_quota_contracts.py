@@ -145,6 +145,7 @@ def test_reopen_requeue_and_lane_counts(job_store):  # noqa: F811
     reopened = job_store.reopen_job(job.job_id, 300.0)
     assert (reopened.status, reopened.round, reopened.manifest_uri) == (JobStatus.RUNNING, 2, None)
     assert job_store.reopen_job(job.job_id, 301.0).round == 2  # running: left as it is
+    assert [j.job_id for j in job_store.running_jobs(10)] == [job.job_id]
     assert job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
     assert not job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
     job_store.mark_unpublished(job.job_id, 302.0)

@@ -397,3 +397,16 @@ def test_dead_letters_end_their_items_with_the_last_error(env):
     item = env.store.get_item(job.job_id, "k0")
     assert item.state is ItemState.DEAD_LETTERED
     assert item.error == "Pub/Sub gave up on the message after 5 deliveries; last error: 503 UNAVAILABLE"
+
+
+def test_a_running_job_whose_last_finisher_died_is_finalized_by_the_poller(env):
+    job = env.submit(2)
+    for key in ("k0", "k1"):  # both items finished, but nobody finalized the job
+        env.store.claim_item(job.job_id, key, "w", env.clock.now(), 60)
+        env.store.finish_item(job.job_id, key, "w", {"state": "failed", "lease_owner": None})
+    env.store.set_job_running(job.job_id, env.clock.now())
+    other = env.submit(1)
+    env.store.set_job_running(other.job_id, env.clock.now())  # still has work
+    assert usecases.finalize_stalled_jobs(store=env.store, clock=env.clock, sink=env.sink) == [job.job_id]
+    assert env.store.get_job(job.job_id).status is JobStatus.FAILED
+    assert env.store.get_job(other.job_id).status is JobStatus.RUNNING

@@ -75,6 +75,30 @@ class Settings(BaseSettings):
         3.0, ge=0, description="time the API spends creating batches before leaving them to the poller"
     )
 
+    dead_letter_subscription: str | None = Field(
+        None, description="pull subscription on the work topic's dead-letter topic; the poller drains it"
+    )
+
+    # Circuit breaker, pending-batch pool
+    breaker_threshold: int = Field(3, ge=1, description="consecutive quota failures that open the breaker")
+    breaker_cooldown_seconds: float = Field(60.0, gt=0, description="open -> one probe after this long")
+    breaker_halt_seconds: float = Field(900.0, gt=0, description="halted (403) -> one probe after this long")
+    pool_flush_items: int = Field(100, ge=1, description="diverted items that make the poller create a batch")
+    pool_max_age_seconds: float = Field(300.0, ge=0, description="or the age of the oldest diverted item")
+
+    # Usage, spend and budget (the day is Gemini's quota day: it resets at midnight Pacific)
+    price_interactive_image_usd: float = Field(0.039, ge=0)
+    price_batch_image_usd: float = Field(0.0195, ge=0)
+    daily_request_quota: int | None = Field(None, ge=1, description="the model's requests per day, to watch")
+    daily_image_quota: int | None = Field(None, ge=1, description="images per day, to watch")
+    daily_budget_usd: float | None = Field(None, ge=0, description="jobs that would exceed it are refused")
+    usage_counter_shards: int = Field(16, ge=1, le=500)
+
+    idempotency_ttl_seconds: float = Field(86_400.0, gt=0)
+    idempotency_takeover_seconds: float = Field(
+        120.0, gt=0, description="a submission silent this long is finished by its key's next attempt"
+    )
+
     @model_validator(mode="after")
     def _lease_outlives_budget(self) -> Settings:
         if self.batch_lease_seconds <= self.poller_budget_seconds:

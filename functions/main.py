@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
+import math
 import logging
 import uuid
 
@@ -20,6 +22,7 @@ from werkzeug.routing import Map, Rule
 import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
+from core.pool import flush_pool
 from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields
 
@@ -30,7 +33,9 @@ _ROUTES = Map(
     [
         Rule("/healthz", endpoint="healthz", methods=["GET"]),
         Rule("/v1/openapi.json", endpoint="openapi", methods=["GET"]),
+        Rule("/v1/stats", endpoint="stats", methods=["GET"]),
         Rule("/v1/jobs", endpoint="submit", methods=["POST"]),
+        Rule("/v1/jobs/<job_id>:retry", endpoint="retry", methods=["POST"]),
         Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
         Rule("/v1/jobs/<job_id>", endpoint="cancel", methods=["DELETE"]),
     ],
@@ -39,9 +44,11 @@ _ROUTES = Map(
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str, fields: list | None = None):
+    def __init__(self, code: int, reason: str, message: str, fields: list | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.code, self.reason, self.message, self.fields = code, reason, message, fields
+        self.headers = headers
 
 
 def _json(body: dict, code: int = 200, headers: dict | None = None):
@@ -64,7 +71,7 @@ def http_api(request):
             _authenticate(request)
         return _HANDLERS[endpoint](request, **args)
     except ApiError as e:
-        return _error(e)
+        return _error(e, e.headers)
     except MethodNotAllowed as e:
         allowed = ", ".join(sorted(e.valid_methods or []))
         return _error(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"),
@@ -117,6 +124,9 @@ def _read_json(request, max_bytes: int):
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}")
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
 def _submit(request):
     s = wiring.settings()
     body = _read_json(request, s.max_body_bytes)
@@ -130,28 +140,107 @@ def _submit(request):
     except pydantic.ValidationError as e:
         fields = error_fields(e)
         raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields)
+    spec = job_request.to_spec()
+    dry_run = request.args.get("dry_run", "").lower()
+    if dry_run not in ("", "false", "0", "true", "1"):
+        raise ApiError(400, "invalid_request", "dry_run must be true or false",
+                       [{"field": "dry_run", "problem": "expected true or false"}])
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters",
+                       [{"field": IDEMPOTENCY_HEADER, "problem": "length out of range"}])
     try:
-        job = usecases.submit_job(
-            job_request.to_spec(),
-            store=wiring.job_store(),
-            queue=wiring.work_queue(),
-            clock=wiring.clock(),
-            model=s.gemini_model,
-            interactive_threshold=s.interactive_threshold,
-            batch=wiring.batch_lane(),
-            batch_max_requests=s.batch_items_per_batch,
-            batch_submit_budget=s.batch_submit_budget_seconds,
-            owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
-        )
+        if dry_run in ("true", "1"):
+            route = usecases.plan_route(
+                spec, interactive_threshold=s.interactive_threshold, batch_available=s.batch_lane_enabled,
+                breaker=wiring.breaker(), accounting=wiring.accounting(),
+            )
+            return _json({"dry_run": True, "lane": route.lane.value, "item_count": len(spec.items),
+                          "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
+                          "breaker": wiring.breaker().view().state.value})
+
+        def submit(make_id):
+            return usecases.submit_job(
+                spec,
+                store=wiring.job_store(),
+                queue=wiring.work_queue(),
+                clock=wiring.clock(),
+                model=s.gemini_model,
+                interactive_threshold=s.interactive_threshold,
+                batch=wiring.batch_lane(),
+                batch_max_requests=s.batch_items_per_batch,
+                batch_submit_budget=s.batch_submit_budget_seconds,
+                owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
+                make_id=make_id,
+                breaker=wiring.breaker(),
+                accounting=wiring.accounting(),
+            )
+
+        if idempotency_key is None:
+            job, replayed = submit(usecases.new_job_id), False
+        else:
+            job, replayed = usecases.submit_once(
+                spec,
+                key_id=_idempotency_key_id(request, idempotency_key),
+                body_sha256=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
+                idempotency=wiring.idempotency_store(),
+                store=wiring.job_store(),
+                clock=wiring.clock(),
+                submit=submit,
+                ttl_seconds=s.idempotency_ttl_seconds,
+                takeover_seconds=s.idempotency_takeover_seconds,
+            )
     except errors.LaneUnavailable as e:
-        raise ApiError(503, "lane_unavailable", str(e))
+        halted = wiring.breaker().halted()
+        retry_after = {"Retry-After": _seconds_until(halted.retry_at)} if halted and halted.retry_at else None
+        raise ApiError(503, "lane_unavailable", str(e), headers=retry_after)
+    except errors.BudgetExceeded as e:
+        raise ApiError(429, "budget_exceeded", f"{e}; the budget resets at midnight Pacific",
+                       headers={"Retry-After": _seconds_until(wiring.accounting().resets_at())})
+    except errors.IdempotencyMismatch as e:
+        raise ApiError(422, "idempotency_key_reused", str(e),
+                       [{"field": IDEMPOTENCY_HEADER, "problem": "already used with another body"}])
+    except errors.InProgress as e:
+        raise ApiError(409, "request_in_progress", str(e), headers={"Retry-After": "1"})
     status_url = f"/v1/jobs/{job.job_id}"
-    log.info("accepted job %s: %d items, lane %s", job.job_id, job.item_count, job.lane.value)
+    if not replayed:
+        log.info("accepted job %s: %d items, lane %s (%s)", job.job_id, job.item_count, job.lane.value,
+                 job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value})
     return _json(
         {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
-         "item_count": job.item_count, "status_url": status_url},
-        202, {"Location": status_url},
+         "item_count": job.item_count, "status_url": status_url, "route_reason": job.route_reason,
+         "estimated_cost_usd": job.estimated_cost_usd},
+        200 if replayed else 202, {"Location": status_url, **({"Idempotent-Replayed": "true"} if replayed else {})},
     )
+
+
+def _idempotency_key_id(request, key: str) -> str:
+    """Keys are scoped to the caller's API key (so two clients never share one) and hashed:
+    neither the client's key nor the API key is stored or becomes a document id."""
+    caller = request.headers.get(API_KEY_HEADER, "")
+    return hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
+
+
+def _seconds_until(epoch: float) -> str:
+    return str(max(1, math.ceil(epoch - wiring.clock().now())))
+
+
+def _stats(request):
+    pool = wiring.pool_store()
+    return _json(usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
+                                    pool_size=pool.count() if pool is not None else None))
+
+
+def _retry(request, job_id: str):
+    _check_job_id(job_id)
+    try:
+        body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
+                                  pool=wiring.pool_store(), clock=wiring.clock())
+    except errors.NotFound as e:
+        raise ApiError(404, "not_found", str(e))
+    except errors.Conflict as e:
+        raise ApiError(409, "conflict", str(e))
+    return _json(body, 202, {"Location": f"/v1/jobs/{job_id}"})
 
 
 def _status(request, job_id: str):
@@ -170,7 +259,7 @@ def _status(request, job_id: str):
     try:
         body = usecases.get_job_status(
             job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
-            batches=wiring.job_store(),
+            batches=wiring.job_store(), prices=wiring.accounting().prices,
         )
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
@@ -196,7 +285,8 @@ def _check_job_id(job_id: str) -> None:
 
 
 _PUBLIC = {"healthz", "openapi"}
-_HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel}
+_HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel,
+             "stats": _stats, "retry": _retry}
 
 
 class RetryLater(ServiceUnavailable):
@@ -227,6 +317,9 @@ def pubsub_worker(cloud_event):
         max_attempts=s.max_attempts,
         max_wait=s.max_wait_seconds,
         lease_seconds=s.lease_seconds,
+        breaker=wiring.breaker(),
+        pool=wiring.pool_store(),
+        accounting=wiring.accounting(),
     )
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason)
@@ -240,11 +333,22 @@ def scheduled_poller(request):
     s = wiring.settings()
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds
+    owner = f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
     republished = usecases.reconcile_unpublished(
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
     )
+    dead = {}
+    if (source := wiring.dead_letters()) is not None:
+        dead = usecases.drain_dead_letters(source, store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
+                                           owner=owner, decode=decode_work_message)
+    pooled = {}
+    if (pool := wiring.pool_store()) is not None:
+        pooled = flush_pool(pool=pool, jobs=wiring.job_store(), batches=wiring.job_store(), clock=clock,
+                            flush_items=s.pool_flush_items, max_age_seconds=s.pool_max_age_seconds,
+                            max_batch_items=s.batch_items_per_batch)
     lane = wiring.batch_lane()
-    batches = lane.reconcile(f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}", deadline) if lane else {}
-    log.info("poller tick: republished %d jobs, batches %s", len(republished), batches)
-    return _json({"republished_jobs": republished, "batches": batches})
+    batches = lane.reconcile(owner, deadline) if lane else {}
+    log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s",
+             len(republished), dead, pooled, batches)
+    return _json({"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches})

@@ -32,6 +32,9 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
         (schemas.JobStatusResponse, "serialization"),
         (schemas.ErrorResponse, "serialization"),
         (schemas.Health, "serialization"),
+        (schemas.DryRun, "serialization"),
+        (schemas.RetryAccepted, "serialization"),
+        (schemas.Stats, "serialization"),
     ]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components = top["$defs"]
@@ -52,17 +55,49 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
         "paths": {
             "/v1/jobs": {"post": {
                 "operationId": "submitJob",
-                "summary": "Submit a generation job",
+                "summary": "Submit a generation job (or, with dry_run=true, see its route and cost)",
+                "parameters": [
+                    {"name": "dry_run", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}},
+                    {"name": "Idempotency-Key", "in": "header", "required": False,
+                     "description": "The same key (per API key) returns the same job for 24 h",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+                ],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
                 "responses": {
+                    "200": {"description": "A dry run's route, or the job an earlier request with the "
+                                           "same Idempotency-Key created",
+                            "content": {"application/json": {"schema": {"oneOf": [
+                                {"$ref": "#/components/schemas/DryRun"},
+                                {"$ref": "#/components/schemas/JobAccepted"}]}}}},
                     "202": _ok("JobAccepted", "Accepted: follow status_url"),
                     "400": _error("Invalid JSON or an invalid request; `fields` names each problem"),
                     **auth_errors,
+                    "409": _error("A request with this Idempotency-Key is still in progress"),
                     "413": _error("The body is over the size limit"),
                     "415": _error("The body is not application/json"),
-                    "503": _error("The lane the job needs is switched off"),
+                    "422": _error("This Idempotency-Key was used with another body"),
+                    "429": _error("The job's estimated cost is over today's budget (Retry-After: the reset)"),
+                    "503": _error("The lane the job needs is switched off, or generation is halted "
+                                  "(403 from Gemini)"),
                 },
+            }},
+            "/v1/jobs/{job_id}:retry": {"post": {
+                "operationId": "retryJob",
+                "summary": "Re-queue the job's dead-lettered items",
+                "parameters": [job_id],
+                "responses": {
+                    "202": _ok("RetryAccepted", "Re-queued"),
+                    **auth_errors,
+                    "404": _error("No such job"),
+                    "409": _error("Nothing to retry, or the job was cancelled"),
+                },
+            }},
+            "/v1/stats": {"get": {
+                "operationId": "getStats",
+                "summary": "Today's usage, spend, limits and the circuit breaker",
+                "responses": {"200": _ok("Stats", "Today's figures"), **auth_errors},
             }},
             "/v1/jobs/{job_id}": {
                 "get": {

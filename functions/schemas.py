@@ -102,6 +102,8 @@ class JobAccepted(BaseModel):
     status: Literal["queued"]
     item_count: int
     status_url: str = Field(description="Relative URL of the job's status")
+    route_reason: str | None = Field(description="Why the job took its lane")
+    estimated_cost_usd: float | None = Field(description="Item count x the lane's price per image")
 
 
 class ItemStatus(BaseModel):
@@ -149,6 +151,57 @@ class JobStatusResponse(BaseModel):
     items: list[ItemStatus]
     next_page_token: str | None
     batches: list[BatchStatus]
+    round: int = Field(description="1, plus one per :retry that re-opened the finished job")
+    route_reason: str | None
+    estimated_cost_usd: float | None
+    actual_cost_usd: float = Field(description="Succeeded items x the price of the lane each ran in")
+
+
+class DryRun(BaseModel):
+    dry_run: Literal[True]
+    lane: Literal["interactive", "batch"]
+    item_count: int
+    estimated_cost_usd: float
+    reason: str
+    breaker: Literal["closed", "open", "half_open", "halted"]
+
+
+class RetryAccepted(BaseModel):
+    job_id: str
+    round: int
+    status: Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
+    requeued: int
+    requeued_interactive: int
+    requeued_batch: int
+
+
+class BreakerTransition(BaseModel):
+    at: float
+    from_: str = Field(alias="from")
+    to: str
+    reason: str
+
+
+class BreakerStatus(BaseModel):
+    state: Literal["closed", "open", "half_open", "halted"]
+    consecutive_failures: int
+    reason: str | None
+    opened_at: float | None
+    retry_at: float | None
+    transitions: list[BreakerTransition]
+
+
+class Stats(BaseModel):
+    day: str = Field(description="The quota day (it resets at midnight Pacific)")
+    resets_at: float
+    counters: dict[str, float | int | dict[str, int]] = Field(
+        description="requests, images, succeeded, failed, dead_lettered, quota_errors, "
+        "quota_errors_by_id, spend_usd, reserved_usd, released_usd, diverted, ... (absent = 0)")
+    limits: dict[str, float | int | None]
+    prices: dict[str, float]
+    budget: dict[str, float | None]
+    breaker: BreakerStatus
+    pending_batch_pool: int | None
 
 
 class FieldProblem(BaseModel):

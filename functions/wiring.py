@@ -104,6 +104,7 @@ def batch_lane():
         max_attempts=s.batch_max_attempts,
         checkpoint_lines=s.batch_checkpoint_lines,
         upload_concurrency=s.batch_upload_concurrency,
+        accounting=accounting(),
         image_size_for=usecases.image_size_for,
         compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(
@@ -134,3 +135,66 @@ def rate_limiter() -> SlotRateLimiter:
         clock(),
         lease_ttl=s.lease_seconds,
     )
+
+
+@functools.cache
+def breaker():
+    from adapters.firestore_store import FirestoreBreakerStore
+    from core.breaker import CircuitBreaker
+
+    s = settings()
+    breaker_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.gemini_model)
+    return CircuitBreaker(
+        FirestoreBreakerStore(firestore_client(), breaker_id),
+        clock(),
+        threshold=s.breaker_threshold,
+        cooldown_seconds=s.breaker_cooldown_seconds,
+        halt_seconds=s.breaker_halt_seconds,
+        probe_seconds=s.lease_seconds,
+    )
+
+
+@functools.cache
+def accounting():
+    from adapters.firestore_store import FirestoreCounterStore
+    from core.accounting import Accounting, DailyLimits, Prices
+
+    s = settings()
+    return Accounting(
+        store=FirestoreCounterStore(firestore_client(), shards=s.usage_counter_shards),
+        clock=clock(),
+        prices=Prices(s.price_interactive_image_usd, s.price_batch_image_usd),
+        limits=DailyLimits(s.daily_request_quota, s.daily_image_quota, s.daily_budget_usd),
+    )
+
+
+@functools.cache
+def pool_store():
+    """The pending-batch pool, or None when the batch lane is off (nothing could flush it)."""
+    from adapters.firestore_store import FirestorePoolStore
+
+    if not settings().batch_lane_enabled:
+        return None
+    return FirestorePoolStore(firestore_client(), job_store())
+
+
+@functools.cache
+def idempotency_store():
+    from adapters.firestore_store import FirestoreIdempotencyStore
+
+    return FirestoreIdempotencyStore(firestore_client())
+
+
+@functools.cache
+def dead_letters():
+    """The dead-letter subscription the poller drains, or None when none is configured."""
+    from google.cloud import pubsub_v1
+
+    from adapters.pubsub_queue import PubSubDeadLetters
+
+    s = settings()
+    if not s.dead_letter_subscription:
+        return None
+    subscriber = pubsub_v1.SubscriberClient()
+    return PubSubDeadLetters(subscriber, subscriber.subscription_path(s.google_cloud_project,
+                                                                      s.dead_letter_subscription))

@@ -114,6 +114,33 @@ class InMemoryJobStore:
             elif current is JobStatus.CANCELLED and manifest_uri and not d.get("manifest_uri"):
                 d.update(updated_at=now, finished_at=now, manifest_uri=manifest_uri)
 
+    def reopen_job(self, job_id: str, now: float) -> Job:
+        with self.lock:
+            d = self.jobs[job_id]
+            status = JobStatus(d["status"])
+            if status in TERMINAL_JOB_STATUSES and status is not JobStatus.CANCELLED:
+                d.update(status=JobStatus.RUNNING.value, round=d.get("round", 1) + 1, finished_at=None,
+                         manifest_uri=None, updated_at=now)
+        return self.get_job(job_id)
+
+    def mark_unpublished(self, job_id: str, now: float) -> None:
+        self.jobs[job_id].update(published=False, updated_at=now)
+
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
+        with self.lock:
+            d = self.items.get(job_id, {}).get(key)
+            if d is None or d["state"] != expected.value:
+                return False
+            d.update(copy.deepcopy(updates))
+            return True
+
+    def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.items.get(job_id, {}).values():
+            if d["state"] == ItemState.SUCCEEDED.value and d.get("lane"):
+                out[d["lane"]] = out.get(d["lane"], 0) + 1
+        return out
+
     def cancel_job(self, job_id: str, now: float) -> bool:
         with self.lock:
             d = self.jobs.get(job_id)
@@ -391,3 +418,92 @@ def png_response(text: str, size: tuple[int, int] = (4, 3)) -> dict:
         ], "role": "model"}, "finishReason": "STOP", "index": 0}],
         "usageMetadata": {"candidatesTokenCount": 1290}, "modelVersion": "fake-image-model",
     }}
+
+
+class InMemoryBreakerStore:
+    def __init__(self) -> None:
+        self.doc: dict | None = None
+        self.writes = 0
+        self.lock = threading.Lock()
+
+    def read(self) -> dict | None:
+        return copy.deepcopy(self.doc)
+
+    def compare_and_set(self, decide) -> bool:
+        with self.lock:
+            update = decide(copy.deepcopy(self.doc))
+            if update is None:
+                return False
+            self.doc = {**(self.doc or {}), **copy.deepcopy(update)}
+            self.writes += 1
+            return True
+
+
+class InMemoryCounterStore:
+    def __init__(self) -> None:
+        self.days: dict[str, dict] = {}
+        self.adds = 0
+        self.lock = threading.Lock()
+
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None) -> None:
+        with self.lock:
+            self.adds += 1
+            totals = self.days.setdefault(day, {"quota_errors_by_id": {}})
+            for name, value in deltas.items():
+                totals[name] = totals.get(name, 0) + value
+            for qid, n in (by_quota_id or {}).items():
+                totals["quota_errors_by_id"][qid] = totals["quota_errors_by_id"].get(qid, 0) + n
+
+    def read(self, day: str) -> dict:
+        return copy.deepcopy(self.days.get(day, {"quota_errors_by_id": {}}))
+
+
+class InMemoryPoolStore:
+    def __init__(self, jobs: InMemoryJobStore) -> None:
+        self.jobs = jobs
+        self.entries: dict[tuple[str, str], float] = {}
+
+    def add(self, entry) -> None:
+        self.entries.setdefault((entry.job_id, entry.key), entry.pooled_at)
+
+    def oldest(self, limit: int) -> list:
+        from core.pool import PoolEntry
+
+        ordered = sorted(self.entries.items(), key=lambda kv: kv[1])[:limit]
+        return [PoolEntry(job_id, key, at) for (job_id, key), at in ordered]
+
+    def count(self) -> int:
+        return len(self.entries)
+
+    def remove(self, entries) -> None:
+        for e in entries:
+            self.entries.pop((e.job_id, e.key), None)
+
+    def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
+        with self.jobs.lock:
+            d = self.jobs.items.get(job_id, {}).get(key)
+            if d is None or d["state"] != ItemState.QUEUED.value or d.get("pooled_at") is None or d.get("batch_intent"):
+                return False
+            d["batch_intent"] = intent_id
+            return True
+
+
+class InMemoryIdempotencyStore:
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def begin(self, key_id: str, record: dict) -> tuple[dict, bool]:
+        with self.lock:
+            if key_id in self.records:
+                return copy.deepcopy(self.records[key_id]), False
+            self.records[key_id] = copy.deepcopy(record)
+            return record, True
+
+    def take_over(self, key_id: str, started_at: float, now: float) -> bool:
+        with self.lock:
+            d = self.records.get(key_id)
+            if d is None or d.get("started_at") != started_at:
+                return False
+            d["started_at"] = now
+            return True

@@ -8,6 +8,10 @@ Layout:
   ratelimit/{limiter_id}              blocked_until, written only when a 429 pushes everyone back
   ratelimit/{limiter_id}/slots/{n}    one create-only document per send slot (TTL on expire_at)
   ratelimit/{limiter_id}/leases/{i}   the concurrency leases
+  breakers/{breaker_id}               the circuit breaker (written on transitions and 429s only)
+  usage/{day}/shards/{n}              daily counters, sharded: increments spread over n documents
+  pool/{job_id}~{key}                 the pending-batch pool's index of diverted items
+  idempotency/{key_id}                Idempotency-Key records (TTL on expires_at)
 """
 from __future__ import annotations
 
@@ -140,6 +144,38 @@ class FirestoreJobStore:
             return None
 
         compare_and_set(self.db, self.jobs.document(job_id), decide)
+
+    def reopen_job(self, job_id: str, now: float) -> Job:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or JobStatus(data["status"]) not in TERMINAL_JOB_STATUSES:
+                return None
+            if JobStatus(data["status"]) is JobStatus.CANCELLED:
+                return None
+            return {"status": JobStatus.RUNNING.value, "round": data.get("round", 1) + 1, "finished_at": None,
+                    "manifest_uri": None, "updated_at": now}
+
+        compare_and_set(self.db, self.jobs.document(job_id), decide)
+        return self.get_job(job_id)
+
+    def mark_unpublished(self, job_id: str, now: float) -> None:
+        self.jobs.document(job_id).update({"published": False, "updated_at": now})
+
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            return updates if data is not None and data.get("state") == expected.value else None
+
+        return compare_and_set(self.db, self._items(job_id).document(key), decide)
+
+    def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]:
+        # Two equality filters: Firestore merges the single-field indexes, no composite needed.
+        out = {}
+        for lane in ("interactive", "batch"):
+            query = (self._items(job_id).where(filter=FieldFilter("state", "==", ItemState.SUCCEEDED.value))
+                     .where(filter=FieldFilter("lane", "==", lane)))
+            n = int(query.count().get()[0][0].value)
+            if n:
+                out[lane] = n
+        return out
 
     def cancel_job(self, job_id: str, now: float) -> bool:
         def decide(data: dict | None) -> dict | None:
@@ -318,6 +354,115 @@ class FirestoreSlotStore:
             return {"owner": None, "expires_at": 0} if data and data.get("owner") == owner else None
 
         compare_and_set(self.db, self.leases.document(lease_id), decide)
+
+
+class FirestoreBreakerStore:
+    """The circuit breaker's one document."""
+
+    def __init__(self, client: firestore.Client, breaker_id: str, collection: str = "breakers") -> None:
+        self.db = client
+        self.ref = client.collection(collection).document(breaker_id)
+
+    def read(self) -> dict | None:
+        snap = self.ref.get()
+        return snap.to_dict() if snap.exists else None
+
+    def compare_and_set(self, decide: Callable[[dict | None], dict | None]) -> bool:
+        return compare_and_set(self.db, self.ref, decide)
+
+
+class FirestoreCounterStore:
+    """Daily counters as sharded documents: every add() increments one random shard with
+    server-side increments (no read), so with n shards each document sees 1/n of the writes."""
+
+    def __init__(self, client: firestore.Client, shards: int = 16, collection: str = "usage") -> None:
+        self.db = client
+        self.shards = shards
+        self.days = client.collection(collection)
+
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None) -> None:
+        update: dict = {name: firestore.Increment(value) for name, value in deltas.items()}
+        if by_quota_id:
+            update["quota_errors_by_id"] = {qid: firestore.Increment(n) for qid, n in by_quota_id.items()}
+        shard = self.days.document(day).collection("shards").document(str(random.randrange(self.shards)))
+        shard.set(update, merge=True)
+
+    def read(self, day: str) -> dict:
+        totals: dict = {"quota_errors_by_id": {}}
+        for snap in self.days.document(day).collection("shards").stream():
+            for name, value in (snap.to_dict() or {}).items():
+                if name == "quota_errors_by_id":
+                    for qid, n in (value or {}).items():
+                        totals[name][qid] = totals[name].get(qid, 0) + n
+                elif isinstance(value, (int, float)):
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+
+class FirestorePoolStore:
+    """The pending-batch pool's entries; the items themselves live under their jobs."""
+
+    def __init__(self, client: firestore.Client, jobs: FirestoreJobStore, collection: str = "pool") -> None:
+        self.db = client
+        self.jobs = jobs
+        self.entries = client.collection(collection)
+
+    def add(self, entry) -> None:
+        try:
+            self.entries.document(f"{entry.job_id}~{entry.key}").create(
+                {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at})
+        except gexc.Conflict:
+            pass
+
+    def oldest(self, limit: int) -> list:
+        from core.pool import PoolEntry
+
+        query = self.entries.order_by("pooled_at").limit(limit)
+        return [PoolEntry(d["job_id"], d["key"], d["pooled_at"]) for d in (s.to_dict() for s in query.stream())]
+
+    def count(self) -> int:
+        return int(self.entries.count().get()[0][0].value)
+
+    def remove(self, entries) -> None:
+        refs = [self.entries.document(f"{e.job_id}~{e.key}") for e in entries]
+        for start in range(0, len(refs), _BATCH_LIMIT):
+            batch = self.db.batch()
+            for ref in refs[start : start + _BATCH_LIMIT]:
+                batch.delete(ref)
+            batch.commit()
+
+    def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            if (data is None or data.get("state") != ItemState.QUEUED.value or data.get("pooled_at") is None
+                    or data.get("batch_intent")):
+                return None
+            return {"batch_intent": intent_id}
+
+        return compare_and_set(self.db, self.jobs._items(job_id).document(key), decide)
+
+
+class FirestoreIdempotencyStore:
+    def __init__(self, client: firestore.Client, collection: str = "idempotency") -> None:
+        self.db = client
+        self.records = client.collection(collection)
+
+    def begin(self, key_id: str, record: dict) -> tuple[dict, bool]:
+        ref = self.records.document(key_id)
+        try:
+            # expire_at as a timestamp: the TTL policy in Terraform deletes records after a day.
+            ref.create({**record, "expire_at": _ts(record["expires_at"])})
+            return record, True
+        except gexc.Conflict:
+            snap = ref.get()
+            return (snap.to_dict() or {}), False
+
+    def take_over(self, key_id: str, started_at: float, now: float) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or data.get("started_at") != started_at:
+                return None
+            return {"started_at": now}
+
+        return compare_and_set(self.db, self.records.document(key_id), decide)
 
 
 def compare_and_set(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 
@@ -25,6 +26,28 @@ class PubSubWorkQueue:
         # Wait for every publish: a job answered 202 must have all of its messages accepted.
         for future in futures:
             future.result(timeout=60)
+
+
+class PubSubDeadLetters:
+    """Work messages Pub/Sub gave up on, pulled from the dead-letter topic's subscription."""
+
+    def __init__(self, subscriber: pubsub_v1.SubscriberClient, subscription_path: str) -> None:
+        self.subscriber = subscriber
+        self.subscription_path = subscription_path
+
+    def pull(self, max_messages: int) -> list[tuple[str, bytes, dict[str, str]]]:
+        """(ack_id, data, attributes) of up to max_messages; [] when none are waiting."""
+        try:
+            response = self.subscriber.pull(
+                request={"subscription": self.subscription_path, "max_messages": max_messages}, timeout=10
+            )
+        except gexc.DeadlineExceeded:  # nothing arrived while the pull waited
+            return []
+        return [(m.ack_id, m.message.data, dict(m.message.attributes)) for m in response.received_messages]
+
+    def ack(self, ack_ids: list[str]) -> None:
+        if ack_ids:
+            self.subscriber.acknowledge(request={"subscription": self.subscription_path, "ack_ids": ack_ids})
 
 
 def decode_work_message(data: bytes) -> tuple[str, str]:

@@ -87,6 +87,7 @@ class BatchLane:
         image_size_for: Callable[[str, str], str | None],
         compose_prompt: Callable[[Item], str],
         finalize_job: Callable[[str], object],
+        accounting=None,
     ) -> None:
         self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
         self.lease_seconds = lease_seconds
@@ -96,6 +97,7 @@ class BatchLane:
         self.image_size_for = image_size_for
         self.compose_prompt = compose_prompt
         self.finalize_job = finalize_job
+        self.accounting = accounting  # core.accounting.Accounting, or None: usage is not counted
 
     # --- submission ------------------------------------------------------------------------
 
@@ -257,6 +259,8 @@ class BatchLane:
             fields = {"lines_done": progress["lines"], "updated_at": self.clock.now()}
             if not self.store.checkpoint(intent.intent_id, owner, fields, dict(pending)):
                 raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
+            # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
+            self._count(intent, [u.get("state") for u in pending.values()])
             pending.clear()
 
         def upload(result) -> dict:
@@ -349,10 +353,34 @@ class BatchLane:
                 updates[it.key] = {"state": ItemState.DEAD_LETTERED.value, "updated_at": now,
                                    "error": f"gave up after {intent.attempt} batch attempts: {it.error or reason}",
                                    "lane": "batch", "attempts": intent.attempt}
-        self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates)
+        if self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates):
+            self._count(intent, [u["state"] for u in updates.values()])
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _count(self, intent: BatchIntent, states: list[str | None]) -> None:
+        """Add a checkpoint's outcomes to the day's usage counters (never fails the ingest)."""
+        if self.accounting is None:
+            return
+        from core import accounting as acct
+
+        deltas: dict[str, float] = {}
+        for state in states:
+            if state == ItemState.SUCCEEDED.value:
+                part = self.accounting.image_produced("batch")
+            elif state == ItemState.FAILED.value:
+                part = self.accounting.item_unsuccessful("batch", acct.FAILED)
+            elif state == ItemState.DEAD_LETTERED.value:
+                part = self.accounting.item_unsuccessful("batch", acct.DEAD_LETTERED)
+            else:
+                continue
+            for name, value in part.items():
+                deltas[name] = deltas.get(name, 0) + value
+        try:
+            self.accounting.add(deltas, job_id=intent.job_id, lane="batch")
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not update the usage counters: %s", e)
 
     def _unfinished(self, intent: BatchIntent) -> list[Item]:
         return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]

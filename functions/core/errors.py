@@ -18,6 +18,25 @@ class Conflict(DomainError):
     pass
 
 
+class BudgetExceeded(DomainError):
+    """A job's estimated cost is over what is left of today's budget."""
+
+    def __init__(self, cost: float, left: float, lane) -> None:
+        super().__init__(
+            f"the job's estimated cost ${cost:.4f} ({getattr(lane, 'value', lane)} lane) is over "
+            f"today's budget left, ${left:.4f}"
+        )
+        self.cost, self.left = cost, left
+
+
+class IdempotencyMismatch(DomainError):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+class InProgress(DomainError):
+    """A request with the same Idempotency-Key is still being handled."""
+
+
 # --- outcomes of a generation attempt -------------------------------------------------
 
 

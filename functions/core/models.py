@@ -78,6 +78,9 @@ class Job:
     published: bool = False
     finished_at: float | None = None
     manifest_uri: str | None = None
+    estimated_cost_usd: float | None = None
+    route_reason: str | None = None
+    round: int = 1  # 1 + the times POST :retry re-opened the job
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,9 @@ class Job:
             "published": self.published,
             "finished_at": self.finished_at,
             "manifest_uri": self.manifest_uri,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "route_reason": self.route_reason,
+            "round": self.round,
         }
 
     @classmethod
@@ -106,6 +112,9 @@ class Job:
             published=d.get("published", False),
             finished_at=d.get("finished_at"),
             manifest_uri=d.get("manifest_uri"),
+            estimated_cost_usd=d.get("estimated_cost_usd"),
+            route_reason=d.get("route_reason"),
+            round=d.get("round", 1),
         )
 
 
@@ -133,6 +142,7 @@ class Item:
     height: int | None = None
     lane: str | None = None
     batch_intent: str | None = None
+    pooled_at: float | None = None  # set when the breaker diverted it to the batch lane
     updated_at: float = 0.0
 
     @property

@@ -53,6 +53,17 @@ class JobStore(Protocol):
 
     def set_job_running(self, job_id: str, now: float) -> None: ...
 
+    def reopen_job(self, job_id: str, now: float) -> Job:
+        """For :retry: a finished (not cancelled) job goes back to running in a new round,
+        with no manifest; a queued or running one is left as it is. Returns the job after."""
+
+    def mark_unpublished(self, job_id: str, now: float) -> None: ...
+
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
+        """Apply updates only if the item is still in state `expected`."""
+
+    def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]: ...
+
 
 class WorkQueue(Protocol):
     def publish_items(self, job_id: str, keys: Iterable[str]) -> None:
@@ -133,3 +144,13 @@ class BatchApi(Protocol):
         """Stream a generated file's bytes into sink.write(chunk); errors from sink propagate."""
 
     def delete_file(self, name: str) -> None: ...
+
+
+class IdempotencyStore(Protocol):
+    """Idempotency-Key records: which job a key made, and a hash of the body it came with."""
+
+    def begin(self, key_id: str, record: dict) -> tuple[dict, bool]:
+        """Create the record if absent. Returns (the stored record, True if this call created it)."""
+
+    def take_over(self, key_id: str, started_at: float, now: float) -> bool:
+        """Restart an abandoned record: True for exactly one caller that saw started_at."""

@@ -1,23 +1,57 @@
-"""Which lane a job takes: by the client's wish, its size, and what is deployed."""
+"""Which lane a job takes: the client's wish, its size, live quota headroom, the breaker and
+the daily budget."""
 from __future__ import annotations
 
-from core.errors import LaneUnavailable
+from dataclasses import dataclass
+
+from core.accounting import Prices
+from core.errors import BudgetExceeded, LaneUnavailable
 from core.models import Lane
 
 
+@dataclass(frozen=True)
+class Route:
+    lane: Lane
+    reason: str
+    estimated_cost_usd: float
+
+
 def choose_lane(
-    item_count: int, requested: str, *, threshold: int, batch_available: bool
-) -> Lane:
-    """`auto` sends jobs below `threshold` items to the interactive lane, the rest to batch."""
+    item_count: int,
+    requested: str,
+    *,
+    threshold: int,
+    batch_available: bool,
+    quota_exhausted: bool = False,
+    requests_left: int | None = None,
+    budget_left: float | None = None,
+    prices: Prices = Prices(),
+) -> Route:
+    """`auto` sends a job to batch when it is big (>= threshold items), when the breaker says
+    quota is exhausted, or when today's requests left cannot cover it; otherwise interactive.
+    A job that would overrun the daily budget goes to batch (half the price) when that fits
+    and the client let us choose; otherwise it is refused."""
     if requested == Lane.INTERACTIVE.value:
-        lane = Lane.INTERACTIVE
+        lane, reason = Lane.INTERACTIVE, "lane=interactive was requested"
     elif requested == Lane.BATCH.value:
-        lane = Lane.BATCH
+        lane, reason = Lane.BATCH, "lane=batch was requested"
+    elif item_count >= threshold:
+        lane, reason = Lane.BATCH, f"{item_count} items: at or over the interactive threshold of {threshold}"
+    elif quota_exhausted and batch_available:
+        lane, reason = Lane.BATCH, "interactive quota is exhausted (circuit breaker open)"
+    elif requests_left is not None and requests_left < item_count and batch_available:
+        lane, reason = Lane.BATCH, f"only {max(requests_left, 0)} interactive requests left today"
     else:
-        lane = Lane.INTERACTIVE if item_count < threshold else Lane.BATCH
+        lane, reason = Lane.INTERACTIVE, f"{item_count} items: under the interactive threshold of {threshold}"
     if lane is Lane.BATCH and not batch_available:
         raise LaneUnavailable(
-            f"the batch lane is not deployed yet: submit fewer than {threshold} items "
-            "or use lane=interactive"
+            f"the batch lane is not deployed: submit fewer than {threshold} items or use lane=interactive"
         )
-    return lane
+    cost = prices.estimate(lane, item_count)
+    if budget_left is not None and cost > budget_left + 1e-9:
+        cheaper = prices.estimate(Lane.BATCH, item_count)
+        if requested == "auto" and lane is Lane.INTERACTIVE and batch_available and cheaper <= budget_left + 1e-9:
+            return Route(Lane.BATCH, f"the interactive cost (${cost:.4f}) is over today's budget left "
+                         f"(${budget_left:.4f}); batch costs half", cheaper)
+        raise BudgetExceeded(cost, max(budget_left, 0.0), lane)
+    return Route(lane, reason, cost)

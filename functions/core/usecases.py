@@ -7,15 +7,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core import accounting as acct
 from core import routing
+from core.accounting import Accounting, Prices
 from core.batches import BatchLane, plan_intents
+from core.breaker import CircuitBreaker, Decision
+from core.pool import PoolEntry, PoolStore, divert_updates
 from core.jsonl import png_facts
 from core.errors import (
     Conflict,
     ContentRefused,
+    IdempotencyMismatch,
+    InProgress,
     GenerationError,
     InvalidRequest,
+    LaneUnavailable,
     NotFound,
+    PermissionDenied,
     QuotaExceeded,
     RateLimited,
 )
@@ -29,7 +37,9 @@ from core.models import (
     JobStatus,
     Lane,
 )
-from core.ports import BatchStore, Clock, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
+from core.ports import (
+    BatchStore, Clock, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,33 @@ def new_job_id() -> str:
 
 
 # --- submit ------------------------------------------------------------------------------
+
+
+def plan_route(
+    spec: JobSpec,
+    *,
+    interactive_threshold: int,
+    batch_available: bool,
+    breaker: CircuitBreaker | None = None,
+    accounting: Accounting | None = None,
+) -> routing.Route:
+    """The lane a job would take now, and why, and what it would cost (also the dry run)."""
+    if breaker is not None and (halted := breaker.halted()) is not None:
+        raise LaneUnavailable(
+            f"image generation is halted: {halted.reason}; no lane is used (batch shares the "
+            f"project and its billing) until an operator fixes it or a probe succeeds"
+        )
+    totals = accounting.totals() if accounting is not None else None
+    return routing.choose_lane(
+        len(spec.items),
+        spec.requested_lane,
+        threshold=interactive_threshold,
+        batch_available=batch_available,
+        quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
+        requests_left=accounting.requests_left(totals) if accounting is not None else None,
+        budget_left=accounting.budget_left(totals) if accounting is not None else None,
+        prices=accounting.prices if accounting is not None else Prices(),
+    )
 
 
 def submit_job(
@@ -54,6 +91,8 @@ def submit_job(
     batch_submit_budget: float = 5.0,
     owner: str = "api",
     make_id: Callable[[], str] = new_job_id,
+    breaker: CircuitBreaker | None = None,
+    accounting: Accounting | None = None,
 ) -> Job:
     """Record the job and its items, then hand the items to their lane.
 
@@ -62,12 +101,9 @@ def submit_job(
     duplicates are harmless because the worker is idempotent.
     Batch: the job, its items and one intent per batch are written first; the batches are
     then created here, and whatever fails or crashes is created by the next poller tick."""
-    lane = routing.choose_lane(
-        len(spec.items),
-        spec.requested_lane,
-        threshold=interactive_threshold,
-        batch_available=batch is not None,
-    )
+    route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
+                       breaker=breaker, accounting=accounting)
+    lane = route.lane
     now = clock.now()
     job = Job(
         job_id=make_id(),
@@ -78,6 +114,8 @@ def submit_job(
         created_at=now,
         updated_at=now,
         published=lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
+        estimated_cost_usd=route.estimated_cost_usd,
+        route_reason=route.reason,
     )
     items = [
         Item(
@@ -93,6 +131,8 @@ def submit_job(
         )
         for i, s in enumerate(spec.items)
     ]
+    if accounting is not None:
+        _count(accounting, {acct.RESERVED_USD: route.estimated_cost_usd}, job_id=job.job_id, lane=lane.value)
     if lane is Lane.INTERACTIVE:
         store.create_job(job, items)
         queue.publish_items(job.job_id, [it.key for it in items])
@@ -114,6 +154,47 @@ def submit_job(
         except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
             log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
     return job
+
+
+def submit_once(
+    spec: JobSpec,
+    *,
+    key_id: str,
+    body_sha256: str,
+    idempotency: IdempotencyStore,
+    store: JobStore,
+    clock: Clock,
+    submit: Callable[[Callable[[], str]], Job],
+    ttl_seconds: float = 86_400.0,
+    takeover_seconds: float = 120.0,
+) -> tuple[Job, bool]:
+    """submit_job behind an Idempotency-Key: (job, replayed).
+
+    The record (key -> job id, body hash) is written create-only *before* the job, with the
+    job id chosen up front, so a retried request finds the job its first attempt made. The
+    same key with another body is refused; a first attempt still in flight answers "in
+    progress"; one abandoned for `takeover_seconds` (the submitter died) is finished by the
+    next attempt under the same job id."""
+    now = clock.now()
+    job_id = new_job_id()
+    record, created = idempotency.begin(key_id, {
+        "job_id": job_id, "body_sha256": body_sha256, "started_at": now, "expires_at": now + ttl_seconds,
+    })
+    if not created:
+        if record.get("body_sha256") != body_sha256:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was used with a different request body; use a new key for a new job"
+            )
+        job = store.get_job(record["job_id"])
+        if job is not None:
+            return job, True
+        if now - record.get("started_at", 0) < takeover_seconds or not idempotency.take_over(
+            key_id, record.get("started_at", 0), now
+        ):
+            raise InProgress("a request with this Idempotency-Key is still being processed; retry shortly")
+        job_id = record["job_id"]
+        log.warning("idempotency key record of job %s was abandoned; finishing the submission", job_id)
+    return submit(lambda: job_id), False
 
 
 def reconcile_unpublished(
@@ -148,7 +229,7 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 
 def get_job_status(
     job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
-    batches: BatchStore | None = None,
+    batches: BatchStore | None = None, prices: Prices | None = None,
 ) -> dict:
     job = store.get_job(job_id)
     if job is None:
@@ -170,8 +251,21 @@ def get_job_status(
         "counts": {state.value: counts.get(state, 0) for state in ItemState},
         "items": [it.public() for it in items],
         "next_page_token": next_token,
-        "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches and job.lane is Lane.BATCH else [],
+        # A job's items may reach batches without the job being a batch job (diverted, retried).
+        "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches else [],
+        "round": job.round,
+        "route_reason": job.route_reason,
+        "estimated_cost_usd": job.estimated_cost_usd,
+        "actual_cost_usd": _actual_cost(store, job_id, prices or Prices(), counts),
     }
+
+
+def _actual_cost(store: JobStore, job_id: str, prices: Prices, counts: dict[ItemState, int]) -> float:
+    """What the job's images cost so far: each succeeded item at the price of the lane it ran in."""
+    if not counts.get(ItemState.SUCCEEDED):
+        return 0.0
+    by_lane = store.count_succeeded_by_lane(job_id)
+    return round(sum(prices.estimate(lane, n) for lane, n in by_lane.items()), 6)
 
 
 def job_status_from_counts(counts: dict[ItemState, int]) -> JobStatus | None:
@@ -210,13 +304,15 @@ def finalize_job_if_done(
         return None
     manifest_uri = None
     if sink is not None:
-        manifest_uri = sink.put_manifest(manifest_name(job_id), build_manifest(_all_items(store, job_id))).uri
+        name = manifest_name(job_id, job.round if job is not None else 1)
+        manifest_uri = sink.put_manifest(name, build_manifest(_all_items(store, job_id))).uri
     store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
     return status
 
 
-def manifest_name(job_id: str) -> str:
-    return f"{job_id}/manifest.jsonl"
+def manifest_name(job_id: str, round: int = 1) -> str:
+    """Create-only, so a job re-opened by :retry writes its next manifest beside the first."""
+    return f"{job_id}/manifest.jsonl" if round <= 1 else f"{job_id}/manifest-r{round}.jsonl"
 
 
 def build_manifest(items: list[Item]) -> bytes:
@@ -248,6 +344,117 @@ def cancel_job(job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | 
                                       _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
     return get_job_status(job_id, store=store, page_size=1)
+
+
+# --- retry, dead letters, stats -----------------------------------------------------------
+
+
+def retry_job(
+    job_id: str,
+    *,
+    store: JobStore,
+    queue: WorkQueue,
+    pool: PoolStore,
+    clock: Clock,
+) -> dict:
+    """Re-queue the job's dead-lettered items (the retryable failures: refusals stay failed).
+
+    A finished job is re-opened for a new round (its next manifest gets a new name, and it
+    completes again). Interactive items are re-published with the job's `published` flag
+    cleared first, so a crash half-way is finished by the poller; batch items go through the
+    pending-batch pool, whose entries are written before the items change, for the same
+    reason. Two concurrent retries requeue each item once (compare-and-set on its state)."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if job.status is JobStatus.CANCELLED:
+        raise Conflict(f"job {job_id} was cancelled; submit a new job instead")
+    dead = [it for it in _all_items(store, job_id) if it.state is ItemState.DEAD_LETTERED]
+    if not dead:
+        raise Conflict(f"job {job_id} has no dead-lettered items to retry")
+    now = clock.now()
+    job = store.reopen_job(job_id, now)
+    interactive = [it for it in dead if it.lane != Lane.BATCH.value]
+    batch = [it for it in dead if it.lane == Lane.BATCH.value]
+    if interactive:
+        store.mark_unpublished(job_id, now)
+    for it in batch:
+        pool.add(PoolEntry(job_id, it.key, now))
+    requeued_interactive, requeued_batch = [], []
+    for it in dead:
+        updates = {"state": ItemState.QUEUED.value, "attempts": 0, "lease_owner": None, "lease_expires_at": None,
+                   "updated_at": now, "error": f"retried after: {it.error}" if it.error else None}
+        if it.lane == Lane.BATCH.value:
+            updates.update(pooled_at=now, batch_intent=None)
+        if store.requeue_item(job_id, it.key, ItemState.DEAD_LETTERED, updates):
+            (requeued_batch if it.lane == Lane.BATCH.value else requeued_interactive).append(it.key)
+    if interactive:
+        queue.publish_items(job_id, requeued_interactive)
+        store.mark_published(job_id, clock.now())
+    log.info("job %s round %d: requeued %d interactive and %d batch items", job_id, job.round,
+             len(requeued_interactive), len(requeued_batch), extra={"job_id": job_id})
+    return {"job_id": job_id, "round": job.round, "status": job.status.value,
+            "requeued": len(requeued_interactive) + len(requeued_batch),
+            "requeued_interactive": len(requeued_interactive), "requeued_batch": len(requeued_batch)}
+
+
+def dead_letter_item(
+    job_id: str, key: str, *, store: JobStore, clock: Clock, sink: ImageSink | None,
+    deliveries: int | None, owner: str, lease_seconds: float = 60.0,
+) -> bool:
+    """Pub/Sub gave up on an item's message: the item ends dead_lettered with its last error.
+
+    Returns False when the item is still leased by a live delivery (come back later); True
+    when the message can be acked (the item is terminal now, or was, or does not exist)."""
+    item = store.get_item(job_id, key)
+    if item is None or item.terminal or item.lane == Lane.BATCH.value:
+        return True  # nothing to do: finished, unknown, or the batch lane owns it now
+    if store.claim_item(job_id, key, owner, clock.now(), lease_seconds) is None:
+        current = store.get_item(job_id, key)
+        return current is None or current.terminal
+    tries = f" after {deliveries} deliveries" if deliveries else ""
+    last = f"; last error: {item.error}" if item.error else ""
+    store.finish_item(job_id, key, owner, _finished(
+        ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
+    log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
+                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value})
+    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+    return True
+
+
+def drain_dead_letters(
+    source, *, store: JobStore, clock: Clock, sink: ImageSink | None, owner: str,
+    decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100,
+) -> dict[str, int]:
+    """The dead-letter topic's consumer: each work message Pub/Sub gave up on ends its item
+    dead_lettered (with the last error), so no item waits `queued` forever. A message whose
+    item a live delivery still holds is left for the next tick."""
+    summary = {"settled": 0, "unreadable": 0, "deferred": 0}
+    acks = []
+    for ack_id, data, attributes in source.pull(max_messages):
+        try:
+            job_id, key = decode(data)
+        except ValueError as e:
+            log.error("dropping an unreadable dead letter: %s", e)
+            summary["unreadable"] += 1
+            acks.append(ack_id)
+            continue
+        deliveries = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
+        if dead_letter_item(job_id, key, store=store, clock=clock, sink=sink, owner=owner,
+                            deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None):
+            summary["settled"] += 1
+            acks.append(ack_id)
+        else:
+            summary["deferred"] += 1
+    source.ack(acks)
+    return summary
+
+
+def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None) -> dict:
+    body = accounting.summary()
+    body["breaker"] = breaker.view(fresh=True).public() if breaker is not None else {"state": "closed"}
+    body["pending_batch_pool"] = pool_size
+    return body
 
 
 # --- the worker --------------------------------------------------------------------------
@@ -296,12 +503,18 @@ def process_item(
     max_attempts: int,
     max_wait: float,
     lease_seconds: float,
+    breaker: CircuitBreaker | None = None,
+    pool: PoolStore | None = None,
+    accounting: Accounting | None = None,
 ) -> ItemOutcome:
     """Generate one image, at most once per success, under the shared rate limit.
 
     Pub/Sub delivers at least once, so every step tolerates a duplicate: a finished item is
     skipped, a running one is left to its lease holder, and the image goes to a
-    deterministic object name written only if absent."""
+    deterministic object name written only if absent.
+
+    With a breaker: while quota is exhausted the item is diverted to the pending-batch pool
+    (when a pool is given), and while the lane is halted (403) it is handed back untouched."""
     item = store.get_item(job_id, key)
     if item is None:
         return _ack("unknown", f"no item {job_id}/{key}")
@@ -309,9 +522,19 @@ def process_item(
         # The finisher may have died before finalizing the job: finishing it is idempotent.
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
         return _ack(item.state.value, "already finished")
+    if item.lane == Lane.BATCH.value:
+        # Diverted by the breaker (a duplicate delivery, or a crash before its pool entry).
+        if item.pooled_at is not None and not item.batch_intent and pool is not None:
+            pool.add(PoolEntry(job_id, key, item.pooled_at))
+        return _ack(item.state.value, "in the batch lane")
     job = store.get_job(job_id)
     if job is None:
         return _ack("unknown", f"no job {job_id}")
+    context = {"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value}
+
+    def count(deltas: dict, quota_id: str | None = None) -> None:
+        if accounting is not None:
+            _count(accounting, deltas, quota_id=quota_id, **context)
 
     def end(state: ItemState, reason: str = "", **fields) -> ItemOutcome:
         """Give the item its terminal state (we hold its lease), finish the job if it was the
@@ -319,6 +542,23 @@ def process_item(
         store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields))
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
         return _ack(state.value, reason)
+
+    def divert(why: str) -> ItemOutcome:
+        now = clock.now()
+        store.finish_item(job_id, key, owner, divert_updates(now))
+        pool.add(PoolEntry(job_id, key, now))
+        count(accounting.diverted() if accounting else {})
+        log.info("item %s/%s diverted to the batch lane: %s", job_id, key, why, extra=context)
+        return _ack(ItemState.QUEUED.value, f"diverted to the batch lane: {why}")
+
+    def blocked(decision: Decision) -> ItemOutcome | None:
+        """Divert or hand back when the breaker says so; None to go on sending."""
+        if decision is Decision.SEND:
+            return None
+        if decision is Decision.DIVERT and pool is not None:
+            return divert(breaker.view().reason or "quota exhausted")
+        _requeue(store, item, owner, clock.now(), error=None)
+        return _retry(f"interactive lane {breaker.view().state.value}: {breaker.view().reason}")
 
     started = clock.now()
     if job.status in TERMINAL_JOB_STATUSES:  # cancelled while the message was in flight
@@ -337,7 +577,10 @@ def process_item(
         store.set_job_running(job_id, started)
 
     deadline = started + max_wait
+    dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED) if accounting else {}
     while True:
+        if breaker is not None and (outcome := blocked(breaker.before_send(owner))) is not None:
+            return outcome
         try:
             limiter.acquire(owner, max(0.0, deadline - clock.now()))
         except RateLimited as e:
@@ -351,26 +594,40 @@ def process_item(
             delay = e.retry_delay if e.retry_delay is not None else 1.0
             limiter.push_back(clock.now() + delay)
             item.quota_retries += 1
-            log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay)
-            if clock.now() + delay < deadline:
+            count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)
+            log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay,
+                        extra={**context, "quota_id": e.quota_id, "per_day": e.per_day})
+            if breaker is not None:
+                breaker.on_quota_failure(owner, e.quota_id, e.per_day)
+                if (outcome := blocked(breaker.before_send(owner))) is not None:
+                    return outcome
+            if clock.now() + delay < deadline and not e.per_day:
                 continue  # short delay: wait here rather than round-trip through Pub/Sub
             _requeue(store, item, owner, clock.now(), error=e.reason)
             return _retry(f"quota exceeded: {e.quota_id}")
         except (ContentRefused, InvalidRequest) as e:
+            if breaker is not None:
+                breaker.on_success(owner)  # the quota let the request through
+            count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED) if accounting else {})})
             return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
                        quota_retries=item.quota_retries)
-        except GenerationError as e:  # retryable: transient or permission
-            attempts = item.attempts + 1
-            if attempts >= max_attempts:
-                return end(ItemState.DEAD_LETTERED, e.reason, error=f"gave up after {attempts} attempts: {e.reason}",
-                           attempts=attempts, quota_retries=item.quota_retries)
-            item.attempts = attempts
-            _requeue(store, item, owner, clock.now(), error=e.reason)
-            return _retry(e.reason)
+        except PermissionDenied as e:
+            count({acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
+            if breaker is not None:
+                # Not the item's fault and not fixed by another lane: halt, hand back, alert.
+                breaker.on_permission_denied(owner, e.reason)
+                _requeue(store, item, owner, clock.now(), error=e.reason)
+                return _retry(f"interactive lane halted: {e.reason}")
+            return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+        except GenerationError as e:  # retryable: transient
+            count({acct.REQUESTS: 1, acct.TRANSIENT_ERRORS: 1})
+            return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
         finally:
             limiter.release(owner)
         break
 
+    if breaker is not None:
+        breaker.on_success(owner)
     stored = sink.put_png(
         object_name(job_id, key),
         image.data,
@@ -383,12 +640,34 @@ def process_item(
         },
     )
     if not stored.created:
-        log.info("object for %s/%s already existed; keeping it", job_id, key)
+        log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
+    count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE) if accounting else {})})
     return end(
         ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
         gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
         error=None, **png_facts(image.data),
     )
+
+
+def _attempt_failed(store, item: Item, owner: str, clock: Clock, e: GenerationError, max_attempts: int,
+                    end, count, dead_deltas: dict) -> ItemOutcome:
+    """A retryable failure counts as an attempt: hand back, or dead-letter at the limit."""
+    attempts = item.attempts + 1
+    if attempts >= max_attempts:
+        count(dead_deltas)
+        return end(ItemState.DEAD_LETTERED, e.reason, error=f"gave up after {attempts} attempts: {e.reason}",
+                   attempts=attempts, quota_retries=item.quota_retries)
+    item.attempts = attempts
+    _requeue(store, item, owner, clock.now(), error=e.reason)
+    return _retry(e.reason)
+
+
+def _count(accounting: Accounting, deltas: dict, quota_id: str | None = None, **context) -> None:
+    """Usage counters are bookkeeping: a failure to count is logged, never fails the work."""
+    try:
+        accounting.add(deltas, quota_id=quota_id, **context)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not update the usage counters: %s", e, extra=context)
 
 
 def _finished(state: ItemState, now: float, **fields) -> dict:

@@ -464,6 +464,15 @@ class Stack:
         return f"projects/{self.project}/subscriptions/{self.work_topic}-push"
 
     @property
+    def dead_letter_topic_path(self) -> str:
+        return f"{self.topic_path}-dead"
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        """The pull subscription on the dead-letter topic that the poller drains."""
+        return f"{self.work_topic}-push-dead"
+
+    @property
     def push_endpoint(self) -> str:
         # The topic in the path makes functions-framework set the CloudEvent source to
         # //pubsub.googleapis.com/projects/P/topics/T, as Eventarc's does.
@@ -498,6 +507,7 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         if name == "api" and self.api_key:
             env["API_KEYS"] = self.api_key
+        env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription
         if name == "worker" and self.worker_threads:
             env["THREADS"] = str(self.worker_threads)  # read by functions-framework's gunicorn
         env.update(self.extra_function_env)
@@ -536,6 +546,7 @@ class Stack:
             self._start_and_wait([self._emulator(n) for n in EMULATORS if n != "gemini" or self.gemini])
             self._create_bucket()
             self._create_topic(self.topic_path)
+            self._create_dead_letter_topic()
             if self.functions:
                 self._start_and_wait([self._function(n) for n in FUNCTION_TARGETS])
                 # After the worker is up, so the first pushes don't fail.
@@ -705,6 +716,13 @@ class Stack:
     def _create_topic(self, topic_path: str) -> None:
         self._rest("PUT", f"{self.url('pubsub')}/v1/{topic_path}", {}, ok=(200, 409))
 
+    def _create_dead_letter_topic(self) -> None:
+        # Where Pub/Sub puts work messages it gave up on, and the pull subscription the
+        # poller drains (as in infra/terraform/pubsub.tf).
+        self._create_topic(self.dead_letter_topic_path)
+        self._rest("PUT", f"{self.url('pubsub')}/v1/projects/{self.project}/subscriptions/"
+                   f"{self.dead_letter_subscription}", {"topic": self.dead_letter_topic_path}, ok=(200, 409))
+
     def _create_push_subscription(self) -> None:
         body: dict = {
             "topic": self.topic_path,
@@ -714,12 +732,7 @@ class Stack:
                             "maximumBackoff": f"{self.retry_max_backoff}s"},
         }
         if self.dead_letter_max_attempts:
-            dead_topic = f"{self.topic_path}-dead"
-            self._create_topic(dead_topic)
-            # A pull subscription keeps dead letters around to be looked at.
-            self._rest("PUT", f"{self.url('pubsub')}/v1/{self.push_subscription_path}-dead",
-                       {"topic": dead_topic}, ok=(200, 409))
-            body["deadLetterPolicy"] = {"deadLetterTopic": dead_topic,
+            body["deadLetterPolicy"] = {"deadLetterTopic": self.dead_letter_topic_path,
                                         "maxDeliveryAttempts": self.dead_letter_max_attempts}
         self._rest("PUT", f"{self.url('pubsub')}/v1/{self.push_subscription_path}", body, ok=(200, 409))
 

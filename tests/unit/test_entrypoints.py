@@ -10,7 +10,8 @@ import wiring
 from core.errors import TransientError
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    FakeBatchApi, ScriptedImageGenerator,
+    FakeBatchApi, ScriptedImageGenerator, InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
+    InMemoryIdempotencyStore,
 )
 
 SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
@@ -49,6 +50,19 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "image_generator", lambda: f.generator)
     monkeypatch.setattr(wiring, "rate_limiter", lambda: NoLimiter())
     monkeypatch.setattr(wiring, "clock", lambda: f.clock)
+    from core.accounting import Accounting, DailyLimits, Prices
+    from core.breaker import CircuitBreaker
+
+    f.breaker = CircuitBreaker(InMemoryBreakerStore(), f.clock, threshold=3, cooldown_seconds=60)
+    f.counters = InMemoryCounterStore()
+    f.accounting = Accounting(store=f.counters, clock=f.clock, prices=Prices(), limits=DailyLimits())
+    f.pool = InMemoryPoolStore(f.store)
+    f.idempotency = InMemoryIdempotencyStore()
+    monkeypatch.setattr(wiring, "breaker", lambda: f.breaker)
+    monkeypatch.setattr(wiring, "accounting", lambda: f.accounting)
+    monkeypatch.setattr(wiring, "pool_store", lambda: f.pool)
+    monkeypatch.setattr(wiring, "idempotency_store", lambda: f.idempotency)
+    monkeypatch.setattr(wiring, "dead_letters", lambda: None)
     yield f
     wiring.get_settings.cache_clear()
 
@@ -212,3 +226,61 @@ def test_api_keys_are_required_when_configured(api, monkeypatch, caplog):
     assert api.delete("/v1/jobs/x").status_code == 401
     assert api.get("/healthz").status_code == 200 and api.get("/v1/openapi.json").status_code == 200
     assert "k-one" not in caplog.text and "k-two" not in caplog.text
+
+
+# --- issue 4: dry run, Idempotency-Key, budget, halt, stats, :retry ----------------------------
+
+
+def test_dry_run_answers_the_route_and_cost_and_writes_nothing(api, fakes):
+    r = api.post("/v1/jobs?dry_run=true", data=json.dumps({"requests": [{"prompt": "a"}] * 3}),
+                 content_type="application/json")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body == {"dry_run": True, "lane": "interactive", "item_count": 3, "estimated_cost_usd": 0.117,
+                    "reason": "3 items: under the interactive threshold of 10", "breaker": "closed"}
+    assert fakes.store.jobs == {} and fakes.queue.messages == []
+
+
+def test_the_same_idempotency_key_answers_the_same_job_with_200(api, fakes):
+    body = {"requests": [{"prompt": "a red fox"}]}
+    first = post_job(api, body, headers={"Idempotency-Key": "order-42"})
+    again = post_job(api, body, headers={"Idempotency-Key": "order-42"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["job_id"] == first.get_json()["job_id"]
+    assert again.headers["Idempotent-Replayed"] == "true" and len(fakes.store.jobs) == 1
+    other = post_job(api, {"requests": [{"prompt": "a blue whale"}]}, headers={"Idempotency-Key": "order-42"})
+    assert other.status_code == 422
+    assert other.get_json()["error"]["fields"] == [{"field": "Idempotency-Key", "problem": "already used with another body"}]
+
+
+def test_a_job_over_the_daily_budget_is_a_429_with_retry_after(api, fakes, monkeypatch):
+    from core.accounting import Accounting, DailyLimits
+
+    fakes.accounting = Accounting(store=fakes.counters, clock=fakes.clock, limits=DailyLimits(budget_usd=0.01))
+    monkeypatch.setattr(wiring, "accounting", lambda: fakes.accounting)
+    r = post_job(api, {"requests": [{"prompt": "a"}], "lane": "interactive"})
+    assert r.status_code == 429 and r.get_json()["error"]["reason"] == "budget_exceeded"
+    assert 0 < int(r.headers["Retry-After"]) <= 25 * 3600
+
+
+def test_a_halted_lane_refuses_jobs_with_503(api, fakes):
+    fakes.breaker.on_permission_denied("w", "403 PERMISSION_DENIED")
+    r = post_job(api, {"requests": [{"prompt": "a"}]})
+    assert r.status_code == 503 and "halted" in r.get_json()["error"]["message"]
+    assert int(r.headers["Retry-After"]) == 900
+
+
+def test_stats_show_counters_limits_and_the_breaker(api, fakes):
+    post_job(api, {"requests": [{"prompt": "a"}]})
+    body = api.get("/v1/stats").get_json()
+    assert body["counters"]["reserved_usd"] == 0.039
+    assert body["breaker"]["state"] == "closed" and body["pending_batch_pool"] == 0
+    assert body["prices"] == {"interactive_image_usd": 0.039, "batch_image_usd": 0.0195}
+
+
+def test_retry_route(api, fakes):
+    job_id = post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["job_id"]
+    r = api.post(f"/v1/jobs/{job_id}:retry")
+    assert r.status_code == 409 and "no dead-lettered items" in r.get_json()["error"]["message"]
+    assert api.post("/v1/jobs/nope:retry").status_code == 404
+    assert api.get(f"/v1/jobs/{job_id}").status_code == 200

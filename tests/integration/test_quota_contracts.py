@@ -1,0 +1,151 @@
+"""Contract tests for issue 4's stores: breaker, usage counters, pending-batch pool,
+Idempotency-Key records and the new job-store methods, fake vs Firestore emulator."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from core.breaker import BreakerState, CircuitBreaker, Decision
+from core.models import ItemState, JobStatus
+from core.pool import PoolEntry
+from tests.fakes import (
+    FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryPoolStore,
+)
+from tests.integration.test_contracts import job_store, make_job  # noqa: F401 (fixture)
+
+
+def _client():
+    from google.cloud import firestore
+
+    return firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"])
+
+
+@pytest.fixture(params=["memory", "firestore"])
+def breaker_store(request):
+    if request.param == "memory":
+        return InMemoryBreakerStore()
+    request.getfixturevalue("firestore_clean")
+    from adapters.firestore_store import FirestoreBreakerStore
+
+    return FirestoreBreakerStore(_client(), "test-model")
+
+
+@pytest.fixture(params=["memory", "firestore"])
+def counters(request):
+    if request.param == "memory":
+        return InMemoryCounterStore()
+    request.getfixturevalue("firestore_clean")
+    from adapters.firestore_store import FirestoreCounterStore
+
+    return FirestoreCounterStore(_client(), shards=4)
+
+
+@pytest.fixture(params=["memory", "firestore"])
+def idempotency(request):
+    if request.param == "memory":
+        return InMemoryIdempotencyStore()
+    request.getfixturevalue("firestore_clean")
+    from adapters.firestore_store import FirestoreIdempotencyStore
+
+    return FirestoreIdempotencyStore(_client())
+
+
+def pool_for(job_store):  # noqa: F811
+    if not hasattr(job_store, "db"):
+        return InMemoryPoolStore(job_store)
+    from adapters.firestore_store import FirestorePoolStore
+
+    return FirestorePoolStore(job_store.db, job_store)
+
+
+def test_breaker_state_round_trips_and_only_one_of_many_becomes_the_probe(breaker_store):
+    clock = FakeClock()
+    breakers = [CircuitBreaker(breaker_store, clock, threshold=2, cooldown_seconds=10, cache_seconds=0)
+                for _ in range(6)]
+    breakers[0].on_quota_failure("a", "PerMinute", per_day=False)
+    breakers[1].on_quota_failure("b", "PerMinute", per_day=False)
+    assert breakers[5].view().state is BreakerState.OPEN
+    clock.advance(11)
+    decisions = {}
+    threads = [threading.Thread(target=lambda i=i: decisions.__setitem__(i, breakers[i].before_send(f"w{i}")))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(d.value for d in decisions.values()) == ["divert"] * 5 + ["send"]
+    [probe] = [i for i, d in decisions.items() if d is Decision.SEND]
+    breakers[probe].on_success(f"w{probe}")
+    v = breakers[0].view()
+    assert v.state is BreakerState.CLOSED and [t["to"] for t in v.transitions] == ["open", "half_open", "closed"]
+
+
+def test_counters_add_up_across_shards_and_threads(counters):
+    def work():
+        for _ in range(10):
+            counters.add("2026-11-25", {"requests": 1, "spend_usd": 0.039}, {"PerDay": 1})
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    totals = counters.read("2026-11-25")
+    assert totals["requests"] == 40 and totals["spend_usd"] == pytest.approx(40 * 0.039)
+    assert totals["quota_errors_by_id"] == {"PerDay": 40}
+    assert counters.read("2026-11-26") == {"quota_errors_by_id": {}}
+
+
+def test_idempotency_records_are_created_once_and_taken_over_once(idempotency):
+    rec, created = idempotency.begin("key", {"job_id": "j1", "body_sha256": "h", "started_at": 1.0,
+                                             "expires_at": 86401.0})
+    again, created_again = idempotency.begin("key", {"job_id": "j2", "body_sha256": "h", "started_at": 2.0,
+                                                     "expires_at": 86402.0})
+    assert created and not created_again and again["job_id"] == "j1"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(idempotency.take_over("key", 1.0, 500.0)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+
+
+def test_pool_entries_and_item_reservation(job_store):  # noqa: F811
+    pool = pool_for(job_store)
+    job, items = make_job(3)
+    job_store.create_job(job, items)
+    for it in items[:2]:
+        assert job_store.claim_item(job.job_id, it.key, "w", 100.0, 60)
+        job_store.finish_item(job.job_id, it.key, "w", {"state": "queued", "lane": "batch", "pooled_at": 100.0 + it.index,
+                                                        "lease_owner": None})
+        pool.add(PoolEntry(job.job_id, it.key, 100.0 + it.index))
+    pool.add(PoolEntry(job.job_id, "k0", 999.0))  # create-only: the first entry stays
+    assert [(e.key, e.pooled_at) for e in pool.oldest(10)] == [("k0", 100.0), ("k1", 101.0)]
+    assert pool.count() == 2
+    assert pool.reserve_item(job.job_id, "k0", "intent-1")
+    assert not pool.reserve_item(job.job_id, "k0", "intent-2")  # one intent per item
+    assert not pool.reserve_item(job.job_id, "k2", "intent-1")  # never pooled
+    assert job_store.get_item(job.job_id, "k0").batch_intent == "intent-1"
+    pool.remove(pool.oldest(10))
+    assert pool.oldest(10) == [] and pool.count() == 0
+
+
+def test_reopen_requeue_and_lane_counts(job_store):  # noqa: F811
+    job, items = make_job(2)
+    job_store.create_job(job, items)
+    for key, state, lane in (("k0", "succeeded", "batch"), ("k1", "dead_lettered", "interactive")):
+        job_store.claim_item(job.job_id, key, "w", 100.0, 60)
+        job_store.finish_item(job.job_id, key, "w", {"state": state, "lane": lane, "lease_owner": None})
+    job_store.complete_job(job.job_id, JobStatus.PARTIALLY_SUCCEEDED, 200.0, manifest_uri="gs://b/m")
+    assert job_store.count_succeeded_by_lane(job.job_id) == {"batch": 1}
+    reopened = job_store.reopen_job(job.job_id, 300.0)
+    assert (reopened.status, reopened.round, reopened.manifest_uri) == (JobStatus.RUNNING, 2, None)
+    assert job_store.reopen_job(job.job_id, 301.0).round == 2  # running: left as it is
+    assert job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
+    assert not job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
+    job_store.mark_unpublished(job.job_id, 302.0)
+    assert not job_store.get_job(job.job_id).published

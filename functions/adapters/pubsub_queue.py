@@ -38,8 +38,13 @@ class PubSubDeadLetters:
     def pull(self, max_messages: int) -> list[tuple[str, bytes, dict[str, str]]]:
         """(ack_id, data, attributes) of up to max_messages; [] when none are waiting."""
         try:
+            # return_immediately: a poller tick must not wait for dead letters that may never
+            # come (it is deprecated because it can return nothing while messages exist; the
+            # next tick picks those up).
             response = self.subscriber.pull(
-                request={"subscription": self.subscription_path, "max_messages": max_messages}, timeout=10
+                request={"subscription": self.subscription_path, "max_messages": max_messages,
+                         "return_immediately": True},
+                timeout=5, retry=None,
             )
         except gexc.DeadlineExceeded:  # nothing arrived while the pull waited
             return []

@@ -17,6 +17,8 @@ DEFAULT_API = "http://localhost:8080"
 # Connection errors before an answer: the submit is sent again with the same Idempotency-Key,
 # so a job the server did record is answered again, not created twice.
 RETRY_DELAYS = (0.5, 1.0)
+# 409 request_in_progress: how many times to ask again for the answer to an earlier send.
+IN_PROGRESS_RETRIES = 10
 # How many field problems of a 400 the one-line message names.
 SHOWN_PROBLEMS = 3
 
@@ -36,8 +38,10 @@ class Unreachable(ClientError):
 class ApiError(ClientError):
     """The API answered with an error status; ``str()`` is its one-line summary."""
 
-    def __init__(self, status: int, reason: str, message: str, fields: list[dict] | None = None) -> None:
+    def __init__(self, status: int, reason: str, message: str, fields: list[dict] | None = None,
+                 retry_after: float | None = None) -> None:
         self.status, self.reason, self.message, self.fields = status, reason, message, fields or []
+        self.retry_after = retry_after
         super().__init__(self.summary())
 
     def summary(self) -> str:
@@ -53,12 +57,16 @@ class ApiError(ClientError):
         something in front of it (a load balancer, Cloud Run's IAM check), the status and the
         first line of whatever it sent."""
         try:
+            retry_after = float(response.headers.get("Retry-After", ""))
+        except ValueError:
+            retry_after = None
+        try:
             error = response.json()["error"]
             return cls(response.status_code, str(error.get("reason") or "error"),
-                       str(error.get("message") or ""), error.get("fields") or [])
+                       str(error.get("message") or ""), error.get("fields") or [], retry_after)
         except (ValueError, KeyError, TypeError, AttributeError):
             text = " ".join(response.text.split())[:200] or response.reason or "no body"
-            return cls(response.status_code, "http_error", text)
+            return cls(response.status_code, "http_error", text, retry_after=retry_after)
 
 
 def describe_connection_error(exc: BaseException) -> str:
@@ -114,8 +122,17 @@ class ApiClient:
     def submit(self, items: list[dict], lane: str = "auto", *, idempotency_key: str | None = None) -> dict:
         """POST /v1/jobs: the accepted job (202, or 200 when the key was seen before)."""
         key = idempotency_key or str(uuid.uuid4())
-        return self._call("POST", "/v1/jobs", json={"requests": items, "lane": lane},
-                          headers={"Idempotency-Key": key}, retry=True)
+        for attempt in range(IN_PROGRESS_RETRIES + 1):
+            try:
+                return self._call("POST", "/v1/jobs", json={"requests": items, "lane": lane},
+                                  headers={"Idempotency-Key": key}, retry=True)
+            except ApiError as exc:
+                # Our own earlier send of this key is still being handled (its answer was lost
+                # on the way back): the server says when to ask again.
+                if exc.reason != "request_in_progress" or attempt == IN_PROGRESS_RETRIES:
+                    raise
+                time.sleep(min(exc.retry_after or 1.0, 5.0))
+        raise AssertionError("unreachable")
 
     def dry_run(self, items: list[dict], lane: str = "auto") -> dict:
         """POST /v1/jobs?dry_run=true: the route and estimated cost; nothing is submitted."""

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,16 +98,17 @@ def entries_from_status(items: Iterable[dict]) -> list[Entry]:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename: a reader (or a resumed run) never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    """Write beside the target, then rename: a reader (or a resumed run) never sees half a file.
+    (Not mkstemp: its files are private to the user, and images are not.)"""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

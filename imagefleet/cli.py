@@ -201,13 +201,15 @@ def submit(
 def _located(exc: ApiError, prompts: list[inputs.Prompt]) -> ApiError:
     """A 400's ``requests[i]...`` fields, told with the file and line item i came from."""
 
-    def where(match: re.Match) -> str:
-        index = int(match.group(1))
-        return f"{match.group(0)} ({prompts[index].source})" if 0 <= index < len(prompts) else match.group(0)
+    def located(field: str) -> str:
+        match = re.match(r"^requests\[(\d+)\]", field)
+        if match and int(match.group(1)) < len(prompts):
+            return f"{field} ({prompts[int(match.group(1))].source})"
+        return field
 
     if not exc.fields:
         return exc
-    fields = [{**f, "field": re.sub(r"^requests\[(\d+)\]", where, str(f.get("field", "")))} for f in exc.fields]
+    fields = [{**f, "field": located(str(f.get("field", "")))} for f in exc.fields]
     return ApiError(exc.status, exc.reason, exc.message, fields, exc.retry_after)
 
 
@@ -383,7 +385,7 @@ def retry(
     api: ApiOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """Run a job's failed and dead-lettered items again."""
+    """Run a job's dead-lettered items again (those that ran out of attempts; refused prompts stay failed)."""
     client = _client(ctx, api, api_key)
     body = client.retry(job_id)
     if json_out and not wait:

@@ -178,7 +178,7 @@ def submit(
         if json_out:
             _echo_json(plan)
             return
-        typer.echo(f"Dry run: {plan.get('item_count', len(items))} prompts would go to the "
+        typer.echo(f"Dry run: {_plural(plan.get('item_count', len(items)), 'prompt')} would go to the "
                    f"{plan.get('lane', '?')} lane: {plan.get('reason', 'no reason given')}.")
         typer.echo(f"Estimated cost: {_money(plan.get('estimated_cost_usd', '?'))}"
                    f"   circuit breaker: {plan.get('breaker', '?')}")
@@ -188,7 +188,7 @@ def submit(
     if json_out and not wait:
         _echo_json(accepted)
         return
-    typer.echo(f"Submitted job {job_id}: {accepted.get('item_count', len(items))} prompts, "
+    typer.echo(f"Submitted job {job_id}: {_plural(accepted.get('item_count', len(items)), 'prompt')}, "
                f"lane {accepted.get('lane', '?')}" + (f" ({accepted['route_reason']})" if accepted.get("route_reason") else "")
                + (f", estimated {_money(accepted['estimated_cost_usd'])}" if accepted.get("estimated_cost_usd") is not None else "")
                + ".")
@@ -391,7 +391,7 @@ def retry(
     if json_out and not wait:
         _echo_json(body)
         return
-    typer.echo(f"Requeued {body.get('requeued', '?')} items of job {job_id}; it is {body.get('status', '?')}.")
+    typer.echo(f"Requeued {_plural(body.get('requeued', 0), 'item')} of job {job_id}; it is {body.get('status', '?')}.")
     if wait:
         raise typer.Exit(_wait_and_download(client, job_id, out, project, interval, wait_timeout))
 

@@ -131,7 +131,7 @@ class ApiClient:
                 # on the way back): the server says when to ask again.
                 if exc.reason != "request_in_progress" or attempt == IN_PROGRESS_RETRIES:
                     raise
-                time.sleep(min(exc.retry_after or 1.0, 5.0))
+                time.sleep(min(max(1.0 if exc.retry_after is None else exc.retry_after, 0.0), 5.0))
         raise AssertionError("unreachable")
 
     def dry_run(self, items: list[dict], lane: str = "auto") -> dict:

@@ -255,7 +255,7 @@ def test_a_partial_job_exits_5_and_retry_finishes_it(stack, bucket, tmp_path):
     retried = imagefleet("retry", job_id, "--wait", "--out", str(out))
 
     assert retried.exit_code == 0, retried.output
-    assert f"Requeued 1 items of job {job_id}" in retried.stdout
+    assert f"Requeued 1 item of job {job_id}" in retried.stdout
     assert "Saved 1 image to" in retried.stdout and "kept 1 already there" in retried.stdout
     status = job_status(stack, job_id)
     assert status["status"] == "succeeded" and status["round"] == 2

@@ -4,73 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from imagefleet import client as client_module
 from imagefleet.client import ApiClient, ApiError, Unreachable
+from tests.unit.scripted_http import serve  # noqa: F401 (a fixture)
 
 KEY = "unit-key-not-a-secret"
-
-
-class ScriptedServer:
-    """Answers each request with the next scripted reply: (status, body, content type), or
-    "drop" to close the connection without answering, or ("sleep", seconds)."""
-
-    def __init__(self, replies: list) -> None:
-        self.replies, self.requests = list(replies), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                outer.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                       "body": self.rfile.read(length) if length else b""})
-                reply = outer.replies.pop(0) if outer.replies else (500, b"script ran out", "text/plain")
-                if reply == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if reply[0] == "sleep":
-                    time.sleep(reply[1])
-                    return
-                status, body, ctype = reply
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _any
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(*replies) -> ScriptedServer:
-        servers.append(ScriptedServer(list(replies)))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +47,17 @@ def test_a_submit_sent_again_after_a_dropped_connection_reuses_its_idempotency_k
     ApiClient(server.url).submit([{"prompt": "A fox"}], idempotency_key="k-123")
 
     assert [r["headers"]["Idempotency-Key"] for r in server.requests] == ["k-123"] * 3
+
+
+def test_a_resent_submit_whose_first_send_is_still_running_asks_again(serve):
+    in_progress = (409, {"error": {"code": 409, "reason": "request_in_progress", "message": "still working"}},
+                   "application/json", {"Retry-After": "0"})
+    server = serve("drop", in_progress, in_progress, accepted("j7"))
+
+    body = ApiClient(server.url).submit([{"prompt": "A fox"}], idempotency_key="k-9")
+
+    assert body["job_id"] == "j7"
+    assert [r["headers"]["Idempotency-Key"] for r in server.requests] == ["k-9"] * 4
 
 
 def test_a_cancel_is_not_sent_twice(serve):

@@ -19,6 +19,7 @@ import pydantic
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, ServiceUnavailable
 from werkzeug.routing import Map, Rule
 
+import logs
 import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
@@ -26,7 +27,7 @@ from core.pool import flush_pool
 from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+logs.configure()
 log = logging.getLogger("imagefleet")
 
 _ROUTES = Map(
@@ -252,7 +253,8 @@ def _status(request, job_id: str):
         raise ApiError(400, "invalid_request", "page_size must be an integer from 1 to 500",
                        [{"field": "page_size", "problem": "out of range"}])
     page_token = request.args.get("page_token")
-    if page_token is not None and not page_token.isdigit():
+    # An item index: ASCII digits that fit Firestore's int64 (str.isdigit() also takes "²").
+    if page_token is not None and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 9):
         raise ApiError(400, "invalid_request", "page_token is not one this API issued",
                        [{"field": "page_token", "problem": "invalid"}])
     _check_job_id(job_id)
@@ -274,7 +276,7 @@ def _cancel(request, job_id: str):
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:
         raise ApiError(409, "conflict", str(e))
-    log.info("cancelled job %s", job_id)
+    log.info("cancelled job %s", job_id, extra={"job_id": job_id})
     return _json(body)
 
 
@@ -302,7 +304,7 @@ def pubsub_worker(cloud_event):
         job_id, key = decode_work_message(base64.b64decode(message.get("data") or b""))
     except ValueError as e:
         # A message we cannot read can never succeed: log it with its id and drop it.
-        log.error("dropping unreadable message %s: %s", message_id, e)
+        log.error("dropping unreadable message %s: %s", message_id, e, extra={"message_id": message_id})
         return
     s = wiring.settings()
     outcome = usecases.process_item(
@@ -322,9 +324,11 @@ def pubsub_worker(cloud_event):
         accounting=wiring.accounting(),
     )
     if not outcome.ack:
-        log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason)
+        log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,
+                    extra={"job_id": job_id, "item_key": key, "lane": "interactive", "state": outcome.state})
         raise RetryLater(f"{job_id}/{key}: {outcome.reason}")
-    log.info("item %s/%s: %s %s", job_id, key, outcome.state, outcome.reason)
+    log.info("item %s/%s: %s %s", job_id, key, outcome.state, outcome.reason,
+             extra={"job_id": job_id, "item_key": key, "lane": "interactive", "state": outcome.state})
 
 
 @functions_framework.http
@@ -350,5 +354,6 @@ def scheduled_poller(request):
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s",
-             len(republished), dead, pooled, batches)
+             len(republished), dead, pooled, batches,
+             extra={"republished": len(republished), "dead_letters": dead, "pool": pooled, "batches": batches})
     return _json({"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches})

@@ -108,7 +108,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                         {"name": "page_size", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
                         {"name": "page_token", "in": "query", "required": False,
-                         "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                         "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"}},
                     ],
                     "responses": {
                         "200": _ok("JobStatusResponse", "The job"),

@@ -99,7 +99,8 @@ def error_fields(exc) -> list[dict]:
 class JobAccepted(BaseModel):
     job_id: str
     lane: Literal["interactive", "batch"]
-    status: Literal["queued"]
+    status: Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"] = Field(
+        description="queued for a new job; the job's current status when an Idempotency-Key replays it")
     item_count: int
     status_url: str = Field(description="Relative URL of the job's status")
     route_reason: str | None = Field(description="Why the job took its lane")

@@ -38,6 +38,19 @@ resource "google_firestore_field" "slot_expiry" {
 # Field index changes are applied one at a time per database, hence the depends_on chain.
 
 # jobs/{id}/items/{key}.prompt: up to MAX_PROMPT_CHARS characters, 10,000 items per job.
+# Idempotency-Key records: kept a day (IDEMPOTENCY_TTL_SECONDS), then deleted by TTL.
+resource "google_firestore_field" "idempotency_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "idempotency"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.slot_expiry]
+}
+
 resource "google_firestore_field" "item_prompt" {
   project    = var.project_id
   database   = google_firestore_database.main.name
@@ -46,7 +59,7 @@ resource "google_firestore_field" "item_prompt" {
 
   index_config {}
 
-  depends_on = [google_firestore_field.slot_expiry]
+  depends_on = [google_firestore_field.idempotency_expiry]
 }
 
 # batches/{intent}.keys: an array of up to BATCH_MAX_REQUESTS item keys, one array-contains

@@ -51,6 +51,13 @@ locals {
   # Every setting of functions/config.py that Terraform manages, named as the upper-case
   # Settings field. All three functions get the same set and each reads what it uses, so a
   # setting never differs between the function that writes a value and the one that reads it.
+  # Optional limits: unset (null) means "not watched", so they are left out of the environment.
+  optional_env = { for k, v in {
+    DAILY_REQUEST_QUOTA = var.daily_request_quota
+    DAILY_IMAGE_QUOTA   = var.daily_image_quota
+    DAILY_BUDGET_USD    = var.daily_budget_usd
+  } : k => v if v != null }
+
   app_env = {
     GOOGLE_CLOUD_PROJECT        = var.project_id
     IMAGES_BUCKET               = google_storage_bucket.images.name
@@ -78,6 +85,14 @@ locals {
     BATCH_SUBMIT_BUDGET_SECONDS = var.batch_submit_budget_seconds
     POLLER_BUDGET_SECONDS       = var.poller_budget_seconds
     BATCH_LEASE_SECONDS         = var.batch_lease_seconds
+    DEAD_LETTER_SUBSCRIPTION    = google_pubsub_subscription.dead_letter.name
+    BREAKER_THRESHOLD           = var.breaker_threshold
+    BREAKER_COOLDOWN_SECONDS    = var.breaker_cooldown_seconds
+    BREAKER_HALT_SECONDS        = var.breaker_halt_seconds
+    POOL_FLUSH_ITEMS            = var.pool_flush_items
+    POOL_MAX_AGE_SECONDS        = var.pool_max_age_seconds
+    PRICE_INTERACTIVE_IMAGE_USD = var.price_interactive_image_usd
+    PRICE_BATCH_IMAGE_USD       = var.price_batch_image_usd
     BATCH_CHECKPOINT_LINES      = var.batch_checkpoint_lines
     BATCH_UPLOAD_CONCURRENCY    = var.batch_upload_concurrency
   }
@@ -118,7 +133,7 @@ resource "google_cloudfunctions2_function" "api" {
     available_cpu                    = var.api_cpu
     timeout_seconds                  = var.api_timeout_seconds
     # THREADS: functions-framework's gunicorn threads, one per concurrent request.
-    environment_variables = merge(local.app_env, { THREADS = var.api_concurrency })
+    environment_variables = merge(local.app_env, local.optional_env, { THREADS = var.api_concurrency })
 
     # Read by google-genai (the batch lane creates Gemini batches from the API) and
     # fingerprinted by the batch lane. Resolved at instance start from Secret Manager.
@@ -189,7 +204,7 @@ resource "google_cloudfunctions2_function" "worker" {
     available_memory                 = var.worker_memory
     available_cpu                    = var.worker_cpu
     timeout_seconds                  = var.worker_timeout_seconds
-    environment_variables            = merge(local.app_env, { THREADS = var.worker_concurrency })
+    environment_variables            = merge(local.app_env, local.optional_env, { THREADS = var.worker_concurrency })
 
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
@@ -245,7 +260,7 @@ resource "google_cloudfunctions2_function" "poller" {
     available_memory                 = var.poller_memory
     available_cpu                    = var.poller_cpu
     timeout_seconds                  = var.poller_timeout_seconds
-    environment_variables            = merge(local.app_env, { THREADS = 1 })
+    environment_variables            = merge(local.app_env, local.optional_env, { THREADS = 1 })
 
     secret_environment_variables {
       key        = "GEMINI_API_KEY"

@@ -1,8 +1,8 @@
 # Log-based metrics on the functions' own log lines, and alert policies on them.
 #
-# The functions log plain text through logging.basicConfig as "LEVEL logger message" on
-# stderr, and Cloud Run stores such lines as textPayload with no severity of their own, so the
-# filters match the level at the start of textPayload rather than the entry's severity.
+# The functions log one Cloud Logging JSON object per line (functions/logs.py): Cloud Run turns
+# each into an entry with its own severity and a jsonPayload, so the filters match fields:
+# jsonPayload.quota_id, jsonPayload.state, jsonPayload.alert.
 
 locals {
   worker_logs = <<-EOT
@@ -17,13 +17,13 @@ locals {
   ] : "\"${f.name}\""])
 }
 
-# usecases.process_item: log.warning("quota exceeded (%s), retry in %.1fs", quota_id, delay),
-# one line per 429 from Gemini. A few are expected (the limiter aims just under the quota);
+# usecases.process_item: a WARNING "quota exceeded (...)" with jsonPayload.quota_id, one line
+# per 429 from Gemini. A few are expected (the limiter aims just under the quota);
 # a stream of them means RATE_LIMIT_* is above the project's real quota.
 resource "google_logging_metric" "worker_quota_exceeded" {
   name        = "${var.name_prefix}-worker-quota-exceeded"
   description = "429 RESOURCE_EXHAUSTED answers from Gemini seen by pubsub_worker, by quota id."
-  filter      = "${local.worker_logs}textPayload=~\"^WARNING [A-Za-z_.]+ quota exceeded [(]\""
+  filter      = "${local.worker_logs}severity=WARNING jsonPayload.quota_id:*"
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -37,16 +37,16 @@ resource "google_logging_metric" "worker_quota_exceeded" {
   }
 
   label_extractors = {
-    quota_id = "REGEXP_EXTRACT(textPayload, \"quota exceeded [(]([^)]+)[)]\")"
+    quota_id = "EXTRACT(jsonPayload.quota_id)"
   }
 }
 
-# main.pubsub_worker: log.info("item %s/%s: %s %s", job_id, key, outcome.state, reason) with
-# state dead_lettered once an item has failed MAX_ATTEMPTS times.
+# main.pubsub_worker: the line "item <job>/<key>: <state> ..." carries jsonPayload.state, which
+# is dead_lettered once an item has failed MAX_ATTEMPTS times.
 resource "google_logging_metric" "items_dead_lettered" {
   name        = "${var.name_prefix}-items-dead-lettered"
   description = "Interactive items pubsub_worker gave up on after MAX_ATTEMPTS failed attempts."
-  filter      = "${local.worker_logs}textPayload=~\"^INFO [A-Za-z_.]+ item [^ ]+: dead_lettered\""
+  filter      = "${local.worker_logs}jsonPayload.state=\"dead_lettered\""
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -66,8 +66,7 @@ resource "google_logging_metric" "function_errors" {
     resource.type="cloud_run_revision"
     resource.labels.service_name=(${local.function_services})
     (
-      textPayload=~"^(ERROR|CRITICAL) "
-      OR (logName:"run.googleapis.com%2Fvarlog%2Fsystem" AND severity>=ERROR)
+      severity>=ERROR
     )
   EOT
 
@@ -137,7 +136,7 @@ resource "google_monitoring_alert_policy" "function_errors" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "A function logged errors. Logs: `resource.type=\"cloud_run_revision\" AND textPayload=~\"^ERROR\"` in Logs Explorer."
+    content   = "A function logged errors. Logs: `resource.type=\"cloud_run_revision\" AND severity>=ERROR` in Logs Explorer."
   }
 
   alert_strategy {
@@ -187,7 +186,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Items ended `dead_lettered` (their jobs show the last error), or Pub/Sub gave up on work messages after ${var.dead_letter_max_delivery_attempts} deliveries. Inspect the latter with `gcloud pubsub subscriptions pull ${google_pubsub_subscription.dead_letter.name} --limit 10`; their items stay `queued` until republished."
+    content   = "Items ended `dead_lettered` (their jobs show the last error), or Pub/Sub gave up on work messages after ${var.dead_letter_max_delivery_attempts} deliveries. Inspect the latter with `gcloud pubsub subscriptions pull ${google_pubsub_subscription.dead_letter.name} --limit 10`; the poller ends their items `dead_lettered`; `POST /v1/jobs/{id}:retry` re-queues them."
   }
 
   alert_strategy {
@@ -224,5 +223,61 @@ resource "google_monitoring_alert_policy" "work_backlog" {
 
   alert_strategy {
     auto_close = "1800s"
+  }
+}
+
+# Usage and breaker alerts: core/accounting.py logs WARNING at 80% and ERROR at 100% of each
+# configured daily limit (DAILY_REQUEST_QUOTA, DAILY_IMAGE_QUOTA, DAILY_BUDGET_USD) with
+# jsonPayload.alert = daily_<limit>_80 / _100, and core/breaker.py logs every transition with
+# jsonPayload.alert = breaker_<state> (ERROR for breaker_halted: a 403 stopped the lane).
+resource "google_logging_metric" "usage_alerts" {
+  name        = "${var.name_prefix}-usage-alerts"
+  description = "Daily quota and budget thresholds crossed, and circuit breaker transitions."
+  filter      = <<-EOT
+    resource.type="cloud_run_revision"
+    resource.labels.service_name=(${local.function_services})
+    jsonPayload.alert:*
+  EOT
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+    labels {
+      key         = "alert"
+      value_type  = "STRING"
+      description = "daily_requests_80, daily_budget_100, breaker_open, breaker_halted, ..."
+    }
+  }
+
+  label_extractors = {
+    alert = "EXTRACT(jsonPayload.alert)"
+  }
+}
+
+resource "google_monitoring_alert_policy" "usage" {
+  display_name          = "${var.name_prefix}: quota, budget or breaker"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "A daily limit reached 80% or 100%, or the breaker opened or halted"
+    condition_threshold {
+      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.usage_alerts.name}\" AND metric.label.alert != \"breaker_closed\" AND metric.label.alert != \"breaker_half_open\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+        group_by_fields      = ["metric.label.alert"]
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A daily quota or budget passed 80% (WARNING) or 100% (ERROR), or the circuit breaker opened (quota exhausted: auto jobs go to batch) or halted (403 from Gemini: generation stopped, no failover). `GET /v1/stats` shows the counters and the breaker's transitions."
   }
 }

@@ -77,8 +77,8 @@ resource "google_pubsub_subscription" "worker_push" {
   ]
 }
 
-# Pull subscription on the dead-letter topic, for inspection and replay:
-#   gcloud pubsub subscriptions pull <name> --limit 10
+# Pull subscription on the dead-letter topic. scheduled_poller drains it every tick and ends
+# each message's item dead_lettered (POST /v1/jobs/{id}:retry re-queues them).
 resource "google_pubsub_subscription" "dead_letter" {
   name  = "${var.name_prefix}-work-dead-letter"
   topic = google_pubsub_topic.dead_letter.id
@@ -112,4 +112,12 @@ resource "google_pubsub_subscription_iam_member" "worker_push_subscriber" {
   subscription = google_pubsub_subscription.worker_push.id
   role         = "roles/pubsub.subscriber"
   member       = "serviceAccount:${google_project_service_identity.pubsub.email}"
+}
+
+# The poller consumes the dead letters (usecases.drain_dead_letters): pull and ack on this one
+# subscription only.
+resource "google_pubsub_subscription_iam_member" "poller_dead_letter_subscriber" {
+  subscription = google_pubsub_subscription.dead_letter.id
+  role         = "roles/pubsub.subscriber"
+  member       = "serviceAccount:${google_service_account.poller.email}"
 }

@@ -425,3 +425,65 @@ variable "require_api_keys" {
   description = "Also require an X-API-Key on http_api, from the <name_prefix>-api-keys secret (its value is added outside Terraform)."
   default     = false
 }
+
+# --- Circuit breaker, pending-batch pool, usage and budget (functions/config.py) ---------------
+
+variable "breaker_threshold" {
+  type        = number
+  description = "Consecutive 429s from Gemini that open the circuit breaker (auto jobs and queued items go to batch)."
+  default     = 3
+}
+
+variable "breaker_cooldown_seconds" {
+  type        = number
+  description = "How long the breaker stays open after per-minute quota failures before one probe request."
+  default     = 60
+}
+
+variable "breaker_halt_seconds" {
+  type        = number
+  description = "How long a 403 (permission, billing, spend cap) halts generation before one probe request."
+  default     = 900
+}
+
+variable "pool_flush_items" {
+  type        = number
+  description = "Diverted items that make the poller create a batch from the pending-batch pool."
+  default     = 100
+}
+
+variable "pool_max_age_seconds" {
+  type        = number
+  description = "Or the age of the oldest diverted item that makes the poller create that batch."
+  default     = 300
+}
+
+variable "price_interactive_image_usd" {
+  type        = number
+  description = "Estimated price of one image from an interactive generateContent call."
+  default     = 0.039
+}
+
+variable "price_batch_image_usd" {
+  type        = number
+  description = "Estimated price of one image through the Batch API (half the interactive price)."
+  default     = 0.0195
+}
+
+variable "daily_request_quota" {
+  type        = number
+  description = "The model's requests-per-day quota, watched (WARNING at 80%, ERROR at 100%) and used for routing; null = not watched."
+  default     = null
+}
+
+variable "daily_image_quota" {
+  type        = number
+  description = "Images per day to watch (WARNING at 80%, ERROR at 100%); null = not watched."
+  default     = null
+}
+
+variable "daily_budget_usd" {
+  type        = number
+  description = "Daily spend limit: a job whose estimate exceeds what is left is sent to batch or refused with 429; null = none."
+  default     = null
+}

@@ -284,3 +284,9 @@ def test_retry_route(api, fakes):
     assert r.status_code == 409 and "no dead-lettered items" in r.get_json()["error"]["message"]
     assert api.post("/v1/jobs/nope:retry").status_code == 404
     assert api.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+@pytest.mark.parametrize("token", ["²", "99999999999999999999", "-1"])
+def test_page_tokens_that_are_not_item_indexes_are_400(api, fakes, token):
+    job_id = post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["job_id"]
+    assert api.get(f"/v1/jobs/{job_id}", query_string={"page_token": token}).status_code == 400

@@ -85,7 +85,11 @@ def env_of(function: dict) -> dict:
         return expr
     env: dict = {}
     for name in re.findall(r"\blocal\.(\w+)", expr):
-        env.update(locals_()[name])
+        value = locals_()[name]
+        if isinstance(value, dict):
+            env.update(value)
+        else:  # a for-expression over a map literal: its upper-case keys
+            env.update(dict(re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=\s*([\w.]+)", value)))
     for inline in re.findall(r"\{([^{}]*)\}", expr.removeprefix("${").removesuffix("}")):
         env.update(dict(re.findall(r"(\w+)\s*=\s*([^,]+?)\s*(?:,|$)", inline)))
     return env

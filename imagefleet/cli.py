@@ -8,9 +8,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -66,9 +66,14 @@ class UsageProblem(ClientError):
     exit_code = 2
 
 
+@dataclass(frozen=True)
 class Settings:
-    def __init__(self, api: str, api_key: str | None, id_token: str | None, timeout: float) -> None:
-        self.api, self.api_key, self.id_token, self.timeout = api, api_key, id_token, timeout
+    """The options given before the command."""
+
+    api: str = DEFAULT_API
+    api_key: str | None = None
+    id_token: str | None = None
+    timeout: float = 30.0
 
 
 @app.callback()
@@ -89,7 +94,7 @@ def _global(
 
 def _client(ctx: typer.Context, api: str | None, api_key: str | None) -> ApiClient:
     """The API client; --api / --api-key given after the command win over those before it."""
-    settings: Settings = ctx.obj or Settings(DEFAULT_API, None, None, 30.0)
+    settings: Settings = ctx.obj or Settings()
     base = api or settings.api
     if not re.match(r"^https?://[^/\s]+", base):
         raise UsageProblem(f"--api must be an http:// or https:// URL, not {base!r}")
@@ -163,6 +168,8 @@ def submit(
     """Submit a job: prompts from a file, or --images N samples."""
     if (file is None) == (images is None):
         raise UsageProblem("give a prompt file or --images N (one of them)")
+    if json_out and wait:
+        raise UsageProblem("--json prints the API's answer to the submit; leave out --wait, or --json")
     prompts = inputs.sample_prompts(images) if images else inputs.read_prompts(file, fmt)
     prompts = inputs.apply_defaults(prompts, aspect_ratio=aspect_ratio, quality=quality, domain=domain)
     items = [p.item for p in prompts]
@@ -185,7 +192,7 @@ def submit(
         typer.echo("Nothing was submitted.")
         return
     job_id = accepted["job_id"]
-    if json_out and not wait:
+    if json_out:
         _echo_json(accepted)
         return
     typer.echo(f"Submitted job {job_id}: {_plural(accepted.get('item_count', len(items)), 'prompt')}, "
@@ -386,9 +393,11 @@ def retry(
     api_key: KeyOption = None,
 ) -> None:
     """Run a job's dead-lettered items again (those that ran out of attempts; refused prompts stay failed)."""
+    if json_out and wait:
+        raise UsageProblem("--json prints the API's answer to the retry; leave out --wait, or --json")
     client = _client(ctx, api, api_key)
     body = client.retry(job_id)
-    if json_out and not wait:
+    if json_out:
         _echo_json(body)
         return
     typer.echo(f"Requeued {_plural(body.get('requeued', 0), 'item')} of job {job_id}; it is {body.get('status', '?')}.")

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from imagefleet.client import ApiClient
+from imagefleet.client import ApiClient, ApiError, Unreachable
 
 TERMINAL = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
 # A job that has ended gets its manifest from the last finisher, or, for a cancelled batch job,
 # from a later poller tick (a minute in the cloud): how long to wait for it before going on.
 MANIFEST_GRACE_SECONDS = 90.0
+# Polls in a row that may fail (each already retried by the client) before --wait gives up.
+MAX_POLL_FAILURES = 5
 
 
 class StillRunning(Exception):
@@ -93,9 +95,21 @@ def follow(client: ApiClient, job_id: str, *, interval: float = 1.0, timeout: fl
     started = clock()
     ended_at = None
     eta = None
+    failures = 0
     try:
         while True:
-            status = client.job(job_id, page_size=1)
+            try:
+                status = client.job(job_id, page_size=1)
+                failures = 0
+            except (Unreachable, ApiError) as exc:
+                # A long wait outlives a blip of the API (a redeploy, a 503 from the front
+                # end); an answer about the job itself (404) ends it.
+                if isinstance(exc, ApiError) and exc.status < 500 or failures >= MAX_POLL_FAILURES:
+                    raise
+                failures += 1
+                display.note(f"{exc}; asking again")
+                sleep(interval)
+                continue
             now = clock()
             progress = Progress.of(status)
             eta = eta or Eta(progress, now)
@@ -125,6 +139,9 @@ class _Lines:
         print(f"{progress.status}: {progress.counts_text()} · elapsed {format_seconds(elapsed)}"
               f" · ETA {format_seconds(eta)}", file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
     def close(self) -> None:
         pass
 
@@ -152,6 +169,9 @@ class _Bar:
                                                **fields)
         else:
             self.progress.update(self.task, total=progress.total or None, completed=progress.finished, **fields)
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
 
     def close(self) -> None:
         self.progress.stop()

@@ -7,8 +7,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 
 class ScriptedServer:
     """Answers each request with the next scripted reply: (status, body, content type[, headers]),
@@ -54,16 +52,3 @@ class ScriptedServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(*replies) -> ScriptedServer:
-        servers.append(ScriptedServer(list(replies)))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()

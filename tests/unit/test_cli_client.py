@@ -9,7 +9,6 @@ import pytest
 
 from imagefleet import client as client_module
 from imagefleet.client import ApiClient, ApiError, Unreachable
-from tests.unit.scripted_http import serve  # noqa: F401 (a fixture)
 
 KEY = "unit-key-not-a-secret"
 

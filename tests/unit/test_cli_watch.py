@@ -7,9 +7,8 @@ import io
 
 import pytest
 
-from imagefleet.client import ApiClient
+from imagefleet.client import ApiClient, ApiError
 from imagefleet.watch import MANIFEST_GRACE_SECONDS, StillRunning, follow
-from tests.unit.scripted_http import serve  # noqa: F401 (a fixture)
 
 
 def status(state: str, *, succeeded=0, failed=0, running=0, queued=0, manifest=None, total=4):
@@ -74,3 +73,21 @@ def test_the_wait_timeout_leaves_the_job_running(serve):
     with pytest.raises(StillRunning, match="job j1 is still running after 10s; it goes on"):
         follow(ApiClient(server.url), "j1", timeout=10, stream=io.StringIO(), tty=False, clock=Clock(4.0),
                sleep=lambda s: None)
+
+
+def test_a_blip_of_the_api_is_waited_out_and_a_404_is_not(serve):
+    unavailable = (503, {"error": {"code": 503, "reason": "unavailable", "message": "redeploying"}},
+                   "application/json")
+    server = serve(status("running", running=4), unavailable, unavailable,
+                   status("succeeded", succeeded=4, manifest="gs://b/j1/manifest.jsonl"))
+    out = io.StringIO()
+
+    final = follow(ApiClient(server.url), "j1", stream=out, tty=False, clock=Clock(1.0), sleep=lambda s: None)
+
+    assert final["status"] == "succeeded"
+    assert out.getvalue().count("503 unavailable: redeploying; asking again") == 2
+
+    gone = serve((404, {"error": {"code": 404, "reason": "not_found", "message": "job j1 not found"}},
+                  "application/json"))
+    with pytest.raises(ApiError, match="404 not_found"):
+        follow(ApiClient(gone.url), "j1", stream=io.StringIO(), tty=False, clock=Clock(1.0), sleep=lambda s: None)

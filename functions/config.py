@@ -10,9 +10,12 @@ import functools
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.webhooks import decode_secret
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore")
+    # hide_input_in_errors: a malformed WEBHOOK_SECRET must not be echoed into the logs.
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
 
     google_cloud_project: str = Field(description="Project of Firestore, Pub/Sub and GCS")
     images_bucket: str = Field(description="Bucket that receives the generated images")
@@ -98,6 +101,35 @@ class Settings(BaseSettings):
     idempotency_takeover_seconds: float = Field(
         120.0, gt=0, description="a submission silent this long is finished by its key's next attempt"
     )
+    # Completion events and webhooks (core/events.py)
+    events_topic: str = Field("imagefleet-events", description="Topic of the job.completed events")
+    webhook_secret: SecretStr | None = Field(
+        None, description="whsec_<base64> key that signs webhooks (Standard Webhooks); unset = jobs "
+        "with a callback_url are refused",
+    )
+    webhook_allow_insecure: bool = Field(
+        False, description="also accept http:// and private or loopback hosts (local stacks and tests only)"
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="connect and read timeout of one POST")
+    webhook_backoff_base_seconds: float = Field(30.0, gt=0, description="wait after the first failed attempt")
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="longest wait between attempts")
+    webhook_max_attempts: int = Field(8, ge=1, description="attempts before an event is marked failed")
+
+    @model_validator(mode="after")
+    def _webhook_secret_is_usable(self) -> Settings:
+        self.webhook_key()  # refuses to start with a malformed secret rather than fail each send
+        return self
+
+    def webhook_key(self) -> bytes | None:
+        """The signing key's bytes, or None when no secret is set (an empty value counts as unset)."""
+        if self.webhook_secret is None or not self.webhook_secret.get_secret_value().strip():
+            return None
+        return decode_secret(self.webhook_secret.get_secret_value())
+
+    @property
+    def event_lease_seconds(self) -> float:
+        # Longer than one delivery: a publish, and the webhook's connect and read timeouts.
+        return 3 * self.webhook_timeout_seconds + 30
 
     @model_validator(mode="after")
     def _lease_outlives_budget(self) -> Settings:

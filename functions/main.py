@@ -136,7 +136,9 @@ def _submit(request):
                        [{"field": "(body)", "problem": "expected an object"}])
     try:
         job_request = JobRequest.model_validate(
-            body, context={"max_items_per_job": s.max_items_per_job, "max_prompt_chars": s.max_prompt_chars}
+            body, context={"max_items_per_job": s.max_items_per_job, "max_prompt_chars": s.max_prompt_chars,
+                           "webhook_secret_set": s.webhook_key() is not None,
+                           "webhook_allow_insecure": s.webhook_allow_insecure}
         )
     except pydantic.ValidationError as e:
         fields = error_fields(e)
@@ -261,7 +263,7 @@ def _status(request, job_id: str):
     try:
         body = usecases.get_job_status(
             job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
-            batches=wiring.job_store(), prices=wiring.accounting().prices,
+            batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
         )
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
@@ -271,7 +273,8 @@ def _status(request, job_id: str):
 def _cancel(request, job_id: str):
     _check_job_id(job_id)
     try:
-        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink())
+        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
+                                   events=wiring.job_events())
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:
@@ -322,6 +325,7 @@ def pubsub_worker(cloud_event):
         breaker=wiring.breaker(),
         pool=wiring.pool_store(),
         accounting=wiring.accounting(),
+        events=wiring.job_events(),
     )
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,
@@ -342,10 +346,12 @@ def scheduled_poller(request):
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
     )
+    # Events first, with a quarter of the budget: a long ingest must not hold back webhooks.
+    events = wiring.job_events().deliver_due(owner, deadline=clock.now() + s.poller_budget_seconds / 4)
     dead = {}
     if (source := wiring.dead_letters()) is not None:
         dead = usecases.drain_dead_letters(source, store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
-                                           owner=owner, decode=decode_work_message)
+                                           owner=owner, decode=decode_work_message, events=wiring.job_events())
     pooled = {}
     if (pool := wiring.pool_store()) is not None:
         pooled = flush_pool(pool=pool, jobs=wiring.job_store(), batches=wiring.job_store(), clock=clock,
@@ -353,7 +359,8 @@ def scheduled_poller(request):
                             max_batch_items=s.batch_items_per_batch)
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
-    log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s",
-             len(republished), dead, pooled, batches,
-             extra={"republished": len(republished), "dead_letters": dead, "pool": pooled, "batches": batches})
-    return _json({"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches})
+    summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
+               "events": events}
+    log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
+             len(republished), dead, pooled, batches, events, extra=summary)
+    return _json(summary)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core.models import ItemSpec, JobSpec
+from core.webhooks import MAX_CALLBACK_URL_CHARS, CallbackUrlError, check_callback_url
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 AspectRatio = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
@@ -45,6 +46,25 @@ class JobRequest(BaseModel):
 
     requests: list[ItemRequest] = Field(min_length=1, description="One entry per image")
     lane: Literal["auto", "interactive", "batch"] = "auto"
+    callback_url: str | None = Field(
+        None, max_length=MAX_CALLBACK_URL_CHARS, json_schema_extra={"format": "uri"},
+        description="Optional https URL that receives the job.completed webhook, signed as Standard Webhooks "
+                    "define (webhook-id, webhook-timestamp, webhook-signature)",
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        context = info.context or {}
+        if not context.get("webhook_secret_set"):
+            # Nothing is ever sent unsigned.
+            raise ValueError("this deployment has no webhook signing secret")
+        try:
+            return check_callback_url(value, allow_insecure=bool(context.get("webhook_allow_insecure")))
+        except CallbackUrlError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("requests")
     @classmethod
@@ -78,6 +98,7 @@ class JobRequest(BaseModel):
                 for key, r in zip(self.item_keys(), self.requests)
             ),
             requested_lane=self.lane,
+            callback_url=self.callback_url,
         )
 
 
@@ -156,6 +177,16 @@ class JobStatusResponse(BaseModel):
     route_reason: str | None
     estimated_cost_usd: float | None
     actual_cost_usd: float = Field(description="Succeeded items x the price of the lane each ran in")
+    events: list[EventStatus] = Field(description="The job's completion events and their delivery")
+
+
+class EventStatus(BaseModel):
+    event_id: str = Field(description="Also the webhook-id header: the receiver's idempotency key")
+    type: Literal["job.completed"]
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+    delivered_at: float | None
 
 
 class DryRun(BaseModel):

@@ -44,12 +44,17 @@ def job_store():
 
 
 @functools.cache
-def work_queue():
+def pubsub_publisher():
     from google.cloud import pubsub_v1
 
+    return pubsub_v1.PublisherClient()
+
+
+@functools.cache
+def work_queue():
     from adapters.pubsub_queue import PubSubWorkQueue
 
-    publisher = pubsub_v1.PublisherClient()
+    publisher = pubsub_publisher()
     s = settings()
     return PubSubWorkQueue(publisher, publisher.topic_path(s.google_cloud_project, s.work_topic))
 
@@ -108,7 +113,7 @@ def batch_lane():
         image_size_for=usecases.image_size_for,
         compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(
-            job_id, store=job_store(), clock=clock(), sink=image_sink()
+            job_id, store=job_store(), clock=clock(), sink=image_sink(), events=job_events()
         ),
     )
 
@@ -198,3 +203,28 @@ def dead_letters():
     subscriber = pubsub_v1.SubscriberClient()
     return PubSubDeadLetters(subscriber, subscriber.subscription_path(s.google_cloud_project,
                                                                       s.dead_letter_subscription))
+def job_events():
+    """The completion events' outbox and delivery (core/events.py): Firestore, the events
+    topic and the webhook sender."""
+    from adapters.firestore_events import FirestoreEventStore
+    from adapters.pubsub_events import PubSubEventPublisher
+    from adapters.webhook_sender import HttpWebhookSender
+    from core.events import CompletionEvents, DeliveryPolicy
+
+    s = settings()
+    publisher = pubsub_publisher()
+    return CompletionEvents(
+        store=FirestoreEventStore(firestore_client()),
+        publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
+                                       timeout=s.webhook_timeout_seconds),
+        webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),
+        clock=clock(),
+        secret=s.webhook_key(),
+        policy=DeliveryPolicy(
+            max_attempts=s.webhook_max_attempts,
+            backoff_base=s.webhook_backoff_base_seconds,
+            backoff_max=s.webhook_backoff_max_seconds,
+            lease_seconds=s.event_lease_seconds,
+        ),
+        owner_prefix=f"inline-{instance_id()}",
+    )

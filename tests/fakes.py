@@ -507,3 +507,85 @@ class InMemoryIdempotencyStore:
                 return False
             d["started_at"] = now
             return True
+# --- completion events --------------------------------------------------------------------------
+
+
+class InMemoryEventStore:
+    """The outbox of core/events.py (FirestoreEventStore in memory)."""
+
+    def __init__(self) -> None:
+        from core.events import Event
+
+        self._event = Event
+        self.events: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def create_event(self, event) -> bool:
+        with self.lock:
+            if event.event_id in self.events:
+                return False
+            self.events[event.event_id] = event.to_dict()
+            return True
+
+    def get_event(self, event_id: str):
+        d = self.events.get(event_id)
+        return self._event.from_dict(copy.deepcopy(d)) if d else None
+
+    def events_of_job(self, job_id: str) -> list:
+        found = [self._event.from_dict(copy.deepcopy(d)) for d in self.events.values() if d["job_id"] == job_id]
+        return sorted(found, key=lambda e: (e.created_at, e.event_id))
+
+    def due_events(self, now: float, limit: int) -> list:
+        # Like Firestore's range filter: only documents with a number in next_attempt_at.
+        due = [d for d in self.events.values()
+               if isinstance(d.get("next_attempt_at"), (int, float)) and d["next_attempt_at"] <= now]
+        due.sort(key=lambda d: d["next_attempt_at"])
+        return [self._event.from_dict(copy.deepcopy(d)) for d in due[:limit]]
+
+    def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float):
+        with self.lock:
+            d = self.events.get(event_id)
+            if d is None or d["state"] != "pending" or (d.get("next_attempt_at") or 0) > now:
+                return None
+            if d.get("lease_owner") and (d.get("lease_expires_at") or 0) > now:
+                return None
+            d.update(lease_owner=owner, lease_expires_at=now + lease_seconds)
+            return self._event.from_dict(copy.deepcopy(d))
+
+    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
+        with self.lock:
+            d = self.events.get(event_id)
+            if d is None or d.get("lease_owner") != owner:
+                return False
+            d.update(copy.deepcopy(updates))
+            return True
+
+
+class InMemoryEventPublisher:
+    """The events topic: keeps what was published; `fail` makes every publish fail."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, dict[str, str]]] = []
+        self.fail: str | None = None
+
+    def publish_event(self, data: bytes, attributes: dict[str, str]) -> None:
+        from core.errors import DeliveryFailed
+
+        if self.fail:
+            raise DeliveryFailed(self.fail)
+        self.messages.append((data, dict(attributes)))
+
+
+class ScriptedWebhookSender:
+    """Answers each POST with the next scripted outcome: a DeliveryFailed to raise, or "ok"
+    (also once the script is used up); records every request."""
+
+    def __init__(self, script: Iterable[object] = ()) -> None:
+        self.script = list(script)
+        self.requests: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        self.requests.append((url, body, dict(headers)))
+        outcome = self.script.pop(0) if self.script else "ok"
+        if isinstance(outcome, Exception):
+            raise outcome

@@ -35,6 +35,14 @@ class IdempotencyMismatch(DomainError):
 
 class InProgress(DomainError):
     """A request with the same Idempotency-Key is still being handled."""
+class DeliveryFailed(DomainError):
+    """An event could not be published or its webhook was not accepted (non-2xx, timeout,
+    refused address...). `permanent`: retrying cannot help (410 Gone); `retry_after`: the
+    receiver's Retry-After, in seconds. The reason never holds the secret or the signature."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after, self.permanent = reason, retry_after, permanent
 
 
 # --- outcomes of a generation attempt -------------------------------------------------

@@ -64,6 +64,7 @@ class ItemSpec:
 class JobSpec:
     items: tuple[ItemSpec, ...]
     requested_lane: str = "auto"
+    callback_url: str | None = None
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Job:
     manifest_uri: str | None = None
     estimated_cost_usd: float | None = None
     route_reason: str | None = None
-    round: int = 1  # 1 + the times POST :retry re-opened the job
+    callback_url: str | None = None  # where the job.completed webhook goes (validated at submit)
+    round: int = 1  # 1 + the times POST :retry re-opened the job: one job.completed per round
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class Job:
             "manifest_uri": self.manifest_uri,
             "estimated_cost_usd": self.estimated_cost_usd,
             "route_reason": self.route_reason,
+            "callback_url": self.callback_url,
             "round": self.round,
         }
 
@@ -114,6 +117,7 @@ class Job:
             manifest_uri=d.get("manifest_uri"),
             estimated_cost_usd=d.get("estimated_cost_usd"),
             route_reason=d.get("route_reason"),
+            callback_url=d.get("callback_url"),
             round=d.get("round", 1),
         )
 

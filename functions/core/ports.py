@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.models import BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
+
+if TYPE_CHECKING:  # core.events uses these ports in its own annotations
+    from core.events import Event
 
 
 class Clock(Protocol):
@@ -154,3 +157,48 @@ class IdempotencyStore(Protocol):
 
     def take_over(self, key_id: str, started_at: float, now: float) -> bool:
         """Restart an abandoned record: True for exactly one caller that saw started_at."""
+# --- completion events (core/events.py) ------------------------------------------------------
+
+
+class EventOutbox(Protocol):
+    """What finalize_job_if_done needs to record a job's job.completed event."""
+
+    def has_completion(self, job: Job) -> bool:
+        """True when the event of this job's current round is recorded."""
+
+    def record_completion(self, job: Job, counts: dict[ItemState, int]) -> None:
+        """Record the event (create-only: a second call changes nothing), then try to deliver it."""
+
+    def events_of_job(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's events as the status API shows them."""
+
+
+class EventStore(Protocol):
+    """The outbox's documents (events/{event_id})."""
+
+    def create_event(self, event: Event) -> bool:
+        """Create-only: False when an event with that id exists."""
+
+    def get_event(self, event_id: str) -> Event | None: ...
+
+    def events_of_job(self, job_id: str) -> list[Event]:
+        """Oldest first."""
+
+    def due_events(self, now: float, limit: int) -> list[Event]:
+        """Pending events whose next_attempt_at has come, the longest-waiting first."""
+
+    def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float) -> Event | None:
+        """Lease a pending, due event unless someone else holds a live lease on it."""
+
+    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
+        """Apply updates if owner still holds the lease."""
+
+
+class EventPublisher(Protocol):
+    def publish_event(self, data: bytes, attributes: dict[str, str]) -> None:
+        """Publish one message to the events topic; DeliveryFailed when it was not accepted."""
+
+
+class WebhookSender(Protocol):
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        """POST body to url without following redirects; DeliveryFailed unless the answer is 2xx."""

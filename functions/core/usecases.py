@@ -38,10 +38,12 @@ from core.models import (
     Lane,
 )
 from core.ports import (
-    BatchStore, Clock, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
+    BatchStore, Clock, EventOutbox, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
 )
 
 log = logging.getLogger(__name__)
+
+_HOLD_POLL_SECONDS = 0.5
 
 
 def new_job_id() -> str:
@@ -116,6 +118,7 @@ def submit_job(
         published=lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
         estimated_cost_usd=route.estimated_cost_usd,
         route_reason=route.reason,
+        callback_url=spec.callback_url,
     )
     items = [
         Item(
@@ -229,7 +232,7 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 
 def get_job_status(
     job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
-    batches: BatchStore | None = None, prices: Prices | None = None,
+    batches: BatchStore | None = None, prices: Prices | None = None, events: EventOutbox | None = None,
 ) -> dict:
     job = store.get_job(job_id)
     if job is None:
@@ -257,6 +260,7 @@ def get_job_status(
         "route_reason": job.route_reason,
         "estimated_cost_usd": job.estimated_cost_usd,
         "actual_cost_usd": _actual_cost(store, job_id, prices or Prices(), counts),
+        "events": events.events_of_job(job_id) if events else [],
     }
 
 
@@ -286,17 +290,22 @@ def job_status_from_counts(counts: dict[ItemState, int]) -> JobStatus | None:
 
 
 def finalize_job_if_done(
-    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None
 ) -> JobStatus | None:
     """Give the job its terminal status, and write its manifest, once no item is left to do.
 
     Every finisher calls this after committing its own item, so the last one to commit
     always sees zero remaining; two finishers may both see it, and both writes are
     idempotent (the manifest is create-only, the status only moves forward). The manifest
-    is written before the status, so a job that says it is done always has one."""
+    is written before the status, so a job that says it is done always has one.
+
+    With `events`, the job.completed event is recorded after the status (create-only), also
+    when the job was already finalized and the event is missing: a finisher that died between
+    the two is repaired by the next one that gets here."""
     job = store.get_job(job_id)
     if job is not None and job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
-        return job.status  # already finalized: a duplicate delivery costs one read
+        _record_completion(job, store, events)
+        return job.status  # already finalized: a duplicate delivery costs one read (two with events)
     if store.has_unfinished_items(job_id):
         return None
     status = job_status_from_counts(store.count_items(job_id))
@@ -307,7 +316,20 @@ def finalize_job_if_done(
         name = manifest_name(job_id, job.round if job is not None else 1)
         manifest_uri = sink.put_manifest(name, build_manifest(_all_items(store, job_id))).uri
     store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
+    if events is not None:
+        _record_completion(store.get_job(job_id), store, events)  # as stored: another finisher may have won
     return status
+
+
+def _record_completion(job: Job | None, store: JobStore, events: EventOutbox | None) -> None:
+    """Record the job.completed event of a finalized job unless it is recorded. A cancelled job
+    is terminal at once but finalized only when its last running item has ended."""
+    if events is None or job is None or job.status not in TERMINAL_JOB_STATUSES:
+        return
+    if job.finished_at is None and store.has_unfinished_items(job.job_id):
+        return
+    if not events.has_completion(job):
+        events.record_completion(job, store.count_items(job.job_id))
 
 
 def manifest_name(job_id: str, round: int = 1) -> str:
@@ -327,7 +349,9 @@ def build_manifest(items: list[Item]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def cancel_job(job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None) -> dict:
+def cancel_job(
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None
+) -> dict:
     """Cancel a job: queued interactive items are dropped here or by the worker that meets
     them; the poller cancels the job's Gemini batches. Finished items keep their images."""
     job = store.get_job(job_id)
@@ -342,8 +366,8 @@ def cancel_job(job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | 
                 if store.claim_item(job_id, item.key, owner, clock.now(), 60):
                     store.finish_item(job_id, item.key, owner,
                                       _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
-    return get_job_status(job_id, store=store, page_size=1)
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
+    return get_job_status(job_id, store=store, page_size=1, events=events)
 
 
 # --- retry, dead letters, stats -----------------------------------------------------------
@@ -400,7 +424,7 @@ def retry_job(
 
 def dead_letter_item(
     job_id: str, key: str, *, store: JobStore, clock: Clock, sink: ImageSink | None,
-    deliveries: int | None, owner: str, lease_seconds: float = 60.0,
+    deliveries: int | None, owner: str, lease_seconds: float = 60.0, events: EventOutbox | None = None,
 ) -> bool:
     """Pub/Sub gave up on an item's message: the item ends dead_lettered with its last error.
 
@@ -418,13 +442,13 @@ def dead_letter_item(
         ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
                 extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value})
-    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
     return True
 
 
 def drain_dead_letters(
     source, *, store: JobStore, clock: Clock, sink: ImageSink | None, owner: str,
-    decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100,
+    decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100, events: EventOutbox | None = None,
 ) -> dict[str, int]:
     """The dead-letter topic's consumer: each work message Pub/Sub gave up on ends its item
     dead_lettered (with the last error), so no item waits `queued` forever. A message whose
@@ -440,7 +464,7 @@ def drain_dead_letters(
             acks.append(ack_id)
             continue
         deliveries = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
-        if dead_letter_item(job_id, key, store=store, clock=clock, sink=sink, owner=owner,
+        if dead_letter_item(job_id, key, store=store, clock=clock, sink=sink, owner=owner, events=events,
                             deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None):
             summary["settled"] += 1
             acks.append(ack_id)
@@ -506,6 +530,7 @@ def process_item(
     breaker: CircuitBreaker | None = None,
     pool: PoolStore | None = None,
     accounting: Accounting | None = None,
+    events: EventOutbox | None = None,
 ) -> ItemOutcome:
     """Generate one image, at most once per success, under the shared rate limit.
 
@@ -520,7 +545,7 @@ def process_item(
         return _ack("unknown", f"no item {job_id}/{key}")
     if item.terminal:
         # The finisher may have died before finalizing the job: finishing it is idempotent.
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
         return _ack(item.state.value, "already finished")
     if item.lane == Lane.BATCH.value:
         # Diverted by the breaker (a duplicate delivery, or a crash before its pool entry).
@@ -540,7 +565,7 @@ def process_item(
         """Give the item its terminal state (we hold its lease), finish the job if it was the
         last one, and ack the message."""
         store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields))
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink)
+        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
         return _ack(state.value, reason)
 
     def divert(why: str) -> ItemOutcome:
@@ -579,8 +604,15 @@ def process_item(
     deadline = started + max_wait
     dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED) if accounting else {}
     while True:
-        if breaker is not None and (outcome := blocked(breaker.before_send(owner))) is not None:
-            return outcome
+        if breaker is not None:
+            decision = breaker.before_send(owner)
+            if decision is Decision.HOLD and clock.now() + _HOLD_POLL_SECONDS < deadline:
+                # Halted, or another worker is probing: wait in place while this delivery may,
+                # rather than a round trip through Pub/Sub's backoff.
+                clock.sleep(_HOLD_POLL_SECONDS)
+                continue
+            if (outcome := blocked(decision)) is not None:
+                return outcome
         try:
             limiter.acquire(owner, max(0.0, deadline - clock.now()))
         except RateLimited as e:

@@ -374,6 +374,14 @@ def generate_api_key() -> str:
     return "local-" + secrets.token_urlsafe(24)
 
 
+def generate_webhook_secret() -> str:
+    """A fresh Standard Webhooks signing secret (whsec_ + base64 of 32 random bytes)."""
+    import base64
+    import secrets
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -401,6 +409,8 @@ class Stack:
         worker_threads: int | None = None,
         images_bucket: str | None = None,
         work_topic: str = "imagefleet-work",
+        events_topic: str = "imagefleet-events",
+        webhooks: bool = True,
         ack_deadline: int = 120,
         delivery: str = "push",
         relay_concurrency: int = 8,
@@ -426,6 +436,11 @@ class Stack:
         self.worker_threads = worker_threads
         self.images_bucket = images_bucket or f"{project}-images"
         self.work_topic = work_topic
+        self.events_topic = events_topic
+        # The functions sign webhooks with this (a fresh one per stack) and accept http:// and
+        # private callback URLs, so a receiver on 127.0.0.1 works. webhooks=False: no secret, so
+        # every callback_url is refused (the fuzzer's stack must never call the URLs it invents).
+        self.webhook_secret = generate_webhook_secret() if webhooks else None
         self.ack_deadline = ack_deadline
         if delivery not in ("push", "relay"):
             raise StackError(f"delivery is 'push' or 'relay', not {delivery!r}")
@@ -460,6 +475,15 @@ class Stack:
         return f"projects/{self.project}/topics/{self.work_topic}"
 
     @property
+    def events_topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.events_topic}"
+
+    @property
+    def events_subscription_path(self) -> str:
+        """A pull subscription on the events topic, as infra/terraform creates one."""
+        return f"projects/{self.project}/subscriptions/{self.events_topic}-sub"
+
+    @property
     def push_subscription_path(self) -> str:
         return f"projects/{self.project}/subscriptions/{self.work_topic}-push"
 
@@ -487,6 +511,7 @@ class Stack:
             "STORAGE_EMULATOR_HOST": self.url("gcs"),
             "IMAGES_BUCKET": self.images_bucket,
             "WORK_TOPIC": self.work_topic,
+            "EVENTS_TOPIC": self.events_topic,
         }
         if self.gemini:
             env["GOOGLE_GEMINI_BASE_URL"] = self.url("gemini")
@@ -511,6 +536,9 @@ class Stack:
         env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription
         if name == "worker" and self.worker_threads:
             env["THREADS"] = str(self.worker_threads)  # read by functions-framework's gunicorn
+        if self.webhook_secret:
+            env["WEBHOOK_SECRET"] = self.webhook_secret
+            env["WEBHOOK_ALLOW_INSECURE"] = "true"
         env.update(self.extra_function_env)
         return env
 
@@ -548,6 +576,9 @@ class Stack:
             self._create_bucket()
             self._create_topic(self.topic_path)
             self._create_dead_letter_topic()
+            self._create_topic(self.events_topic_path)
+            self._rest("PUT", f"{self.url('pubsub')}/v1/{self.events_subscription_path}",
+                       {"topic": self.events_topic_path}, ok=(200, 409))
             if self.functions:
                 self._start_and_wait([self._function(n) for n in FUNCTION_TARGETS])
                 # After the worker is up, so the first pushes don't fail.

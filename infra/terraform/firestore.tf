@@ -4,8 +4,9 @@
 #
 # No composite index: every query the functions make (functions/adapters/firestore_store.py)
 # is one equality or `in` filter, or one order_by, on a single field of one collection
-# (items by state or by index, jobs by published, batches by job_id or state, slots by slot),
-# and Firestore's automatic single-field indexes answer those.
+# (items by state or by index, jobs by published, batches by job_id or state, slots by slot,
+# events by job_id or by a next_attempt_at range; adapters/firestore_events.py), and Firestore's
+# automatic single-field indexes answer those.
 resource "google_firestore_database" "main" {
   project     = var.project_id
   name        = "(default)"

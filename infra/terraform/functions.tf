@@ -133,7 +133,7 @@ resource "google_cloudfunctions2_function" "api" {
     available_cpu                    = var.api_cpu
     timeout_seconds                  = var.api_timeout_seconds
     # THREADS: functions-framework's gunicorn threads, one per concurrent request.
-    environment_variables = merge(local.app_env, local.optional_env, { THREADS = var.api_concurrency })
+    environment_variables = merge(local.app_env, local.optional_env, local.events_env, { THREADS = var.api_concurrency })
 
     # Read by google-genai (the batch lane creates Gemini batches from the API) and
     # fingerprinted by the batch lane. Resolved at instance start from Secret Manager.
@@ -141,6 +141,14 @@ resource "google_cloudfunctions2_function" "api" {
       key        = "GEMINI_API_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = "latest"
+    }
+
+    # Signs the job.completed webhooks (events.tf); every function may finalize a job.
+    secret_environment_variables {
+      key        = "WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.webhook_secret.secret_id
       version    = "latest"
     }
 
@@ -165,6 +173,7 @@ resource "google_cloudfunctions2_function" "api" {
   depends_on = [
     google_project_service.this,
     google_secret_manager_secret_iam_member.api,
+    google_secret_manager_secret_iam_member.api_webhook_secret,
     google_project_iam_member.build_log_writer,
     google_project_iam_member.build_object_viewer,
     google_artifact_registry_repository_iam_member.build_writer,
@@ -204,12 +213,20 @@ resource "google_cloudfunctions2_function" "worker" {
     available_memory                 = var.worker_memory
     available_cpu                    = var.worker_cpu
     timeout_seconds                  = var.worker_timeout_seconds
-    environment_variables            = merge(local.app_env, local.optional_env, { THREADS = var.worker_concurrency })
+    environment_variables            = merge(local.app_env, local.optional_env, local.events_env, { THREADS = var.worker_concurrency })
 
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = "latest"
+    }
+
+    # Signs the job.completed webhooks (events.tf); every function may finalize a job.
+    secret_environment_variables {
+      key        = "WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.webhook_secret.secret_id
       version    = "latest"
     }
   }
@@ -224,6 +241,7 @@ resource "google_cloudfunctions2_function" "worker" {
   depends_on = [
     google_project_service.this,
     google_secret_manager_secret_iam_member.worker,
+    google_secret_manager_secret_iam_member.worker_webhook_secret,
     google_project_iam_member.build_log_writer,
     google_project_iam_member.build_object_viewer,
     google_artifact_registry_repository_iam_member.build_writer,
@@ -260,12 +278,20 @@ resource "google_cloudfunctions2_function" "poller" {
     available_memory                 = var.poller_memory
     available_cpu                    = var.poller_cpu
     timeout_seconds                  = var.poller_timeout_seconds
-    environment_variables            = merge(local.app_env, local.optional_env, { THREADS = 1 })
+    environment_variables            = merge(local.app_env, local.optional_env, local.events_env, { THREADS = 1 })
 
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = "latest"
+    }
+
+    # Signs the job.completed webhooks (events.tf); every function may finalize a job.
+    secret_environment_variables {
+      key        = "WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.webhook_secret.secret_id
       version    = "latest"
     }
   }
@@ -284,6 +310,7 @@ resource "google_cloudfunctions2_function" "poller" {
   depends_on = [
     google_project_service.this,
     google_secret_manager_secret_iam_member.poller,
+    google_secret_manager_secret_iam_member.poller_webhook_secret,
     google_project_iam_member.build_log_writer,
     google_project_iam_member.build_object_viewer,
     google_artifact_registry_repository_iam_member.build_writer,

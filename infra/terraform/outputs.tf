@@ -42,3 +42,23 @@ output "add_api_key_command" {
   description = "Adds the Gemini API key as a new secret version, outside Terraform."
   value       = "printf %s \"$GEMINI_API_KEY\" | gcloud secrets versions add ${google_secret_manager_secret.gemini_api_key.secret_id} --project ${var.project_id} --data-file=-"
 }
+
+output "events_topic" {
+  description = "Topic of the job.completed events."
+  value       = google_pubsub_topic.events.name
+}
+
+output "events_subscription" {
+  description = "Example pull subscription on the events topic."
+  value       = google_pubsub_subscription.events_example.name
+}
+
+output "webhook_secret" {
+  description = "Secret that holds the webhook signing secret; add its value with the command in add_webhook_secret_command."
+  value       = google_secret_manager_secret.webhook_secret.secret_id
+}
+
+output "add_webhook_secret_command" {
+  description = "Generates a webhook signing secret and adds it as a new secret version, outside Terraform."
+  value       = "printf 'whsec_%s' \"$(openssl rand -base64 32)\" | gcloud secrets versions add ${google_secret_manager_secret.webhook_secret.secret_id} --project ${var.project_id} --data-file=-"
+}

@@ -62,12 +62,12 @@ resource "google_pubsub_subscription" "worker_push" {
 
   lifecycle {
     precondition {
-      condition     = var.worker_ack_deadline_seconds > var.max_wait_seconds + var.gemini_timeout_seconds
-      error_message = "worker_ack_deadline_seconds must exceed max_wait_seconds + gemini_timeout_seconds, or deliveries are pushed twice."
+      condition     = var.worker_ack_deadline_seconds > var.max_wait_seconds + var.gemini_timeout_seconds + 2 * var.webhook_timeout_seconds
+      error_message = "worker_ack_deadline_seconds must exceed max_wait_seconds + gemini_timeout_seconds + 2 x webhook_timeout_seconds (the inline webhook of a job's last item), or deliveries are pushed twice."
     }
     precondition {
-      condition     = var.worker_timeout_seconds > var.max_wait_seconds + var.gemini_timeout_seconds && var.worker_timeout_seconds <= var.worker_ack_deadline_seconds
-      error_message = "worker_timeout_seconds must exceed max_wait_seconds + gemini_timeout_seconds and not exceed worker_ack_deadline_seconds."
+      condition     = var.worker_timeout_seconds > var.max_wait_seconds + var.gemini_timeout_seconds + 2 * var.webhook_timeout_seconds && var.worker_timeout_seconds <= var.worker_ack_deadline_seconds
+      error_message = "worker_timeout_seconds must exceed max_wait_seconds + gemini_timeout_seconds + 2 x webhook_timeout_seconds and not exceed worker_ack_deadline_seconds."
     }
   }
 

@@ -487,3 +487,36 @@ variable "daily_budget_usd" {
   description = "Daily spend limit: a job whose estimate exceeds what is left is sent to batch or refused with 429; null = none."
   default     = null
 }
+
+# ---------------------------------------------------------------------------------------------
+# Completion events and webhooks (events.tf, functions/core/events.py)
+# ---------------------------------------------------------------------------------------------
+
+variable "webhook_timeout_seconds" {
+  type        = number
+  description = "WEBHOOK_TIMEOUT_SECONDS: connect and read timeout of one webhook POST (and of one events publish)."
+  default     = 10
+
+  validation {
+    condition     = var.webhook_timeout_seconds > 0 && var.webhook_timeout_seconds <= 60
+    error_message = "webhook_timeout_seconds is more than 0 and at most 60."
+  }
+}
+
+variable "webhook_backoff_base_seconds" {
+  type        = number
+  description = "WEBHOOK_BACKOFF_BASE_SECONDS: wait after the first failed delivery; it doubles after each one (with jitter)."
+  default     = 30
+}
+
+variable "webhook_backoff_max_seconds" {
+  type        = number
+  description = "WEBHOOK_BACKOFF_MAX_SECONDS: longest wait between two delivery attempts."
+  default     = 3600
+}
+
+variable "webhook_max_attempts" {
+  type        = number
+  description = "WEBHOOK_MAX_ATTEMPTS: delivery attempts before an event is marked failed (logged at ERROR)."
+  default     = 8
+}

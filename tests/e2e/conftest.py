@@ -46,6 +46,16 @@ def stack_function_env() -> dict[str, str]:
         "BATCH_CHECKPOINT_LINES": "5",
         "BATCH_MAX_ATTEMPTS": "2",
         "BATCH_UPLOAD_CONCURRENCY": "2",
+        # The circuit breaker: off for per-minute 429s here (the quota tests count every 429 and
+        # expect no failover); tests/e2e/test_fault_matrix.py turns it on. Short cooldowns, and
+        # a pool that every poller tick flushes.
+        "BREAKER_THRESHOLD": "1000",
+        "BREAKER_COOLDOWN_SECONDS": "2",
+        "BREAKER_HALT_SECONDS": "3",
+        "POOL_MAX_AGE_SECONDS": "0",
+        # Completion webhooks (tests/e2e/test_events.py): retried after 0.25-0.5 s, then 0.5-1 s...
+        "WEBHOOK_BACKOFF_BASE_SECONDS": "0.5",
+        "WEBHOOK_TIMEOUT_SECONDS": "3",
     }
 
 
@@ -101,3 +111,28 @@ def publisher(stack: Stack):
     from google.cloud import pubsub_v1
 
     return pubsub_v1.PublisherClient()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The fault matrix's table (tests/e2e/test_fault_matrix.py), when it ran: `make chaos`."""
+    import sys
+
+    module = sys.modules.get("tests.e2e.test_fault_matrix")
+    rows = getattr(module, "ROWS", None)
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("fault matrix")
+    header = f"{'scenario':32} {'items':>5}  {'faults injected':28} {'lost':>4} {'dup':>4} {'max/window':>10} {'wall s':>7}"
+    write(header)
+    write("-" * len(header))
+    for r in rows:
+        write(f"{r['scenario']:32} {r['items']:>5}  {r['faults']:28} {r['lost']:>4} {r['duplicated']:>4} "
+              f"{str(r['max_in_window']) + '/' + str(config_rate()):>10} {r['seconds']:>7}")
+
+
+def config_rate() -> int:
+    from tests.e2e.helpers import RATE_LIMIT
+
+    return RATE_LIMIT

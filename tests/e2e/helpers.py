@@ -95,8 +95,20 @@ def worker_outcomes(stack: Stack, job_id: str, key: str) -> list[str]:
     """The worker's "item {job}/{key}: {state} {reason}" log lines for one item, one per delivery
     that got as far as process_item's answer."""
     prefix = f"item {job_id}/{key}: "
-    text = stack.log_path("worker").read_text(errors="replace")
-    return [line.split(prefix, 1)[1] for line in text.splitlines() if prefix in line]
+    return [m.split(prefix, 1)[1] for m in log_messages(stack, "worker") if prefix in m]
+
+
+def log_messages(stack: Stack, name: str) -> list[str]:
+    """The `message` of each structured (Cloud Logging JSON) line a function process logged."""
+    messages = []
+    for line in stack.log_path(name).read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # functions-framework's and gunicorn's own lines
+        if isinstance(entry, dict) and "message" in entry:
+            messages.append(entry["message"])
+    return messages
 
 
 # --- the Gemini emulator's admin API -------------------------------------------------------------

@@ -28,6 +28,7 @@ API_KEY = "fuzz-key-not-a-secret"
 def fuzz_stack(tmp_path_factory):
     with Stack(ports=Ports.free(), project="demo-imagefleet-fuzz", state_dir=tmp_path_factory.mktemp("fuzz"),
                functions=True, api_key=API_KEY, gemini_config={"image_scale": 0.1},
+               webhooks=False,  # no signing secret: every callback_url the fuzzer invents is refused
                function_env={"RATE_LIMIT_REQUESTS": "0", "RATE_LIMIT_IMAGES": "0", "MAX_ITEMS_PER_JOB": "50",
                              "BATCH_SUBMIT_BUDGET_SECONDS": "1"}) as stack:
         yield stack

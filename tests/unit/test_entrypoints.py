@@ -63,6 +63,12 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "pool_store", lambda: f.pool)
     monkeypatch.setattr(wiring, "idempotency_store", lambda: f.idempotency)
     monkeypatch.setattr(wiring, "dead_letters", lambda: None)
+    from core.events import CompletionEvents, DeliveryPolicy
+    from tests.fakes import InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender
+
+    f.events = CompletionEvents(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
+                                webhooks=ScriptedWebhookSender(), clock=f.clock, secret=None, policy=DeliveryPolicy())
+    monkeypatch.setattr(wiring, "job_events", lambda: f.events)
     yield f
     wiring.get_settings.cache_clear()
 

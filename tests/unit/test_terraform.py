@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import hcl2
+import pytest
 from hcl2.utils import SerializationOptions
 
 from config import Settings
@@ -175,17 +176,26 @@ def test_gunicorn_threads_match_the_request_concurrency():
         assert threads.strip("${}") == concurrency.strip("${}"), name
 
 
-def test_the_gemini_key_comes_from_secret_manager_on_every_function():
+@pytest.mark.parametrize("key, secret", [("GEMINI_API_KEY", "gemini_api_key"), ("WEBHOOK_SECRET", "webhook_secret")])
+def test_the_secrets_come_from_secret_manager_on_every_function(key, secret):
     for name, function in functions().items():
-        [secret] = function["service_config"][0]["secret_environment_variables"]
-        assert secret["key"] == "GEMINI_API_KEY", name
-        assert refers_to(secret["secret"], "google_secret_manager_secret", "gemini_api_key"), name
-        assert "GEMINI_API_KEY" not in env_of(function), name
+        secrets = {s["key"]: s for s in function["service_config"][0]["secret_environment_variables"]}
+        assert set(secrets) == {"GEMINI_API_KEY", "WEBHOOK_SECRET"}, name
+        assert refers_to(secrets[key]["secret"], "google_secret_manager_secret", secret), name
+        assert secrets[key]["version"] == "latest", name
+        assert key not in env_of(function), name
+        # Its own service account may read that secret, granted on the secret alone.
+        account = re.fullmatch(r"\$\{google_service_account\.(\w+)\.email\}",
+                               function["service_config"][0]["service_account_email"]).group(1)
+        assert any(refers_to(m["secret_id"], "google_secret_manager_secret", secret)
+                   and m["role"] == "roles/secretmanager.secretAccessor"
+                   and refers_to(m["member"], "google_service_account", account)
+                   for m in resources()["google_secret_manager_secret_iam_member"].values()), (name, key)
 
 
 def test_the_default_variables_make_valid_settings():
     # Values that only exist after apply (bucket and topic names) stand in as placeholders.
-    env = {key: resolve(value) for key, value in locals_()["app_env"].items()}
+    env = {key: resolve(value) for key, value in {**locals_()["app_env"], **locals_()["events_env"]}.items()}
     env = {key: "tf-managed" if isinstance(v, str) and "${" in v else v for key, v in env.items()}
 
     settings = Settings(**{key.lower(): value for key, value in env.items()})
@@ -210,8 +220,11 @@ def test_the_push_subscription_reads_the_work_topic_and_dead_letters():
 
 
 def test_the_ack_deadline_outlasts_the_longest_delivery():
-    env = locals_()["app_env"]
-    longest = resolve(env["MAX_WAIT_SECONDS"]) + resolve(env["GEMINI_TIMEOUT_SECONDS"])
+    env = {**locals_()["app_env"], **locals_()["events_env"]}
+    # Wait for capacity, the model call, then (if the item ended the job) the inline webhook:
+    # its connect and its answer, each bounded by the webhook timeout.
+    longest = (resolve(env["MAX_WAIT_SECONDS"]) + resolve(env["GEMINI_TIMEOUT_SECONDS"])
+               + 2 * resolve(env["WEBHOOK_TIMEOUT_SECONDS"]))
     sub = resources()["google_pubsub_subscription"]["worker_push"]
     _, worker = function_named("pubsub_worker")
     ack = resolve(sub["ack_deadline_seconds"])
@@ -260,6 +273,26 @@ def test_no_secret_value_can_land_in_the_state():
     for kind in ("resource", "data"):
         assert "google_secret_manager_secret_version" not in resources(kind)
     assert "google_secret_manager_secret" in resources()
+
+
+# --- completion events ----------------------------------------------------------------------------
+
+def test_every_function_publishes_events_to_the_events_topic():
+    topics = resources()["google_pubsub_topic_iam_member"].values()
+    for name, function in functions().items():
+        assert refers_to(env_of(function)["EVENTS_TOPIC"], "google_pubsub_topic", "events"), name
+        assert "WEBHOOK_ALLOW_INSECURE" not in env_of(function), name  # http and private hosts: local only
+        account = re.fullmatch(r"\$\{google_service_account\.(\w+)\.email\}",
+                               function["service_config"][0]["service_account_email"]).group(1)
+        assert any(refers_to(m["topic"], "google_pubsub_topic", "events") and m["role"] == "roles/pubsub.publisher"
+                   and refers_to(m["member"], "google_service_account", account) for m in topics), name
+
+
+def test_the_events_topic_has_a_pull_subscription_that_keeps_a_week():
+    [sub] = [s for s in resources()["google_pubsub_subscription"].values()
+             if refers_to(s["topic"], "google_pubsub_topic", "events")]
+    assert "push_config" not in sub
+    assert sub["message_retention_duration"] == "604800s" and sub["expiration_policy"][0]["ttl"] == ""
 
 
 # --- house rules ----------------------------------------------------------------------------------

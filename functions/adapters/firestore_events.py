@@ -1,0 +1,65 @@
+"""Firestore outbox of the completion events: events/{event_id}, one document per event.
+
+Created create-only by whoever finalizes the job; then leased and updated by compare-and-set
+on the read's update_time (firestore_store.compare_and_set), like items and batch intents.
+Both queries are on one field each (job_id ==, next_attempt_at <=), so Firestore's automatic
+single-field indexes answer them and no composite index is needed.
+"""
+from __future__ import annotations
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from adapters.firestore_store import compare_and_set
+from core.events import Event, EventState
+
+
+class FirestoreEventStore:
+    def __init__(self, client: firestore.Client, collection: str = "events") -> None:
+        self.db = client
+        self.events = client.collection(collection)
+
+    def create_event(self, event: Event) -> bool:
+        try:
+            self.events.document(event.event_id).create(event.to_dict())
+            return True
+        except gexc.Conflict:  # AlreadyExists
+            return False
+
+    def get_event(self, event_id: str) -> Event | None:
+        snap = self.events.document(event_id).get()
+        return Event.from_dict(snap.to_dict()) if snap.exists else None
+
+    def events_of_job(self, job_id: str) -> list[Event]:
+        query = self.events.where(filter=FieldFilter("job_id", "==", job_id))
+        return sorted((Event.from_dict(s.to_dict()) for s in query.stream()), key=lambda e: (e.created_at, e.event_id))
+
+    def due_events(self, now: float, limit: int) -> list[Event]:
+        # Only pending events have a number in next_attempt_at (it is null once delivered or
+        # failed), and a range filter matches numbers only.
+        query = (self.events.where(filter=FieldFilter("next_attempt_at", "<=", now))
+                 .order_by("next_attempt_at").limit(limit))
+        return [Event.from_dict(s.to_dict()) for s in query.stream()]
+
+    def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float) -> Event | None:
+        claimed: list[Event] = []
+
+        def decide(data: dict | None) -> dict | None:
+            if data is None or data.get("state") != EventState.PENDING.value:
+                return None
+            if (data.get("next_attempt_at") or 0) > now:
+                return None
+            if data.get("lease_owner") and (data.get("lease_expires_at") or 0) > now:
+                return None
+            updates = {"lease_owner": owner, "lease_expires_at": now + lease_seconds}
+            claimed[:] = [Event.from_dict({**data, **updates})]
+            return updates
+
+        return claimed[0] if compare_and_set(self.db, self.events.document(event_id), decide) else None
+
+    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            return updates if data is not None and data.get("lease_owner") == owner else None
+
+        return compare_and_set(self.db, self.events.document(event_id), decide)

@@ -1,0 +1,311 @@
+"""Completion events: when a job ends, a `job.completed` event is recorded in an outbox and then
+published to the events topic and POSTed, signed, to the job's callback_url, each until it
+succeeds or the attempts run out.
+
+Why an outbox: the job's terminal status and the event cannot be written in one step, and the
+Pub/Sub publish and the webhook can fail or be cut off at any line. So the event is first a
+create-only document whose id is derived from the job (`{job_id}.completed.r{round}`): every
+finisher that sees the job ended records it, only the first one creates it, and a crash
+between "job ended" and "event recorded" is repaired by the next finisher or poller tick that
+calls finalize_job_if_done. Delivery leases the event (a compare-and-set, like items and batch
+intents), so overlapping pollers never deliver one event at the same time, and records which of
+its two channels is done, so a retry repeats only the one that failed. Delivery is at least
+once: a crash after the POST and before the record repeats it, with the same webhook-id,
+which receivers use as their idempotency key (Standard Webhooks).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from core.errors import DeliveryFailed
+from core.models import ItemState, Job
+from core.webhooks import signed_headers
+
+if TYPE_CHECKING:
+    from core.ports import Clock, EventPublisher, EventStore, WebhookSender
+
+log = logging.getLogger(__name__)
+
+JOB_COMPLETED = "job.completed"
+_MAX_ERROR_CHARS = 500
+
+
+class EventState(str, enum.Enum):
+    PENDING = "pending"  # not yet delivered on every channel; next_attempt_at says when to try
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up: max attempts, or the receiver answered 410 Gone
+
+
+@dataclass
+class Event:
+    event_id: str
+    type: str
+    job_id: str
+    # The exact JSON text sent as the Pub/Sub data and the webhook body: stored as text, so
+    # every retry sends and signs the same bytes.
+    body: str
+    created_at: float
+    callback_url: str | None = None
+    state: EventState = EventState.PENDING
+    attempts: int = 0
+    # Set only while pending: the due query is a range over this one field, and documents
+    # without a number in it (delivered, failed) are not in that range.
+    next_attempt_at: float | None = None
+    last_error: str | None = None
+    pubsub_done: bool = False
+    webhook_done: bool = False
+    delivered_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "state": EventState(d["state"])})
+
+    def public(self) -> dict[str, Any]:
+        """The event as the status API shows it."""
+        return {
+            "event_id": self.event_id,
+            "type": self.type,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "delivered_at": self.delivered_at,
+        }
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    max_attempts: int = 8
+    backoff_base: float = 30.0
+    backoff_max: float = 3600.0
+    # Longer than one delivery can take (the publish, and the webhook's connect and read
+    # timeouts), so a live deliverer never loses its lease to another.
+    lease_seconds: float = 60.0
+
+
+def completion_event_id(job_id: str, round_: int) -> str:
+    """The same for every finisher and every re-delivery of one completion; a new one per round."""
+    return f"{job_id}.completed.r{round_}"
+
+
+def rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def completion_payload(job: Job, counts: dict[ItemState, int], now: float) -> dict[str, Any]:
+    """Standard Webhooks' shape: type, timestamp (when the event happened), data."""
+    return {
+        "type": JOB_COMPLETED,
+        "timestamp": rfc3339(job.finished_at or now),
+        "data": {
+            "job_id": job.job_id,
+            "status": job.status.value,
+            "lane": job.lane.value,
+            "item_count": job.item_count,
+            "counts": {state.value: counts.get(state, 0) for state in ItemState},
+            "manifest_uri": job.manifest_uri,
+            "round": job.round,
+        },
+    }
+
+
+def backoff_seconds(failures: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """The wait after `failures` failed attempts: base, 2 base, 4 base... up to cap, with
+    "equal jitter" (a random point in the step's upper half), so receivers that failed together
+    are not all retried at the same instant and no wait is shorter than half its step."""
+    step = min(cap, base * 2 ** min(max(failures - 1, 0), 40))
+    return step / 2 + rand() * step / 2
+
+
+def record_completion(job: Job, counts: dict[ItemState, int], *, store: EventStore, clock: Clock) -> Event | None:
+    """Create the job's job.completed event, due now; None when it already exists."""
+    now = clock.now()
+    payload = completion_payload(job, counts, now)
+    event = Event(
+        event_id=completion_event_id(job.job_id, job.round), type=JOB_COMPLETED, job_id=job.job_id,
+        body=json.dumps(payload, separators=(",", ":")), created_at=now, callback_url=job.callback_url,
+        next_attempt_at=now, updated_at=now,
+    )
+    return event if store.create_event(event) else None
+
+
+def _host(url: str | None) -> str:
+    """What the logs name of a callback URL: its host (a path or query may hold a token)."""
+    try:
+        return urlsplit(url or "").hostname or "?"
+    except ValueError:
+        return "?"
+
+
+def deliver_event(
+    event_id: str,
+    *,
+    store: EventStore,
+    publisher: EventPublisher,
+    webhooks: WebhookSender,
+    clock: Clock,
+    secret: bytes | None,
+    policy: DeliveryPolicy,
+    owner: str,
+    rand: Callable[[], float] = random.random,
+) -> str:
+    """One delivery attempt of a due event, under its lease: publish it unless that is done,
+    POST the webhook unless that is done (or there is no callback_url), then record the
+    outcome. Returns "delivered", "retrying", "failed" or "skipped" (not due, already done, or
+    leased by another deliverer)."""
+    event = store.claim_event(event_id, owner, clock.now(), policy.lease_seconds)
+    if event is None:
+        return "skipped"
+    updates: dict[str, Any] = {}
+    errors: list[str] = []
+    retry_after: float | None = None
+    permanent = False
+    if not event.pubsub_done:
+        try:
+            publisher.publish_event(event.body.encode(), {"type": event.type, "job_id": event.job_id,
+                                                          "event_id": event.event_id})
+            updates["pubsub_done"] = True
+        except DeliveryFailed as e:
+            errors.append(f"pubsub: {e.reason}")
+    if not event.webhook_done:
+        if not event.callback_url:
+            updates["webhook_done"] = True
+        elif secret is None:
+            # Never sent unsigned. Submit refuses callback URLs without a secret, so this is a
+            # deployment that lost its secret after the job was accepted.
+            errors.append("webhook: this deployment has no webhook signing secret")
+        else:
+            headers = signed_headers(secret, event.event_id, int(clock.now()), event.body)
+            try:
+                webhooks.post(event.callback_url, event.body.encode(), headers)
+                updates["webhook_done"] = True
+            except DeliveryFailed as e:
+                errors.append(f"webhook: {e.reason}")
+                retry_after, permanent = e.retry_after, e.permanent
+    attempts = event.attempts + 1
+    now = clock.now()
+    updates.update(attempts=attempts, lease_owner=None, lease_expires_at=None, updated_at=now)
+    if not errors:
+        updates.update(state=EventState.DELIVERED.value, delivered_at=now, next_attempt_at=None, last_error=None)
+        outcome = "delivered"
+        log.info("event %s delivered (attempt %d)", event_id, attempts)
+    else:
+        last_error = "; ".join(errors)[:_MAX_ERROR_CHARS]
+        updates["last_error"] = last_error
+        if permanent or attempts >= policy.max_attempts:
+            updates.update(state=EventState.FAILED.value, next_attempt_at=None)
+            outcome = "failed"
+            log.error("event %s failed for good after %d attempts (callback host %s): %s",
+                      event_id, attempts, _host(event.callback_url), last_error)
+        else:
+            delay = backoff_seconds(attempts, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, policy.backoff_max))
+            updates["next_attempt_at"] = now + delay
+            outcome = "retrying"
+            log.warning("event %s attempt %d failed (callback host %s): %s; next in %.1fs",
+                        event_id, attempts, _host(event.callback_url), last_error, delay)
+    if not store.update_event(event_id, owner, updates):
+        # Our lease ran out and another deliverer took the event over: its record wins.
+        log.warning("event %s: lost the lease before recording attempt %d", event_id, attempts)
+        return "skipped"
+    return outcome
+
+
+def deliver_due_events(
+    *,
+    store: EventStore,
+    publisher: EventPublisher,
+    webhooks: WebhookSender,
+    clock: Clock,
+    secret: bytes | None,
+    policy: DeliveryPolicy,
+    owner: str,
+    deadline: float | None = None,
+    limit: int = 50,
+) -> dict[str, int]:
+    """One poller tick's worth of deliveries: every due event, oldest first, until the
+    deadline. Overlapping ticks are safe: each event is leased."""
+    summary = {"due": 0, "delivered": 0, "retrying": 0, "failed": 0, "skipped": 0, "errors": 0}
+    for event in store.due_events(clock.now(), limit):
+        if deadline is not None and clock.now() >= deadline:
+            break
+        summary["due"] += 1
+        try:
+            summary[deliver_event(event.event_id, store=store, publisher=publisher, webhooks=webhooks,
+                                  clock=clock, secret=secret, policy=policy, owner=owner)] += 1
+        except Exception:  # noqa: BLE001 - one broken event must not starve the others
+            log.exception("delivering event %s failed", event.event_id)
+            summary["errors"] += 1
+    return summary
+
+
+class CompletionEvents:
+    """The EventOutbox finalize_job_if_done is given, with what delivery needs, built once per
+    instance by wiring. Recording delivers once at once (best effort, bounded by the webhook
+    timeout), so webhooks arrive promptly; the poller retries whatever is still due."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        publisher: EventPublisher,
+        webhooks: WebhookSender,
+        clock: Clock,
+        secret: bytes | None,
+        policy: DeliveryPolicy,
+        owner_prefix: str = "inline",
+        deliver_inline: bool = True,
+    ) -> None:
+        self.store, self.publisher, self.webhooks, self.clock = store, publisher, webhooks, clock
+        self.secret, self.policy = secret, policy
+        self.owner_prefix, self.deliver_inline = owner_prefix, deliver_inline
+
+    # --- EventOutbox -----------------------------------------------------------------------
+
+    def has_completion(self, job: Job) -> bool:
+        return self.store.get_event(completion_event_id(job.job_id, job.round)) is not None
+
+    def record_completion(self, job: Job, counts: dict[ItemState, int]) -> None:
+        event = record_completion(job, counts, store=self.store, clock=self.clock)
+        if event is None:
+            return  # another finisher recorded it (and delivers it)
+        log.info("job %s: recorded event %s", job.job_id, event.event_id)
+        if not self.deliver_inline:
+            return
+        try:
+            self.deliver(event.event_id, f"{self.owner_prefix}-{uuid.uuid4().hex[:8]}")
+        except Exception:  # noqa: BLE001 - recorded: the poller delivers it
+            log.exception("inline delivery of event %s failed; the poller will retry it", event.event_id)
+
+    def events_of_job(self, job_id: str) -> list[dict[str, Any]]:
+        return [e.public() for e in self.store.events_of_job(job_id)]
+
+    # --- delivery --------------------------------------------------------------------------
+
+    def deliver(self, event_id: str, owner: str) -> str:
+        return deliver_event(event_id, store=self.store, publisher=self.publisher, webhooks=self.webhooks,
+                             clock=self.clock, secret=self.secret, policy=self.policy, owner=owner)
+
+    def deliver_due(self, owner: str, deadline: float | None = None, limit: int = 50) -> dict[str, int]:
+        return deliver_due_events(store=self.store, publisher=self.publisher, webhooks=self.webhooks,
+                                  clock=self.clock, secret=self.secret, policy=self.policy, owner=owner,
+                                  deadline=deadline, limit=limit)

@@ -1,0 +1,296 @@
+"""The fault matrix: the local stack driven through scripted faults on the Gemini emulator and
+the platform. For every scenario: every item ends in exactly one terminal state, exactly one
+object (one generation: the bucket is versioned) per succeeded item, zero items lost, and the
+emulator never admitted more than the configured rate in any window.
+
+A worker killed mid-item is tests/e2e/test_delivery.py's (it waits out the item's lease,
+which the emulator's push backoff can stretch past this module's time budget).
+
+Each scenario adds a row (items, faults injected, lost, duplicated, wall time) that
+``make chaos`` prints as a table at the end of the run (see pytest_terminal_summary below)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.e2e.helpers import (
+    HTTP_TIMEOUT, MODEL, RATE_LIMIT, TERMINAL_ITEM_STATES, TERMINAL_JOB_STATUSES, configure_gemini,
+    functions_env, gemini_batches, gemini_stats, job_status, object_generations, post_job, process_log,
+    prompt_rules, set_bucket_versioning, submit, worker_log,
+)
+
+ROWS: list[dict] = []
+BREAKER = {"BREAKER_THRESHOLD": "3"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matrix_stack(local_stack):
+    """A versioned bucket (a second write of an image shows as a second generation) and the
+    breaker at its default threshold of 3 on every function."""
+    set_bucket_versioning(local_stack, True)
+    try:
+        with functions_env(local_stack, ["api", "worker", "poller"], BREAKER):
+            yield
+    finally:
+        set_bucket_versioning(local_stack, False)
+
+
+@pytest.fixture(autouse=True)
+def caches_expired(clean):
+    """The functions read the breaker through a 1 s cache (and usage through 2 s): after the
+    wipe, wait them out so one scenario's open breaker cannot route the next one's items."""
+    time.sleep(2.1)
+
+
+def tick(stack) -> dict:
+    r = requests.post(f"{stack.url('poller')}/", json={}, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200, f"poller: {r.status_code} {r.text}\n{process_log(stack, 'poller')}"
+    return r.json()
+
+
+def drive(stack, job_ids: list[str], timeout: float = 90.0, ticks: bool = True) -> list[dict]:
+    """Wait for every job to be terminal with its manifest, calling the poller as Cloud
+    Scheduler would (pool flushes, batches, dead letters, republishing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ticks:
+            tick(stack)
+        statuses = [job_status(stack, j) for j in job_ids]
+        if all(s["status"] in TERMINAL_JOB_STATUSES and s["manifest_uri"] for s in statuses):
+            return statuses
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not settled after {timeout:.0f}s: "
+                                 f"{json.dumps([(s['status'], s['counts']) for s in statuses])}\n"
+                                 f"{worker_log(stack)}\n{process_log(stack, 'poller')}")
+        time.sleep(0.3)
+
+
+def check(stack, name: str, faults: str, statuses: list[dict], started: float) -> dict:
+    """The invariants, measured (then asserted) and recorded as the scenario's row."""
+    items = lost = duplicated = unterminal = 0
+    by_state: dict[str, int] = {}
+    for status in statuses:
+        job_id = status["job_id"]
+        pages, token = [], None
+        while True:  # every item, not only the first page
+            r = requests.get(f"{stack.url('api')}/v1/jobs/{job_id}", params={"page_size": 500,
+                             **({"page_token": token} if token else {})}, timeout=HTTP_TIMEOUT)
+            body = r.json()
+            pages += body["items"]
+            token = body["next_page_token"]
+            if not token:
+                break
+        items += status["item_count"]
+        lost += status["item_count"] - len({it["key"] for it in pages})
+        unterminal += sum(1 for it in pages if it["state"] not in TERMINAL_ITEM_STATES)
+        for it in pages:
+            by_state[it["state"]] = by_state.get(it["state"], 0) + 1
+        generations = object_generations(stack, job_id)
+        succeeded = {f"{job_id}/{it['key']}.png" for it in pages if it["state"] == "succeeded"}
+        images = {name: n for name, n in generations.items() if name.endswith(".png")}
+        lost += len(succeeded - set(images))  # succeeded without its object
+        duplicated += sum(n - 1 for n in images.values()) + len(set(images) - succeeded)
+    stats = gemini_stats(stack)
+    row = {"scenario": name, "items": items, "faults": faults, "lost": lost + unterminal,
+           "duplicated": duplicated, "states": by_state, "max_in_window": stats["admitted_max_in_any_window"],
+           "seconds": round(time.monotonic() - started, 1)}
+    ROWS.append(row)
+    assert unterminal == 0 and lost == 0 and duplicated == 0, row
+    assert stats["admitted_max_in_any_window"] <= RATE_LIMIT, row
+    return row
+
+
+def items(prefix: str, n: int, **extra) -> list[dict]:
+    return [{"key": f"{prefix}-{i}", "prompt": f"{prefix} picture {i}", **extra} for i in range(n)]
+
+
+def outcome_count(stack, outcome: str) -> int:
+    return gemini_stats(stack)["by_outcome"].get(outcome, 0)
+
+
+# --- the scenarios -------------------------------------------------------------------------
+
+
+def test_429_storm_with_retry_delay(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"quotas": {MODEL: {"rpm": 3, "ipm": 3}}})
+    job_id = submit(stack, items("storm", 8))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    check(stack, "429 storm (retryDelay)", f"{outcome_count(stack, '429')} x 429", statuses, started)
+
+
+def test_daily_quota_exhausted_moves_the_rest_to_the_batch_lane(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"quotas": {MODEL: {"rpd": 3}}})
+    job_id = submit(stack, items("daily", 8))
+    statuses = drive(stack, [job_id])
+    lanes = {it["lane"] for it in statuses[0]["items"]}
+    stats = requests.get(f"{stack.url('api')}/v1/stats", timeout=HTTP_TIMEOUT).json()
+    assert statuses[0]["status"] == "succeeded" and lanes == {"interactive", "batch"}, statuses[0]["items"]
+    assert stats["breaker"]["state"] == "open" and "daily quota" in stats["breaker"]["reason"]
+    assert stats["counters"]["quota_errors_by_id"].get("GenerateRequestsPerDayPerProjectPerModel", 0) >= 1
+    assert stats["counters"]["diverted"] >= 5
+    # While the breaker is open, a new auto job goes to batch and says why.
+    dry = requests.post(f"{stack.url('api')}/v1/jobs?dry_run=true", json={"requests": items("next", 2)},
+                        timeout=HTTP_TIMEOUT).json()
+    assert dry["lane"] == "batch" and "breaker open" in dry["reason"]
+    check(stack, "daily quota exhausted", f"{outcome_count(stack, '429')} x 429 PerDay", statuses, started)
+
+
+def test_5xx_burst(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"seed": 7, "faults": {"rates": {"500": 0.25, "503": 0.25}}})
+    job_id = submit(stack, items("burst", 8))
+    statuses = drive(stack, [job_id])
+    faults = outcome_count(stack, "500") + outcome_count(stack, "503")
+    assert faults > 0, (gemini_stats(stack), statuses[0]["items"])
+    check(stack, "5xx burst", f"{faults} x 5xx", statuses, started)
+
+
+def test_hangs(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"faults": {"script": ["hang", "hang"]}})
+    job_id = submit(stack, items("hang", 6))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    check(stack, "hangs (timeouts)", "2 x hang", statuses, started)
+
+
+def test_blocked_prompts_and_image_safety(stack):
+    started = time.monotonic()
+    configure_gemini(stack, prompt_rules(("picture 1", "blocked"), ("picture 2", "image_safety")))
+    job_id = submit(stack, items("refused", 6))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["counts"]["failed"] == 2 and statuses[0]["counts"]["succeeded"] == 4
+    check(stack, "blocked + IMAGE_SAFETY", "1 blocked, 1 IMAGE_SAFETY", statuses, started)
+
+
+def test_permission_denied_halts_then_a_probe_resumes(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"faults": {"script": ["403"]}})
+    job_id = submit(stack, items("halt", 4))
+    # While halted no lane takes new work: batch shares the project and its billing.
+    deadline = time.monotonic() + 20
+    while requests.get(f"{stack.url('api')}/v1/stats", timeout=HTTP_TIMEOUT).json()["breaker"]["state"] != "halted":
+        assert time.monotonic() < deadline, "the 403 did not halt the lane"
+        time.sleep(0.1)
+    time.sleep(1.1)  # the API's breaker cache
+    refused = post_job(stack, items("during-halt", 1))
+    assert refused.status_code == 503 and "halted" in refused.json()["error"]["message"], refused.text
+    statuses = drive(stack, [job_id])
+    stats = requests.get(f"{stack.url('api')}/v1/stats", timeout=HTTP_TIMEOUT).json()
+    assert [t["to"] for t in stats["breaker"]["transitions"]][-3:] == ["halted", "half_open", "closed"]
+    assert statuses[0]["status"] == "succeeded" and {it["lane"] for it in statuses[0]["items"]} == {"interactive"}
+    check(stack, "403 halt, probe, resume", "1 x 403", statuses, started)
+
+
+def test_per_line_batch_errors(stack):
+    started = time.monotonic()
+    configure_gemini(stack, prompt_rules(("picture 1", "500"), ("picture 2", "blocked"), ("picture 3", "503")))
+    job_id = submit(stack, items("lines", 12), lane="batch")
+    statuses = drive(stack, [job_id])
+    counts = statuses[0]["counts"]
+    # 500 and 503 lines are retried in a second batch and dead-lettered after BATCH_MAX_ATTEMPTS.
+    assert (counts["succeeded"], counts["failed"], counts["dead_lettered"]) == (7, 1, 4), counts
+    check(stack, "per-line batch errors", "500/503/blocked lines", statuses, started)
+
+
+def test_expired_batch(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"batch": {"outcome_script": ["expired"]}})
+    job_id = submit(stack, items("expired", 6), lane="batch")
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    assert [b["gemini_state"] for b in statuses[0]["batches"]] == ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"]
+    check(stack, "EXPIRED batch", "1 batch expired", statuses, started)
+
+
+def test_duplicate_deliveries(stack, publisher):
+    started = time.monotonic()
+    job_id = submit(stack, items("dup", 6))
+    futures = [publisher.publish(stack.topic_path, json.dumps({"job_id": job_id, "item_key": f"dup-{i}"}).encode())
+               for i in range(6) for _ in range(2)]
+    for f in futures:
+        f.result(timeout=30)
+    statuses = drive(stack, [job_id])
+    assert outcome_count(stack, "ok") == 6
+    check(stack, "duplicate deliveries", "12 extra messages", statuses, started)
+
+
+def test_overlapping_pollers(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"image_target_bytes": 100_000})
+    job_id = submit(stack, items("overlap", 30), lane="batch")
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            tick(stack)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        statuses = drive(stack, [job_id])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 1
+    check(stack, "overlapping pollers", "3 pollers at once", statuses, started)
+
+
+def test_poller_killed_mid_ingest(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"image_target_bytes": 200_000})
+    job_id = submit(stack, items("ingest", 40), lane="batch")
+    # Let the batch finish on the emulator, then kill the poller while it ingests.
+    deadline = time.monotonic() + 30
+    while not any(b["state"] == "BATCH_STATE_SUCCEEDED" for b in gemini_batches(stack)):
+        tick(stack)
+        assert time.monotonic() < deadline, "the batch did not finish"
+        time.sleep(0.2)
+    t = threading.Thread(target=lambda: requests.post(f"{stack.url('poller')}/", json={}, timeout=60))
+    t.start()
+    time.sleep(0.4)
+    stack.restart("poller", env=BREAKER)
+    t.join()
+    statuses = drive(stack, [job_id], timeout=120)
+    assert statuses[0]["status"] == "succeeded"
+    check(stack, "poller killed mid-ingest", "1 SIGKILL", statuses, started)
+
+
+def test_dead_letters_from_pubsub_then_retry(stack, publisher):
+    """Pub/Sub gave up on a message (here: published to the dead-letter topic as Pub/Sub does);
+    the poller ends its item dead_lettered, and POST :retry re-queues it in a new round."""
+    started = time.monotonic()
+    configure_gemini(stack, prompt_rules(("picture 0", "500")))
+    job_id = submit(stack, items("dlq", 3))
+    # The 500s dead-letter item 0 in the worker; items 1 and 2 succeed.
+    statuses = drive(stack, [job_id], ticks=False)
+    assert statuses[0]["counts"]["dead_lettered"] == 1
+    configure_gemini(stack, {"faults": {"prompt_rules": []}})
+    r = requests.post(f"{stack.url('api')}/v1/jobs/{job_id}:retry", timeout=HTTP_TIMEOUT)
+    assert r.status_code == 202 and r.json()["requeued"] == 1 and r.json()["round"] == 2, r.text
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded" and statuses[0]["round"] == 2
+    assert statuses[0]["manifest_uri"].endswith("/manifest-r2.jsonl")
+    # Now a message Pub/Sub gave up on, for an item still queued.
+    configure_gemini(stack, {"latency": {"mean_ms": 2000}})
+    job2 = submit(stack, items("dlq2", 1))
+    publisher.publish(f"{stack.topic_path}-dead", json.dumps({"job_id": job2, "item_key": "dlq2-0"}).encode(),
+                      CloudPubSubDeadLetterSourceDeliveryCount="5").result(timeout=30)
+    configure_gemini(stack, {"latency": {"mean_ms": 0}})
+    statuses2 = drive(stack, [job2])
+    item = statuses2[0]["items"][0]
+    # Either the dead letter settled it first, or the worker finished it first (then the dead
+    # letter found it terminal): never both, never lost.
+    assert item["state"] in ("dead_lettered", "succeeded"), item
+    if item["state"] == "dead_lettered":
+        assert "Pub/Sub gave up on the message after 5 deliveries" in item["error"]
+    check(stack, "Pub/Sub dead letters + :retry", "1 dead letter, 1 retry", statuses + statuses2, started)

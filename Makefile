@@ -14,13 +14,14 @@ help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo "  (pass pytest options with ARGS=..., e.g. make unit ARGS='-k ratelimit')"
 
-venv: $(STAMP) ## create .venv (Python >= 3.11) and install requirements.txt; again only when a requirements file changes
+venv: $(STAMP) ## create .venv (Python >= 3.11), install requirements.txt and the imagefleet CLI; again only when one of them changes
 
-$(STAMP): requirements.txt functions/requirements.txt
+$(STAMP): requirements.txt functions/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python >= 3.11 is required; run e.g. 'make $(MAKECMDGOALS) PYTHON=python3.11'" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
 up: venv ## run the local stack (emulators + functions) in the foreground; Ctrl-C stops it
@@ -64,7 +65,7 @@ $(CHECKOV_VENV)/.installed: infra/terraform/requirements-checkov.txt
 	@touch $@
 
 lint: venv $(CHECKOV_VENV)/.installed ## byte-compile everything; terraform fmt -check (when terraform is installed); checkov on infra/terraform
-	$(PY) -m compileall -q functions infra tests
+	$(PY) -m compileall -q functions imagefleet infra tests
 	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra/terraform; \
 		else echo "terraform not installed: skipping terraform fmt -check"; fi
 	$(CHECKOV_VENV)/bin/checkov -d infra/terraform --quiet --compact --framework terraform --skip-download

@@ -9,6 +9,10 @@ from core.errors import BudgetExceeded, LaneUnavailable
 from core.models import Lane
 
 
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
 @dataclass(frozen=True)
 class Route:
     lane: Lane
@@ -36,13 +40,13 @@ def choose_lane(
     elif requested == Lane.BATCH.value:
         lane, reason = Lane.BATCH, "lane=batch was requested"
     elif item_count >= threshold:
-        lane, reason = Lane.BATCH, f"{item_count} items: at or over the interactive threshold of {threshold}"
+        lane, reason = Lane.BATCH, f"{_items(item_count)}: at or over the interactive threshold of {threshold}"
     elif quota_exhausted and batch_available:
         lane, reason = Lane.BATCH, "interactive quota is exhausted (circuit breaker open)"
     elif requests_left is not None and requests_left < item_count and batch_available:
         lane, reason = Lane.BATCH, f"only {max(requests_left, 0)} interactive requests left today"
     else:
-        lane, reason = Lane.INTERACTIVE, f"{item_count} items: under the interactive threshold of {threshold}"
+        lane, reason = Lane.INTERACTIVE, f"{_items(item_count)}: under the interactive threshold of {threshold}"
     if lane is Lane.BATCH and not batch_available:
         raise LaneUnavailable(
             f"the batch lane is not deployed: submit fewer than {threshold} items or use lane=interactive"

@@ -518,6 +518,7 @@ class Stack:
             env["GEMINI_API_KEY"] = LOCAL_GEMINI_API_KEY
         if self.functions:
             env["API_URL"] = self.url("api")
+            env["IMAGEFLEET_API"] = self.url("api")  # what the imagefleet CLI reads
             if self.api_key:
                 env["IMAGEFLEET_API_KEY"] = self.api_key
         return env

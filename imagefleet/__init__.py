@@ -1,0 +1,1 @@
+"""The imagefleet command-line client: ``imagefleet submit | status | download | cancel | retry | stats``."""

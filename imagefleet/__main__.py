@@ -1,0 +1,4 @@
+"""``python -m imagefleet``, the same as the ``imagefleet`` script."""
+from imagefleet.cli import main
+
+main()

@@ -464,16 +464,13 @@ class InMemoryCounterStore:
 class InMemoryPoolStore:
     def __init__(self, jobs: InMemoryJobStore) -> None:
         self.jobs = jobs
-        self.entries: dict[tuple[str, str], float] = {}
+        self.entries: dict[tuple[str, str], object] = {}
 
     def add(self, entry) -> None:
-        self.entries.setdefault((entry.job_id, entry.key), entry.pooled_at)
+        self.entries.setdefault((entry.job_id, entry.key), entry)
 
     def oldest(self, limit: int) -> list:
-        from core.pool import PoolEntry
-
-        ordered = sorted(self.entries.items(), key=lambda kv: kv[1])[:limit]
-        return [PoolEntry(job_id, key, at) for (job_id, key), at in ordered]
+        return sorted(self.entries.values(), key=lambda e: e.pooled_at)[:limit]
 
     def count(self) -> int:
         return len(self.entries)

@@ -414,7 +414,7 @@ class FirestorePoolStore:
     def add(self, entry) -> None:
         try:
             self.entries.document(f"{entry.job_id}~{entry.key}").create(
-                {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at})
+                {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at, "urgent": entry.urgent})
         except gexc.Conflict:
             pass
 
@@ -422,7 +422,8 @@ class FirestorePoolStore:
         from core.pool import PoolEntry
 
         query = self.entries.order_by("pooled_at").limit(limit)
-        return [PoolEntry(d["job_id"], d["key"], d["pooled_at"]) for d in (s.to_dict() for s in query.stream())]
+        return [PoolEntry(d["job_id"], d["key"], d["pooled_at"], bool(d.get("urgent")))
+                for d in (s.to_dict() for s in query.stream())]
 
     def count(self) -> int:
         return int(self.entries.count().get()[0][0].value)

@@ -36,6 +36,7 @@ class PoolEntry:
     job_id: str
     key: str
     pooled_at: float
+    urgent: bool = False  # flush at the next tick, whatever the pool's size and age (:retry)
 
 
 class PoolStore(Protocol):
@@ -62,8 +63,9 @@ def flush_pool(
     max_batch_items: int,
     limit: int = 5000,
 ) -> dict[str, int]:
-    """Turn pooled items into batch intents: when flush_items are waiting, or the oldest has
-    waited max_age_seconds. One intent per job (an intent belongs to one job)."""
+    """Turn pooled items into batch intents: when flush_items are waiting, the oldest has
+    waited max_age_seconds, or an entry is urgent (a client asked for a retry and waits for
+    it). One intent per job (an intent belongs to one job)."""
     summary = {"pooled": 0, "flushed": 0, "intents": 0, "repaired": 0, "dropped": 0}
     entries = pool.oldest(limit)
     summary["pooled"] = len(entries)
@@ -100,7 +102,8 @@ def flush_pool(
     if not waiting:
         return summary
     oldest = min(e.pooled_at for e in waiting)
-    if len(waiting) < flush_items and now - oldest < max_age_seconds:
+    urgent = any(e.urgent for e in waiting)
+    if len(waiting) < flush_items and now - oldest < max_age_seconds and not urgent:
         return summary
     for job_id, group in fresh.items():
         for start in range(0, len(group), max_batch_items):

@@ -419,7 +419,7 @@ def retry_job(
     if interactive:
         store.mark_unpublished(job_id, now)
     for it in batch:
-        pool.add(PoolEntry(job_id, it.key, now))
+        pool.add(PoolEntry(job_id, it.key, now, urgent=True))  # the client is waiting: next tick
     requeued_interactive, requeued_batch = [], []
     for it in dead:
         updates = {"state": ItemState.QUEUED.value, "attempts": 0, "lease_owner": None, "lease_expires_at": None,

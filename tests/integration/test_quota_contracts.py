@@ -123,8 +123,11 @@ def test_pool_entries_and_item_reservation(job_store):  # noqa: F811
         job_store.finish_item(job.job_id, it.key, "w", {"state": "queued", "lane": "batch", "pooled_at": 100.0 + it.index,
                                                         "lease_owner": None})
         pool.add(PoolEntry(job.job_id, it.key, 100.0 + it.index))
-    pool.add(PoolEntry(job.job_id, "k0", 999.0))  # create-only: the first entry stays
-    assert [(e.key, e.pooled_at) for e in pool.oldest(10)] == [("k0", 100.0), ("k1", 101.0)]
+    pool.add(PoolEntry(job.job_id, "k0", 999.0, urgent=True))  # create-only: the first entry stays
+    pool.add(PoolEntry(job.job_id, "k2", 102.0, urgent=True))
+    assert [(e.key, e.pooled_at, e.urgent) for e in pool.oldest(10)] == [
+        ("k0", 100.0, False), ("k1", 101.0, False), ("k2", 102.0, True)]
+    pool.remove([e for e in pool.oldest(10) if e.key == "k2"])
     assert pool.count() == 2
     assert pool.reserve_item(job.job_id, "k0", "intent-1")
     assert not pool.reserve_item(job.job_id, "k0", "intent-2")  # one intent per item

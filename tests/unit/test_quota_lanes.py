@@ -410,3 +410,16 @@ def test_a_running_job_whose_last_finisher_died_is_finalized_by_the_poller(env):
     assert usecases.finalize_stalled_jobs(store=env.store, clock=env.clock, sink=env.sink) == [job.job_id]
     assert env.store.get_job(job.job_id).status is JobStatus.FAILED
     assert env.store.get_job(other.job_id).status is JobStatus.RUNNING
+
+
+def test_retried_batch_items_are_flushed_at_the_next_tick(env):
+    job = divert_all(env, 2)
+    env.flush(flush_items=1)
+    [intent] = env.store.intents_of_job(job.job_id)
+    for key in intent.keys:  # the batch gave up on them
+        env.store.items[job.job_id][key].update(state="dead_lettered")
+    published = len(env.queue.messages)
+    body = usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    assert body["requeued_batch"] == 2 and len(env.queue.messages) == published  # batch items: no messages
+    summary = env.flush(flush_items=100, max_age=300)  # neither big nor old: urgent
+    assert summary["flushed"] == 2 and len(env.store.intents_of_job(job.job_id)) == 2

@@ -139,6 +139,13 @@ class CircuitBreaker:
             return v
         return None  # after the halt's cooldown, new work is accepted and its first send probes
 
+    def hold_ends_by(self, when: float) -> bool:
+        """Will a HOLD (halted, or a probe after a halt) be decided before `when`?"""
+        v = self.view()
+        if v.state is BreakerState.HALTED:
+            return (v.retry_at or 0) <= when
+        return True  # half-open: the probe's answer comes within one model call
+
     # --- the worker's side ---------------------------------------------------------------
 
     def before_send(self, owner: str) -> Decision:

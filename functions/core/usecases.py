@@ -622,9 +622,9 @@ def process_item(
     while True:
         if breaker is not None:
             decision = breaker.before_send(owner)
-            if decision is Decision.HOLD and clock.now() + _HOLD_POLL_SECONDS < deadline:
-                # Halted, or another worker is probing: wait in place while this delivery may,
-                # rather than a round trip through Pub/Sub's backoff.
+            if decision is Decision.HOLD and breaker.hold_ends_by(deadline - _HOLD_POLL_SECONDS):
+                # Another worker is probing, or the halt ends soon: wait in place rather than a
+                # round trip through Pub/Sub's backoff. A long halt hands the message back now.
                 clock.sleep(_HOLD_POLL_SECONDS)
                 continue
             if (outcome := blocked(decision)) is not None:

@@ -423,3 +423,14 @@ def test_retried_batch_items_are_flushed_at_the_next_tick(env):
     assert body["requeued_batch"] == 2 and len(env.queue.messages) == published  # batch items: no messages
     summary = env.flush(flush_items=100, max_age=300)  # neither big nor old: urgent
     assert summary["flushed"] == 2 and len(env.store.intents_of_job(job.job_id)) == 2
+
+
+def test_a_long_halt_hands_the_message_back_at_once_a_short_one_is_waited_out(env):
+    job = env.submit(2)
+    env.breaker.on_permission_denied("w", "403")  # halted for 600 s, longer than the 30 s wait
+    started = env.clock.now()
+    out = env.process(job.job_id, "k0")
+    assert not out.ack and env.clock.now() == started  # no sleeping through a long halt
+    env.clock.advance(590)  # 10 s left: within this delivery's wait
+    out = env.process(job.job_id, "k1")
+    assert out.ack and out.state == "succeeded" and env.breaker.view().state is BreakerState.CLOSED

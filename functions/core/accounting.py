@@ -94,6 +94,14 @@ class Accounting:
     # --- recording -----------------------------------------------------------------------
 
     def add(self, deltas: dict[str, float], quota_id: str | None = None, **context) -> None:
+        """Count, in one write. Counting is bookkeeping: a failure is logged, never raised, so
+        it cannot fail (and have redone) the work it counts."""
+        try:
+            self._add(deltas, quota_id, **context)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not update the usage counters: %s", e, extra=context)
+
+    def _add(self, deltas: dict[str, float], quota_id: str | None, **context) -> None:
         deltas = {k: v for k, v in deltas.items() if v}
         by_id = {quota_counter(quota_id): 1} if quota_id is not None or QUOTA_ERRORS in deltas else None
         if not deltas and not by_id:
@@ -108,7 +116,8 @@ class Accounting:
         self._check_thresholds(**context)
 
     def reserve(self, lane: Lane, images: int, **context) -> None:
-        self.add({RESERVED_USD: self.prices.estimate(lane, images)}, **context)
+        """A new job's estimated cost, held against the budget until its items end."""
+        self.add({RESERVED_USD: self.prices.estimate(lane, images)}, lane=Lane(lane).value, **context)
 
     def image_produced(self, lane: Lane | str, **context) -> dict[str, float]:
         """Deltas for one produced image (returned so a caller can merge them into one write)."""

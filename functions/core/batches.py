@@ -377,10 +377,7 @@ class BatchLane:
                 continue
             for name, value in part.items():
                 deltas[name] = deltas.get(name, 0) + value
-        try:
-            self.accounting.add(deltas, job_id=intent.job_id, lane="batch")
-        except Exception as e:  # noqa: BLE001
-            log.warning("could not update the usage counters: %s", e)
+        self.accounting.add(deltas, job_id=intent.job_id, lane="batch")
 
     def _unfinished(self, intent: BatchIntent) -> list[Item]:
         return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]

@@ -137,7 +137,7 @@ def submit_job(
         for i, s in enumerate(spec.items)
     ]
     if accounting is not None:
-        _count(accounting, {acct.RESERVED_USD: route.estimated_cost_usd}, job_id=job.job_id, lane=lane.value)
+        accounting.reserve(lane, len(items), job_id=job.job_id)
     if lane is Lane.INTERACTIVE:
         store.create_job(job, items)
         queue.publish_items(job.job_id, [it.key for it in items])
@@ -575,7 +575,7 @@ def process_item(
 
     def count(deltas: dict, quota_id: str | None = None) -> None:
         if accounting is not None:
-            _count(accounting, deltas, quota_id=quota_id, **context)
+            accounting.add(deltas, quota_id=quota_id, **context)
 
     def end(state: ItemState, reason: str = "", **fields) -> ItemOutcome:
         """Give the item its terminal state (we hold its lease), finish the job if it was the
@@ -710,14 +710,6 @@ def _attempt_failed(store, item: Item, owner: str, clock: Clock, e: GenerationEr
     item.attempts = attempts
     _requeue(store, item, owner, clock.now(), error=e.reason)
     return _retry(e.reason)
-
-
-def _count(accounting: Accounting, deltas: dict, quota_id: str | None = None, **context) -> None:
-    """Usage counters are bookkeeping: a failure to count is logged, never fails the work."""
-    try:
-        accounting.add(deltas, quota_id=quota_id, **context)
-    except Exception as e:  # noqa: BLE001
-        log.warning("could not update the usage counters: %s", e, extra=context)
 
 
 def _finished(state: ItemState, now: float, **fields) -> dict:

@@ -434,3 +434,12 @@ def test_a_long_halt_hands_the_message_back_at_once_a_short_one_is_waited_out(en
     env.clock.advance(590)  # 10 s left: within this delivery's wait
     out = env.process(job.job_id, "k1")
     assert out.ack and out.state == "succeeded" and env.breaker.view().state is BreakerState.CLOSED
+
+
+def test_a_failing_counter_store_never_fails_the_work(env):
+    def broken(*args, **kwargs):
+        raise RuntimeError("firestore is down")
+
+    env.counters.add = broken
+    job = env.submit(1)
+    assert env.process(job.job_id, "k0").state == "succeeded"

@@ -217,14 +217,16 @@ def tick(stack: Stack) -> dict[str, int]:
 
 def tick_until_settled(stack: Stack, job_id: str, timeout: float = 30.0) -> tuple[dict, Counter]:
     """Call the poller until the job is terminal and has its manifest (a cancelled job is
-    terminal at once, and settled by a later tick); its last status and the ticks' summaries
-    added up."""
+    terminal at once, and settled by a later tick) and every batch intent of the job is
+    finished (the poller's sweep may finish a job whose items are all done before its intent's
+    cleanup tick); its last status and the ticks' summaries added up."""
     deadline = time.monotonic() + timeout
     total: Counter = Counter()
     while True:
         total.update(tick(stack))
         status = job_status(stack, job_id)
-        if status["status"] in TERMINAL_JOB_STATUSES and status["manifest_uri"]:
+        if (status["status"] in TERMINAL_JOB_STATUSES and status["manifest_uri"]
+                and all(b["state"] == "finished" for b in status["batches"])):
             return status, total
         if time.monotonic() > deadline:
             raise AssertionError(

@@ -11,7 +11,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore_store import compare_and_set
+from adapters.firestore_store import compare_and_set, take_lease, update_if_leased
 from core.events import Event, EventState
 
 
@@ -43,23 +43,11 @@ class FirestoreEventStore:
         return [Event.from_dict(s.to_dict()) for s in query.stream()]
 
     def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float) -> Event | None:
-        claimed: list[Event] = []
+        def due(data: dict) -> bool:
+            return data.get("state") == EventState.PENDING.value and (data.get("next_attempt_at") or 0) <= now
 
-        def decide(data: dict | None) -> dict | None:
-            if data is None or data.get("state") != EventState.PENDING.value:
-                return None
-            if (data.get("next_attempt_at") or 0) > now:
-                return None
-            if data.get("lease_owner") and (data.get("lease_expires_at") or 0) > now:
-                return None
-            updates = {"lease_owner": owner, "lease_expires_at": now + lease_seconds}
-            claimed[:] = [Event.from_dict({**data, **updates})]
-            return updates
-
-        return claimed[0] if compare_and_set(self.db, self.events.document(event_id), decide) else None
+        data = take_lease(self.db, self.events.document(event_id), owner, now, lease_seconds, eligible=due)
+        return Event.from_dict(data) if data else None
 
     def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
-        def decide(data: dict | None) -> dict | None:
-            return updates if data is not None and data.get("lease_owner") == owner else None
-
-        return compare_and_set(self.db, self.events.document(event_id), decide)
+        return update_if_leased(self.db, self.events.document(event_id), owner, updates)

@@ -122,12 +122,7 @@ class FirestoreJobStore:
         return claimed[0] if compare_and_set(self.db, self._items(job_id).document(key), decide) else None
 
     def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
-        def decide(data: dict | None) -> dict | None:
-            if data is None or data.get("lease_owner") != owner:
-                return None
-            return updates
-
-        return compare_and_set(self.db, self._items(job_id).document(key), decide)
+        return update_if_leased(self.db, self._items(job_id).document(key), owner, updates)
 
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
@@ -216,24 +211,12 @@ class FirestoreJobStore:
         return [BatchIntent.from_dict(s.to_dict()) for s in query.stream()]
 
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
-        claimed: list[BatchIntent] = []
-
-        def decide(data: dict | None) -> dict | None:
-            if data is None or data["state"] == IntentState.FINISHED.value:
-                return None
-            if data.get("lease_owner") and (data.get("lease_expires_at") or 0) > now:
-                return None
-            updates = {"lease_owner": owner, "lease_expires_at": now + lease_seconds}
-            claimed[:] = [BatchIntent.from_dict({**data, **updates})]
-            return updates
-
-        return claimed[0] if compare_and_set(self.db, self.intents.document(intent_id), decide) else None
+        data = take_lease(self.db, self.intents.document(intent_id), owner, now, lease_seconds,
+                          eligible=lambda d: d["state"] != IntentState.FINISHED.value)
+        return BatchIntent.from_dict(data) if data else None
 
     def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
-        def decide(data: dict | None) -> dict | None:
-            return updates if data is not None and data.get("lease_owner") == owner else None
-
-        return compare_and_set(self.db, self.intents.document(intent_id), decide)
+        return update_if_leased(self.db, self.intents.document(intent_id), owner, updates)
 
     def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
         """Item updates and the intent's progress in one atomic batch (split past 500 writes,
@@ -468,6 +451,38 @@ class FirestoreIdempotencyStore:
             return {"started_at": now}
 
         return compare_and_set(self.db, self.records.document(key_id), decide)
+
+
+def take_lease(
+    client: firestore.Client,
+    ref: firestore.DocumentReference,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    eligible: Callable[[dict], bool],
+) -> dict | None:
+    """Lease an eligible document unless someone else holds a live lease on it; the document
+    as leased, or None."""
+    leased: list[dict] = []
+
+    def decide(data: dict | None) -> dict | None:
+        if data is None or not eligible(data):
+            return None
+        if data.get("lease_owner") and (data.get("lease_expires_at") or 0) > now:
+            return None
+        updates = {"lease_owner": owner, "lease_expires_at": now + lease_seconds}
+        leased[:] = [{**data, **updates}]
+        return updates
+
+    return leased[0] if compare_and_set(client, ref, decide) else None
+
+
+def update_if_leased(client: firestore.Client, ref: firestore.DocumentReference, owner: str, updates: dict) -> bool:
+    """Apply updates only while owner holds the document's lease."""
+    def decide(data: dict | None) -> dict | None:
+        return updates if data is not None and data.get("lease_owner") == owner else None
+
+    return compare_and_set(client, ref, decide)
 
 
 def compare_and_set(

@@ -596,10 +596,11 @@ def process_item(
         """Divert or hand back when the breaker says so; None to go on sending."""
         if decision is Decision.SEND:
             return None
+        view = breaker.view()
         if decision is Decision.DIVERT and pool is not None:
-            return divert(breaker.view().reason or "quota exhausted")
+            return divert(view.reason or "quota exhausted")
         _requeue(store, item, owner, clock.now(), error=None)
-        return _retry(f"interactive lane {breaker.view().state.value}: {breaker.view().reason}")
+        return _retry(f"interactive lane {view.state.value}: {view.reason}")
 
     started = clock.now()
     if job.status in TERMINAL_JOB_STATUSES:  # cancelled while the message was in flight

@@ -27,7 +27,16 @@ class Settings(BaseSettings):
         "IAM invoker check still applies)",
     )
 
-    gemini_model: str = "gemini-2.5-flash-image"
+    gemini_model: str | None = Field(
+        None, description="the default image model of a job that names none; unset = the catalog's default GA model"
+    )
+    model_catalog_file: str | None = Field(
+        None, description="a catalog to use instead of functions/models.json (same format)"
+    )
+    model_check_interval_seconds: float = Field(
+        86_400.0, gt=0, description="how often the poller runs models.get for every model in use"
+    )
+    model_shutdown_warning_days: int = Field(30, ge=0, description="warn this many days before a shutdown date")
     gemini_timeout_seconds: float = Field(60.0, gt=0)
 
     # Routing and input limits
@@ -90,8 +99,9 @@ class Settings(BaseSettings):
     pool_max_age_seconds: float = Field(300.0, ge=0, description="or the age of the oldest diverted item")
 
     # Usage, spend and budget (the day is Gemini's quota day: it resets at midnight Pacific)
-    price_interactive_image_usd: float = Field(0.039, ge=0)
-    price_batch_image_usd: float = Field(0.0195, ge=0)
+    # Unset: each model's price from the catalog; set: this price per image for every model.
+    price_interactive_image_usd: float | None = Field(None, ge=0)
+    price_batch_image_usd: float | None = Field(None, ge=0)
     daily_request_quota: int | None = Field(None, ge=1, description="the model's requests per day, to watch")
     daily_image_quota: int | None = Field(None, ge=1, description="images per day, to watch")
     daily_budget_usd: float | None = Field(None, ge=0, description="jobs that would exceed it are refused")
@@ -130,6 +140,23 @@ class Settings(BaseSettings):
     def event_lease_seconds(self) -> float:
         # Longer than one delivery: a publish, and the webhook's connect and read timeouts.
         return 3 * self.webhook_timeout_seconds + 30
+
+    def catalog(self):
+        import catalog
+
+        return catalog.load(self.model_catalog_file)
+
+    @property
+    def default_model(self) -> str:
+        return self.gemini_model or self.catalog().default_model
+
+    @model_validator(mode="after")
+    def _default_model_is_in_the_catalog(self) -> Settings:
+        # Refuse to start rather than send every job to a model we know nothing of.
+        if self.catalog().get(self.default_model) is None:
+            raise ValueError(f"GEMINI_MODEL {self.gemini_model!r} is not in the model catalog; "
+                             f"listed: {', '.join(self.catalog().models)}")
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_budget(self) -> Settings:

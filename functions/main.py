@@ -23,9 +23,10 @@ import logs
 import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
+from core.model_watch import models_section
 from core.pool import flush_pool
 from openapi import API_KEY_HEADER, build_openapi
-from schemas import JobRequest, error_fields
+from schemas import JobRequest, error_fields, model_problems
 
 logs.configure()
 log = logging.getLogger("imagefleet")
@@ -143,6 +144,9 @@ def _submit(request):
     except pydantic.ValidationError as e:
         fields = error_fields(e)
         raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields)
+    if problems := model_problems(job_request, wiring.catalog(), s.default_model):
+        raise ApiError(400, "invalid_request", f"{len(problems)} problem(s) with the job's model", problems)
+    model = job_request.model or s.default_model
     spec = job_request.to_spec()
     dry_run = request.args.get("dry_run", "").lower()
     if dry_run not in ("", "false", "0", "true", "1"):
@@ -157,10 +161,11 @@ def _submit(request):
             route = usecases.plan_route(
                 spec, interactive_threshold=s.interactive_threshold, batch_available=s.batch_lane_enabled,
                 breaker=wiring.breaker(), accounting=wiring.accounting(),
+                model=model, catalog=wiring.catalog(), model_halts=wiring.model_halts(),
             )
             return _json({"dry_run": True, "lane": route.lane.value, "item_count": len(spec.items),
                           "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
-                          "breaker": wiring.breaker().view().state.value})
+                          "breaker": wiring.breaker().view().state.value, "model": model})
 
         def submit(make_id):
             return usecases.submit_job(
@@ -168,7 +173,7 @@ def _submit(request):
                 store=wiring.job_store(),
                 queue=wiring.work_queue(),
                 clock=wiring.clock(),
-                model=s.gemini_model,
+                model=model,
                 interactive_threshold=s.interactive_threshold,
                 batch=wiring.batch_lane(),
                 batch_max_requests=s.batch_items_per_batch,
@@ -177,6 +182,8 @@ def _submit(request):
                 make_id=make_id,
                 breaker=wiring.breaker(),
                 accounting=wiring.accounting(),
+                catalog=wiring.catalog(),
+                model_halts=wiring.model_halts(),
             )
 
         if idempotency_key is None:
@@ -193,6 +200,8 @@ def _submit(request):
                 ttl_seconds=s.idempotency_ttl_seconds,
                 takeover_seconds=s.idempotency_takeover_seconds,
             )
+    except errors.ModelHalted as e:
+        raise ApiError(503, "model_halted", str(e))
     except errors.LaneUnavailable as e:
         halted = wiring.breaker().halted()
         retry_after = {"Retry-After": _seconds_until(halted.retry_at)} if halted and halted.retry_at else None
@@ -212,7 +221,7 @@ def _submit(request):
     return _json(
         {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
          "item_count": job.item_count, "status_url": status_url, "route_reason": job.route_reason,
-         "estimated_cost_usd": job.estimated_cost_usd},
+         "estimated_cost_usd": job.estimated_cost_usd, "model": job.model},
         200 if replayed else 202, {"Location": status_url, **({"Idempotent-Replayed": "true"} if replayed else {})},
     )
 
@@ -230,8 +239,11 @@ def _seconds_until(epoch: float) -> str:
 
 def _stats(request):
     pool = wiring.pool_store()
+    s = wiring.settings()
+    models = models_section(wiring.catalog(), wiring.model_halts(), wiring.clock().now(), s.default_model,
+                            s.model_shutdown_warning_days)
     return _json(usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
-                                    pool_size=pool.count() if pool is not None else None))
+                                    pool_size=pool.count() if pool is not None else None, models=models))
 
 
 def _retry(request, job_id: str):
@@ -326,6 +338,8 @@ def pubsub_worker(cloud_event):
         pool=wiring.pool_store(),
         accounting=wiring.accounting(),
         events=wiring.job_events(),
+        catalog=wiring.catalog(),
+        model_halts=wiring.model_halts(),
     )
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,
@@ -357,12 +371,13 @@ def scheduled_poller(request):
         pooled = flush_pool(pool=pool, jobs=wiring.job_store(), batches=wiring.job_store(), clock=clock,
                             flush_items=s.pool_flush_items, max_age_seconds=s.pool_max_age_seconds,
                             max_batch_items=s.batch_items_per_batch)
+    models = wiring.model_watch().tick(usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
     summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
-               "events": events, "finalized_jobs": finalized}
+               "events": events, "finalized_jobs": finalized, "models": models}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)
     return _json(summary)

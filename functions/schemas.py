@@ -9,8 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from core.models import ItemSpec, JobSpec
 from core.webhooks import MAX_CALLBACK_URL_CHARS, CallbackUrlError, check_callback_url
 
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-AspectRatio = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+# Every ratio some catalog model has (functions/models.json); which ones the job's model has is
+# checked after parsing (model_problems).
+ASPECT_RATIOS = ("1:1", "1:4", "1:8", "2:3", "3:2", "3:4", "4:1", "4:3", "4:5", "5:4", "8:1", "9:16", "16:9", "21:9")
+AspectRatio = Literal["1:1", "1:4", "1:8", "2:3", "3:2", "3:4", "4:1", "4:3", "4:5", "5:4", "8:1", "9:16", "16:9",
+                      "21:9"]
 
 # Client keys become Firestore document ids and object names ({job_id}/{key}.png): no slash,
 # no dot segments, nothing a path or a console could misread.
@@ -46,6 +49,11 @@ class JobRequest(BaseModel):
 
     requests: list[ItemRequest] = Field(min_length=1, description="One entry per image")
     lane: Literal["auto", "interactive", "batch"] = "auto"
+    model: str | None = Field(
+        None, max_length=100,
+        description="The image model (the catalog's ids: GET /v1/stats lists them under `models`); "
+                    "unset = the deployment's default (GEMINI_MODEL)",
+    )
     callback_url: str | None = Field(
         None, max_length=MAX_CALLBACK_URL_CHARS, json_schema_extra={"format": "uri"},
         description="Optional https URL that receives the job.completed webhook, signed as Standard Webhooks "
@@ -102,6 +110,22 @@ class JobRequest(BaseModel):
         )
 
 
+def model_problems(job: JobRequest, catalog, default_model: str) -> list[dict]:
+    """What the job asks of its model that the model does not have (catalog: core.catalog.Catalog),
+    as error fields naming the field and listing what is allowed."""
+    model = job.model or default_model
+    spec = catalog.get(model)
+    if spec is None:
+        return [{"field": "model", "problem": f"unknown model {model!r}; allowed: {', '.join(catalog.models)}"}]
+    out = []
+    for i, r in enumerate(job.requests):
+        for field, problem in spec.problems(r.aspect_ratio, r.quality):
+            out.append({"field": f"requests[{i}].{field}", "problem": problem})
+            if len(out) >= 20:  # enough to show the pattern; a 10,000-item job need not list every one
+                return out
+    return out
+
+
 def error_fields(exc) -> list[dict]:
     """pydantic errors as [{"field": "requests[3].prompt", "problem": "..."}]."""
     out = []
@@ -125,7 +149,8 @@ class JobAccepted(BaseModel):
     item_count: int
     status_url: str = Field(description="Relative URL of the job's status")
     route_reason: str | None = Field(description="Why the job took its lane")
-    estimated_cost_usd: float | None = Field(description="Item count x the lane's price per image")
+    estimated_cost_usd: float | None = Field(description="Each item at its model's price for its size in the lane")
+    model: str = Field(description="The image model the job uses")
 
 
 class ItemStatus(BaseModel):
@@ -196,6 +221,7 @@ class DryRun(BaseModel):
     estimated_cost_usd: float
     reason: str
     breaker: Literal["closed", "open", "half_open", "halted"]
+    model: str
 
 
 class RetryAccepted(BaseModel):
@@ -234,6 +260,19 @@ class Stats(BaseModel):
     budget: dict[str, float | None]
     breaker: BreakerStatus
     pending_batch_pool: int | None
+    models: list[ModelStatus] = Field(description="The catalog's models: lifecycle, shutdown, halts")
+
+
+class ModelStatus(BaseModel):
+    id: str
+    default: bool = Field(description="The model of a job that names none")
+    lifecycle: Literal["ga", "preview", "deprecated"] | None = Field(description="None: halted but not in the catalog")
+    shutdown_date: str | None = Field(description="Announced shutdown (ISO date)")
+    days_left: int | None = Field(description="Days until the shutdown date (negative once past)")
+    shutdown_near: bool
+    halted: bool = Field(description="Gemini answered 404 for it: its items wait, new jobs for it get 503")
+    halt_reason: str | None
+    source_url: str | None
 
 
 class FieldProblem(BaseModel):

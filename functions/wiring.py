@@ -85,7 +85,30 @@ def genai_client():
 def image_generator():
     from adapters.gemini_generator import GeminiImageGenerator
 
-    return GeminiImageGenerator(genai_client(), settings().gemini_model)
+    return GeminiImageGenerator(genai_client(), settings().default_model)
+
+
+def catalog():
+    """The model catalog (functions/models.json or MODEL_CATALOG_FILE), read once per instance."""
+    return settings().catalog()
+
+
+@functools.cache
+def model_halts():
+    from adapters.firestore_model_halts import FirestoreModelHaltStore
+    from core.model_halts import ModelHalts
+
+    return ModelHalts(FirestoreModelHaltStore(firestore_client()), clock())
+
+
+@functools.cache
+def model_watch():
+    from adapters.gemini_models import GeminiModelsApi
+    from core.model_watch import ModelWatch
+
+    s = settings()
+    return ModelWatch(api=GeminiModelsApi(genai_client()), halts=model_halts(), catalog=catalog(), clock=clock(),
+                      interval_seconds=s.model_check_interval_seconds, warn_days=s.model_shutdown_warning_days)
 
 
 @functools.cache
@@ -110,7 +133,8 @@ def batch_lane():
         checkpoint_lines=s.batch_checkpoint_lines,
         upload_concurrency=s.batch_upload_concurrency,
         accounting=accounting(),
-        image_size_for=usecases.image_size_for,
+        model_halts=model_halts(),
+        image_size_for=catalog().image_size_for,
         compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(
             job_id, store=job_store(), clock=clock(), sink=image_sink(), events=job_events()
@@ -133,7 +157,7 @@ def rate_limiter() -> SlotRateLimiter:
     from adapters.firestore_store import FirestoreSlotStore
 
     s = settings()
-    limiter_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.gemini_model)
+    limiter_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.default_model)
     return SlotRateLimiter(
         rate_limit(s),
         FirestoreSlotStore(firestore_client(), limiter_id),
@@ -148,7 +172,7 @@ def breaker():
     from core.breaker import CircuitBreaker
 
     s = settings()
-    breaker_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.gemini_model)
+    breaker_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.default_model)
     return CircuitBreaker(
         FirestoreBreakerStore(firestore_client(), breaker_id),
         clock(),
@@ -162,14 +186,31 @@ def breaker():
 @functools.cache
 def accounting():
     from adapters.firestore_store import FirestoreCounterStore
-    from core.accounting import Accounting, DailyLimits, Prices
+    from core.accounting import Accounting, DailyLimits
 
     s = settings()
     return Accounting(
         store=FirestoreCounterStore(firestore_client(), shards=s.usage_counter_shards),
         clock=clock(),
-        prices=Prices(s.price_interactive_image_usd, s.price_batch_image_usd),
+        prices=prices(s),
         limits=DailyLimits(s.daily_request_quota, s.daily_image_quota, s.daily_budget_usd),
+    )
+
+
+def prices(s: Settings):
+    """Each model's catalog price; PRICE_*_IMAGE_USD, when set, for every model instead. The flat
+    prices also price a model outside the catalog: the default model's standard size."""
+    from core.accounting import Prices
+
+    spec = s.catalog().spec(s.default_model)
+    size = spec.size_for("standard")
+    override = s.price_interactive_image_usd is not None or s.price_batch_image_usd is not None
+    return Prices(
+        interactive_image_usd=s.price_interactive_image_usd if s.price_interactive_image_usd is not None
+        else spec.price(size, batch=False),
+        batch_image_usd=s.price_batch_image_usd if s.price_batch_image_usd is not None else spec.price(size, batch=True),
+        catalog=s.catalog(),
+        flat_override=override,
     )
 
 

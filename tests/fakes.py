@@ -259,9 +259,12 @@ class ScriptedImageGenerator:
     def __init__(self, script: Iterable[object] = ()) -> None:
         self.script = list(script)
         self.calls: list[str] = []
+        self.requests: list[dict] = []  # what each call asked for
 
-    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None) -> GeneratedImage:
+    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None,
+                 model: str | None = None) -> GeneratedImage:
         self.calls.append(prompt)
+        self.requests.append({"aspect_ratio": aspect_ratio, "image_size": image_size, "model": model})
         outcome = self.script.pop(0) if self.script else "ok"
         if isinstance(outcome, GenerationError):
             raise outcome
@@ -589,3 +592,39 @@ class ScriptedWebhookSender:
         outcome = self.script.pop(0) if self.script else "ok"
         if isinstance(outcome, Exception):
             raise outcome
+
+
+class InMemoryModelHaltStore:
+    """core.model_halts.ModelHaltStore in memory."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def read_all(self) -> dict[str, dict]:
+        return copy.deepcopy(self.docs)
+
+    def compare_and_set(self, model: str, decide) -> bool:
+        with self.lock:
+            update = decide(copy.deepcopy(self.docs.get(model)))
+            if update is None:
+                return False
+            self.docs[model] = {**self.docs.get(model, {}), **copy.deepcopy(update)}
+            return True
+
+
+class FakeModelsApi:
+    """core.model_watch.ModelsApi: serves the ids in `served`; raises `error` when set."""
+
+    def __init__(self, served: Iterable[str] = ()) -> None:
+        self.served = set(served)
+        self.error: Exception | None = None
+        self.calls: list[str] = []
+
+    def get_model(self, model: str) -> dict | None:
+        self.calls.append(model)
+        if self.error is not None:
+            raise self.error
+        if model not in self.served:
+            return None
+        return {"name": f"models/{model}", "display_name": model, "supported_actions": ["generateContent"]}

@@ -8,6 +8,7 @@ from google.genai import Client, errors, types
 from core.errors import (
     ContentRefused,
     InvalidRequest,
+    ModelUnavailable,
     PermissionDenied,
     QuotaExceeded,
     TransientError,
@@ -33,18 +34,19 @@ _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 
 class GeminiImageGenerator:
-    def __init__(self, client: Client, model: str) -> None:
+    def __init__(self, client: Client, model: str | None = None) -> None:
         self.client = client
-        self.model = model
+        self.model = model  # used only when a call names none
 
-    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None) -> GeneratedImage:
+    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None,
+                 model: str | None = None) -> GeneratedImage:
         config = types.GenerateContentConfig(
             response_modalities=["TEXT", "IMAGE"],
             image_config=types.ImageConfig(aspect_ratio=aspect_ratio, image_size=image_size),
         )
         try:
             response = self.client.models.generate_content(
-                model=self.model, contents=prompt, config=config
+                model=model or self.model, contents=prompt, config=config
             )
         except errors.APIError as e:
             raise translate_api_error(e) from e
@@ -61,9 +63,22 @@ def translate_api_error(e: errors.APIError):
         return QuotaExceeded(message, retry_delay=delay, quota_id=quota_id)
     if code == 403:
         return PermissionDenied(message)
+    if code in (400, 404) and names_missing_model(e.message):
+        return ModelUnavailable(message)
     if code in (400, 404):
         return InvalidRequest(message)
     return TransientError(message)  # 5xx, 408 and anything unexpected
+
+
+def names_missing_model(message: str | None) -> bool:
+    """Gemini's answer for a model it does not serve (retired, never existed, or closed to the
+    project): 404 NOT_FOUND "models/X is not found for API version v1beta, or is not supported
+    for generateContent. Call ListModels ..." (as quoted in
+    https://github.com/google-gemini/deprecated-generative-ai-python/issues/746 and
+    https://github.com/openclaw/openclaw/issues/14036). Only a message naming models/ counts:
+    a 404 for a file or a batch is not about the model."""
+    text = (message or "").lower()
+    return "models/" in text and ("not found" in text or "not supported" in text)
 
 
 def quota_details(body) -> tuple[str | None, float | None]:

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.catalog import Catalog
 from core.models import Lane
 from core.quota_day import next_reset, quota_day
 
@@ -57,15 +58,27 @@ class CounterStore(Protocol):
 
 @dataclass(frozen=True)
 class Prices:
+    """Price per image. With a catalog, each model's own price at the item's size; the flat
+    prices are for a model outside it, or (flat_override) the operator's price for every model."""
+
     interactive_image_usd: float = 0.039
     batch_image_usd: float = 0.0195
+    catalog: Catalog | None = None
+    flat_override: bool = False
 
-    def per_image(self, lane: Lane | str) -> float:
+    def per_image(self, lane: Lane | str, model: str | None = None, size: str | None = None) -> float:
         lane = Lane(lane)
+        spec = self.catalog.get(model) if self.catalog is not None and model and not self.flat_override else None
+        if spec is not None:
+            return spec.price(size, batch=lane is Lane.BATCH)
         return self.interactive_image_usd if lane is Lane.INTERACTIVE else self.batch_image_usd
 
-    def estimate(self, lane: Lane | str, images: int) -> float:
-        return round(self.per_image(lane) * images, 6)
+    def estimate(self, lane: Lane | str, images: int, model: str | None = None, size: str | None = None) -> float:
+        return round(self.per_image(lane, model, size) * images, 6)
+
+    def estimate_sizes(self, lane: Lane | str, model: str | None, sizes: list[str]) -> float:
+        """A job's cost: each item at its own size's price."""
+        return round(sum(self.per_image(lane, model, s) for s in sizes), 6)
 
 
 @dataclass(frozen=True)
@@ -115,24 +128,28 @@ class Accounting:
                     totals[k] = totals.get(k, 0) + v
         self._check_thresholds(**context)
 
-    def reserve(self, lane: Lane, images: int, **context) -> None:
+    def reserve(self, lane: Lane, images: int, cost: float | None = None, **context) -> None:
         """A new job's estimated cost, held against the budget until its items end."""
-        self.add({RESERVED_USD: self.prices.estimate(lane, images)}, lane=Lane(lane).value, **context)
+        cost = self.prices.estimate(lane, images) if cost is None else cost
+        self.add({RESERVED_USD: cost}, lane=Lane(lane).value, **context)
 
-    def image_produced(self, lane: Lane | str, **context) -> dict[str, float]:
+    def image_produced(self, lane: Lane | str, model: str | None = None, size: str | None = None,
+                       **context) -> dict[str, float]:
         """Deltas for one produced image (returned so a caller can merge them into one write)."""
         lane = Lane(lane)
         return {
-            IMAGES: 1, SUCCEEDED: 1, SPEND_USD: self.prices.per_image(lane),
+            IMAGES: 1, SUCCEEDED: 1, SPEND_USD: self.prices.per_image(lane, model, size),
             INTERACTIVE_IMAGES if lane is Lane.INTERACTIVE else BATCH_IMAGES: 1,
         }
 
-    def item_unsuccessful(self, lane: Lane | str, counter: str) -> dict[str, float]:
+    def item_unsuccessful(self, lane: Lane | str, counter: str, model: str | None = None,
+                          size: str | None = None) -> dict[str, float]:
         """Deltas for an item that ended without an image: its reservation is released."""
-        return {counter: 1, RELEASED_USD: self.prices.per_image(lane)}
+        return {counter: 1, RELEASED_USD: self.prices.per_image(lane, model, size)}
 
-    def diverted(self) -> dict[str, float]:
-        return {DIVERTED: 1, RELEASED_USD: round(self.prices.interactive_image_usd - self.prices.batch_image_usd, 6)}
+    def diverted(self, model: str | None = None, size: str | None = None) -> dict[str, float]:
+        saved = self.prices.per_image(Lane.INTERACTIVE, model, size) - self.prices.per_image(Lane.BATCH, model, size)
+        return {DIVERTED: 1, RELEASED_USD: round(saved, 6)}
 
     # --- reading -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from core.errors import GenerationError, InvalidRequest, PermissionDenied
+from core.errors import GenerationError, InvalidRequest, ModelUnavailable, PermissionDenied
 from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
 from core.models import (
     BatchIntent,
@@ -88,6 +88,7 @@ class BatchLane:
         compose_prompt: Callable[[Item], str],
         finalize_job: Callable[[str], object],
         accounting=None,
+        model_halts=None,
     ) -> None:
         self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
         self.lease_seconds = lease_seconds
@@ -98,6 +99,7 @@ class BatchLane:
         self.compose_prompt = compose_prompt
         self.finalize_job = finalize_job
         self.accounting = accounting  # core.accounting.Accounting, or None: usage is not counted
+        self.model_halts = model_halts  # core.model_halts.ModelHalts, or None: a 404 is an error like others
 
     # --- submission ------------------------------------------------------------------------
 
@@ -141,7 +143,13 @@ class BatchLane:
         input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
         self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
                      key_fingerprint=self.api.key_fingerprint())
-        info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
+        try:
+            info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
+        except ModelUnavailable as e:
+            # The model is gone: halt it (its intents wait, nothing fails) and let the caller log.
+            if self.model_halts is not None:
+                self.model_halts.halt(intent.model, e.reason, source="batch")
+            raise
         intent = self._record_submitted(intent, owner, info.name, info.state)
         self._delete_quietly(input_file)  # the batch has read what it needs
         return intent
@@ -167,7 +175,7 @@ class BatchLane:
 
     def reconcile(self, owner: str, deadline: float, limit: int = 100) -> dict[str, int]:
         """One poller tick: move every active intent forward, within the time budget."""
-        summary = {"seen": 0, "skipped": 0, "submitted": 0, "running": 0, "ingested": 0,
+        summary = {"seen": 0, "skipped": 0, "submitted": 0, "held": 0, "running": 0, "ingested": 0,
                    "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0, "errors": 0}
         for candidate in self.store.active_intents(limit):
             if self.clock.now() >= deadline:
@@ -194,6 +202,8 @@ class BatchLane:
         if job.status is JobStatus.CANCELLED:
             return self._cancel(intent, owner)
         if intent.state in (IntentState.PENDING, IntentState.CREATING):
+            if self.model_halts is not None and self.model_halts.halted(intent.model) is not None:
+                return "held"  # no upload and no create for a model Gemini no longer serves
             self._submit(intent, owner)
             return "submitted"
         if intent.state is IntentState.SUBMITTED:
@@ -368,11 +378,11 @@ class BatchLane:
         deltas: dict[str, float] = {}
         for state in states:
             if state == ItemState.SUCCEEDED.value:
-                part = self.accounting.image_produced("batch")
+                part = self.accounting.image_produced("batch", intent.model)
             elif state == ItemState.FAILED.value:
-                part = self.accounting.item_unsuccessful("batch", acct.FAILED)
+                part = self.accounting.item_unsuccessful("batch", acct.FAILED, intent.model)
             elif state == ItemState.DEAD_LETTERED.value:
-                part = self.accounting.item_unsuccessful("batch", acct.DEAD_LETTERED)
+                part = self.accounting.item_unsuccessful("batch", acct.DEAD_LETTERED, intent.model)
             else:
                 continue
             for name, value in part.items():

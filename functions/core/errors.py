@@ -99,3 +99,30 @@ class RateLimited(DomainError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"no rate-limit capacity for {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+# --- models (core/catalog.py, core/model_halts.py) ------------------------------------
+
+
+class UnknownModel(DomainError):
+    """A model id the catalog does not list."""
+
+
+class ModelHalted(LaneUnavailable):
+    """A new job for a model that is halted (Gemini answered 404 for it): refused with 503."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(
+            f"model {model} is halted: {reason}. Submit with another model (the `model` field; see GET "
+            f"/v1/stats for the catalog), or wait: the poller's models.get check lifts the halt once "
+            f"Gemini serves {model} again"
+        )
+        self.model = model
+
+
+class ModelUnavailable(GenerationError):
+    """404 NOT_FOUND for the model, or a 400 saying the model is not supported: Gemini no
+    longer serves it (retired, or closed to this project). Not the item's fault: the model is
+    halted and the item waits without spending an attempt."""
+
+    retryable = True

@@ -85,8 +85,10 @@ class ImageSink(Protocol):
 
 
 class ImageGenerator(Protocol):
-    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None) -> GeneratedImage:
-        """Call the model once. Raises a core.errors.GenerationError subclass on failure."""
+    def generate(self, prompt: str, aspect_ratio: str, image_size: str | None,
+                 model: str | None = None) -> GeneratedImage:
+        """Call the model once (the job's model; None = the generator's default). Raises a
+        core.errors.GenerationError subclass on failure."""
 
 
 class RateLimiter(Protocol):

@@ -30,6 +30,8 @@ def choose_lane(
     requests_left: int | None = None,
     budget_left: float | None = None,
     prices: Prices = Prices(),
+    model: str | None = None,
+    sizes: list[str] | None = None,
 ) -> Route:
     """`auto` sends a job to batch when it is big (>= threshold items), when the breaker says
     quota is exhausted, or when today's requests left cannot cover it; otherwise interactive.
@@ -51,9 +53,12 @@ def choose_lane(
         raise LaneUnavailable(
             f"the batch lane is not deployed: submit fewer than {threshold} items or use lane=interactive"
         )
-    cost = prices.estimate(lane, item_count)
+    def estimate(lane: Lane) -> float:  # each item at its model's price for its size
+        return prices.estimate_sizes(lane, model, sizes) if sizes else prices.estimate(lane, item_count, model)
+
+    cost = estimate(lane)
     if budget_left is not None and cost > budget_left + 1e-9:
-        cheaper = prices.estimate(Lane.BATCH, item_count)
+        cheaper = estimate(Lane.BATCH)
         if requested == "auto" and lane is Lane.INTERACTIVE and batch_available and cheaper <= budget_left + 1e-9:
             return Route(Lane.BATCH, f"the interactive cost (${cost:.4f}) is over today's budget left "
                          f"(${budget_left:.4f}); batch costs half", cheaper)

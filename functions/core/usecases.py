@@ -13,6 +13,8 @@ from core import routing
 from core.accounting import Accounting, Prices
 from core.batches import BatchLane, plan_intents
 from core.breaker import CircuitBreaker, Decision
+from core.catalog import Catalog
+from core.model_halts import ModelHalts
 from core.pool import PoolEntry, PoolStore, divert_updates
 from core.jsonl import png_facts
 from core.errors import (
@@ -23,6 +25,8 @@ from core.errors import (
     GenerationError,
     InvalidRequest,
     LaneUnavailable,
+    ModelHalted,
+    ModelUnavailable,
     NotFound,
     PermissionDenied,
     QuotaExceeded,
@@ -62,8 +66,13 @@ def plan_route(
     batch_available: bool,
     breaker: CircuitBreaker | None = None,
     accounting: Accounting | None = None,
+    model: str | None = None,
+    catalog: Catalog | None = None,
+    model_halts: ModelHalts | None = None,
 ) -> routing.Route:
     """The lane a job would take now, and why, and what it would cost (also the dry run)."""
+    if model and model_halts is not None and (model_halt := model_halts.halted(model)) is not None:
+        raise ModelHalted(model, model_halt.reason)
     if breaker is not None and (halted := breaker.halted()) is not None:
         raise LaneUnavailable(
             f"image generation is halted: {halted.reason}; no lane is used (batch shares the "
@@ -79,7 +88,17 @@ def plan_route(
         requests_left=accounting.requests_left(totals) if accounting is not None else None,
         budget_left=accounting.budget_left(totals) if accounting is not None else None,
         prices=accounting.prices if accounting is not None else Prices(),
+        model=model,
+        sizes=_sizes(spec, model, catalog),
     )
+
+
+def _sizes(spec: JobSpec, model: str | None, catalog: Catalog | None) -> list[str] | None:
+    """Each item's output size, from the model's catalog entry and the item's quality."""
+    model_spec = catalog.get(model) if catalog is not None and model else None
+    if model_spec is None:
+        return None
+    return [model_spec.size_for(it.quality) for it in spec.items]
 
 
 def submit_job(
@@ -97,6 +116,8 @@ def submit_job(
     make_id: Callable[[], str] = new_job_id,
     breaker: CircuitBreaker | None = None,
     accounting: Accounting | None = None,
+    catalog: Catalog | None = None,
+    model_halts: ModelHalts | None = None,
 ) -> Job:
     """Record the job and its items, then hand the items to their lane.
 
@@ -106,7 +127,7 @@ def submit_job(
     Batch: the job, its items and one intent per batch are written first; the batches are
     then created here, and whatever fails or crashes is created by the next poller tick."""
     route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
-                       breaker=breaker, accounting=accounting)
+                       breaker=breaker, accounting=accounting, model=model, catalog=catalog, model_halts=model_halts)
     lane = route.lane
     now = clock.now()
     job = Job(
@@ -137,7 +158,7 @@ def submit_job(
         for i, s in enumerate(spec.items)
     ]
     if accounting is not None:
-        accounting.reserve(lane, len(items), job_id=job.job_id)
+        accounting.reserve(lane, len(items), cost=route.estimated_cost_usd, job_id=job.job_id)
     if lane is Lane.INTERACTIVE:
         store.create_job(job, items)
         queue.publish_items(job.job_id, [it.key for it in items])
@@ -275,17 +296,18 @@ def get_job_status(
         "round": job.round,
         "route_reason": job.route_reason,
         "estimated_cost_usd": job.estimated_cost_usd,
-        "actual_cost_usd": _actual_cost(store, job_id, prices or Prices(), counts),
+        "actual_cost_usd": _actual_cost(store, job, prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
     }
 
 
-def _actual_cost(store: JobStore, job_id: str, prices: Prices, counts: dict[ItemState, int]) -> float:
-    """What the job's images cost so far: each succeeded item at the price of the lane it ran in."""
+def _actual_cost(store: JobStore, job: Job, prices: Prices, counts: dict[ItemState, int]) -> float:
+    """What the job's images cost so far: each succeeded item at its model's price (standard
+    size) in the lane it ran in."""
     if not counts.get(ItemState.SUCCEEDED):
         return 0.0
-    by_lane = store.count_succeeded_by_lane(job_id)
-    return round(sum(prices.estimate(lane, n) for lane, n in by_lane.items()), 6)
+    by_lane = store.count_succeeded_by_lane(job.job_id)
+    return round(sum(prices.estimate(lane, n, job.model) for lane, n in by_lane.items()), 6)
 
 
 def job_status_from_counts(counts: dict[ItemState, int]) -> JobStatus | None:
@@ -490,10 +512,17 @@ def drain_dead_letters(
     return summary
 
 
-def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None) -> dict:
+def models_in_use(*, store: JobStore, default: str, limit: int = 100) -> set[str]:
+    """The default model and those of running jobs: what the poller's models.get check watches."""
+    return {default} | {job.model for job in store.running_jobs(limit)}
+
+
+def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None,
+              models: list[dict] | None = None) -> dict:
     body = accounting.summary()
     body["breaker"] = breaker.view(fresh=True).public() if breaker is not None else {"state": "closed"}
     body["pending_batch_pool"] = pool_size
+    body["models"] = models or []
     return body
 
 
@@ -515,13 +544,6 @@ def _retry(reason: str, state: str = ItemState.QUEUED.value) -> ItemOutcome:
 
 def _ack(state: str, reason: str = "") -> ItemOutcome:
     return ItemOutcome(ack=True, state=state, reason=reason)
-
-
-def image_size_for(model: str, quality: str) -> str | None:
-    """imageSize is only accepted by the Gemini 3 image models; 2.5 Flash Image is fixed at 1K."""
-    if not model.startswith("gemini-3"):
-        return None
-    return "2K" if quality == "high" else "1K"
 
 
 def compose_prompt(item: Item) -> str:
@@ -547,6 +569,8 @@ def process_item(
     pool: PoolStore | None = None,
     accounting: Accounting | None = None,
     events: EventOutbox | None = None,
+    catalog: Catalog | None = None,
+    model_halts: ModelHalts | None = None,
 ) -> ItemOutcome:
     """Generate one image, at most once per success, under the shared rate limit.
 
@@ -555,7 +579,8 @@ def process_item(
     deterministic object name written only if absent.
 
     With a breaker: while quota is exhausted the item is diverted to the pending-batch pool
-    (when a pool is given), and while the lane is halted (403) it is handed back untouched."""
+    (when a pool is given), and while the lane is halted (403) it is handed back untouched.
+    Likewise while the job's model is halted (Gemini answered 404 for it): no attempt is spent."""
     item = store.get_item(job_id, key)
     if item is None:
         return _ack("unknown", f"no item {job_id}/{key}")
@@ -572,6 +597,8 @@ def process_item(
     if job is None:
         return _ack("unknown", f"no job {job_id}")
     context = {"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value}
+    model_spec = catalog.get(job.model) if catalog is not None else None
+    size = model_spec.size_for(item.quality) if model_spec is not None else None
 
     def count(deltas: dict, quota_id: str | None = None) -> None:
         if accounting is not None:
@@ -588,7 +615,7 @@ def process_item(
         now = clock.now()
         store.finish_item(job_id, key, owner, divert_updates(now))
         pool.add(PoolEntry(job_id, key, now))
-        count(accounting.diverted() if accounting else {})
+        count(accounting.diverted(job.model, size) if accounting else {})
         log.info("item %s/%s diverted to the batch lane: %s", job_id, key, why, extra=context)
         return _ack(ItemState.QUEUED.value, f"diverted to the batch lane: {why}")
 
@@ -619,7 +646,7 @@ def process_item(
         store.set_job_running(job_id, started)
 
     deadline = started + max_wait
-    dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED) if accounting else {}
+    dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED, job.model, size) if accounting else {}
     while True:
         if breaker is not None:
             decision = breaker.before_send(owner)
@@ -630,6 +657,9 @@ def process_item(
                 continue
             if (outcome := blocked(decision)) is not None:
                 return outcome
+        if model_halts is not None and (model_halt := model_halts.halted(job.model)) is not None:
+            _requeue(store, item, owner, clock.now(), error=None)
+            return _retry(f"model {job.model} halted: {model_halt.reason}")
         try:
             limiter.acquire(owner, max(0.0, deadline - clock.now()))
         except RateLimited as e:
@@ -637,7 +667,8 @@ def process_item(
             return _retry(f"rate limited: {e}")
         try:
             image = generator.generate(
-                compose_prompt(item), item.aspect_ratio, image_size_for(job.model, item.quality)
+                compose_prompt(item), item.aspect_ratio,
+                model_spec.image_size_param(item.quality) if model_spec is not None else None, model=job.model,
             )
         except QuotaExceeded as e:
             # Up to 20% jitter on retryDelay, so instances that were told the same delay do
@@ -656,10 +687,19 @@ def process_item(
                 continue  # short delay: wait here rather than round-trip through Pub/Sub
             _requeue(store, item, owner, clock.now(), error=e.reason)
             return _retry(f"quota exceeded: {e.quota_id}")
+        except ModelUnavailable as e:
+            count({acct.REQUESTS: 1})
+            if model_halts is None:
+                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+            # The model is gone, not the item: halt the model, hand the item back unspent.
+            model_halts.halt(job.model, e.reason, source="generate")
+            _requeue(store, item, owner, clock.now(), error=e.reason)
+            return _retry(f"model {job.model} halted: {e.reason}")
         except (ContentRefused, InvalidRequest) as e:
             if breaker is not None:
                 breaker.on_success(owner)  # the quota let the request through
-            count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED) if accounting else {})})
+            count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED, job.model, size)
+                                        if accounting else {})})
             return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
                        quota_retries=item.quota_retries)
         except PermissionDenied as e:
@@ -692,7 +732,7 @@ def process_item(
     )
     if not stored.created:
         log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
-    count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE) if accounting else {})})
+    count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE, job.model, size) if accounting else {})})
     return end(
         ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
         gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,

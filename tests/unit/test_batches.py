@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from catalog import load as load_catalog
 from core import usecases
 from core.batches import BatchLane, normalise_state, plan_intents
 from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
@@ -20,7 +21,7 @@ class Env:
         self.lane = BatchLane(
             store=self.store, jobs=self.store, api=self.api, sink=self.sink, clock=self.clock,
             lease_seconds=lease, max_attempts=max_attempts, checkpoint_lines=checkpoint_lines,
-            image_size_for=usecases.image_size_for, compose_prompt=usecases.compose_prompt,
+            image_size_for=load_catalog().image_size_for, compose_prompt=usecases.compose_prompt,
             finalize_job=lambda job_id: usecases.finalize_job_if_done(
                 job_id, store=self.store, clock=self.clock, sink=self.sink),
         )

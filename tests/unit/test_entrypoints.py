@@ -7,6 +7,7 @@ import functions_framework
 import pytest
 
 import wiring
+from catalog import load as load_catalog
 from core.errors import TransientError
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
@@ -40,7 +41,7 @@ def fakes(monkeypatch):
 
     f.lane = BatchLane(
         store=f.store, jobs=f.store, api=f.batch_api, sink=f.sink, clock=f.clock, lease_seconds=60,
-        max_attempts=3, image_size_for=usecases.image_size_for, compose_prompt=usecases.compose_prompt,
+        max_attempts=3, image_size_for=load_catalog().image_size_for, compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(job_id, store=f.store, clock=f.clock, sink=f.sink),
     )
     monkeypatch.setattr(wiring, "batch_lane", lambda: f.lane if wiring.settings().batch_lane_enabled else None)
@@ -50,12 +51,13 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "image_generator", lambda: f.generator)
     monkeypatch.setattr(wiring, "rate_limiter", lambda: NoLimiter())
     monkeypatch.setattr(wiring, "clock", lambda: f.clock)
-    from core.accounting import Accounting, DailyLimits, Prices
+    from core.accounting import Accounting, DailyLimits
     from core.breaker import CircuitBreaker
 
     f.breaker = CircuitBreaker(InMemoryBreakerStore(), f.clock, threshold=3, cooldown_seconds=60)
     f.counters = InMemoryCounterStore()
-    f.accounting = Accounting(store=f.counters, clock=f.clock, prices=Prices(), limits=DailyLimits())
+    f.accounting = Accounting(store=f.counters, clock=f.clock, prices=wiring.prices(wiring.settings()),
+                              limits=DailyLimits())
     f.pool = InMemoryPoolStore(f.store)
     f.idempotency = InMemoryIdempotencyStore()
     monkeypatch.setattr(wiring, "breaker", lambda: f.breaker)
@@ -63,6 +65,16 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "pool_store", lambda: f.pool)
     monkeypatch.setattr(wiring, "idempotency_store", lambda: f.idempotency)
     monkeypatch.setattr(wiring, "dead_letters", lambda: None)
+    from core.model_halts import ModelHalts
+    from core.model_watch import ModelWatch
+    from tests.fakes import FakeModelsApi, InMemoryModelHaltStore
+
+    f.model_halts = ModelHalts(InMemoryModelHaltStore(), f.clock)
+    f.models_api = FakeModelsApi(load_catalog().models)
+    f.model_watch = ModelWatch(api=f.models_api, halts=f.model_halts, catalog=load_catalog(), clock=f.clock)
+    f.lane.model_halts = f.model_halts
+    monkeypatch.setattr(wiring, "model_halts", lambda: f.model_halts)
+    monkeypatch.setattr(wiring, "model_watch", lambda: f.model_watch)
     from core.events import CompletionEvents, DeliveryPolicy
     from tests.fakes import InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender
 
@@ -242,8 +254,10 @@ def test_dry_run_answers_the_route_and_cost_and_writes_nothing(api, fakes):
                  content_type="application/json")
     assert r.status_code == 200
     body = r.get_json()
-    assert body == {"dry_run": True, "lane": "interactive", "item_count": 3, "estimated_cost_usd": 0.117,
-                    "reason": "3 items: under the interactive threshold of 10", "breaker": "closed"}
+    # 3 x the default model's 1K price in the catalog (functions/models.json)
+    assert body == {"dry_run": True, "lane": "interactive", "item_count": 3, "estimated_cost_usd": 0.201,
+                    "reason": "3 items: under the interactive threshold of 10", "breaker": "closed",
+                    "model": "gemini-nano-banana-2.1"}
     assert fakes.store.jobs == {} and fakes.queue.messages == []
 
 
@@ -279,9 +293,12 @@ def test_a_halted_lane_refuses_jobs_with_503(api, fakes):
 def test_stats_show_counters_limits_and_the_breaker(api, fakes):
     post_job(api, {"requests": [{"prompt": "a"}]})
     body = api.get("/v1/stats").get_json()
-    assert body["counters"]["reserved_usd"] == 0.039
+    assert body["counters"]["reserved_usd"] == 0.067  # the default model's 1K price in the catalog
     assert body["breaker"]["state"] == "closed" and body["pending_batch_pool"] == 0
-    assert body["prices"] == {"interactive_image_usd": 0.039, "batch_image_usd": 0.0195}
+    assert body["prices"] == {"interactive_image_usd": 0.067, "batch_image_usd": 0.0335}
+    models = {m["id"]: m for m in body["models"]}
+    assert models["gemini-nano-banana-2.1"]["default"] and not models["gemini-nano-banana-2.1"]["halted"]
+    assert models["gemini-2.5-flash-image"]["shutdown_date"] == "2026-10-02"
 
 
 def test_retry_route(api, fakes):
@@ -296,3 +313,33 @@ def test_retry_route(api, fakes):
 def test_page_tokens_that_are_not_item_indexes_are_400(api, fakes, token):
     job_id = post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["job_id"]
     assert api.get(f"/v1/jobs/{job_id}", query_string={"page_token": token}).status_code == 400
+
+
+def test_a_job_may_choose_its_model_and_the_model_is_checked(api, fakes):
+    r = post_job(api, {"requests": [{"prompt": "a", "quality": "high"}], "model": "gemini-3-pro-image"})
+    assert r.status_code == 202 and r.get_json()["model"] == "gemini-3-pro-image"
+    assert r.get_json()["estimated_cost_usd"] == 0.134
+    assert api.get(r.get_json()["status_url"]).get_json()["model"] == "gemini-3-pro-image"
+    assert post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["model"] == "gemini-nano-banana-2.1"
+
+    unknown = post_job(api, {"requests": [{"prompt": "a"}], "model": "imagen-4.0-generate-001"})
+    assert unknown.status_code == 400
+    (field,) = unknown.get_json()["error"]["fields"]
+    assert field["field"] == "model" and "gemini-nano-banana-2.1" in field["problem"]
+
+    ratio = post_job(api, {"requests": [{"prompt": "a"}, {"prompt": "b", "aspect_ratio": "8:1"}],
+                           "model": "gemini-3-pro-image"})
+    assert ratio.status_code == 400
+    (field,) = ratio.get_json()["error"]["fields"]
+    assert field["field"] == "requests[1].aspect_ratio" and "16:9" in field["problem"]
+    assert post_job(api, {"requests": [{"prompt": "b", "aspect_ratio": "8:1"}]}).status_code == 202
+
+
+def test_a_new_job_for_a_halted_model_is_503_naming_it(api, fakes):
+    fakes.model_halts.halt("gemini-nano-banana-2.1", "404 models/gemini-nano-banana-2.1 is not found", "generate")
+    r = post_job(api, {"requests": [{"prompt": "a"}]})
+    assert r.status_code == 503 and r.get_json()["error"]["reason"] == "model_halted"
+    assert "gemini-nano-banana-2.1" in r.get_json()["error"]["message"]
+    assert post_job(api, {"requests": [{"prompt": "a"}], "model": "gemini-3-pro-image"}).status_code == 202
+    halted = {m["id"]: m for m in api.get("/v1/stats").get_json()["models"]}["gemini-nano-banana-2.1"]
+    assert halted["halted"] and "not found" in halted["halt_reason"]

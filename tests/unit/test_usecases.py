@@ -251,7 +251,3 @@ def test_status_reports_counts_and_paginates(env):
 def test_job_status_from_counts(counts, expected):
     assert usecases.job_status_from_counts(counts) is expected
 
-
-def test_image_size_only_for_models_that_accept_it():
-    assert usecases.image_size_for("gemini-2.5-flash-image", "high") is None
-    assert usecases.image_size_for("gemini-3-pro-image-preview", "high") == "2K"

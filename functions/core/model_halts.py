@@ -1,0 +1,99 @@
+"""Per-model halts: a model Gemini no longer serves is an incident, not a thousand failed items.
+
+Beside the circuit breaker (core/breaker.py), which guards the project's quota and permission
+for every model, each model has its own halt record. A 404 NOT_FOUND naming the model (or a
+400 saying it is not supported) halts it: its items are handed back without spending an
+attempt, as for a 403 halt, new jobs for it are refused with 503, and an ERROR with the
+`model_halted` alert is logged once. The poller's models.get check clears the halt when the
+model answers again (and halts a model that is gone before any item meets it).
+
+One small document per model, changed by compare-and-set, read through a short per-instance
+cache: the worker reads it before every send, so it must not be a hot document.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class ModelHaltStore(Protocol):
+    def read_all(self) -> dict[str, dict]:
+        """{model id: record} of every model ever halted (cleared ones have halted=False)."""
+
+    def compare_and_set(self, model: str, decide: Callable[[dict | None], dict | None]) -> bool:
+        """Write decide(current) to the model's record unless someone wrote in between."""
+
+
+@dataclass(frozen=True)
+class ModelHalt:
+    model: str
+    reason: str
+    halted_at: float
+    source: str  # "generate", "batch" or "models.get"
+
+    def public(self) -> dict:
+        return {"model": self.model, "reason": self.reason, "halted_at": self.halted_at, "source": self.source}
+
+
+class ModelHalts:
+    def __init__(self, store: ModelHaltStore, clock, cache_seconds: float = 1.0) -> None:
+        self.store, self.clock, self.cache_seconds = store, clock, cache_seconds
+        self._cached: tuple[float, dict[str, ModelHalt]] | None = None
+        self._lock = threading.Lock()
+
+    def all(self, fresh: bool = False) -> dict[str, ModelHalt]:
+        now = self.clock.now()
+        with self._lock:
+            cached = self._cached
+        if not fresh and cached and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        halts = {
+            model: ModelHalt(model, d.get("reason") or "", d.get("halted_at") or 0.0, d.get("source") or "")
+            for model, d in self.store.read_all().items() if d.get("halted")
+        }
+        with self._lock:
+            self._cached = (now, halts)
+        return halts
+
+    def halted(self, model: str, fresh: bool = False) -> ModelHalt | None:
+        return self.all(fresh).get(model)
+
+    def halt(self, model: str, reason: str, source: str) -> bool:
+        """Halt the model; True (and the alert logged) only for the write that halted it."""
+        now = self.clock.now()
+
+        def decide(d):
+            if d and d.get("halted"):
+                return None
+            return {"model": model, "halted": True, "reason": reason[:500], "halted_at": now, "source": source,
+                    "updated_at": now}
+
+        written = self._write(model, decide)
+        if written:
+            log.error("model %s halted: %s; its items wait (no attempt is spent) and new jobs for it are "
+                      "refused until models.get finds it again or GEMINI_MODEL / the job's model changes",
+                      model, reason, extra={"alert": "model_halted", "model": model, "halt_source": source})
+        return written
+
+    def clear(self, model: str, why: str) -> bool:
+        now = self.clock.now()
+
+        def decide(d):
+            if not d or not d.get("halted"):
+                return None
+            return {"halted": False, "cleared_at": now, "cleared_because": why[:200], "updated_at": now}
+
+        written = self._write(model, decide)
+        if written:
+            log.warning("model %s halt cleared: %s", model, why, extra={"model": model, "alert": "model_restored"})
+        return written
+
+    def _write(self, model: str, decide) -> bool:
+        written = self.store.compare_and_set(model, decide)
+        with self._lock:
+            self._cached = None
+        return written

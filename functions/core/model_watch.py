@@ -1,0 +1,90 @@
+"""The poller's watch over the models in use: models.get for each, a halt for a missing one,
+a cleared halt for one that is back, and a warning as an announced shutdown date comes near.
+
+Every model in use is looked up at an instance's first tick and then once a day; a halted
+model is looked up at every tick, so its items resume within a tick of Gemini serving it again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+from core.catalog import Catalog
+from core.errors import GenerationError
+from core.model_halts import ModelHalts
+
+log = logging.getLogger(__name__)
+
+
+class ModelsApi(Protocol):
+    def get_model(self, model: str) -> dict | None:
+        """The model as models.get describes it, or None when Gemini answers 404 for it."""
+
+
+class ModelWatch:
+    def __init__(self, *, api: ModelsApi, halts: ModelHalts, catalog: Catalog, clock,
+                 interval_seconds: float = 86_400.0, warn_days: int = 30) -> None:
+        self.api, self.halts, self.catalog, self.clock = api, halts, catalog, clock
+        self.interval_seconds, self.warn_days = interval_seconds, warn_days
+        self._last_full: float | None = None  # per instance: its first tick checks everything
+        self._lock = threading.Lock()
+
+    def tick(self, models_in_use: set[str]) -> dict[str, str]:
+        """Check what is due now; {model: "present" | "missing" | "error: ..."}."""
+        now = self.clock.now()
+        halted = set(self.halts.all(fresh=True))
+        with self._lock:
+            full = self._last_full is None or now - self._last_full >= self.interval_seconds
+            if full:
+                self._last_full = now
+        due = (set(models_in_use) | halted) if full else halted
+        result = {model: self._check(model, model in halted) for model in sorted(due)}
+        if full:
+            self._warn_near_shutdown(models_in_use, now)
+        return result
+
+    def _check(self, model: str, halted: bool) -> str:
+        try:
+            found = self.api.get_model(model)
+        except GenerationError as e:  # a blip of models.get says nothing about the model
+            log.warning("models.get %s failed: %s", model, e.reason, extra={"model": model})
+            return f"error: {e.reason}"[:200]
+        if found is None:
+            self.halts.halt(model, f"models.get answered 404 NOT_FOUND for {model}", source="models.get")
+            return "missing"
+        if halted:
+            self.halts.clear(model, "models.get finds it again")
+        return "present"
+
+    def _warn_near_shutdown(self, models_in_use: set[str], now: float) -> None:
+        for model in sorted(models_in_use):
+            spec = self.catalog.get(model)
+            days = spec.days_left(now) if spec is not None else None
+            if days is not None and days <= self.warn_days:
+                log.warning("model %s has an announced shutdown on %s (%d days left); move to another model "
+                            "(GEMINI_MODEL, or the job's `model`)", model, spec.shutdown_date, days,
+                            extra={"alert": "model_shutdown_near", "model": model, "days_left": days})
+
+
+def models_section(catalog: Catalog, halts: ModelHalts | None, now: float, default_model: str,
+                   warn_days: int = 30) -> list[dict]:
+    """The `models` section of GET /v1/stats: every catalog model, and any halted one outside it."""
+    halted = halts.all(fresh=True) if halts is not None else {}
+    out = []
+    for model_id in list(catalog.models) + sorted(set(halted) - set(catalog.models)):
+        spec = catalog.get(model_id)
+        days = spec.days_left(now) if spec is not None else None
+        halt = halted.get(model_id)
+        out.append({
+            "id": model_id,
+            "default": model_id == default_model,
+            "lifecycle": spec.lifecycle if spec is not None else None,
+            "shutdown_date": spec.shutdown_date if spec is not None else None,
+            "days_left": days,
+            "shutdown_near": days is not None and days <= warn_days,
+            "halted": halt is not None,
+            "halt_reason": halt.reason if halt is not None else None,
+            "source_url": spec.source_url if spec is not None else None,
+        })
+    return out

@@ -153,6 +153,9 @@ def submit(
         "--quality", help="For items that don't set one", show_default=False)] = None,
     domain: Annotated[Optional[str], typer.Option(
         "--domain", help="Context added to items that don't set one", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="The image model, e.g. gemini-3-pro-image (imagefleet stats lists them); "
+                        "default: the deployment's", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the route and estimated cost; submit nothing")] = False,
     wait: Annotated[bool, typer.Option(
@@ -176,9 +179,9 @@ def submit(
     client = _client(ctx, api, api_key)
     try:
         if dry_run:
-            plan = client.dry_run(items, lane)
+            plan = client.dry_run(items, lane, model)
         else:
-            accepted = client.submit(items, lane, idempotency_key=str(uuid.uuid4()))
+            accepted = client.submit(items, lane, idempotency_key=str(uuid.uuid4()), model=model)
     except ApiError as exc:
         raise _located(exc, prompts) from None
     if dry_run:
@@ -188,7 +191,7 @@ def submit(
         typer.echo(f"Dry run: {_plural(plan.get('item_count', len(items)), 'prompt')} would go to the "
                    f"{plan.get('lane', '?')} lane: {plan.get('reason', 'no reason given')}.")
         typer.echo(f"Estimated cost: {_money(plan.get('estimated_cost_usd', '?'))}"
-                   f"   circuit breaker: {plan.get('breaker', '?')}")
+                   f"   model: {plan.get('model', '?')}   circuit breaker: {plan.get('breaker', '?')}")
         typer.echo("Nothing was submitted.")
         return
     job_id = accepted["job_id"]
@@ -426,11 +429,27 @@ def stats(
         if section in shown:
             continue
         title = section.replace("_", " ")
-        if isinstance(value, dict):
+        if section == "models" and isinstance(value, list):
+            _print_models(value)
+        elif isinstance(value, dict):
             typer.echo(f"  {title}")
             _print_tree(value, indent=4, none="no limit" if section in ("limits", "budget") else "-")
         else:
             typer.echo(f"  {title}: {_scalar(section, value)}")
+
+
+def _print_models(models: list) -> None:
+    """One line a model: id, lifecycle, shutdown and days left, and a halt in capitals."""
+    typer.echo("  models")
+    for m in models:
+        if not isinstance(m, dict):
+            continue
+        line = f"    {m.get('id')}{' (default)' if m.get('default') else ''}: {m.get('lifecycle') or 'not in the catalog'}"
+        if m.get("shutdown_date"):
+            line += f", shutdown {m['shutdown_date']} ({m.get('days_left')} days left)"
+        if m.get("halted"):
+            line += f", HALTED: {m.get('halt_reason')}"
+        typer.echo(line)
 
 
 def _print_tree(value: dict, indent: int, none: str = "-") -> None:

@@ -119,12 +119,13 @@ class ApiClient:
 
     # -- the endpoints -----------------------------------------------------------------------
 
-    def submit(self, items: list[dict], lane: str = "auto", *, idempotency_key: str | None = None) -> dict:
+    def submit(self, items: list[dict], lane: str = "auto", *, idempotency_key: str | None = None,
+               model: str | None = None) -> dict:
         """POST /v1/jobs: the accepted job (202, or 200 when the key was seen before)."""
         key = idempotency_key or str(uuid.uuid4())
         for attempt in range(IN_PROGRESS_RETRIES + 1):
             try:
-                return self._call("POST", "/v1/jobs", json={"requests": items, "lane": lane},
+                return self._call("POST", "/v1/jobs", json=_job_body(items, lane, model),
                                   headers={"Idempotency-Key": key}, retry=True)
             except ApiError as exc:
                 # Our own earlier send of this key is still being handled (its answer was lost
@@ -134,9 +135,9 @@ class ApiClient:
                 time.sleep(min(max(1.0 if exc.retry_after is None else exc.retry_after, 0.0), 5.0))
         raise AssertionError("unreachable")
 
-    def dry_run(self, items: list[dict], lane: str = "auto") -> dict:
+    def dry_run(self, items: list[dict], lane: str = "auto", model: str | None = None) -> dict:
         """POST /v1/jobs?dry_run=true: the route and estimated cost; nothing is submitted."""
-        return self._call("POST", "/v1/jobs", json={"requests": items, "lane": lane},
+        return self._call("POST", "/v1/jobs", json=_job_body(items, lane, model),
                           params={"dry_run": "true"}, retry=True)
 
     def job(self, job_id: str, *, page_size: int = 100, page_token: str | None = None) -> dict:
@@ -194,3 +195,11 @@ class ApiClient:
 def _segment(value: str) -> str:
     """A path segment: a job id with a slash in it names no other route."""
     return quote(value, safe="")
+
+
+def _job_body(items: list[dict], lane: str, model: str | None) -> dict:
+    """The POST /v1/jobs body; no `model` key unless one was chosen (the server's default)."""
+    body = {"requests": items, "lane": lane}
+    if model:
+        body["model"] = model
+    return body

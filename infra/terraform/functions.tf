@@ -48,6 +48,10 @@ resource "google_artifact_registry_repository" "functions" {
 }
 
 locals {
+  # The model catalog the functions load (an unknown GEMINI_MODEL stops them at start).
+  model_catalog = jsondecode(file("${path.module}/../../functions/models.json"))
+  gemini_model  = coalesce(var.gemini_model, local.model_catalog.default_model)
+
   # Every setting of functions/config.py that Terraform manages, named as the upper-case
   # Settings field. All three functions get the same set and each reads what it uses, so a
   # setting never differs between the function that writes a value and the one that reads it.
@@ -56,13 +60,16 @@ locals {
     DAILY_REQUEST_QUOTA = var.daily_request_quota
     DAILY_IMAGE_QUOTA   = var.daily_image_quota
     DAILY_BUDGET_USD    = var.daily_budget_usd
+    # Unset: the catalog decides (functions/models.json: its default model, each model's prices).
+    GEMINI_MODEL                = var.gemini_model
+    PRICE_INTERACTIVE_IMAGE_USD = var.price_interactive_image_usd
+    PRICE_BATCH_IMAGE_USD       = var.price_batch_image_usd
   } : k => v if v != null }
 
   app_env = {
     GOOGLE_CLOUD_PROJECT        = var.project_id
     IMAGES_BUCKET               = google_storage_bucket.images.name
     WORK_TOPIC                  = google_pubsub_topic.work.name
-    GEMINI_MODEL                = var.gemini_model
     GEMINI_TIMEOUT_SECONDS      = var.gemini_timeout_seconds
     RATE_LIMIT_REQUESTS         = var.rate_limit_requests
     RATE_LIMIT_IMAGES           = var.rate_limit_images
@@ -91,8 +98,6 @@ locals {
     BREAKER_HALT_SECONDS        = var.breaker_halt_seconds
     POOL_FLUSH_ITEMS            = var.pool_flush_items
     POOL_MAX_AGE_SECONDS        = var.pool_max_age_seconds
-    PRICE_INTERACTIVE_IMAGE_USD = var.price_interactive_image_usd
-    PRICE_BATCH_IMAGE_USD       = var.price_batch_image_usd
     BATCH_CHECKPOINT_LINES      = var.batch_checkpoint_lines
     BATCH_UPLOAD_CONCURRENCY    = var.batch_upload_concurrency
   }

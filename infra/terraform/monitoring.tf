@@ -102,7 +102,7 @@ resource "google_monitoring_alert_policy" "quota_exceeded" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "The worker keeps meeting 429s: RATE_LIMIT_REQUESTS / RATE_LIMIT_IMAGES (variables rate_limit_*) are probably above the project's quota for ${var.gemini_model}. The `quota_id` label of the metric names the quota."
+    content   = "The worker keeps meeting 429s: RATE_LIMIT_REQUESTS / RATE_LIMIT_IMAGES (variables rate_limit_*) are probably above the project's quota for ${local.gemini_model}. The `quota_id` label of the metric names the quota."
   }
 
   alert_strategy {

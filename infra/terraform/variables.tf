@@ -43,8 +43,8 @@ variable "labels" {
 
 variable "gemini_model" {
   type        = string
-  description = "GEMINI_MODEL: the image model."
-  default     = "gemini-2.5-flash-image"
+  description = "GEMINI_MODEL: the image model of a job that names none. One of the ids in functions/models.json (the catalog); its default_model when null."
+  default     = null
 }
 
 variable "gemini_timeout_seconds" {
@@ -460,14 +460,14 @@ variable "pool_max_age_seconds" {
 
 variable "price_interactive_image_usd" {
   type        = number
-  description = "Estimated price of one image from an interactive generateContent call."
-  default     = 0.039
+  description = "PRICE_INTERACTIVE_IMAGE_USD: a price per interactive image for every model, instead of each model's price in functions/models.json (null = the catalog's)."
+  default     = null
 }
 
 variable "price_batch_image_usd" {
   type        = number
-  description = "Estimated price of one image through the Batch API (half the interactive price)."
-  default     = 0.0195
+  description = "PRICE_BATCH_IMAGE_USD: a price per batch image for every model, instead of the catalog's (null = the catalog's)."
+  default     = null
 }
 
 variable "daily_request_quota" {

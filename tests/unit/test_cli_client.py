@@ -36,6 +36,16 @@ def test_the_key_goes_in_its_header_and_the_body_is_the_contract(serve):
     assert len(request["headers"]["Idempotency-Key"]) == 36
 
 
+def test_a_chosen_model_goes_in_the_body(serve):
+    server = serve(accepted(), (200, {"dry_run": True}, "application/json"))
+
+    ApiClient(server.url).submit([{"prompt": "A fox"}], model="gemini-3-pro-image")
+    ApiClient(server.url).dry_run([{"prompt": "A fox"}], model="gemini-3-pro-image")
+
+    for request in server.requests:
+        assert json.loads(request["body"])["model"] == "gemini-3-pro-image"
+
+
 def test_the_key_is_not_in_the_repr(serve):
     assert KEY not in repr(ApiClient("http://127.0.0.1:1", api_key=KEY))
 

@@ -320,3 +320,13 @@ def test_every_checkov_skip_gives_its_reason():
     assert skips
     for skip in skips:
         assert re.fullmatch(r"CKV2?_[A-Z]+_\d+:\s*\S.{15,}", skip), skip
+
+
+def test_the_model_and_prices_follow_the_catalog_unless_set():
+    import catalog
+
+    assert variables()["gemini_model"].get("default") is None
+    assert variables()["price_interactive_image_usd"].get("default") is None
+    assert variables()["price_batch_image_usd"].get("default") is None
+    assert "models.json" in locals_()["model_catalog"] and catalog.load().default_model
+    assert "GEMINI_MODEL" not in locals_()["app_env"]  # unset when null, so the catalog's default applies

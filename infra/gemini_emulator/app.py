@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from infra.gemini_emulator import admin, batches, errors, files, generate
+from infra.gemini_emulator import admin, batches, errors, files, generate, models
 from infra.gemini_emulator.auth import authenticate
 from infra.gemini_emulator.routing import ADMIN_PREFIX, Handler, is_public
 from infra.gemini_emulator.state import STATE_KEY, EmulatorState
@@ -70,6 +70,7 @@ def create_app(
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024**2)
     app[STATE_KEY] = state
     generate.setup_routes(app)
+    models.setup_routes(app)
     files.setup_routes(app)
     batches.setup_routes(app)
     admin.setup_routes(app)

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.gemini_emulator import batch_jobs, batch_runner, errors
+from infra.gemini_emulator import batch_jobs, batch_runner, errors, models
 from infra.gemini_emulator.auth import API_KEY
 from infra.gemini_emulator.batch_jobs import BatchRecord, BatchStore
 from infra.gemini_emulator.faults import choose_batch_outcome
@@ -113,10 +113,7 @@ async def create_batch(request: web.Request) -> web.Response:
     batch = body.get("batch") if isinstance(body, dict) else None
     if not isinstance(batch, dict):
         raise errors.invalid_argument("* BatchGenerateContentRequest.batch: required field is missing")
-    with state.lock:
-        allowed = state.config["models"]
-    if allowed is not None and model not in allowed:
-        raise errors.not_found(f"models/{model} is not found, or is not supported for batchGenerateContent.")
+    models.check_served(state, model, "batchGenerateContent")
     display_name = batch.get("display_name")
     if display_name is not None and not isinstance(display_name, str):
         raise errors.invalid_argument("* GenerateContentBatch.display_name: expected a string")

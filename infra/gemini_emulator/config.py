@@ -18,7 +18,8 @@ from infra.gemini_emulator.quota import LIMIT_KEYS
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "api_keys": None,  # null: any non-empty key is valid
-    "models": None,  # null: serve any model id
+    "models": None,  # null: the model catalog (functions/models.json); ["*"]: any id; or a list of ids
+    "removed_models": [],  # served no more (404 NOT_FOUND): a model shut down at run time
     "seed": None,  # null: unseeded RNG
     "image_scale": 1.0,  # multiplies the aspect-ratio sizes (e.g. 0.25 for fast tests)
     "image_target_bytes": None,  # pad every PNG up to this many bytes (benchmarks)
@@ -120,6 +121,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _check_keys(cfg, DEFAULT_CONFIG, "config")
     _string_list(cfg["api_keys"], "api_keys")
     _string_list(cfg["models"], "models")
+    _string_list(cfg["removed_models"], "removed_models")
     if cfg["seed"] is not None and (isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], (int, str))):
         raise ConfigError(f"seed: expected null, an integer or a string, got {cfg['seed']!r}")
     _number(cfg["image_scale"], "image_scale", exclusive=True)

@@ -43,7 +43,9 @@ class GenerateRequest:
 
 
 def is_image_model(model: str) -> bool:
-    return "image" in model
+    from infra.gemini_emulator.models import catalog  # every catalog model is an image model
+
+    return "image" in model or model in catalog()
 
 
 def _bad(path: str, problem: str) -> errors.ApiError:
@@ -180,10 +182,17 @@ def reply_text(req: GenerateRequest) -> str:
     return f"Emulated reply to: {shown}"
 
 
+def image_output_tokens(req: GenerateRequest) -> int:
+    """The model's tokens per image at the request's size (the catalog), else 2.5 Flash Image's."""
+    from infra.gemini_emulator.models import output_tokens  # models imports the app state
+
+    return output_tokens(req.model, req.image_size) or IMAGE_OUTPUT_TOKENS
+
+
 def success_response(req: GenerateRequest, png: bytes | None) -> dict[str, Any]:
     """A STOP candidate: optional text part, then the PNG as inlineData.
 
-    candidatesTokenCount counts only the image (1290), as the tests and cost maths expect; the
+    candidatesTokenCount counts only the image (the model's tokens per image at its size); the
     short text part is free here, unlike on the real API.
     """
     parts: list[dict[str, Any]] = []
@@ -194,7 +203,7 @@ def success_response(req: GenerateRequest, png: bytes | None) -> dict[str, Any]:
             details.append({"modality": "TEXT", "tokenCount": max(1, math.ceil(len(parts[0]["text"]) / 4))})
     if png is not None:
         parts.append({"inlineData": {"mimeType": "image/png", "data": encode_bytes(png)}})
-        details.append({"modality": "IMAGE", "tokenCount": IMAGE_OUTPUT_TOKENS})
+        details.append({"modality": "IMAGE", "tokenCount": image_output_tokens(req)})
     candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}
     return _envelope(req, [candidate], _usage(req, details))
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.gemini_emulator import content, errors, images
+from infra.gemini_emulator import content, errors, images, models
 from infra.gemini_emulator.faults import OK, choose_outcome, latency_seconds
 from infra.gemini_emulator.quota import QuotaEngine, QuotaLimits
 from infra.gemini_emulator.routing import versioned
@@ -89,15 +89,10 @@ async def _read_json(request: web.Request) -> Any:
 
 
 def _parse(state: EmulatorState, model: str, raw: Any) -> content.GenerateRequest:
-    with state.lock:
-        allowed = state.config["models"]
-    if allowed is not None and model not in allowed:
-        raise errors.not_found(
-            f"models/{model} is not found for API version v1beta, or is not supported for "
-            "generateContent. Call ListModels to see the list of available models and their "
-            "supported methods."
-        )
-    return content.parse_request(model, raw)
+    models.check_served(state, model)
+    req = content.parse_request(model, raw)
+    models.check_image_config(model, req.aspect_ratio, req.image_size, size_given=req.image_size != images.DEFAULT_IMAGE_SIZE)
+    return req
 
 
 def _admit(state: EmulatorState, req: content.GenerateRequest) -> _Admitted:

@@ -29,10 +29,16 @@ ASPECT_RATIO_SIZES: dict[str, tuple[int, int]] = {
     "9:16": (768, 1344),
     "16:9": (1344, 768),
     "21:9": (1536, 672),
+    # The extreme ratios of the 3.1 Flash Image family (see functions/models.json); their 1K
+    # sizes are approximations that keep about a megapixel, not published figures.
+    "1:4": (512, 2048),
+    "4:1": (2048, 512),
+    "1:8": (352, 2816),
+    "8:1": (2816, 352),
 }
 DEFAULT_ASPECT_RATIO = "1:1"
 # imageSize (Gemini 3 image models) multiplies the 1K size.
-IMAGE_SIZE_FACTORS = {"1K": 1, "2K": 2, "4K": 4}
+IMAGE_SIZE_FACTORS = {"512": 0.5, "1K": 1, "2K": 2, "4K": 4}
 DEFAULT_IMAGE_SIZE = "1K"
 
 _MAX_PROMPT_CHARS = 600

@@ -229,7 +229,8 @@ def test_streaming_returns_the_whole_answer(client):
     assert image_of(chunks[0]).size == scaled(1024, 1024)
 
 
-def test_text_model_gets_a_text_answer(client):
+def test_text_model_gets_a_text_answer(emu, client):
+    emu.configure({"models": ["*"]})  # the catalog holds image models only
     response = generate(client, "hello", model="gemini-2.5-flash")
 
     assert response.text == "Emulated reply to: hello"
@@ -395,10 +396,10 @@ def test_rpd_quota_uses_the_day_window(emu, client):
 
 
 def test_default_quota_applies_to_models_without_their_own_entry(emu, client):
-    emu.configure({"quotas": {"default": {"rpm": 1}, "gemini-3-pro-image-preview": {"rpm": 5}}})
+    emu.configure({"quotas": {"default": {"rpm": 1}, "gemini-3-pro-image": {"rpm": 5}}})
     generate(client)
-    generate(client, model="gemini-3-pro-image-preview")
-    generate(client, model="gemini-3-pro-image-preview")
+    generate(client, model="gemini-3-pro-image")
+    generate(client, model="gemini-3-pro-image")
 
     with pytest.raises(errors.ClientError):
         generate(client)

@@ -372,6 +372,8 @@ def scheduled_poller(request):
                             flush_items=s.pool_flush_items, max_age_seconds=s.pool_max_age_seconds,
                             max_batch_items=s.batch_items_per_batch)
     models = wiring.model_watch().tick(usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
+    for model in (m for m, outcome in models.items() if outcome == "restored"):
+        usecases.resume_model(model, store=wiring.job_store(), queue=wiring.work_queue())
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),

@@ -31,7 +31,8 @@ class ModelWatch:
         self._lock = threading.Lock()
 
     def tick(self, models_in_use: set[str]) -> dict[str, str]:
-        """Check what is due now; {model: "present" | "missing" | "error: ..."}."""
+        """Check what is due now; {model: "present" | "restored" | "missing" | "error: ..."}
+        ("restored": its halt was lifted by this check)."""
         now = self.clock.now()
         halted = set(self.halts.all(fresh=True))
         with self._lock:
@@ -53,8 +54,8 @@ class ModelWatch:
         if found is None:
             self.halts.halt(model, f"models.get answered 404 NOT_FOUND for {model}", source="models.get")
             return "missing"
-        if halted:
-            self.halts.clear(model, "models.get finds it again")
+        if halted and self.halts.clear(model, "models.get finds it again"):
+            return "restored"
         return "present"
 
     def _warn_near_shutdown(self, models_in_use: set[str], now: float) -> None:

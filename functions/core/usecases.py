@@ -517,6 +517,24 @@ def models_in_use(*, store: JobStore, default: str, limit: int = 100) -> set[str
     return {default} | {job.model for job in store.running_jobs(limit)}
 
 
+def resume_model(model: str, *, store: JobStore, queue: WorkQueue, limit: int = 100) -> int:
+    """A model's halt was lifted: publish its interactive jobs' waiting items again now, rather
+    than leave them to Pub/Sub's backoff (up to minutes after a long halt). A message still in
+    flight makes a duplicate, which the worker skips (the item is finished or leased)."""
+    published = 0
+    for job in store.running_jobs(limit):
+        if job.model != model or job.lane is not Lane.INTERACTIVE:
+            continue
+        keys = [it.key for it in _all_items(store, job.job_id)
+                if it.state is ItemState.QUEUED and it.lane != Lane.BATCH.value]
+        if keys:
+            queue.publish_items(job.job_id, keys)
+            published += len(keys)
+    if published:
+        log.info("model %s is back: republished %d waiting items", model, published, extra={"model": model})
+    return published
+
+
 def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None,
               models: list[dict] | None = None) -> dict:
     body = accounting.summary()

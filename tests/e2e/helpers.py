@@ -18,8 +18,8 @@ from infra.local import Stack
 
 TERMINAL_ITEM_STATES = frozenset({"succeeded", "failed", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
-# The model the functions use unless GEMINI_MODEL says otherwise (config.Settings).
-MODEL = "gemini-2.5-flash-image"
+# The model the functions use unless GEMINI_MODEL says otherwise: the catalog's default (functions/models.json).
+MODEL = "gemini-nano-banana-2.1"
 HTTP_TIMEOUT = 30
 
 # The functions' settings in these tests (conftest.stack_function_env), short so the folder is quick.

@@ -20,7 +20,7 @@ import requests
 from tests.e2e.helpers import (
     HTTP_TIMEOUT, MODEL, RATE_LIMIT, TERMINAL_ITEM_STATES, TERMINAL_JOB_STATUSES, configure_gemini,
     functions_env, gemini_batches, gemini_stats, job_status, object_generations, post_job, process_log,
-    prompt_rules, set_bucket_versioning, submit, worker_log,
+    prompt_rules, set_bucket_versioning, submit, wait_until, worker_log,
 )
 
 ROWS: list[dict] = []
@@ -187,6 +187,38 @@ def test_permission_denied_halts_then_a_probe_resumes(stack):
     assert [t["to"] for t in stats["breaker"]["transitions"]][-3:] == ["halted", "half_open", "closed"]
     assert statuses[0]["status"] == "succeeded" and {it["lane"] for it in statuses[0]["items"]} == {"interactive"}
     check(stack, "403 halt, probe, resume", "1 x 403", statuses, started)
+
+
+def model_row(stack, model: str) -> dict:
+    stats = requests.get(f"{stack.url('api')}/v1/stats", timeout=HTTP_TIMEOUT).json()
+    return next(m for m in stats["models"] if m["id"] == model)
+
+
+def test_model_removed_mid_job_halts_it_and_the_items_wait(stack):
+    """Google shuts the job's model down while it runs: the 404 halts that model (an incident,
+    not a failed item each), its items wait without spending attempts, a new job for it is
+    refused, and once the model is back (the poller's models.get sees it) every item ends."""
+    started = time.monotonic()
+    configure_gemini(stack, {"latency": {"mean_ms": 300}})
+    job_id = submit(stack, items("retired", 8))
+    wait_until(stack, lambda: job_status(stack, job_id)["counts"]["succeeded"] >= 1, "a first image")
+    configure_gemini(stack, {"removed_models": [MODEL]})
+    halted = wait_until(stack, lambda: (row := model_row(stack, MODEL))["halted"] and row, "the model halt")
+    assert "not found" in halted["halt_reason"], halted
+    time.sleep(1.1)  # the API's halt cache
+    refused = post_job(stack, items("after-removal", 1))
+    assert refused.status_code == 503 and MODEL in refused.json()["error"]["message"], refused.text
+    tick(stack)  # models.get: still missing, still halted
+    during = job_status(stack, job_id)
+    assert during["counts"]["failed"] == during["counts"]["dead_lettered"] == 0, during["counts"]
+    assert all(it["attempts"] <= 1 for it in during["items"]), during["items"]
+    assert model_row(stack, MODEL)["halted"]
+
+    configure_gemini(stack, {"removed_models": []})
+    statuses = drive(stack, [job_id], timeout=60)  # the poller's tick lifts the halt
+    assert statuses[0]["status"] == "succeeded", statuses[0]["counts"]
+    assert not model_row(stack, MODEL)["halted"]
+    check(stack, "model removed mid-job", f"{outcome_count(stack, '404')} x 404 (model halted)", statuses, started)
 
 
 def test_per_line_batch_errors(stack):

@@ -79,3 +79,14 @@ def test_a_hang_becomes_a_transient_timeout(gemini):
     gemini.configure({"faults": {"script": ["hang"], "hang_seconds": 10}})
     with pytest.raises(TransientError, match="transport"):
         gemini.generate("slow", "1:1", None)
+
+
+def test_each_call_names_its_model_and_a_removed_one_is_model_unavailable(gemini):
+    from core.errors import ModelUnavailable
+
+    image = gemini.generate("a heron", "1:1", "2K", model="gemini-3-pro-image")
+    assert image.model_version == "gemini-3-pro-image" and image.output_tokens == 1120
+    gemini.configure({"removed_models": ["gemini-3-pro-image"]})
+    with pytest.raises(ModelUnavailable, match="models/gemini-3-pro-image is not found"):
+        gemini.generate("a heron", "1:1", "2K", model="gemini-3-pro-image")
+    assert gemini.generate("still here", "1:1", None).model_version == MODEL  # the instance's default

@@ -188,7 +188,7 @@ def test_the_first_tick_checks_every_model_in_use_then_only_halted_ones_until_a_
     clock.advance(60)
     assert watch.tick({DEFAULT}) == {"gemini-3-pro-image": "missing"}  # only the halted one
     api.served.add("gemini-3-pro-image")
-    assert watch.tick({DEFAULT}) == {"gemini-3-pro-image": "present"}
+    assert watch.tick({DEFAULT}) == {"gemini-3-pro-image": "restored"}
     assert halts.all(fresh=True) == {}
     assert watch.tick({DEFAULT}) == {}
     clock.advance(86_400)
@@ -215,3 +215,17 @@ def test_the_stats_models_section_names_lifecycle_shutdown_and_halts():
     old = rows["gemini-2.5-flash-image"]
     assert old["halted"] and old["halt_reason"] == "models.get answered 404" and old["days_left"] < 0
     assert rows[DEFAULT]["default"] and rows[DEFAULT]["days_left"] is None and not rows[DEFAULT]["halted"]
+
+
+def test_a_restored_model_gets_its_waiting_items_published_again(env):
+    job = env.submit(3)
+    env.generator.script = [ModelUnavailable("404 models/x is not found")]
+    env.process(job.job_id, "k0")
+    env.process(job.job_id, "k1")
+    other = env.submit(1, model="gemini-3-pro-image")
+    env.process(other.job_id, "k0")  # done: nothing to resume
+    env.queue.messages.clear()
+    env.halts.clear(DEFAULT, "back")
+    assert usecases.resume_model(DEFAULT, store=env.store, queue=env.queue) == 3
+    assert sorted(k for j, k in env.queue.messages if j == job.job_id) == ["k0", "k1", "k2"]
+    assert usecases.resume_model("gemini-3-pro-image", store=env.store, queue=env.queue) == 0

@@ -221,6 +221,20 @@ def test_model_removed_mid_job_halts_it_and_the_items_wait(stack):
     check(stack, "model removed mid-job", f"{outcome_count(stack, '404')} x 404 (model halted)", statuses, started)
 
 
+def test_model_removed_then_the_job_cancelled(stack):
+    """The model does not come back: cancelling the job ends every waiting item at once."""
+    started = time.monotonic()
+    configure_gemini(stack, {"removed_models": [MODEL]})
+    job_id = submit(stack, items("gone", 6))
+    wait_until(stack, lambda: model_row(stack, MODEL)["halted"], "the model halt")
+    r = requests.delete(f"{stack.url('api')}/v1/jobs/{job_id}", timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200, r.text
+    statuses = drive(stack, [job_id], timeout=60)
+    counts = statuses[0]["counts"]
+    assert statuses[0]["status"] == "cancelled" and counts["cancelled"] == 6, counts
+    check(stack, "model removed, job cancelled", f"{outcome_count(stack, '404')} x 404, 1 cancel", statuses, started)
+
+
 def test_per_line_batch_errors(stack):
     started = time.monotonic()
     configure_gemini(stack, prompt_rules(("picture 1", "500"), ("picture 2", "blocked"), ("picture 3", "503")))

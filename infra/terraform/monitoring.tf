@@ -230,6 +230,8 @@ resource "google_monitoring_alert_policy" "work_backlog" {
 # configured daily limit (DAILY_REQUEST_QUOTA, DAILY_IMAGE_QUOTA, DAILY_BUDGET_USD) with
 # jsonPayload.alert = daily_<limit>_80 / _100, and core/breaker.py logs every transition with
 # jsonPayload.alert = breaker_<state> (ERROR for breaker_halted: a 403 stopped the lane).
+# core/model_halts.py and core/model_watch.py add model_halted (ERROR: Gemini answered 404 for a
+# model), model_restored and model_shutdown_near (WARNING: an announced shutdown within 30 days).
 resource "google_logging_metric" "usage_alerts" {
   name        = "${var.name_prefix}-usage-alerts"
   description = "Daily quota and budget thresholds crossed, and circuit breaker transitions."
@@ -246,7 +248,7 @@ resource "google_logging_metric" "usage_alerts" {
     labels {
       key         = "alert"
       value_type  = "STRING"
-      description = "daily_requests_80, daily_budget_100, breaker_open, breaker_halted, ..."
+      description = "daily_requests_80, daily_budget_100, breaker_open, breaker_halted, model_halted, ..."
     }
   }
 
@@ -263,7 +265,7 @@ resource "google_monitoring_alert_policy" "usage" {
   conditions {
     display_name = "A daily limit reached 80% or 100%, or the breaker opened or halted"
     condition_threshold {
-      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.usage_alerts.name}\" AND metric.label.alert != \"breaker_closed\" AND metric.label.alert != \"breaker_half_open\""
+      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.usage_alerts.name}\" AND metric.label.alert != \"breaker_closed\" AND metric.label.alert != \"breaker_half_open\" AND metric.label.alert != \"model_restored\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
@@ -278,6 +280,6 @@ resource "google_monitoring_alert_policy" "usage" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "A daily quota or budget passed 80% (WARNING) or 100% (ERROR), or the circuit breaker opened (quota exhausted: auto jobs go to batch) or halted (403 from Gemini: generation stopped, no failover). `GET /v1/stats` shows the counters and the breaker's transitions."
+    content   = "A daily quota or budget passed 80% (WARNING) or 100% (ERROR), or the circuit breaker opened (quota exhausted: auto jobs go to batch) or halted (403 from Gemini: generation stopped, no failover), or a model was halted (404 from Gemini: the model is gone; its items wait, submit with another `model` or GEMINI_MODEL) or nears its announced shutdown. `GET /v1/stats` shows the counters, the breaker's transitions and the models."
   }
 }

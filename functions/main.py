@@ -371,7 +371,8 @@ def scheduled_poller(request):
         pooled = flush_pool(pool=pool, jobs=wiring.job_store(), batches=wiring.job_store(), clock=clock,
                             flush_items=s.pool_flush_items, max_age_seconds=s.pool_max_age_seconds,
                             max_batch_items=s.batch_items_per_batch)
-    models = wiring.model_watch().tick(usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
+    models = wiring.model_watch().tick(
+        lambda: usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
     for model in (m for m, outcome in models.items() if outcome == "restored"):
         usecases.resume_model(model, store=wiring.job_store(), queue=wiring.work_queue())
     lane = wiring.batch_lane()

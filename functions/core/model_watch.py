@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from core.catalog import Catalog
@@ -30,33 +31,41 @@ class ModelWatch:
         self._last_full: float | None = None  # per instance: its first tick checks everything
         self._lock = threading.Lock()
 
-    def tick(self, models_in_use: set[str]) -> dict[str, str]:
+    def tick(self, models_in_use: Callable[[], set[str]]) -> dict[str, str]:
         """Check what is due now; {model: "present" | "restored" | "missing" | "error: ..."}
-        ("restored": its halt was lifted by this check)."""
-        now = self.clock.now()
-        halted = set(self.halts.all(fresh=True))
-        with self._lock:
-            full = self._last_full is None or now - self._last_full >= self.interval_seconds
-            if full:
-                self._last_full = now
-        due = (set(models_in_use) | halted) if full else halted
-        result = {model: self._check(model, model in halted) for model in sorted(due)}
+        ("restored": its halt was lifted by this check). `models_in_use` is called only when
+        the full check is due. Never raises: the watch must not cost the poller its tick."""
+        try:
+            now = self.clock.now()
+            halted = set(self.halts.all(fresh=True))
+            with self._lock:
+                full = self._last_full is None or now - self._last_full >= self.interval_seconds
+            in_use = models_in_use() if full else set()
+        except Exception as e:  # noqa: BLE001 - Firestore down: the next tick tries again
+            log.warning("the models check could not start: %s", e)
+            return {}
+        result = {model: self._check(model, model in halted) for model in sorted(in_use | halted)}
         if full:
-            self._warn_near_shutdown(models_in_use, now)
+            with self._lock:
+                self._last_full = now  # only once it ran: a failed start is retried next tick
+            self._warn_near_shutdown(in_use, now)
         return result
 
     def _check(self, model: str, halted: bool) -> str:
         try:
             found = self.api.get_model(model)
+            if found is None:
+                self.halts.halt(model, f"models.get answered 404 NOT_FOUND for {model}", source="models.get")
+                return "missing"
+            if halted and self.halts.clear(model, "models.get finds it again"):
+                return "restored"
+            return "present"
         except GenerationError as e:  # a blip of models.get says nothing about the model
             log.warning("models.get %s failed: %s", model, e.reason, extra={"model": model})
             return f"error: {e.reason}"[:200]
-        if found is None:
-            self.halts.halt(model, f"models.get answered 404 NOT_FOUND for {model}", source="models.get")
-            return "missing"
-        if halted and self.halts.clear(model, "models.get finds it again"):
-            return "restored"
-        return "present"
+        except Exception as e:  # noqa: BLE001 - the halt store: leave it to the next tick
+            log.warning("checking model %s failed: %s", model, e, extra={"model": model})
+            return f"error: {e}"[:200]
 
     def _warn_near_shutdown(self, models_in_use: set[str], now: float) -> None:
         for model in sorted(models_in_use):

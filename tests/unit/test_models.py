@@ -178,7 +178,7 @@ def test_the_first_tick_checks_every_model_in_use_then_only_halted_ones_until_a_
     api = FakeModelsApi([DEFAULT, "gemini-2.5-flash-image"])
     watch = ModelWatch(api=api, halts=halts, catalog=CATALOG, clock=clock)
     with caplog.at_level(logging.WARNING):
-        assert watch.tick({DEFAULT, "gemini-2.5-flash-image", "gemini-3-pro-image"}) == {
+        assert watch.tick(lambda: {DEFAULT, "gemini-2.5-flash-image", "gemini-3-pro-image"}) == {
             DEFAULT: "present", "gemini-2.5-flash-image": "present", "gemini-3-pro-image": "missing"}
     near = [r for r in caplog.records if getattr(r, "alert", None) == "model_shutdown_near"]
     assert [r.model for r in near] == ["gemini-2.5-flash-image"]
@@ -186,13 +186,13 @@ def test_the_first_tick_checks_every_model_in_use_then_only_halted_ones_until_a_
 
     api.calls.clear()
     clock.advance(60)
-    assert watch.tick({DEFAULT}) == {"gemini-3-pro-image": "missing"}  # only the halted one
+    assert watch.tick(lambda: {DEFAULT}) == {"gemini-3-pro-image": "missing"}  # only the halted one
     api.served.add("gemini-3-pro-image")
-    assert watch.tick({DEFAULT}) == {"gemini-3-pro-image": "restored"}
+    assert watch.tick(lambda: {DEFAULT}) == {"gemini-3-pro-image": "restored"}
     assert halts.all(fresh=True) == {}
-    assert watch.tick({DEFAULT}) == {}
+    assert watch.tick(lambda: {DEFAULT}) == {}
     clock.advance(86_400)
-    assert watch.tick({DEFAULT}) == {DEFAULT: "present"}
+    assert watch.tick(lambda: {DEFAULT}) == {DEFAULT: "present"}
 
 
 def test_a_failing_models_get_neither_halts_nor_clears():
@@ -202,7 +202,7 @@ def test_a_failing_models_get_neither_halts_nor_clears():
     api = FakeModelsApi()
     api.error = TransientError("503 UNAVAILABLE")
     watch = ModelWatch(api=api, halts=halts, catalog=CATALOG, clock=clock)
-    result = watch.tick({DEFAULT})
+    result = watch.tick(lambda: {DEFAULT})
     assert result[DEFAULT].startswith("error") and result["gemini-3-pro-image"].startswith("error")
     assert set(halts.all(fresh=True)) == {"gemini-3-pro-image"}
 
@@ -229,3 +229,15 @@ def test_a_restored_model_gets_its_waiting_items_published_again(env):
     assert usecases.resume_model(DEFAULT, store=env.store, queue=env.queue) == 3
     assert sorted(k for j, k in env.queue.messages if j == job.job_id) == ["k0", "k1", "k2"]
     assert usecases.resume_model("gemini-3-pro-image", store=env.store, queue=env.queue) == 0
+
+
+def test_a_broken_store_costs_the_watch_its_tick_not_the_poller():
+    class Broken(InMemoryModelHaltStore):
+        def read_all(self):
+            raise ConnectionError("firestore unavailable")
+
+    clock = FakeClock()
+    watch = ModelWatch(api=FakeModelsApi([DEFAULT]), halts=ModelHalts(Broken(), clock), catalog=CATALOG, clock=clock)
+    assert watch.tick(lambda: {DEFAULT}) == {}
+    watch.halts = ModelHalts(InMemoryModelHaltStore(), clock)
+    assert watch.tick(lambda: {DEFAULT}) == {DEFAULT: "present"}  # the full check was not marked done

@@ -371,12 +371,14 @@ def scheduled_poller(request):
         pooled = flush_pool(pool=pool, jobs=wiring.job_store(), batches=wiring.job_store(), clock=clock,
                             flush_items=s.pool_flush_items, max_age_seconds=s.pool_max_age_seconds,
                             max_batch_items=s.batch_items_per_batch)
+    lane = wiring.batch_lane()
+    batches = lane.reconcile(owner, deadline) if lane else {}
+    # After the batches, so the check never eats their time budget; a restored model's held
+    # intents go at the next tick, its interactive items now.
     models = wiring.model_watch().tick(
         lambda: usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
     for model in (m for m, outcome in models.items() if outcome == "restored"):
         usecases.resume_model(model, store=wiring.job_store(), queue=wiring.work_queue())
-    lane = wiring.batch_lane()
-    batches = lane.reconcile(owner, deadline) if lane else {}
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
     summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,

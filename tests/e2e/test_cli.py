@@ -291,7 +291,7 @@ def test_dry_run_prints_the_route_and_cost_and_submits_nothing(stack, db):
 
     assert big.exit_code == 0, big.output
     assert big.stdout.startswith("Dry run: 12 prompts would go to the batch lane")
-    assert re.search(r"Estimated cost: \$\d+\.\d+ +circuit breaker: closed", big.stdout), big.stdout
+    assert re.search(r"Estimated cost: \$\d+\.\d+ +model: gemini-nano-banana-2\.1 +circuit breaker: closed", big.stdout), big.stdout
     assert "Nothing was submitted." in big.stdout
     plan = json.loads(small.stdout)
     assert (plan["dry_run"], plan["lane"], plan["item_count"]) == (True, "interactive", 3)

@@ -377,12 +377,12 @@ def scheduled_poller(request):
     # intents go at the next tick, its interactive items now.
     models = wiring.model_watch().tick(
         lambda: usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
-    for model in (m for m, outcome in models.items() if outcome == "restored"):
-        usecases.resume_model(model, store=wiring.job_store(), queue=wiring.work_queue())
+    resumed = usecases.resume_restored_models(model_halts=wiring.model_halts(), store=wiring.job_store(),
+                                              queue=wiring.work_queue())
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
     summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
-               "events": events, "finalized_jobs": finalized, "models": models}
+               "events": events, "finalized_jobs": finalized, "models": models, "resumed": resumed}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)
     return _json(summary)

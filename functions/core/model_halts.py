@@ -5,7 +5,8 @@ for every model, each model has its own halt record. A 404 NOT_FOUND naming the 
 400 saying it is not supported) halts it: its items are handed back without spending an
 attempt, as for a 403 halt, new jobs for it are refused with 503, and an ERROR with the
 `model_halted` alert is logged once. The poller's models.get check clears the halt when the
-model answers again (and halts a model that is gone before any item meets it).
+model answers again (and halts a model that is gone before any item meets it); a cleared halt
+stays `resume_pending` until the poller has published the model's parked items again.
 
 One small document per model, changed by compare-and-set, read through a short per-instance
 cache: the worker reads it before every send, so it must not be a hot document.
@@ -85,12 +86,21 @@ class ModelHalts:
         def decide(d):
             if not d or not d.get("halted"):
                 return None
-            return {"halted": False, "cleared_at": now, "cleared_because": why[:200], "updated_at": now}
+            return {"halted": False, "resume_pending": True, "cleared_at": now, "cleared_because": why[:200],
+                    "updated_at": now}
 
         written = self._write(model, decide)
         if written:
             log.warning("model %s halt cleared: %s", model, why, extra={"model": model, "alert": "model_restored"})
         return written
+
+    def pending_resumes(self) -> list[str]:
+        """Models whose halt was lifted but whose parked items are not yet published again."""
+        return sorted(m for m, d in self.store.read_all().items() if d.get("resume_pending") and not d.get("halted"))
+
+    def resumed(self, model: str) -> bool:
+        return self._write(model, lambda d: {"resume_pending": False, "updated_at": self.clock.now()}
+                           if d and d.get("resume_pending") else None)
 
     def _write(self, model: str, decide) -> bool:
         written = self.store.compare_and_set(model, decide)

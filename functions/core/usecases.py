@@ -517,16 +517,26 @@ def models_in_use(*, store: JobStore, default: str, limit: int = 100) -> set[str
     return {default} | {job.model for job in store.running_jobs(limit)}
 
 
-def resume_model(model: str, *, store: JobStore, queue: WorkQueue, limit: int = 100) -> int:
-    """A model's halt was lifted: publish its interactive jobs' waiting items again now, rather
-    than leave them to Pub/Sub's backoff (up to minutes after a long halt). A message still in
-    flight makes a duplicate, which the worker skips (the item is finished or leased)."""
+def resume_restored_models(*, model_halts: ModelHalts, store: JobStore, queue: WorkQueue) -> dict[str, int]:
+    """Publish the parked items of every model whose halt was lifted, then mark it resumed.
+    The mark comes last, so a poller that dies half-way leaves it for the next tick
+    (duplicates are harmless: the worker skips a finished or leased item)."""
+    done = {}
+    for model in model_halts.pending_resumes():
+        done[model] = resume_model(model, store=store, queue=queue)
+        model_halts.resumed(model)
+    return done
+
+
+def resume_model(model: str, *, store: JobStore, queue: WorkQueue, limit: int = 1000) -> int:
+    """Publish the model's interactive jobs' waiting items again: the parked ones (queued) and
+    those a worker holds right now (running: it may be parking them as we read)."""
     published = 0
     for job in store.running_jobs(limit):
         if job.model != model or job.lane is not Lane.INTERACTIVE:
             continue
         keys = [it.key for it in _all_items(store, job.job_id)
-                if it.state is ItemState.QUEUED and it.lane != Lane.BATCH.value]
+                if it.state in (ItemState.QUEUED, ItemState.RUNNING) and it.lane != Lane.BATCH.value]
         if keys:
             queue.publish_items(job.job_id, keys)
             published += len(keys)
@@ -675,9 +685,11 @@ def process_item(
                 continue
             if (outcome := blocked(decision)) is not None:
                 return outcome
-        if model_halts is not None and (model_halt := model_halts.halted(job.model)) is not None:
-            _requeue(store, item, owner, clock.now(), error=None)
-            return _retry(f"model {job.model} halted: {model_halt.reason}")
+        # Fresh, not cached: a park on a stale view could swallow the very message that the
+        # lifted halt's resume_model published (see park_for_model).
+        if model_halts is not None and model_halts.halted(job.model) is not None and (
+                model_halt := model_halts.halted(job.model, fresh=True)) is not None:
+            return _park_for_model(store, item, owner, clock.now(), job.model, model_halt.reason)
         try:
             limiter.acquire(owner, max(0.0, deadline - clock.now()))
         except RateLimited as e:
@@ -709,10 +721,9 @@ def process_item(
             count({acct.REQUESTS: 1})
             if model_halts is None:
                 return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-            # The model is gone, not the item: halt the model, hand the item back unspent.
+            # The model is gone, not the item: halt the model, park the item unspent.
             model_halts.halt(job.model, e.reason, source="generate")
-            _requeue(store, item, owner, clock.now(), error=e.reason)
-            return _retry(f"model {job.model} halted: {e.reason}")
+            return _park_for_model(store, item, owner, clock.now(), job.model, e.reason)
         except (ContentRefused, InvalidRequest) as e:
             if breaker is not None:
                 breaker.on_success(owner)  # the quota let the request through
@@ -769,6 +780,16 @@ def _attempt_failed(store, item: Item, owner: str, clock: Clock, e: GenerationEr
     item.attempts = attempts
     _requeue(store, item, owner, clock.now(), error=e.reason)
     return _retry(e.reason)
+
+
+def _park_for_model(store: JobStore, item: Item, owner: str, now: float, model: str, reason: str) -> ItemOutcome:
+    """The job's model is halted: the item goes back to queued without spending an attempt,
+    and its message is acked rather than handed back. A halt can last days: redelivering
+    would churn for nothing and, past the subscription's max_delivery_attempts, dead-letter
+    items that did nothing wrong. When the halt is lifted, resume_restored_models publishes
+    the model's queued and running items again (a running one: its holder may be parking it)."""
+    _requeue(store, item, owner, now, error=f"waiting: model {model} is halted: {reason}"[:500])
+    return _ack(ItemState.QUEUED.value, f"parked until model {model} is back: {reason}")
 
 
 def _finished(state: ItemState, now: float, **fields) -> dict:

@@ -135,13 +135,15 @@ def test_a_missing_model_halts_it_and_its_items_wait_without_spending_attempts(e
     env.generator.script = [ModelUnavailable(f"404 NOT_FOUND: models/{DEFAULT} is not found for API version v1beta")]
     with caplog.at_level(logging.ERROR):
         first = env.process(job.job_id, "k0")
-    assert not first.ack and "halted" in first.reason
+    # Parked: acked (a halt can outlast the subscription's delivery attempts), item queued, unspent.
+    assert first.ack and first.state == "queued" and "parked" in first.reason
     assert [r for r in caplog.records if getattr(r, "alert", None) == "model_halted"]
-    second = env.process(job.job_id, "k1")  # handed back before the model is called again
-    assert not second.ack and env.generator.calls == ["p0"]
+    second = env.process(job.job_id, "k1")  # parked before the model is called again
+    assert second.ack and env.generator.calls == ["p0"]
     for key in ("k0", "k1"):
         item = env.store.get_item(job.job_id, key)
-        assert item.state is ItemState.QUEUED and item.attempts == 0
+        assert item.state is ItemState.QUEUED and item.attempts == 0 and item.lease_owner is None
+        assert "waiting: model" in item.error
     with pytest.raises(ModelHalted, match=DEFAULT):
         env.submit(1)
     assert env.submit(1, model="gemini-3-pro-image").model == "gemini-3-pro-image"  # other models go on
@@ -217,7 +219,7 @@ def test_the_stats_models_section_names_lifecycle_shutdown_and_halts():
     assert rows[DEFAULT]["default"] and rows[DEFAULT]["days_left"] is None and not rows[DEFAULT]["halted"]
 
 
-def test_a_restored_model_gets_its_waiting_items_published_again(env):
+def test_a_restored_model_gets_its_parked_items_published_again_once(env):
     job = env.submit(3)
     env.generator.script = [ModelUnavailable("404 models/x is not found")]
     env.process(job.job_id, "k0")
@@ -225,10 +227,34 @@ def test_a_restored_model_gets_its_waiting_items_published_again(env):
     other = env.submit(1, model="gemini-3-pro-image")
     env.process(other.job_id, "k0")  # done: nothing to resume
     env.queue.messages.clear()
+    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
     env.halts.clear(DEFAULT, "back")
-    assert usecases.resume_model(DEFAULT, store=env.store, queue=env.queue) == 3
+    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 3}
     assert sorted(k for j, k in env.queue.messages if j == job.job_id) == ["k0", "k1", "k2"]
-    assert usecases.resume_model("gemini-3-pro-image", store=env.store, queue=env.queue) == 0
+    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
+
+
+def test_a_poller_that_dies_mid_resume_leaves_it_for_the_next_tick(env):
+    job = env.submit(2)
+    env.generator.script = [ModelUnavailable("404 models/x is not found")]
+    env.process(job.job_id, "k0")
+    env.halts.clear(DEFAULT, "back")
+    env.queue.fail_after = 0
+    with pytest.raises(ConnectionError):
+        usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
+    env.queue.fail_after = None
+    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 2}
+
+
+def test_an_item_held_while_the_halt_is_lifted_is_published_too(env):
+    job = env.submit(1)
+    env.halts.halt(DEFAULT, "404", source="generate")
+    env.store.claim_item(job.job_id, "k0", "slow-worker", env.clock.now(), 120)  # about to park it
+    env.store.set_job_running(job.job_id, env.clock.now())  # as process_item does after its claim
+    env.halts.clear(DEFAULT, "back")
+    env.queue.messages.clear()
+    usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
+    assert env.queue.messages == [(job.job_id, "k0")]
 
 
 def test_a_broken_store_costs_the_watch_its_tick_not_the_poller():

@@ -340,17 +340,24 @@ class FakeBatchApi:
         self.fail_create_after_creating = False
         self.cancelled: list[str] = []
         self.deleted_files: list[str] = []
+        # Errors raised, one per call, by the next uploads / creates (as GeminiBatchApi raises them).
+        self.upload_errors: list[Exception] = []
+        self.create_errors: list[Exception] = []
 
     def key_fingerprint(self) -> str:
         return self.fingerprint
 
     def upload_jsonl(self, data: bytes, display_name: str) -> str:
+        if self.upload_errors:
+            raise self.upload_errors.pop(0)
         self.uploads += 1
         name = f"files/f{self.uploads:04d}"
         self.files[name] = data
         return name
 
     def create_batch(self, model: str, input_file: str, display_name: str) -> BatchInfo:
+        if self.create_errors:
+            raise self.create_errors.pop(0)
         name = f"batches/b{len(self.batches):04d}"
         requests = [json.loads(line) for line in self.files[input_file].splitlines() if line.strip()]
         self.batches[name] = {"state": "BATCH_STATE_PENDING", "display_name": display_name,

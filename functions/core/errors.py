@@ -126,6 +126,11 @@ class InvalidRequest(GenerationError):
     """400 from the model API: retrying the same request will not help."""
 
 
+class UploadRejected(InvalidRequest):
+    """The Files API refused a batch's input file (e.g. HTTP 200 at finalize with an error body
+    such as "Unsupported MIME type: jsonl"): the reason is the server's message."""
+
+
 class RateLimited(DomainError):
     """The shared rate limiter has no capacity within the wait this instance may afford."""
 

@@ -232,6 +232,8 @@ class BatchIntent:
     results_errors: int = 0
     outcome: str | None = None
     finished_at: float | None = None
+    submit_failures: int = 0  # refused uploads/creates in a row; past a limit the items fail
+    error: str | None = None  # the last refusal's message, shown in the job's status
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -252,6 +254,8 @@ class BatchIntent:
             "attempt": self.attempt,
             "items": len(self.keys),
             "outcome": self.outcome,
+            "error": self.error,
+            "submit_failures": self.submit_failures,
         }
 
 

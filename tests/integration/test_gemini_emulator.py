@@ -460,7 +460,10 @@ def test_blocked_prompt_is_200_without_candidates(emu, client):
     assert response.prompt_feedback.block_reason == types.BlockedReason.SAFETY
 
 
-@pytest.mark.parametrize(("outcome", "finish_reason"), [("image_safety", "IMAGE_SAFETY"), ("no_image", "NO_IMAGE")])
+@pytest.mark.parametrize(("outcome", "finish_reason"), [
+    ("image_safety", "IMAGE_SAFETY"), ("no_image", "NO_IMAGE"),
+    ("image_prohibited", "IMAGE_PROHIBITED_CONTENT"), ("image_other", "IMAGE_OTHER"),
+])
 def test_image_refusals_have_a_finish_reason_and_no_image(emu, client, outcome, finish_reason):
     emu.configure({"faults": {"script": [outcome]}})
 
@@ -468,7 +471,7 @@ def test_image_refusals_have_a_finish_reason_and_no_image(emu, client, outcome, 
 
     candidate = response.candidates[0]
     assert candidate.finish_reason == types.FinishReason(finish_reason)
-    parts = candidate.content.parts if candidate.content else []
+    parts = (candidate.content.parts or []) if candidate.content else []  # NO_IMAGE: no parts at all
     assert not [p for p in parts if p.inline_data]
 
 

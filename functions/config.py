@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(60.0, gt=0)
     rate_concurrency: int | None = Field(4, description="concurrent requests; 0 = unlimited")
     rate_safety: float = Field(0.95, gt=0, le=1)
+    # Spend-based limit (paid tiers): dollars per rolling window, shared by every instance.
+    rate_limit_spend_usd: float | None = Field(
+        None, ge=0, description="dollars of expected cost per RATE_SPEND_WINDOW_SECONDS; unset or 0 = off")
+    rate_spend_window_seconds: float = Field(600.0, gt=0)
 
     # Worker behaviour
     max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")

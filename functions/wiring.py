@@ -125,6 +125,10 @@ def rate_limit(s: Settings) -> RateLimit:
         window_seconds=s.rate_window_seconds,
         concurrency=s.rate_concurrency or None,
         safety=s.rate_safety,
+        spend_usd_per_window=s.rate_limit_spend_usd or None,
+        spend_window_seconds=s.rate_spend_window_seconds,
+        # Until the model catalog prices each request, every interactive image costs the same.
+        cost_per_request_usd=s.price_interactive_image_usd,
     )
 
 

@@ -311,6 +311,13 @@ class InMemorySlotStore:
             if self.leases.get(lease_id, (None, 0))[0] == owner:
                 self.leases[lease_id] = (None, 0.0)
 
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        from core.ratelimit import spend_after
+
+        with self.lock:
+            self.spend, wait = spend_after(getattr(self, "spend", []), amount, limit, window, now)
+            return wait
+
 
 class NoLimiter:
     """A RateLimiter that never waits."""
@@ -318,7 +325,7 @@ class NoLimiter:
     def __init__(self) -> None:
         self.pushed_back: list[float] = []
 
-    def acquire(self, owner: str, max_wait: float) -> None:
+    def acquire(self, owner: str, max_wait: float, cost: float | None = None) -> None:
         return None
 
     def release(self, owner: str) -> None:

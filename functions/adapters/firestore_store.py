@@ -34,6 +34,7 @@ from core.models import (
     JobStatus,
     TERMINAL_JOB_STATUSES,
 )
+from core.ratelimit import spend_after
 
 # Firestore accepts at most 500 writes in one batch.
 _BATCH_LIMIT = 500
@@ -341,6 +342,24 @@ class FirestoreSlotStore:
             return {"owner": None, "expires_at": 0} if data and data.get("owner") == owner else None
 
         compare_and_set(self.db, self.leases.document(lease_id), decide)
+
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        # One small document holds the window's spends (pruned on every write), changed by
+        # compare-and-set: one write per admitted request, which the quota already keeps to a
+        # few per second.
+        waits: list[float | None] = [None]
+
+        def decide(data: dict | None) -> dict | None:
+            entries = [(e["t"], e["usd"]) for e in (data or {}).get("entries", [])]
+            kept, waits[0] = spend_after(entries, amount, limit, window, now)
+            if waits[0] is not None:
+                return None
+            return {"entries": [{"t": t, "usd": usd} for t, usd in kept]}
+
+        written = compare_and_set(self.db, self.root.collection("spend").document("window"), decide)
+        if waits[0] is None and not written:
+            return 0.05  # lost every compare-and-set to other writers: look again shortly
+        return waits[0]
 
 
 class FirestoreBreakerStore:

@@ -59,6 +59,7 @@ class LineResult:
     body: dict[str, Any]  # {"response": ...} or {"error": ...}
     outcome: str  # "ok", a fault outcome, or "400" for an invalid request
     image: bool
+    prompt: str | None = None  # the request's prompt, when it returned an image
 
     @property
     def ok(self) -> bool:
@@ -135,8 +136,9 @@ class LineRunner:
         png = self._render(req) if req.want_image else None
         if outcome == "thought_image" and png is not None:
             body = content.thought_image_response(req, png, images.draft_png(req.prompt))
-            return LineResult({"response": body}, outcome, image=True)
-        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None)
+            return LineResult({"response": body}, outcome, image=True, prompt=req.prompt)
+        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None,
+                          prompt=req.prompt)
 
     def _render(self, req: content.GenerateRequest) -> bytes:
         png = self._pngs.get(

@@ -85,11 +85,11 @@ def _unknown_names(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def parse_request(model: str, raw: Any, *, strict_fields: bool = True) -> GenerateRequest:
+def parse_request(model: str, raw: Any) -> GenerateRequest:
     """Validate a request body (either key casing) or raise a 400 ApiError naming the field."""
     if not isinstance(raw, dict):
         raise errors.invalid_argument("Invalid JSON payload received. Expected an object.")
-    if strict_fields and (unknown := _unknown_names(raw)):
+    if unknown := _unknown_names(raw):
         raise errors.unknown_fields(unknown)
     body = normalize_keys(raw)
     contents = body.get("contents")

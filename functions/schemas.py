@@ -148,6 +148,8 @@ class BatchStatus(BaseModel):
     attempt: int
     items: int
     outcome: str | None
+    error: str | None = Field(None, description="the service's last refusal of this batch's input (upload or create)")
+    submit_failures: int = Field(0, description="refusals in a row; at 3 the batch's items fail with `error`")
 
 
 class ItemCounts(BaseModel):

@@ -63,3 +63,19 @@ def test_only_thought_images_is_no_image(parse):
 def test_a_part_that_is_not_an_object_is_skipped():
     body = json.loads(json.dumps(response_json(["junk", image_part(FINAL)])))
     assert image_from_response(body).data == FINAL
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({"candidates": [{"finishReason": "IMAGE_PROHIBITED_CONTENT", "index": 0}]}, "IMAGE_PROHIBITED_CONTENT"),
+    ({"candidates": [{"finishReason": "IMAGE_OTHER", "index": 0}]}, "IMAGE_OTHER"),
+    ({"candidates": [{"content": {"role": "model"}, "finishReason": "NO_IMAGE", "index": 0}]}, "NO_IMAGE"),
+    ({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}, "PROHIBITED_CONTENT"),
+    ({"promptFeedback": {"blockReason": "OTHER"}}, "OTHER"),
+])
+def test_refusals_are_content_refused_in_both_lanes(body, reason):
+    """A refusal is not retried (ContentRefused is not retryable): the same prompt is refused again."""
+    with pytest.raises(ContentRefused, match=reason) as caught:
+        image_from_response(body)
+    assert not caught.value.retryable
+    with pytest.raises(ContentRefused, match=reason):
+        parse_image_response(types.GenerateContentResponse.model_validate(body))

@@ -264,3 +264,28 @@ resource "google_secret_manager_secret_iam_member" "api_keys" {
   role      = "roles/secretmanager.secretAccessor"
   member    = "serviceAccount:${google_service_account.api.email}"
 }
+
+# Grants are eventually consistent: a change to an allow policy typically takes effect within 2
+# minutes, sometimes 7 or more (https://cloud.google.com/iam/docs/access-change-propagation).
+# A function's build reads the source and pushes the image as the build account, and its first
+# revision reads its secrets as its own account, moments after the grants are made; so the
+# functions also wait grant_propagation_wait after them. `triggers` runs the wait again when a
+# grant is replaced, and only then
+# (https://registry.terraform.io/providers/hashicorp/time/latest/docs/resources/sleep).
+resource "time_sleep" "grants_propagated" {
+  create_duration = var.grant_propagation_wait
+
+  triggers = {
+    build_log_writer       = google_project_iam_member.build_log_writer.id
+    build_function_sources = google_project_iam_member.build_function_sources.id
+    build_source           = google_storage_bucket_iam_member.build_source.id
+    build_writer           = google_artifact_registry_repository_iam_member.build_writer.id
+    api_secret             = google_secret_manager_secret_iam_member.api.id
+    worker_secret          = google_secret_manager_secret_iam_member.worker.id
+    poller_secret          = google_secret_manager_secret_iam_member.poller.id
+    api_webhook_secret     = google_secret_manager_secret_iam_member.api_webhook_secret.id
+    worker_webhook_secret  = google_secret_manager_secret_iam_member.worker_webhook_secret.id
+    poller_webhook_secret  = google_secret_manager_secret_iam_member.poller_webhook_secret.id
+    api_keys               = join(",", google_secret_manager_secret_iam_member.api_keys[*].id)
+  }
+}

@@ -439,6 +439,17 @@ variable "firestore_delete_protection" {
 # Alerts
 # ---------------------------------------------------------------------------------------------
 
+variable "grant_propagation_wait" {
+  type        = string
+  description = "How long the functions wait after the grants they deploy with (IAM changes typically take effect within 2 minutes). A Go duration, e.g. 2m."
+  default     = "2m"
+
+  validation {
+    condition     = can(regex("^[0-9]+(s|m)$", var.grant_propagation_wait))
+    error_message = "grant_propagation_wait is a number of seconds or minutes, e.g. 120s or 2m."
+  }
+}
+
 variable "log_metric_wait" {
   type        = string
   description = "How long the alert policies wait after their log-based metrics are created (the Monitoring API may not know a new metric for up to 10 minutes). A Go duration, e.g. 10m."

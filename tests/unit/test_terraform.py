@@ -437,7 +437,7 @@ def test_every_resource_is_created_after_the_apis_are_enabled():
 
 
 def test_alert_policies_are_created_after_the_wait_for_their_metrics():
-    [(wait_name, wait)] = resources()["time_sleep"].items()
+    [(wait_name, wait)] = [(n, w) for n, w in resources()["time_sleep"].items() if "google_logging_metric." in json.dumps(w)]
     wait_address = f"time_sleep.{wait_name}"
     metrics = resources()["google_logging_metric"]
     # Every log-based metric is behind the wait, and the wait lasts the documented 10 minutes.
@@ -767,3 +767,13 @@ def test_the_worker_and_the_limiter_take_the_derived_sizes():
     assert config["max_instance_request_concurrency"] == "${local.worker_concurrency}"
     for name in ("rate_limit_requests", "rate_limit_images", "rate_concurrency", "worker_concurrency", "worker_max_instances"):
         assert default(name) is None, name  # derived unless overridden
+
+
+def test_functions_wait_for_their_grants_to_propagate():
+    [wait] = [n for n, w in resources()["time_sleep"].items() if "_iam_member." in json.dumps(w)]
+    triggers = set(references(f"time_sleep.{wait}"))
+    for name, function in functions().items():
+        assert f"${{time_sleep.{wait}}}" in function["depends_on"], name
+        grants = {d.strip("${}") for d in function["depends_on"]} - {"google_project_service.this", f"time_sleep.{wait}"}
+        assert grants and grants <= triggers, (name, grants - triggers)
+    assert default(resources()["time_sleep"][wait]["create_duration"].strip("${}").removeprefix("var.")) == "2m"

@@ -93,7 +93,7 @@ resource "google_logging_metric" "items_dead_lettered" {
 # run.googleapis.com%2Frequests, %2Fstdout, %2Fstderr, %2Fvarlog%2Fsystem per
 # https://cloud.google.com/chronicle/docs/ingestion/parser-list/gcp-run-changelog). The worker
 # answers 503 to hand a message back to Pub/Sub, routine under quota pressure, so request log
-# entries are left out: a real failure behind a 5xx also logs its own ERROR line, counted here.
+# entries are left out: an unhandled failure behind a 5xx logs its own ERROR line, counted here.
 # A worker that fails every delivery also shows in the backlog and dead-letter alerts.
 resource "google_logging_metric" "function_errors" {
   name        = "${var.name_prefix}-function-errors"
@@ -184,7 +184,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   notification_channels = var.notification_channels
 
   conditions {
-    display_name = "Items dead-lettered by the worker"
+    display_name = "Items dead-lettered"
     condition_threshold {
       filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"${local.metric_types["items_dead_lettered"]}\""
       comparison      = "COMPARISON_GT"

@@ -179,6 +179,7 @@ resource "google_cloudfunctions2_function" "api" {
     google_project_iam_member.build_function_sources,
     google_storage_bucket_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.grants_propagated,
   ]
 }
 
@@ -248,6 +249,7 @@ resource "google_cloudfunctions2_function" "worker" {
     google_project_iam_member.build_function_sources,
     google_storage_bucket_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.grants_propagated,
   ]
 }
 
@@ -318,5 +320,6 @@ resource "google_cloudfunctions2_function" "poller" {
     google_project_iam_member.build_function_sources,
     google_storage_bucket_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.grants_propagated,
   ]
 }

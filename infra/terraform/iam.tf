@@ -211,7 +211,8 @@ resource "google_service_account_iam_member" "push_token_creator" {
 #       (resource.name is projects/_/buckets/<bucket>[/objects/<object>] for Cloud Storage:
 #       https://cloud.google.com/iam/docs/conditions-resource-attributes#resource-name). The
 #       builds can read no other bucket, so not the generated images.
-# Objects are only read: the images go to Artifact Registry, so no storage write is granted.
+# That page asks for Storage Object Admin; the build only fetches the source (its images go to
+# Artifact Registry), and the failure above names Storage Object Viewer, so only that is granted.
 # ---------------------------------------------------------------------------------------------
 
 # The project number names the sources bucket. Read after the APIs are on, since it needs the

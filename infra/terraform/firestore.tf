@@ -92,9 +92,6 @@ resource "google_firestore_field" "intent_keys" {
 # ---------------------------------------------------------------------------------------------
 
 locals {
-  # The collection groups with a TTL policy on expire_at, beside slots and idempotency above.
-  retained_collections = ["jobs", "items", "batches", "events", "pool", "shards"]
-
   # Merged into every function's environment (functions.tf).
   retention_env = {
     RECORDS_RETENTION_DAYS = var.records_retention_days

@@ -682,7 +682,6 @@ def test_every_growing_collection_has_a_ttl_policy_on_expire_at():
     for collection, policy in ttl_policies().items():
         assert policy["field"] == "expire_at", collection
         assert policy["index_config"] == [{}], collection  # exempt: nothing queries it
-    assert set(locals_()["retained_collections"]) == set(ttl_policies()) - {"slots", "idempotency"}
 
 
 def test_field_configurations_are_applied_one_at_a_time():

@@ -685,13 +685,18 @@ def test_every_growing_collection_has_a_ttl_policy_on_expire_at():
 
 
 def test_field_configurations_are_applied_one_at_a_time():
+    # One chain: each field configuration waits for exactly one other, and all for one root.
     fields = resources()["google_firestore_field"]
-    roots = [n for n, f in fields.items() if not any("google_firestore_field." in d for d in f.get("depends_on", []))]
-    assert len(roots) == 1
-    chain = {n: f"google_firestore_field.{n}" for n in fields}
-    for name in fields:
-        assert set(chain.values()) - {chain[name]} <= waits_for(chain[name]) | {
-            a for a in chain.values() if chain[name] in waits_for(a)}, name
+    after = {name: [re.search(r"google_firestore_field\.(\w+)", d).group(1)
+                    for d in body.get("depends_on", []) if "google_firestore_field." in d]
+             for name, body in fields.items()}
+    [root] = [name for name, before in after.items() if not before]
+    assert all(len(before) <= 1 for before in after.values())
+    next_of = {before[0]: name for name, before in after.items() if before}
+    chain = [root]
+    while chain[-1] in next_of:
+        chain.append(next_of[chain[-1]])
+    assert sorted(chain) == sorted(fields)
 
 
 def test_records_are_kept_as_long_as_the_images():

@@ -25,6 +25,8 @@ _MAX_PROBES = 8
 _SLOT_RETENTION_SECONDS = 3600.0
 # A send this late (as a fraction of the interval) gives up its slot and claims a new one.
 _LATE_FRACTION = 0.25
+# A spend window keeps at most about this many entries (spends close in time are merged).
+_SPEND_BUCKETS = 100
 # Polling period while every concurrency lease is taken.
 _LEASE_POLL_SECONDS = 0.05
 
@@ -203,6 +205,10 @@ def spend_after(entries: list[tuple[float, float]], amount: float, limit: float,
     live = [(t, a) for t, a in entries if t > now - window]
     spent = sum(a for _, a in live)
     if spent + amount <= limit + 1e-9:
+        if live and live[-1][0] > now - window / _SPEND_BUCKETS:
+            # Merged into the latest entry, stamped now: it stays in the window at least as long
+            # as each spend in it would (never under-counts), and the list stays short.
+            return live[:-1] + [(now, live[-1][1] + amount)], None
         return live + [(now, amount)], None
     # The oldest entries leave first: wait until enough of them have gone.
     excess = spent + amount - limit

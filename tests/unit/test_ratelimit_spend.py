@@ -74,3 +74,13 @@ def test_off_by_default():
     limiter = SlotRateLimiter(RateLimit(), InMemorySlotStore(), FakeClock())
     for i in range(100):
         limiter.acquire(f"w{i}", max_wait=0.0, cost=100.0)
+
+
+def test_close_spends_are_merged_so_the_window_stays_short_and_never_under_counts():
+    entries = []
+    for i in range(1000):  # one spend every 0.6 s for 600 s
+        entries, wait = spend_after(entries, 0.001, 10.0, 600, now=i * 0.6)
+        assert wait is None
+    assert len(entries) <= 101
+    assert sum(a for _, a in entries) == pytest.approx(1.0)  # nothing dropped while in the window
+    assert all(t2 > t1 for (t1, _), (t2, _) in zip(entries, entries[1:]))

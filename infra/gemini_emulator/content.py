@@ -269,7 +269,9 @@ def image_safety_response(req: GenerateRequest) -> dict[str, Any]:
 
 def no_image_response(req: GenerateRequest) -> dict[str, Any]:
     """The model produced no image: a NO_IMAGE candidate with no parts at all (the SDK then
-    sees `content` without `parts`)."""
+    sees `content` without `parts`), as gemini-2.5-flash-image answers
+    (https://github.com/BerriAI/litellm/issues/40477). FinishReason values:
+    https://ai.google.dev/api/generate-content#FinishReason."""
     candidate = {"content": {"role": "model"}, "finishReason": "NO_IMAGE", "index": 0}
     return _envelope(req, [candidate], _usage(req, []))
 

@@ -14,6 +14,7 @@ import math
 import logging
 import uuid
 
+import flask
 import functions_framework
 import pydantic
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, ServiceUnavailable
@@ -78,12 +79,21 @@ def http_api(request):
         return _error(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"),
                       {"Allow": allowed})  # RFC 9110: a 405 lists what is allowed
     except RouteNotFound:
-        return _error(ApiError(404, "not_found", f"no route {request.path}"))
+        return _error(ApiError(404, "not_found", f"no route {_excerpt(request.path)}"))
     except HTTPException as e:  # e.g. 413 from the body size cap
         return _error(ApiError(e.code or 400, e.name.lower().replace(" ", "_"), e.description or e.name))
     except Exception:  # never an HTML error page: log it, answer JSON
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, _excerpt(request.path))
         return _error(ApiError(500, "internal", "internal error; see the function's logs"))
+
+
+@functions_framework.errorhandler(RouteNotFound)
+def _framework_not_found(e):
+    """functions-framework routes every path to http_api with Flask's `<path:path>`, whose
+    pattern does not match a line break: "/v1/jobs/x%0A" never reaches http_api and Flask
+    answered with an HTML page. The handler is documented in
+    https://github.com/GoogleCloudPlatform/functions-framework-python#error-handling."""
+    return _error(ApiError(404, "not_found", f"no route {_excerpt(flask.request.path)}"))
 
 
 def _authenticate(request) -> None:
@@ -112,17 +122,34 @@ def _read_json(request, max_bytes: int):
     mimetype = request.mimetype or ""
     if mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
-    if request.content_length is not None and request.content_length > max_bytes:
+    data = _read_body(request.stream, max_bytes)
+    if data is None:
         raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
-    request.max_content_length = max_bytes
     try:
-        return json.loads(request.get_data(cache=False))
-    except HTTPException:
-        raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
+        return json.loads(data)
     except RecursionError:
         raise ApiError(400, "invalid_json", "the JSON body is nested too deeply")
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}")
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {_excerpt(str(e), 200)}")
+
+
+def _read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
+    """The body, or None when it is over max_bytes, with or without a Content-Length (a chunked
+    body has none). An oversized body is read to its end and dropped, in bounded memory:
+    functions-framework reads the whole body after every response (its `read_request` hook),
+    and with `request.max_content_length` set that second read raised the 413 again outside
+    our handler, as a 500 HTML page. A 2nd gen function takes at most 32 MB of uncompressed
+    request (https://cloud.google.com/functions/quotas), so the drain is bounded in the cloud."""
+    parts, size = [], 0
+    while size <= max_bytes:
+        part = stream.read(min(chunk, max_bytes + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    while stream.read(chunk):
+        pass
+    return None
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -285,8 +312,16 @@ def _cancel(request, job_id: str):
 
 def _check_job_id(job_id: str) -> None:
     # Job ids are ours (uuid hex): anything else cannot name a job, and never reaches a query.
-    if not job_id.isalnum() or len(job_id) > 64:
-        raise ApiError(404, "not_found", f"job {job_id} not found")
+    if not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
+        raise ApiError(404, "not_found", f"job {_excerpt(job_id)} not found")
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """User input as errors may show it: a short prefix with anything unprintable escaped, so an
+    error never echoes a 100 KB path or puts control characters into a client's terminal."""
+    cut = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
+    cut = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+    return cut + ("…" if len(text) > limit else "")
 
 
 _PUBLIC = {"healthz", "openapi"}

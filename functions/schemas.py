@@ -15,7 +15,17 @@ AspectRatio = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "
 # Client keys become Firestore document ids and object names ({job_id}/{key}.png): no slash,
 # no dot segments, nothing a path or a console could misread.
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Names the CLI's download writes beside the images (<key>.png), and the device names Windows
+# will not create a file under whatever the extension: compared ignoring case, as disks do.
+RESERVED_KEYS = frozenset(
+    {"manifest", "contact-sheet", "con", "prn", "aux", "nul"}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
+)
+# C0 controls but tab and line ends, DEL, C1 controls (U+0080-U+009F), and lone surrogates
+# (json.loads accepts "\ud800"; it cannot be encoded as UTF-8 for Firestore or Gemini).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# In a one-line field every control character is out, tab and line ends too.
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ItemRequest(BaseModel):
@@ -36,8 +46,23 @@ class ItemRequest(BaseModel):
         limit = (info.context or {}).get("max_prompt_chars", 4000)
         if len(value) > limit:
             raise ValueError(f"prompt is {len(value)} characters; the limit is {limit}")
-        if _CONTROL.search(value):
-            raise ValueError("prompt contains control characters")
+        if bad := _CONTROL.search(value):
+            raise ValueError(f"prompt contains the control character U+{ord(bad.group()):04X} at {bad.start()}")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and (bad := _ANY_CONTROL.search(value)):
+            raise ValueError(f"domain contains the control character U+{ord(bad.group()):04X} at {bad.start()}")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() in RESERVED_KEYS:
+            raise ValueError(f"{value!r} is a reserved name (reserved, ignoring case: "
+                             f"{', '.join(sorted(RESERVED_KEYS))})")
         return value
 
 
@@ -76,13 +101,16 @@ class JobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _unique_keys(self) -> JobRequest:
+        # Ignoring case: "K.png" and "k.png" are one file on the disks of macOS and Windows.
         seen: dict[str, int] = {}
         for i, key in enumerate(self.item_keys()):
-            if key in seen:
+            folded = key.lower()
+            if folded in seen:
                 raise ValueError(
-                    f"requests[{i}].key {key!r} repeats requests[{seen[key]}]; keys must be unique"
+                    f"requests[{i}].key {key!r} repeats requests[{seen[folded]}].key "
+                    f"{self.item_keys()[seen[folded]]!r}; keys must be unique, ignoring case"
                 )
-            seen[key] = i
+            seen[folded] = i
         return self
 
     def item_keys(self) -> list[str]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
 from core.pool import flush_pool
+from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields
 
@@ -69,9 +71,9 @@ def http_api(request):
     try:
         adapter = _ROUTES.bind_to_environ(request.environ)
         endpoint, args = adapter.match()
-        if endpoint not in _PUBLIC:
-            _authenticate(request)
-        return _HANDLERS[endpoint](request, **args)
+        if endpoint in _PUBLIC:
+            return _HANDLERS[endpoint](request, **args)
+        return _HANDLERS[endpoint](request, _authenticate(request), **args)
     except ApiError as e:
         return _error(e, e.headers)
     except MethodNotAllowed as e:
@@ -87,7 +89,6 @@ def http_api(request):
         return _error(ApiError(500, "internal", "internal error; see the function's logs"))
 
 
-@functions_framework.errorhandler(RouteNotFound)
 def _framework_not_found(e):
     """functions-framework routes every path to http_api with Flask's `<path:path>`, whose
     pattern does not match a line break: "/v1/jobs/x%0A" never reaches http_api and Flask
@@ -96,17 +97,23 @@ def _framework_not_found(e):
     return _error(ApiError(404, "not_found", f"no route {_excerpt(flask.request.path)}"))
 
 
-def _authenticate(request) -> None:
-    """X-API-Key against API_KEYS, in constant time; the key is never logged or echoed."""
-    keys = wiring.settings().accepted_api_keys()
-    if not keys:
-        return
+functions_framework.errorhandler(RouteNotFound)(_framework_not_found)  # not an entry point
+
+
+def _authenticate(request) -> Caller:
+    """X-API-Key against API_KEYS, in constant time: the caller (its tenant). The key is never
+    logged or echoed. Without keys configured, every caller is the one local tenant."""
+    callers = wiring.settings().api_callers()
+    if not callers:
+        return LOCAL
     given = request.headers.get(API_KEY_HEADER, "").encode()
-    valid = False
-    for key in keys:  # every key is compared, so timing says nothing about which one matched
-        valid |= hmac.compare_digest(given, key.encode())
-    if not valid:
+    found = None
+    for key, caller in callers.items():  # every key is compared: timing says nothing of which matched
+        if hmac.compare_digest(given, key.encode()):
+            found = caller
+    if found is None:
         raise ApiError(401, "unauthenticated", f"send a valid API key in the {API_KEY_HEADER} header")
+    return found
 
 
 def _healthz(request):
@@ -155,7 +162,7 @@ def _read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def _submit(request):
+def _submit(request, caller: Caller):
     s = wiring.settings()
     body = _read_json(request, s.max_body_bytes)
     if not isinstance(body, dict):
@@ -170,7 +177,7 @@ def _submit(request):
     except pydantic.ValidationError as e:
         fields = error_fields(e)
         raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields)
-    spec = job_request.to_spec()
+    spec = dataclasses.replace(job_request.to_spec(), tenant=caller.tenant)
     dry_run = request.args.get("dry_run", "").lower()
     if dry_run not in ("", "false", "0", "true", "1"):
         raise ApiError(400, "invalid_request", "dry_run must be true or false",
@@ -211,7 +218,7 @@ def _submit(request):
         else:
             job, replayed = usecases.submit_once(
                 spec,
-                key_id=_idempotency_key_id(request, idempotency_key),
+                key_id=_idempotency_key_id(request, caller, idempotency_key),
                 body_sha256=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
                 idempotency=wiring.idempotency_store(),
                 store=wiring.job_store(),
@@ -244,28 +251,30 @@ def _submit(request):
     )
 
 
-def _idempotency_key_id(request, key: str) -> str:
-    """Keys are scoped to the caller's API key (so two clients never share one) and hashed:
-    neither the client's key nor the API key is stored or becomes a document id."""
-    caller = request.headers.get(API_KEY_HEADER, "")
-    return hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
+def _idempotency_key_id(request, caller: Caller, key: str) -> str:
+    """Keys are scoped to the tenant and the caller's API key (so two clients never share one,
+    and a key moved to another tenant never replays its old tenant's job) and hashed: neither
+    the client's key nor the API key is stored or becomes a document id."""
+    api_key = request.headers.get(API_KEY_HEADER, "")
+    return hashlib.sha256(f"{caller.tenant}\x00{api_key}\x00{key}".encode()).hexdigest()
 
 
 def _seconds_until(epoch: float) -> str:
     return str(max(1, math.ceil(epoch - wiring.clock().now())))
 
 
-def _stats(request):
+def _stats(request, caller: Caller):
     pool = wiring.pool_store()
-    return _json(usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
-                                    pool_size=pool.count() if pool is not None else None))
+    body = usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
+                              pool_size=pool.count() if pool is not None else None, tenant=caller.scope)
+    return _json({"tenant": caller.tenant, "admin": caller.admin, **body})
 
 
-def _retry(request, job_id: str):
+def _retry(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
         body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
-                                  pool=wiring.pool_store(), clock=wiring.clock())
+                                  pool=wiring.pool_store(), clock=wiring.clock(), tenant=caller.scope)
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:
@@ -273,7 +282,7 @@ def _retry(request, job_id: str):
     return _json(body, 202, {"Location": f"/v1/jobs/{job_id}"})
 
 
-def _status(request, job_id: str):
+def _status(request, caller: Caller, job_id: str):
     try:
         page_size = int(request.args.get("page_size", 100))
     except ValueError:
@@ -291,17 +300,18 @@ def _status(request, job_id: str):
         body = usecases.get_job_status(
             job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
             batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
+            tenant=caller.scope,
         )
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     return _json(body)
 
 
-def _cancel(request, job_id: str):
+def _cancel(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
         body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
-                                   events=wiring.job_events())
+                                   events=wiring.job_events(), tenant=caller.scope)
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:

@@ -90,7 +90,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                 "responses": {
                     "202": _ok("RetryAccepted", "Re-queued"),
                     **auth_errors,
-                    "404": _error("No such job"),
+                    "404": _error("No such job, or another tenant's (the two are not told apart)"),
                     "409": _error("Nothing to retry, or the job was cancelled"),
                 },
             }},
@@ -114,7 +114,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                         "200": _ok("JobStatusResponse", "The job"),
                         "400": _error("Invalid paging"),
                         **auth_errors,
-                        "404": _error("No such job"),
+                        "404": _error("No such job, or another tenant's (the two are not told apart)"),
                     },
                 },
                 "delete": {
@@ -124,7 +124,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                     "responses": {
                         "200": _ok("JobStatusResponse", "Cancelled"),
                         **auth_errors,
-                        "404": _error("No such job"),
+                        "404": _error("No such job, or another tenant's (the two are not told apart)"),
                         "409": _error("The job has already ended"),
                     },
                 },

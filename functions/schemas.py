@@ -252,14 +252,21 @@ class BreakerStatus(BaseModel):
 
 
 class Stats(BaseModel):
+    tenant: str = Field(description="The caller's tenant (its API key's)")
+    admin: bool = Field(description="True: the caller sees every tenant's usage")
     day: str = Field(description="The quota day (it resets at midnight Pacific)")
     resets_at: float
     counters: dict[str, float | int | dict[str, int]] = Field(
-        description="requests, images, succeeded, failed, dead_lettered, quota_errors, "
-        "quota_errors_by_id, spend_usd, reserved_usd, released_usd, diverted, ... (absent = 0)")
-    limits: dict[str, float | int | None]
+        description="An admin: the project's requests, images, succeeded, failed, dead_lettered, quota_errors, "
+        "quota_errors_by_id, spend_usd, reserved_usd, released_usd, diverted, ...; a tenant: its own requests, "
+        "images, interactive_images, batch_images, succeeded, failed, dead_lettered, spend_usd (absent = 0)")
+    tenants: dict[str, dict[str, float | int]] | None = Field(
+        None, description="An admin only: each tenant's counters, as a tenant sees its own")
+    limits: dict[str, float | int | None] = Field(description="The project's daily limits, shared by every tenant")
     prices: dict[str, float]
-    budget: dict[str, float | None]
+    budget: dict[str, float | None] = Field(
+        description="spent_usd: the caller's spend (an admin: the project's); left_usd: the shared daily budget's "
+        "rest; committed_usd (an admin only): reserved by accepted jobs")
     breaker: BreakerStatus
     pending_batch_pool: int | None
 

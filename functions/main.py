@@ -29,6 +29,7 @@ from core.pool import flush_pool
 from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields
+from schemas import excerpt as _excerpt
 
 logs.configure()
 log = logging.getLogger("imagefleet")
@@ -186,6 +187,10 @@ def _submit(request, caller: Caller):
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters",
                        [{"field": IDEMPOTENCY_HEADER, "problem": "length out of range"}])
+    # RFC 9110 section 5.5: a field value holds no control characters (a tab but at its ends).
+    if idempotency_key is not None and any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f for c in idempotency_key):
+        raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} contains a control character",
+                       [{"field": IDEMPOTENCY_HEADER, "problem": "control character"}])
     try:
         if dry_run in ("true", "1"):
             route = usecases.plan_route(
@@ -283,10 +288,9 @@ def _retry(request, caller: Caller, job_id: str):
 
 
 def _status(request, caller: Caller, job_id: str):
-    try:
-        page_size = int(request.args.get("page_size", 100))
-    except ValueError:
-        page_size = -1
+    raw_size = request.args.get("page_size", "100")
+    # ASCII digits only: int() also takes " 5", "+5", "1_0" and "٣".
+    page_size = int(raw_size) if raw_size.isascii() and raw_size.isdigit() and len(raw_size) <= 3 else -1
     if not 1 <= page_size <= 500:
         raise ApiError(400, "invalid_request", "page_size must be an integer from 1 to 500",
                        [{"field": "page_size", "problem": "out of range"}])
@@ -324,14 +328,6 @@ def _check_job_id(job_id: str) -> None:
     # Job ids are ours (uuid hex): anything else cannot name a job, and never reaches a query.
     if not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
         raise ApiError(404, "not_found", f"job {_excerpt(job_id)} not found")
-
-
-def _excerpt(text: str, limit: int = 40) -> str:
-    """User input as errors may show it: a short prefix with anything unprintable escaped, so an
-    error never echoes a 100 KB path or puts control characters into a client's terminal."""
-    cut = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
-    cut = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
-    return cut + ("…" if len(text) > limit else "")
 
 
 _PUBLIC = {"healthz", "openapi"}

@@ -131,15 +131,25 @@ class JobRequest(BaseModel):
 
 
 def error_fields(exc) -> list[dict]:
-    """pydantic errors as [{"field": "requests[3].prompt", "problem": "..."}]."""
+    """pydantic errors as [{"field": "requests[3].prompt", "problem": "..."}]. A field name the
+    client made up (an unknown one) is shown as a short, escaped excerpt."""
     out = []
     for err in exc.errors(include_url=False):
         field = ""
         for part in err["loc"]:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+            part = part if isinstance(part, int) else excerpt(str(part))
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else part)
         msg = err["msg"].removeprefix("Value error, ")
         out.append({"field": field or "(body)", "problem": msg})
     return out
+
+
+def excerpt(text: str, limit: int = 40) -> str:
+    """User input as an error may show it: a short prefix with anything unprintable escaped, so
+    an error never echoes 100 KB back, or puts control characters into a client's terminal."""
+    cut = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
+    cut = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+    return cut + ("…" if len(text) > limit else "")
 
 
 # --- responses (documented in the OpenAPI contract; the handlers build plain dicts) --------

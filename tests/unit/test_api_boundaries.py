@@ -101,3 +101,25 @@ def test_names_beside_reserved_ones_are_fine(api):
 def test_invalid_json_is_not_echoed_at_length(api):
     r = api.post("/v1/jobs", data='{"requests": "' + "x" * 50_000, content_type="application/json")
     assert r.status_code == 400 and len(r.get_data()) < 500
+
+
+@pytest.mark.parametrize("name", ["x" * 100_000, "\x1b[31mred"])
+def test_an_unknown_field_is_named_by_a_short_escaped_excerpt(api, name):
+    r = post_job(api, {"requests": [{"prompt": "a", name: 1}]})
+    assert r.status_code == 400 and len(r.get_data()) < 300
+    (problem,) = r.get_json()["error"]["fields"]
+    assert problem["field"].startswith("requests[0].") and problem["field"].isprintable()
+
+
+@pytest.mark.parametrize("size", ["%D9%A3", "1_0", "+5", "%205", "5.0", "0500"])
+def test_page_size_is_plain_ascii_digits(api, fakes, size):
+    job_id = post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["job_id"]
+    r = api.get(f"/v1/jobs/{job_id}?page_size={size}")
+    assert r.status_code == 400 and r.get_json()["error"]["fields"][0]["field"] == "page_size"
+    assert api.get(f"/v1/jobs/{job_id}?page_size=500").status_code == 200
+
+
+def test_an_idempotency_key_with_a_control_character_is_refused(api, fakes):
+    r = post_job(api, {"requests": [{"prompt": "a"}]}, headers={"Idempotency-Key": "order\x7f1"})
+    assert r.status_code == 400 and r.get_json()["error"]["fields"][0]["field"] == "Idempotency-Key"
+    assert fakes.store.jobs == {}

@@ -122,8 +122,13 @@ def _lines(text: str) -> list[str]:
 
 
 def _parse_txt(text: str, name: str) -> list[Prompt]:
-    return [Prompt({"prompt": line.strip()}, f"{name} line {number}")
-            for number, line in enumerate(_lines(text), start=1) if line.strip()]
+    prompts = []
+    for number, line in enumerate(_lines(text), start=1):
+        if line.strip():
+            where = f"{name} line {number}"
+            _check_item(item := {"prompt": line.strip()}, where)
+            prompts.append(Prompt(item, where))
+    return prompts
 
 
 def _parse_jsonl(text: str, name: str) -> list[Prompt]:

@@ -196,3 +196,8 @@ def test_items_the_api_would_refuse_are_refused_naming_the_line(line, problem):
 def test_keys_equal_ignoring_case_are_refused_naming_both_lines():
     with pytest.raises(InputError, match="p.csv line 3: key 'fox' repeats 'Fox' of p.csv line 2"):
         parse_prompts("prompt,key\na,Fox\nb,fox\n", "csv", "p.csv")
+
+
+def test_a_text_file_is_checked_too():
+    with pytest.raises(InputError, match=re.escape("p.txt line 2: the prompt holds the control character U+009B")):
+        parse_prompts("a fox\na \x9b[31m fox\n", "txt", "p.txt")

@@ -204,3 +204,18 @@ def test_a_jobs_tenant_is_read_once(fakes):
     for _ in range(3):
         accounting.add({IMAGES: 1}, job_id="j1")
     assert calls == ["j1"] and accounting.summary("acme")["counters"] == {IMAGES: 3}
+
+
+def test_a_jobs_event_manifest_and_images_hold_nothing_of_another_tenant(api, worker, fakes, tenants):
+    acme = _acme_job(api)
+    globex = post_job(api, {"requests": [{"prompt": "a secret moth", "key": "moth"}]}, headers=GLOBEX).get_json()["job_id"]
+    for job_id, key in ((acme, "fox"), (acme, "item-00001"), (globex, "moth")):
+        _run(worker, job_id, key)
+
+    (event,) = [e for e in fakes.events.store.events.values() if e["job_id"] == acme]
+    manifest = fakes.sink.objects[f"{acme}/manifest.jsonl"][0].decode()
+    status = api.get(f"/v1/jobs/{acme}", headers=ACME).get_data(as_text=True)
+    for text in (event["body"], manifest, status):
+        assert acme in text and globex not in text and "moth" not in text
+    acme_objects = [name for name in fakes.sink.objects if name.startswith(f"{acme}/")]
+    assert sorted(acme_objects) == sorted([f"{acme}/fox.png", f"{acme}/item-00001.png", f"{acme}/manifest.jsonl"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.tenants import Caller, parse_api_keys
@@ -17,6 +17,7 @@ from core.webhooks import decode_secret
 class Settings(BaseSettings):
     # hide_input_in_errors: a malformed WEBHOOK_SECRET must not be echoed into the logs.
     model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
+    _callers: dict[str, Caller] = PrivateAttr(default_factory=dict)
 
     google_cloud_project: str = Field(description="Project of Firestore, Pub/Sub and GCS")
     images_bucket: str = Field(description="Bucket that receives the generated images")
@@ -145,12 +146,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _api_keys_are_readable(self) -> Settings:
-        self.api_callers()  # refuses to start with a malformed API_KEYS rather than fail each call
+        # Read once: refuses to start with a malformed API_KEYS rather than fail each call.
+        self._callers = parse_api_keys(self.api_keys.get_secret_value() if self.api_keys is not None else None)
         return self
 
     def api_callers(self) -> dict[str, Caller]:
         """{key: caller}; empty when no key is configured (no key check)."""
-        return parse_api_keys(self.api_keys.get_secret_value() if self.api_keys is not None else None)
+        return self._callers
 
     @property
     def lease_seconds(self) -> float:

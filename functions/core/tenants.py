@@ -9,8 +9,11 @@ a deployment without keys, belong to "default".
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 TENANT_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
@@ -54,6 +57,9 @@ def parse_api_keys(text: str | None) -> dict[str, Caller]:
             continue
         match = _PAIR.match(entry)
         if match is None:
+            if "=" in entry.rstrip("="):  # base64 pads at the end only: this looks like a mistyped pair
+                log.warning("API_KEYS entry %d holds '=' but is read as a plain key of the tenant %r: a "
+                            "tenant name is %s", number, DEFAULT_TENANT, TENANT_NAME)
             key, caller = entry, Caller(DEFAULT_TENANT)
         else:
             role = match["role"]

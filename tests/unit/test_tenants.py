@@ -38,6 +38,13 @@ def test_what_does_not_read_as_a_pair_is_a_plain_key(text):
     assert parse_api_keys(text) == {text: Caller("default")}
 
 
+def test_a_mistyped_pair_is_a_plain_key_with_a_warning_that_shows_no_key(caplog):
+    assert parse_api_keys("Acme=s3cret-one, YWJjZA==") == {"Acme=s3cret-one": Caller("default"),
+                                                          "YWJjZA==": Caller("default")}
+    (warning,) = caplog.records
+    assert "entry 1" in warning.getMessage() and "s3cret" not in caplog.text
+
+
 def test_empty_and_unset_mean_no_keys():
     assert parse_api_keys(None) == {} and parse_api_keys(" , ,") == {}
 

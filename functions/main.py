@@ -247,7 +247,7 @@ def _submit(request, caller: Caller):
     status_url = f"/v1/jobs/{job.job_id}"
     if not replayed:
         log.info("accepted job %s: %d items, lane %s (%s)", job.job_id, job.item_count, job.lane.value,
-                 job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value})
+                 job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value, "tenant": caller.tenant})
     return _json(
         {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
          "item_count": job.item_count, "status_url": status_url, "route_reason": job.route_reason,

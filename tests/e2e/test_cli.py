@@ -166,8 +166,10 @@ def test_download_again_fetches_only_the_missing_and_the_damaged(stack, bucket, 
     ("bad.jsonl", '{"prompt": "A fox"}\n{"prompt": "A cat"\n', "error: bad.jsonl line 2: not valid JSON"),
     ("bad.csv", "text,key\nA fox,fox\n", 'error: bad.csv line 1: the header row has no "prompt" column'),
     ("empty.txt", "\n\n", "error: empty.txt: no prompts in it"),
-    ("bell.txt", "A fox\nA bell \x07 that rings\n", "error: bell.txt line 2: the prompt holds the control character U+0007"),
-    ("keys.csv", "prompt,key\nA fox,Fox\nA cat,fox\n", "error: keys.csv line 3: key 'fox' repeats 'Fox' of keys.csv line 2"),
+    ("bell.txt", "A fox\nA bell \x07 that rings\n",
+     "error: bell.txt line 2: the prompt holds the control character U+0007"),
+    ("keys.csv", "prompt,key\nA fox,Fox\nA cat,fox\n",
+     "error: keys.csv line 3: key 'fox' repeats 'Fox' of keys.csv line 2"),
 ])
 def test_a_bad_input_file_is_one_line_and_nothing_is_submitted(stack, db, tmp_path, name, content, message):
     path = tmp_path / name

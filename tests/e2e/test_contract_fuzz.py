@@ -1,9 +1,9 @@
 """The published OpenAPI contract, fuzzed by schemathesis against the real http_api process.
 
 Its own small stack, with the API keys of two tenants, so the fuzzer's jobs (it submits real
-ones) never mix with the other e2e tests, and it runs as a tenant that is not an admin. Zero 5xx, every response conforms to the schema (status code,
-content type, body), every invalid input is rejected with a 4xx JSON error, and a request
-without the key is refused."""
+ones) never mix with the other e2e tests, and it runs as a tenant that is not an admin. Zero
+5xx, every response conforms to the schema (status code, content type, body), every invalid
+input is rejected with a 4xx JSON error, and a request without the key is refused."""
 from __future__ import annotations
 
 import re
@@ -30,7 +30,8 @@ def fuzz_stack(tmp_path_factory):
     with Stack(ports=Ports.free(), project="demo-imagefleet-fuzz", state_dir=tmp_path_factory.mktemp("fuzz"),
                functions=True, api_key=API_KEY, gemini_config={"image_scale": 0.1},
                webhooks=False,  # no signing secret: every callback_url the fuzzer invents is refused
-               function_env={"API_KEYS": f"fuzz={API_KEY},other={OTHER_KEY}", "RATE_LIMIT_REQUESTS": "0", "RATE_LIMIT_IMAGES": "0", "MAX_ITEMS_PER_JOB": "50",
+               function_env={"API_KEYS": f"fuzz={API_KEY},other={OTHER_KEY}",
+                             "RATE_LIMIT_REQUESTS": "0", "RATE_LIMIT_IMAGES": "0", "MAX_ITEMS_PER_JOB": "50",
                              "BATCH_SUBMIT_BUDGET_SECONDS": "1"}) as stack:
         yield stack
 

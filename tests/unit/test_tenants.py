@@ -215,7 +215,8 @@ def test_a_jobs_tenant_is_read_once(fakes):
 
 def test_a_jobs_event_manifest_and_images_hold_nothing_of_another_tenant(api, worker, fakes, tenants):
     acme = _acme_job(api)
-    globex = post_job(api, {"requests": [{"prompt": "a secret moth", "key": "moth"}]}, headers=GLOBEX).get_json()["job_id"]
+    moth = {"requests": [{"prompt": "a secret moth", "key": "moth"}]}
+    globex = post_job(api, moth, headers=GLOBEX).get_json()["job_id"]
     for job_id, key in ((acme, "fox"), (acme, "item-00001"), (globex, "moth")):
         _run(worker, job_id, key)
 

@@ -123,3 +123,17 @@ def test_an_idempotency_key_with_a_control_character_is_refused(api, fakes):
     r = post_job(api, {"requests": [{"prompt": "a"}]}, headers={"Idempotency-Key": "order\x7f1"})
     assert r.status_code == 400 and r.get_json()["error"]["fields"][0]["field"] == "Idempotency-Key"
     assert fakes.store.jobs == {}
+
+
+@pytest.mark.parametrize("url,problem", [
+    ("https://example.com/a\x85b", "not ASCII"),  # C1: http.client could never send it
+    ("https://example.com/caf\u00e9", "not ASCII"),
+    ("https://" + "a" * 1500 + ".", "not a valid host name"),
+])
+def test_a_callback_url_that_could_never_be_called_is_refused_briefly(api, fakes, monkeypatch, url, problem):
+    monkeypatch.setenv("WEBHOOK_SECRET", "whsec_" + "a2trK2trK2trK2trK2trK2trK2trK2trK2trK2trK2s=")
+    wiring.get_settings.cache_clear()
+    r = post_job(api, {"requests": [{"prompt": "a"}], "callback_url": url})
+    assert r.status_code == 400 and len(r.get_data()) < 400
+    (field,) = r.get_json()["error"]["fields"]
+    assert field["field"] == "callback_url" and problem in field["problem"]

@@ -187,8 +187,8 @@ def _submit(request, caller: Caller):
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters",
                        [{"field": IDEMPOTENCY_HEADER, "problem": "length out of range"}])
-    # RFC 9110 section 5.5: a field value holds no control characters (a tab but at its ends).
-    if idempotency_key is not None and any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f for c in idempotency_key):
+    # RFC 9110 section 5.5: a field value holds no control characters, a tab aside.
+    if idempotency_key is not None and any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7f for c in idempotency_key):
         raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} contains a control character",
                        [{"field": IDEMPOTENCY_HEADER, "problem": "control character"}])
     try:

@@ -201,3 +201,13 @@ def test_keys_equal_ignoring_case_are_refused_naming_both_lines():
 def test_a_text_file_is_checked_too():
     with pytest.raises(InputError, match=re.escape("p.txt line 2: the prompt holds the control character U+009B")):
         parse_prompts("a fox\na \x9b[31m fox\n", "txt", "p.txt")
+
+
+def test_the_cli_checks_what_the_api_checks():
+    import schemas
+    from imagefleet import download, inputs
+
+    assert inputs.RESERVED_KEYS == schemas.RESERVED_KEYS
+    assert inputs.KEY_PATTERN.pattern == download.KEY_PATTERN.pattern == schemas.KEY_PATTERN
+    assert inputs._PROMPT_CONTROL.pattern == schemas._CONTROL.pattern
+    assert inputs._ANY_CONTROL.pattern == schemas._ANY_CONTROL.pattern

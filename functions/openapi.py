@@ -60,7 +60,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                     {"name": "dry_run", "in": "query", "required": False,
                      "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}},
                     {"name": "Idempotency-Key", "in": "header", "required": False,
-                     "description": "The same key (per API key) returns the same job for 24 h",
+                     "description": "The same key (per tenant and API key) returns the same job for 24 h",
                      "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {
@@ -134,7 +134,10 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
         },
         "components": {
             "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}},
+            "securitySchemes": {"apiKey": {
+                "type": "apiKey", "in": "header", "name": API_KEY_HEADER,
+                "description": "A key of a tenant, which owns the jobs it submits and sees only those and its "
+                               "own usage; an admin key sees every tenant's"}},
         },
         "security": [{"apiKey": []}],
     }

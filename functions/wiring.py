@@ -174,7 +174,15 @@ def accounting():
         clock=clock(),
         prices=Prices(s.price_interactive_image_usd, s.price_batch_image_usd),
         limits=DailyLimits(s.daily_request_quota, s.daily_image_quota, s.daily_budget_usd),
+        tenant_of=_tenant_of_job,
     )
+
+
+def _tenant_of_job(job_id: str) -> str | None:
+    from core.tenants import tenant_of_job
+
+    job = job_store().get_job(job_id)
+    return tenant_of_job(job.tenant) if job is not None else None
 
 
 @functools.cache

@@ -462,17 +462,22 @@ class InMemoryCounterStore:
         self.adds = 0
         self.lock = threading.Lock()
 
-    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None) -> None:
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
+            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
         with self.lock:
             self.adds += 1
-            totals = self.days.setdefault(day, {"quota_errors_by_id": {}})
+            totals = self.days.setdefault(day, {"quota_errors_by_id": {}, "by_tenant": {}})
             for name, value in deltas.items():
                 totals[name] = totals.get(name, 0) + value
             for qid, n in (by_quota_id or {}).items():
                 totals["quota_errors_by_id"][qid] = totals["quota_errors_by_id"].get(qid, 0) + n
+            for tenant, counters in (by_tenant or {}).items():
+                mine = totals["by_tenant"].setdefault(tenant, {})
+                for name, value in counters.items():
+                    mine[name] = mine.get(name, 0) + value
 
     def read(self, day: str) -> dict:
-        return copy.deepcopy(self.days.get(day, {"quota_errors_by_id": {}}))
+        return copy.deepcopy(self.days.get(day, {"quota_errors_by_id": {}, "by_tenant": {}}))
 
 
 class InMemoryPoolStore:

@@ -95,7 +95,21 @@ def test_counters_add_up_across_shards_and_threads(counters):
     totals = counters.read("2026-11-25")
     assert totals["requests"] == 40 and totals["spend_usd"] == pytest.approx(40 * 0.039)
     assert totals["quota_errors_by_id"] == {"PerDay": 40}
-    assert counters.read("2026-11-26") == {"quota_errors_by_id": {}}
+    assert counters.read("2026-11-26") == {"quota_errors_by_id": {}, "by_tenant": {}}
+
+
+def test_counters_per_tenant_add_up_beside_the_totals(counters):
+    def work(tenant):
+        for _ in range(5):
+            counters.add("2026-11-25", {"images": 1, "reserved_usd": 0.5}, None, {tenant: {"images": 1}})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in ("acme", "glob-ex_2", "acme")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    totals = counters.read("2026-11-25")
+    assert totals["images"] == 15 and totals["by_tenant"] == {"acme": {"images": 10}, "glob-ex_2": {"images": 5}}
 
 
 def test_idempotency_records_are_created_once_and_taken_over_once(idempotency):

@@ -65,6 +65,7 @@ class JobSpec:
     items: tuple[ItemSpec, ...]
     requested_lane: str = "auto"
     callback_url: str | None = None
+    tenant: str | None = None  # the submitting API key's tenant (core/tenants.py)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Job:
     route_reason: str | None = None
     callback_url: str | None = None  # where the job.completed webhook goes (validated at submit)
     round: int = 1  # 1 + the times POST :retry re-opened the job: one job.completed per round
+    tenant: str | None = None  # who submitted it; None: stored before tenants, i.e. "default"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class Job:
             "route_reason": self.route_reason,
             "callback_url": self.callback_url,
             "round": self.round,
+            "tenant": self.tenant,
         }
 
     @classmethod
@@ -119,6 +122,7 @@ class Job:
             route_reason=d.get("route_reason"),
             callback_url=d.get("callback_url"),
             round=d.get("round", 1),
+            tenant=d.get("tenant"),
         )
 
 
@@ -232,6 +236,8 @@ class BatchIntent:
     results_errors: int = 0
     outcome: str | None = None
     finished_at: float | None = None
+    submit_failures: int = 0  # refused uploads/creates in a row; past a limit the items fail
+    error: str | None = None  # the last refusal's message, shown in the job's status
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -252,6 +258,8 @@ class BatchIntent:
             "attempt": self.attempt,
             "items": len(self.keys),
             "outcome": self.outcome,
+            "error": self.error,
+            "submit_failures": self.submit_failures,
         }
 
 

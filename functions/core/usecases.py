@@ -45,6 +45,7 @@ from core.models import (
 from core.ports import (
     BatchStore, Clock, EventOutbox, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
 )
+from core.tenants import visible
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def submit_job(
         estimated_cost_usd=route.estimated_cost_usd,
         route_reason=route.reason,
         callback_url=spec.callback_url,
+        tenant=spec.tenant,
     )
     items = [
         Item(
@@ -270,10 +272,9 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 def get_job_status(
     job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
     batches: BatchStore | None = None, prices: Prices | None = None, events: EventOutbox | None = None,
+    tenant: str | None = None,
 ) -> dict:
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
+    job = _job_of_tenant(store, job_id, tenant)
     after = int(page_token) if page_token else None
     items = store.list_items(job_id, after, page_size)
     counts = store.count_items(job_id)
@@ -299,6 +300,15 @@ def get_job_status(
         "actual_cost_usd": _actual_cost(store, job, prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
     }
+
+
+def _job_of_tenant(store: JobStore, job_id: str, tenant: str | None) -> Job:
+    """The job, if `tenant` may see it (None: an admin, who sees all). Another tenant's job is
+    "not found", the same answer as a job that does not exist: its existence is not revealed."""
+    job = store.get_job(job_id)
+    if job is None or not visible(job.tenant, tenant):
+        raise NotFound(f"job {job_id} not found")
+    return job
 
 
 def _actual_cost(store: JobStore, job: Job, prices: Prices, counts: dict[ItemState, int]) -> float:
@@ -388,13 +398,12 @@ def build_manifest(items: list[Item]) -> bytes:
 
 
 def cancel_job(
-    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None,
+    tenant: str | None = None,
 ) -> dict:
     """Cancel a job: queued interactive items are dropped here or by the worker that meets
     them; the poller cancels the job's Gemini batches. Finished items keep their images."""
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
+    job = _job_of_tenant(store, job_id, tenant)
     if not store.cancel_job(job_id, clock.now()):
         raise Conflict(f"job {job_id} has already ended ({job.status.value})")
     if job.lane is Lane.INTERACTIVE:
@@ -418,6 +427,7 @@ def retry_job(
     queue: WorkQueue,
     pool: PoolStore,
     clock: Clock,
+    tenant: str | None = None,
 ) -> dict:
     """Re-queue the job's dead-lettered items (the retryable failures: refusals stay failed).
 
@@ -426,9 +436,7 @@ def retry_job(
     cleared first, so a crash half-way is finished by the poller; batch items go through the
     pending-batch pool, whose entries are written before the items change, for the same
     reason. Two concurrent retries requeue each item once (compare-and-set on its state)."""
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
+    job = _job_of_tenant(store, job_id, tenant)
     if job.status is JobStatus.CANCELLED:
         raise Conflict(f"job {job_id} was cancelled; submit a new job instead")
     dead = [it for it in _all_items(store, job_id) if it.state is ItemState.DEAD_LETTERED]
@@ -546,8 +554,10 @@ def resume_model(model: str, *, store: JobStore, queue: WorkQueue, limit: int = 
 
 
 def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None,
-              models: list[dict] | None = None) -> dict:
-    body = accounting.summary()
+              tenant: str | None = None, models: list[dict] | None = None) -> dict:
+    """Today's usage as `tenant` may see it (None: an admin: the totals and every tenant's),
+    beside the limits and the breaker, which every tenant shares."""
+    body = accounting.summary(tenant)
     body["breaker"] = breaker.view(fresh=True).public() if breaker is not None else {"state": "closed"}
     body["pending_batch_pool"] = pool_size
     body["models"] = models or []

@@ -32,18 +32,20 @@ _DATA_KEEP = 16
 
 
 def _prices() -> tuple[float, float]:
-    from config import Settings
+    """PRICE_*_IMAGE_USD when set, else the model's standard-size price in the catalog."""
+    import catalog
 
-    fields = Settings.model_fields
-    interactive = float(os.environ.get("PRICE_INTERACTIVE_IMAGE_USD", fields["price_interactive_image_usd"].default))
-    batch = float(os.environ.get("PRICE_BATCH_IMAGE_USD", fields["price_batch_image_usd"].default))
+    spec = catalog.load(os.environ.get("MODEL_CATALOG_FILE")).spec(_model())
+    size = spec.size_for("standard")
+    interactive = float(os.environ.get("PRICE_INTERACTIVE_IMAGE_USD", spec.price(size, batch=False)))
+    batch = float(os.environ.get("PRICE_BATCH_IMAGE_USD", spec.price(size, batch=True)))
     return interactive, batch
 
 
 def _model() -> str:
-    from config import Settings
+    import catalog
 
-    return os.environ.get("GEMINI_MODEL", Settings.model_fields["gemini_model"].default)
+    return os.environ.get("GEMINI_MODEL") or catalog.load(os.environ.get("MODEL_CATALOG_FILE")).default_model
 
 
 def redact(value, key: str | None = None):

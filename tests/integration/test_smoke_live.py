@@ -24,7 +24,7 @@ def test_without_a_key_it_says_what_it_would_do_and_sends_nothing(gemini_clean):
     done = run({"GOOGLE_GEMINI_BASE_URL": gemini_clean})
     assert done.returncode == 0, done.stderr
     assert "GEMINI_API_KEY is not set; nothing was sent" in done.stdout
-    assert "~$0.0780" in done.stdout  # 2 x PRICE_INTERACTIVE_IMAGE_USD
+    assert "~$0.1340" in done.stdout  # 2 x the default model's 1K price in functions/models.json
     assert requests.get(f"{gemini_clean}/_emulator/stats", timeout=10).json()["requests_total"] == 0
 
 

@@ -118,16 +118,8 @@ class BatchLane:
             self._release(intent, owner)
 
     def _submit(self, intent: BatchIntent, owner: str, known: Sequence[Item] | None = None) -> BatchIntent:
-        if intent.state is IntentState.CREATING:
-            # We may have created the batch and died before recording it: look before creating.
-            if intent.key_fingerprint and intent.key_fingerprint != self.api.key_fingerprint():
-                log.error("intent %s was started with another API key; its batch, if any, is not "
-                          "visible to this one", intent.intent_id)
-            found = self.api.find_batch(intent.intent_id)
-            if found is not None:
-                log.warning("intent %s: found batch %s created before a crash", intent.intent_id, found.name)
-                self._delete_quietly(intent.input_file)
-                return self._record_submitted(intent, owner, found.name, found.state)
+        if intent.state is IntentState.CREATING and (adopted := self._adopt_created(intent, owner)) is not None:
+            return adopted
         if known is None or intent.state is not IntentState.PENDING:
             items = self._unfinished(intent)
         else:
@@ -187,6 +179,18 @@ class BatchLane:
         self.finalize_job(intent.job_id)
         return intent
 
+    def _adopt_created(self, intent: BatchIntent, owner: str) -> BatchIntent | None:
+        """We may have created the batch and died before recording it: look before creating."""
+        if intent.key_fingerprint and intent.key_fingerprint != self.api.key_fingerprint():
+            log.error("intent %s was started with another API key; its batch, if any, is not "
+                      "visible to this one", intent.intent_id)
+        found = self.api.find_batch(intent.intent_id)
+        if found is None:
+            return None
+        log.warning("intent %s: found batch %s created before a crash", intent.intent_id, found.name)
+        self._delete_quietly(intent.input_file)
+        return self._record_submitted(intent, owner, found.name, found.state)
+
     def _delete_quietly(self, name: str | None) -> None:
         """Delete a Files API file we no longer need; a failure only costs storage until the
         file expires (48 h), so it is logged, not raised."""
@@ -236,7 +240,11 @@ class BatchLane:
             return self._cancel(intent, owner)
         if intent.state in (IntentState.PENDING, IntentState.CREATING):
             if self.model_halts is not None and self.model_halts.halted(intent.model) is not None:
-                return "held"  # no upload and no create for a model Gemini no longer serves
+                # No upload and no create for a model Gemini no longer serves; but a batch that
+                # was created before the halt (or a crash) is adopted: it runs, or ends, anyway.
+                if intent.state is IntentState.CREATING and self._adopt_created(intent, owner) is not None:
+                    return "submitted"
+                return "held"
             self._submit(intent, owner)
             return "submitted"
         if intent.state is IntentState.SUBMITTED:

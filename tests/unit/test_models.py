@@ -267,3 +267,25 @@ def test_a_broken_store_costs_the_watch_its_tick_not_the_poller():
     assert watch.tick(lambda: {DEFAULT}) == {}
     watch.halts = ModelHalts(InMemoryModelHaltStore(), clock)
     assert watch.tick(lambda: {DEFAULT}) == {DEFAULT: "present"}  # the full check was not marked done
+
+
+def test_a_batch_intent_of_a_halted_model_is_held_until_the_model_is_back():
+    from core.batches import BatchLane
+    from tests.fakes import FakeBatchApi
+
+    store, clock, sink = InMemoryJobStore(), FakeClock(), InMemoryImageSink()
+    halts = ModelHalts(InMemoryModelHaltStore(), clock)
+    api = FakeBatchApi()
+    lane = BatchLane(store=store, jobs=store, api=api, sink=sink, clock=clock, lease_seconds=60, max_attempts=3,
+                     image_size_for=CATALOG.image_size_for, compose_prompt=usecases.compose_prompt,
+                     finalize_job=lambda job_id: None, model_halts=halts)
+    spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}") for i in range(2)), "batch")
+    halts.halt(DEFAULT, "404 models/x is not found", source="batch")
+    job = usecases.submit_job(spec, store=store, queue=InMemoryWorkQueue(), clock=clock, model=DEFAULT,
+                              interactive_threshold=10, batch=lane, catalog=CATALOG,
+                              batch_submit_budget=0)  # the intents are left to the poller
+    (intent,) = store.intents_of_job(job.job_id)
+    assert lane.reconcile("poller", deadline=clock.now() + 60)["held"] == 1
+    assert store.get_intent(intent.intent_id).state.value in ("pending", "creating")
+    halts.clear(DEFAULT, "back")
+    assert lane.reconcile("poller", deadline=clock.now() + 60)["submitted"] == 1

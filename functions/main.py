@@ -378,7 +378,9 @@ def pubsub_worker(cloud_event):
 
 @functions_framework.http
 def scheduled_poller(request):
-    """One Cloud Scheduler tick. Overlapping ticks are safe: every batch is leased."""
+    """One Cloud Scheduler tick. Cloud Scheduler starts no attempt before the previous one ends,
+    but a tick can still meet another (one that outlived its attempt deadline, a manual run, a
+    second deployment): every batch and event is leased, so that is safe."""
     s = wiring.settings()
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds

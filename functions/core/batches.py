@@ -3,7 +3,8 @@
 batches.create is not idempotent on Gemini's side, so every batch starts life as an intent
 record in our store. The intent id is the batch's display name: after a crash between
 "create" and "record", the poller finds the batch by that name instead of creating it again.
-Everything that touches an intent holds its lease, so overlapping pollers never work on the
+Everything that touches an intent holds its lease, so two ticks that meet (Cloud Scheduler does
+not overlap its attempts, but a tick past its attempt deadline or a manual run can) never work on the
 same batch twice, and ingestion checkpoints its progress so a killed poller resumes.
 """
 from __future__ import annotations
@@ -389,6 +390,10 @@ class BatchLane:
                                    "lane": "batch", "attempts": intent.attempt}
         if self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates):
             self._count(intent, [u["state"] for u in updates.values()])
+            for key, fields in updates.items():  # one line per item: the dead-letter metric counts them
+                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, fields["error"],
+                            extra={"job_id": intent.job_id, "item_key": key, "lane": "batch",
+                                   "state": ItemState.DEAD_LETTERED.value})
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------

@@ -465,7 +465,8 @@ def dead_letter_item(
     store.finish_item(job_id, key, owner, _finished(
         ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
-                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value})
+                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
+                       "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this
     finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
     return True
 

@@ -240,17 +240,34 @@ class InMemoryImageSink:
         self.bucket = bucket
         self.objects: dict[str, tuple[bytes, dict]] = {}
         self.writes = 0
+        self.finds = 0
 
-    def put_png(self, name: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
+    def put_image(self, name: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredImage:
         uri = f"gs://{self.bucket}/{name}"
         if name in self.objects:
-            return StoredImage(uri=uri, created=False)
+            return StoredImage(uri=uri, created=False, facts=self._facts(name))
         self.writes += 1
-        self.objects[name] = (data, dict(metadata))
-        return StoredImage(uri=uri, created=True)
+        self.objects[name] = (data, {**metadata, "content_type": content_type})
+        return StoredImage(uri=uri, created=True, facts=self._facts(name))
+
+    def find_image(self, stem: str, extensions) -> StoredImage | None:
+        self.finds += 1
+        for ext in extensions:
+            name = f"{stem}.{ext}"
+            if name in self.objects:
+                return StoredImage(uri=f"gs://{self.bucket}/{name}", created=False, facts=self._facts(name))
+        return None
+
+    def _facts(self, name: str) -> dict:
+        """As GcsImageSink reads them: from the object's metadata, its size from the object."""
+        data, metadata = self.objects[name]
+        facts = {"sha256": metadata.get("sha256"), "bytes": len(data), "format": metadata.get("format")}
+        for side in ("width", "height"):
+            facts[side] = int(metadata[side]) if metadata.get(side) else None
+        return facts
 
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
-        return self.put_png(name, data, {})
+        return self.put_image(name, data, "application/jsonl", {})
 
 
 class ScriptedImageGenerator:
@@ -263,12 +280,28 @@ class ScriptedImageGenerator:
     def generate(self, prompt: str, aspect_ratio: str, image_size: str | None) -> GeneratedImage:
         self.calls.append(prompt)
         outcome = self.script.pop(0) if self.script else "ok"
-        if isinstance(outcome, GenerationError):
+        if isinstance(outcome, Exception):
             raise outcome
+        data = outcome if isinstance(outcome, bytes) else tiny_png(prompt)
         return GeneratedImage(
-            data=b"\x89PNG\r\n\x1a\n" + prompt.encode(), mime_type="image/png",
+            data=data, mime_type="image/png",
             finish_reason="STOP", model_version="fake-image-model", output_tokens=1290,
         )
+
+
+def tiny_png(text: str, size: tuple[int, int] = (4, 3)) -> bytes:
+    """A complete PNG (stdlib only) whose bytes differ per text: a tEXt chunk carries it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    width, height = size
+    rows = b"".join(b"\x00" + b"\x80\x40\x20" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"tEXt", b"prompt\x00" + text.encode()) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 class InMemorySlotStore:

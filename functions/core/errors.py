@@ -79,6 +79,12 @@ class TransientError(GenerationError):
     retryable = True
 
 
+class MalformedResponse(TransientError):
+    """A 200 answer we cannot use: unparseable, not base64, or an image that is truncated or
+    corrupt. The call was billed; another attempt usually gets a good answer, so it counts as an
+    attempt and is retried up to the limit."""
+
+
 class PermissionDenied(GenerationError):
     """403: a key, billing or project problem. Retried up to the attempt limit, loudly logged."""
 
@@ -91,6 +97,10 @@ class ContentRefused(GenerationError):
 
 class InvalidRequest(GenerationError):
     """400 from the model API: retrying the same request will not help."""
+
+
+class StorageUnavailable(DomainError):
+    """Cloud Storage could not be reached in time. Not the item's fault."""
 
 
 class RateLimited(DomainError):

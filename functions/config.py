@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     )
     republish_grace_seconds: float = Field(60.0, ge=0)
     lease_margin_seconds: float = Field(
-        30.0, ge=0, description="added to the longest delivery to make an item's lease"
+        30.0, ge=0, description="added to the longest delivery to make an item's lease; also the clock "
+        "skew between instances that leases tolerate (every write of a holder ends this long before its lease)"
+    )
+    upload_budget_seconds: float = Field(
+        60.0, gt=0, description="how long a worker keeps trying to store an image it has paid for, renewing "
+        "the item's lease before each try; keep MAX_WAIT + GEMINI_TIMEOUT + this under the worker's timeout"
     )
 
     # The batch lane
@@ -146,6 +151,11 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return []
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def upload_try_seconds(self) -> float:
+        # One upload with the client's retries ends a margin before the lease renewed ahead of it.
+        return self.lease_seconds - self.lease_margin_seconds
 
     @property
     def lease_seconds(self) -> float:

@@ -326,6 +326,7 @@ def pubsub_worker(cloud_event):
         pool=wiring.pool_store(),
         accounting=wiring.accounting(),
         events=wiring.job_events(),
+        upload_budget=s.upload_budget_seconds,
     )
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,

@@ -66,7 +66,8 @@ def image_sink():
     from adapters.gcs_sink import GcsImageSink
 
     s = settings()
-    return GcsImageSink(storage.Client(project=s.google_cloud_project), s.images_bucket)
+    return GcsImageSink(storage.Client(project=s.google_cloud_project), s.images_bucket,
+                        upload_seconds=s.upload_try_seconds)
 
 
 @functools.cache

@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from core.errors import GenerationError, PermissionDenied
+from core.errors import GenerationError, PermissionDenied, StorageUnavailable
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
     StoredImage, TERMINAL_JOB_STATUSES,
@@ -241,8 +241,13 @@ class InMemoryImageSink:
         self.objects: dict[str, tuple[bytes, dict]] = {}
         self.writes = 0
         self.finds = 0
+        self.unavailable_puts = 0  # the next n put_image calls raise StorageUnavailable
+        self.unavailable_finds = 0
 
     def put_image(self, name: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredImage:
+        if self.unavailable_puts:
+            self.unavailable_puts -= 1
+            raise StorageUnavailable(f"uploading {name}: 503")
         uri = f"gs://{self.bucket}/{name}"
         if name in self.objects:
             return StoredImage(uri=uri, created=False, facts=self._facts(name))
@@ -252,6 +257,9 @@ class InMemoryImageSink:
 
     def find_image(self, stem: str, extensions) -> StoredImage | None:
         self.finds += 1
+        if self.unavailable_finds:
+            self.unavailable_finds -= 1
+            raise StorageUnavailable(f"listing {stem}.*: 503")
         for ext in extensions:
             name = f"{stem}.{ext}"
             if name in self.objects:

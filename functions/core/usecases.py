@@ -365,7 +365,7 @@ def build_manifest(items: list[Item]) -> bytes:
     for it in items:
         lines.append(json.dumps({
             "key": it.key, "prompt": it.prompt, "state": it.state.value, "gcs_uri": it.gcs_uri, "sha256": it.sha256,
-            "bytes": it.bytes, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
+            "bytes": it.bytes, "format": it.format, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
             "output_tokens": it.output_tokens, "lane": it.lane, "attempts": it.attempts, "error": it.error,
         }, separators=(",", ":")))
     return ("\n".join(lines) + "\n").encode()

@@ -206,21 +206,21 @@ def test_a_poller_killed_mid_ingest_is_resumed_by_the_next_one():
     job = env.submit(6)
     (name,) = env.api.batches
     env.api.finish(name)
-    real_put = env.sink.put_png
+    real_put = env.sink.put_image
     calls = {"n": 0}
 
-    def dying_put(name, data, metadata):
+    def dying_put(name, data, content_type, metadata):
         calls["n"] += 1
         if calls["n"] == 4:
             raise SystemExit("killed")  # like SIGKILL: nothing after this line runs
-        return real_put(name, data, metadata)
+        return real_put(name, data, content_type, metadata)
 
-    env.sink.put_png = dying_put
+    env.sink.put_image = dying_put
     release = env.lane._release
     env.lane._release = lambda intent, owner: None  # SIGKILL runs no finally block
     with pytest.raises(SystemExit):
         env.tick("poller-1")
-    env.sink.put_png, env.lane._release = real_put, release
+    env.sink.put_image, env.lane._release = real_put, release
     assert env.store.intents_of_job(job.job_id)[0].lines_done == 2  # the last checkpoint
     assert env.tick("poller-2")["skipped"] == 1  # poller-1's lease is still live
     env.clock.advance(61)

@@ -40,7 +40,8 @@ class GcsImageSink:
         # (https://cloud.google.com/storage/docs/consistency).
         wanted = {f"{stem}.{ext}" for ext in extensions}
         try:
-            for blob in self.client.list_blobs(self.bucket, prefix=f"{stem}.", timeout=self._timeout()):
+            for blob in self.client.list_blobs(self.bucket, prefix=f"{stem}.", timeout=self._timeout(),
+                                               retry=self._retry()):
                 if blob.name in wanted:
                     return StoredImage(uri=self._uri(blob.name), created=False, facts=self._facts(blob))
         except _UNAVAILABLE as e:
@@ -54,9 +55,8 @@ class GcsImageSink:
             # if_generation_match=0: create only if absent, so a duplicate delivery or a retry
             # after a crash can never write a second version of the object. Being conditional,
             # the upload is safe to retry; the retry's timeout is our bound, not the default 120 s.
-            retry = DEFAULT_RETRY.with_timeout(self.upload_seconds) if self.upload_seconds else DEFAULT_RETRY
             blob.upload_from_string(data, content_type=content_type, if_generation_match=0,
-                                    retry=retry, timeout=self._timeout())
+                                    retry=self._retry(), timeout=self._timeout())
         except gexc.PreconditionFailed:
             # Another attempt stored it first: report that object, not the bytes we were given.
             existing = self._existing(name)
@@ -67,7 +67,7 @@ class GcsImageSink:
 
     def _existing(self, name: str) -> dict | None:
         try:
-            blob = self.bucket.get_blob(name, timeout=self._timeout())
+            blob = self.bucket.get_blob(name, timeout=self._timeout(), retry=self._retry())
         except _UNAVAILABLE as e:
             raise StorageUnavailable(f"reading {self._uri(name)}: {type(e).__name__}: {e}") from e
         return self._facts(blob) if blob is not None else None
@@ -79,14 +79,17 @@ class GcsImageSink:
                     "width": int(meta["width"]) if meta.get("width") else None,
                     "height": int(meta["height"]) if meta.get("height") else None}
         # Written before the facts were kept in the metadata: read the object once.
-        data = blob.download_as_bytes(timeout=self._timeout())
+        data = blob.download_as_bytes(timeout=self._timeout(), retry=self._retry())
         try:
             return images.inspect(data).fields()
         except images.BadImage:
             return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                     "format": None, "width": None, "height": None}
 
-    def _timeout(self) -> float | tuple[float, float]:
+    def _retry(self):
+        return DEFAULT_RETRY.with_timeout(self.upload_seconds) if self.upload_seconds else DEFAULT_RETRY
+
+    def _timeout(self) -> float:
         # Per HTTP request (connect, read): never longer than the whole bound.
         return min(self.upload_seconds, 60.0) if self.upload_seconds else 60.0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from infra.gemini_emulator import content, errors, images
-from infra.gemini_emulator.faults import OK, choose_outcome
+from infra.gemini_emulator.faults import OK, SPOILED_IMAGE_OUTCOMES, choose_outcome
 
 PNG_CACHE_BYTES = 32 * 1024**2
 
@@ -133,9 +133,12 @@ class LineRunner:
             return _error_line(_ERROR_OUTCOMES[outcome](), outcome)
         if outcome in _REFUSALS:
             return LineResult({"response": _REFUSALS[outcome](req)}, outcome, image=False)
-        assert outcome == OK, outcome
+        assert outcome in (OK, *SPOILED_IMAGE_OUTCOMES), outcome
         png = self._render(req) if req.want_image else None
-        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None)
+        response = content.success_response(req, png)
+        if outcome != OK:  # a line whose image is not base64, or cut in half
+            response = content.spoil_image(response, outcome)
+        return LineResult({"response": response}, outcome, image=png is not None)
 
     def _render(self, req: content.GenerateRequest) -> bytes:
         png = self._pngs.get(

@@ -15,7 +15,11 @@ from typing import Any
 
 OK = "ok"
 # Each admitted request ends in exactly one of these (the wire behaviour is in generate.py).
-FAULT_OUTCOMES = ("429", "500", "503", "403", "hang", "blocked", "image_safety", "no_image")
+FAULT_OUTCOMES = ("429", "500", "503", "403", "hang", "blocked", "image_safety", "no_image", "bad_base64",
+                  "truncated_image")
+# Faults that still render (and bill) an image, then spoil it on the way out: a 200 whose
+# inlineData is not base64, or whose image is cut in half.
+SPOILED_IMAGE_OUTCOMES = ("bad_base64", "truncated_image")
 OUTCOMES = (OK, *FAULT_OUTCOMES)
 # How a whole batch ends (its lines have the outcomes above). Picked at create time.
 BATCH_OUTCOMES = ("succeeded", "failed", "cancelled", "expired")

@@ -626,6 +626,15 @@ class Stack:
         """Kill one process group (default SIGKILL, like a crashed instance)."""
         self.processes[name].stop(sig)
 
+    def pause(self, name: str) -> None:
+        """Freeze one process group (SIGSTOP): the service still accepts connections but never
+        answers, like an outage that times requests out. Unlike a restart, its state is kept
+        (fake-gcs-server keeps its objects in memory)."""
+        os.killpg(self.processes[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        os.killpg(self.processes[name].pid, signal.SIGCONT)
+
     def start_function(self, name: str) -> None:
         """(Re)start one function process and wait until it answers."""
         proc = self.processes.get(name)

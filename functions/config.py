@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
     )
     republish_grace_seconds: float = Field(60.0, ge=0)
+    stuck_lease_grace_seconds: float = Field(
+        60.0, ge=0, description="the poller republishes a running item whose lease expired this long ago"
+    )
+    stuck_queued_seconds: float = Field(
+        900.0, gt=0, description="the poller republishes a queued item of a published job untouched this long"
+    )
     lease_margin_seconds: float = Field(
         30.0, ge=0, description="added to the longest delivery to make an item's lease; also the clock "
         "skew between instances that leases tolerate (every write of a holder ends this long before its lease)"

@@ -129,6 +129,20 @@ class InMemoryJobStore:
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs[job_id].update(published=False, updated_at=now)
 
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.QUEUED, "updated_at", before, limit)
+
+    def _stale(self, state: ItemState, field: str, before: float, limit: int) -> list[Item]:
+        """As the Firestore query: equality on lane and state, a range on `field`, oldest first."""
+        found = [d for items in self.items.values() for d in items.values()
+                 if d.get("lane") == "interactive" and d["state"] == state.value
+                 and isinstance(d.get(field), (int, float)) and d[field] < before]
+        found.sort(key=lambda d: d[field])
+        return [Item.from_dict(copy.deepcopy(d)) for d in found[:limit]]
+
     def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
         with self.lock:
             d = self.items.get(job_id, {}).get(key)

@@ -70,6 +70,12 @@ class JobStore(Protocol):
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]: ...
 
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        """Interactive items, of any job, running under a lease that expired before `before`."""
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        """Interactive items, of any job, queued and not updated since `before`."""
+
 
 class WorkQueue(Protocol):
     def publish_items(self, job_id: str, keys: Iterable[str]) -> None:

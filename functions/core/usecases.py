@@ -224,6 +224,39 @@ def reconcile_unpublished(
     return done
 
 
+def redrive_stuck_items(
+    *, store: JobStore, queue: WorkQueue, clock: Clock, lease_grace_seconds: float, queued_after_seconds: float,
+    limit: int = 100,
+) -> dict[str, int]:
+    """Publish again the messages of interactive items nothing will deliver: running under a
+    lease that expired `lease_grace_seconds` ago (a worker killed with deliveries in flight,
+    whose messages Pub/Sub will not redeliver, e.g. acked or dropped by a detached subscription),
+    and queued items of published jobs untouched for `queued_after_seconds`. Duplicates are
+    harmless: the worker is idempotent, and records an image an earlier attempt stored.
+
+    The grace is past the lease so a holder whose clock runs behind ours is not raced; each
+    query reads at most `limit` items."""
+    now = clock.now()
+    running = store.expired_leases(now - lease_grace_seconds, limit)
+    queued = store.untouched_queued_items(now - queued_after_seconds, limit)
+    by_job: dict[str, list[Item]] = {}
+    for it in running + queued:
+        by_job.setdefault(it.job_id, []).append(it)
+    summary = {"running": 0, "queued": 0}
+    for job_id, items in by_job.items():
+        job = store.get_job(job_id)
+        if job is None or not job.published:
+            continue  # not published yet: reconcile_unpublished owns it
+        queue.publish_items(job_id, [it.key for it in items])
+        for it in items:
+            if it.state is ItemState.QUEUED:
+                # Touched, so the next tick does not publish it again before a worker could.
+                store.requeue_item(job_id, it.key, ItemState.QUEUED, {"updated_at": now})
+            summary[it.state.value] += 1
+        log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
+    return summary
+
+
 def finalize_stalled_jobs(
     *, store: JobStore, clock: Clock, sink: ImageSink | None, events: EventOutbox | None = None, limit: int = 50,
 ) -> list[str]:

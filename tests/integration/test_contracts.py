@@ -189,6 +189,24 @@ def test_leases_cap_concurrency_and_expire(slot_store):
     assert slot_store.try_take_lease("d", capacity=2, now=41.0, ttl=30.0) is not None  # b expired
 
 
+def test_stale_items_are_found_across_jobs_oldest_first_interactive_only(job_store):
+    job_a, items_a = make_job(3)
+    job_b, items_b = make_job(2)
+    for it in items_a + items_b:
+        it.lane = "interactive"
+    items_b[1].lane = "batch"  # the batch lane's items are never swept
+    job_store.create_job(job_a, items_a)
+    job_store.create_job(job_b, items_b)
+    job_store.claim_item(job_a.job_id, "k0", "w", now=100.0, lease_seconds=10)  # expires 110
+    job_store.claim_item(job_b.job_id, "k0", "w", now=90.0, lease_seconds=10)  # expires 100
+    job_store.claim_item(job_a.job_id, "k1", "w", now=200.0, lease_seconds=10)  # live at 150
+    expired = job_store.expired_leases(before=150.0, limit=10)
+    assert [(it.job_id, it.key) for it in expired] == [(job_b.job_id, "k0"), (job_a.job_id, "k0")]
+    assert len(job_store.expired_leases(before=150.0, limit=1)) == 1
+    queued = job_store.untouched_queued_items(before=150.0, limit=10)
+    assert {(it.job_id, it.key) for it in queued} == {(job_a.job_id, "k2")}  # b/k1 is batch
+
+
 # --- ImageSink ---------------------------------------------------------------------------
 
 

@@ -320,3 +320,13 @@ def test_every_checkov_skip_gives_its_reason():
     assert skips
     for skip in skips:
         assert re.fullmatch(r"CKV2?_[A-Z]+_\d+:\s*\S.{15,}", skip), skip
+
+
+def test_the_stuck_item_sweep_has_its_collection_group_indexes():
+    """FirestoreJobStore._stale: lane ==, state ==, then a range on the time field, over the
+    items of every job."""
+    indexes = resources()["google_firestore_index"]
+    wanted = {("lane", "state", "lease_expires_at"), ("lane", "state", "updated_at")}
+    found = {tuple(f["field_path"] for f in index["fields"]) for index in indexes.values()
+             if index["collection"] == "items" and index["query_scope"] == "COLLECTION_GROUP"}
+    assert wanted <= found, found

@@ -201,3 +201,42 @@ def test_a_duplicate_delivery_costs_one_listing_and_no_call(env):
     assert env.process(job.job_id).ack
     assert env.sink.finds == finds and len(env.generator.calls) == 1  # terminal: no listing at all
     assert isinstance(env.sink.find_image(f"{job.job_id}/k0", ("png",)), StoredImage)
+
+
+# --- the poller's sweep of stuck items ------------------------------------------------------
+
+
+def sweep(env, queue, **kw):
+    return usecases.redrive_stuck_items(store=env.store, queue=queue, clock=env.clock,
+                                        lease_grace_seconds=kw.get("grace", 30), queued_after_seconds=600)
+
+
+def test_items_left_running_by_a_killed_worker_are_republished_after_lease_and_grace(env):
+    job = env.submit(3)
+    for key in ("k0", "k1"):  # a worker claimed two, then was killed; Pub/Sub will not redeliver
+        env.store.claim_item(job.job_id, key, "killed", env.clock.now(), LEASE)
+    queue = InMemoryWorkQueue()
+    env.clock.advance(LEASE + 29)
+    assert sweep(env, queue) == {"running": 0, "queued": 0}  # within the grace: maybe a slow clock
+    env.clock.advance(2)
+    assert sweep(env, queue) == {"running": 2, "queued": 0}
+    assert sorted(queue.messages) == [(job.job_id, "k0"), (job.job_id, "k1")]
+    for key in ("k0", "k1"):
+        assert env.process(job.job_id, key).ack
+    assert sweep(env, InMemoryWorkQueue()) == {"running": 0, "queued": 0}
+
+
+def test_queued_items_of_published_jobs_untouched_for_long_are_republished_once_per_period(env):
+    job = env.submit(2)
+    queue = InMemoryWorkQueue()
+    env.clock.advance(601)
+    assert sweep(env, queue) == {"running": 0, "queued": 2}
+    assert sweep(env, queue) == {"running": 0, "queued": 0}  # touched: not again at the next tick
+    assert len(queue.messages) == 2
+
+
+def test_the_sweep_leaves_unpublished_jobs_to_reconcile_unpublished(env):
+    job = env.submit(1)
+    env.store.mark_unpublished(job.job_id, env.clock.now())
+    env.clock.advance(601)
+    assert sweep(env, InMemoryWorkQueue()) == {"running": 0, "queued": 0}

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     stuck_lease_grace_seconds: float = Field(
         60.0, ge=0, description="the poller republishes a running item whose lease expired this long ago"
     )
+    test_kill_after_upload: bool = Field(
+        False, description="TEST ONLY, never set in a deployment: the worker SIGKILLs its own process right "
+        "after it creates an image object, so the e2e fault matrix can die between the upload and the commit"
+    )
     stuck_queued_seconds: float = Field(
         900.0, gt=0, description="the poller republishes a queued item of a published job untouched this long"
     )

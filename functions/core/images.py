@@ -1,8 +1,10 @@
 """What an image really is, read from its bytes: format, completeness, width and height.
 
-The declared MIME type of an answer is not trusted (Gemini 3 image models may answer JPEG, and a
-cut-off transfer still says image/png), so the format is sniffed from the signature and the
-structure is walked to its end marker. No decoding: PNG chunk CRCs, JPEG markers and the RIFF
+The declared MIME type of an answer is not trusted: the Gemini API does not let the caller pick
+the output format (google-genai 3.4.0, google/genai/types.py, ImageConfig.output_mime_type: "This
+field is not supported in Gemini API"), Gemini 3 image models may answer JPEG, and a cut-off
+transfer still says image/png. So the format is sniffed from the signature and the structure is
+walked to its end marker. No decoding: PNG chunk CRCs, JPEG markers and the RIFF
 size are enough to tell a complete file from a truncated or corrupted one. Stdlib only.
 """
 from __future__ import annotations

@@ -72,6 +72,7 @@ class BatchRecord:
     failed: int = 0
     final_counts: tuple[int, int] | None = None  # (succeeded, failed) frozen at a non-success end
     results_ready_at: float | None = None  # when the worker finished writing results
+    billed_prompts: list[str] = field(default_factory=list)  # lines that got an image: billed on success
     output_path: Path | None = None  # the finished results file, until it becomes a File
     output_size: int = 0
     output_sha256: str = ""

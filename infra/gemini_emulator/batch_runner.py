@@ -61,6 +61,7 @@ class LineResult:
     body: dict[str, Any]  # {"response": ...} or {"error": ...}
     outcome: str  # "ok", a fault outcome, or "400" for an invalid request
     image: bool
+    prompt: str | None = None  # the request's prompt, when it returned an image
 
     @property
     def ok(self) -> bool:
@@ -136,9 +137,10 @@ class LineRunner:
         assert outcome in (OK, *SPOILED_IMAGE_OUTCOMES), outcome
         png = self._render(req) if req.want_image else None
         response = content.success_response(req, png)
-        if outcome != OK:  # a line whose image is not base64, or cut in half
-            response = content.spoil_image(response, outcome)
-        return LineResult({"response": response}, outcome, image=png is not None)
+        if outcome != OK:  # a line whose image is not base64, or cut in half: no intact image
+            return LineResult({"response": content.spoil_image(response, outcome)}, outcome, image=False,
+                              prompt=req.prompt)
+        return LineResult({"response": response}, outcome, image=png is not None, prompt=req.prompt)
 
     def _render(self, req: content.GenerateRequest) -> bytes:
         png = self._pngs.get(

@@ -69,7 +69,12 @@ def _end(state: EmulatorState, record: BatchRecord, batch_state: str) -> None:
 def _on_terminal(state: EmulatorState, record: BatchRecord) -> None:
     if record.state != batch_jobs.SUCCEEDED:
         batch_jobs.discard(record)  # nothing is delivered for a failed, cancelled or expired batch
-    elif record.output_path is not None:
+        return
+    # Only delivered results are billed: a failed, cancelled or expired batch has none.
+    for prompt in record.billed_prompts:
+        state.stats.record_billed(prompt)
+    record.billed_prompts.clear()
+    if record.output_path is not None:
         state.files.add_generated(
             file_id=record.output_file_id,
             owner=record.owner,
@@ -323,6 +328,8 @@ def _work(
                 store.lines_failed += 1
             store.line_outcomes[result.outcome] += 1
             store.images_generated += result.image
+            if result.image:
+                record.billed_prompts.append(result.prompt or "")
 
     partial = state.data_dir / f"results-{record.id}.partial"
     written: tuple[int, str] | None = None

@@ -165,9 +165,10 @@ async def _serve(state: EmulatorState, req: content.GenerateRequest, adm: _Admit
         if adm.outcome not in (OK, *SPOILED_IMAGE_OUTCOMES):
             return _fault_body(req, adm)
         image = await render if render is not None else None
-        if image is not None:
+        if image is not None and adm.outcome == OK:  # a spoiled answer is counted as its fault
             with state.lock:
                 adm.stats.record_images(req.model, 1, state.clock(), adm.window_s)
+                adm.stats.record_billed(req.prompt)
         body = content.success_response(req, image, images.MIME_TYPES[adm.image_format])
         return content.spoil_image(body, adm.outcome) if adm.outcome != OK else body
     finally:

@@ -200,6 +200,9 @@ resource "google_firestore_index" "items_stale_leases" {
     field_path = "lease_expires_at"
     order      = "ASCENDING"
   }
+
+  # After the field changes, which this database applies one at a time.
+  depends_on = [google_firestore_field.usage_shard_expiry]
 }
 
 resource "google_firestore_index" "items_stale_queued" {
@@ -220,4 +223,6 @@ resource "google_firestore_index" "items_stale_queued" {
     field_path = "updated_at"
     order      = "ASCENDING"
   }
+
+  depends_on = [google_firestore_index.items_stale_leases]
 }

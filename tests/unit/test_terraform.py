@@ -467,6 +467,7 @@ API_OF = {
     "google_cloudfunctions2_function": {"cloudfunctions", "cloudbuild", "run", "artifactregistry"},
     "google_firestore_database": {"firestore"},
     "google_firestore_field": {"firestore"},
+    "google_firestore_index": {"firestore"},
     "google_logging_metric": {"logging"},
     "google_monitoring_alert_policy": {"monitoring"},
     "google_project": {"cloudresourcemanager"},

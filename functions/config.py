@@ -56,8 +56,23 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
     )
     republish_grace_seconds: float = Field(60.0, ge=0)
+    stuck_lease_grace_seconds: float = Field(
+        60.0, ge=0, description="the poller republishes a running item whose lease expired this long ago"
+    )
+    test_kill_after_upload: bool = Field(
+        False, description="TEST ONLY, never set in a deployment: the worker SIGKILLs its own process right "
+        "after it creates an image object, so the e2e fault matrix can die between the upload and the commit"
+    )
+    stuck_queued_seconds: float = Field(
+        900.0, gt=0, description="the poller republishes a queued item of a published job untouched this long"
+    )
     lease_margin_seconds: float = Field(
-        30.0, ge=0, description="added to the longest delivery to make an item's lease"
+        30.0, ge=0, description="added to the longest delivery to make an item's lease; also the clock "
+        "skew between instances that leases tolerate (every write of a holder ends this long before its lease)"
+    )
+    upload_budget_seconds: float = Field(
+        60.0, gt=0, description="how long a worker keeps trying to store an image it has paid for, renewing "
+        "the item's lease before each try; keep MAX_WAIT + GEMINI_TIMEOUT + this under the worker's timeout"
     )
 
     # The batch lane
@@ -157,6 +172,11 @@ class Settings(BaseSettings):
     def api_callers(self) -> dict[str, Caller]:
         """{key: caller}; empty when no key is configured (no key check)."""
         return self._callers
+
+    @property
+    def upload_try_seconds(self) -> float:
+        # One upload with the client's retries ends a margin before the lease renewed ahead of it.
+        return self.lease_seconds - self.lease_margin_seconds
 
     @property
     def lease_seconds(self) -> float:

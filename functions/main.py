@@ -367,6 +367,7 @@ def pubsub_worker(cloud_event):
         pool=wiring.pool_store(),
         accounting=wiring.accounting(),
         events=wiring.job_events(),
+        upload_budget=s.upload_budget_seconds,
     )
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,
@@ -389,6 +390,9 @@ def scheduled_poller(request):
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
     )
+    stuck = usecases.redrive_stuck_items(store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
+                                         lease_grace_seconds=s.stuck_lease_grace_seconds,
+                                         queued_after_seconds=s.stuck_queued_seconds)
     # Events first, with a quarter of the budget: a long ingest must not hold back webhooks.
     events = wiring.job_events().deliver_due(owner, deadline=clock.now() + s.poller_budget_seconds / 4)
     dead = {}
@@ -404,7 +408,7 @@ def scheduled_poller(request):
     batches = lane.reconcile(owner, deadline) if lane else {}
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
-    summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
+    summary = {"republished_jobs": republished, "stuck_items": stuck, "dead_letters": dead, "pool": pooled, "batches": batches,
                "events": events, "finalized_jobs": finalized}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)

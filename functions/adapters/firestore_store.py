@@ -157,6 +157,23 @@ class FirestoreJobStore:
         query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(limit)
         return [Job.from_dict(s.to_dict()) for s in query.stream()]
 
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.QUEUED, "updated_at", before, limit)
+
+    def _stale(self, state: ItemState, field: str, before: float, limit: int) -> list[Item]:
+        # A collection-group query over every job's items: two equalities and a range, which
+        # needs the composite indexes in infra/terraform/firestore.tf (items_stale_*). The
+        # limit bounds the reads one poller tick pays, whatever the backlog.
+        query = (self.db.collection_group("items")
+                 .where(filter=FieldFilter("lane", "==", "interactive"))
+                 .where(filter=FieldFilter("state", "==", state.value))
+                 .where(filter=FieldFilter(field, "<", before))
+                 .order_by(field).limit(limit))
+        return [Item.from_dict(s.to_dict()) for s in query.stream()]
+
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": False, "updated_at": now})
 

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from core.errors import GenerationError, InvalidRequest, PermissionDenied
-from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
+from core.errors import GenerationError, InvalidRequest, MalformedResponse, PermissionDenied
+from core import images
+from core.jsonl import LineSplitter, image_facts, parse_result_line, request_line, stored_metadata
 from core.models import (
     BatchIntent,
     Item,
@@ -353,17 +354,26 @@ class BatchLane:
 
     def _line_updates(self, intent: BatchIntent, result) -> dict:
         now = self.clock.now()
+        error: GenerationError | None = result.error
         if result.image is not None:
             image = result.image
-            stored = self.sink.put_png(
-                object_name(intent.job_id, result.key), image.data,
-                {"job_id": intent.job_id, "item_key": result.key, "model": image.model_version or intent.model,
-                 "finish_reason": image.finish_reason, "lane": "batch"},
-            )
-            return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
-                    "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
-                    "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **png_facts(image.data)}
-        error: GenerationError = result.error
+            try:
+                facts = image_facts(image.data)
+            except MalformedResponse as e:  # a truncated or corrupt image: retried in a new batch
+                error = e
+            else:
+                name = object_name(intent.job_id, result.key, images.EXTENSIONS[facts["format"]])
+                stored = self.sink.put_image(
+                    name, image.data, images.CONTENT_TYPES[facts["format"]],
+                    {"job_id": intent.job_id, "item_key": result.key, "model": image.model_version or intent.model,
+                     "finish_reason": image.finish_reason, "lane": "batch", **stored_metadata(facts)},
+                )
+                # An object that already existed is what the item keeps: record its facts.
+                if not stored.created and stored.facts:
+                    facts = stored.facts
+                return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
+                        "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
+                        "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **facts}
         if error.retryable:
             return {"error": error.reason, "attempts": intent.attempt, "updated_at": now}
         return {"state": ItemState.FAILED.value, "error": error.reason, "attempts": intent.attempt,

@@ -29,11 +29,17 @@ class ItemState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-def object_name(job_id: str, item_key: str) -> str:
-    """Deterministic object name: a retried or duplicated item can only ever write this one object.
+# The extensions an item's image may have, by the format its bytes hold (core.images.EXTENSIONS).
+IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 
-    Both parts come from a safe charset (server-made job ids, validated client keys)."""
-    return f"{job_id}/{item_key}.png"
+
+def object_name(job_id: str, item_key: str, extension: str = "png") -> str:
+    """Deterministic object name: a retried or duplicated item can only ever write one of these
+    (every attempt first looks for any of them, see usecases.process_item).
+
+    Both parts come from a safe charset (server-made job ids, validated client keys); the
+    extension comes from the format detected in the bytes."""
+    return f"{job_id}/{item_key}.{extension}"
 
 
 def _known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +152,7 @@ class Item:
     output_tokens: int | None = None
     sha256: str | None = None
     bytes: int | None = None
+    format: str | None = None  # "png" | "jpeg" | "webp", read from the stored bytes
     width: int | None = None
     height: int | None = None
     lane: str | None = None
@@ -198,6 +205,7 @@ class GeneratedImage:
 class StoredImage:
     uri: str
     created: bool  # False when the object already existed (an earlier attempt wrote it)
+    facts: dict | None = None  # the stored object's sha256, bytes, format, width, height
 
 
 class IntentState(str, enum.Enum):

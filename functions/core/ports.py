@@ -70,6 +70,12 @@ class JobStore(Protocol):
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]: ...
 
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        """Interactive items, of any job, running under a lease that expired before `before`."""
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        """Interactive items, of any job, queued and not updated since `before`."""
+
 
 class WorkQueue(Protocol):
     def publish_items(self, job_id: str, keys: Iterable[str]) -> None:
@@ -77,8 +83,15 @@ class WorkQueue(Protocol):
 
 
 class ImageSink(Protocol):
-    def put_png(self, name: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
-        """Create the object only if absent; an existing object is reported, not overwritten."""
+    def put_image(self, name: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredImage:
+        """Create the object only if absent; an existing object is reported, not overwritten,
+        with its own facts (read from its metadata), not those of the bytes passed in.
+        StorageUnavailable when the store cannot be reached within the sink's time bound."""
+
+    def find_image(self, stem: str, extensions: Sequence[str]) -> StoredImage | None:
+        """The stored object `stem.<ext>` for any of `extensions`, with its facts (sha256,
+        bytes, format, width, height): what an earlier attempt that died before its commit wrote.
+        StorageUnavailable when the store cannot be reached."""
 
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
         """Create a JSONL object only if absent."""

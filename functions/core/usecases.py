@@ -14,7 +14,8 @@ from core.accounting import Accounting, Prices
 from core.batches import BatchLane, plan_intents
 from core.breaker import CircuitBreaker, Decision
 from core.pool import PoolEntry, PoolStore, divert_updates
-from core.jsonl import png_facts
+from core import images
+from core.jsonl import image_facts, stored_metadata
 from core.errors import (
     Conflict,
     ContentRefused,
@@ -27,9 +28,13 @@ from core.errors import (
     PermissionDenied,
     QuotaExceeded,
     RateLimited,
+    StorageUnavailable,
+    TransientError,
 )
 from core.models import (
+    IMAGE_EXTENSIONS,
     TERMINAL_JOB_STATUSES,
+    StoredImage,
     object_name,
     Item,
     ItemState,
@@ -46,6 +51,7 @@ from core.tenants import visible
 log = logging.getLogger(__name__)
 
 _HOLD_POLL_SECONDS = 0.5
+_UPLOAD_PAUSE_SECONDS = 1.0
 _JITTER = random.Random()
 
 
@@ -220,6 +226,39 @@ def reconcile_unpublished(
     return done
 
 
+def redrive_stuck_items(
+    *, store: JobStore, queue: WorkQueue, clock: Clock, lease_grace_seconds: float, queued_after_seconds: float,
+    limit: int = 100,
+) -> dict[str, int]:
+    """Publish again the messages of interactive items nothing will deliver: running under a
+    lease that expired `lease_grace_seconds` ago (a worker killed with deliveries in flight,
+    whose messages Pub/Sub will not redeliver, e.g. acked or dropped by a detached subscription),
+    and queued items of published jobs untouched for `queued_after_seconds`. Duplicates are
+    harmless: the worker is idempotent, and records an image an earlier attempt stored.
+
+    The grace is past the lease so a holder whose clock runs behind ours is not raced; each
+    query reads at most `limit` items."""
+    now = clock.now()
+    running = store.expired_leases(now - lease_grace_seconds, limit)
+    queued = store.untouched_queued_items(now - queued_after_seconds, limit)
+    by_job: dict[str, list[Item]] = {}
+    for it in running + queued:
+        by_job.setdefault(it.job_id, []).append(it)
+    summary = {"running": 0, "queued": 0}
+    for job_id, items in by_job.items():
+        job = store.get_job(job_id)
+        if job is None or not job.published:
+            continue  # not published yet: reconcile_unpublished owns it
+        queue.publish_items(job_id, [it.key for it in items])
+        for it in items:
+            if it.state is ItemState.QUEUED:
+                # Touched, so the next tick does not publish it again before a worker could.
+                store.requeue_item(job_id, it.key, ItemState.QUEUED, {"updated_at": now})
+            summary[it.state.value] += 1
+        log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
+    return summary
+
+
 def finalize_stalled_jobs(
     *, store: JobStore, clock: Clock, sink: ImageSink | None, events: EventOutbox | None = None, limit: int = 50,
 ) -> list[str]:
@@ -369,7 +408,7 @@ def build_manifest(items: list[Item]) -> bytes:
     for it in items:
         lines.append(json.dumps({
             "key": it.key, "prompt": it.prompt, "state": it.state.value, "gcs_uri": it.gcs_uri, "sha256": it.sha256,
-            "bytes": it.bytes, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
+            "bytes": it.bytes, "format": it.format, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
             "output_tokens": it.output_tokens, "lane": it.lane, "attempts": it.attempts, "error": it.error,
         }, separators=(",", ":")))
     return ("\n".join(lines) + "\n").encode()
@@ -559,6 +598,7 @@ def process_item(
     pool: PoolStore | None = None,
     accounting: Accounting | None = None,
     events: EventOutbox | None = None,
+    upload_budget: float = 60.0,
 ) -> ItemOutcome:
     """Generate one image, at most once per success, under the shared rate limit.
 
@@ -592,7 +632,10 @@ def process_item(
     def end(state: ItemState, reason: str = "", **fields) -> ItemOutcome:
         """Give the item its terminal state (we hold its lease), finish the job if it was the
         last one, and ack the message."""
-        store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields))
+        if not store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields)):
+            # Another delivery holds the item now (our lease expired): it decides. Whatever we
+            # stored is found by its first step, so this never leads to a second generation.
+            return _retry(f"lease lost before the commit ({state.value})", ItemState.RUNNING.value)
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
         return _ack(state.value, reason)
 
@@ -632,84 +675,124 @@ def process_item(
 
     deadline = started + max_wait
     dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED) if accounting else {}
-    while True:
-        if breaker is not None:
-            decision = breaker.before_send(owner)
-            if decision is Decision.HOLD and breaker.hold_ends_by(deadline - _HOLD_POLL_SECONDS):
-                # Another worker is probing, or the halt ends soon: wait in place rather than a
-                # round trip through Pub/Sub's backoff. A long halt hands the message back now.
-                clock.sleep(_HOLD_POLL_SECONDS)
-                continue
-            if (outcome := blocked(decision)) is not None:
-                return outcome
-        try:
-            limiter.acquire(owner, max(0.0, deadline - clock.now()))
-        except RateLimited as e:
-            _requeue(store, item, owner, clock.now(), error=None)
-            return _retry(f"rate limited: {e}")
-        try:
-            image = generator.generate(
-                compose_prompt(item), item.aspect_ratio, image_size_for(job.model, item.quality)
-            )
-        except QuotaExceeded as e:
-            # Up to 20% jitter on retryDelay, so instances that were told the same delay do
-            # not all come back in the same instant.
-            delay = (e.retry_delay if e.retry_delay is not None else 1.0) * (1 + 0.2 * _JITTER.random())
-            limiter.push_back(clock.now() + delay)
-            item.quota_retries += 1
-            count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)
-            log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay,
-                        extra={**context, "quota_id": e.quota_id, "per_day": e.per_day})
+    try:
+        # An earlier attempt may have stored the image and died before its commit (or lost its
+        # lease): record that object rather than pay for a second one.
+        if (earlier := sink.find_image(f"{job_id}/{key}", IMAGE_EXTENSIONS)) is not None:
+            log.warning("item %s/%s: recording the image an earlier attempt stored", job_id, key, extra=context)
+            return end(ItemState.SUCCEEDED, "stored by an earlier attempt", attempts=item.attempts + 1,
+                       quota_retries=item.quota_retries, gcs_uri=earlier.uri, error=None, **(earlier.facts or {}))
+    except StorageUnavailable as e:  # nothing was billed: not the item's fault, no attempt counted
+        _requeue(store, item, owner, clock.now(), error=e.args[0])
+        return _retry(f"storage unavailable: {e}")
+    try:
+        while True:
             if breaker is not None:
-                breaker.on_quota_failure(owner, e.quota_id, e.per_day)
-                if (outcome := blocked(breaker.before_send(owner))) is not None:
+                decision = breaker.before_send(owner)
+                if decision is Decision.HOLD and breaker.hold_ends_by(deadline - _HOLD_POLL_SECONDS):
+                    # Another worker is probing, or the halt ends soon: wait in place rather than a
+                    # round trip through Pub/Sub's backoff. A long halt hands the message back now.
+                    clock.sleep(_HOLD_POLL_SECONDS)
+                    continue
+                if (outcome := blocked(decision)) is not None:
                     return outcome
-            if clock.now() + delay < deadline and not e.per_day:
-                continue  # short delay: wait here rather than round-trip through Pub/Sub
-            _requeue(store, item, owner, clock.now(), error=e.reason)
-            return _retry(f"quota exceeded: {e.quota_id}")
-        except (ContentRefused, InvalidRequest) as e:
-            if breaker is not None:
-                breaker.on_success(owner)  # the quota let the request through
-            count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED) if accounting else {})})
-            return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
-                       quota_retries=item.quota_retries)
-        except PermissionDenied as e:
-            count({acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
-            if breaker is not None:
-                # Not the item's fault and not fixed by another lane: halt, hand back, alert.
-                breaker.on_permission_denied(owner, e.reason)
+            try:
+                limiter.acquire(owner, max(0.0, deadline - clock.now()))
+            except RateLimited as e:
+                _requeue(store, item, owner, clock.now(), error=None)
+                return _retry(f"rate limited: {e}")
+            try:
+                image = generator.generate(
+                    compose_prompt(item), item.aspect_ratio, image_size_for(job.model, item.quality)
+                )
+                facts = image_facts(image.data)  # a truncated or corrupt image is a failed attempt
+            except QuotaExceeded as e:
+                # Up to 20% jitter on retryDelay, so instances that were told the same delay do
+                # not all come back in the same instant.
+                delay = (e.retry_delay if e.retry_delay is not None else 1.0) * (1 + 0.2 * _JITTER.random())
+                limiter.push_back(clock.now() + delay)
+                item.quota_retries += 1
+                count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)
+                log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay,
+                            extra={**context, "quota_id": e.quota_id, "per_day": e.per_day})
+                if breaker is not None:
+                    breaker.on_quota_failure(owner, e.quota_id, e.per_day)
+                    if (outcome := blocked(breaker.before_send(owner))) is not None:
+                        return outcome
+                if clock.now() + delay < deadline and not e.per_day:
+                    continue  # short delay: wait here rather than round-trip through Pub/Sub
                 _requeue(store, item, owner, clock.now(), error=e.reason)
-                return _retry(f"interactive lane halted: {e.reason}")
-            return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-        except GenerationError as e:  # retryable: transient
-            count({acct.REQUESTS: 1, acct.TRANSIENT_ERRORS: 1})
-            return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-        finally:
-            limiter.release(owner)
-        break
+                return _retry(f"quota exceeded: {e.quota_id}")
+            except (ContentRefused, InvalidRequest) as e:
+                if breaker is not None:
+                    breaker.on_success(owner)  # the quota let the request through
+                count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED) if accounting else {})})
+                return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
+                           quota_retries=item.quota_retries)
+            except PermissionDenied as e:
+                count({acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
+                if breaker is not None:
+                    # Not the item's fault and not fixed by another lane: halt, hand back, alert.
+                    breaker.on_permission_denied(owner, e.reason)
+                    _requeue(store, item, owner, clock.now(), error=e.reason)
+                    return _retry(f"interactive lane halted: {e.reason}")
+                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+            except GenerationError as e:  # retryable: transient
+                count({acct.REQUESTS: 1, acct.TRANSIENT_ERRORS: 1})
+                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+            finally:
+                limiter.release(owner)
+            break
 
-    if breaker is not None:
-        breaker.on_success(owner)
-    stored = sink.put_png(
-        object_name(job_id, key),
-        image.data,
-        {
-            "job_id": job_id,
-            "item_key": key,
-            "model": image.model_version or job.model,
-            "finish_reason": image.finish_reason,
-            "lane": "interactive",
-        },
-    )
-    if not stored.created:
-        log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
-    count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE) if accounting else {})})
-    return end(
-        ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
-        gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
-        error=None, **png_facts(image.data),
-    )
+        if breaker is not None:
+            breaker.on_success(owner)
+        # Counted once billed, before the upload: an attempt that later finds the stored object
+        # records it without counting it again.
+        count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE) if accounting else {})})
+        name = object_name(job_id, key, images.EXTENSIONS[facts["format"]])
+        metadata = {"job_id": job_id, "item_key": key, "model": image.model_version or job.model,
+                    "finish_reason": image.finish_reason, "lane": "interactive", **stored_metadata(facts)}
+        stored = _store_leased(sink, store, item, owner, clock, lease_seconds, upload_budget,
+                               name, image.data, images.CONTENT_TYPES[facts["format"]], metadata)
+        if not stored.created:
+            # Another attempt stored it first: the item records that object, not our bytes.
+            log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
+            facts = stored.facts or facts
+        return end(
+            ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
+            gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
+            error=None, **facts,
+        )
+    except StorageUnavailable as e:
+        # Paid for and not stored within the budget: a failed attempt (the next one pays again).
+        return _attempt_failed(store, item, owner, clock, TransientError(f"storing the image failed: {e}"),
+                               max_attempts, end, count, dead_deltas)
+    except Exception as e:  # noqa: BLE001 - never leave the item running on a surprise
+        log.exception("item %s/%s: unexpected error", job_id, key, extra=context)
+        reason = f"unexpected error: {type(e).__name__}: {e}"[:500]
+        return _attempt_failed(store, item, owner, clock, TransientError(reason), max_attempts, end, count,
+                               dead_deltas)
+
+
+def _store_leased(sink: ImageSink, store: JobStore, item: Item, owner: str, clock: Clock, lease_seconds: float,
+                  budget: float, name: str, data: bytes, content_type: str, metadata: dict) -> StoredImage:
+    """Upload create-only, renewing the item's lease before each try: the sink bounds one try to
+    less than a lease, so no other delivery can claim the item (and pay again) while this one is
+    still storing the image it paid for. StorageUnavailable once `budget` seconds are spent.
+
+    A lost lease (another instance claimed the item: a clock far ahead) does not stop the upload:
+    the bytes are paid for, and whoever commits finds them."""
+    give_up = clock.now() + budget
+    while True:
+        if not store.finish_item(item.job_id, item.key, owner, {"lease_expires_at": clock.now() + lease_seconds}):
+            log.warning("item %s/%s: lease lost before the upload", item.job_id, item.key)
+        try:
+            return sink.put_image(name, data, content_type, metadata)
+        except StorageUnavailable as e:
+            if clock.now() >= give_up:
+                raise
+            log.warning("item %s/%s: storing the image failed, trying again: %s", item.job_id, item.key, e)
+            clock.sleep(min(_UPLOAD_PAUSE_SECONDS, max(0.0, give_up - clock.now())))
 
 
 def _attempt_failed(store, item: Item, owner: str, clock: Clock, e: GenerationError, max_attempts: int,

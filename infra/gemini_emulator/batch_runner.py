@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from infra.gemini_emulator import content, errors, images
-from infra.gemini_emulator.faults import OK, choose_outcome
+from infra.gemini_emulator.faults import OK, SPOILED_IMAGE_OUTCOMES, choose_outcome
 
 PNG_CACHE_BYTES = 32 * 1024**2
 
@@ -132,13 +132,16 @@ class LineRunner:
             return _error_line(_ERROR_OUTCOMES[outcome](), outcome)
         if outcome in _REFUSALS:
             return LineResult({"response": _REFUSALS[outcome](req)}, outcome, image=False)
-        assert outcome in (OK, "thought_image"), outcome
+        assert outcome in (OK, "thought_image", *SPOILED_IMAGE_OUTCOMES), outcome
         png = self._render(req) if req.want_image else None
         if outcome == "thought_image" and png is not None:
             body = content.thought_image_response(req, png, images.draft_png(req.prompt))
             return LineResult({"response": body}, outcome, image=True, prompt=req.prompt)
-        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None,
-                          prompt=req.prompt)
+        response = content.success_response(req, png)
+        if outcome in SPOILED_IMAGE_OUTCOMES:  # a line whose image is not base64, or cut in half
+            return LineResult({"response": content.spoil_image(response, outcome)}, outcome, image=False,
+                              prompt=req.prompt)
+        return LineResult({"response": response}, outcome, image=png is not None, prompt=req.prompt)
 
     def _render(self, req: content.GenerateRequest) -> bytes:
         png = self._pngs.get(

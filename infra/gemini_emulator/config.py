@@ -22,6 +22,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": None,  # null: unseeded RNG
     "image_scale": 1.0,  # multiplies the aspect-ratio sizes (e.g. 0.25 for fast tests)
     "image_target_bytes": None,  # pad every PNG up to this many bytes (benchmarks)
+    "image_format": "png",  # generateContent's images: "png", "jpeg" (as Gemini 3 image models may) or "webp"
     "window_seconds": 60.0,  # sliding window for RPM/IPM, and the stats window
     "day_seconds": 86400.0,  # sliding window for RPD
     "quotas": {},  # {"default" | <model id>: {"rpm", "ipm", "rpd", "concurrent"}}
@@ -136,6 +137,8 @@ def validate(cfg: dict[str, Any]) -> None:
     if cfg["image_scale"] > 4:
         raise ConfigError("image_scale: must be <= 4")
     _int(cfg["image_target_bytes"], "image_target_bytes", allow_null=True)
+    if cfg["image_format"] not in ("png", "jpeg", "webp"):
+        raise ConfigError("image_format: expected one of png, jpeg, webp")
     _number(cfg["window_seconds"], "window_seconds", exclusive=True)
     _number(cfg["day_seconds"], "day_seconds", exclusive=True)
     _number(cfg["concurrency_retry_delay_s"], "concurrency_retry_delay_s")

@@ -9,6 +9,8 @@ generation of its object. The e2e stack has no scheduler thread, but a (re)start
 readiness probe (a GET) is itself one tick."""
 from __future__ import annotations
 
+import hashlib
+
 import io
 import threading
 import time
@@ -124,8 +126,12 @@ def test_twelve_prompts_go_through_one_gemini_batch_into_twelve_pngs(stack, db, 
     blobs = objects(bucket, job_id)
     for key, (_, ratio) in asked.items():
         blob = blobs[f"{job_id}/{key}.png"]
+        data = blob.download_as_bytes()
+        # The image's facts travel with it, so a later attempt reads them without a download.
         assert blob.metadata == {"job_id": job_id, "item_key": key, "model": MODEL, "finish_reason": "STOP",
-                                 "lane": "batch"}
+                                 "lane": "batch", "sha256": hashlib.sha256(data).hexdigest(), "format": "png",
+                                 "width": str(Image.open(io.BytesIO(data)).width),
+                                 "height": str(Image.open(io.BytesIO(data)).height)}
         image = Image.open(io.BytesIO(blob.download_as_bytes()))
         image.load()
         w, h = (int(n) for n in ratio.split(":"))

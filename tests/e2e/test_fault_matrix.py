@@ -14,6 +14,7 @@ wall time) that
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -21,12 +22,13 @@ import pytest
 import requests
 
 from tests.e2e.helpers import (
-    HTTP_TIMEOUT, MODEL, RATE_LIMIT, TERMINAL_ITEM_STATES, TERMINAL_JOB_STATUSES, configure_gemini,
+    HTTP_TIMEOUT, LEASE_SECONDS, MODEL, RATE_LIMIT, TERMINAL_ITEM_STATES, TERMINAL_JOB_STATUSES, configure_gemini,
     functions_env, gemini_batches, gemini_stats, job_status, object_generations, post_job, process_log,
-    prompt_rules, set_bucket_versioning, submit, worker_log,
+    prompt_rules, set_bucket_versioning, submit, wait_until, worker_log,
 )
 
 ROWS: list[dict] = []
+IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 BREAKER = {"BREAKER_THRESHOLD": "3"}
 
 
@@ -95,8 +97,10 @@ def check(stack, name: str, faults: str, statuses: list[dict], started: float, r
         for it in pages:
             by_state[it["state"]] = by_state.get(it["state"], 0) + 1
         generations = object_generations(stack, job_id)
-        succeeded = {f"{job_id}/{it['key']}.png" for it in pages if it["state"] == "succeeded"}
-        images = {name: n for name, n in generations.items() if name.endswith(".png")}
+        # An item's image is <job>/<key>.png, .jpg or .webp: the format the model returned.
+        succeeded = {it["gcs_uri"].split("/", 3)[3] if it["gcs_uri"] else f"{job_id}/{it['key']}"
+                     for it in pages if it["state"] == "succeeded"}
+        images = {name: n for name, n in generations.items() if name.rpartition(".")[2] in IMAGE_EXTENSIONS}
         lost += len(succeeded - set(images))  # succeeded without its object
         duplicated += sum(n - 1 for n in images.values()) + len(set(images) - succeeded)
     stats = gemini_stats(stack)
@@ -377,3 +381,143 @@ def test_thought_image_parts(stack, bucket):
             assert Image.open(io.BytesIO(png)).size == (256, 256), it
     check(stack, "thought image parts", f"{outcome_count(stack, 'thought_image')} answers with a thought image",
           statuses, started)
+
+
+# --- what reaches the worker's integrity: malformed answers, formats, crashes around the upload --
+
+
+def all_items(stack, job_id: str) -> list[dict]:
+    return requests.get(f"{stack.url('api')}/v1/jobs/{job_id}", params={"page_size": 500},
+                        timeout=HTTP_TIMEOUT).json()["items"]
+
+
+def stored_objects(stack, job_id: str) -> dict[str, dict]:
+    """The job's live objects by name, with their contentType and metadata, from the GCS emulator."""
+    r = requests.get(f"{stack.url('gcs')}/storage/v1/b/{stack.images_bucket}/o", params={"prefix": f"{job_id}/"},
+                     timeout=HTTP_TIMEOUT)
+    return {o["name"]: o for o in r.json().get("items", [])}
+
+
+def manifest_rows(stack, job_id: str) -> list[dict]:
+    r = requests.get(f"{stack.url('gcs')}/storage/v1/b/{stack.images_bucket}/o/"
+                     f"{requests.utils.quote(job_id + '/manifest.jsonl', safe='')}", params={"alt": "media"},
+                     timeout=HTTP_TIMEOUT)
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def object_sha256(stack, name: str) -> str:
+    import hashlib
+
+    r = requests.get(f"{stack.url('gcs')}/storage/v1/b/{stack.images_bucket}/o/{requests.utils.quote(name, safe='')}",
+                     params={"alt": "media"}, timeout=HTTP_TIMEOUT)
+    return hashlib.sha256(r.content).hexdigest()
+
+
+@pytest.mark.parametrize("fault,name", [("bad_base64", "malformed 200 (invalid base64)"),
+                                        ("truncated_image", "truncated PNG")])
+def test_a_spoiled_200_is_one_counted_attempt_then_a_good_image(stack, fault, name):
+    started = time.monotonic()
+    configure_gemini(stack, {"faults": {"script": [fault, fault]}})
+    job_id = submit(stack, items(fault, 4))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    # Two attempts counted for the two spoiled answers, and no more calls than that: before, an
+    # unparseable answer escaped as a crash and was generated again every lease period.
+    assert sum(it["attempts"] for it in all_items(stack, job_id)) == 4 + 2
+    stats = gemini_stats(stack)
+    assert stats["by_outcome"].get(fault) == 2 and stats["by_outcome"].get("ok") == 4, stats["by_outcome"]
+    for row in manifest_rows(stack, job_id):  # the manifest describes the object that is stored
+        assert row["format"] == "png" and row["sha256"] == object_sha256(stack, row["gcs_uri"].split("/", 3)[3])
+    check(stack, name, f"2 x {fault}", statuses, started, retryable=True)
+
+
+def test_jpeg_output_is_stored_as_jpeg(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"image_format": "jpeg"})
+    job_id = submit(stack, items("jpeg", 4))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    objects = stored_objects(stack, job_id)
+    jpegs = {n: o for n, o in objects.items() if n.endswith(".jpg")}
+    assert len(jpegs) == 4 and not any(n.endswith(".png") for n in objects), sorted(objects)
+    assert {o["contentType"] for o in jpegs.values()} == {"image/jpeg"}
+    rows = manifest_rows(stack, job_id)
+    assert {r["format"] for r in rows} == {"jpeg"} and all(r["width"] and r["height"] for r in rows)
+    check(stack, "JPEG output", "image_format jpeg", statuses, started)
+
+
+def test_a_worker_sigkilled_between_upload_and_commit_is_not_billed_twice(stack):
+    """The worker process dies right after each image object is created (TEST_KILL_AFTER_UPLOAD);
+    gunicorn starts a new one; the redelivery, once the dead worker's lease is over, records the
+    stored object instead of generating the image again."""
+    started = time.monotonic()
+    stack.restart("worker", signal.SIGTERM, env={**BREAKER, "TEST_KILL_AFTER_UPLOAD": "true"})
+    try:
+        job_id = submit(stack, items("killed", 1))
+        statuses = drive(stack, [job_id], timeout=60)
+    finally:
+        stack.restart("worker", signal.SIGTERM, env=BREAKER)
+    assert statuses[0]["status"] == "succeeded"
+    assert gemini_stats(stack)["images_generated"] == 1  # one image paid for
+    (row,) = manifest_rows(stack, job_id)
+    # The manifest's hash is the stored object's, so `imagefleet download` accepts the file.
+    assert row["sha256"] == object_sha256(stack, row["gcs_uri"].split("/", 3)[3])
+    assert any("recording the image an earlier attempt stored" in line for line in
+               worker_log(stack, 400).splitlines()), worker_log(stack)
+    check(stack, "worker SIGKILLed between upload and commit", "1 SIGKILL after upload", statuses, started)
+
+
+def test_gcs_unavailable_longer_than_the_lease(stack, publisher):
+    """GCS stops answering while the images are being generated, for longer than an item's
+    lease; meanwhile the items' messages are delivered again. The workers renew their leases
+    around bounded upload tries, so the extra deliveries find the items leased and nothing is
+    generated twice; once GCS answers, the uploads go through."""
+    started = time.monotonic()
+    configure_gemini(stack, {"latency": {"mean_ms": 1500}})
+    job_id = submit(stack, items("gcsdown", 2))
+    wait_until(stack, lambda: gemini_stats(stack)["current_concurrency"] == 2, "both calls in flight")
+    claimed_until = max(d["lease_expires_at"] for d in item_docs_of(stack, job_id))
+    stack.pause("gcs")
+    try:
+        # Hold the outage until the leases taken at the claim have run out (a data-defined
+        # deadline, polled), then deliver every message again, as Pub/Sub would.
+        wait_until(stack, lambda: time.time() > claimed_until + 1, "the claim's leases to run out", timeout=30)
+        for key in ("gcsdown-0", "gcsdown-1"):
+            publisher.publish(stack.topic_path, json.dumps({"job_id": job_id, "item_key": key}).encode()).result(30)
+        wait_until(stack, lambda: any("leased by another delivery" in line for line in
+                                      worker_log(stack, 200).splitlines()), "a duplicate delivery refused")
+    finally:
+        stack.resume("gcs")
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    assert gemini_stats(stack)["images_generated"] == 2  # nothing generated twice
+    check(stack, "GCS unavailable longer than the lease", f"GCS frozen > {LEASE_SECONDS}s lease", statuses, started)
+
+
+def item_docs_of(stack, job_id: str) -> list[dict]:
+    from google.cloud import firestore
+
+    db = firestore.Client(project=stack.project)
+    return [s.to_dict() for s in db.collection("jobs").document(job_id).collection("items").stream()]
+
+
+def test_worker_killed_with_deliveries_in_flight_and_no_redelivery(stack):
+    """The worker dies mid-call and its messages are gone (the subscription is detached, as if
+    they had been acked): the poller's sweep republishes the items whose lease expired."""
+    started = time.monotonic()
+    configure_gemini(stack, {"latency": {"mean_ms": 2500}})
+    job_id = submit(stack, items("inflight", 2))
+    wait_until(stack, lambda: gemini_stats(stack)["current_concurrency"] == 2, "both calls in flight")
+    stack.detach_push_subscription()
+    try:
+        stack.restart("worker", signal.SIGKILL, env=BREAKER)
+    finally:
+        stack.attach_push_subscription()
+    configure_gemini(stack, {"latency": {"mean_ms": 0}})
+    assert {d["state"] for d in item_docs_of(stack, job_id)} == {"running"}  # left running, no message
+    statuses = drive(stack, [job_id], timeout=60)
+    assert statuses[0]["status"] == "succeeded"
+    assert gemini_stats(stack)["images_generated"] == 2  # the killed calls never returned an image
+    # retryable: the killed calls were sent (and cut off before any image came back).
+    check(stack, "worker killed with deliveries in flight, no redelivery", "1 SIGKILL, messages dropped", statuses,
+          started, retryable=True)

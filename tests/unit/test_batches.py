@@ -211,21 +211,21 @@ def test_a_poller_killed_mid_ingest_is_resumed_by_the_next_one():
     job = env.submit(6)
     (name,) = env.api.batches
     env.api.finish(name)
-    real_put = env.sink.put_png
+    real_put = env.sink.put_image
     calls = {"n": 0}
 
-    def dying_put(name, data, metadata):
+    def dying_put(name, data, content_type, metadata):
         calls["n"] += 1
         if calls["n"] == 4:
             raise SystemExit("killed")  # like SIGKILL: nothing after this line runs
-        return real_put(name, data, metadata)
+        return real_put(name, data, content_type, metadata)
 
-    env.sink.put_png = dying_put
+    env.sink.put_image = dying_put
     release = env.lane._release
     env.lane._release = lambda intent, owner: None  # SIGKILL runs no finally block
     with pytest.raises(SystemExit):
         env.tick("poller-1")
-    env.sink.put_png, env.lane._release = real_put, release
+    env.sink.put_image, env.lane._release = real_put, release
     assert env.store.intents_of_job(job.job_id)[0].lines_done == 2  # the last checkpoint
     assert env.tick("poller-2")["skipped"] == 1  # poller-1's lease is still live
     env.clock.advance(61)
@@ -291,3 +291,36 @@ def test_a_retried_create_deletes_the_input_file_it_left_behind():
     env.api.create_batch = real_create
     env.tick()
     assert env.api.files == {}  # the batch exists: its input file is deleted too
+
+
+def test_a_truncated_or_unreadable_image_line_is_retried_in_a_new_batch_never_stored():
+    import base64
+
+    from tests.fakes import png_response
+
+    def spoiled(key, req):
+        body = png_response(key)
+        part = body["response"]["candidates"][0]["content"]["parts"][1]["inlineData"]
+        raw = base64.b64decode(part["data"])
+        if key == "k1":
+            part["data"] = base64.b64encode(raw[: len(raw) // 2]).decode()  # half a PNG
+        elif key == "k2":
+            part["data"] = "!!not base64%%"
+        return body
+
+    env = Env()
+    job = env.submit(3)
+    (first,) = env.api.batches
+    env.api.finish(first, spoiled)
+    env.tick()
+    items = env.items(job)
+    assert items["k0"].state is ItemState.SUCCEEDED and items["k0"].format == "png"
+    for key, reason in (("k1", "truncated PNG"), ("k2", "not base64")):
+        assert items[key].state is ItemState.QUEUED and reason in items[key].error, items[key]
+    assert env.pngs(job) == [f"{job.job_id}/k0.png"]  # half an image is never stored
+    env.tick()  # creates the retry batch
+    second = [n for n in env.api.batches if n != first]
+    assert len(second) == 1 and [r["key"] for r in env.api.batches[second[0]]["requests"]] == ["k1", "k2"]
+    env.api.finish(second[0])
+    env.tick()
+    assert {it.state for it in env.items(job).values()} == {ItemState.SUCCEEDED}

@@ -162,7 +162,7 @@ def _submit(request):
                           "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
                           "breaker": wiring.breaker().view().state.value})
 
-        def submit(make_id):
+        def submit(make_id, resume=False):
             return usecases.submit_job(
                 spec,
                 store=wiring.job_store(),
@@ -177,6 +177,7 @@ def _submit(request):
                 make_id=make_id,
                 breaker=wiring.breaker(),
                 accounting=wiring.accounting(),
+                resume=resume,
             )
 
         if idempotency_key is None:
@@ -342,6 +343,11 @@ def scheduled_poller(request):
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds
     owner = f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
+    accepts = usecases.recover_abandoned_accepts(
+        store=wiring.job_store(), batches=wiring.job_store() if s.batch_lane_enabled else None,
+        queue=wiring.work_queue(), clock=clock, sink=wiring.image_sink(), events=wiring.job_events(),
+        accounting=wiring.accounting(), abandon_seconds=s.accept_abandon_seconds,
+        max_requests=s.batch_items_per_batch)
     republished = usecases.reconcile_unpublished(
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
@@ -361,7 +367,8 @@ def scheduled_poller(request):
     batches = lane.reconcile(owner, deadline) if lane else {}
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
-    summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
+    summary = {"abandoned_accepts": accepts, "republished_jobs": republished, "dead_letters": dead, "pool": pooled,
+               "batches": batches,
                "events": events, "finalized_jobs": finalized}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)

@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from core.errors import GenerationError, PermissionDenied
+from core.errors import GenerationError, InvalidRequest, PermissionDenied
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
     StoredImage, TERMINAL_JOB_STATUSES,
@@ -418,6 +418,9 @@ class FakeBatchApi:
 
     def cancel_batch(self, name: str) -> None:
         self.cancelled.append(name)
+        if self.batches[name]["state"] not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
+            # As the API (and our emulator): cancel works only while the batch is pending or running.
+            raise InvalidRequest(f"400 FAILED_PRECONDITION: batch {name} has already ended")
         self.batches[name]["state"] = "BATCH_STATE_CANCELLED"
 
     def set_state(self, name: str, state: str) -> None:

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from core.errors import GenerationError, InvalidRequest, PermissionDenied
 from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
 from core.models import (
+    BatchInfo,
     BatchIntent,
     Item,
     ItemState,
@@ -216,9 +217,9 @@ class BatchLane:
                 # Truth comes from batches.get: only its "not found" means the batch is gone.
                 self._resubmit(intent, owner, "the Gemini batch no longer exists")
                 return "resubmitted"
+            if normalise_state(info.state) not in TERMINAL_BATCH_STATES and self._past_deadline(intent):
+                info = self._cancel_overdue(intent, info)
             state = normalise_state(info.state)
-            if state not in TERMINAL_BATCH_STATES and self._past_deadline(intent):
-                state = self._cancel_overdue(intent)
             if state != intent.gemini_state:
                 self._update(intent, owner, gemini_state=state)
             if state == "BATCH_STATE_SUCCEEDED":
@@ -237,8 +238,8 @@ class BatchLane:
         since = intent.submitted_at or intent.created_at
         return self.clock.now() - since > self.running_deadline_seconds
 
-    def _cancel_overdue(self, intent: BatchIntent) -> str:
-        """Cancel a batch past our local deadline; the state it is in afterwards. The batch may
+    def _cancel_overdue(self, intent: BatchIntent, info: BatchInfo) -> BatchInfo:
+        """Cancel a batch past our local deadline; what batches.get says afterwards. The batch may
         have SUCCEEDED meanwhile: then its results are ingested, never bought again. Until it
         is terminal it stays in our books as running, and the next tick cancels it again."""
         log.warning("intent %s: batch %s is past the local deadline of %.0fs; cancelling it",
@@ -247,8 +248,8 @@ class BatchLane:
             self.api.cancel_batch(intent.gemini_batch)
         except Exception as e:  # noqa: BLE001 - it may have ended meanwhile: the state says
             log.warning("cancel of %s failed: %s", intent.gemini_batch, e)
-        info = self.api.get_batch(intent.gemini_batch)
-        return normalise_state(info.state) if info is not None else "BATCH_STATE_CANCELLED"
+        after = self.api.get_batch(intent.gemini_batch)
+        return after if after is not None else BatchInfo(name=info.name, state="BATCH_STATE_CANCELLED")
 
     def _cancel(self, intent: BatchIntent, owner: str) -> str:
         if intent.gemini_batch and intent.state is IntentState.SUBMITTED:

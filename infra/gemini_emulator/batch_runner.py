@@ -62,6 +62,7 @@ class LineResult:
     body: dict[str, Any]  # {"response": ...} or {"error": ...}
     outcome: str  # "ok", a fault outcome, or "400" for an invalid request
     image: bool
+    prompt: str | None = None  # the request's prompt, when it returned an image
 
     @property
     def ok(self) -> bool:
@@ -136,7 +137,8 @@ class LineRunner:
             return LineResult({"response": _REFUSALS[outcome](req)}, outcome, image=False)
         assert outcome == OK, outcome
         png = self._render(req) if req.want_image else None
-        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None)
+        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None,
+                          prompt=req.prompt)
 
     def _render(self, req: content.GenerateRequest) -> bytes:
         png = self._pngs.get(

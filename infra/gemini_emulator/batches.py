@@ -324,6 +324,8 @@ def _work(
                 store.lines_failed += 1
             store.line_outcomes[result.outcome] += 1
             store.images_generated += result.image
+            if result.image and store is state.batches:  # not a batch orphaned by a reset
+                state.stats.record_billed(result.prompt or "")
 
     partial = state.data_dir / f"results-{record.id}.partial"
     written: tuple[int, str] | None = None

@@ -166,6 +166,7 @@ async def _serve(state: EmulatorState, req: content.GenerateRequest, adm: _Admit
         if png is not None:
             with state.lock:
                 adm.stats.record_images(req.model, 1, state.clock(), adm.window_s)
+                adm.stats.record_billed(req.prompt)
         return content.success_response(req, png)
     finally:
         with state.lock:

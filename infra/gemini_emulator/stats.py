@@ -9,6 +9,7 @@ half-open window is used by the quota engine, so with an RPM limit N it can neve
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ class Stats:
         self.auth_failures = 0
         self.by_endpoint: Counter[str] = Counter()  # every API request by route name, any outcome
         self.images_generated = 0
+        # Images returned per prompt, both lanes: an image is what Gemini bills, so a prompt
+        # with two is an item paid for twice. Keyed by a digest (prompts can be 4,000
+        # characters and runs millions of lines); the text is kept only for the repeats.
+        self._billed: Counter[str] = Counter()
+        self._billed_twice: dict[str, str] = {}
         self.current_concurrency = 0
         self.peak_concurrency = 0
         self._models: dict[str, _ModelStats] = {}
@@ -113,6 +119,13 @@ class Stats:
         self._model(model).images += count
         self._bucket(now, window_s)["images"] += count
 
+    def record_billed(self, prompt: str) -> None:
+        """One image returned for ``prompt`` (interactive or a batch line)."""
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:24]
+        self._billed[digest] += 1
+        if self._billed[digest] == 2 and len(self._billed_twice) < 100:
+            self._billed_twice[digest] = prompt[:120]
+
     def snapshot(self) -> dict[str, Any]:
         count = self._latency_count
         return {
@@ -149,6 +162,11 @@ class Stats:
                 for start, c in sorted(self._fixed.items())
             ],
             "images_generated": self.images_generated,
+            "billed_prompts": len(self._billed),
+            "billed_twice": sum(1 for n in self._billed.values() if n > 1),
+            "billed_twice_prompts": {
+                text: self._billed[digest] for digest, text in self._billed_twice.items()
+            },
             "latency_ms": {
                 "count": count,
                 "mean": self._latency_sum_ms / count if count else None,

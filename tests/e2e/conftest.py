@@ -124,12 +124,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     write = terminalreporter.write_line
     write("")
     write("fault matrix")
-    header = f"{'scenario':32} {'items':>5}  {'faults injected':28} {'lost':>4} {'dup':>4} {'max/window':>10} {'wall s':>7}"
+    header = (f"{'scenario':36} {'items':>5}  {'faults injected':28} {'lost':>4} {'dup':>4} {'billed 2x':>9} "
+              f"{'calls':>5} {'max/window':>10} {'wall s':>7}")
     write(header)
     write("-" * len(header))
     for r in rows:
-        write(f"{r['scenario']:32} {r['items']:>5}  {r['faults']:28} {r['lost']:>4} {r['duplicated']:>4} "
-              f"{str(r['max_in_window']) + '/' + str(config_rate()):>10} {r['seconds']:>7}")
+        write(f"{r['scenario']:36} {r['items']:>5}  {r['faults']:28} {r['lost']:>4} {r['duplicated']:>4} "
+              f"{r['billed_twice']:>9} {r['calls']:>5} {str(r['max_in_window']) + '/' + str(config_rate()):>10} "
+              f"{r['seconds']:>7}")
 
 
 def config_rate() -> int:

@@ -1,12 +1,15 @@
 """The fault matrix: the local stack driven through scripted faults on the Gemini emulator and
 the platform. For every scenario: every item ends in exactly one terminal state, exactly one
-object (one generation: the bucket is versioned) per succeeded item, zero items lost, and the
-emulator never admitted more than the configured rate in any window.
+object (one generation: the bucket is versioned) per succeeded item, zero items lost, no prompt
+billed twice (the emulator counts the images it returned per prompt, in both lanes), Gemini
+called exactly once per item where no retryable error was injected, and the emulator never
+admitted more than the configured rate in any window.
 
 A worker killed mid-item is tests/e2e/test_delivery.py's (it waits out the item's lease,
 which the emulator's push backoff can stretch past this module's time budget).
 
-Each scenario adds a row (items, faults injected, lost, duplicated, wall time) that
+Each scenario adds a row (items, faults injected, lost, duplicated, billed twice, Gemini calls,
+wall time) that
 ``make chaos`` prints as a table at the end of the run (see pytest_terminal_summary below)."""
 from __future__ import annotations
 
@@ -69,8 +72,10 @@ def drive(stack, job_ids: list[str], timeout: float = 90.0, ticks: bool = True) 
         time.sleep(0.3)
 
 
-def check(stack, name: str, faults: str, statuses: list[dict], started: float) -> dict:
-    """The invariants, measured (then asserted) and recorded as the scenario's row."""
+def check(stack, name: str, faults: str, statuses: list[dict], started: float, retryable: bool = False) -> dict:
+    """The invariants, measured (then asserted) and recorded as the scenario's row. `retryable`:
+    the scenario injected errors that are retried, so Gemini may be called more than once per
+    item (never billed more than once)."""
     items = lost = duplicated = unterminal = 0
     by_state: dict[str, int] = {}
     for status in statuses:
@@ -95,11 +100,15 @@ def check(stack, name: str, faults: str, statuses: list[dict], started: float) -
         lost += len(succeeded - set(images))  # succeeded without its object
         duplicated += sum(n - 1 for n in images.values()) + len(set(images) - succeeded)
     stats = gemini_stats(stack)
+    lines = stats["batches"]["lines"]
     row = {"scenario": name, "items": items, "faults": faults, "lost": lost + unterminal,
-           "duplicated": duplicated, "states": by_state, "max_in_window": stats["admitted_max_in_any_window"],
-           "seconds": round(time.monotonic() - started, 1)}
+           "duplicated": duplicated, "billed_twice": stats["billed_twice"],
+           "calls": stats["requests_total"] + lines["succeeded"] + lines["failed"], "states": by_state,
+           "max_in_window": stats["admitted_max_in_any_window"], "seconds": round(time.monotonic() - started, 1)}
     ROWS.append(row)
     assert unterminal == 0 and lost == 0 and duplicated == 0, row
+    assert row["billed_twice"] == 0, (row, stats["billed_twice_prompts"])
+    assert retryable or row["calls"] == items, row
     assert stats["admitted_max_in_any_window"] <= RATE_LIMIT, row
     return row
 
@@ -121,7 +130,7 @@ def test_429_storm_with_retry_delay(stack):
     job_id = submit(stack, items("storm", 8))
     statuses = drive(stack, [job_id])
     assert statuses[0]["status"] == "succeeded"
-    check(stack, "429 storm (retryDelay)", f"{outcome_count(stack, '429')} x 429", statuses, started)
+    check(stack, "429 storm (retryDelay)", f"{outcome_count(stack, '429')} x 429", statuses, started, retryable=True)
 
 
 def test_daily_quota_exhausted_moves_the_rest_to_the_batch_lane(stack):
@@ -139,7 +148,7 @@ def test_daily_quota_exhausted_moves_the_rest_to_the_batch_lane(stack):
     dry = requests.post(f"{stack.url('api')}/v1/jobs?dry_run=true", json={"requests": items("next", 2)},
                         timeout=HTTP_TIMEOUT).json()
     assert dry["lane"] == "batch" and "breaker open" in dry["reason"]
-    check(stack, "daily quota exhausted", f"{outcome_count(stack, '429')} x 429 PerDay", statuses, started)
+    check(stack, "daily quota exhausted", f"{outcome_count(stack, '429')} x 429 PerDay", statuses, started, retryable=True)
 
 
 def test_5xx_burst(stack):
@@ -149,7 +158,7 @@ def test_5xx_burst(stack):
     statuses = drive(stack, [job_id])
     faults = outcome_count(stack, "500") + outcome_count(stack, "503")
     assert faults > 0, (gemini_stats(stack), statuses[0]["items"])
-    check(stack, "5xx burst", f"{faults} x 5xx", statuses, started)
+    check(stack, "5xx burst", f"{faults} x 5xx", statuses, started, retryable=True)
 
 
 def test_hangs(stack):
@@ -158,7 +167,7 @@ def test_hangs(stack):
     job_id = submit(stack, items("hang", 6))
     statuses = drive(stack, [job_id])
     assert statuses[0]["status"] == "succeeded"
-    check(stack, "hangs (timeouts)", "2 x hang", statuses, started)
+    check(stack, "hangs (timeouts)", "2 x hang", statuses, started, retryable=True)
 
 
 def test_blocked_prompts_and_image_safety(stack):
@@ -186,7 +195,7 @@ def test_permission_denied_halts_then_a_probe_resumes(stack):
     stats = requests.get(f"{stack.url('api')}/v1/stats", timeout=HTTP_TIMEOUT).json()
     assert [t["to"] for t in stats["breaker"]["transitions"]][-3:] == ["halted", "half_open", "closed"]
     assert statuses[0]["status"] == "succeeded" and {it["lane"] for it in statuses[0]["items"]} == {"interactive"}
-    check(stack, "403 halt, probe, resume", "1 x 403", statuses, started)
+    check(stack, "403 halt, probe, resume", "1 x 403", statuses, started, retryable=True)
 
 
 def test_per_line_batch_errors(stack):
@@ -197,7 +206,7 @@ def test_per_line_batch_errors(stack):
     counts = statuses[0]["counts"]
     # 500 and 503 lines are retried in a second batch and dead-lettered after BATCH_MAX_ATTEMPTS.
     assert (counts["succeeded"], counts["failed"], counts["dead_lettered"]) == (7, 1, 4), counts
-    check(stack, "per-line batch errors", "500/503/blocked lines", statuses, started)
+    check(stack, "per-line batch errors", "500/503/blocked lines", statuses, started, retryable=True)
 
 
 def test_expired_batch(stack):
@@ -207,7 +216,7 @@ def test_expired_batch(stack):
     statuses = drive(stack, [job_id])
     assert statuses[0]["status"] == "succeeded"
     assert [b["gemini_state"] for b in statuses[0]["batches"]] == ["BATCH_STATE_EXPIRED", "BATCH_STATE_SUCCEEDED"]
-    check(stack, "EXPIRED batch", "1 batch expired", statuses, started)
+    check(stack, "EXPIRED batch", "1 batch expired", statuses, started, retryable=True)
 
 
 def test_duplicate_deliveries(stack, publisher):
@@ -299,4 +308,4 @@ def test_dead_letters_from_pubsub_then_retry(stack, publisher):
     assert item["state"] in ("dead_lettered", "succeeded"), item
     if item["state"] == "dead_lettered":
         assert "Pub/Sub gave up on the message after 5 deliveries" in item["error"]
-    check(stack, "Pub/Sub dead letters + :retry", "1 dead letter, 1 retry", statuses + statuses2, started)
+    check(stack, "Pub/Sub dead letters + :retry", "1 dead letter, 1 retry", statuses + statuses2, started, retryable=True)

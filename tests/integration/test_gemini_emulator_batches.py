@@ -535,3 +535,18 @@ def test_turnaround_follows_an_injected_clock():
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED
     assert done.end_time - done.create_time == datetime.timedelta(seconds=300)
     assert not emu.state.data_dir.exists()  # the temp dir goes with the emulator
+
+
+def test_images_are_counted_per_prompt_across_both_lanes(client, admin):
+    """`billed_twice` counts the prompts that got an image more than once, interactive or batch:
+    the fault matrix's proof that no item was paid for twice."""
+    source = upload_jsonl(client, [request_line("a", "a green cone"), request_line("b", "a grey cube")])
+    job = wait_done(client, client.batches.create(model=MODEL, src=source.name).name)
+    assert job.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert (admin.stats()["billed_prompts"], admin.stats()["billed_twice"]) == (2, 0)
+
+    client.models.generate_content(model=MODEL, contents="a green cone")
+
+    stats = admin.stats()
+    assert (stats["billed_prompts"], stats["billed_twice"]) == (2, 1)
+    assert stats["billed_twice_prompts"] == {"a green cone": 2}

@@ -81,6 +81,8 @@ class BatchRecord:
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: concurrent.futures.Future[None] | None = None
     discarded: bool = False  # cancelled, deleted, reset: the worker must throw its output away
+    # Prompts of the image lines written so far: counted as billed when the batch delivers them.
+    billed_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.updated = self.updated or self.created

@@ -67,6 +67,13 @@ def _end(state: EmulatorState, record: BatchRecord, batch_state: str) -> None:
 
 
 def _on_terminal(state: EmulatorState, record: BatchRecord) -> None:
+    # Images are counted as billed when they are returned: a SUCCEEDED batch returns its results
+    # file. Lines a batch had written before it ended FAILED, CANCELLED or EXPIRED are never
+    # returned, and are not counted (whether Gemini bills them is not documented).
+    if record.state == batch_jobs.SUCCEEDED and state.batches.records.get(record.id) is record:
+        for prompt in record.billed_prompts:
+            state.stats.record_billed(prompt)
+    record.billed_prompts = []
     if record.state != batch_jobs.SUCCEEDED:
         batch_jobs.discard(record)  # nothing is delivered for a failed, cancelled or expired batch
     elif record.output_path is not None:
@@ -324,8 +331,8 @@ def _work(
                 store.lines_failed += 1
             store.line_outcomes[result.outcome] += 1
             store.images_generated += result.image
-            if result.image and store is state.batches:  # not a batch orphaned by a reset
-                state.stats.record_billed(result.prompt or "")
+            if result.image:
+                record.billed_prompts.append(result.prompt or "")
 
     partial = state.data_dir / f"results-{record.id}.partial"
     written: tuple[int, str] | None = None

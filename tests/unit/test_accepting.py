@@ -331,3 +331,14 @@ def test_accepting_is_a_job_status_the_api_documents():
 
     assert "accepting" in JobStatusResponse.model_fields["status"].annotation.__args__
     assert "accepting" in JobAccepted.model_fields["status"].annotation.__args__
+
+
+def test_the_cli_shows_an_accepting_job_and_a_failed_accept(capsys):
+    from imagefleet import cli
+
+    cli._print_status({"job_id": "j1", "status": "accepting", "item_count": 3, "counts": {"queued": 1}})
+    cli._print_status({"job_id": "j2", "status": "failed", "item_count": 3, "counts": {"failed": 1},
+                       "error": "the API stopped while accepting this job: 1 of 3 items were recorded; submit it again"})
+    out = capsys.readouterr().out
+    assert "Job j1: accepting (its items are still being recorded)" in out
+    assert "error      the API stopped while accepting this job: 1 of 3 items" in out

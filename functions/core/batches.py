@@ -207,7 +207,7 @@ class BatchLane:
                 return "cancelled"
             return "skipped"
         if job.status is JobStatus.CANCELLED or job.accept_failed:
-            return self._cancel(intent, owner)
+            return self._cancel(intent, owner, job.error or "job cancelled")
         if intent.state in (IntentState.PENDING, IntentState.CREATING):
             self._submit(intent, owner)
             return "submitted"
@@ -217,7 +217,8 @@ class BatchLane:
                 # Truth comes from batches.get: only its "not found" means the batch is gone.
                 self._resubmit(intent, owner, "the Gemini batch no longer exists")
                 return "resubmitted"
-            if normalise_state(info.state) not in TERMINAL_BATCH_STATES and self._past_deadline(intent):
+            overdue = normalise_state(info.state) not in TERMINAL_BATCH_STATES and self._past_deadline(intent)
+            if overdue:
                 info = self._cancel_overdue(intent, info)
             state = normalise_state(info.state)
             if state != intent.gemini_state:
@@ -226,7 +227,7 @@ class BatchLane:
                 self._update(intent, owner, state=IntentState.INGESTING.value, output_file=info.output_file)
                 intent.state, intent.output_file = IntentState.INGESTING, info.output_file
             elif state in TERMINAL_BATCH_STATES:
-                self._resubmit(intent, owner, f"batch ended {state}")
+                self._resubmit(intent, owner, f"batch ended {state}" + (" past the local deadline" if overdue else ""))
                 return "resubmitted"
             else:
                 return "running"
@@ -251,7 +252,7 @@ class BatchLane:
         after = self.api.get_batch(intent.gemini_batch)
         return after if after is not None else BatchInfo(name=info.name, state="BATCH_STATE_CANCELLED")
 
-    def _cancel(self, intent: BatchIntent, owner: str) -> str:
+    def _cancel(self, intent: BatchIntent, owner: str, error: str = "job cancelled") -> str:
         if intent.gemini_batch and intent.state is IntentState.SUBMITTED:
             try:
                 self.api.cancel_batch(intent.gemini_batch)
@@ -263,7 +264,7 @@ class BatchLane:
             self._delete_quietly(intent.output_file)
         now = self.clock.now()
         unfinished = self._unfinished(intent)
-        updates = {it.key: {"state": ItemState.CANCELLED.value, "error": "job cancelled", "updated_at": now}
+        updates = {it.key: {"state": ItemState.CANCELLED.value, "error": error, "updated_at": now}
                    for it in unfinished}
         self.store.checkpoint(intent.intent_id, owner, self._finished_fields("cancelled"), updates)
         self.finalize_job(intent.job_id)

@@ -403,4 +403,5 @@ def test_past_the_deadline_on_the_last_attempt_the_items_are_dead_lettered():
     env.tick()
     items = env.items(job).values()
     assert {it.state for it in items} == {ItemState.DEAD_LETTERED} and len(env.api.batches) == 1
+    assert all("past the local deadline" in it.error for it in items)
     assert env.store.get_job(job.job_id).status is JobStatus.FAILED

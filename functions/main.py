@@ -343,11 +343,6 @@ def scheduled_poller(request):
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds
     owner = f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
-    accepts = usecases.recover_abandoned_accepts(
-        store=wiring.job_store(), batches=wiring.job_store() if s.batch_lane_enabled else None,
-        queue=wiring.work_queue(), clock=clock, sink=wiring.image_sink(), events=wiring.job_events(),
-        accounting=wiring.accounting(), abandon_seconds=s.accept_abandon_seconds,
-        max_requests=s.batch_items_per_batch)
     republished = usecases.reconcile_unpublished(
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
@@ -365,6 +360,11 @@ def scheduled_poller(request):
                             max_batch_items=s.batch_items_per_batch)
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
+    # After the batches, so it takes none of their budget: an abandoned accept is minutes old.
+    accepts = usecases.recover_abandoned_accepts(
+        store=wiring.job_store(), batches=wiring.job_store() if lane else None, queue=wiring.work_queue(),
+        clock=clock, sink=wiring.image_sink(), events=wiring.job_events(), accounting=wiring.accounting(),
+        abandon_seconds=s.accept_abandon_seconds, max_requests=s.batch_items_per_batch)
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
     summary = {"abandoned_accepts": accepts, "republished_jobs": republished, "dead_letters": dead, "pool": pooled,

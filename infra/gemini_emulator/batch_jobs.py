@@ -72,6 +72,7 @@ class BatchRecord:
     failed: int = 0
     final_counts: tuple[int, int] | None = None  # (succeeded, failed) frozen at a non-success end
     results_ready_at: float | None = None  # when the worker finished writing results
+    billed_prompts: list[str] = field(default_factory=list)  # lines that got an image: billed on success
     output_path: Path | None = None  # the finished results file, until it becomes a File
     output_size: int = 0
     output_sha256: str = ""
@@ -81,8 +82,6 @@ class BatchRecord:
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: concurrent.futures.Future[None] | None = None
     discarded: bool = False  # cancelled, deleted, reset: the worker must throw its output away
-    # Prompts of the image lines written so far: counted as billed when the batch delivers them.
-    billed_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.updated = self.updated or self.created

@@ -67,16 +67,14 @@ def _end(state: EmulatorState, record: BatchRecord, batch_state: str) -> None:
 
 
 def _on_terminal(state: EmulatorState, record: BatchRecord) -> None:
-    # Images are counted as billed when they are returned: a SUCCEEDED batch returns its results
-    # file. Lines a batch had written before it ended FAILED, CANCELLED or EXPIRED are never
-    # returned, and are not counted (whether Gemini bills them is not documented).
-    if record.state == batch_jobs.SUCCEEDED and state.batches.records.get(record.id) is record:
-        for prompt in record.billed_prompts:
-            state.stats.record_billed(prompt)
-    record.billed_prompts = []
     if record.state != batch_jobs.SUCCEEDED:
         batch_jobs.discard(record)  # nothing is delivered for a failed, cancelled or expired batch
-    elif record.output_path is not None:
+        return
+    # Only delivered results are billed: a failed, cancelled or expired batch has none.
+    for prompt in record.billed_prompts:
+        state.stats.record_billed(prompt)
+    record.billed_prompts.clear()
+    if record.output_path is not None:
         state.files.add_generated(
             file_id=record.output_file_id,
             owner=record.owner,

@@ -75,3 +75,104 @@ resource "google_firestore_field" "intent_keys" {
 
   depends_on = [google_firestore_field.item_prompt]
 }
+
+# ---------------------------------------------------------------------------------------------
+# Retention: TTL policies on every collection that grows with use, on a Timestamp field named
+# expire_at. A TTL policy names a collection group (every collection of that id, top-level or
+# nested: https://cloud.google.com/firestore/docs/ttl; google_firestore_field's `collection` is
+# the collection group id), and Firestore deletes a document typically within 24 hours after
+# its expire_at; a document without the field, or with a value that is not a Timestamp, is
+# never deleted. Deleting a document leaves its subcollections in place
+# (https://cloud.google.com/firestore/docs/manage-data/delete-data), so jobs and their items,
+# usage days and their shards each need their own policy. Which document gets expire_at, and
+# when, is listed in README.md ("Retention"); the functions read RECORDS_RETENTION_DAYS to write
+# it. Each expire_at is also exempt from indexing: nothing queries it, and an index on
+# increasing timestamps is a write hotspot. Field changes are applied one at a time per
+# database, hence the depends_on chain.
+# ---------------------------------------------------------------------------------------------
+
+locals {
+  # Merged into every function's environment (functions.tf).
+  retention_env = {
+    RECORDS_RETENTION_DAYS = var.records_retention_days
+  }
+}
+
+# jobs/{id}: the job.
+resource "google_firestore_field" "job_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "jobs"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.intent_keys]
+}
+
+# jobs/{id}/items/{key}: one per image, up to MAX_ITEMS_PER_JOB per job.
+resource "google_firestore_field" "item_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "items"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.job_expiry]
+}
+
+# batches/{intent}: the batch intents of the batch lane.
+resource "google_firestore_field" "intent_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "batches"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.item_expiry]
+}
+
+# events/{event_id}: the completion events' outbox.
+resource "google_firestore_field" "event_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "events"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.intent_expiry]
+}
+
+# pool/{job_id}~{key}: the pending-batch pool; removed when batched, so this only clears the
+# entries of items that never were (a cancelled job).
+resource "google_firestore_field" "pool_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "pool"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.event_expiry]
+}
+
+# usage/{day}/shards/{n}: the daily counters (a new set of shards every day).
+resource "google_firestore_field" "usage_shard_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "shards"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.pool_expiry]
+}

@@ -64,10 +64,10 @@ locals {
     WORK_TOPIC                  = google_pubsub_topic.work.name
     GEMINI_MODEL                = var.gemini_model
     GEMINI_TIMEOUT_SECONDS      = var.gemini_timeout_seconds
-    RATE_LIMIT_REQUESTS         = var.rate_limit_requests
-    RATE_LIMIT_IMAGES           = var.rate_limit_images
+    RATE_LIMIT_REQUESTS         = local.rate_limit_requests
+    RATE_LIMIT_IMAGES           = local.rate_limit_images
     RATE_WINDOW_SECONDS         = var.rate_window_seconds
-    RATE_CONCURRENCY            = var.rate_concurrency
+    RATE_CONCURRENCY            = local.rate_concurrency
     RATE_SAFETY                 = var.rate_safety
     INTERACTIVE_THRESHOLD       = var.interactive_threshold
     MAX_ITEMS_PER_JOB           = var.max_items_per_job
@@ -133,7 +133,7 @@ resource "google_cloudfunctions2_function" "api" {
     available_cpu                    = var.api_cpu
     timeout_seconds                  = var.api_timeout_seconds
     # THREADS: functions-framework's gunicorn threads, one per concurrent request.
-    environment_variables = merge(local.app_env, local.optional_env, local.events_env, { THREADS = var.api_concurrency })
+    environment_variables = merge(local.app_env, local.optional_env, local.events_env, local.retention_env, { THREADS = var.api_concurrency })
 
     # Read by google-genai (the batch lane creates Gemini batches from the API) and
     # fingerprinted by the batch lane. Resolved at instance start from Secret Manager.
@@ -174,9 +174,12 @@ resource "google_cloudfunctions2_function" "api" {
     google_project_service.this,
     google_secret_manager_secret_iam_member.api,
     google_secret_manager_secret_iam_member.api_webhook_secret,
+    google_secret_manager_secret_iam_member.api_keys,
     google_project_iam_member.build_log_writer,
-    google_project_iam_member.build_object_viewer,
+    google_project_iam_member.build_function_sources,
+    google_storage_bucket_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.grants_propagated,
   ]
 }
 
@@ -205,15 +208,15 @@ resource "google_cloudfunctions2_function" "worker" {
     ingress_settings               = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision = true
     min_instance_count             = 0
-    # Instances x concurrency = deliveries in flight: the coarse throttle. The shared limiter
-    # in Firestore keeps them under the quota; deliveries beyond its leases wait at most
-    # MAX_WAIT_SECONDS and then hand the message back.
-    max_instance_count               = var.worker_max_instances
-    max_instance_request_concurrency = var.worker_concurrency
+    # Instances x concurrency = deliveries in flight: the coarse throttle, sized from the quota
+    # in sizing.tf. The shared limiter in Firestore keeps them under the quota; deliveries
+    # beyond its leases wait at most MAX_WAIT_SECONDS and then hand the message back.
+    max_instance_count               = local.worker_max_instances
+    max_instance_request_concurrency = local.worker_concurrency
     available_memory                 = var.worker_memory
     available_cpu                    = var.worker_cpu
     timeout_seconds                  = var.worker_timeout_seconds
-    environment_variables            = merge(local.app_env, local.optional_env, local.events_env, { THREADS = var.worker_concurrency })
+    environment_variables            = merge(local.app_env, local.optional_env, local.events_env, local.retention_env, { THREADS = local.worker_concurrency })
 
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
@@ -233,7 +236,7 @@ resource "google_cloudfunctions2_function" "worker" {
 
   lifecycle {
     precondition {
-      condition     = var.worker_concurrency == 1 || tonumber(var.worker_cpu) >= 1
+      condition     = local.worker_concurrency == 1 || tonumber(var.worker_cpu) >= 1
       error_message = "worker_concurrency > 1 needs worker_cpu >= 1."
     }
   }
@@ -243,8 +246,10 @@ resource "google_cloudfunctions2_function" "worker" {
     google_secret_manager_secret_iam_member.worker,
     google_secret_manager_secret_iam_member.worker_webhook_secret,
     google_project_iam_member.build_log_writer,
-    google_project_iam_member.build_object_viewer,
+    google_project_iam_member.build_function_sources,
+    google_storage_bucket_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.grants_propagated,
   ]
 }
 
@@ -278,7 +283,7 @@ resource "google_cloudfunctions2_function" "poller" {
     available_memory                 = var.poller_memory
     available_cpu                    = var.poller_cpu
     timeout_seconds                  = var.poller_timeout_seconds
-    environment_variables            = merge(local.app_env, local.optional_env, local.events_env, { THREADS = 1 })
+    environment_variables            = merge(local.app_env, local.optional_env, local.events_env, local.retention_env, { THREADS = 1 })
 
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
@@ -312,7 +317,9 @@ resource "google_cloudfunctions2_function" "poller" {
     google_secret_manager_secret_iam_member.poller,
     google_secret_manager_secret_iam_member.poller_webhook_secret,
     google_project_iam_member.build_log_writer,
-    google_project_iam_member.build_object_viewer,
+    google_project_iam_member.build_function_sources,
+    google_storage_bucket_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.grants_propagated,
   ]
 }

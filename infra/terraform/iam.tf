@@ -65,16 +65,30 @@ resource "google_project_iam_member" "poller_firestore" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Cloud Storage: objectCreator only. Every write is GcsImageSink._create: an upload with
-# if_generation_match=0 (create-only, storage.objects.create). No function reads, lists,
-# overwrites or deletes an object: the API writes the manifest of a job it cancels
-# (usecases.cancel_job), the worker images and manifests, the poller ingested images and
-# manifests.
+# Cloud Storage: objectCreator + objectViewer on the images bucket, nothing else. Every write is
+# GcsImageSink._create, an upload with if_generation_match=0 (create only): the API writes the
+# manifest of a job it cancels (usecases.cancel_job), the worker images and manifests, the
+# poller ingested images and manifests. A duplicate delivery or a retry after a crash uploads
+# to a name that already exists. Cloud Storage lists storage.objects.delete beside
+# storage.objects.create for an upload over an existing name
+# (https://cloud.google.com/storage/docs/access-control/iam-json, objects.insert;
+# https://cloud.google.com/storage/docs/access-control/iam-xml, POST object), so without delete
+# that upload may be refused with 403 instead of the 412 of a failed precondition
+# (https://cloud.google.com/storage/docs/request-preconditions). The sink then reads the
+# existing object's metadata (storage.objects.get) and treats an object with the same content
+# as written: objectViewer gives that get. No role here can delete or overwrite an object, and
+# storage.objects.list (also in objectViewer) only names objects of this one bucket.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_storage_bucket_iam_member" "api_images" {
   bucket = google_storage_bucket.images.name
   role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.api.email}"
+}
+
+resource "google_storage_bucket_iam_member" "api_images_read" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.api.email}"
 }
 
@@ -84,9 +98,21 @@ resource "google_storage_bucket_iam_member" "worker_images" {
   member = "serviceAccount:${google_service_account.worker.email}"
 }
 
+resource "google_storage_bucket_iam_member" "worker_images_read" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.worker.email}"
+}
+
 resource "google_storage_bucket_iam_member" "poller_images" {
   bucket = google_storage_bucket.images.name
   role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.poller.email}"
+}
+
+resource "google_storage_bucket_iam_member" "poller_images_read" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.poller.email}"
 }
 
@@ -168,13 +194,37 @@ resource "google_service_account_iam_member" "push_token_creator" {
 
 # ---------------------------------------------------------------------------------------------
 # The build service account. Projects made since mid-2024 no longer give the default build
-# identity broad roles, so builds run as this account with:
-#   logging.logWriter    project: build logs (logs have no narrower level)
-#   storage.objectViewer project: Cloud Functions copies the source into its own bucket
-#                        gcf-v2-sources-<project number>-<region>, created on the first
-#                        deploy, so it cannot be named here before it exists
-#   artifactregistry.writer on our repository only
+# identity broad roles, so builds run as this account, with the roles the Cloud Run "build
+# service account" page lists for function builds (Logs Writer, Artifact Registry Writer, and
+# Storage object access to the source:
+# https://cloud.google.com/run/docs/configuring/services/build-service-account), each on the one
+# resource it is for:
+#   logging.logWriter        project: build logs (logs have no narrower level)
+#   artifactregistry.writer  our build repository only
+#   storage.objectViewer     the function source only: our source bucket, and the bucket
+#       gcf-v2-sources-<project number>-<region> into which Cloud Functions copies it and from
+#       which the build fetches it ("failed to download archive gs://gcf-v2-sources-...: You must
+#       grant Storage Object Viewer permission to <build account>":
+#       https://github.com/hashicorp/terraform-provider-google/issues/20571). That bucket is
+#       created by the first deploy, so it cannot be granted on before it exists: the grant is
+#       made on the project with an IAM condition that names that one bucket and its objects
+#       (resource.name is projects/_/buckets/<bucket>[/objects/<object>] for Cloud Storage:
+#       https://cloud.google.com/iam/docs/conditions-resource-attributes#resource-name). The
+#       builds can read no other bucket, so not the generated images.
+# That page asks for Storage Object Admin; the build only fetches the source (its images go to
+# Artifact Registry), and the failure above names Storage Object Viewer, so only that is granted.
 # ---------------------------------------------------------------------------------------------
+
+# The project number names the sources bucket. Read after the APIs are on, since it needs the
+# Resource Manager API.
+data "google_project" "this" {
+  project_id = var.project_id
+  depends_on = [google_project_service.this]
+}
+
+locals {
+  function_sources_bucket = "gcf-v2-sources-${data.google_project.this.number}-${var.region}"
+}
 
 resource "google_project_iam_member" "build_log_writer" {
   project = var.project_id
@@ -182,10 +232,22 @@ resource "google_project_iam_member" "build_log_writer" {
   member  = "serviceAccount:${google_service_account.build.email}"
 }
 
-resource "google_project_iam_member" "build_object_viewer" {
+resource "google_project_iam_member" "build_function_sources" {
   project = var.project_id
   role    = "roles/storage.objectViewer"
   member  = "serviceAccount:${google_service_account.build.email}"
+
+  condition {
+    title       = "function sources only"
+    description = "The bucket Cloud Functions copies the function source into, and its objects."
+    expression  = "resource.name == \"projects/_/buckets/${local.function_sources_bucket}\" || resource.name.startsWith(\"projects/_/buckets/${local.function_sources_bucket}/objects/\")"
+  }
+}
+
+resource "google_storage_bucket_iam_member" "build_source" {
+  bucket = google_storage_bucket.source.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.build.email}"
 }
 
 resource "google_artifact_registry_repository_iam_member" "build_writer" {
@@ -195,10 +257,36 @@ resource "google_artifact_registry_repository_iam_member" "build_writer" {
   member     = "serviceAccount:${google_service_account.build.email}"
 }
 
-# Only the API reads its own keys.
+# Only the API reads its own keys. The API function depends on this grant (functions.tf): a
+# function whose identity cannot read a secret it mounts fails to deploy.
 resource "google_secret_manager_secret_iam_member" "api_keys" {
   count     = var.require_api_keys ? 1 : 0
   secret_id = google_secret_manager_secret.api_keys[0].id
   role      = "roles/secretmanager.secretAccessor"
   member    = "serviceAccount:${google_service_account.api.email}"
+}
+
+# Grants are eventually consistent: a change to an allow policy typically takes effect within 2
+# minutes, sometimes 7 or more (https://cloud.google.com/iam/docs/access-change-propagation).
+# A function's build reads the source and pushes the image as the build account, and its first
+# revision reads its secrets as its own account, moments after the grants are made; so the
+# functions also wait grant_propagation_wait after them. `triggers` runs the wait again when a
+# grant is replaced, and only then
+# (https://registry.terraform.io/providers/hashicorp/time/latest/docs/resources/sleep).
+resource "time_sleep" "grants_propagated" {
+  create_duration = var.grant_propagation_wait
+
+  triggers = {
+    build_log_writer       = google_project_iam_member.build_log_writer.id
+    build_function_sources = google_project_iam_member.build_function_sources.id
+    build_source           = google_storage_bucket_iam_member.build_source.id
+    build_writer           = google_artifact_registry_repository_iam_member.build_writer.id
+    api_secret             = google_secret_manager_secret_iam_member.api.id
+    worker_secret          = google_secret_manager_secret_iam_member.worker.id
+    poller_secret          = google_secret_manager_secret_iam_member.poller.id
+    api_webhook_secret     = google_secret_manager_secret_iam_member.api_webhook_secret.id
+    worker_webhook_secret  = google_secret_manager_secret_iam_member.worker_webhook_secret.id
+    poller_webhook_secret  = google_secret_manager_secret_iam_member.poller_webhook_secret.id
+    api_keys               = join(",", google_secret_manager_secret_iam_member.api_keys[*].id)
+  }
 }

@@ -15,6 +15,34 @@ locals {
     google_cloudfunctions2_function.worker,
     google_cloudfunctions2_function.poller,
   ] : "\"${f.name}\""])
+
+  function_logs = <<-EOT
+    resource.type="cloud_run_revision"
+    resource.labels.service_name=(${local.function_services})
+  EOT
+}
+
+# The Monitoring API answers 404 "Cannot find metric(s) that match type ... If a metric was
+# created recently, it could take up to 10 minutes to become available" when an alert policy
+# names a log-based metric created moments before, so a first apply that creates both fails
+# (https://github.com/hashicorp/terraform-provider-google/issues/11102). The policies read each
+# metric's type through this wait, so they are created log_metric_wait after their metrics;
+# `triggers` runs the wait again whenever a metric is replaced (a new name is a new metric),
+# and only then (https://registry.terraform.io/providers/hashicorp/time/latest/docs/resources/sleep).
+resource "time_sleep" "log_metrics_visible" {
+  create_duration = var.log_metric_wait
+
+  triggers = {
+    worker_quota_exceeded = "logging.googleapis.com/user/${google_logging_metric.worker_quota_exceeded.name}"
+    items_dead_lettered   = "logging.googleapis.com/user/${google_logging_metric.items_dead_lettered.name}"
+    function_errors       = "logging.googleapis.com/user/${google_logging_metric.function_errors.name}"
+    usage_alerts          = "logging.googleapis.com/user/${google_logging_metric.usage_alerts.name}"
+  }
+}
+
+locals {
+  # Metric types as seen through the wait: referencing them orders every policy after it.
+  metric_types = time_sleep.log_metrics_visible.triggers
 }
 
 # usecases.process_item: a WARNING "quota exceeded (...)" with jsonPayload.quota_id, one line
@@ -41,12 +69,15 @@ resource "google_logging_metric" "worker_quota_exceeded" {
   }
 }
 
-# main.pubsub_worker: the line "item <job>/<key>: <state> ..." carries jsonPayload.state, which
-# is dead_lettered once an item has failed MAX_ATTEMPTS times.
+# Every log line that ends an item dead_lettered carries jsonPayload.state="dead_lettered":
+# main.pubsub_worker's "item <job>/<key>: <state> ..." once an item has failed MAX_ATTEMPTS
+# times, and whichever function settles a dead letter Pub/Sub gave up on (the poller draining
+# the dead-letter subscription). All three services are matched, so the count does not depend
+# on which function wrote the line.
 resource "google_logging_metric" "items_dead_lettered" {
   name        = "${var.name_prefix}-items-dead-lettered"
-  description = "Interactive items pubsub_worker gave up on after MAX_ATTEMPTS failed attempts."
-  filter      = "${local.worker_logs}jsonPayload.state=\"dead_lettered\""
+  description = "Items that ended dead_lettered (log lines with jsonPayload.state=dead_lettered)."
+  filter      = "${local.function_logs}jsonPayload.state=\"dead_lettered\""
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -55,19 +86,22 @@ resource "google_logging_metric" "items_dead_lettered" {
   }
 }
 
-# ERROR and CRITICAL lines of the three functions, and Cloud Run's own errors about them (an
-# instance out of memory, a crash). A worker handing a message back to Pub/Sub (routine under
-# quota pressure) answers 503 and logs a WARNING, so it does not count here; a worker that
-# fails every delivery shows in the backlog and dead-letter alerts.
+# ERROR and CRITICAL lines of the three functions (their own JSON lines on stdout/stderr), and
+# Cloud Run's system log about their instances (out of memory, a crash: varlog/system).
+# Cloud Run also writes a request log entry per request, at ERROR for every 5xx
+# (https://cloud.google.com/run/docs/logging: request, container and system logs; log names
+# run.googleapis.com%2Frequests, %2Fstdout, %2Fstderr, %2Fvarlog%2Fsystem per
+# https://cloud.google.com/chronicle/docs/ingestion/parser-list/gcp-run-changelog). The worker
+# answers 503 to hand a message back to Pub/Sub, routine under quota pressure, so request log
+# entries are left out: an unhandled failure behind a 5xx logs its own ERROR line, counted here.
+# A worker that fails every delivery also shows in the backlog and dead-letter alerts.
 resource "google_logging_metric" "function_errors" {
   name        = "${var.name_prefix}-function-errors"
-  description = "ERROR lines logged by the imagefleet functions, and Cloud Run errors about their instances."
+  description = "ERROR lines logged by the imagefleet functions, and Cloud Run errors about their instances (request logs excluded)."
   filter      = <<-EOT
-    resource.type="cloud_run_revision"
-    resource.labels.service_name=(${local.function_services})
-    (
-      severity>=ERROR
-    )
+    ${local.function_logs}
+    severity>=ERROR
+    NOT logName:"run.googleapis.com%2Frequests"
   EOT
 
   metric_descriptor {
@@ -85,7 +119,7 @@ resource "google_monitoring_alert_policy" "quota_exceeded" {
   conditions {
     display_name = "429s from Gemini above ${var.alert_quota_warnings} per ${var.alert_window_seconds}s"
     condition_threshold {
-      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.worker_quota_exceeded.name}\""
+      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"${local.metric_types["worker_quota_exceeded"]}\""
       comparison      = "COMPARISON_GT"
       threshold_value = var.alert_quota_warnings
       duration        = "0s"
@@ -118,7 +152,7 @@ resource "google_monitoring_alert_policy" "function_errors" {
   conditions {
     display_name = "ERROR lines above ${var.alert_error_logs} per ${var.alert_window_seconds}s"
     condition_threshold {
-      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.function_errors.name}\""
+      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"${local.metric_types["function_errors"]}\""
       comparison      = "COMPARISON_GT"
       threshold_value = var.alert_error_logs
       duration        = "0s"
@@ -150,9 +184,9 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   notification_channels = var.notification_channels
 
   conditions {
-    display_name = "Items dead-lettered by the worker"
+    display_name = "Items dead-lettered"
     condition_threshold {
-      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.items_dead_lettered.name}\""
+      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"${local.metric_types["items_dead_lettered"]}\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
@@ -233,11 +267,7 @@ resource "google_monitoring_alert_policy" "work_backlog" {
 resource "google_logging_metric" "usage_alerts" {
   name        = "${var.name_prefix}-usage-alerts"
   description = "Daily quota and budget thresholds crossed, and circuit breaker transitions."
-  filter      = <<-EOT
-    resource.type="cloud_run_revision"
-    resource.labels.service_name=(${local.function_services})
-    jsonPayload.alert:*
-  EOT
+  filter      = "${local.function_logs}jsonPayload.alert:*"
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -263,7 +293,7 @@ resource "google_monitoring_alert_policy" "usage" {
   conditions {
     display_name = "A daily limit reached 80% or 100%, or the breaker opened or halted"
     condition_threshold {
-      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.usage_alerts.name}\" AND metric.label.alert != \"breaker_closed\" AND metric.label.alert != \"breaker_half_open\""
+      filter          = "resource.type = \"cloud_run_revision\" AND metric.type = \"${local.metric_types["usage_alerts"]}\" AND metric.label.alert != \"breaker_closed\" AND metric.label.alert != \"breaker_half_open\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"

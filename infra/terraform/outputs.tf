@@ -62,3 +62,14 @@ output "add_webhook_secret_command" {
   description = "Generates a webhook signing secret and adds it as a new secret version, outside Terraform."
   value       = "printf 'whsec_%s' \"$(openssl rand -base64 32)\" | gcloud secrets versions add ${google_secret_manager_secret.webhook_secret.secret_id} --project ${var.project_id} --data-file=-"
 }
+
+output "interactive_lane_sizing" {
+  description = "The rate limits and worker sizes in effect, derived from model_requests_per_minute unless overridden (sizing.tf, docs/deploying.md)."
+  value = {
+    rate_limit_requests  = local.rate_limit_requests
+    rate_limit_images    = local.rate_limit_images
+    rate_concurrency     = local.rate_concurrency
+    worker_concurrency   = local.worker_concurrency
+    worker_max_instances = local.worker_max_instances
+  }
+}

@@ -53,16 +53,38 @@ variable "gemini_timeout_seconds" {
   default     = 60
 }
 
+variable "model_requests_per_minute" {
+  type        = number
+  description = "The project's generateContent quota for the model, in requests per minute (AI Studio shows it). The rate limits, RATE_CONCURRENCY and the worker's instances and concurrency are derived from it (sizing.tf, docs/deploying.md)."
+  default     = 10
+
+  validation {
+    condition     = var.model_requests_per_minute >= 1
+    error_message = "model_requests_per_minute is at least 1."
+  }
+}
+
+variable "model_latency_seconds" {
+  type        = number
+  description = "Assumed duration of one image generateContent call, used to size RATE_CONCURRENCY (Little's law); the high end of 10-20 s by default. Measure yours and set it."
+  default     = 20
+
+  validation {
+    condition     = var.model_latency_seconds > 0
+    error_message = "model_latency_seconds is more than 0."
+  }
+}
+
 variable "rate_limit_requests" {
   type        = number
-  description = "RATE_LIMIT_REQUESTS: the project's request quota per window for the model (0 = unlimited)."
-  default     = 10
+  description = "RATE_LIMIT_REQUESTS: the project's request quota per window for the model (0 = unlimited); null derives it from model_requests_per_minute."
+  default     = null
 }
 
 variable "rate_limit_images" {
   type        = number
-  description = "RATE_LIMIT_IMAGES: the project's image quota per window for the model (0 = unlimited)."
-  default     = 10
+  description = "RATE_LIMIT_IMAGES: the project's image quota per window for the model (0 = unlimited); null derives it from model_requests_per_minute."
+  default     = null
 }
 
 variable "rate_window_seconds" {
@@ -73,8 +95,8 @@ variable "rate_window_seconds" {
 
 variable "rate_concurrency" {
   type        = number
-  description = "RATE_CONCURRENCY: concurrent generateContent calls across every instance (0 = unlimited)."
-  default     = 4
+  description = "RATE_CONCURRENCY: concurrent generateContent calls across every instance (0 = unlimited); null derives it from model_requests_per_minute and model_latency_seconds."
+  default     = null
 }
 
 variable "rate_safety" {
@@ -262,14 +284,14 @@ variable "api_timeout_seconds" {
 
 variable "worker_max_instances" {
   type        = number
-  description = "Most instances of pubsub_worker. With worker_concurrency it caps the deliveries in flight: the coarse throttle beside the shared Firestore limiter."
-  default     = 3
+  description = "Most instances of pubsub_worker. With worker_concurrency it caps the deliveries in flight: the coarse throttle beside the shared Firestore limiter. null derives it (sizing.tf)."
+  default     = null
 }
 
 variable "worker_concurrency" {
   type        = number
-  description = "Deliveries one pubsub_worker instance handles at once (max_instance_request_concurrency and gunicorn THREADS)."
-  default     = 4
+  description = "Deliveries one pubsub_worker instance handles at once (max_instance_request_concurrency and gunicorn THREADS). null derives it (sizing.tf)."
+  default     = null
 }
 
 variable "worker_memory" {
@@ -343,8 +365,13 @@ variable "poller_time_zone" {
 
 variable "poller_max_instances" {
   type        = number
-  description = "Most instances of scheduled_poller (ticks may overlap; every batch is leased)."
-  default     = 3
+  description = "Most instances of scheduled_poller. Cloud Scheduler never overlaps two ticks (scheduler.tf), so one is enough; the leases keep a second caller safe."
+  default     = 1
+
+  validation {
+    condition     = var.poller_max_instances >= 1
+    error_message = "poller_max_instances is at least 1."
+  }
 }
 
 variable "poller_memory" {
@@ -361,8 +388,19 @@ variable "poller_cpu" {
 
 variable "poller_timeout_seconds" {
   type        = number
-  description = "Request timeout of scheduled_poller and the scheduler's attempt deadline; above POLLER_BUDGET_SECONDS."
+  description = "Request timeout of scheduled_poller and the scheduler's attempt deadline: at least poller_budget_seconds + poller_tail_seconds, at most 1800."
   default     = 300
+}
+
+variable "poller_tail_seconds" {
+  type        = number
+  description = "Longest a tick runs past POLLER_BUDGET_SECONDS: the step in flight when the budget ends (uploads in flight and one checkpoint of an ingest, one batch submission, one webhook POST of up to 2 x webhook_timeout_seconds)."
+  default     = 60
+
+  validation {
+    condition     = var.poller_tail_seconds >= 30
+    error_message = "poller_tail_seconds is at least 30: a webhook alone may take 2 x webhook_timeout_seconds."
+  }
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +418,17 @@ variable "images_retention_days" {
   }
 }
 
+variable "records_retention_days" {
+  type        = number
+  description = "RECORDS_RETENTION_DAYS: Firestore records (jobs, items, batch intents, events, pool entries, usage shards) get an expire_at this many days out, and TTL policies delete them then. Keep it equal to images_retention_days, so a job's record and its images go together."
+  default     = 30
+
+  validation {
+    condition     = var.records_retention_days >= 1
+    error_message = "records_retention_days is at least 1."
+  }
+}
+
 variable "firestore_delete_protection" {
   type        = bool
   description = "Turn on delete protection of the Firestore database."
@@ -389,6 +438,28 @@ variable "firestore_delete_protection" {
 # ---------------------------------------------------------------------------------------------
 # Alerts
 # ---------------------------------------------------------------------------------------------
+
+variable "grant_propagation_wait" {
+  type        = string
+  description = "How long the functions wait after the grants they deploy with (IAM changes typically take effect within 2 minutes). A Go duration, e.g. 2m."
+  default     = "2m"
+
+  validation {
+    condition     = can(regex("^[0-9]+(s|m)$", var.grant_propagation_wait))
+    error_message = "grant_propagation_wait is a number of seconds or minutes, e.g. 120s or 2m."
+  }
+}
+
+variable "log_metric_wait" {
+  type        = string
+  description = "How long the alert policies wait after their log-based metrics are created (the Monitoring API may not know a new metric for up to 10 minutes). A Go duration, e.g. 10m."
+  default     = "10m"
+
+  validation {
+    condition     = can(regex("^[0-9]+(s|m)$", var.log_metric_wait))
+    error_message = "log_metric_wait is a number of seconds or minutes, e.g. 600s or 10m."
+  }
+}
 
 variable "notification_channels" {
   type        = list(string)

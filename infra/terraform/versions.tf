@@ -14,6 +14,11 @@ terraform {
       source  = "hashicorp/archive"
       version = "~> 2.4"
     }
+    # time_sleep (monitoring.tf): wait for new log-based metrics before alerting on them.
+    time = {
+      source  = "hashicorp/time"
+      version = "~> 0.12"
+    }
   }
 
   # State is local by default. For a shared deployment, keep it in a bucket:

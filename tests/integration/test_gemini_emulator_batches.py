@@ -546,6 +546,10 @@ def test_images_are_counted_per_prompt_across_both_lanes(client, admin):
     assert (admin.stats()["billed_prompts"], admin.stats()["billed_twice"]) == (2, 0)
 
     client.models.generate_content(model=MODEL, contents="a green cone")
+    # An expired batch delivers nothing, so bills nothing, whatever its lines had done.
+    expired = client.batches.create(model=MODEL, src=upload_jsonl(client, [request_line("c", "a grey cube")]).name)
+    admin.force(expired.name, "expired")
+    assert client.batches.get(name=expired.name).state == types.JobState.JOB_STATE_EXPIRED
 
     stats = admin.stats()
     assert (stats["billed_prompts"], stats["billed_twice"]) == (2, 1)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
+import math
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import hcl2
@@ -21,11 +25,15 @@ from config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 TF_DIR = ROOT / "infra" / "terraform"
 MAIN_PY = ROOT / "functions" / "main.py"
+DEPLOYING_MD = ROOT / "docs" / "deploying.md"
 
 # Variables a function may get beside the Settings fields, and who reads them.
 RUNTIME_VARS = {
     "GEMINI_API_KEY": "google-genai (and Settings, to fingerprint batches)",
     "THREADS": "functions-framework: gunicorn threads per instance",
+    # How far out the functions set expire_at on the records the TTL policies delete
+    # (firestore.tf, infra/terraform/README.md "Retention"); set ahead of the code that reads it.
+    "RECORDS_RETENTION_DAYS": "the expire_at the functions write on growing collections",
 }
 
 _OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
@@ -69,10 +77,18 @@ def functions() -> dict[str, dict]:
 
 
 def resolve(value):
-    """A literal, or "${var.x}" replaced by the variable's default (when it has one)."""
+    """A literal, "${var.x}" replaced by the variable's default (when it has one), or
+    "${local.x}" of sizing.tf replaced by its value for the default variables."""
     if isinstance(value, str) and (m := _VAR_REF.fullmatch(value)):
         return variables()[m.group(1)].get("default", value)
+    if isinstance(value, str) and (m := re.fullmatch(r"\$\{local\.(\w+)\}", value)) and m.group(1) in SIZED:
+        return sizing(default("model_requests_per_minute"), default("model_latency_seconds"),
+                      default("rate_window_seconds"))[m.group(1)]
     return value
+
+
+def default(name: str):
+    return variables()[name]["default"]
 
 
 def refers_to(value: str, rtype: str, name: str) -> bool:
@@ -259,8 +275,13 @@ def test_iam_is_granted_member_by_member_and_never_to_everyone():
 
 
 def test_project_level_grants_are_the_few_that_have_no_narrower_level():
-    roles = {m["role"] for m in resources()["google_project_iam_member"].values()}
-    assert roles <= {"roles/datastore.user", "roles/logging.logWriter", "roles/storage.objectViewer"}
+    grants = resources()["google_project_iam_member"].values()
+    assert {m["role"] for m in grants} <= {"roles/datastore.user", "roles/logging.logWriter", "roles/storage.objectViewer"}
+    # Storage on the project only under a condition naming one bucket: never every bucket.
+    for grant in grants:
+        if grant["role"].startswith("roles/storage."):
+            [condition] = grant["condition"]
+            assert "projects/_/buckets/${local.function_sources_bucket}" in condition["expression"]
 
 
 def test_each_function_runs_as_its_own_service_account():
@@ -320,3 +341,443 @@ def test_every_checkov_skip_gives_its_reason():
     assert skips
     for skip in skips:
         assert re.fullmatch(r"CKV2?_[A-Z]+_\d+:\s*\S.{15,}", skip), skip
+
+
+# --- dependency order: what a first apply must create before what ----------------------------------
+
+_ADDRESS = re.compile(r"\b((?:data\.)?(?:google|google-beta|time|archive)[a-z0-9_]*\.[a-z0-9_]+|local\.[a-z0-9_]+)\b")
+
+
+def nodes() -> dict[str, object]:
+    """Every resource, data source and local by address ("type.name", "data.type.name", "local.x")."""
+    found: dict[str, object] = {f"local.{k}": v for k, v in locals_().items()}
+    for kind, prefix in (("resource", ""), ("data", "data.")):
+        for rtype, named in resources(kind).items():
+            found.update({f"{prefix}{rtype}.{name}": body for name, body in named.items()})
+    return found
+
+
+def references(address: str) -> set[str]:
+    """The addresses one node names anywhere in its body (expressions and depends_on)."""
+    text = json.dumps(nodes()[address])
+    return {a for a in _ADDRESS.findall(text) if a in nodes() and a != address}
+
+
+def waits_for(address: str) -> set[str]:
+    """Everything the node is created after: its references, transitively."""
+    seen: set[str] = set()
+    todo = [address]
+    while todo:
+        for ref in references(todo.pop()) - seen:
+            seen.add(ref)
+            todo.append(ref)
+    return seen
+
+
+def account_of(function: dict) -> str:
+    return re.fullmatch(r"\$\{google_service_account\.(\w+)\.email\}",
+                        function["service_config"][0]["service_account_email"]).group(1)
+
+
+def secrets_mounted(function: dict) -> set[str]:
+    """The google_secret_manager_secret names a function reads, static and dynamic blocks."""
+    config = function["service_config"][0]
+    refs = [s["secret"] for s in config.get("secret_environment_variables", [])]
+    for block in config.get("dynamic", []):
+        if "secret_environment_variables" in block:
+            refs.append(block["secret_environment_variables"]["for_each"])
+    return {re.search(r"google_secret_manager_secret\.(\w+)", r).group(1) for r in refs}
+
+
+def test_every_function_depends_on_the_grant_of_every_secret_it_reads():
+    grants = resources()["google_secret_manager_secret_iam_member"]
+    for name, function in functions().items():
+        account = account_of(function)
+        mounted = secrets_mounted(function)
+        assert {"gemini_api_key", "webhook_secret"} <= mounted, name
+        for secret in mounted:
+            [grant] = [g for g, m in grants.items()
+                       if refers_to(m["secret_id"], "google_secret_manager_secret", secret)
+                       and refers_to(m["member"], "google_service_account", account)
+                       and m["role"] == "roles/secretmanager.secretAccessor"]
+            # Listed in depends_on: the function only names the secret, not the grant.
+            assert f"${{google_secret_manager_secret_iam_member.{grant}}}" in function["depends_on"], (name, secret)
+
+
+def test_the_api_keys_secret_is_mounted_and_granted_only_with_require_api_keys():
+    _, api = function_named("http_api")
+    assert "api_keys" in secrets_mounted(api)
+    assert resources()["google_secret_manager_secret"]["api_keys"]["count"] == "${var.require_api_keys ? 1 : 0}"
+    assert resources()["google_secret_manager_secret_iam_member"]["api_keys"]["count"] == "${var.require_api_keys ? 1 : 0}"
+    for name, function in functions().items():
+        assert ("api_keys" in secrets_mounted(function)) == (name == "api"), name
+
+
+def test_every_function_depends_on_its_build_grants_and_the_apis():
+    build_grants = {f"google_project_iam_member.{n}" for n, m in resources()["google_project_iam_member"].items()
+                    if refers_to(m["member"], "google_service_account", "build")}
+    build_grants |= {f"{t}.{n}" for t in ("google_storage_bucket_iam_member", "google_artifact_registry_repository_iam_member")
+                     for n, m in resources()[t].items() if refers_to(m["member"], "google_service_account", "build")}
+    assert len(build_grants) == 4
+    for name, function in functions().items():
+        listed = {d.strip("${}") for d in function["depends_on"]}
+        assert build_grants | {"google_project_service.this"} <= listed, name
+
+
+def test_every_resource_is_created_after_the_apis_are_enabled():
+    for address in nodes():
+        if address.startswith("local.") or address == "google_project_service.this":
+            continue
+        if address == "data.archive_file.src":  # a local zip, no API
+            continue
+        if address.startswith("time_sleep."):
+            assert "google_project_service.this" in waits_for(address)
+            continue
+        assert "google_project_service.this" in waits_for(address), address
+
+
+def test_alert_policies_are_created_after_the_wait_for_their_metrics():
+    [(wait_name, wait)] = [(n, w) for n, w in resources()["time_sleep"].items() if "google_logging_metric." in json.dumps(w)]
+    wait_address = f"time_sleep.{wait_name}"
+    metrics = resources()["google_logging_metric"]
+    # Every log-based metric is behind the wait, and the wait lasts the documented 10 minutes.
+    for metric in metrics:
+        assert f"google_logging_metric.{metric}" in references(wait_address), metric
+    duration = default(wait["create_duration"].strip("${}").removeprefix("var."))
+    seconds = int(duration[:-1]) * (60 if duration.endswith("m") else 1)
+    assert seconds >= 600
+    # Every policy that reads a log-based metric reads its type through the wait.
+    for name, policy in resources()["google_monitoring_alert_policy"].items():
+        filters = [c["condition_threshold"][0]["filter"] for c in policy["conditions"]]
+        assert not any("google_logging_metric." in f for f in filters), name
+        if any("logging.googleapis.com/user" in f or "local.metric_types" in f for f in filters):
+            assert wait_address in waits_for(f"google_monitoring_alert_policy.{name}"), name
+    assert "time" in tf()["terraform"][0]["required_providers"][0]
+
+
+# --- APIs ----------------------------------------------------------------------------------------------
+
+# The services each resource type needs (iam.tf, apis.tf). A new resource type fails
+# test_every_used_api_is_enabled_and_no_other until it is listed here.
+API_OF = {
+    "google_artifact_registry_repository": {"artifactregistry"},
+    "google_artifact_registry_repository_iam_member": {"artifactregistry"},
+    "google_cloud_run_service_iam_member": {"run"},
+    "google_cloud_scheduler_job": {"cloudscheduler"},
+    "google_cloudfunctions2_function": {"cloudfunctions", "cloudbuild", "run", "artifactregistry"},
+    "google_firestore_database": {"firestore"},
+    "google_firestore_field": {"firestore"},
+    "google_logging_metric": {"logging"},
+    "google_monitoring_alert_policy": {"monitoring"},
+    "google_project": {"cloudresourcemanager"},
+    "google_project_iam_member": {"cloudresourcemanager"},
+    "google_project_service": set(),
+    "google_project_service_identity": {"pubsub"},
+    "google_pubsub_subscription": {"pubsub"},
+    "google_pubsub_subscription_iam_member": {"pubsub"},
+    "google_pubsub_topic": {"pubsub"},
+    "google_pubsub_topic_iam_member": {"pubsub"},
+    "google_secret_manager_secret": {"secretmanager"},
+    "google_secret_manager_secret_iam_member": {"secretmanager"},
+    "google_service_account": {"iam"},
+    "google_service_account_iam_member": {"iam"},
+    "google_storage_bucket": {"storage"},
+    "google_storage_bucket_iam_member": {"storage"},
+    "google_storage_bucket_object": {"storage"},
+    "time_sleep": set(),
+    "archive_file": set(),
+}
+
+
+def enabled_apis() -> set[str]:
+    return {s.removesuffix(".googleapis.com") for s in re.findall(r'"([a-z]+\.googleapis\.com)"', locals_()["services"])}
+
+
+def test_every_used_api_is_enabled_and_no_other():
+    used_types = set(resources()) | set(resources("data"))
+    unknown = used_types - set(API_OF)
+    assert not unknown, f"say which API these need in API_OF: {sorted(unknown)}"
+    needed = set().union(*(API_OF[t] for t in used_types))
+
+    assert enabled_apis() == needed
+    assert "eventarc" not in enabled_apis()  # no function has an event_trigger
+    assert not any("event_trigger" in f for f in functions().values())
+
+
+# --- IAM: builds and images -------------------------------------------------------------------------
+
+def grants_to(account: str) -> list[tuple[str, str, dict]]:
+    """(resource type, role, body) of every grant to one of our service accounts."""
+    return [(t, m["role"], m) for t in resources() if t.endswith("_iam_member")
+            for m in resources()[t].values() if refers_to(m["member"], "google_service_account", account)]
+
+
+def test_builds_read_the_function_sources_and_nothing_else():
+    grants = grants_to("build")
+    storage = [(t, m) for t, role, m in grants if role.startswith("roles/storage.")]
+    assert {role for _, role, _ in grants} == {"roles/logging.logWriter", "roles/artifactregistry.writer",
+                                               "roles/storage.objectViewer"}
+    for rtype, grant in storage:
+        if rtype == "google_storage_bucket_iam_member":
+            assert refers_to(grant["bucket"], "google_storage_bucket", "source")
+        else:  # the bucket Cloud Functions creates on the first deploy, named in a condition
+            assert rtype == "google_project_iam_member"
+            [condition] = grant["condition"]
+            names = set(re.findall(r'"projects/_/buckets/([^"/]+)', condition["expression"]))
+            assert names == {"${local.function_sources_bucket}"}
+            assert locals_()["function_sources_bucket"] == "gcf-v2-sources-${data.google_project.this.number}-${var.region}"
+    [(_, _, writer)] = [g for g in grants if g[0] == "google_artifact_registry_repository_iam_member"]
+    assert refers_to(writer["repository"], "google_artifact_registry_repository", "functions")
+    assert not any(refers_to(str(m.get("bucket", "")), "google_storage_bucket", "images") for _, _, m in grants)
+
+
+def test_every_writer_can_read_back_an_existing_object_and_delete_none():
+    images = [m for m in resources()["google_storage_bucket_iam_member"].values()
+              if refers_to(m["bucket"], "google_storage_bucket", "images")]
+    for name, function in functions().items():
+        account = account_of(function)
+        roles = {m["role"] for m in images if refers_to(m["member"], "google_service_account", account)}
+        # create (if_generation_match=0) and get (the metadata of an object that already exists)
+        assert roles == {"roles/storage.objectCreator", "roles/storage.objectViewer"}, name
+    assert {m["role"] for m in images} == {"roles/storage.objectCreator", "roles/storage.objectViewer"}
+
+
+# --- the poller's schedule ------------------------------------------------------------------------------
+
+def test_a_tick_ends_before_the_scheduler_starts_the_next_one():
+    [job] = resources()["google_cloud_scheduler_job"].values()
+    _, poller = function_named("scheduled_poller")
+    config = poller["service_config"][0]
+    assert job["attempt_deadline"] == "${var.poller_timeout_seconds}s"
+    assert config["timeout_seconds"] == "${var.poller_timeout_seconds}"
+
+    timeout, budget, tail = (default(v) for v in ("poller_timeout_seconds", "poller_budget_seconds", "poller_tail_seconds"))
+    assert timeout >= budget + tail and 15 <= timeout <= 1800
+    assert tail >= 2 * default("webhook_timeout_seconds")
+    conditions = [p["condition"] for p in job["lifecycle"][0]["precondition"]]
+    assert any("var.poller_budget_seconds + var.poller_tail_seconds" in c for c in conditions)
+    # Ticks never overlap, so one instance serving one call at a time is enough.
+    assert default("poller_max_instances") == 1
+    assert config["max_instance_request_concurrency"] == 1
+
+
+def test_no_comment_says_that_ticks_overlap():
+    assert not re.search(r"ticks may overlap|Overlapping calls are safe", tf_text())
+
+
+# --- log-based metrics, checked against sample log entries -------------------------------------------
+
+_SEVERITIES = ["DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY"]
+
+
+def expanded_filter(metric: str) -> list[str]:
+    """The metric's filter with ${local.x} expanded: one Logging query term per line (ANDed)."""
+    text = resources()["google_logging_metric"][metric]["filter"]
+    text = re.sub(r"^<<-EOT\n|\n\s*EOT\s*$", "", text)
+    while m := re.search(r"\$\{local\.(\w+)\}", text):
+        text = text.replace(m.group(0), locals_()[m.group(1)].removeprefix("<<-EOT\n").rsplit("EOT", 1)[0])
+    # The services: "${join(" OR ", [for f in [<functions>] : "\"${f.name}\""])}" and "${<function>.name}".
+    if m := re.search(r'\$\{join\(" OR ", \[for f in \[(.*?)\] : .*?\]\)\}', text):
+        names = [functions()[n]["name"] for n in re.findall(r"google_cloudfunctions2_function\.(\w+)", m.group(1))]
+        text = text.replace(m.group(0), " OR ".join(f'"{n}"' for n in names))
+    text = re.sub(r"\$\{google_cloudfunctions2_function\.(\w+)\.name\}", lambda m: functions()[m.group(1)]["name"], text)
+    # One term per line, or several on a line separated by spaces (never after NOT).
+    return [term.strip() for line in text.splitlines()
+            for term in re.split(r"(?<!NOT) (?=[A-Za-z][\w.]*[:=<>])", line.strip()) if term.strip()]
+
+
+def field(entry: dict, path: str):
+    value = entry
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def matches(term: str, entry: dict) -> bool:
+    """The few forms of the Logging query language our filters use."""
+    if term.startswith("NOT "):
+        return not matches(term[4:], entry)
+    if m := re.fullmatch(r'([\w.]+)=\((.*)\)', term):
+        return field(entry, m.group(1)) in {v.strip().strip('"') for v in m.group(2).split(" OR ")}
+    if m := re.fullmatch(r'([\w.]+)="?([^"]*)"?', term):
+        return str(field(entry, m.group(1))) == m.group(2)
+    if m := re.fullmatch(r'([\w.]+):\*', term):
+        return field(entry, m.group(1)) is not None
+    if m := re.fullmatch(r'([\w.]+):"([^"]*)"', term):
+        return m.group(2) in str(field(entry, m.group(1)) or "")
+    if m := re.fullmatch(r"severity>=(\w+)", term):
+        return _SEVERITIES.index(entry.get("severity", "DEFAULT")) >= _SEVERITIES.index(m.group(1))
+    raise AssertionError(f"filter term this test does not understand: {term}")
+
+
+def counted(metric: str, entry: dict) -> bool:
+    return all(matches(term, entry) for term in expanded_filter(metric))
+
+
+def log_entry(function: str, log: str = "stdout", **fields) -> dict:
+    service = resources()["google_cloudfunctions2_function"][function]["name"]
+    return {"resource": {"type": "cloud_run_revision", "labels": {"service_name": service}},
+            "logName": f"projects/p/logs/run.googleapis.com%2F{log}", **fields}
+
+
+def test_the_error_metric_counts_our_errors_but_not_the_request_log_of_a_hand_back():
+    hand_back = log_entry("worker", "requests", severity="ERROR", httpRequest={"status": 503})
+    hand_back_line = log_entry("worker", severity="WARNING", jsonPayload={"state": "queued"})
+    our_error = log_entry("poller", severity="ERROR", jsonPayload={"message": "reconciling intent x failed"})
+    out_of_memory = log_entry("worker", "varlog%2Fsystem", severity="ERROR", textPayload="Memory limit exceeded")
+    other_service = {**our_error, "resource": {"type": "cloud_run_revision", "labels": {"service_name": "other"}}}
+
+    assert not counted("function_errors", hand_back)
+    assert not counted("function_errors", hand_back_line)
+    assert counted("function_errors", our_error)
+    assert counted("function_errors", out_of_memory)
+    assert not counted("function_errors", other_service)
+
+
+def test_the_dead_letter_metric_counts_state_lines_from_every_function():
+    from core.models import ItemState
+
+    for function in functions():
+        line = log_entry(function, severity="WARNING", jsonPayload={"state": ItemState.DEAD_LETTERED.value})
+        assert counted("items_dead_lettered", line), function
+    assert not counted("items_dead_lettered", log_entry("worker", severity="INFO", jsonPayload={"state": "succeeded"}))
+    assert 'jsonPayload.state="dead_lettered"' in expanded_filter("items_dead_lettered")
+
+
+def test_the_quota_metric_counts_the_workers_429_warnings():
+    line = log_entry("worker", severity="WARNING", jsonPayload={"quota_id": "GenerateRequestsPerMinutePerProjectPerModel"})
+    assert counted("worker_quota_exceeded", line)
+    assert not counted("worker_quota_exceeded", {**line, "severity": "INFO"})
+    assert not counted("worker_quota_exceeded", log_entry("api", severity="WARNING", jsonPayload={"quota_id": "x"}))
+
+
+# --- retention -------------------------------------------------------------------------------------------
+
+# Collections that do not grow with use, and why; every other collection the code writes needs
+# a TTL policy on expire_at.
+BOUNDED_COLLECTIONS = {
+    "ratelimit": "one document per limiter (model)",
+    "leases": "RATE_CONCURRENCY documents per limiter, reused",
+    "breakers": "one document per breaker",
+    "usage": "only a parent path: the counters are in usage/{day}/shards",
+}
+
+
+def collections_in_code() -> set[str]:
+    adapters = ROOT / "functions" / "adapters"
+    text = "\n".join(p.read_text() for p in adapters.glob("firestore_*.py"))
+    # Default collection names of the adapters' constructors, and subcollections by literal name.
+    return set(re.findall(r'(?:collection|intents): str = "(\w+)"', text)) | set(re.findall(r'\.collection\("(\w+)"\)', text))
+
+
+def ttl_policies() -> dict[str, dict]:
+    return {f["collection"]: f for f in resources()["google_firestore_field"].values() if "ttl_config" in f}
+
+
+def test_every_growing_collection_has_a_ttl_policy_on_expire_at():
+    code = collections_in_code()
+    assert {"jobs", "items", "batches", "events", "pool", "shards", "slots", "idempotency"} <= code
+
+    assert set(ttl_policies()) == code - set(BOUNDED_COLLECTIONS)
+    for collection, policy in ttl_policies().items():
+        assert policy["field"] == "expire_at", collection
+        assert policy["index_config"] == [{}], collection  # exempt: nothing queries it
+
+
+def test_field_configurations_are_applied_one_at_a_time():
+    # One chain: each field configuration waits for exactly one other, and all for one root.
+    fields = resources()["google_firestore_field"]
+    after = {name: [re.search(r"google_firestore_field\.(\w+)", d).group(1)
+                    for d in body.get("depends_on", []) if "google_firestore_field." in d]
+             for name, body in fields.items()}
+    [root] = [name for name, before in after.items() if not before]
+    assert all(len(before) <= 1 for before in after.values())
+    next_of = {before[0]: name for name, before in after.items() if before}
+    chain = [root]
+    while chain[-1] in next_of:
+        chain.append(next_of[chain[-1]])
+    assert sorted(chain) == sorted(fields)
+
+
+def test_records_are_kept_as_long_as_the_images():
+    assert default("records_retention_days") == default("images_retention_days") == 30
+    for name, function in functions().items():
+        assert env_of(function)["RECORDS_RETENTION_DAYS"] == "${var.records_retention_days}", name
+
+
+# --- sizing ----------------------------------------------------------------------------------------------
+
+SIZED = {"rate_limit_requests", "rate_limit_images", "rate_concurrency", "worker_concurrency", "worker_max_instances"}
+
+
+def sizing(rpm: float, latency: float, window: float = 60) -> dict[str, int]:
+    """sizing.tf, in Python: what docs/deploying.md's table shows."""
+    limit = math.floor(rpm * window / 60)
+    concurrency = math.ceil(rpm / 60 * latency)
+    slots = concurrency + math.ceil(concurrency / 4)
+    per_instance = min(8, slots)
+    return {"rate_limit_requests": limit, "rate_limit_images": limit, "rate_concurrency": concurrency,
+            "worker_slots": slots, "worker_concurrency": per_instance,
+            "worker_max_instances": math.ceil(slots / per_instance)}
+
+
+def table_in_docs() -> dict[int, dict[str, int]]:
+    """The rows of the sizing table in docs/deploying.md, by requests per minute."""
+    rows = {}
+    for line in DEPLOYING_MD.read_text().splitlines():
+        cells = [c.strip().replace(",", "").strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].isdigit():
+            rpm, _, concurrency, slots, per_instance, instances, _ = cells
+            rows[int(rpm)] = {"rate_concurrency": int(concurrency), "worker_slots": int(slots),
+                              "worker_concurrency": int(per_instance), "worker_max_instances": int(instances)}
+    return rows
+
+
+def test_the_sizing_table_in_the_docs_is_what_the_formulas_give():
+    rows = table_in_docs()
+    assert set(rows) == {10, 60, 300, 1000}
+    for rpm, row in rows.items():
+        derived = sizing(rpm, default("model_latency_seconds"))
+        assert row == {k: derived[k] for k in row}, rpm
+        # Little's law: enough calls in flight to use the whole quota at the assumed latency.
+        assert derived["rate_concurrency"] >= rpm / 60 * default("model_latency_seconds")
+        assert derived["worker_concurrency"] * derived["worker_max_instances"] >= derived["worker_slots"]
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+@pytest.mark.parametrize("rpm", [10, 60, 300, 1000])
+def test_sizing_tf_computes_what_the_formulas_give(tmp_path, rpm):
+    # sizing.tf holds only locals, so terraform console evaluates it with variables.tf alone,
+    # without providers.
+    for name in ("variables.tf", "sizing.tf"):
+        shutil.copy(TF_DIR / name, tmp_path / name)
+    names = sorted(SIZED | {"worker_slots"})
+    expression = "jsonencode({" + ", ".join(f"{n} = local.{n}" for n in names) + "})"
+    out = subprocess.run(["terraform", "console", "-var", "project_id=p", "-var", f"model_requests_per_minute={rpm}"],
+                         input=expression, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    computed = json.loads(json.loads(out.strip().splitlines()[-1]))
+
+    assert computed == {n: sizing(rpm, default("model_latency_seconds"))[n] for n in names}
+
+
+def test_the_worker_and_the_limiter_take_the_derived_sizes():
+    env = locals_()["app_env"]
+    _, worker = function_named("pubsub_worker")
+    config = worker["service_config"][0]
+    assert env["RATE_LIMIT_REQUESTS"] == "${local.rate_limit_requests}"
+    assert env["RATE_LIMIT_IMAGES"] == "${local.rate_limit_images}"
+    assert env["RATE_CONCURRENCY"] == "${local.rate_concurrency}"
+    assert config["max_instance_count"] == "${local.worker_max_instances}"
+    assert config["max_instance_request_concurrency"] == "${local.worker_concurrency}"
+    for name in ("rate_limit_requests", "rate_limit_images", "rate_concurrency", "worker_concurrency", "worker_max_instances"):
+        assert default(name) is None, name  # derived unless overridden
+
+
+def test_functions_wait_for_their_grants_to_propagate():
+    [wait] = [n for n, w in resources()["time_sleep"].items() if "_iam_member." in json.dumps(w)]
+    triggers = set(references(f"time_sleep.{wait}"))
+    for name, function in functions().items():
+        assert f"${{time_sleep.{wait}}}" in function["depends_on"], name
+        grants = {d.strip("${}") for d in function["depends_on"]} - {"google_project_service.this", f"time_sleep.{wait}"}
+        assert grants and grants <= triggers, (name, grants - triggers)
+    assert default(resources()["time_sleep"][wait]["create_duration"].strip("${}").removeprefix("var.")) == "2m"

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest lint clean distclean
+.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest smoke-live lint clean distclean
 
 help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-interactive: venv ## interactive lane: throughput against the quota, besid
 
 bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and 1 GB results files
 	$(PY) tests/bench/bench_ingest.py $(ARGS)
+
+smoke-live: venv ## two images (SMOKE_BATCH=1: and a two-line batch) against the REAL Gemini API with GEMINI_API_KEY; costs money; never in CI
+	$(PY) tools/smoke_live.py
 
 # checkov cannot share .venv (infra/terraform/requirements-checkov.txt says why): its own venv.
 CHECKOV_VENV ?= $(VENV)/checkov

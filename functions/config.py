@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.tenants import Caller, parse_api_keys
 from core.webhooks import decode_secret
 
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a malformed WEBHOOK_SECRET must not be echoed into the logs.
     model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
+    _callers: dict[str, Caller] = PrivateAttr(default_factory=dict)
 
     google_cloud_project: str = Field(description="Project of Firestore, Pub/Sub and GCS")
     images_bucket: str = Field(description="Bucket that receives the generated images")
@@ -23,8 +25,8 @@ class Settings(BaseSettings):
 
     api_keys: SecretStr | None = Field(
         None,
-        description="comma-separated API keys for X-API-Key; unset = no key check (the cloud's "
-        "IAM invoker check still applies)",
+        description="comma-separated X-API-Key entries: key, tenant=key or admin:tenant=key "
+        "(core/tenants.py); unset = no key check and one tenant (the cloud's IAM invoker check still applies)",
     )
 
     gemini_model: str = "gemini-2.5-flash-image"
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(60.0, gt=0)
     rate_concurrency: int | None = Field(4, description="concurrent requests; 0 = unlimited")
     rate_safety: float = Field(0.95, gt=0, le=1)
+    # Spend-based limit (paid tiers): dollars per rolling window, shared by every instance.
+    rate_limit_spend_usd: float | None = Field(
+        None, ge=0, description="dollars of expected cost per RATE_SPEND_WINDOW_SECONDS; unset or 0 = off")
+    rate_spend_window_seconds: float = Field(600.0, gt=0)
 
     # Worker behaviour
     max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")
@@ -163,10 +169,15 @@ class Settings(BaseSettings):
         by_bytes = max(1, self.batch_max_output_bytes // self.batch_expected_image_bytes)
         return min(self.batch_max_requests, by_bytes)
 
-    def accepted_api_keys(self) -> list[str]:
-        if self.api_keys is None:
-            return []
-        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+    @model_validator(mode="after")
+    def _api_keys_are_readable(self) -> Settings:
+        # Read once: refuses to start with a malformed API_KEYS rather than fail each call.
+        self._callers = parse_api_keys(self.api_keys.get_secret_value() if self.api_keys is not None else None)
+        return self
+
+    def api_callers(self) -> dict[str, Caller]:
+        """{key: caller}; empty when no key is configured (no key check)."""
+        return self._callers
 
     @property
     def lease_seconds(self) -> float:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -14,6 +15,7 @@ import math
 import logging
 import uuid
 
+import flask
 import functions_framework
 import pydantic
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, ServiceUnavailable
@@ -24,8 +26,10 @@ import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
 from core.pool import flush_pool
+from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields
+from schemas import excerpt as _excerpt
 
 logs.configure()
 log = logging.getLogger("imagefleet")
@@ -68,9 +72,9 @@ def http_api(request):
     try:
         adapter = _ROUTES.bind_to_environ(request.environ)
         endpoint, args = adapter.match()
-        if endpoint not in _PUBLIC:
-            _authenticate(request)
-        return _HANDLERS[endpoint](request, **args)
+        if endpoint in _PUBLIC:
+            return _HANDLERS[endpoint](request, **args)
+        return _HANDLERS[endpoint](request, _authenticate(request), **args)
     except ApiError as e:
         return _error(e, e.headers)
     except MethodNotAllowed as e:
@@ -78,25 +82,39 @@ def http_api(request):
         return _error(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"),
                       {"Allow": allowed})  # RFC 9110: a 405 lists what is allowed
     except RouteNotFound:
-        return _error(ApiError(404, "not_found", f"no route {request.path}"))
+        return _error(ApiError(404, "not_found", f"no route {_excerpt(request.path)}"))
     except HTTPException as e:  # e.g. 413 from the body size cap
         return _error(ApiError(e.code or 400, e.name.lower().replace(" ", "_"), e.description or e.name))
     except Exception:  # never an HTML error page: log it, answer JSON
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, _excerpt(request.path))
         return _error(ApiError(500, "internal", "internal error; see the function's logs"))
 
 
-def _authenticate(request) -> None:
-    """X-API-Key against API_KEYS, in constant time; the key is never logged or echoed."""
-    keys = wiring.settings().accepted_api_keys()
-    if not keys:
-        return
+def _framework_not_found(e):
+    """functions-framework routes every path to http_api with Flask's `<path:path>`, whose
+    pattern does not match a line break: "/v1/jobs/x%0A" never reaches http_api and Flask
+    answered with an HTML page. The handler is documented in
+    https://github.com/GoogleCloudPlatform/functions-framework-python#error-handling."""
+    return _error(ApiError(404, "not_found", f"no route {_excerpt(flask.request.path)}"))
+
+
+functions_framework.errorhandler(RouteNotFound)(_framework_not_found)  # not an entry point
+
+
+def _authenticate(request) -> Caller:
+    """X-API-Key against API_KEYS, in constant time: the caller (its tenant). The key is never
+    logged or echoed. Without keys configured, every caller is the one local tenant."""
+    callers = wiring.settings().api_callers()
+    if not callers:
+        return LOCAL
     given = request.headers.get(API_KEY_HEADER, "").encode()
-    valid = False
-    for key in keys:  # every key is compared, so timing says nothing about which one matched
-        valid |= hmac.compare_digest(given, key.encode())
-    if not valid:
+    found = None
+    for key, caller in callers.items():  # every key is compared: timing says nothing of which matched
+        if hmac.compare_digest(given, key.encode()):
+            found = caller
+    if found is None:
         raise ApiError(401, "unauthenticated", f"send a valid API key in the {API_KEY_HEADER} header")
+    return found
 
 
 def _healthz(request):
@@ -112,23 +130,40 @@ def _read_json(request, max_bytes: int):
     mimetype = request.mimetype or ""
     if mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
-    if request.content_length is not None and request.content_length > max_bytes:
+    data = _read_body(request.stream, max_bytes)
+    if data is None:
         raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
-    request.max_content_length = max_bytes
     try:
-        return json.loads(request.get_data(cache=False))
-    except HTTPException:
-        raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
+        return json.loads(data)
     except RecursionError:
         raise ApiError(400, "invalid_json", "the JSON body is nested too deeply")
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}")
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {_excerpt(str(e), 200)}")
+
+
+def _read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
+    """The body, or None when it is over max_bytes, with or without a Content-Length (a chunked
+    body has none). An oversized body is read to its end and dropped, in bounded memory:
+    functions-framework reads the whole body after every response (its `read_request` hook),
+    and with `request.max_content_length` set that second read raised the 413 again outside
+    our handler, as a 500 HTML page. A 2nd gen function takes at most 32 MB of uncompressed
+    request (https://cloud.google.com/functions/quotas), so the drain is bounded in the cloud."""
+    parts, size = [], 0
+    while size <= max_bytes:
+        part = stream.read(min(chunk, max_bytes + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    while stream.read(chunk):
+        pass
+    return None
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def _submit(request):
+def _submit(request, caller: Caller):
     s = wiring.settings()
     body = _read_json(request, s.max_body_bytes)
     if not isinstance(body, dict):
@@ -143,7 +178,7 @@ def _submit(request):
     except pydantic.ValidationError as e:
         fields = error_fields(e)
         raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields)
-    spec = job_request.to_spec()
+    spec = dataclasses.replace(job_request.to_spec(), tenant=caller.tenant)
     dry_run = request.args.get("dry_run", "").lower()
     if dry_run not in ("", "false", "0", "true", "1"):
         raise ApiError(400, "invalid_request", "dry_run must be true or false",
@@ -152,6 +187,10 @@ def _submit(request):
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters",
                        [{"field": IDEMPOTENCY_HEADER, "problem": "length out of range"}])
+    # RFC 9110 section 5.5: a field value holds no control characters, a tab aside.
+    if idempotency_key is not None and any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7f for c in idempotency_key):
+        raise ApiError(400, "invalid_request", f"{IDEMPOTENCY_HEADER} contains a control character",
+                       [{"field": IDEMPOTENCY_HEADER, "problem": "control character"}])
     try:
         if dry_run in ("true", "1"):
             route = usecases.plan_route(
@@ -185,7 +224,7 @@ def _submit(request):
         else:
             job, replayed = usecases.submit_once(
                 spec,
-                key_id=_idempotency_key_id(request, idempotency_key),
+                key_id=_idempotency_key_id(request, caller, idempotency_key),
                 body_sha256=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
                 idempotency=wiring.idempotency_store(),
                 store=wiring.job_store(),
@@ -209,7 +248,7 @@ def _submit(request):
     status_url = f"/v1/jobs/{job.job_id}"
     if not replayed:
         log.info("accepted job %s: %d items, lane %s (%s)", job.job_id, job.item_count, job.lane.value,
-                 job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value})
+                 job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value, "tenant": caller.tenant})
     return _json(
         {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
          "item_count": job.item_count, "status_url": status_url, "route_reason": job.route_reason,
@@ -218,28 +257,30 @@ def _submit(request):
     )
 
 
-def _idempotency_key_id(request, key: str) -> str:
-    """Keys are scoped to the caller's API key (so two clients never share one) and hashed:
-    neither the client's key nor the API key is stored or becomes a document id."""
-    caller = request.headers.get(API_KEY_HEADER, "")
-    return hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
+def _idempotency_key_id(request, caller: Caller, key: str) -> str:
+    """Keys are scoped to the tenant and the caller's API key (so two clients never share one,
+    and a key moved to another tenant never replays its old tenant's job) and hashed: neither
+    the client's key nor the API key is stored or becomes a document id."""
+    api_key = request.headers.get(API_KEY_HEADER, "")
+    return hashlib.sha256(f"{caller.tenant}\x00{api_key}\x00{key}".encode()).hexdigest()
 
 
 def _seconds_until(epoch: float) -> str:
     return str(max(1, math.ceil(epoch - wiring.clock().now())))
 
 
-def _stats(request):
+def _stats(request, caller: Caller):
     pool = wiring.pool_store()
-    return _json(usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
-                                    pool_size=pool.count() if pool is not None else None))
+    body = usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
+                              pool_size=pool.count() if pool is not None else None, tenant=caller.scope)
+    return _json({"tenant": caller.tenant, "admin": caller.admin, **body})
 
 
-def _retry(request, job_id: str):
+def _retry(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
         body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
-                                  pool=wiring.pool_store(), clock=wiring.clock())
+                                  pool=wiring.pool_store(), clock=wiring.clock(), tenant=caller.scope)
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:
@@ -247,11 +288,10 @@ def _retry(request, job_id: str):
     return _json(body, 202, {"Location": f"/v1/jobs/{job_id}"})
 
 
-def _status(request, job_id: str):
-    try:
-        page_size = int(request.args.get("page_size", 100))
-    except ValueError:
-        page_size = -1
+def _status(request, caller: Caller, job_id: str):
+    raw_size = request.args.get("page_size", "100")
+    # ASCII digits only: int() also takes " 5", "+5", "1_0" and "٣".
+    page_size = int(raw_size) if raw_size.isascii() and raw_size.isdigit() and len(raw_size) <= 3 else -1
     if not 1 <= page_size <= 500:
         raise ApiError(400, "invalid_request", "page_size must be an integer from 1 to 500",
                        [{"field": "page_size", "problem": "out of range"}])
@@ -265,17 +305,18 @@ def _status(request, job_id: str):
         body = usecases.get_job_status(
             job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
             batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
+            tenant=caller.scope,
         )
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     return _json(body)
 
 
-def _cancel(request, job_id: str):
+def _cancel(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
         body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
-                                   events=wiring.job_events())
+                                   events=wiring.job_events(), tenant=caller.scope)
     except errors.NotFound as e:
         raise ApiError(404, "not_found", str(e))
     except errors.Conflict as e:
@@ -286,8 +327,8 @@ def _cancel(request, job_id: str):
 
 def _check_job_id(job_id: str) -> None:
     # Job ids are ours (uuid hex): anything else cannot name a job, and never reaches a query.
-    if not job_id.isalnum() or len(job_id) > 64:
-        raise ApiError(404, "not_found", f"job {job_id} not found")
+    if not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
+        raise ApiError(404, "not_found", f"job {_excerpt(job_id)} not found")
 
 
 _PUBLIC = {"healthz", "openapi"}
@@ -338,7 +379,9 @@ def pubsub_worker(cloud_event):
 
 @functions_framework.http
 def scheduled_poller(request):
-    """One Cloud Scheduler tick. Overlapping ticks are safe: every batch is leased."""
+    """One Cloud Scheduler tick. Cloud Scheduler starts no attempt before the previous one ends,
+    but a tick can still meet another (one that outlived its attempt deadline, a manual run, a
+    second deployment): every batch and event is leased, so that is safe."""
     s = wiring.settings()
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds

@@ -60,7 +60,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                     {"name": "dry_run", "in": "query", "required": False,
                      "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}},
                     {"name": "Idempotency-Key", "in": "header", "required": False,
-                     "description": "The same key (per API key) returns the same job for 24 h",
+                     "description": "The same key (per tenant and API key) returns the same job for 24 h",
                      "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {
@@ -90,7 +90,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                 "responses": {
                     "202": _ok("RetryAccepted", "Re-queued"),
                     **auth_errors,
-                    "404": _error("No such job"),
+                    "404": _error("No such job, or another tenant's (the two are not told apart)"),
                     "409": _error("Nothing to retry, or the job was cancelled"),
                 },
             }},
@@ -114,7 +114,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                         "200": _ok("JobStatusResponse", "The job"),
                         "400": _error("Invalid paging"),
                         **auth_errors,
-                        "404": _error("No such job"),
+                        "404": _error("No such job, or another tenant's (the two are not told apart)"),
                     },
                 },
                 "delete": {
@@ -124,7 +124,7 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
                     "responses": {
                         "200": _ok("JobStatusResponse", "Cancelled"),
                         **auth_errors,
-                        "404": _error("No such job"),
+                        "404": _error("No such job, or another tenant's (the two are not told apart)"),
                         "409": _error("The job has already ended"),
                     },
                 },
@@ -134,7 +134,10 @@ def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> 
         },
         "components": {
             "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}},
+            "securitySchemes": {"apiKey": {
+                "type": "apiKey", "in": "header", "name": API_KEY_HEADER,
+                "description": "A key of a tenant, which owns the jobs it submits and sees only those and its "
+                               "own usage; an admin key sees every tenant's"}},
         },
         "security": [{"apiKey": []}],
     }

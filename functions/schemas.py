@@ -15,7 +15,17 @@ AspectRatio = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "
 # Client keys become Firestore document ids and object names ({job_id}/{key}.png): no slash,
 # no dot segments, nothing a path or a console could misread.
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Names the CLI's download writes beside the images (<key>.png), and the device names Windows
+# will not create a file under whatever the extension: compared ignoring case, as disks do.
+RESERVED_KEYS = frozenset(
+    {"manifest", "contact-sheet", "con", "prn", "aux", "nul"}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
+)
+# C0 controls but tab and line ends, DEL, C1 controls (U+0080-U+009F), and lone surrogates
+# (json.loads accepts "\ud800"; it cannot be encoded as UTF-8 for Firestore or Gemini).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# In a one-line field every control character is out, tab and line ends too.
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ItemRequest(BaseModel):
@@ -36,8 +46,23 @@ class ItemRequest(BaseModel):
         limit = (info.context or {}).get("max_prompt_chars", 4000)
         if len(value) > limit:
             raise ValueError(f"prompt is {len(value)} characters; the limit is {limit}")
-        if _CONTROL.search(value):
-            raise ValueError("prompt contains control characters")
+        if bad := _CONTROL.search(value):
+            raise ValueError(f"prompt contains the control character U+{ord(bad.group()):04X} at {bad.start()}")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and (bad := _ANY_CONTROL.search(value)):
+            raise ValueError(f"domain contains the control character U+{ord(bad.group()):04X} at {bad.start()}")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() in RESERVED_KEYS:
+            raise ValueError(f"{value!r} is a reserved name (reserved, ignoring case: "
+                             f"{', '.join(sorted(RESERVED_KEYS))})")
         return value
 
 
@@ -76,13 +101,16 @@ class JobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _unique_keys(self) -> JobRequest:
+        # Ignoring case: "K.png" and "k.png" are one file on the disks of macOS and Windows.
         seen: dict[str, int] = {}
         for i, key in enumerate(self.item_keys()):
-            if key in seen:
+            folded = key.lower()
+            if folded in seen:
                 raise ValueError(
-                    f"requests[{i}].key {key!r} repeats requests[{seen[key]}]; keys must be unique"
+                    f"requests[{i}].key {key!r} repeats requests[{seen[folded]}].key "
+                    f"{self.item_keys()[seen[folded]]!r}; keys must be unique, ignoring case"
                 )
-            seen[key] = i
+            seen[folded] = i
         return self
 
     def item_keys(self) -> list[str]:
@@ -103,15 +131,25 @@ class JobRequest(BaseModel):
 
 
 def error_fields(exc) -> list[dict]:
-    """pydantic errors as [{"field": "requests[3].prompt", "problem": "..."}]."""
+    """pydantic errors as [{"field": "requests[3].prompt", "problem": "..."}]. A field name the
+    client made up (an unknown one) is shown as a short, escaped excerpt."""
     out = []
     for err in exc.errors(include_url=False):
         field = ""
         for part in err["loc"]:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+            part = part if isinstance(part, int) else excerpt(str(part))
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else part)
         msg = err["msg"].removeprefix("Value error, ")
         out.append({"field": field or "(body)", "problem": msg})
     return out
+
+
+def excerpt(text: str, limit: int = 40) -> str:
+    """User input as an error may show it: a short prefix with anything unprintable escaped, so
+    an error never echoes 100 KB back, or puts control characters into a client's terminal."""
+    cut = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
+    cut = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+    return cut + ("…" if len(text) > limit else "")
 
 
 # --- responses (documented in the OpenAPI contract; the handlers build plain dicts) --------
@@ -149,6 +187,8 @@ class BatchStatus(BaseModel):
     attempt: int
     items: int
     outcome: str | None
+    error: str | None = Field(None, description="the service's last refusal of this batch's input (upload or create)")
+    submit_failures: int = Field(0, description="refusals in a row; at 3 the batch's items fail with `error`")
 
 
 class ItemCounts(BaseModel):
@@ -226,14 +266,21 @@ class BreakerStatus(BaseModel):
 
 
 class Stats(BaseModel):
+    tenant: str = Field(description="The caller's tenant (its API key's)")
+    admin: bool = Field(description="True: the caller sees every tenant's usage")
     day: str = Field(description="The quota day (it resets at midnight Pacific)")
     resets_at: float
     counters: dict[str, float | int | dict[str, int]] = Field(
-        description="requests, images, succeeded, failed, dead_lettered, quota_errors, "
-        "quota_errors_by_id, spend_usd, reserved_usd, released_usd, diverted, ... (absent = 0)")
-    limits: dict[str, float | int | None]
+        description="An admin: the project's requests, images, succeeded, failed, dead_lettered, quota_errors, "
+        "quota_errors_by_id, spend_usd, reserved_usd, released_usd, diverted, ...; a tenant: its own requests, "
+        "images, interactive_images, batch_images, succeeded, failed, dead_lettered, spend_usd (absent = 0)")
+    tenants: dict[str, dict[str, float | int]] | None = Field(
+        None, description="An admin only: each tenant's counters, as a tenant sees its own")
+    limits: dict[str, float | int | None] = Field(description="The project's daily limits, shared by every tenant")
     prices: dict[str, float]
-    budget: dict[str, float | None]
+    budget: dict[str, float | None] = Field(
+        description="spent_usd: the caller's spend (an admin: the project's); left_usd: the shared daily budget's "
+        "rest; committed_usd (an admin only): reserved by accepted jobs")
     breaker: BreakerStatus
     pending_batch_pool: int | None
 

@@ -127,6 +127,10 @@ def rate_limit(s: Settings) -> RateLimit:
         window_seconds=s.rate_window_seconds,
         concurrency=s.rate_concurrency or None,
         safety=s.rate_safety,
+        spend_usd_per_window=s.rate_limit_spend_usd or None,
+        spend_window_seconds=s.rate_spend_window_seconds,
+        # Until the model catalog prices each request, every interactive image costs the same.
+        cost_per_request_usd=s.price_interactive_image_usd,
     )
 
 
@@ -172,7 +176,15 @@ def accounting():
         clock=clock(),
         prices=Prices(s.price_interactive_image_usd, s.price_batch_image_usd),
         limits=DailyLimits(s.daily_request_quota, s.daily_image_quota, s.daily_budget_usd),
+        tenant_of=_tenant_of_job,
     )
+
+
+def _tenant_of_job(job_id: str) -> str | None:
+    from core.tenants import tenant_of_job
+
+    job = job_store().get_job(job_id)
+    return tenant_of_job(job.tenant) if job is not None else None
 
 
 @functools.cache

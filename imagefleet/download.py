@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagefleet.inputs import RESERVED_KEYS
+
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GS_URI = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(.+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -123,12 +125,21 @@ def download(entries: list[Entry], out: Path, fetch: Fetch, *, manifest: bytes |
         leftover.unlink(missing_ok=True)
     report = Report(out=out, verified=manifest is not None)
     todo = []
+    names: dict[str, str] = {}  # file name ignoring case -> the key that has it
     for entry in entries:
         if entry.state != "succeeded":
             continue
         name = entry.file_name
         if name is None:
             report.problems.append(f"item {entry.key[:80]!r}: its key is not a safe file name; skipped")
+            continue
+        # Jobs accepted before the API refused these keys: never overwrite the manifest, the
+        # contact sheet or another image (macOS and Windows disks ignore case).
+        if entry.key.lower() in RESERVED_KEYS:
+            report.problems.append(f"{entry.key}: its key is a name this folder reserves; skipped")
+            continue
+        if (other := names.setdefault(name.lower(), entry.key)) != entry.key:
+            report.problems.append(f"{entry.key}: {name} is the file of {other} on a case-insensitive disk; skipped")
             continue
         if not entry.gcs_uri:
             report.problems.append(f"{entry.key}: succeeded but has no gcs_uri")

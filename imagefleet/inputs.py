@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,16 @@ SAMPLE_STYLES = [
     "watercolour", "soft studio light", "isometric illustration", "golden hour photograph",
     "linocut print", "pastel gouache", "35mm film still", "papercraft diorama",
 ]
+
+
+# The API's own rules (functions/schemas.py), checked here to name the file and line.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+RESERVED_KEYS = frozenset(  # the names `download` writes beside <key>.png, and Windows device names
+    {"manifest", "contact-sheet", "con", "prn", "aux", "nul"}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
+)
+_PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class InputError(Exception):
@@ -80,7 +91,7 @@ def read_prompts(path: str, fmt: str | None = None) -> list[Prompt]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise InputError(f"{name} line {line}: not UTF-8 text (byte {exc.start})") from None
-    prompts = {"txt": _parse_txt, "jsonl": _parse_jsonl, "csv": _parse_csv}[fmt](text, name)
+    prompts = parse_prompts(text, fmt, name)
     if not prompts:
         raise InputError(f"{name}: no prompts in it")
     return prompts
@@ -88,7 +99,21 @@ def read_prompts(path: str, fmt: str | None = None) -> list[Prompt]:
 
 def parse_prompts(text: str, fmt: str, name: str = "input") -> list[Prompt]:
     """Like read_prompts, for text already in memory."""
-    return {"txt": _parse_txt, "jsonl": _parse_jsonl, "csv": _parse_csv}[fmt](text, name)
+    return _unique_keys({"txt": _parse_txt, "jsonl": _parse_jsonl, "csv": _parse_csv}[fmt](text, name))
+
+
+def _unique_keys(prompts: list[Prompt]) -> list[Prompt]:
+    """Keys equal ignoring case would be one file on macOS and Windows disks: the API refuses them."""
+    seen: dict[str, Prompt] = {}
+    for p in prompts:
+        key = p.item.get("key")
+        if key is None:
+            continue
+        if (first := seen.get(key.lower())) is not None:
+            raise InputError(f"{p.source}: key {key!r} repeats {first.item['key']!r} of {first.source} "
+                             "(keys must be unique, ignoring case)")
+        seen[key.lower()] = p
+    return prompts
 
 
 def _lines(text: str) -> list[str]:
@@ -97,8 +122,13 @@ def _lines(text: str) -> list[str]:
 
 
 def _parse_txt(text: str, name: str) -> list[Prompt]:
-    return [Prompt({"prompt": line.strip()}, f"{name} line {number}")
-            for number, line in enumerate(_lines(text), start=1) if line.strip()]
+    prompts = []
+    for number, line in enumerate(_lines(text), start=1):
+        if line.strip():
+            where = f"{name} line {number}"
+            _check_item(item := {"prompt": line.strip()}, where)
+            prompts.append(Prompt(item, where))
+    return prompts
 
 
 def _parse_jsonl(text: str, name: str) -> list[Prompt]:
@@ -168,7 +198,22 @@ def _item(values: dict, where: str) -> dict:
             raise InputError(f"{where}: \"{field}\" must be a string, got {json.dumps(value)}")
         if value.strip():
             item[field] = value.strip()
+    _check_item(item, where)
     return item
+
+
+def _check_item(item: dict, where: str) -> None:
+    if bad := _PROMPT_CONTROL.search(item["prompt"]):
+        raise InputError(f"{where}: the prompt holds the control character U+{ord(bad.group()):04X}")
+    if "domain" in item and (bad := _ANY_CONTROL.search(item["domain"])):
+        raise InputError(f"{where}: the domain holds the control character U+{ord(bad.group()):04X}")
+    key = item.get("key")
+    if key is not None and not KEY_PATTERN.match(key):
+        raise InputError(f"{where}: key {key[:40]!r} is not 1-128 letters, digits, '-' or '_' "
+                         "starting with a letter or digit")
+    if key is not None and key.lower() in RESERVED_KEYS:
+        raise InputError(f"{where}: key {key!r} is a reserved name "
+                         f"(reserved, ignoring case: {', '.join(sorted(RESERVED_KEYS))})")
 
 
 def sample_prompts(count: int) -> list[Prompt]:

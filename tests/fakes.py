@@ -355,6 +355,13 @@ class InMemorySlotStore:
             if self.leases.get(lease_id, (None, 0))[0] == owner:
                 self.leases[lease_id] = (None, 0.0)
 
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        from core.ratelimit import spend_after
+
+        with self.lock:
+            self.spend, wait = spend_after(getattr(self, "spend", []), amount, limit, window, now)
+            return wait
+
 
 class NoLimiter:
     """A RateLimiter that never waits."""
@@ -362,7 +369,7 @@ class NoLimiter:
     def __init__(self) -> None:
         self.pushed_back: list[float] = []
 
-    def acquire(self, owner: str, max_wait: float) -> None:
+    def acquire(self, owner: str, max_wait: float, cost: float | None = None) -> None:
         return None
 
     def release(self, owner: str) -> None:
@@ -384,17 +391,24 @@ class FakeBatchApi:
         self.fail_create_after_creating = False
         self.cancelled: list[str] = []
         self.deleted_files: list[str] = []
+        # Errors raised, one per call, by the next uploads / creates (as GeminiBatchApi raises them).
+        self.upload_errors: list[Exception] = []
+        self.create_errors: list[Exception] = []
 
     def key_fingerprint(self) -> str:
         return self.fingerprint
 
     def upload_jsonl(self, data: bytes, display_name: str) -> str:
+        if self.upload_errors:
+            raise self.upload_errors.pop(0)
         self.uploads += 1
         name = f"files/f{self.uploads:04d}"
         self.files[name] = data
         return name
 
     def create_batch(self, model: str, input_file: str, display_name: str) -> BatchInfo:
+        if self.create_errors:
+            raise self.create_errors.pop(0)
         name = f"batches/b{len(self.batches):04d}"
         requests = [json.loads(line) for line in self.files[input_file].splitlines() if line.strip()]
         self.batches[name] = {"state": "BATCH_STATE_PENDING", "display_name": display_name,
@@ -495,17 +509,22 @@ class InMemoryCounterStore:
         self.adds = 0
         self.lock = threading.Lock()
 
-    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None) -> None:
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
+            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
         with self.lock:
             self.adds += 1
-            totals = self.days.setdefault(day, {"quota_errors_by_id": {}})
+            totals = self.days.setdefault(day, {"quota_errors_by_id": {}, "by_tenant": {}})
             for name, value in deltas.items():
                 totals[name] = totals.get(name, 0) + value
             for qid, n in (by_quota_id or {}).items():
                 totals["quota_errors_by_id"][qid] = totals["quota_errors_by_id"].get(qid, 0) + n
+            for tenant, counters in (by_tenant or {}).items():
+                mine = totals["by_tenant"].setdefault(tenant, {})
+                for name, value in counters.items():
+                    mine[name] = mine.get(name, 0) + value
 
     def read(self, day: str) -> dict:
-        return copy.deepcopy(self.days.get(day, {"quota_errors_by_id": {}}))
+        return copy.deepcopy(self.days.get(day, {"quota_errors_by_id": {}, "by_tenant": {}}))
 
 
 class InMemoryPoolStore:

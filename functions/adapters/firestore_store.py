@@ -34,6 +34,7 @@ from core.models import (
     JobStatus,
     TERMINAL_JOB_STATUSES,
 )
+from core.ratelimit import spend_after
 
 # Firestore accepts at most 500 writes in one batch.
 _BATCH_LIMIT = 500
@@ -402,6 +403,24 @@ class FirestoreSlotStore:
 
         compare_and_set(self.db, self.leases.document(lease_id), decide)
 
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        # One small document holds the window's spends (pruned on every write), changed by
+        # compare-and-set: one write per admitted request, which the quota already keeps to a
+        # few per second.
+        waits: list[float | None] = [None]
+
+        def decide(data: dict | None) -> dict | None:
+            entries = [(e["t"], e["usd"]) for e in (data or {}).get("entries", [])]
+            kept, waits[0] = spend_after(entries, amount, limit, window, now)
+            if waits[0] is not None:
+                return None
+            return {"entries": [{"t": t, "usd": usd} for t, usd in kept]}
+
+        written = compare_and_set(self.db, self.root.collection("spend").document("window"), decide)
+        if waits[0] is None and not written:
+            return 0.05  # lost every compare-and-set to other writers: look again shortly
+        return waits[0]
+
 
 class FirestoreBreakerStore:
     """The circuit breaker's one document."""
@@ -427,20 +446,29 @@ class FirestoreCounterStore:
         self.shards = shards
         self.days = client.collection(collection)
 
-    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None) -> None:
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
+            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
         update: dict = {name: firestore.Increment(value) for name, value in deltas.items()}
         if by_quota_id:
             update["quota_errors_by_id"] = {qid: firestore.Increment(n) for qid, n in by_quota_id.items()}
+        if by_tenant:  # tenant names are [a-z0-9_-]: safe as map keys (core/tenants.py)
+            update["by_tenant"] = {tenant: {name: firestore.Increment(v) for name, v in counters.items()}
+                                   for tenant, counters in by_tenant.items()}
         shard = self.days.document(day).collection("shards").document(str(random.randrange(self.shards)))
         shard.set(update, merge=True)
 
     def read(self, day: str) -> dict:
-        totals: dict = {"quota_errors_by_id": {}}
+        totals: dict = {"quota_errors_by_id": {}, "by_tenant": {}}
         for snap in self.days.document(day).collection("shards").stream():
             for name, value in (snap.to_dict() or {}).items():
                 if name == "quota_errors_by_id":
                     for qid, n in (value or {}).items():
                         totals[name][qid] = totals[name].get(qid, 0) + n
+                elif name == "by_tenant":
+                    for tenant, counters in (value or {}).items():
+                        mine = totals[name].setdefault(tenant, {})
+                        for counter, n in (counters or {}).items():
+                            mine[counter] = mine.get(counter, 0) + n
                 elif isinstance(value, (int, float)):
                     totals[name] = totals.get(name, 0) + value
         return totals

@@ -8,6 +8,7 @@ import io
 from google.genai import Client, errors, types
 
 from adapters.gemini_generator import translate_api_error
+from core.errors import UploadRejected
 from core.models import BatchInfo
 
 
@@ -23,6 +24,22 @@ def _info(batch: types.BatchJob) -> BatchInfo:
         display_name=batch.display_name,
         output_file=batch.dest.file_name if batch.dest else None,
     )
+
+
+def _finalize_error(e: KeyError) -> str:
+    """The server's message from the finalize answer the SDK could not read. The SDK keeps that
+    answer only in a local variable (`return_file`, an HttpResponse, in files.upload), so it is
+    looked up in the traceback's frames; without it the KeyError itself is the message."""
+    tb = e.__traceback__
+    while tb is not None:
+        answer = tb.tb_frame.f_locals.get("return_file")
+        body = getattr(answer, "json", None)
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            status = f"{error.get('code', '')} {error.get('status', '')}".strip()
+            return f"{status}: {error.get('message', '')}" if status else str(error.get("message", ""))
+        tb = tb.tb_next
+    return f"no file in the answer (KeyError {e})"
 
 
 @contextlib.contextmanager
@@ -45,11 +62,19 @@ class GeminiBatchApi:
         return self._fingerprint
 
     def upload_jsonl(self, data: bytes, display_name: str) -> str:
-        with _translated():
-            uploaded = self.client.files.upload(
-                file=io.BytesIO(data),
-                config=types.UploadFileConfig(mime_type="jsonl", display_name=display_name),
-            )
+        try:
+            with _translated():
+                uploaded = self.client.files.upload(
+                    file=io.BytesIO(data),
+                    config=types.UploadFileConfig(mime_type="jsonl", display_name=display_name),
+                )
+        except KeyError as e:
+            # The real API can answer the finalize chunk with HTTP 200 and {"error": {...}}
+            # (e.g. "Unsupported MIME type: jsonl"); the SDK then fails on json['file'] with
+            # a bare KeyError (https://github.com/googleapis/python-genai/issues/1547, 1590).
+            raise UploadRejected(f"upload refused at finalize: {_finalize_error(e)}") from e
+        if not uploaded.name:
+            raise UploadRejected("upload finalized without a file name")
         return uploaded.name
 
     def create_batch(self, model: str, input_file: str, display_name: str) -> BatchInfo:

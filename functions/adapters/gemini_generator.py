@@ -57,8 +57,8 @@ def translate_api_error(e: errors.APIError):
     code = e.code or 0
     message = f"{code} {e.status}: {e.message}"
     if code == 429:
-        quota_id, delay = quota_details(e.details)
-        return QuotaExceeded(message, retry_delay=delay, quota_id=quota_id)
+        quota_ids, delay = quota_details(e.details)
+        return QuotaExceeded(message, retry_delay=delay, quota_id=None, quota_ids=quota_ids)
     if code == 403:
         return PermissionDenied(message)
     if code in (400, 404):
@@ -66,21 +66,30 @@ def translate_api_error(e: errors.APIError):
     return TransientError(message)  # 5xx, 408 and anything unexpected
 
 
-def quota_details(body) -> tuple[str | None, float | None]:
-    """quotaId from google.rpc.QuotaFailure and retryDelay from google.rpc.RetryInfo."""
+def quota_details(body) -> tuple[tuple[str, ...], float | None]:
+    """Every quotaId of google.rpc.QuotaFailure and the retryDelay of google.rpc.RetryInfo.
+
+    Only extraction: core.errors decides what they mean. Either detail may be missing (a 429
+    can carry only a google.rpc.Help link, or nothing); the SDK puts the whole JSON body in
+    APIError.details (see python-genai errors.py)."""
     details = []
     if isinstance(body, dict):
-        details = (body.get("error") or {}).get("details") or []
-    quota_id, delay = None, None
-    for detail in details:
+        error = body.get("error")
+        details = (error.get("details") if isinstance(error, dict) else None) or []
+    quota_ids: list[str] = []
+    delay = None
+    for detail in details if isinstance(details, list) else []:
         if not isinstance(detail, dict):
             continue
         if detail.get("@type") == _QUOTA_FAILURE:
             for violation in detail.get("violations") or []:
-                quota_id = quota_id or violation.get("quotaId")
+                quota_id = violation.get("quotaId") if isinstance(violation, dict) else None
+                if isinstance(quota_id, str) and quota_id not in quota_ids:
+                    quota_ids.append(quota_id)
         elif detail.get("@type") == _RETRY_INFO:
-            delay = parse_retry_delay(detail.get("retryDelay"))
-    return quota_id, delay
+            value = detail.get("retryDelay")
+            delay = parse_retry_delay(value) if isinstance(value, str) else None
+    return tuple(quota_ids), delay
 
 
 def parse_image_response(response: types.GenerateContentResponse) -> GeneratedImage:
@@ -92,6 +101,8 @@ def parse_image_response(response: types.GenerateContentResponse) -> GeneratedIm
     finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else "STOP"
     texts, image = [], None
     for part in (candidate.content.parts if candidate.content and candidate.content.parts else []):
+        if part.thought:
+            continue  # an interim "thinking" image or text, not the answer (see core.jsonl)
         if part.inline_data and part.inline_data.data and image is None:
             image = part.inline_data
         elif part.text:

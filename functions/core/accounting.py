@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 from core.models import Lane
@@ -38,6 +39,12 @@ SPEND_USD = "spend_usd"  # images produced x price of their lane
 RESERVED_USD = "reserved_usd"
 RELEASED_USD = "released_usd"
 BY_QUOTA_ID = "quota_errors_by_id"
+BY_TENANT = "by_tenant"  # {tenant: {counter: value}} for the counters below
+# What each tenant is shown of its own usage: what it sent, what came back, what it cost.
+TENANT_COUNTERS = frozenset(
+    {REQUESTS, IMAGES, INTERACTIVE_IMAGES, BATCH_IMAGES, SUCCEEDED, FAILED, DEAD_LETTERED, SPEND_USD}
+)
+_TENANT_CACHE_SIZE = 4096
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -48,11 +55,13 @@ def quota_counter(quota_id: str | None) -> str:
 
 
 class CounterStore(Protocol):
-    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None) -> None:
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
+            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
         """Add the deltas to the day's counters (atomically per call, never read-modify-write)."""
 
     def read(self, day: str) -> dict:
-        """The day's totals: {name: value, ..., "quota_errors_by_id": {quotaId: n}}."""
+        """The day's totals: {name: value, ..., "quota_errors_by_id": {quotaId: n},
+        "by_tenant": {tenant: {name: value}}}."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,10 @@ class Accounting:
     limits: DailyLimits = field(default_factory=DailyLimits)
     warn_fraction: float = 0.8
     cache_seconds: float = 2.0
+    # job id -> its tenant, so usage counted by job (the worker, the batch lane) is also counted
+    # per tenant; None: usage is counted in totals only.
+    tenant_of: Callable[[str], str | None] | None = None
+    _tenants: dict = field(default_factory=dict, init=False, repr=False)
     _cache: tuple[float, str, dict] | None = field(default=None, init=False, repr=False)
     _alerted: set = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -107,13 +120,32 @@ class Accounting:
         if not deltas and not by_id:
             return
         day = quota_day(self.clock.now())
-        self.store.add(day, deltas, by_id)
+        self.store.add(day, deltas, by_id, self._by_tenant(deltas, context.get("job_id")))
         with self._lock:
             if self._cache and self._cache[1] == day:  # keep our own view fresh between reads
                 totals = self._cache[2]
                 for k, v in deltas.items():
                     totals[k] = totals.get(k, 0) + v
         self._check_thresholds(**context)
+
+    def _by_tenant(self, deltas: dict[str, float], job_id: str | None) -> dict[str, dict[str, float]] | None:
+        shown = {k: v for k, v in deltas.items() if k in TENANT_COUNTERS}
+        if not shown or job_id is None or self.tenant_of is None:
+            return None
+        tenant = self._tenants.get(job_id)
+        if tenant is None:
+            try:
+                tenant = self.tenant_of(job_id)
+            except Exception as e:  # noqa: BLE001 - the totals are still counted
+                log.warning("could not read the tenant of job %s: %s", job_id, e)
+                return None
+            if tenant is None:  # not (yet) a job: nothing to remember
+                return None
+            with self._lock:
+                if len(self._tenants) >= _TENANT_CACHE_SIZE:
+                    self._tenants.clear()
+                self._tenants[job_id] = tenant  # a job's tenant never changes
+        return {tenant: shown}
 
     def reserve(self, lane: Lane, images: int, **context) -> None:
         """A new job's estimated cost, held against the budget until its items end."""
@@ -166,13 +198,24 @@ class Accounting:
     def resets_at(self) -> float:
         return next_reset(self.clock.now())
 
-    def summary(self) -> dict:
-        """Today's counters with limits, for GET /v1/stats."""
+    def summary(self, tenant: str | None = None) -> dict:
+        """Today's counters with limits, for GET /v1/stats: for `tenant`, its own counters and
+        spend (the limits and what is left of the budget are shared); for None (an admin), the
+        totals and each tenant's counters."""
         t = self.totals(fresh=True)
         now = self.clock.now()
-        counters = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.items() if k != BY_QUOTA_ID}
-        counters[BY_QUOTA_ID] = dict(t.get(BY_QUOTA_ID, {}))
-        return {
+        by_tenant = {name: _rounded(c) for name, c in sorted(t.get(BY_TENANT, {}).items())}
+        if tenant is None:
+            counters = _rounded({k: v for k, v in t.items() if k not in (BY_QUOTA_ID, BY_TENANT)})
+            counters[BY_QUOTA_ID] = dict(t.get(BY_QUOTA_ID, {}))
+            spent = t.get(SPEND_USD, 0.0)
+            budget = {"committed_usd": round(self.committed_usd(t), 6)}
+        else:
+            counters = by_tenant.get(tenant, {})
+            spent = counters.get(SPEND_USD, 0.0)
+            budget = {}
+        left = None if self.limits.budget_usd is None else round(self.budget_left(t), 6)
+        body = {
             "day": quota_day(now),
             "resets_at": next_reset(now),
             "counters": counters,
@@ -185,12 +228,11 @@ class Accounting:
                 "interactive_image_usd": self.prices.interactive_image_usd,
                 "batch_image_usd": self.prices.batch_image_usd,
             },
-            "budget": {
-                "committed_usd": round(self.committed_usd(t), 6),
-                "spent_usd": round(t.get(SPEND_USD, 0.0), 6),
-                "left_usd": None if self.limits.budget_usd is None else round(self.budget_left(t), 6),
-            },
+            "budget": {**budget, "spent_usd": round(spent, 6), "left_usd": left},
         }
+        if tenant is None:
+            body["tenants"] = by_tenant
+        return body
 
     # --- alerts --------------------------------------------------------------------------
 
@@ -216,3 +258,7 @@ class Accounting:
                                 round(100 * used / limit), round(used, 4), limit,
                                 extra={"alert": f"{name}_{level}", "used": used, "limit": limit, **context})
                     break
+
+
+def _rounded(counters: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in counters.items()}

@@ -3,7 +3,8 @@
 batches.create is not idempotent on Gemini's side, so every batch starts life as an intent
 record in our store. The intent id is the batch's display name: after a crash between
 "create" and "record", the poller finds the batch by that name instead of creating it again.
-Everything that touches an intent holds its lease, so overlapping pollers never work on the
+Everything that touches an intent holds its lease, so two ticks that meet (Cloud Scheduler does
+not overlap its attempts, but a tick past its attempt deadline or a manual run can) never work on the
 same batch twice, and ingestion checkpoints its progress so a killed poller resumes.
 """
 from __future__ import annotations
@@ -83,6 +84,7 @@ class BatchLane:
         clock: Clock,
         lease_seconds: float,
         max_attempts: int,
+        max_submit_failures: int = 3,
         checkpoint_lines: int = 200,
         upload_concurrency: int = 4,
         image_size_for: Callable[[str, str], str | None],
@@ -95,6 +97,7 @@ class BatchLane:
         self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        self.max_submit_failures = max_submit_failures
         self.checkpoint_lines = checkpoint_lines
         self.upload_concurrency = upload_concurrency
         self.image_size_for = image_size_for
@@ -148,12 +151,44 @@ class BatchLane:
         # A refused or crashed create left its input file behind: it is not reused (it may
         # expire before the batch runs), so it goes before a new one is uploaded.
         self._delete_quietly(intent.input_file)
-        input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
+        try:
+            input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
+        except InvalidRequest as e:
+            return self._input_refused(intent, owner, e, items)
         self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
                      key_fingerprint=self.api.key_fingerprint())
-        info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
+        try:
+            info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
+        except InvalidRequest as e:
+            return self._input_refused(intent, owner, e, items)
         intent = self._record_submitted(intent, owner, info.name, info.state)
         self._delete_quietly(input_file)  # the batch has read what it needs
+        return intent
+
+    def _input_refused(self, intent: BatchIntent, owner: str, error: InvalidRequest,
+                       items: Sequence[Item]) -> BatchIntent:
+        """The service refused the batch's input (a 400, or an upload finalized with an error
+        body). Quota and 5xx errors are not this: they propagate and the next tick tries again.
+        A refusal may be passing (the real API refused `jsonl` intermittently), so it is tried
+        again on the next ticks, but counted on the intent and shown in the job's status; at
+        `max_submit_failures` the items fail with the server's message instead of looping."""
+        failures = intent.submit_failures + 1
+        log.error("intent %s: the batch input was refused (%d/%d): %s", intent.intent_id, failures,
+                  self.max_submit_failures, error.reason,
+                  extra={"job_id": intent.job_id, "batch_intent": intent.intent_id, "alert": "batch_input_refused"})
+        if failures < self.max_submit_failures:
+            self._update(intent, owner, submit_failures=failures, error=error.reason)
+            intent.submit_failures, intent.error = failures, error.reason
+            return intent
+        self._delete_quietly(intent.input_file)
+        now = self.clock.now()
+        reason = f"batch input refused {failures} times: {error.reason}"
+        updates = {it.key: {"state": ItemState.FAILED.value, "error": reason, "lane": "batch",
+                            "attempts": intent.attempt, "updated_at": now} for it in items}
+        fields = {**self._finished_fields(reason), "submit_failures": failures, "error": error.reason}
+        if self.store.checkpoint(intent.intent_id, owner, fields, updates):
+            self._count(intent, [ItemState.FAILED.value] * len(updates))
+        self.finalize_job(intent.job_id)
         return intent
 
     def _delete_quietly(self, name: str | None) -> None:
@@ -409,6 +444,10 @@ class BatchLane:
                                    "lane": "batch", "attempts": intent.attempt}
         if self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates):
             self._count(intent, [u["state"] for u in updates.values()])
+            for key, fields in updates.items():  # one line per item: the dead-letter metric counts them
+                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, fields["error"],
+                            extra={"job_id": intent.job_id, "item_key": key, "lane": "batch",
+                                   "state": ItemState.DEAD_LETTERED.value})
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------

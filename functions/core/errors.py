@@ -59,18 +59,51 @@ class GenerationError(DomainError):
 
 
 class QuotaExceeded(GenerationError):
-    """429 RESOURCE_EXHAUSTED. Not the item's fault: it does not count as an attempt."""
+    """429 RESOURCE_EXHAUSTED. Not the item's fault: it does not count as an attempt.
+
+    `quota_ids` are every QuotaFailure violation the answer listed (a real 429 can name a
+    per-day, a per-minute and an input-token quota at once); `quota_id` is the one that
+    decided the classification, for logs and counters."""
 
     retryable = True
 
-    def __init__(self, reason: str, retry_delay: float | None, quota_id: str | None) -> None:
+    def __init__(self, reason: str, retry_delay: float | None, quota_id: str | None,
+                 quota_ids: tuple[str, ...] = ()) -> None:
         super().__init__(reason)
         self.retry_delay = retry_delay
-        self.quota_id = quota_id
+        self.quota_ids = tuple(quota_ids) or ((quota_id,) if quota_id else ())
+        self.quota_id = quota_id or _deciding_quota(self.quota_ids, retry_delay)
 
     @property
     def per_day(self) -> bool:
-        return bool(self.quota_id and "PerDay" in self.quota_id)
+        return is_daily_exhaustion(self.quota_ids, self.retry_delay)
+
+
+# A retryDelay this short means the service expects capacity back within a minute or two:
+# whatever else the 429 lists, it is a per-minute wait, not a day's exhaustion.
+SHORT_RETRY_DELAY_SECONDS = 120.0
+
+
+def _deciding_quota(quota_ids: tuple[str, ...], retry_delay: float | None) -> str | None:
+    daily = is_daily_exhaustion(quota_ids, retry_delay)
+    for quota_id in quota_ids:
+        if ("PerDay" in quota_id) == daily:
+            return quota_id
+    return quota_ids[0] if quota_ids else None
+
+
+def is_daily_exhaustion(quota_ids: tuple[str, ...], retry_delay: float | None) -> bool:
+    """Is this 429 a daily quota running out (wait for the quota day to reset), or a wait of
+    seconds? The real service lists every violated quota in one answer, e.g. a per-day, a
+    per-minute and an input-token quota together with retryDelay "47s"
+    (https://github.com/googleapis/python-genai/issues/2044). Opening the breaker until
+    midnight Pacific on such an answer would stall the interactive lane for up to a day, so
+    a per-day violation counts only when nothing says the wait is short."""
+    if retry_delay is not None and retry_delay <= SHORT_RETRY_DELAY_SECONDS:
+        return False
+    if any("PerMinute" in q for q in quota_ids):
+        return False
+    return any("PerDay" in q for q in quota_ids)
 
 
 class TransientError(GenerationError):
@@ -91,6 +124,11 @@ class ContentRefused(GenerationError):
 
 class InvalidRequest(GenerationError):
     """400 from the model API: retrying the same request will not help."""
+
+
+class UploadRejected(InvalidRequest):
+    """The Files API refused a batch's input file (e.g. HTTP 200 at finalize with an error body
+    such as "Unsupported MIME type: jsonl"): the reason is the server's message."""
 
 
 class RateLimited(DomainError):

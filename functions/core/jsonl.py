@@ -88,6 +88,11 @@ def image_from_response(response: dict) -> GeneratedImage:
     finish = _get(candidate, "finishReason", "finish_reason", "STOP")
     texts, inline = [], None
     for part in (candidate.get("content") or {}).get("parts") or []:
+        if not isinstance(part, dict) or part.get("thought") is True:
+            # Thinking image models send up to two interim images as `thought: true` parts
+            # before the final one (https://ai.google.dev/gemini-api/docs/image-generation,
+            # "Thinking process"): only a part that is not a thought is the answer.
+            continue
         data = _get(part, "inlineData", "inline_data")
         if data and data.get("data") and inline is None:
             inline = data

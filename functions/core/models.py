@@ -68,6 +68,7 @@ class JobSpec:
     items: tuple[ItemSpec, ...]
     requested_lane: str = "auto"
     callback_url: str | None = None
+    tenant: str | None = None  # the submitting API key's tenant (core/tenants.py)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Job:
     def accept_failed(self) -> bool:
         """Failed before it was ever queued: whatever its abandoned submitter wrote must not run."""
         return self.status is JobStatus.FAILED and self.error is not None
+    tenant: str | None = None  # who submitted it; None: stored before tenants, i.e. "default"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +112,7 @@ class Job:
             "callback_url": self.callback_url,
             "round": self.round,
             "error": self.error,
+            "tenant": self.tenant,
         }
 
     @classmethod
@@ -130,6 +133,7 @@ class Job:
             callback_url=d.get("callback_url"),
             round=d.get("round", 1),
             error=d.get("error"),
+            tenant=d.get("tenant"),
         )
 
 
@@ -244,6 +248,8 @@ class BatchIntent:
     outcome: str | None = None
     finished_at: float | None = None
     submitted_at: float | None = None  # when the Gemini batch was recorded: the local deadline counts from it
+    submit_failures: int = 0  # refused uploads/creates in a row; past a limit the items fail
+    error: str | None = None  # the last refusal's message, shown in the job's status
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -264,6 +270,8 @@ class BatchIntent:
             "attempt": self.attempt,
             "items": len(self.keys),
             "outcome": self.outcome,
+            "error": self.error,
+            "submit_failures": self.submit_failures,
         }
 
 

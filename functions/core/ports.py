@@ -110,8 +110,9 @@ class ImageGenerator(Protocol):
 
 
 class RateLimiter(Protocol):
-    def acquire(self, owner: str, max_wait: float) -> None:
-        """Block until owner may send one request; RateLimited if not possible within max_wait."""
+    def acquire(self, owner: str, max_wait: float, cost: float | None = None) -> None:
+        """Block until owner may send one request (of expected price `cost`, in dollars; the
+        configured one if None); RateLimited if not possible within max_wait."""
 
     def release(self, owner: str) -> None:
         """Give back the concurrency slot taken by acquire."""

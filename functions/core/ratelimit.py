@@ -25,6 +25,8 @@ _MAX_PROBES = 8
 _SLOT_RETENTION_SECONDS = 3600.0
 # A send this late (as a fraction of the interval) gives up its slot and claims a new one.
 _LATE_FRACTION = 0.25
+# A spend window keeps at most about this many entries (spends close in time are merged).
+_SPEND_BUCKETS = 100
 # Polling period while every concurrency lease is taken.
 _LEASE_POLL_SECONDS = 0.05
 
@@ -41,6 +43,15 @@ class RateLimit:
     # the API" must not push two requests into one window slot.
     safety: float = 0.95
     images_per_request: int = 1
+    # Spend per rolling window, in dollars (None = off). Paid tiers also enforce spend-based
+    # limits, over a rolling 10-minute window and per month
+    # (https://ai.google.dev/gemini-api/docs/rate-limits, "Spend-based rate limiting";
+    # https://blog.google/innovation-and-ai/technology/developers-tools/more-control-over-gemini-api-costs).
+    # A request is admitted only if its expected cost fits in what is left of the window, so a
+    # burst of expensive images cannot trip the service's limit.
+    spend_usd_per_window: float | None = None
+    spend_window_seconds: float = 600.0
+    cost_per_request_usd: float = 0.0  # used when the caller passes no price
 
     @property
     def interval(self) -> float:
@@ -71,6 +82,11 @@ class SlotStore(Protocol):
 
     def release_lease(self, lease_id: str, owner: str) -> None: ...
 
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        """Record `amount` spent at `now` if the spend recorded in (now - window, now] plus
+        `amount` stays within `limit`: None. Otherwise record nothing and return the seconds
+        until enough of that spend has left the window."""
+
 
 class SlotRateLimiter:
     """Blocking acquire/release over a SlotStore. One per worker instance."""
@@ -82,15 +98,22 @@ class SlotRateLimiter:
         self.lease_ttl = lease_ttl
         self._leases: dict[str, str] = {}
 
-    def acquire(self, owner: str, max_wait: float) -> None:
+    def acquire(self, owner: str, max_wait: float, cost: float | None = None) -> None:
         """Return when `owner` may send one request; raise RateLimited if that is beyond max_wait.
 
-        The concurrency lease comes first and the send slot last, so that nothing but the
-        sleep stands between a slot's time and the send: a wait for a lease after the slot
-        would let sends bunch up and break the spacing."""
+        `cost` is the request's expected price in dollars (the configured one if None). The
+        concurrency lease comes first, then the spend, and the send slot last, so that nothing
+        but the sleep stands between a slot's time and the send: a wait for a lease after the
+        slot would let sends bunch up and break the spacing."""
         deadline = self.clock.now() + max_wait
         if self.limit.concurrency:
             self._take_lease(owner, deadline)
+        if self.limit.spend_usd_per_window:
+            try:
+                self._reserve_spend(self.limit.cost_per_request_usd if cost is None else cost, deadline)
+            except RateLimited:
+                self.release(owner)
+                raise
         if self.limit.interval > 0:
             try:
                 self._wait_for_slot(owner, deadline)
@@ -132,6 +155,22 @@ class SlotRateLimiter:
             if self.store.blocked_until() <= now and now - send_at <= interval * _LATE_FRACTION:
                 return
 
+    def _reserve_spend(self, cost: float, deadline: float) -> None:
+        """Record the request's cost in the shared spend window, waiting while it does not fit.
+        The cost stays recorded even if the request then fails: over-counting only makes the
+        limiter more careful, and a 429 or 5xx might still have been billed."""
+        limit, window = self.limit.spend_usd_per_window, self.limit.spend_window_seconds
+        if cost > limit:
+            raise RateLimited(window)  # can never fit; the caller backs off a whole window
+        while True:
+            now = self.clock.now()
+            wait = self.store.try_spend(cost, limit, window, now)
+            if wait is None:
+                return
+            if now + wait > deadline:
+                raise RateLimited(wait)
+            self.clock.sleep(max(wait, _LEASE_POLL_SECONDS))
+
     def _take_lease(self, owner: str, deadline: float) -> None:
         while True:
             now = self.clock.now()
@@ -156,3 +195,25 @@ def parse_retry_delay(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+def spend_after(entries: list[tuple[float, float]], amount: float, limit: float, window: float,
+                now: float) -> tuple[list[tuple[float, float]], float | None]:
+    """The spend window's arithmetic, shared by every SlotStore: `entries` are (time, dollars),
+    oldest first. Returns the entries to keep (those still in the window, plus the new one if
+    admitted) and None, or the unchanged window and the wait until `amount` would fit."""
+    live = [(t, a) for t, a in entries if t > now - window]
+    spent = sum(a for _, a in live)
+    if spent + amount <= limit + 1e-9:
+        if live and live[-1][0] > now - window / _SPEND_BUCKETS:
+            # Merged into the latest entry, stamped now: it stays in the window at least as long
+            # as each spend in it would (never under-counts), and the list stays short.
+            return live[:-1] + [(now, live[-1][1] + amount)], None
+        return live + [(now, amount)], None
+    # The oldest entries leave first: wait until enough of them have gone.
+    excess = spent + amount - limit
+    for t, a in live:
+        excess -= a
+        if excess <= 1e-9:
+            return live, max(0.0, t + window - now)
+    return live, window

@@ -41,6 +41,7 @@ from core.models import (
 from core.ports import (
     BatchStore, Clock, EventOutbox, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
 )
+from core.tenants import visible
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def submit_job(
     else:
         route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
                            breaker=breaker, accounting=accounting)
-        job = _new_job(job_id, route, model, len(spec.items), clock.now(), spec.callback_url)
+        job = _new_job(job_id, route, model, clock.now(), spec)
     items = _new_items(job, spec, clock.now())
     if accounting is not None and existing is None:
         # Reserved before the job exists: a crash in between over-reserves (safe), never under.
@@ -142,19 +143,20 @@ def submit_job(
     return job
 
 
-def _new_job(job_id: str, route: routing.Route, model: str, count: int, now: float, callback_url: str | None) -> Job:
+def _new_job(job_id: str, route: routing.Route, model: str, now: float, spec: JobSpec) -> Job:
     return Job(
         job_id=job_id,
         lane=route.lane,
         status=JobStatus.ACCEPTING,
         model=model,
-        item_count=count,
+        item_count=len(spec.items),
         created_at=now,
         updated_at=now,
         published=route.lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
         estimated_cost_usd=route.estimated_cost_usd,
         route_reason=route.reason,
-        callback_url=callback_url,
+        callback_url=spec.callback_url,
+        tenant=spec.tenant,
     )
 
 
@@ -329,10 +331,9 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 def get_job_status(
     job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
     batches: BatchStore | None = None, prices: Prices | None = None, events: EventOutbox | None = None,
+    tenant: str | None = None,
 ) -> dict:
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
+    job = _job_of_tenant(store, job_id, tenant)
     after = int(page_token) if page_token else None
     items = store.list_items(job_id, after, page_size)
     counts = store.count_items(job_id)
@@ -359,6 +360,15 @@ def get_job_status(
         "actual_cost_usd": _actual_cost(store, job_id, prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
     }
+
+
+def _job_of_tenant(store: JobStore, job_id: str, tenant: str | None) -> Job:
+    """The job, if `tenant` may see it (None: an admin, who sees all). Another tenant's job is
+    "not found", the same answer as a job that does not exist: its existence is not revealed."""
+    job = store.get_job(job_id)
+    if job is None or not visible(job.tenant, tenant):
+        raise NotFound(f"job {job_id} not found")
+    return job
 
 
 def _actual_cost(store: JobStore, job_id: str, prices: Prices, counts: dict[ItemState, int]) -> float:
@@ -449,13 +459,12 @@ def build_manifest(items: list[Item]) -> bytes:
 
 
 def cancel_job(
-    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None
+    job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None,
+    tenant: str | None = None,
 ) -> dict:
     """Cancel a job: queued interactive items are dropped here or by the worker that meets
     them; the poller cancels the job's Gemini batches. Finished items keep their images."""
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
+    job = _job_of_tenant(store, job_id, tenant)
     if job.status is JobStatus.ACCEPTING:
         raise Conflict(f"job {job_id} is still being accepted; cancel it once it is queued")
     if not store.cancel_job(job_id, clock.now()):
@@ -481,6 +490,7 @@ def retry_job(
     queue: WorkQueue,
     pool: PoolStore,
     clock: Clock,
+    tenant: str | None = None,
 ) -> dict:
     """Re-queue the job's dead-lettered items (the retryable failures: refusals stay failed).
 
@@ -489,9 +499,7 @@ def retry_job(
     cleared first, so a crash half-way is finished by the poller; batch items go through the
     pending-batch pool, whose entries are written before the items change, for the same
     reason. Two concurrent retries requeue each item once (compare-and-set on its state)."""
-    job = store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
+    job = _job_of_tenant(store, job_id, tenant)
     if job.status is JobStatus.CANCELLED:
         raise Conflict(f"job {job_id} was cancelled; submit a new job instead")
     dead = [it for it in _all_items(store, job_id) if it.state is ItemState.DEAD_LETTERED]
@@ -542,7 +550,8 @@ def dead_letter_item(
     store.finish_item(job_id, key, owner, _finished(
         ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
-                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value})
+                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
+                       "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this
     finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
     return True
 
@@ -575,8 +584,11 @@ def drain_dead_letters(
     return summary
 
 
-def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None) -> dict:
-    body = accounting.summary()
+def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_size: int | None = None,
+              tenant: str | None = None) -> dict:
+    """Today's usage as `tenant` may see it (None: an admin: the totals and every tenant's),
+    beside the limits and the breaker, which every tenant shares."""
+    body = accounting.summary(tenant)
     body["breaker"] = breaker.view(fresh=True).public() if breaker is not None else {"state": "closed"}
     body["pending_batch_pool"] = pool_size
     return body

@@ -60,6 +60,10 @@ def check_callback_url(url: str, *, allow_insecure: bool = False) -> str:
         raise CallbackUrlError(f"callback_url is {len(url)} characters; the limit is {MAX_CALLBACK_URL_CHARS}")
     if _UNSAFE_CHARS.search(url):
         raise CallbackUrlError("callback_url contains whitespace, a control character or a backslash")
+    if not url.isascii():
+        # A URI is ASCII (RFC 3986 section 2, https://www.rfc-editor.org/rfc/rfc3986#section-2);
+        # http.client cannot send anything else in a request line, so every delivery would fail.
+        raise CallbackUrlError("callback_url holds a character that is not ASCII; percent-encode it")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -83,19 +87,19 @@ def check_callback_url(url: str, *, allow_insecure: bool = False) -> str:
         address = None
     if address is not None:
         if not allow_insecure and forbidden_address(address):
-            raise CallbackUrlError(f"callback_url's host {host} is not a public address")
+            raise CallbackUrlError(f"callback_url's host {host[:60]} is not a public address")
         return url
     labels = host.split(".")
     if not all(_LABEL.match(label) for label in labels):
-        raise CallbackUrlError(f"callback_url's host {host!r} is not a valid host name")
+        raise CallbackUrlError(f"callback_url's host {host[:60]!r} is not a valid host name")
     if _NUMERIC_LABEL.match(labels[-1]):
-        raise CallbackUrlError(f"callback_url's host {host!r} is not a valid host name or IPv4 address")
+        raise CallbackUrlError(f"callback_url's host {host[:60]!r} is not a valid host name or IPv4 address")
     if not allow_insecure:
         if host in _BLOCKED_NAMES or host.endswith(_BLOCKED_SUFFIXES):
-            raise CallbackUrlError(f"callback_url's host {host} is an internal name")
+            raise CallbackUrlError(f"callback_url's host {host[:60]} is an internal name")
         if len(labels) < 2:
             # A single label is completed by the resolver's search domains: an internal host.
-            raise CallbackUrlError(f"callback_url's host {host} is not a fully qualified name")
+            raise CallbackUrlError(f"callback_url's host {host[:60]} is not a fully qualified name")
     return url
 
 

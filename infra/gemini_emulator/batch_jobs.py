@@ -79,6 +79,7 @@ class BatchRecord:
     inline_results: list[dict[str, Any]] | None = None
     input_link: Path | None = None  # private hard link to the input file, owned by the worker
     error: dict[str, Any] | None = None
+    input_tokens: int = 0  # estimated at create, for the enqueued-tokens limit
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: concurrent.futures.Future[None] | None = None
     discarded: bool = False  # cancelled, deleted, reset: the worker must throw its output away
@@ -202,6 +203,7 @@ class BatchStore:
         self.script_pos = 0
         self.created = 0
         self.rejected_max_concurrent = 0
+        self.rejected_max_enqueued = 0
         self.deleted = 0
         self.line_outcomes: Counter[str] = Counter()
         self.lines_succeeded = 0
@@ -229,6 +231,11 @@ class BatchStore:
     def active_count(self) -> int:
         return sum(1 for r in self.records.values() if not r.done)
 
+    def enqueued(self, model: str) -> tuple[int, int]:
+        """(requests, input tokens) of the model's PENDING and RUNNING batches."""
+        active = [r for r in self.records.values() if not r.done and r.model == model]
+        return sum(r.request_count for r in active), sum(r.input_tokens for r in active)
+
     def owned_by(self, owner: str) -> list[BatchRecord]:
         """The owner's batches, newest first."""
         return sorted((r for r in self.records.values() if r.owner == owner), key=lambda r: -r.seq)
@@ -247,6 +254,7 @@ class BatchStore:
         return {
             "created": self.created,
             "rejected_max_concurrent": self.rejected_max_concurrent,
+            "rejected_max_enqueued": self.rejected_max_enqueued,
             "deleted": self.deleted,
             "by_state": dict(sorted(Counter(r.state for r in self.records.values()).items())),
             "lines": {

@@ -32,12 +32,10 @@ _ERROR_OUTCOMES: dict[str, Callable[[], errors.ApiError]] = {
     "503": errors.overloaded,
     "403": errors.permission_denied,
     "hang": errors.deadline_exceeded,
+    "429_multi": lambda: errors.transient_exhausted(0.0),
+    "429_help_only": lambda: errors.transient_exhausted(0.0),
 }
-_REFUSALS = {
-    "blocked": content.blocked_response,
-    "image_safety": content.image_safety_response,
-    "no_image": content.no_image_response,
-}
+_REFUSALS = content.REFUSALS
 
 
 class InputError(ValueError):
@@ -135,8 +133,11 @@ class LineRunner:
             return _error_line(_ERROR_OUTCOMES[outcome](), outcome)
         if outcome in _REFUSALS:
             return LineResult({"response": _REFUSALS[outcome](req)}, outcome, image=False)
-        assert outcome == OK, outcome
+        assert outcome in (OK, "thought_image"), outcome
         png = self._render(req) if req.want_image else None
+        if outcome == "thought_image" and png is not None:
+            body = content.thought_image_response(req, png, images.draft_png(req.prompt))
+            return LineResult({"response": body}, outcome, image=True, prompt=req.prompt)
         return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None,
                           prompt=req.prompt)
 

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 from array import array
@@ -136,9 +137,11 @@ async def create_batch(request: web.Request) -> web.Response:
     if "file_name" in input_config:
         input_file, source = await _file_source(state, owner, input_config["file_name"])
         count = len(source[1])
+        tokens = math.ceil(source[0].stat().st_size / 4)
     else:
         source = _inline_source(input_config["requests"])
         count = len(source)
+        tokens = math.ceil(len(raw) / 4)
 
     with state.lock:
         advance_all(state)
@@ -153,6 +156,11 @@ async def create_batch(request: web.Request) -> web.Response:
                 429,
                 f"Resource has been exhausted: at most {limit} batch jobs can be pending or running at once.",
             )
+        if _over_enqueued_limit(state, model, count, tokens):
+            state.batches.rejected_max_enqueued += 1
+            if input_file is not None:
+                source[0].unlink(missing_ok=True)
+            raise errors.batch_enqueued_exhausted()
         outcome, state.batches.script_pos = choose_batch_outcome(
             display_name=display_name or "", batch=cfg["batch"], script_pos=state.batches.script_pos
         )
@@ -177,11 +185,22 @@ async def create_batch(request: web.Request) -> web.Response:
             request_count=count,
             input_file=input_file,
         )
+        record.input_tokens = tokens
         if input_file is not None:
             record.input_link = source[0]
         body = batch_jobs.operation(record, state.wall)
         record.worker = state.batch_executor.submit(_work, state, store, record, spec, source)
     return json_response(body)
+
+
+def _over_enqueued_limit(state: EmulatorState, model: str, requests: int, tokens: int) -> bool:
+    """Would this batch push the model's enqueued requests or tokens past the configured limit?
+    (call under the state lock)"""
+    cfg = state.config["batch"]
+    queued_requests, queued_tokens = state.batches.enqueued(model)
+    max_requests, max_tokens = cfg["max_enqueued_requests"], cfg["max_enqueued_tokens"]
+    return bool((max_requests and queued_requests + requests > max_requests)
+                or (max_tokens and queued_tokens + tokens > max_tokens))
 
 
 async def _file_source(state: EmulatorState, owner: str, file_name: Any) -> tuple[str, FileSource]:

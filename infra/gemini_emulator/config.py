@@ -37,11 +37,21 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "request_log_size": 100,
     "files": {
         "ttl_seconds": 172800.0,  # expirationTime = createTime + 48 h; an expired file is gone (403)
+        # FileStorageBytesPerProject: 20 GiB of live files per project (uploads and results);
+        # past it an upload start answers 429. 0 = unlimited.
+        "max_total_bytes": 21474836480,
+        # The next N finalizes answer HTTP 200 with an error body instead of {"file": ...}.
+        "reject_finalize": 0,
+        "reject_finalize_message": "Unsupported MIME type: jsonl",
     },
     "batch": {
         "pending_seconds": 1.0,  # BATCH_STATE_PENDING for this long after create
         "running_seconds": 2.0,  # then RUNNING at least this long (longer if results take longer)
         "max_concurrent_batches": 100,  # PENDING+RUNNING batches per project; 0 = unlimited
+        # Per model, over its PENDING+RUNNING batches: requests and input tokens (ceil(bytes/4)
+        # of the input) that may be enqueued at once; past either, create answers 429. null = unlimited.
+        "max_enqueued_requests": None,
+        "max_enqueued_tokens": None,
         "shuffle_results": True,  # result-file lines in a seeded random order (the API promises none)
         "outcome_script": [],  # terminal outcome per created batch, consumed in order
         "display_name_rules": [],  # [{"contains": str, "outcome": str}], checked before the script
@@ -202,6 +212,10 @@ def _validate_files(files: Any) -> None:
         raise ConfigError("files: expected an object")
     _check_keys(files, DEFAULT_CONFIG["files"], "files")
     _number(files["ttl_seconds"], "files.ttl_seconds", exclusive=True)
+    _int(files["max_total_bytes"], "files.max_total_bytes")
+    _int(files["reject_finalize"], "files.reject_finalize")
+    if not isinstance(files["reject_finalize_message"], str) or not files["reject_finalize_message"]:
+        raise ConfigError("files.reject_finalize_message: expected a non-empty string")
 
 
 def _validate_batch(batch: Any) -> None:
@@ -211,6 +225,8 @@ def _validate_batch(batch: Any) -> None:
     _number(batch["pending_seconds"], "batch.pending_seconds")
     _number(batch["running_seconds"], "batch.running_seconds")
     _int(batch["max_concurrent_batches"], "batch.max_concurrent_batches", allow_null=True)
+    _int(batch["max_enqueued_requests"], "batch.max_enqueued_requests", allow_null=True)
+    _int(batch["max_enqueued_tokens"], "batch.max_enqueued_tokens", allow_null=True)
     if not isinstance(batch["shuffle_results"], bool):
         raise ConfigError("batch.shuffle_results: expected true or false")
     script = batch["outcome_script"]

@@ -18,7 +18,7 @@ from infra.gemini_emulator.images import (
     DEFAULT_IMAGE_SIZE,
     IMAGE_SIZE_FACTORS,
 )
-from infra.gemini_emulator.wire import decode_bytes, encode_bytes, normalize_keys
+from infra.gemini_emulator.wire import decode_bytes, encode_bytes, normalize_keys, snake
 
 IMAGE_OUTPUT_TOKENS = 1290  # per image up to 1024x1024 (2.5 Flash Image pricing docs)
 IMAGE_INPUT_TOKENS = 258  # per input image up to 384x384 (Gemini token docs)
@@ -50,10 +50,47 @@ def _bad(path: str, problem: str) -> errors.ApiError:
     return errors.invalid_argument(f"* {_FIELD}.{path}: {problem}")
 
 
+# The fields the real API knows, as snake_case (google.ai.generativelanguage GenerateContentRequest,
+# GenerationConfig, ImageConfig; the SDK's types.py lists the same). Anything else is a 400.
+_REQUEST_FIELDS = frozenset({
+    "model", "contents", "tools", "tool_config", "safety_settings", "system_instruction",
+    "generation_config", "cached_content", "service_tier", "labels", "store",
+})
+_GENERATION_CONFIG_FIELDS = frozenset({
+    "stop_sequences", "response_mime_type", "response_schema", "response_json_schema",
+    "_response_json_schema", "response_modalities", "candidate_count", "max_output_tokens",
+    "temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty",
+    "response_logprobs", "logprobs", "enable_enhanced_civic_answers", "speech_config",
+    "thinking_config", "image_config", "media_resolution",
+})
+_IMAGE_CONFIG_FIELDS = frozenset({
+    "aspect_ratio", "image_size", "person_generation", "output_mime_type",
+    "output_compression_quality",
+})
+
+
+def _unknown_names(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name as sent, where) for every unknown field at the request, generation_config and
+    image_config levels; the path is snake_case whatever the request's casing, as the real
+    service reports it."""
+    found = [(k, "") for k in raw if snake(k) not in _REQUEST_FIELDS]
+    for key, value in raw.items():
+        if snake(key) != "generation_config" or not isinstance(value, dict):
+            continue
+        found += [(k, "generation_config") for k in value if snake(k) not in _GENERATION_CONFIG_FIELDS]
+        for inner, image_config in value.items():
+            if snake(inner) == "image_config" and isinstance(image_config, dict):
+                found += [(k, "generation_config.image_config") for k in image_config
+                          if snake(k) not in _IMAGE_CONFIG_FIELDS]
+    return found
+
+
 def parse_request(model: str, raw: Any) -> GenerateRequest:
     """Validate a request body (either key casing) or raise a 400 ApiError naming the field."""
     if not isinstance(raw, dict):
         raise errors.invalid_argument("Invalid JSON payload received. Expected an object.")
+    if unknown := _unknown_names(raw):
+        raise errors.unknown_fields(unknown)
     body = normalize_keys(raw)
     contents = body.get("contents")
     if not contents:
@@ -96,6 +133,10 @@ def parse_request(model: str, raw: Any) -> GenerateRequest:
     if not isinstance(config, dict):
         raise _bad("generation_config", "expected a GenerationConfig object")
     modalities = config.get("response_modalities") or []
+    if isinstance(modalities, list) and all(isinstance(m, str) for m in modalities):
+        # Enum values are read case-insensitively by the real API: ["Text", "Image"] was what
+        # early image-model docs sent (google-gemini/deprecated-generative-ai-js pull 434).
+        modalities = [m.upper() for m in modalities]
     if not isinstance(modalities, list) or any(m not in _MODALITIES for m in modalities):
         raise _bad("generation_config.response_modalities", f"invalid value {modalities!r}")
     image_config = config.get("image_config") or {}
@@ -227,12 +268,42 @@ def image_safety_response(req: GenerateRequest) -> dict[str, Any]:
 
 
 def no_image_response(req: GenerateRequest) -> dict[str, Any]:
-    """The model answered in words instead of drawing: a text part, no image, NO_IMAGE."""
-    text = "I'm unable to create an image for that request."
-    candidate = {
-        "content": {"parts": [{"text": text}], "role": "model"},
-        "finishReason": "NO_IMAGE",
-        "index": 0,
-    }
-    details = [{"modality": "TEXT", "tokenCount": math.ceil(len(text) / 4)}]
-    return _envelope(req, [candidate], _usage(req, details))
+    """The model produced no image: a NO_IMAGE candidate with no parts at all (the SDK then
+    sees `content` without `parts`), as gemini-2.5-flash-image answers
+    (https://github.com/BerriAI/litellm/issues/40477). FinishReason values:
+    https://ai.google.dev/api/generate-content#FinishReason."""
+    candidate = {"content": {"role": "model"}, "finishReason": "NO_IMAGE", "index": 0}
+    return _envelope(req, [candidate], _usage(req, []))
+
+
+def image_refusal_response(req: GenerateRequest, finish_reason: str) -> dict[str, Any]:
+    """IMAGE_PROHIBITED_CONTENT or IMAGE_OTHER: like IMAGE_SAFETY, a candidate without content.
+    Both are FinishReason values of the SDK (types.py FinishReason) for image models."""
+    candidate = {"finishReason": finish_reason, "index": 0}
+    return _envelope(req, [candidate], _usage(req, []))
+
+
+def thought_image_response(req: GenerateRequest, png: bytes, draft_png: bytes) -> dict[str, Any]:
+    """A thinking image model's answer: a thought text and an interim image marked
+    `thought: true`, then the final image (https://ai.google.dev/gemini-api/docs/image-generation,
+    "Thinking process": up to two interim images; the last is the final render)."""
+    body = success_response(req, png)
+    thoughts = [
+        {"text": "**Planning the composition**", "thought": True},
+        {"inlineData": {"mimeType": "image/png", "data": encode_bytes(draft_png)}, "thought": True},
+    ]
+    parts = body["candidates"][0]["content"]["parts"]
+    body["candidates"][0]["content"]["parts"] = thoughts + parts
+    return body
+
+
+# Fault outcomes answered with HTTP 200 and a body, shared by generateContent and batch lines.
+REFUSALS = {
+    "blocked": blocked_response,
+    "blocked_prohibited": lambda req: blocked_response(req, "PROHIBITED_CONTENT"),
+    "blocked_other": lambda req: blocked_response(req, "OTHER"),
+    "image_safety": image_safety_response,
+    "image_prohibited": lambda req: image_refusal_response(req, "IMAGE_PROHIBITED_CONTENT"),
+    "image_other": lambda req: image_refusal_response(req, "IMAGE_OTHER"),
+    "no_image": no_image_response,
+}

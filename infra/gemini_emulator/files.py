@@ -109,6 +109,9 @@ async def _upload_start(request: web.Request, owner: str) -> web.Response:
     if display_name is not None and not isinstance(display_name, str):
         raise errors.invalid_argument("* File.display_name: expected a string")
     with state.lock:
+        limit = state.config["files"]["max_total_bytes"]
+        if limit and state.files.live_bytes() + (declared or 0) > limit:
+            raise errors.file_storage_exhausted(limit)
         session = state.files.open_session(
             owner=owner,
             file_id=name.removeprefix("files/") if name else None,
@@ -170,11 +173,29 @@ async def _receive_chunk(request: web.Request) -> web.Response:
         if not final:
             return web.Response(headers={UPLOAD_STATUS: "active", "X-Goog-Upload-Size-Received": str(session.received)})
         with state.lock:
+            rejected = _take_finalize_fault(state)
+            if rejected is not None:
+                state.files.drop_session(session)
+        if rejected is not None:
+            # HTTP 200 with an error body at finalize, as the real API answers an unsupported
+            # MIME type (https://github.com/googleapis/python-genai/issues/1547, 1590): the SDK
+            # then fails with KeyError 'file'.
+            return json_response(rejected.body(), headers={UPLOAD_STATUS: "final"})
+        with state.lock:
             record = state.files.finish_session(session, now=state.clock(), ttl_s=state.config["files"]["ttl_seconds"])
             body = {"file": _resource(request, state, record)}
         return json_response(body, headers={UPLOAD_STATUS: "final"})
     finally:
         session.busy = False
+
+
+def _take_finalize_fault(state: EmulatorState) -> errors.ApiError | None:
+    """Consume one `files.reject_finalize`, if any is left (call under the state lock)."""
+    files = state.config["files"]
+    if files["reject_finalize"] <= 0:
+        return None
+    files["reject_finalize"] -= 1
+    return errors.invalid_argument(files["reject_finalize_message"])
 
 
 async def _append(request: web.Request, session: UploadSession, *, final: bool) -> None:

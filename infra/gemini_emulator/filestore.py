@@ -229,6 +229,12 @@ class FileStore:
         for session in list(self.sessions.values()):
             self.drop_session(session)
 
+    def live_bytes(self) -> int:
+        """Bytes of live files and of uploads under way, the project's file storage in use."""
+        return sum(r.size for r in self.records.values()) + sum(
+            s.declared_size or s.received for s in self.sessions.values()
+        )
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "created": self.uploaded + self.generated,

@@ -154,19 +154,21 @@ async def _serve(state: EmulatorState, req: content.GenerateRequest, adm: _Admit
             await asyncio.sleep(adm.hang_s)
             raise errors.deadline_exceeded()
         render = None
-        if adm.outcome == OK and req.want_image:
+        if adm.outcome in (OK, "thought_image") and req.want_image:
             # Render concurrently with the modelled latency: the answer comes after
             # max(latency, render time), as a real model's service time would.
             render = asyncio.get_running_loop().run_in_executor(state.executor, _render, req, adm)
         if adm.latency_s > 0:
             await asyncio.sleep(adm.latency_s)
-        if adm.outcome != OK:
+        if adm.outcome not in (OK, "thought_image"):
             return _fault_body(req, adm)
         png = await render if render is not None else None
         if png is not None:
             with state.lock:
                 adm.stats.record_images(req.model, 1, state.clock(), adm.window_s)
                 adm.stats.record_billed(req.prompt)
+        if adm.outcome == "thought_image" and png is not None:
+            return content.thought_image_response(req, png, images.draft_png(req.prompt))
         return content.success_response(req, png)
     finally:
         with state.lock:
@@ -182,14 +184,12 @@ def _render(req: content.GenerateRequest, adm: _Admitted) -> bytes:
 
 def _fault_body(req: content.GenerateRequest, adm: _Admitted) -> dict[str, Any]:
     """HTTP 200 faults return a body; the others raise their google.rpc error."""
-    if adm.outcome == "blocked":
-        return content.blocked_response(req)
-    if adm.outcome == "image_safety":
-        return content.image_safety_response(req)
-    if adm.outcome == "no_image":
-        return content.no_image_response(req)
+    if adm.outcome in content.REFUSALS:
+        return content.REFUSALS[adm.outcome](req)
     raise {
         "429": lambda: errors.transient_exhausted(adm.retry_delay_s),
+        "429_multi": lambda: errors.quota_exceeded_multi(model=req.model, retry_after_s=adm.retry_delay_s),
+        "429_help_only": errors.quota_exceeded_help_only,
         "500": errors.internal,
         "503": errors.overloaded,
         "403": errors.permission_denied,

@@ -131,3 +131,9 @@ def pad_png(png: bytes, target_bytes: int | None) -> bytes:
     chunk += struct.pack(">I", zlib.crc32(chunk_type + payload) & 0xFFFFFFFF)
     iend = png.rindex(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
     return png[:iend] + chunk + png[iend:]
+
+
+def draft_png(prompt: str) -> bytes:
+    """A small, different picture for an interim "thought" image: a client that stores it
+    instead of the final image is caught by comparing sizes or hashes."""
+    return render_png("draft: " + prompt, 96, 96)

@@ -493,7 +493,7 @@ variable "alert_oldest_unacked_seconds" {
 
 variable "require_api_keys" {
   type        = bool
-  description = "Also require an X-API-Key on http_api, from the <name_prefix>-api-keys secret (its value is added outside Terraform)."
+  description = "Also require an X-API-Key on http_api, from the <name_prefix>-api-keys secret (its value is added outside Terraform): comma-separated entries key, tenant=key or admin:tenant=key; each key's tenant owns its jobs and usage."
   default     = false
 }
 

@@ -82,3 +82,33 @@ def test_the_poller_publishes_a_job_its_submitter_never_published(stack, db, buc
     # Published now: the next tick leaves it alone.
     again = requests.post(f"{stack.url('poller')}/", json={}, timeout=HTTP_TIMEOUT)
     assert again.json()["republished_jobs"] == []
+
+
+def test_an_oversized_chunked_body_is_the_same_413_as_one_with_a_length(stack, db):
+    # MAX_BODY_BYTES is 10 MiB; requests sends a generator as Transfer-Encoding: chunked.
+    body = b'{"requests": [{"prompt": "' + b"x" * (12 * 1024 * 1024) + b'"}]}'
+
+    def chunks():
+        for start in range(0, len(body), 1024 * 1024):
+            yield body[start:start + 1024 * 1024]
+
+    url, headers = f"{stack.url('api')}/v1/jobs", {"Content-Type": "application/json"}
+    chunked = requests.post(url, data=chunks(), headers=headers, timeout=HTTP_TIMEOUT)
+    sized = requests.post(url, data=body, headers=headers, timeout=HTTP_TIMEOUT)
+
+    assert "Content-Length" not in chunked.request.headers
+    assert chunked.status_code == sized.status_code == 413
+    assert _error(chunked) == _error(sized)
+    assert _error(chunked)["reason"] == "body_too_large"
+    # The connection is still good for the next request.
+    assert requests.get(f"{stack.url('api')}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+    assert list(db.collection("jobs").stream()) == []
+
+
+def test_a_job_id_with_a_line_break_is_a_json_404_on_every_route(stack):
+    api = stack.url("api")
+    for method, path in (("GET", "/v1/jobs/abc%0A"), ("DELETE", "/v1/jobs/abc%0A"),
+                         ("POST", "/v1/jobs/abc%0A:retry"), ("GET", "/v1/jobs/" + "a" * 100_000)):
+        r = requests.request(method, api + path, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 404, (method, path[:40], r.status_code, r.text[:200])
+        assert _error(r)["reason"] == "not_found" and len(r.content) < 300

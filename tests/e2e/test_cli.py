@@ -166,6 +166,10 @@ def test_download_again_fetches_only_the_missing_and_the_damaged(stack, bucket, 
     ("bad.jsonl", '{"prompt": "A fox"}\n{"prompt": "A cat"\n', "error: bad.jsonl line 2: not valid JSON"),
     ("bad.csv", "text,key\nA fox,fox\n", 'error: bad.csv line 1: the header row has no "prompt" column'),
     ("empty.txt", "\n\n", "error: empty.txt: no prompts in it"),
+    ("bell.txt", "A fox\nA bell \x07 that rings\n",
+     "error: bell.txt line 2: the prompt holds the control character U+0007"),
+    ("keys.csv", "prompt,key\nA fox,Fox\nA cat,fox\n",
+     "error: keys.csv line 3: key 'fox' repeats 'Fox' of keys.csv line 2"),
 ])
 def test_a_bad_input_file_is_one_line_and_nothing_is_submitted(stack, db, tmp_path, name, content, message):
     path = tmp_path / name
@@ -181,13 +185,13 @@ def test_a_bad_input_file_is_one_line_and_nothing_is_submitted(stack, db, tmp_pa
 
 def test_a_prompt_the_api_refuses_is_named_by_its_file_and_line(stack, db, tmp_path):
     path = tmp_path / "prompts.txt"
-    path.write_text("A fox\nA bell \x07 that rings\n")
+    path.write_text("A fox\n" + "A very long fox " * 300 + "\n")  # over MAX_PROMPT_CHARS: only the API knows it
 
     result = imagefleet("submit", str(path))
 
     assert result.exit_code == 1, result.output
     assert result.stderr == ("error: requests[1].prompt (prompts.txt line 2): "
-                             "prompt contains control characters\n")
+                             "prompt is 4799 characters; the limit is 4000\n")
     assert no_jobs(db)
 
 

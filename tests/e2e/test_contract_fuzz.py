@@ -1,9 +1,9 @@
 """The published OpenAPI contract, fuzzed by schemathesis against the real http_api process.
 
-Its own small stack, with an API key, so the fuzzer's jobs (it submits real ones) never mix
-with the other e2e tests. Zero 5xx, every response conforms to the schema (status code,
-content type, body), every invalid input is rejected with a 4xx JSON error, and a request
-without the key is refused."""
+Its own small stack, with the API keys of two tenants, so the fuzzer's jobs (it submits real
+ones) never mix with the other e2e tests, and it runs as a tenant that is not an admin. Zero
+5xx, every response conforms to the schema (status code, content type, body), every invalid
+input is rejected with a 4xx JSON error, and a request without the key is refused."""
 from __future__ import annotations
 
 import re
@@ -22,6 +22,7 @@ CHECKS = ",".join([
     "missing_required_header", "unsupported_method", "ignored_auth",
 ])
 API_KEY = "fuzz-key-not-a-secret"
+OTHER_KEY = "other-tenant-key-not-a-secret"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def fuzz_stack(tmp_path_factory):
     with Stack(ports=Ports.free(), project="demo-imagefleet-fuzz", state_dir=tmp_path_factory.mktemp("fuzz"),
                functions=True, api_key=API_KEY, gemini_config={"image_scale": 0.1},
                webhooks=False,  # no signing secret: every callback_url the fuzzer invents is refused
-               function_env={"RATE_LIMIT_REQUESTS": "0", "RATE_LIMIT_IMAGES": "0", "MAX_ITEMS_PER_JOB": "50",
+               function_env={"API_KEYS": f"fuzz={API_KEY},other={OTHER_KEY}",
+                             "RATE_LIMIT_REQUESTS": "0", "RATE_LIMIT_IMAGES": "0", "MAX_ITEMS_PER_JOB": "50",
                              "BATCH_SUBMIT_BUDGET_SECONDS": "1"}) as stack:
         yield stack
 
@@ -39,6 +41,18 @@ def test_the_api_wants_its_key(fuzz_stack):
     assert requests.get(f"{api}/v1/jobs/abc", timeout=10).status_code == 401
     assert requests.get(f"{api}/v1/jobs/abc", headers={"X-API-Key": API_KEY}, timeout=10).status_code == 404
     assert requests.get(f"{api}/v1/openapi.json", timeout=10).json()["openapi"] == "3.1.0"
+
+
+def test_the_fuzzers_tenant_owns_its_jobs(fuzz_stack):
+    api = fuzz_stack.url("api")
+    r = requests.post(f"{api}/v1/jobs", json={"requests": [{"prompt": "a fox"}]}, headers={"X-API-Key": API_KEY},
+                      timeout=10)
+    assert r.status_code == 202, r.text
+    status_url = api + r.json()["status_url"]
+    assert requests.get(status_url, headers={"X-API-Key": API_KEY}, timeout=10).status_code == 200
+    assert requests.get(status_url, headers={"X-API-Key": OTHER_KEY}, timeout=10).status_code == 404
+    stats = requests.get(f"{api}/v1/stats", headers={"X-API-Key": API_KEY}, timeout=10).json()
+    assert (stats["tenant"], stats["admin"]) == ("fuzz", False)
 
 
 def test_schemathesis_finds_nothing(fuzz_stack):

@@ -450,3 +450,71 @@ def test_batch_stuck_running_past_the_local_deadline(stack):
     assert [b["gemini_state"] for b in statuses[0]["batches"]] == ["BATCH_STATE_CANCELLED", "BATCH_STATE_SUCCEEDED"]
     check(stack, "batch stuck RUNNING past the local deadline", "1 batch cancelled at 3 s", statuses, started,
           retryable=True)
+
+
+# --- answers as today's API sends them --------------------------------------------------------
+
+
+def test_multi_violation_429_is_a_per_minute_wait(stack):
+    """Three 429s listing a per-day, a per-minute and a token quota together with a 1 s
+    retryDelay, as the real service sends them: a per-minute wait, never a day-long breaker."""
+    started = time.monotonic()
+    configure_gemini(stack, {"faults": {"script": ["429_multi"] * 3, "retry_delay_s": 1.0}})
+    job_id = submit(stack, items("multi", 6))
+    statuses = drive(stack, [job_id])
+    stats = requests.get(f"{stack.url('api')}/v1/stats", timeout=HTTP_TIMEOUT).json()
+    breaker = stats["breaker"]
+    assert statuses[0]["status"] == "succeeded", statuses[0]["items"]
+    assert not any("daily" in (t["reason"] or "") for t in breaker["transitions"]), breaker
+    assert breaker["retry_at"] is None or breaker["retry_at"] < time.time() + 60, breaker
+    by_id = stats["counters"]["quota_errors_by_id"]
+    assert by_id.get("GenerateRequestsPerMinutePerProjectPerModel", 0) == 3 and not any("PerDay" in q for q in by_id)
+    check(stack, "multi-violation 429", f"{outcome_count(stack, '429_multi')} x 429 (day+minute+tokens, 1s)",
+          statuses, started, retryable=True)
+
+
+def test_upload_rejected_at_finalize(stack):
+    """The Files API answers the finalize with HTTP 200 and an error body: the refusal shows in
+    the job's status, the next tick succeeds; past 3 refusals the items fail with the message,
+    and nothing retries in a loop."""
+    started = time.monotonic()
+    configure_gemini(stack, {"files": {"reject_finalize": 1}})
+    passing = submit(stack, items("finalize", 4), lane="batch")
+    (intent,) = job_status(stack, passing)["batches"]
+    assert intent["submit_failures"] == 1 and "Unsupported MIME type: jsonl" in intent["error"], intent
+    statuses = drive(stack, [passing])
+    assert statuses[0]["status"] == "succeeded", statuses[0]
+    configure_gemini(stack, {"files": {"reject_finalize": 5}})
+    refused = submit(stack, items("refused", 3), lane="batch")
+    statuses += drive(stack, [refused])
+    for _ in range(3):
+        tick(stack)  # more ticks: a finished intent must not upload again
+    assert configure_gemini(stack, {})["files"]["reject_finalize"] == 2  # exactly 3 attempts
+    configure_gemini(stack, {"files": {"reject_finalize": 0}})
+    final = statuses[1]
+    assert final["status"] == "failed" and final["counts"]["failed"] == 3, final
+    assert all("Unsupported MIME type: jsonl" in it["error"] for it in final["items"]), final["items"]
+    assert final["batches"][0]["submit_failures"] == 3
+    # retryable: the refused job's items fail before any call, so calls < items.
+    check(stack, "upload rejected at finalize", "1 + 3 finalize errors", statuses, started, retryable=True)
+
+
+def test_thought_image_parts(stack, bucket):
+    """A thinking image model sends an interim thought image before the final one: in both
+    lanes the stored image is the final one (256 px at the stack's image_scale), not the 96 px draft."""
+    import io
+
+    from PIL import Image
+
+    started = time.monotonic()
+    configure_gemini(stack, {"faults": {"rates": {"thought_image": 1.0}}})
+    interactive = submit(stack, items("thinking", 4))
+    batch = submit(stack, items("thinking-batch", 4), lane="batch")
+    statuses = drive(stack, [interactive, batch])
+    assert [s["status"] for s in statuses] == ["succeeded", "succeeded"], statuses
+    for status in statuses:
+        for it in status["items"]:
+            png = bucket.blob(f"{status['job_id']}/{it['key']}.png").download_as_bytes()
+            assert Image.open(io.BytesIO(png)).size == (256, 256), it
+    check(stack, "thought image parts", f"{outcome_count(stack, 'thought_image')} answers with a thought image",
+          statuses, started)

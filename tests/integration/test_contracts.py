@@ -80,6 +80,16 @@ def test_job_round_trip_listing_and_counts(job_store):
     assert job_store.has_unfinished_items(job.job_id)
 
 
+def test_a_jobs_tenant_is_stored_and_none_reads_back_as_none(job_store):
+    mine, items = make_job(1)
+    mine.tenant = "acme"
+    legacy, _ = make_job(0)
+    job_store.create_job(mine, items)
+    job_store.create_job(legacy, [])
+    assert job_store.get_job(mine.job_id).tenant == "acme"
+    assert job_store.get_job(legacy.job_id).tenant is None
+
+
 def test_unfinished_items_tracks_queued_and_running(job_store):
     job, items = make_job(2)
     job_store.create_job(job, items)

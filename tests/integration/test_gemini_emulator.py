@@ -21,6 +21,7 @@ import base64
 import io
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -356,7 +357,7 @@ def test_rpm_quota_429_with_quota_failure_and_retry_info(emu, client):
     assert violation["quotaValue"] == "2"
     retry_delay = seconds(rpc_detail(exc, "RetryInfo")["retryDelay"])
     assert 0 < retry_delay <= 2
-    assert f"Please retry in {rpc_detail(exc, 'RetryInfo')['retryDelay']}" in exc.message
+    assert re.search(r"Please retry in [0-9.]+s\.", exc.message)  # precise here, whole seconds in RetryInfo
     rpc_detail(exc, "Help")
 
     time.sleep(retry_delay)
@@ -446,7 +447,7 @@ def test_error_faults(emu, client, outcome, exc_type, code, status):
     if outcome == "503":
         assert caught.value.message == "The model is overloaded. Please try again later."
     if outcome == "429":  # a capacity 429: RetryInfo but no quota named
-        assert rpc_detail(caught.value, "RetryInfo")["retryDelay"] == "2.5s"
+        assert rpc_detail(caught.value, "RetryInfo")["retryDelay"] == "3s"  # whole seconds, rounded up
     assert emu.stats()["faults_injected"] == {outcome: 1}
 
 
@@ -459,7 +460,10 @@ def test_blocked_prompt_is_200_without_candidates(emu, client):
     assert response.prompt_feedback.block_reason == types.BlockedReason.SAFETY
 
 
-@pytest.mark.parametrize(("outcome", "finish_reason"), [("image_safety", "IMAGE_SAFETY"), ("no_image", "NO_IMAGE")])
+@pytest.mark.parametrize(("outcome", "finish_reason"), [
+    ("image_safety", "IMAGE_SAFETY"), ("no_image", "NO_IMAGE"),
+    ("image_prohibited", "IMAGE_PROHIBITED_CONTENT"), ("image_other", "IMAGE_OTHER"),
+])
 def test_image_refusals_have_a_finish_reason_and_no_image(emu, client, outcome, finish_reason):
     emu.configure({"faults": {"script": [outcome]}})
 
@@ -467,7 +471,7 @@ def test_image_refusals_have_a_finish_reason_and_no_image(emu, client, outcome, 
 
     candidate = response.candidates[0]
     assert candidate.finish_reason == types.FinishReason(finish_reason)
-    parts = candidate.content.parts if candidate.content else []
+    parts = (candidate.content.parts or []) if candidate.content else []  # NO_IMAGE: no parts at all
     assert not [p for p in parts if p.inline_data]
 
 

@@ -95,7 +95,21 @@ def test_counters_add_up_across_shards_and_threads(counters):
     totals = counters.read("2026-11-25")
     assert totals["requests"] == 40 and totals["spend_usd"] == pytest.approx(40 * 0.039)
     assert totals["quota_errors_by_id"] == {"PerDay": 40}
-    assert counters.read("2026-11-26") == {"quota_errors_by_id": {}}
+    assert counters.read("2026-11-26") == {"quota_errors_by_id": {}, "by_tenant": {}}
+
+
+def test_counters_per_tenant_add_up_beside_the_totals(counters):
+    def work(tenant):
+        for _ in range(5):
+            counters.add("2026-11-25", {"images": 1, "reserved_usd": 0.5}, None, {tenant: {"images": 1}})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in ("acme", "glob-ex_2", "acme")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    totals = counters.read("2026-11-25")
+    assert totals["images"] == 15 and totals["by_tenant"] == {"acme": {"images": 10}, "glob-ex_2": {"images": 5}}
 
 
 def test_idempotency_records_are_created_once_and_taken_over_once(idempotency):
@@ -153,3 +167,37 @@ def test_reopen_requeue_and_lane_counts(job_store):  # noqa: F811
     assert not job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
     job_store.mark_unpublished(job.job_id, 302.0)
     assert not job_store.get_job(job.job_id).published
+
+
+# --- the spend dimension of the shared rate limiter ----------------------------------------
+
+
+from tests.integration.test_contracts import slot_store  # noqa: E402,F401 (fixture)
+
+
+def test_spend_is_admitted_only_while_it_fits_the_window(slot_store):  # noqa: F811
+    assert slot_store.try_spend(0.6, 1.0, 600.0, now=1000.0) is None
+    assert slot_store.try_spend(0.4, 1.0, 600.0, now=1010.0) is None
+    assert slot_store.try_spend(0.1, 1.0, 600.0, now=1020.0) == pytest.approx(580.0)  # refused: nothing recorded
+    assert slot_store.try_spend(0.1, 1.0, 600.0, now=1601.0) is None  # the first spend has left the window
+    assert slot_store.try_spend(0.6, 1.0, 600.0, now=1602.0) == pytest.approx(8.0)  # 0.4 + 0.1 + 0.6 > 1
+
+
+def test_concurrent_spenders_never_exceed_the_limit(slot_store):  # noqa: F811
+    admitted = []
+
+    def spend(i):
+        for _ in range(20):  # retry lost races, as the limiter does
+            wait = slot_store.try_spend(0.25, 1.0, 600.0, now=2000.0)
+            if wait is None:
+                admitted.append(i)
+                return
+            if wait > 1:
+                return  # refused: the window is full
+
+    threads = [threading.Thread(target=spend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 4  # $1 of $0.25 requests, whatever the interleaving

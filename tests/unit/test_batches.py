@@ -1,5 +1,6 @@
 """The batch lane on in-memory fakes: intents, crashes, overlapping pollers, per-line outcomes."""
 import json
+import logging
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_a_crashed_holder_blocks_others_until_its_lease_expires():
     assert env.tick()["ingested"] == 1
 
 
-def test_per_line_outcomes_retry_fail_or_dead_letter():
+def test_per_line_outcomes_retry_fail_or_dead_letter(caplog):
     env = Env(max_attempts=2)
     job = env.submit(4)
 
@@ -152,9 +153,13 @@ def test_per_line_outcomes_retry_fail_or_dead_letter():
     second = retry_name = [n for n in env.api.batches if n != first][0]
     assert [r["key"] for r in env.api.batches[retry_name]["requests"]] == ["k1"]
     env.api.finish(second, lambda key, req: {"error": {"code": 500, "message": "boom", "status": "INTERNAL"}})
-    env.tick()
+    with caplog.at_level(logging.WARNING, logger="core.batches"):
+        env.tick()
     k1 = env.items(job)["k1"]
     assert k1.state is ItemState.DEAD_LETTERED and "after 2 batch attempts" in k1.error and k1.attempts == 2
+    # One log line per dead-lettered item, with the state the log-based metric counts.
+    dead = [r for r in caplog.records if getattr(r, "state", None) == "dead_lettered"]
+    assert [(r.job_id, r.item_key, r.lane) for r in dead] == [(job.job_id, "k1", "batch")]
     assert env.store.get_job(job.job_id).status is JobStatus.PARTIALLY_SUCCEEDED
 
 

@@ -165,3 +165,16 @@ def test_only_gs_uris_with_an_object_are_accepted(uri):
 
 def test_a_gs_uri_splits_into_bucket_and_object():
     assert parse_gs_uri("gs://demo-imagefleet-images/abc/fox.png") == ("demo-imagefleet-images", "abc/fox.png")
+
+
+def test_keys_that_would_overwrite_the_folders_own_files_or_each_other_are_skipped(tmp_path):
+    objects = {f"{BUCKET}/j/{k}.png": png(c) for k, c in (("K", "red"), ("k", "blue"), ("Contact-Sheet", "green"),
+                                                         ("manifest", "white"))}
+    bucket = Bucket(objects)
+    entries = [Entry(key=k, prompt=k, state="succeeded", gcs_uri=f"{BUCKET}/j/{k}.png")
+               for k in ("K", "k", "Contact-Sheet", "manifest")]
+    report = download(entries, tmp_path, bucket.fetch)
+    assert report.fetched == ["K"]
+    assert report.problems[0] == "k: k.png is the file of K on a case-insensitive disk; skipped"
+    assert sum("reserves" in p for p in report.problems) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["K.png"]

@@ -1,9 +1,11 @@
 """The CLI's prompt files: text, JSONL and CSV into request items, problems named by line."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from imagefleet.inputs import InputError, apply_defaults, read_prompts, sample_prompts
+from imagefleet.inputs import InputError, apply_defaults, parse_prompts, read_prompts, sample_prompts
 
 
 def write(tmp_path, name: str, content: str | bytes):
@@ -175,3 +177,37 @@ def test_defaults_fill_only_what_an_item_does_not_set(tmp_path):
     prompts = apply_defaults(read_prompts(path), aspect_ratio="16:9", quality=None)
 
     assert items(prompts) == [{"prompt": "a", "aspect_ratio": "1:1"}, {"prompt": "b", "aspect_ratio": "16:9"}]
+
+
+@pytest.mark.parametrize("line,problem", [
+    ('{"prompt": "a\\u0085b"}', "control character U+0085"),
+    ('{"prompt": "a", "domain": "d\\u001b[31m"}', "domain holds the control character U+001B"),
+    ('{"prompt": "a", "domain": "d\\u0000"}', "U+0000"),
+    ('{"prompt": "a", "key": "contact-sheet"}', "reserved"),
+    ('{"prompt": "a", "key": "MANIFEST"}', "reserved"),
+    ('{"prompt": "a", "key": "../x"}', "is not 1-128 letters"),
+])
+def test_items_the_api_would_refuse_are_refused_naming_the_line(line, problem):
+    with pytest.raises(InputError, match=re.escape(problem)) as raised:
+        parse_prompts('{"prompt": "fine"}\n' + line, "jsonl", "p.jsonl")
+    assert "p.jsonl line 2" in str(raised.value)
+
+
+def test_keys_equal_ignoring_case_are_refused_naming_both_lines():
+    with pytest.raises(InputError, match="p.csv line 3: key 'fox' repeats 'Fox' of p.csv line 2"):
+        parse_prompts("prompt,key\na,Fox\nb,fox\n", "csv", "p.csv")
+
+
+def test_a_text_file_is_checked_too():
+    with pytest.raises(InputError, match=re.escape("p.txt line 2: the prompt holds the control character U+009B")):
+        parse_prompts("a fox\na \x9b[31m fox\n", "txt", "p.txt")
+
+
+def test_the_cli_checks_what_the_api_checks():
+    import schemas
+    from imagefleet import download, inputs
+
+    assert inputs.RESERVED_KEYS == schemas.RESERVED_KEYS
+    assert inputs.KEY_PATTERN.pattern == download.KEY_PATTERN.pattern == schemas.KEY_PATTERN
+    assert inputs._PROMPT_CONTROL.pattern == schemas._CONTROL.pattern
+    assert inputs._ANY_CONTROL.pattern == schemas._ANY_CONTROL.pattern

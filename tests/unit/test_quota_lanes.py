@@ -26,7 +26,9 @@ PER_DAY = "GenerateRequestsPerDayPerProjectPerModel"
 
 
 def quota(per_day=False, delay=0.5):
-    return QuotaExceeded("429 RESOURCE_EXHAUSTED", retry_delay=delay, quota_id=PER_DAY if per_day else PER_MINUTE)
+    # A real per-day 429 carries no short retryDelay (a short one means a per-minute wait).
+    return QuotaExceeded("429 RESOURCE_EXHAUSTED", retry_delay=None if per_day else delay,
+                         quota_id=PER_DAY if per_day else PER_MINUTE)
 
 
 @pytest.fixture

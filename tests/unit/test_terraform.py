@@ -658,6 +658,7 @@ def test_the_quota_metric_counts_the_workers_429_warnings():
 BOUNDED_COLLECTIONS = {
     "ratelimit": "one document per limiter (model)",
     "leases": "RATE_CONCURRENCY documents per limiter, reused",
+    "spend": "one document per limiter (its spend window), pruned on every write",
     "breakers": "one document per breaker",
     "usage": "only a parent path: the counters are in usage/{day}/shards",
 }

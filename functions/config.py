@@ -99,6 +99,19 @@ class Settings(BaseSettings):
         3.0, ge=0, description="time the API spends creating batches before leaving them to the poller"
     )
 
+    # Gemini documents a 24 h target turnaround for batches and a BATCH_STATE_EXPIRED state
+    # (https://ai.google.dev/gemini-api/docs/batch-mode, https://ai.google.dev/api/batch-api);
+    # past this deadline the poller cancels a batch itself and resubmits its unfinished items,
+    # instead of waiting on Gemini to expire it. 0 = wait for Gemini.
+    batch_running_deadline_seconds: float = Field(
+        36 * 3600.0, ge=0, description="a batch still pending or running this long after it was created is "
+        "cancelled and its unfinished items resubmitted; 0 = rely on Gemini's own expiry"
+    )
+    accept_abandon_seconds: float = Field(
+        600.0, gt=0, description="a job still accepting this long after its submitter last wrote it is completed "
+        "(all items recorded) or failed by the poller; longer than IDEMPOTENCY_TAKEOVER_SECONDS"
+    )
+
     dead_letter_subscription: str | None = Field(
         None, description="pull subscription on the work topic's dead-letter topic; the poller drains it"
     )
@@ -151,6 +164,14 @@ class Settings(BaseSettings):
     def event_lease_seconds(self) -> float:
         # Longer than one delivery: a publish, and the webhook's connect and read timeouts.
         return 3 * self.webhook_timeout_seconds + 30
+
+    @model_validator(mode="after")
+    def _resend_wins_over_the_poller(self) -> Settings:
+        # A client resending its request (Idempotency-Key) resumes an abandoned accept; the
+        # poller only finishes or fails one that nobody resumed.
+        if self.accept_abandon_seconds <= self.idempotency_takeover_seconds:
+            raise ValueError("ACCEPT_ABANDON_SECONDS must be longer than IDEMPOTENCY_TAKEOVER_SECONDS")
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_budget(self) -> Settings:

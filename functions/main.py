@@ -201,7 +201,7 @@ def _submit(request, caller: Caller):
                           "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
                           "breaker": wiring.breaker().view().state.value})
 
-        def submit(make_id):
+        def submit(make_id, resume=False):
             return usecases.submit_job(
                 spec,
                 store=wiring.job_store(),
@@ -216,6 +216,7 @@ def _submit(request, caller: Caller):
                 make_id=make_id,
                 breaker=wiring.breaker(),
                 accounting=wiring.accounting(),
+                resume=resume,
             )
 
         if idempotency_key is None:
@@ -406,9 +407,15 @@ def scheduled_poller(request):
                             max_batch_items=s.batch_items_per_batch)
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
+    # After the batches, so it takes none of their budget: an abandoned accept is minutes old.
+    accepts = usecases.recover_abandoned_accepts(
+        store=wiring.job_store(), batches=wiring.job_store() if lane else None, queue=wiring.work_queue(),
+        clock=clock, sink=wiring.image_sink(), events=wiring.job_events(), accounting=wiring.accounting(),
+        abandon_seconds=s.accept_abandon_seconds, max_requests=s.batch_items_per_batch)
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
-    summary = {"republished_jobs": republished, "stuck_items": stuck, "dead_letters": dead, "pool": pooled, "batches": batches,
+    summary = {"abandoned_accepts": accepts, "republished_jobs": republished, "stuck_items": stuck,
+               "dead_letters": dead, "pool": pooled, "batches": batches,
                "events": events, "finalized_jobs": finalized}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)

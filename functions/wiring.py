@@ -130,6 +130,8 @@ def batch_lane():
         checkpoint_lines=s.batch_checkpoint_lines,
         upload_concurrency=s.batch_upload_concurrency,
         accounting=accounting(),
+        accept_abandon_seconds=s.accept_abandon_seconds,
+        running_deadline_seconds=s.batch_running_deadline_seconds or None,
         image_size_for=usecases.image_size_for,
         compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(

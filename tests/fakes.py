@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from core.errors import GenerationError, PermissionDenied, StorageUnavailable
+from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
     StoredImage, TERMINAL_JOB_STATUSES,
@@ -50,6 +50,45 @@ class InMemoryJobStore:
     def get_job(self, job_id: str) -> Job | None:
         d = self.jobs.get(job_id)
         return Job.from_dict(copy.deepcopy(d)) if d else None
+
+    def create_job_doc(self, job: Job) -> bool:
+        with self.lock:
+            if job.job_id in self.jobs:
+                return False
+            self.jobs[job.job_id] = job.to_dict()
+            self.items.setdefault(job.job_id, {})
+            return True
+
+    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+        with self.lock:
+            found = self.items.setdefault(job_id, {})
+            for it in items:
+                found.setdefault(it.key, it.to_dict())
+
+    def finish_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda d: {"status": JobStatus.QUEUED.value, "updated_at": now})
+
+    def touch_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda d: {"updated_at": now})
+
+    def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
+        return self._accepting_cas(job_id, lambda d: None if d["updated_at"] > idle_since else {
+            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+
+    def accepting_jobs(self, limit: int) -> list[Job]:
+        return [Job.from_dict(copy.deepcopy(d)) for d in self.jobs.values()
+                if d["status"] == JobStatus.ACCEPTING.value][:limit]
+
+    def _accepting_cas(self, job_id: str, decide) -> bool:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            if d is None or d["status"] != JobStatus.ACCEPTING.value:
+                return False
+            updates = decide(d)
+            if updates is None:
+                return False
+            d.update(updates)
+            return True
 
     def mark_published(self, job_id: str, now: float) -> None:
         self.jobs[job_id].update(published=True, updated_at=now)
@@ -111,7 +150,7 @@ class InMemoryJobStore:
             current = JobStatus(d["status"])
             if current in (JobStatus.QUEUED, JobStatus.RUNNING):
                 d.update(status=status.value, updated_at=now, finished_at=now, manifest_uri=manifest_uri)
-            elif current is JobStatus.CANCELLED and manifest_uri and not d.get("manifest_uri"):
+            elif current in TERMINAL_JOB_STATUSES and manifest_uri and not d.get("manifest_uri"):
                 d.update(updated_at=now, finished_at=now, manifest_uri=manifest_uri)
 
     def reopen_job(self, job_id: str, now: float) -> Job:
@@ -180,6 +219,11 @@ class InMemoryJobStore:
                 return False
             self.intents[intent.intent_id] = intent.to_dict()
             return True
+
+    def create_intents(self, intents: Sequence[BatchIntent]) -> None:
+        with self.lock:
+            for intent in intents:
+                self.intents.setdefault(intent.intent_id, intent.to_dict())
 
     def get_intent(self, intent_id: str) -> BatchIntent | None:
         d = self.intents.get(intent_id)
@@ -443,6 +487,9 @@ class FakeBatchApi:
 
     def cancel_batch(self, name: str) -> None:
         self.cancelled.append(name)
+        if self.batches[name]["state"] not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
+            # As the API (and our emulator): cancel works only while the batch is pending or running.
+            raise InvalidRequest(f"400 FAILED_PRECONDITION: batch {name} has already ended")
         self.batches[name]["state"] = "BATCH_STATE_CANCELLED"
 
     def set_state(self, name: str, state: str) -> None:

@@ -12,6 +12,9 @@ class Lane(str, enum.Enum):
 
 
 class JobStatus(str, enum.Enum):
+    # The job document is written first, in ACCEPTING, then its items and batch intents; only
+    # the flip to QUEUED lets anything act on it (see core/accepting.py).
+    ACCEPTING = "accepting"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -90,6 +93,12 @@ class Job:
     route_reason: str | None = None
     callback_url: str | None = None  # where the job.completed webhook goes (validated at submit)
     round: int = 1  # 1 + the times POST :retry re-opened the job: one job.completed per round
+    error: str | None = None  # why the job failed as a whole (the API stopped while accepting it)
+
+    @property
+    def accept_failed(self) -> bool:
+        """Failed before it was ever queued: whatever its abandoned submitter wrote must not run."""
+        return self.status is JobStatus.FAILED and self.error is not None
     tenant: str | None = None  # who submitted it; None: stored before tenants, i.e. "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +117,7 @@ class Job:
             "route_reason": self.route_reason,
             "callback_url": self.callback_url,
             "round": self.round,
+            "error": self.error,
             "tenant": self.tenant,
         }
 
@@ -128,6 +138,7 @@ class Job:
             route_reason=d.get("route_reason"),
             callback_url=d.get("callback_url"),
             round=d.get("round", 1),
+            error=d.get("error"),
             tenant=d.get("tenant"),
         )
 
@@ -244,6 +255,7 @@ class BatchIntent:
     results_errors: int = 0
     outcome: str | None = None
     finished_at: float | None = None
+    submitted_at: float | None = None  # when the Gemini batch was recorded: the local deadline counts from it
     submit_failures: int = 0  # refused uploads/creates in a row; past a limit the items fail
     error: str | None = None  # the last refusal's message, shown in the job's status
 

@@ -22,6 +22,26 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> Job | None: ...
 
+    # --- accepting a job (core/accepting.py): the job first, then its items, then the flip ---
+
+    def create_job_doc(self, job: Job) -> bool:
+        """Create-only: False when the job document exists."""
+
+    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+        """Create the items that are absent; existing ones (an earlier attempt's) are kept."""
+
+    def finish_accepting(self, job_id: str, now: float) -> bool:
+        """accepting -> queued; False when the job is not accepting (any more)."""
+
+    def touch_accepting(self, job_id: str, now: float) -> bool:
+        """Set updated_at of an accepting job (a resumed submission claims it); False otherwise."""
+
+    def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
+        """accepting -> failed with `error`, only if nobody touched the job since `idle_since`."""
+
+    def accepting_jobs(self, limit: int) -> list[Job]:
+        """Jobs in status accepting (equality only: no composite index)."""
+
     def mark_published(self, job_id: str, now: float) -> None: ...
 
     def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]: ...
@@ -122,6 +142,9 @@ class BatchStore(Protocol):
 
     def create_intent(self, intent: BatchIntent) -> bool:
         """Create-only: False when an intent with that id exists."""
+
+    def create_intents(self, intents: Sequence[BatchIntent]) -> None:
+        """Create the intents that are absent; existing ones are kept."""
 
     def get_intent(self, intent_id: str) -> BatchIntent | None: ...
 

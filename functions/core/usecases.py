@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import accounting as acct
-from core import routing
+from core import accepting, routing
 from core.accounting import Accounting, Prices
 from core.batches import BatchLane, plan_intents
 from core.breaker import CircuitBreaker, Decision
@@ -104,60 +104,80 @@ def submit_job(
     make_id: Callable[[], str] = new_job_id,
     breaker: CircuitBreaker | None = None,
     accounting: Accounting | None = None,
+    resume: bool = False,
 ) -> Job:
     """Record the job and its items, then hand the items to their lane.
 
-    Interactive: the job is written with published=False before anything is published; if
-    this instance dies half-way, reconcile_unpublished() finishes the job later, and Pub/Sub
-    duplicates are harmless because the worker is idempotent.
-    Batch: the job, its items and one intent per batch are written first; the batches are
-    then created here, and whatever fails or crashes is created by the next poller tick."""
-    route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
-                       breaker=breaker, accounting=accounting)
-    lane = route.lane
-    now = clock.now()
-    job = Job(
-        job_id=make_id(),
-        lane=lane,
-        status=JobStatus.QUEUED,
+    The job is written first in status accepting, then its items and (batch lane) one intent
+    per batch, then it moves to queued (core/accepting.py): a poller tick in between leaves it
+    alone, and a submitter that dies half-way leaves a job the poller finishes or fails, never
+    one that is silently lost. `resume` finishes what an abandoned first attempt under the
+    same job id began (an Idempotency-Key takeover): existing documents are kept.
+    Interactive: items are published after the flip, with published=False until they are, so
+    reconcile_unpublished() finishes a submitter that died in between (the worker is
+    idempotent). Batch: the batches are created here within `batch_submit_budget`; whatever
+    fails or crashes is created by the next poller tick."""
+    job_id = make_id()
+    existing = store.get_job(job_id) if resume else None
+    if existing is not None and (existing.status is not JobStatus.ACCEPTING
+                                 or not store.touch_accepting(job_id, clock.now())):
+        return store.get_job(job_id) or existing  # the first attempt got further than us
+    if existing is not None:
+        job = existing  # keep its lane, route and estimate: the breaker may say otherwise now
+    else:
+        route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
+                           breaker=breaker, accounting=accounting)
+        job = _new_job(job_id, route, model, clock.now(), spec)
+    items = _new_items(job, spec, clock.now())
+    if accounting is not None and existing is None:
+        # Reserved before the job exists: a crash in between over-reserves (safe), never under.
+        accounting.reserve(job.lane, len(items), job_id=job.job_id)
+    intents = accepting.record_job(job, items, store=store, intents=batch.store if job.lane is Lane.BATCH else None,
+                                   max_requests=batch_max_requests, now=clock.now())
+    if not store.finish_accepting(job.job_id, clock.now()):
+        current = store.get_job(job.job_id)
+        if current is None or current.status is JobStatus.ACCEPTING:
+            raise RuntimeError(f"job {job.job_id} could not leave accepting")  # 500: the client resends
+        return current  # failed by the poller as abandoned meanwhile, or queued by another attempt
+    job.status = JobStatus.QUEUED
+    if job.lane is Lane.INTERACTIVE:
+        queue.publish_items(job.job_id, [it.key for it in items])
+        store.mark_published(job.job_id, clock.now())
+        job.published = True
+        return job
+    _submit_batches(job, items, intents, batch, owner, clock.now() + batch_submit_budget)
+    return job
+
+
+def _new_job(job_id: str, route: routing.Route, model: str, now: float, spec: JobSpec) -> Job:
+    return Job(
+        job_id=job_id,
+        lane=route.lane,
+        status=JobStatus.ACCEPTING,
         model=model,
         item_count=len(spec.items),
         created_at=now,
         updated_at=now,
-        published=lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
+        published=route.lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
         estimated_cost_usd=route.estimated_cost_usd,
         route_reason=route.reason,
         callback_url=spec.callback_url,
         tenant=spec.tenant,
     )
-    items = [
-        Item(
-            job_id=job.job_id,
-            key=s.key,
-            index=i,
-            prompt=s.prompt,
-            aspect_ratio=s.aspect_ratio,
-            domain=s.domain,
-            quality=s.quality,
-            lane=lane.value,
-            updated_at=now,
-        )
+
+
+def _new_items(job: Job, spec: JobSpec, now: float) -> list[Item]:
+    return [
+        Item(job_id=job.job_id, key=s.key, index=i, prompt=s.prompt, aspect_ratio=s.aspect_ratio, domain=s.domain,
+             quality=s.quality, lane=job.lane.value, updated_at=now)
         for i, s in enumerate(spec.items)
     ]
-    if accounting is not None:
-        accounting.reserve(lane, len(items), job_id=job.job_id)
-    if lane is Lane.INTERACTIVE:
-        store.create_job(job, items)
-        queue.publish_items(job.job_id, [it.key for it in items])
-        store.mark_published(job.job_id, clock.now())
-        job.published = True
-        return job
-    intents = plan_intents(job, items, max_requests=batch_max_requests, now=now)
-    batch.store.create_job_with_intents(job, items, intents)
+
+
+def _submit_batches(job: Job, items: list[Item], intents: list, batch: BatchLane, owner: str, deadline: float) -> None:
     by_key = {it.key: it for it in items}
-    deadline = clock.now() + batch_submit_budget
     for intent in intents:
-        if clock.now() >= deadline:
+        if batch.clock.now() >= deadline:
             # The rest are recorded intents: the next poller tick creates them. The client
             # gets its 202 in seconds, whatever the job's size.
             log.info("job %s: leaving the remaining batches to the poller", job.job_id)
@@ -166,7 +186,6 @@ def submit_job(
             batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
         except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
             log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
-    return job
 
 
 def submit_once(
@@ -177,7 +196,7 @@ def submit_once(
     idempotency: IdempotencyStore,
     store: JobStore,
     clock: Clock,
-    submit: Callable[[Callable[[], str]], Job],
+    submit: Callable[[Callable[[], str], bool], Job],
     ttl_seconds: float = 86_400.0,
     takeover_seconds: float = 120.0,
 ) -> tuple[Job, bool]:
@@ -185,9 +204,10 @@ def submit_once(
 
     The record (key -> job id, body hash) is written create-only *before* the job, with the
     job id chosen up front, so a retried request finds the job its first attempt made. The
-    same key with another body is refused; a first attempt still in flight answers "in
-    progress"; one abandoned for `takeover_seconds` (the submitter died) is finished by the
-    next attempt under the same job id."""
+    same key with another body is refused; a first attempt still in flight (no job yet, or
+    its job still accepting) answers "in progress"; one abandoned for `takeover_seconds` (the
+    submitter died) is resumed by the next attempt under the same job id: submit(make_id,
+    resume=True) keeps what the first attempt wrote and finishes the rest."""
     now = clock.now()
     job_id = new_job_id()
     record, created = idempotency.begin(key_id, {
@@ -199,7 +219,7 @@ def submit_once(
                 "this Idempotency-Key was used with a different request body; use a new key for a new job"
             )
         job = store.get_job(record["job_id"])
-        if job is not None:
+        if job is not None and job.status is not JobStatus.ACCEPTING:
             return job, True
         if now - record.get("started_at", 0) < takeover_seconds or not idempotency.take_over(
             key_id, record.get("started_at", 0), now
@@ -207,7 +227,8 @@ def submit_once(
             raise InProgress("a request with this Idempotency-Key is still being processed; retry shortly")
         job_id = record["job_id"]
         log.warning("idempotency key record of job %s was abandoned; finishing the submission", job_id)
-    return submit(lambda: job_id), False
+        return submit(lambda: job_id, True), False
+    return submit(lambda: job_id, False), False
 
 
 def reconcile_unpublished(
@@ -216,8 +237,8 @@ def reconcile_unpublished(
     """Publish the items of interactive jobs whose submitter died before publishing them."""
     done = []
     for job in store.unpublished_jobs(older_than=clock.now() - grace_seconds, limit=50):
-        if job.lane is not Lane.INTERACTIVE:
-            continue
+        if job.lane is not Lane.INTERACTIVE or job.status is JobStatus.ACCEPTING:
+            continue  # an accepting job is published after its flip (or by recover_abandoned_accepts)
         keys = [it.key for it in _all_items(store, job.job_id) if not it.terminal]
         queue.publish_items(job.job_id, keys)
         store.mark_published(job.job_id, clock.now())
@@ -257,6 +278,65 @@ def redrive_stuck_items(
             summary[it.state.value] += 1
         log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
     return summary
+
+
+def recover_abandoned_accepts(
+    *, store: JobStore, batches: BatchStore | None, queue: WorkQueue, clock: Clock, sink: ImageSink | None,
+    events: EventOutbox | None = None, accounting: Accounting | None = None, abandon_seconds: float = 600.0,
+    max_requests: int = 1000, limit: int = 20,
+) -> dict[str, list[str]]:
+    """Finish or fail the jobs whose submitter died while accepting them (see core/accepting.py).
+
+    A job accepting for longer than `abandon_seconds` (longer than an Idempotency-Key takeover
+    waits, so a resent request gets the first chance) is completed when all its items were
+    recorded: its intents are re-planned from the items, create-only, then it is queued (and,
+    interactive, published). Otherwise it ends failed with an error saying so, its reservation
+    released and its job.completed event recorded: nothing is silently lost."""
+    done: dict[str, list[str]] = {"completed": [], "failed": []}
+    idle_since = clock.now() - abandon_seconds
+    for job in store.accepting_jobs(limit):
+        if job.updated_at > idle_since:
+            continue  # its submitter may be alive
+        items = _all_items(store, job.job_id)
+        if len(items) == job.item_count:
+            if _complete_accept(job, items, store=store, batches=batches, queue=queue, clock=clock,
+                                max_requests=max_requests):
+                done["completed"].append(job.job_id)
+        elif _fail_accept(job, items, store=store, clock=clock, sink=sink, events=events, accounting=accounting,
+                          idle_since=idle_since):
+            done["failed"].append(job.job_id)
+    return done
+
+
+def _complete_accept(job: Job, items: list[Item], *, store: JobStore, batches: BatchStore | None, queue: WorkQueue,
+                     clock: Clock, max_requests: int) -> bool:
+    if job.lane is Lane.BATCH:
+        if batches is None:
+            return False  # the batch lane is off here: leave it for an instance that has it
+        accepting.record_job(job, items, store=store, intents=batches, max_requests=max_requests, now=clock.now())
+    if not store.finish_accepting(job.job_id, clock.now()):
+        return False
+    if job.lane is Lane.INTERACTIVE:
+        queue.publish_items(job.job_id, [it.key for it in items if not it.terminal])
+        store.mark_published(job.job_id, clock.now())
+    log.warning("job %s: finished accepting it for a submitter that stopped", job.job_id, extra={"job_id": job.job_id})
+    return True
+
+
+def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, sink: ImageSink | None,
+                 events: EventOutbox | None, accounting: Accounting | None, idle_since: float) -> bool:
+    error = accepting.abandoned_message(len(items), job.item_count)
+    if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):
+        return False  # a resent request resumed it meanwhile
+    for it in items:  # nothing ran them: the job never left accepting
+        store.requeue_item(job.job_id, it.key, ItemState.QUEUED,
+                           {"state": ItemState.FAILED.value, "error": error, "updated_at": clock.now()})
+    if accounting is not None:
+        accounting.add({acct.RELEASED_USD: accounting.prices.estimate(job.lane, job.item_count)},
+                       job_id=job.job_id, lane=job.lane.value)
+    log.error("job %s: %s", job.job_id, error, extra={"job_id": job.job_id})
+    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events)
+    return True
 
 
 def finalize_stalled_jobs(
@@ -314,6 +394,7 @@ def get_job_status(
         "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches else [],
         "round": job.round,
         "route_reason": job.route_reason,
+        "error": job.error,
         "estimated_cost_usd": job.estimated_cost_usd,
         "actual_cost_usd": _actual_cost(store, job_id, prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
@@ -368,7 +449,9 @@ def finalize_job_if_done(
     when the job was already finalized and the event is missing: a finisher that died between
     the two is repaired by the next one that gets here."""
     job = store.get_job(job_id)
-    if job is not None and job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
+    if job is None or job.status is JobStatus.ACCEPTING:
+        return None  # its items may not all be written yet: counting them now would lose the rest
+    if job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
         _record_completion(job, store, events)
         return job.status  # already finalized: a duplicate delivery costs one read (two with events)
     if store.has_unfinished_items(job_id):
@@ -378,7 +461,7 @@ def finalize_job_if_done(
         return None
     manifest_uri = None
     if sink is not None:
-        name = manifest_name(job_id, job.round if job is not None else 1)
+        name = manifest_name(job_id, job.round)
         manifest_uri = sink.put_manifest(name, build_manifest(_all_items(store, job_id))).uri
     store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
     if events is not None:
@@ -421,6 +504,8 @@ def cancel_job(
     """Cancel a job: queued interactive items are dropped here or by the worker that meets
     them; the poller cancels the job's Gemini batches. Finished items keep their images."""
     job = _job_of_tenant(store, job_id, tenant)
+    if job.status is JobStatus.ACCEPTING:
+        raise Conflict(f"job {job_id} is still being accepted; cancel it once it is queued")
     if not store.cancel_job(job_id, clock.now()):
         raise Conflict(f"job {job_id} has already ended ({job.status.value})")
     if job.lane is Lane.INTERACTIVE:

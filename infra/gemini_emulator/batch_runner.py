@@ -52,6 +52,7 @@ class RunSpec:
     image_target_bytes: int | None
     seed: int
     shuffle: bool
+    repeat_rules: tuple[tuple[str, str], ...] = ()  # (substring of the key, "duplicate" | "error")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,19 @@ def _error_line(exc: errors.ApiError, outcome: str) -> LineResult:
     return LineResult({"error": {"code": exc.code, "message": exc.message, "status": exc.status}}, outcome, image=False)
 
 
+def _repeats(spec: RunSpec, key: str, data: bytes) -> bytes:
+    """The extra lines a repeat_key_rules fault adds after a key's result: the same line again, or
+    an error line for the same key (a results file that names a key twice)."""
+    extra = b""
+    for contains, then in spec.repeat_rules:
+        if contains in key:
+            if then == "duplicate":
+                extra += data
+            else:
+                extra += _dumps({**_error_line(errors.internal(), "500").body, "key": key})
+    return extra
+
+
 def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
 
@@ -192,6 +206,7 @@ def write_results_file(
                 result = runner.run(line.get("request"))
                 # Same field order as the real files: the result first, then the key.
                 data = _dumps({**result.body, "key": line["key"]})
+                data += _repeats(spec, str(line["key"]), data)
                 out.write(data)
                 hasher.update(data)
                 size += len(data)

@@ -56,6 +56,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "shuffle_results": True,  # result-file lines in a seeded random order (the API promises none)
         "outcome_script": [],  # terminal outcome per created batch, consumed in order
         "display_name_rules": [],  # [{"contains": str, "outcome": str}], checked before the script
+        # [{"contains": str, "then": "duplicate"|"error"}]: after the result line of a key that
+        # contains the substring, the file repeats that line, or adds an error line for the key
+        "repeat_key_rules": [],
     },
 }
 
@@ -244,3 +247,21 @@ def _validate_batch(batch: Any) -> None:
             raise ConfigError(f"{where}.contains: expected a non-empty string")
         if rule.get("outcome") not in BATCH_OUTCOMES:
             raise ConfigError(f"{where}.outcome: expected one of {list(BATCH_OUTCOMES)}")
+    _validate_repeat_rules(batch["repeat_key_rules"])
+
+
+REPEATS = ("duplicate", "error")
+
+
+def _validate_repeat_rules(rules: Any) -> None:
+    if not isinstance(rules, list):
+        raise ConfigError("batch.repeat_key_rules: expected a list")
+    for i, rule in enumerate(rules):
+        where = f"batch.repeat_key_rules[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where}: expected an object")
+        _check_keys(rule, {"contains", "then"}, where)
+        if not isinstance(rule.get("contains"), str) or not rule["contains"]:
+            raise ConfigError(f"{where}.contains: expected a non-empty string")
+        if rule.get("then") not in REPEATS:
+            raise ConfigError(f"{where}.then: expected one of {list(REPEATS)}")

@@ -315,6 +315,146 @@ def test_dead_letters_from_pubsub_then_retry(stack, publisher):
     check(stack, "Pub/Sub dead letters + :retry", "1 dead letter, 1 retry", statuses + statuses2, started, retryable=True)
 
 
+# --- accepting jobs and the batch lane ------------------------------------------------------------
+
+
+class Ticking:
+    """Poller ticks from `threads` threads at once, until the block ends; a failed tick fails
+    the scenario (after the block)."""
+
+    def __init__(self, stack, threads: int) -> None:
+        self.stack, self.stop, self.errors = stack, threading.Event(), []
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                tick(self.stack)
+            except Exception as e:  # noqa: BLE001 - reported by __exit__
+                self.errors.append(repr(e))
+
+    def __enter__(self) -> Ticking:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        assert not self.errors, self.errors[:3]
+
+
+@pytest.mark.timeout(400)
+def test_submit_races_poller_ticks(stack):
+    """Three pollers tick while the API writes a 2,000-item batch job: none of them may act on
+    the job before it is queued (its intents are left, not finished as "job missing")."""
+    started = time.monotonic()
+    configure_gemini(stack, {"image_target_bytes": 2_000})
+    with Ticking(stack, threads=3):
+        job_id = submit(stack, items("race", 2000), lane="batch")
+        statuses = drive(stack, [job_id], timeout=300)
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 2, statuses[0]["batches"]
+    check(stack, "submit races poller ticks", "3 pollers ticking during the accept", statuses, started)
+
+
+N_KILLED = 600
+
+
+def accepting_job(db) -> str | None:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = db.collection("jobs").where(filter=FieldFilter("status", "==", "accepting"))
+    return next((s.id for s in query.stream()), None)
+
+
+@pytest.mark.timeout(300)
+def test_api_killed_mid_accept_then_resent_with_its_idempotency_key(stack, db):
+    """SIGKILL of the API while it writes a job's items; the client resends with the same
+    Idempotency-Key: "in progress" (409) while the first attempt could be alive, then the
+    resend resumes the first attempt's writes under the same job id."""
+    started = time.monotonic()
+    configure_gemini(stack, {"image_target_bytes": 2_000})
+    stack.restart("api", signal.SIGTERM, env={**BREAKER, "IDEMPOTENCY_TAKEOVER_SECONDS": "20"})
+    try:
+        # Long prompts make the accept long enough to be killed in the middle of it.
+        body = {"requests": [{**it, "prompt": it["prompt"] + " " + "x" * 3900} for it in items("killed", N_KILLED)],
+                "lane": "batch"}
+        headers = {"Idempotency-Key": "mid-accept-1"}
+        first = threading.Thread(target=doomed_post, args=(stack, body, headers))
+        first.start()
+        job_id = wait_until(stack, lambda: accepting_job(db), "the job document", timeout=60)
+        items_ref = db.collection("jobs").document(job_id).collection("items")
+        while not any(True for _ in items_ref.limit(1).stream()):
+            pass  # as soon as its first items are written (a tight loop: the accept takes well under a second)
+        stack.kill("api")  # SIGKILL, mid-accept
+        first.join()
+        stranded = job_status_from_db(db, job_id)
+        assert stranded["status"] == "accepting", stranded
+        stack.start_function("api")
+        answers = []
+        while not answers or answers[-1].status_code == 409:
+            answers.append(requests.post(f"{stack.url('api')}/v1/jobs", json=body, headers=headers,
+                                         timeout=HTTP_TIMEOUT))
+            assert len(answers) < 60, [a.status_code for a in answers]
+            if answers[-1].status_code == 409:
+                assert answers[-1].headers["Retry-After"] == "1", answers[-1].text
+                time.sleep(1)
+        codes = [a.status_code for a in answers]
+        assert codes[0] == 409 and codes[-1] == 202 and answers[-1].json()["job_id"] == job_id, codes
+        statuses = drive(stack, [job_id], timeout=300)
+    finally:
+        stack.restart("api", signal.SIGTERM, env=BREAKER)
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 1
+    check(stack, "API killed mid-accept + Idempotency-Key resend",
+          f"1 SIGKILL with {stranded['items']} of {N_KILLED} items written, {len(codes)} resends", statuses, started)
+
+
+def doomed_post(stack, body: dict, headers: dict) -> None:
+    try:
+        requests.post(f"{stack.url('api')}/v1/jobs", json=body, headers=headers, timeout=120)
+    except requests.ConnectionError:
+        pass  # killed under it: the point of the scenario
+
+
+def job_status_from_db(db, job_id: str) -> dict:
+    job = db.collection("jobs").document(job_id).get().to_dict()
+    items_written = db.collection("jobs").document(job_id).collection("items").count().get()[0][0].value
+    return {"status": job["status"], "items": int(items_written)}
+
+
+def test_repeated_key_in_results(stack):
+    """A results file names a key twice: an error line after an image line, and an image line
+    twice. The first success stands; nothing is batched or paid for again."""
+    started = time.monotonic()
+    configure_gemini(stack, {"batch": {"repeat_key_rules": [{"contains": "rep-3", "then": "error"},
+                                                            {"contains": "rep-5", "then": "duplicate"}]}})
+    job_id = submit(stack, items("rep", 12), lane="batch")
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 1, statuses[0]["batches"]
+    check(stack, "repeated key in results", "1 error line after a success, 1 line twice", statuses, started)
+
+
+def test_batch_stuck_running_past_the_local_deadline(stack):
+    """A batch that stays RUNNING is cancelled by the poller at BATCH_RUNNING_DEADLINE_SECONDS
+    and its items go to a new batch, which succeeds."""
+    started = time.monotonic()
+    stack.restart("poller", signal.SIGTERM, env={**BREAKER, "BATCH_RUNNING_DEADLINE_SECONDS": "3"})
+    try:
+        configure_gemini(stack, {"batch": {"running_seconds": 3600}})
+        job_id = submit(stack, items("stuck", 6), lane="batch")
+        wait_until(stack, lambda: [b for b in gemini_batches(stack) if b["state"] == "BATCH_STATE_RUNNING"],
+                   "the first batch running")
+        configure_gemini(stack, {"batch": {"running_seconds": 0.5}})  # the retry runs normally
+        statuses = drive(stack, [job_id], timeout=60)
+    finally:
+        stack.restart("poller", signal.SIGTERM, env=BREAKER)
+    assert statuses[0]["status"] == "succeeded"
+    assert [b["gemini_state"] for b in statuses[0]["batches"]] == ["BATCH_STATE_CANCELLED", "BATCH_STATE_SUCCEEDED"]
+    check(stack, "batch stuck RUNNING past the local deadline", "1 batch cancelled at 3 s", statuses, started,
+          retryable=True)
+
+
 # --- answers as today's API sends them --------------------------------------------------------
 
 

@@ -274,9 +274,14 @@ def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bu
     assert job_status(stack, job_id)["status"] == "running"
     # The dead poller's lease holds until it runs out (the restarted poller's readiness probe,
     # a GET, was already a tick that skipped it); then the next tick takes over.
-    assert tick(stack)["skipped"] == 1
+    # On a loaded machine the restart alone can outlast the 6 s lease: the skip is asserted only
+    # for a tick that ended while the lease still held.
+    first = tick(stack)
+    if time.time() < killed["lease_expires_at"]:
+        assert first["skipped"] == 1, first
     time.sleep(max(0.0, killed["lease_expires_at"] - time.time()) + 0.2)
     status, ticks = tick_until_settled(stack, job_id)
+    ticks.update(first)
 
     assert status["status"] == "succeeded"
     items = assert_batch_settled(stack, status, db, bucket)

@@ -65,8 +65,23 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
     )
     republish_grace_seconds: float = Field(60.0, ge=0)
+    stuck_lease_grace_seconds: float = Field(
+        60.0, ge=0, description="the poller republishes a running item whose lease expired this long ago"
+    )
+    test_kill_after_upload: bool = Field(
+        False, description="TEST ONLY, never set in a deployment: the worker SIGKILLs its own process right "
+        "after it creates an image object, so the e2e fault matrix can die between the upload and the commit"
+    )
+    stuck_queued_seconds: float = Field(
+        900.0, gt=0, description="the poller republishes a queued item of a published job untouched this long"
+    )
     lease_margin_seconds: float = Field(
-        30.0, ge=0, description="added to the longest delivery to make an item's lease"
+        30.0, ge=0, description="added to the longest delivery to make an item's lease; also the clock "
+        "skew between instances that leases tolerate (every write of a holder ends this long before its lease)"
+    )
+    upload_budget_seconds: float = Field(
+        60.0, gt=0, description="how long a worker keeps trying to store an image it has paid for, renewing "
+        "the item's lease before each try; keep MAX_WAIT + GEMINI_TIMEOUT + this under the worker's timeout"
     )
 
     # The batch lane
@@ -91,6 +106,19 @@ class Settings(BaseSettings):
     batch_upload_concurrency: int = Field(4, ge=1, description="image uploads in flight while ingesting")
     batch_submit_budget_seconds: float = Field(
         3.0, ge=0, description="time the API spends creating batches before leaving them to the poller"
+    )
+
+    # Gemini documents a 24 h target turnaround for batches and a BATCH_STATE_EXPIRED state
+    # (https://ai.google.dev/gemini-api/docs/batch-mode, https://ai.google.dev/api/batch-api);
+    # past this deadline the poller cancels a batch itself and resubmits its unfinished items,
+    # instead of waiting on Gemini to expire it. 0 = wait for Gemini.
+    batch_running_deadline_seconds: float = Field(
+        36 * 3600.0, ge=0, description="a batch still pending or running this long after it was created is "
+        "cancelled and its unfinished items resubmitted; 0 = rely on Gemini's own expiry"
+    )
+    accept_abandon_seconds: float = Field(
+        600.0, gt=0, description="a job still accepting this long after its submitter last wrote it is completed "
+        "(all items recorded) or failed by the poller; longer than IDEMPOTENCY_TAKEOVER_SECONDS"
     )
 
     dead_letter_subscription: str | None = Field(
@@ -165,6 +193,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _resend_wins_over_the_poller(self) -> Settings:
+        # A client resending its request (Idempotency-Key) resumes an abandoned accept; the
+        # poller only finishes or fails one that nobody resumed.
+        if self.accept_abandon_seconds <= self.idempotency_takeover_seconds:
+            raise ValueError("ACCEPT_ABANDON_SECONDS must be longer than IDEMPOTENCY_TAKEOVER_SECONDS")
+        return self
+
+    @model_validator(mode="after")
     def _lease_outlives_budget(self) -> Settings:
         if self.batch_lease_seconds <= self.poller_budget_seconds:
             raise ValueError("BATCH_LEASE_SECONDS must be longer than POLLER_BUDGET_SECONDS")
@@ -184,6 +220,11 @@ class Settings(BaseSettings):
     def api_callers(self) -> dict[str, Caller]:
         """{key: caller}; empty when no key is configured (no key check)."""
         return self._callers
+
+    @property
+    def upload_try_seconds(self) -> float:
+        # One upload with the client's retries ends a margin before the lease renewed ahead of it.
+        return self.lease_seconds - self.lease_margin_seconds
 
     @property
     def lease_seconds(self) -> float:

@@ -206,7 +206,7 @@ def _submit(request, caller: Caller):
                           "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
                           "breaker": wiring.breaker().view().state.value, "model": model})
 
-        def submit(make_id):
+        def submit(make_id, resume=False):
             return usecases.submit_job(
                 spec,
                 store=wiring.job_store(),
@@ -221,6 +221,7 @@ def _submit(request, caller: Caller):
                 make_id=make_id,
                 breaker=wiring.breaker(),
                 accounting=wiring.accounting(),
+                resume=resume,
                 catalog=wiring.catalog(),
                 model_halts=wiring.model_halts(),
             )
@@ -380,6 +381,7 @@ def pubsub_worker(cloud_event):
         pool=wiring.pool_store(),
         accounting=wiring.accounting(),
         events=wiring.job_events(),
+        upload_budget=s.upload_budget_seconds,
         catalog=wiring.catalog(),
         model_halts=wiring.model_halts(),
     )
@@ -393,7 +395,9 @@ def pubsub_worker(cloud_event):
 
 @functions_framework.http
 def scheduled_poller(request):
-    """One Cloud Scheduler tick. Overlapping ticks are safe: every batch is leased."""
+    """One Cloud Scheduler tick. Cloud Scheduler starts no attempt before the previous one ends,
+    but a tick can still meet another (one that outlived its attempt deadline, a manual run, a
+    second deployment): every batch and event is leased, so that is safe."""
     s = wiring.settings()
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds
@@ -402,6 +406,9 @@ def scheduled_poller(request):
         store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
         grace_seconds=s.republish_grace_seconds,
     )
+    stuck = usecases.redrive_stuck_items(store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
+                                         lease_grace_seconds=s.stuck_lease_grace_seconds,
+                                         queued_after_seconds=s.stuck_queued_seconds)
     # Events first, with a quarter of the budget: a long ingest must not hold back webhooks.
     events = wiring.job_events().deliver_due(owner, deadline=clock.now() + s.poller_budget_seconds / 4)
     dead = {}
@@ -415,15 +422,21 @@ def scheduled_poller(request):
                             max_batch_items=s.batch_items_per_batch)
     lane = wiring.batch_lane()
     batches = lane.reconcile(owner, deadline) if lane else {}
-    # After the batches, so the check never eats their time budget; a restored model's held
-    # intents go at the next tick, its interactive items now.
+    # After the batches, so it takes none of their budget: an abandoned accept is minutes old.
+    accepts = usecases.recover_abandoned_accepts(
+        store=wiring.job_store(), batches=wiring.job_store() if lane else None, queue=wiring.work_queue(),
+        clock=clock, sink=wiring.image_sink(), events=wiring.job_events(), accounting=wiring.accounting(),
+        abandon_seconds=s.accept_abandon_seconds, max_requests=s.batch_items_per_batch)
+    # Also after the batches: a restored model's held intents go at the next tick, its parked
+    # interactive items now.
     models = wiring.model_watch().tick(
         lambda: usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
     resumed = usecases.resume_restored_models(model_halts=wiring.model_halts(), store=wiring.job_store(),
                                               queue=wiring.work_queue())
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
                                                events=wiring.job_events())
-    summary = {"republished_jobs": republished, "dead_letters": dead, "pool": pooled, "batches": batches,
+    summary = {"abandoned_accepts": accepts, "republished_jobs": republished, "stuck_items": stuck,
+               "dead_letters": dead, "pool": pooled, "batches": batches,
                "events": events, "finalized_jobs": finalized, "models": models, "resumed": resumed}
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(republished), dead, pooled, batches, events, extra=summary)

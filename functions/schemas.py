@@ -182,8 +182,9 @@ def excerpt(text: str, limit: int = 40) -> str:
 class JobAccepted(BaseModel):
     job_id: str
     lane: Literal["interactive", "batch"]
-    status: Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"] = Field(
-        description="queued for a new job; the job's current status when an Idempotency-Key replays it")
+    status: Literal["accepting", "queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"] = Field(
+        description="queued for a new job; the job's current status when an Idempotency-Key replays it "
+        "(accepting: its items are still being recorded)")
     item_count: int
     status_url: str = Field(description="Relative URL of the job's status")
     route_reason: str | None = Field(description="Why the job took its lane")
@@ -227,7 +228,7 @@ class ItemCounts(BaseModel):
 class JobStatusResponse(BaseModel):
     job_id: str
     lane: Literal["interactive", "batch"]
-    status: Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
+    status: Literal["accepting", "queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
     model: str
     item_count: int
     created_at: float
@@ -240,6 +241,7 @@ class JobStatusResponse(BaseModel):
     batches: list[BatchStatus]
     round: int = Field(description="1, plus one per :retry that re-opened the finished job")
     route_reason: str | None
+    error: str | None = Field(description="Why the job failed as a whole (the API stopped while accepting it)")
     estimated_cost_usd: float | None
     actual_cost_usd: float = Field(description="Succeeded items x the price of the lane each ran in")
     events: list[EventStatus] = Field(description="The job's completion events and their delivery")
@@ -267,7 +269,7 @@ class DryRun(BaseModel):
 class RetryAccepted(BaseModel):
     job_id: str
     round: int
-    status: Literal["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
+    status: Literal["accepting", "queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
     requeued: int
     requeued_interactive: int
     requeued_batch: int

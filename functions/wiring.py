@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import socket
 import uuid
 
@@ -66,7 +67,26 @@ def image_sink():
     from adapters.gcs_sink import GcsImageSink
 
     s = settings()
-    return GcsImageSink(storage.Client(project=s.google_cloud_project), s.images_bucket)
+    sink = GcsImageSink(storage.Client(project=s.google_cloud_project), s.images_bucket,
+                        upload_seconds=s.upload_try_seconds)
+    return _KillAfterUpload(sink) if s.test_kill_after_upload else sink
+
+
+class _KillAfterUpload:
+    """TEST ONLY (TEST_KILL_AFTER_UPLOAD): dies like a crashed instance right after an image
+    object is created, before anything is committed. gunicorn starts a new worker process."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+
+    def put_image(self, *args, **kwargs):
+        stored = self.sink.put_image(*args, **kwargs)
+        if stored.created:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return stored
+
+    def __getattr__(self, name: str):
+        return getattr(self.sink, name)
 
 
 @functools.cache
@@ -134,6 +154,8 @@ def batch_lane():
         upload_concurrency=s.batch_upload_concurrency,
         accounting=accounting(),
         model_halts=model_halts(),
+        accept_abandon_seconds=s.accept_abandon_seconds,
+        running_deadline_seconds=s.batch_running_deadline_seconds or None,
         image_size_for=catalog().image_size_for,
         compose_prompt=usecases.compose_prompt,
         finalize_job=lambda job_id: usecases.finalize_job_if_done(

@@ -336,7 +336,10 @@ def status(
 
 
 def _print_status(body: dict) -> None:
-    typer.echo(f"Job {body['job_id']}: {body['status']}")
+    note = " (its items are still being recorded)" if body["status"] == "accepting" else ""
+    typer.echo(f"Job {body['job_id']}: {body['status']}{note}")
+    if body.get("error"):
+        typer.echo(f"  error      {body['error']}")
     typer.echo(f"  lane       {body.get('lane')}" + (f" ({body['route_reason']})" if body.get("route_reason") else "")
                + f"   model {body.get('model')}" + (f"   round {body['round']}" if (body.get("round") or 1) > 1 else ""))
     counts = {k: v for k, v in (body.get("counts") or {}).items() if v}

@@ -1,5 +1,5 @@
 """A job's results to look at: ``contact-sheet.html`` (every image, its prompt under it, links to
-the PNGs beside it) and ``contact-sheet.png`` (a grid of thumbnails with the prompts wrapped
+the images beside it) and ``contact-sheet.png`` (a grid of thumbnails with the prompts wrapped
 under them). Items without an image are shown as a labelled placeholder with their error."""
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Sheet:
 
 
 def write_contact_sheet(entries: list[Entry], out: Path, *, title: str) -> Sheet:
-    """Both files into ``out``, for images already saved there as ``<key>.png``."""
+    """Both files into ``out``, for images already saved there as ``<key>.<ext>`` (png, jpg, webp)."""
     out.mkdir(parents=True, exist_ok=True)
     html_path, png_path = out / HTML_NAME, out / PNG_NAME
     write_atomically(html_path, render_html(entries, out, title=title).encode())

@@ -3,8 +3,9 @@
 The job's manifest (``gs://bucket/job/manifest.jsonl``, one line per item with its ``sha256``)
 is the list: a file already on disk whose sha256 matches is kept, anything else is fetched,
 checked against the manifest and renamed into place, so the folder never holds half a file.
-Local names are ``<key>.png`` with the key checked against the API's own pattern: nothing the
-server sends is used as a path.
+Local names are ``<key>.<ext>`` with the key checked against the API's own pattern and the
+extension taken from the stored object's name (``.png``, ``.jpg`` or ``.webp``: the worker
+stores the format the model returned): nothing else the server sends is used as a path.
 
 Downloads use google-cloud-storage with Application Default Credentials; with
 ``STORAGE_EMULATOR_HOST`` set (the local stack), the same code reads the GCS emulator,
@@ -28,6 +29,7 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GS_URI = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(.+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_NAME = "manifest.jsonl"
+IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 DOWNLOAD_WORKERS = 4
 
 Fetch = Callable[[str], bytes]  # gs://bucket/name -> the object's bytes
@@ -52,8 +54,12 @@ class Entry:
 
     @property
     def file_name(self) -> str | None:
-        """``<key>.png`` for a safe key; None for anything that could be a path."""
-        return f"{self.key}.png" if KEY_PATTERN.match(self.key or "") else None
+        """``<key>.<ext>`` for a safe key, the extension of its stored object (one we store,
+        else ``png``); None for anything that could be a path."""
+        if not KEY_PATTERN.match(self.key or ""):
+            return None
+        suffix = (self.gcs_uri or "").rpartition(".")[2].lower()
+        return f"{self.key}.{suffix if suffix in IMAGE_EXTENSIONS else 'png'}"
 
 
 @dataclass
@@ -116,7 +122,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def download(entries: list[Entry], out: Path, fetch: Fetch, *, manifest: bytes | None = None,
              workers: int = DOWNLOAD_WORKERS, on_file: Callable[[str, str], None] | None = None) -> Report:
-    """Every succeeded entry's image into ``out/<key>.png``. With the manifest's bytes, files are
+    """Every succeeded entry's image into ``out/<key>.<ext>``. With the manifest's bytes, files are
     checked against its sha256 (kept when they match, fetched and checked when they don't) and
     the manifest is saved beside them; without one (a job still running), each image is fetched.
     ``on_file(key, "fetched" | "kept" | "problem")`` is called as each one is done."""

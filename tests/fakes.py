@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from core.errors import GenerationError, PermissionDenied
+from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
     StoredImage, TERMINAL_JOB_STATUSES,
@@ -50,6 +50,45 @@ class InMemoryJobStore:
     def get_job(self, job_id: str) -> Job | None:
         d = self.jobs.get(job_id)
         return Job.from_dict(copy.deepcopy(d)) if d else None
+
+    def create_job_doc(self, job: Job) -> bool:
+        with self.lock:
+            if job.job_id in self.jobs:
+                return False
+            self.jobs[job.job_id] = job.to_dict()
+            self.items.setdefault(job.job_id, {})
+            return True
+
+    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+        with self.lock:
+            found = self.items.setdefault(job_id, {})
+            for it in items:
+                found.setdefault(it.key, it.to_dict())
+
+    def finish_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda d: {"status": JobStatus.QUEUED.value, "updated_at": now})
+
+    def touch_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda d: {"updated_at": now})
+
+    def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
+        return self._accepting_cas(job_id, lambda d: None if d["updated_at"] > idle_since else {
+            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+
+    def accepting_jobs(self, limit: int) -> list[Job]:
+        return [Job.from_dict(copy.deepcopy(d)) for d in self.jobs.values()
+                if d["status"] == JobStatus.ACCEPTING.value][:limit]
+
+    def _accepting_cas(self, job_id: str, decide) -> bool:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            if d is None or d["status"] != JobStatus.ACCEPTING.value:
+                return False
+            updates = decide(d)
+            if updates is None:
+                return False
+            d.update(updates)
+            return True
 
     def mark_published(self, job_id: str, now: float) -> None:
         self.jobs[job_id].update(published=True, updated_at=now)
@@ -111,7 +150,7 @@ class InMemoryJobStore:
             current = JobStatus(d["status"])
             if current in (JobStatus.QUEUED, JobStatus.RUNNING):
                 d.update(status=status.value, updated_at=now, finished_at=now, manifest_uri=manifest_uri)
-            elif current is JobStatus.CANCELLED and manifest_uri and not d.get("manifest_uri"):
+            elif current in TERMINAL_JOB_STATUSES and manifest_uri and not d.get("manifest_uri"):
                 d.update(updated_at=now, finished_at=now, manifest_uri=manifest_uri)
 
     def reopen_job(self, job_id: str, now: float) -> Job:
@@ -128,6 +167,20 @@ class InMemoryJobStore:
 
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs[job_id].update(published=False, updated_at=now)
+
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.QUEUED, "updated_at", before, limit)
+
+    def _stale(self, state: ItemState, field: str, before: float, limit: int) -> list[Item]:
+        """As the Firestore query: equality on lane and state, a range on `field`, oldest first."""
+        found = [d for items in self.items.values() for d in items.values()
+                 if d.get("lane") == "interactive" and d["state"] == state.value
+                 and isinstance(d.get(field), (int, float)) and d[field] < before]
+        found.sort(key=lambda d: d[field])
+        return [Item.from_dict(copy.deepcopy(d)) for d in found[:limit]]
 
     def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
         with self.lock:
@@ -166,6 +219,11 @@ class InMemoryJobStore:
                 return False
             self.intents[intent.intent_id] = intent.to_dict()
             return True
+
+    def create_intents(self, intents: Sequence[BatchIntent]) -> None:
+        with self.lock:
+            for intent in intents:
+                self.intents.setdefault(intent.intent_id, intent.to_dict())
 
     def get_intent(self, intent_id: str) -> BatchIntent | None:
         d = self.intents.get(intent_id)
@@ -240,17 +298,42 @@ class InMemoryImageSink:
         self.bucket = bucket
         self.objects: dict[str, tuple[bytes, dict]] = {}
         self.writes = 0
+        self.finds = 0
+        self.unavailable_puts = 0  # the next n put_image calls raise StorageUnavailable
+        self.unavailable_finds = 0
 
-    def put_png(self, name: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
+    def put_image(self, name: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredImage:
+        if self.unavailable_puts:
+            self.unavailable_puts -= 1
+            raise StorageUnavailable(f"uploading {name}: 503")
         uri = f"gs://{self.bucket}/{name}"
         if name in self.objects:
-            return StoredImage(uri=uri, created=False)
+            return StoredImage(uri=uri, created=False, facts=self._facts(name))
         self.writes += 1
-        self.objects[name] = (data, dict(metadata))
-        return StoredImage(uri=uri, created=True)
+        self.objects[name] = (data, {**metadata, "content_type": content_type})
+        return StoredImage(uri=uri, created=True, facts=self._facts(name))
+
+    def find_image(self, stem: str, extensions) -> StoredImage | None:
+        self.finds += 1
+        if self.unavailable_finds:
+            self.unavailable_finds -= 1
+            raise StorageUnavailable(f"listing {stem}.*: 503")
+        for ext in extensions:
+            name = f"{stem}.{ext}"
+            if name in self.objects:
+                return StoredImage(uri=f"gs://{self.bucket}/{name}", created=False, facts=self._facts(name))
+        return None
+
+    def _facts(self, name: str) -> dict:
+        """As GcsImageSink reads them: from the object's metadata, its size from the object."""
+        data, metadata = self.objects[name]
+        facts = {"sha256": metadata.get("sha256"), "bytes": len(data), "format": metadata.get("format")}
+        for side in ("width", "height"):
+            facts[side] = int(metadata[side]) if metadata.get(side) else None
+        return facts
 
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
-        return self.put_png(name, data, {})
+        return self.put_image(name, data, "application/jsonl", {})
 
 
 class ScriptedImageGenerator:
@@ -266,12 +349,28 @@ class ScriptedImageGenerator:
         self.calls.append(prompt)
         self.requests.append({"aspect_ratio": aspect_ratio, "image_size": image_size, "model": model})
         outcome = self.script.pop(0) if self.script else "ok"
-        if isinstance(outcome, GenerationError):
+        if isinstance(outcome, Exception):
             raise outcome
+        data = outcome if isinstance(outcome, bytes) else tiny_png(prompt)
         return GeneratedImage(
-            data=b"\x89PNG\r\n\x1a\n" + prompt.encode(), mime_type="image/png",
+            data=data, mime_type="image/png",
             finish_reason="STOP", model_version="fake-image-model", output_tokens=1290,
         )
+
+
+def tiny_png(text: str, size: tuple[int, int] = (4, 3)) -> bytes:
+    """A complete PNG (stdlib only) whose bytes differ per text: a tEXt chunk carries it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    width, height = size
+    rows = b"".join(b"\x00" + b"\x80\x40\x20" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"tEXt", b"prompt\x00" + text.encode()) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 class InMemorySlotStore:
@@ -391,6 +490,9 @@ class FakeBatchApi:
 
     def cancel_batch(self, name: str) -> None:
         self.cancelled.append(name)
+        if self.batches[name]["state"] not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
+            # As the API (and our emulator): cancel works only while the batch is pending or running.
+            raise InvalidRequest(f"400 FAILED_PRECONDITION: batch {name} has already ended")
         self.batches[name]["state"] = "BATCH_STATE_CANCELLED"
 
     def set_state(self, name: str, state: str) -> None:

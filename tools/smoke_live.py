@@ -122,13 +122,14 @@ def _client(recorder: Recorder | None):
 
 def run_interactive(client, model: str) -> list[str]:
     from adapters.gemini_generator import GeminiImageGenerator
-    from core.jsonl import png_facts
+    from core.jsonl import image_facts
 
     generator, problems = GeminiImageGenerator(client, model), []
     for prompt in PROMPTS:
         image = generator.generate(prompt, "1:1", None)  # parse_image_response checks the answer
-        facts = png_facts(image.data)
-        print(f"  interactive: {image.mime_type} {facts['bytes']} bytes {facts['width']}x{facts['height']} "
+        facts = image_facts(image.data)  # the worker's own check: complete, format, size
+        print(f"  interactive: {image.mime_type} ({facts['format']} in the bytes) {facts['bytes']} bytes "
+              f"{facts['width']}x{facts['height']} "
               f"finishReason {image.finish_reason}, {image.output_tokens} output tokens")
         if not image.data or image.finish_reason != "STOP":
             problems.append(f"interactive image for {prompt!r}: finishReason {image.finish_reason}")

@@ -64,6 +64,35 @@ class FirestoreJobStore:
         snap = self.jobs.document(job_id).get()
         return Job.from_dict(snap.to_dict()) if snap.exists else None
 
+    def create_job_doc(self, job: Job) -> bool:
+        try:
+            self.jobs.document(job.job_id).create(job.to_dict())
+            return True
+        except gexc.Conflict:
+            return False
+
+    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+        items_ref = self._items(job_id)
+        self._create_absent([(items_ref.document(item.key), item.to_dict()) for item in items])
+
+    def finish_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda data: {"status": JobStatus.QUEUED.value, "updated_at": now})
+
+    def touch_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda data: {"updated_at": now})
+
+    def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
+        return self._accepting_cas(job_id, lambda data: None if data["updated_at"] > idle_since else {
+            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+
+    def accepting_jobs(self, limit: int) -> list[Job]:
+        query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.ACCEPTING.value)).limit(limit)
+        return [Job.from_dict(s.to_dict()) for s in query.stream()]
+
+    def _accepting_cas(self, job_id: str, decide: Callable[[dict], dict | None]) -> bool:
+        return compare_and_set(self.db, self.jobs.document(job_id), lambda data: (
+            decide(data) if data is not None and data["status"] == JobStatus.ACCEPTING.value else None))
+
     def mark_published(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": True, "updated_at": now})
 
@@ -135,7 +164,9 @@ class FirestoreJobStore:
             current = JobStatus(data["status"])
             if current in (JobStatus.QUEUED, JobStatus.RUNNING):
                 return {"status": status.value, "updated_at": now, "finished_at": now, "manifest_uri": manifest_uri}
-            if current is JobStatus.CANCELLED and manifest_uri and not data.get("manifest_uri"):
+            # A job that ended before its items did (cancelled, or failed while accepting) gets
+            # its manifest once they have.
+            if current in TERMINAL_JOB_STATUSES and manifest_uri and not data.get("manifest_uri"):
                 return {"updated_at": now, "finished_at": now, "manifest_uri": manifest_uri}
             return None
 
@@ -156,6 +187,23 @@ class FirestoreJobStore:
     def running_jobs(self, limit: int) -> list[Job]:
         query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(limit)
         return [Job.from_dict(s.to_dict()) for s in query.stream()]
+
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.QUEUED, "updated_at", before, limit)
+
+    def _stale(self, state: ItemState, field: str, before: float, limit: int) -> list[Item]:
+        # A collection-group query over every job's items: two equalities and a range, which
+        # needs the composite indexes in infra/terraform/firestore.tf (items_stale_*). The
+        # limit bounds the reads one poller tick pays, whatever the backlog.
+        query = (self.db.collection_group("items")
+                 .where(filter=FieldFilter("lane", "==", "interactive"))
+                 .where(filter=FieldFilter("state", "==", state.value))
+                 .where(filter=FieldFilter(field, "<", before))
+                 .order_by(field).limit(limit))
+        return [Item.from_dict(s.to_dict()) for s in query.stream()]
 
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": False, "updated_at": now})
@@ -197,6 +245,9 @@ class FirestoreJobStore:
             return True
         except gexc.Conflict:
             return False
+
+    def create_intents(self, intents: Sequence[BatchIntent]) -> None:
+        self._create_absent([(self.intents.document(i.intent_id), i.to_dict()) for i in intents])
 
     def get_intent(self, intent_id: str) -> BatchIntent | None:
         snap = self.intents.document(intent_id).get()
@@ -257,6 +308,32 @@ class FirestoreJobStore:
             for ref, data in chunk:
                 batch.create(ref, data)
             batch.commit()
+
+        chunks = [docs[i : i + _BATCH_LIMIT] for i in range(0, len(docs), _BATCH_LIMIT)]
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                commit(chunk)
+            return
+        with ThreadPoolExecutor(min(_PARALLEL_COMMITS, len(chunks))) as pool:
+            list(pool.map(commit, chunks))  # list(): re-raise the first failure
+
+    def _create_absent(self, docs: list) -> None:
+        """Like _write_all, for documents an earlier attempt may have written: a batch that
+        meets an existing document fails as a whole (create is atomic per batch), and is
+        redone one document at a time, keeping the existing ones (same job id, same request)."""
+
+        def commit(chunk: list) -> None:
+            batch = self.db.batch()
+            for ref, data in chunk:
+                batch.create(ref, data)
+            try:
+                batch.commit()
+            except gexc.Conflict:
+                for ref, data in chunk:
+                    try:
+                        ref.create(data)
+                    except gexc.Conflict:
+                        pass
 
         chunks = [docs[i : i + _BATCH_LIMIT] for i in range(0, len(docs), _BATCH_LIMIT)]
         if len(chunks) <= 1:

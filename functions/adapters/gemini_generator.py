@@ -7,7 +7,9 @@ from google.genai import Client, errors, types
 
 from core.errors import (
     ContentRefused,
+    GenerationError,
     InvalidRequest,
+    MalformedResponse,
     ModelUnavailable,
     PermissionDenied,
     QuotaExceeded,
@@ -52,7 +54,16 @@ class GeminiImageGenerator:
             raise translate_api_error(e) from e
         except _TRANSPORT_ERRORS as e:
             raise TransientError(f"transport: {type(e).__name__}: {e}") from e
-        return parse_image_response(response)
+        except Exception as e:  # noqa: BLE001 - e.g. pydantic's ValidationError on invalid base64
+            # The SDK parses the 200 before we see it: an answer it cannot read was billed and
+            # must count as an attempt, never escape as a crash that leaves the item running.
+            raise MalformedResponse(f"the model's answer could not be read: {type(e).__name__}: {_short(e)}") from e
+        try:
+            return parse_image_response(response)
+        except GenerationError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a shape parse_image_response did not expect
+            raise MalformedResponse(f"the model's answer could not be read: {type(e).__name__}: {_short(e)}") from e
 
 
 def translate_api_error(e: errors.APIError):
@@ -136,6 +147,12 @@ def parse_image_response(response: types.GenerateContentResponse) -> GeneratedIm
         text=" ".join(texts) or None,
         output_tokens=usage.candidates_token_count if usage else None,
     )
+
+
+def _short(e: Exception, limit: int = 300) -> str:
+    """The first line of an error, bounded: a validation error can quote a whole image."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _enum_name(value) -> str:

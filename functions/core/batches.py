@@ -3,7 +3,8 @@
 batches.create is not idempotent on Gemini's side, so every batch starts life as an intent
 record in our store. The intent id is the batch's display name: after a crash between
 "create" and "record", the poller finds the batch by that name instead of creating it again.
-Everything that touches an intent holds its lease, so overlapping pollers never work on the
+Everything that touches an intent holds its lease, so two ticks that meet (Cloud Scheduler does
+not overlap its attempts, but a tick past its attempt deadline or a manual run can) never work on the
 same batch twice, and ingestion checkpoints its progress so a killed poller resumes.
 """
 from __future__ import annotations
@@ -13,9 +14,11 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from core.errors import GenerationError, InvalidRequest, ModelUnavailable, PermissionDenied
-from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
+from core.errors import GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied
+from core import images
+from core.jsonl import LineSplitter, image_facts, parse_result_line, request_line, stored_metadata
 from core.models import (
+    BatchInfo,
     BatchIntent,
     Item,
     ItemState,
@@ -44,7 +47,7 @@ def normalise_state(state: str | None) -> str:
 
 
 def plan_intents(
-    job: Job, items: Sequence[Item], *, max_requests: int, now: float, attempt: int = 1
+    job: Job, items: Sequence[Item], *, max_requests: int, now: float, attempt: int = 1, series: str = "b"
 ) -> list[BatchIntent]:
     """Split a job into batches of at most max_requests items, with deterministic ids."""
     intents = []
@@ -52,7 +55,7 @@ def plan_intents(
         keys = [it.key for it in items[start : start + max_requests]]
         intents.append(
             BatchIntent(
-                intent_id=f"{job.job_id}-b{n:03d}-a{attempt}",
+                intent_id=f"{job.job_id}-{series}{n:03d}-a{attempt}",
                 job_id=job.job_id, model=job.model, keys=keys, attempt=attempt,
                 created_at=now, updated_at=now,
             )
@@ -90,6 +93,8 @@ class BatchLane:
         finalize_job: Callable[[str], object],
         accounting=None,
         model_halts=None,
+        accept_abandon_seconds: float = 600.0,
+        running_deadline_seconds: float | None = None,
     ) -> None:
         self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
         self.lease_seconds = lease_seconds
@@ -102,6 +107,8 @@ class BatchLane:
         self.finalize_job = finalize_job
         self.accounting = accounting  # core.accounting.Accounting, or None: usage is not counted
         self.model_halts = model_halts  # core.model_halts.ModelHalts, or None: a 404 is an error like others
+        self.accept_abandon_seconds = accept_abandon_seconds
+        self.running_deadline_seconds = running_deadline_seconds  # None: rely on Gemini's expiry
 
     # --- submission ------------------------------------------------------------------------
 
@@ -112,6 +119,11 @@ class BatchLane:
         intent = self.store.claim_intent(intent_id, owner, self.clock.now(), self.lease_seconds)
         if intent is None:
             return None
+        if intent.state not in (IntentState.PENDING, IntentState.CREATING):
+            # Its batch exists: a resumed submission (Idempotency-Key takeover) or a poller got
+            # here first, and creating another would bill every item twice.
+            self._release(intent, owner)
+            return intent
         try:
             return self._submit(intent, owner, items)
         finally:
@@ -203,7 +215,7 @@ class BatchLane:
 
     def _record_submitted(self, intent: BatchIntent, owner: str, name: str, state: str) -> BatchIntent:
         self._update(intent, owner, state=IntentState.SUBMITTED.value, gemini_batch=name,
-                     gemini_state=normalise_state(state))
+                     gemini_state=normalise_state(state), submitted_at=self.clock.now())
         self.jobs.set_job_running(intent.job_id, self.clock.now())
         intent.state, intent.gemini_batch, intent.gemini_state = IntentState.SUBMITTED, name, normalise_state(state)
         return intent
@@ -233,11 +245,16 @@ class BatchLane:
 
     def _reconcile_one(self, intent: BatchIntent, owner: str, deadline: float) -> str:
         job = self.jobs.get_job(intent.job_id)
-        if job is None:
-            self._finish(intent, owner, "job missing")
-            return "cancelled"
-        if job.status is JobStatus.CANCELLED:
-            return self._cancel(intent, owner)
+        if job is None or job.status is JobStatus.ACCEPTING:
+            # Its submitter is still writing the job (or died doing so, and the poller's
+            # recover_abandoned_accepts decides): act on nothing before the job is queued. An
+            # intent whose job never appears at all is a leftover of an older version.
+            if job is None and intent.created_at < self.clock.now() - self.accept_abandon_seconds:
+                self._finish(intent, owner, "job missing")
+                return "cancelled"
+            return "skipped"
+        if job.status is JobStatus.CANCELLED or job.accept_failed:
+            return self._cancel(intent, owner, job.error or "job cancelled")
         if intent.state in (IntentState.PENDING, IntentState.CREATING):
             if self.model_halts is not None and self.model_halts.halted(intent.model) is not None:
                 # No upload and no create for a model Gemini no longer serves; but a batch that
@@ -253,6 +270,9 @@ class BatchLane:
                 # Truth comes from batches.get: only its "not found" means the batch is gone.
                 self._resubmit(intent, owner, "the Gemini batch no longer exists")
                 return "resubmitted"
+            overdue = normalise_state(info.state) not in TERMINAL_BATCH_STATES and self._past_deadline(intent)
+            if overdue:
+                info = self._cancel_overdue(intent, info)
             state = normalise_state(info.state)
             if state != intent.gemini_state:
                 self._update(intent, owner, gemini_state=state)
@@ -260,13 +280,32 @@ class BatchLane:
                 self._update(intent, owner, state=IntentState.INGESTING.value, output_file=info.output_file)
                 intent.state, intent.output_file = IntentState.INGESTING, info.output_file
             elif state in TERMINAL_BATCH_STATES:
-                self._resubmit(intent, owner, f"batch ended {state}")
+                self._resubmit(intent, owner, f"batch ended {state}" + (" past the local deadline" if overdue else ""))
                 return "resubmitted"
             else:
                 return "running"
         return self._ingest(intent, owner, deadline)
 
-    def _cancel(self, intent: BatchIntent, owner: str) -> str:
+    def _past_deadline(self, intent: BatchIntent) -> bool:
+        if self.running_deadline_seconds is None:
+            return False
+        since = intent.submitted_at or intent.created_at
+        return self.clock.now() - since > self.running_deadline_seconds
+
+    def _cancel_overdue(self, intent: BatchIntent, info: BatchInfo) -> BatchInfo:
+        """Cancel a batch past our local deadline; what batches.get says afterwards. The batch may
+        have SUCCEEDED meanwhile: then its results are ingested, never bought again. Until it
+        is terminal it stays in our books as running, and the next tick cancels it again."""
+        log.warning("intent %s: batch %s is past the local deadline of %.0fs; cancelling it",
+                    intent.intent_id, intent.gemini_batch, self.running_deadline_seconds)
+        try:
+            self.api.cancel_batch(intent.gemini_batch)
+        except Exception as e:  # noqa: BLE001 - it may have ended meanwhile: the state says
+            log.warning("cancel of %s failed: %s", intent.gemini_batch, e)
+        after = self.api.get_batch(intent.gemini_batch)
+        return after if after is not None else BatchInfo(name=info.name, state="BATCH_STATE_CANCELLED")
+
+    def _cancel(self, intent: BatchIntent, owner: str, error: str = "job cancelled") -> str:
         if intent.gemini_batch and intent.state is IntentState.SUBMITTED:
             try:
                 self.api.cancel_batch(intent.gemini_batch)
@@ -278,7 +317,7 @@ class BatchLane:
             self._delete_quietly(intent.output_file)
         now = self.clock.now()
         unfinished = self._unfinished(intent)
-        updates = {it.key: {"state": ItemState.CANCELLED.value, "error": "job cancelled", "updated_at": now}
+        updates = {it.key: {"state": ItemState.CANCELLED.value, "error": error, "updated_at": now}
                    for it in unfinished}
         self.store.checkpoint(intent.intent_id, owner, self._finished_fields("cancelled"), updates)
         self.finalize_job(intent.job_id)
@@ -294,6 +333,7 @@ class BatchLane:
         A checkpoint first waits for every upload in flight, so "lines_done = n" always
         means every line up to n is in GCS."""
         keys = set(intent.keys)
+        settled = self._settled(intent)
         progress = {"lines": 0}
         pending: dict[str, dict] = {}
         in_flight: list[tuple[str, Future]] = []
@@ -325,7 +365,10 @@ class BatchLane:
             if progress["lines"] <= intent.lines_done:
                 return  # ingested before a pause or a crash: skip without parsing
             result = parse_result_line(line)
-            if result.key in keys:
+            if result.key in keys and not _admit(result, settled):
+                log.warning("intent %s: result line %d repeats key %r, which already %s; ignored",
+                            intent.intent_id, progress["lines"], result.key, settled[result.key])
+            elif result.key in keys:
                 slots.acquire()
                 in_flight.append((result.key, pool.submit(upload, result)))
             else:
@@ -357,6 +400,19 @@ class BatchLane:
         self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
         return "ingested"
 
+    def _settled(self, intent: BatchIntent) -> dict[str, str]:
+        """The intent's items that already have a result, as _admit reads them: "succeeded",
+        "failed" (refused in this very batch: a later image line still wins) or "ended"."""
+        settled = {}
+        for it in self.store.get_items(intent.job_id, intent.keys):
+            if it.state is ItemState.SUCCEEDED:
+                settled[it.key] = "succeeded"
+            elif it.state is ItemState.FAILED and it.batch_intent == intent.intent_id:
+                settled[it.key] = "failed"
+            elif it.terminal:
+                settled[it.key] = "ended"
+        return settled
+
     def _results_unavailable(self, intent: BatchIntent, owner: str, error: Exception) -> str:
         failures = intent.results_errors + 1
         log.warning("intent %s: results file %s unreadable (%d in a row): %s",
@@ -369,17 +425,26 @@ class BatchLane:
 
     def _line_updates(self, intent: BatchIntent, result) -> dict:
         now = self.clock.now()
+        error: GenerationError | None = result.error
         if result.image is not None:
             image = result.image
-            stored = self.sink.put_png(
-                object_name(intent.job_id, result.key), image.data,
-                {"job_id": intent.job_id, "item_key": result.key, "model": image.model_version or intent.model,
-                 "finish_reason": image.finish_reason, "lane": "batch"},
-            )
-            return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
-                    "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
-                    "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **png_facts(image.data)}
-        error: GenerationError = result.error
+            try:
+                facts = image_facts(image.data)
+            except MalformedResponse as e:  # a truncated or corrupt image: retried in a new batch
+                error = e
+            else:
+                name = object_name(intent.job_id, result.key, images.EXTENSIONS[facts["format"]])
+                stored = self.sink.put_image(
+                    name, image.data, images.CONTENT_TYPES[facts["format"]],
+                    {"job_id": intent.job_id, "item_key": result.key, "model": image.model_version or intent.model,
+                     "finish_reason": image.finish_reason, "lane": "batch", **stored_metadata(facts)},
+                )
+                # An object that already existed is what the item keeps: record its facts.
+                if not stored.created and stored.facts:
+                    facts = stored.facts
+                return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
+                        "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
+                        "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **facts}
         if error.retryable:
             return {"error": error.reason, "attempts": intent.attempt, "updated_at": now}
         return {"state": ItemState.FAILED.value, "error": error.reason, "attempts": intent.attempt,
@@ -406,6 +471,10 @@ class BatchLane:
                                    "lane": "batch", "attempts": intent.attempt}
         if self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates):
             self._count(intent, [u["state"] for u in updates.values()])
+            for key, fields in updates.items():  # one line per item: the dead-letter metric counts them
+                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, fields["error"],
+                            extra={"job_id": intent.job_id, "item_key": key, "lane": "batch",
+                                   "state": ItemState.DEAD_LETTERED.value})
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -447,6 +516,24 @@ class BatchLane:
 
     def _release(self, intent: BatchIntent, owner: str) -> None:
         self.store.update_intent(intent.intent_id, owner, {"lease_owner": None, "lease_expires_at": None})
+
+
+def _admit(result, settled: dict[str, str]) -> bool:
+    """Whether a result line may be applied, given the results its key already has (and note
+    it there). A results file may repeat a key: the first terminal result wins, except that an
+    image beats an earlier refusal, since that image is paid for and stored; nothing overwrites
+    a success, or bills it twice by handing the item back for another batch."""
+    current = settled.get(result.key)
+    if result.image is not None:
+        if current in (None, "failed"):
+            settled[result.key] = "succeeded"
+            return True
+        return False
+    if current is not None:
+        return False
+    if not result.error.retryable:
+        settled[result.key] = "failed"
+    return True
 
 
 class LostLease(Exception):

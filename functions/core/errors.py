@@ -112,6 +112,12 @@ class TransientError(GenerationError):
     retryable = True
 
 
+class MalformedResponse(TransientError):
+    """A 200 answer we cannot use: unparseable, not base64, or an image that is truncated or
+    corrupt. The call was billed; another attempt usually gets a good answer, so it counts as an
+    attempt and is retried up to the limit."""
+
+
 class PermissionDenied(GenerationError):
     """403: a key, billing or project problem. Retried up to the attempt limit, loudly logged."""
 
@@ -129,6 +135,10 @@ class InvalidRequest(GenerationError):
 class UploadRejected(InvalidRequest):
     """The Files API refused a batch's input file (e.g. HTTP 200 at finalize with an error body
     such as "Unsupported MIME type: jsonl"): the reason is the server's message."""
+
+
+class StorageUnavailable(DomainError):
+    """Cloud Storage could not be reached in time. Not the item's fault."""
 
 
 class RateLimited(DomainError):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.errors import ContentRefused, GenerationError, InvalidRequest, QuotaExceeded, TransientError
+from core import images
+from core.errors import (
+    ContentRefused, GenerationError, InvalidRequest, MalformedResponse, QuotaExceeded, TransientError,
+)
 from core.models import GeneratedImage
 
 # Error codes in a result line that a new batch may cure.
@@ -103,7 +104,8 @@ def image_from_response(response: dict) -> GeneratedImage:
     try:
         raw = base64.b64decode(inline["data"].replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError) as e:
-        raise InvalidRequest(f"image data is not base64: {e}") from None
+        # A 200 the model spoiled: another attempt usually answers well (retryable).
+        raise MalformedResponse(f"the model returned image data that is not base64: {e}") from None
     usage = _get(response, "usageMetadata", "usage_metadata", {}) or {}
     tokens = _get(usage, "candidatesTokenCount", "candidates_token_count")
     return GeneratedImage(
@@ -152,9 +154,17 @@ class LineSplitter:
             self.on_line(line)
 
 
-def png_facts(data: bytes) -> dict:
-    """sha256, size and, for a PNG, width and height from its IHDR chunk (no decoding)."""
-    facts = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "width": None, "height": None}
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        facts["width"], facts["height"] = struct.unpack(">II", data[16:24])
-    return facts
+def image_facts(data: bytes) -> dict:
+    """sha256, size, format, width and height of a complete PNG, JPEG or WebP, read from the
+    bytes (not the declared MIME type). A truncated or corrupt image is a MalformedResponse: the
+    call was billed, but what came back cannot be stored as a success."""
+    try:
+        return images.inspect(data).fields()
+    except images.BadImage as e:
+        raise MalformedResponse(str(e)) from None
+
+
+def stored_metadata(facts: dict) -> dict[str, str]:
+    """The facts as the object's custom metadata (strings), so a later attempt that finds the
+    object reads them without downloading it."""
+    return {k: str(facts[k]) for k in ("sha256", "format", "width", "height")}

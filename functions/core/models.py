@@ -12,6 +12,9 @@ class Lane(str, enum.Enum):
 
 
 class JobStatus(str, enum.Enum):
+    # The job document is written first, in ACCEPTING, then its items and batch intents; only
+    # the flip to QUEUED lets anything act on it (see core/accepting.py).
+    ACCEPTING = "accepting"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -29,11 +32,17 @@ class ItemState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-def object_name(job_id: str, item_key: str) -> str:
-    """Deterministic object name: a retried or duplicated item can only ever write this one object.
+# The extensions an item's image may have, by the format its bytes hold (core.images.EXTENSIONS).
+IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 
-    Both parts come from a safe charset (server-made job ids, validated client keys)."""
-    return f"{job_id}/{item_key}.png"
+
+def object_name(job_id: str, item_key: str, extension: str = "png") -> str:
+    """Deterministic object name: a retried or duplicated item can only ever write one of these
+    (every attempt first looks for any of them, see usecases.process_item).
+
+    Both parts come from a safe charset (server-made job ids, validated client keys); the
+    extension comes from the format detected in the bytes."""
+    return f"{job_id}/{item_key}.{extension}"
 
 
 def _known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +93,12 @@ class Job:
     route_reason: str | None = None
     callback_url: str | None = None  # where the job.completed webhook goes (validated at submit)
     round: int = 1  # 1 + the times POST :retry re-opened the job: one job.completed per round
+    error: str | None = None  # why the job failed as a whole (the API stopped while accepting it)
+
+    @property
+    def accept_failed(self) -> bool:
+        """Failed before it was ever queued: whatever its abandoned submitter wrote must not run."""
+        return self.status is JobStatus.FAILED and self.error is not None
     tenant: str | None = None  # who submitted it; None: stored before tenants, i.e. "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +117,7 @@ class Job:
             "route_reason": self.route_reason,
             "callback_url": self.callback_url,
             "round": self.round,
+            "error": self.error,
             "tenant": self.tenant,
         }
 
@@ -122,6 +138,7 @@ class Job:
             route_reason=d.get("route_reason"),
             callback_url=d.get("callback_url"),
             round=d.get("round", 1),
+            error=d.get("error"),
             tenant=d.get("tenant"),
         )
 
@@ -146,6 +163,7 @@ class Item:
     output_tokens: int | None = None
     sha256: str | None = None
     bytes: int | None = None
+    format: str | None = None  # "png" | "jpeg" | "webp", read from the stored bytes
     width: int | None = None
     height: int | None = None
     lane: str | None = None
@@ -198,6 +216,7 @@ class GeneratedImage:
 class StoredImage:
     uri: str
     created: bool  # False when the object already existed (an earlier attempt wrote it)
+    facts: dict | None = None  # the stored object's sha256, bytes, format, width, height
 
 
 class IntentState(str, enum.Enum):
@@ -236,6 +255,7 @@ class BatchIntent:
     results_errors: int = 0
     outcome: str | None = None
     finished_at: float | None = None
+    submitted_at: float | None = None  # when the Gemini batch was recorded: the local deadline counts from it
     submit_failures: int = 0  # refused uploads/creates in a row; past a limit the items fail
     error: str | None = None  # the last refusal's message, shown in the job's status
 

@@ -22,6 +22,26 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> Job | None: ...
 
+    # --- accepting a job (core/accepting.py): the job first, then its items, then the flip ---
+
+    def create_job_doc(self, job: Job) -> bool:
+        """Create-only: False when the job document exists."""
+
+    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+        """Create the items that are absent; existing ones (an earlier attempt's) are kept."""
+
+    def finish_accepting(self, job_id: str, now: float) -> bool:
+        """accepting -> queued; False when the job is not accepting (any more)."""
+
+    def touch_accepting(self, job_id: str, now: float) -> bool:
+        """Set updated_at of an accepting job (a resumed submission claims it); False otherwise."""
+
+    def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
+        """accepting -> failed with `error`, only if nobody touched the job since `idle_since`."""
+
+    def accepting_jobs(self, limit: int) -> list[Job]:
+        """Jobs in status accepting (equality only: no composite index)."""
+
     def mark_published(self, job_id: str, now: float) -> None: ...
 
     def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]: ...
@@ -70,6 +90,12 @@ class JobStore(Protocol):
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]: ...
 
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        """Interactive items, of any job, running under a lease that expired before `before`."""
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        """Interactive items, of any job, queued and not updated since `before`."""
+
 
 class WorkQueue(Protocol):
     def publish_items(self, job_id: str, keys: Iterable[str]) -> None:
@@ -77,8 +103,15 @@ class WorkQueue(Protocol):
 
 
 class ImageSink(Protocol):
-    def put_png(self, name: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
-        """Create the object only if absent; an existing object is reported, not overwritten."""
+    def put_image(self, name: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredImage:
+        """Create the object only if absent; an existing object is reported, not overwritten,
+        with its own facts (read from its metadata), not those of the bytes passed in.
+        StorageUnavailable when the store cannot be reached within the sink's time bound."""
+
+    def find_image(self, stem: str, extensions: Sequence[str]) -> StoredImage | None:
+        """The stored object `stem.<ext>` for any of `extensions`, with its facts (sha256,
+        bytes, format, width, height): what an earlier attempt that died before its commit wrote.
+        StorageUnavailable when the store cannot be reached."""
 
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
         """Create a JSONL object only if absent."""
@@ -111,6 +144,9 @@ class BatchStore(Protocol):
 
     def create_intent(self, intent: BatchIntent) -> bool:
         """Create-only: False when an intent with that id exists."""
+
+    def create_intents(self, intents: Sequence[BatchIntent]) -> None:
+        """Create the intents that are absent; existing ones are kept."""
 
     def get_intent(self, intent_id: str) -> BatchIntent | None: ...
 

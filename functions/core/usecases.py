@@ -9,14 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import accounting as acct
-from core import routing
+from core import accepting, routing
 from core.accounting import Accounting, Prices
 from core.batches import BatchLane, plan_intents
 from core.breaker import CircuitBreaker, Decision
 from core.catalog import Catalog
 from core.model_halts import ModelHalts
 from core.pool import PoolEntry, PoolStore, divert_updates
-from core.jsonl import png_facts
+from core import images
+from core.jsonl import image_facts, stored_metadata
 from core.errors import (
     Conflict,
     ContentRefused,
@@ -31,9 +32,13 @@ from core.errors import (
     PermissionDenied,
     QuotaExceeded,
     RateLimited,
+    StorageUnavailable,
+    TransientError,
 )
 from core.models import (
+    IMAGE_EXTENSIONS,
     TERMINAL_JOB_STATUSES,
+    StoredImage,
     object_name,
     Item,
     ItemState,
@@ -50,6 +55,7 @@ from core.tenants import visible
 log = logging.getLogger(__name__)
 
 _HOLD_POLL_SECONDS = 0.5
+_UPLOAD_PAUSE_SECONDS = 1.0
 _JITTER = random.Random()
 
 
@@ -117,62 +123,83 @@ def submit_job(
     make_id: Callable[[], str] = new_job_id,
     breaker: CircuitBreaker | None = None,
     accounting: Accounting | None = None,
+    resume: bool = False,
     catalog: Catalog | None = None,
     model_halts: ModelHalts | None = None,
 ) -> Job:
     """Record the job and its items, then hand the items to their lane.
 
-    Interactive: the job is written with published=False before anything is published; if
-    this instance dies half-way, reconcile_unpublished() finishes the job later, and Pub/Sub
-    duplicates are harmless because the worker is idempotent.
-    Batch: the job, its items and one intent per batch are written first; the batches are
-    then created here, and whatever fails or crashes is created by the next poller tick."""
-    route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
-                       breaker=breaker, accounting=accounting, model=model, catalog=catalog, model_halts=model_halts)
-    lane = route.lane
-    now = clock.now()
-    job = Job(
-        job_id=make_id(),
-        lane=lane,
-        status=JobStatus.QUEUED,
+    The job is written first in status accepting, then its items and (batch lane) one intent
+    per batch, then it moves to queued (core/accepting.py): a poller tick in between leaves it
+    alone, and a submitter that dies half-way leaves a job the poller finishes or fails, never
+    one that is silently lost. `resume` finishes what an abandoned first attempt under the
+    same job id began (an Idempotency-Key takeover): existing documents are kept.
+    Interactive: items are published after the flip, with published=False until they are, so
+    reconcile_unpublished() finishes a submitter that died in between (the worker is
+    idempotent). Batch: the batches are created here within `batch_submit_budget`; whatever
+    fails or crashes is created by the next poller tick."""
+    job_id = make_id()
+    existing = store.get_job(job_id) if resume else None
+    if existing is not None and (existing.status is not JobStatus.ACCEPTING
+                                 or not store.touch_accepting(job_id, clock.now())):
+        return store.get_job(job_id) or existing  # the first attempt got further than us
+    if existing is not None:
+        job = existing  # keep its lane, route and estimate: the breaker may say otherwise now
+    else:
+        route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
+                           breaker=breaker, accounting=accounting, model=model, catalog=catalog,
+                           model_halts=model_halts)
+        job = _new_job(job_id, route, model, clock.now(), spec)
+    items = _new_items(job, spec, clock.now())
+    if accounting is not None and existing is None:
+        # Reserved before the job exists: a crash in between over-reserves (safe), never under.
+        accounting.reserve(job.lane, len(items), cost=job.estimated_cost_usd, job_id=job.job_id)
+    intents = accepting.record_job(job, items, store=store, intents=batch.store if job.lane is Lane.BATCH else None,
+                                   max_requests=batch_max_requests, now=clock.now())
+    if not store.finish_accepting(job.job_id, clock.now()):
+        current = store.get_job(job.job_id)
+        if current is None or current.status is JobStatus.ACCEPTING:
+            raise RuntimeError(f"job {job.job_id} could not leave accepting")  # 500: the client resends
+        return current  # failed by the poller as abandoned meanwhile, or queued by another attempt
+    job.status = JobStatus.QUEUED
+    if job.lane is Lane.INTERACTIVE:
+        queue.publish_items(job.job_id, [it.key for it in items])
+        store.mark_published(job.job_id, clock.now())
+        job.published = True
+        return job
+    _submit_batches(job, items, intents, batch, owner, clock.now() + batch_submit_budget)
+    return job
+
+
+def _new_job(job_id: str, route: routing.Route, model: str, now: float, spec: JobSpec) -> Job:
+    return Job(
+        job_id=job_id,
+        lane=route.lane,
+        status=JobStatus.ACCEPTING,
         model=model,
         item_count=len(spec.items),
         created_at=now,
         updated_at=now,
-        published=lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
+        published=route.lane is Lane.BATCH,  # "published" is the interactive lane's intent flag
         estimated_cost_usd=route.estimated_cost_usd,
         route_reason=route.reason,
         callback_url=spec.callback_url,
         tenant=spec.tenant,
     )
-    items = [
-        Item(
-            job_id=job.job_id,
-            key=s.key,
-            index=i,
-            prompt=s.prompt,
-            aspect_ratio=s.aspect_ratio,
-            domain=s.domain,
-            quality=s.quality,
-            lane=lane.value,
-            updated_at=now,
-        )
+
+
+def _new_items(job: Job, spec: JobSpec, now: float) -> list[Item]:
+    return [
+        Item(job_id=job.job_id, key=s.key, index=i, prompt=s.prompt, aspect_ratio=s.aspect_ratio, domain=s.domain,
+             quality=s.quality, lane=job.lane.value, updated_at=now)
         for i, s in enumerate(spec.items)
     ]
-    if accounting is not None:
-        accounting.reserve(lane, len(items), cost=route.estimated_cost_usd, job_id=job.job_id)
-    if lane is Lane.INTERACTIVE:
-        store.create_job(job, items)
-        queue.publish_items(job.job_id, [it.key for it in items])
-        store.mark_published(job.job_id, clock.now())
-        job.published = True
-        return job
-    intents = plan_intents(job, items, max_requests=batch_max_requests, now=now)
-    batch.store.create_job_with_intents(job, items, intents)
+
+
+def _submit_batches(job: Job, items: list[Item], intents: list, batch: BatchLane, owner: str, deadline: float) -> None:
     by_key = {it.key: it for it in items}
-    deadline = clock.now() + batch_submit_budget
     for intent in intents:
-        if clock.now() >= deadline:
+        if batch.clock.now() >= deadline:
             # The rest are recorded intents: the next poller tick creates them. The client
             # gets its 202 in seconds, whatever the job's size.
             log.info("job %s: leaving the remaining batches to the poller", job.job_id)
@@ -181,7 +208,6 @@ def submit_job(
             batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
         except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
             log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
-    return job
 
 
 def submit_once(
@@ -192,7 +218,7 @@ def submit_once(
     idempotency: IdempotencyStore,
     store: JobStore,
     clock: Clock,
-    submit: Callable[[Callable[[], str]], Job],
+    submit: Callable[[Callable[[], str], bool], Job],
     ttl_seconds: float = 86_400.0,
     takeover_seconds: float = 120.0,
 ) -> tuple[Job, bool]:
@@ -200,9 +226,10 @@ def submit_once(
 
     The record (key -> job id, body hash) is written create-only *before* the job, with the
     job id chosen up front, so a retried request finds the job its first attempt made. The
-    same key with another body is refused; a first attempt still in flight answers "in
-    progress"; one abandoned for `takeover_seconds` (the submitter died) is finished by the
-    next attempt under the same job id."""
+    same key with another body is refused; a first attempt still in flight (no job yet, or
+    its job still accepting) answers "in progress"; one abandoned for `takeover_seconds` (the
+    submitter died) is resumed by the next attempt under the same job id: submit(make_id,
+    resume=True) keeps what the first attempt wrote and finishes the rest."""
     now = clock.now()
     job_id = new_job_id()
     record, created = idempotency.begin(key_id, {
@@ -214,7 +241,7 @@ def submit_once(
                 "this Idempotency-Key was used with a different request body; use a new key for a new job"
             )
         job = store.get_job(record["job_id"])
-        if job is not None:
+        if job is not None and job.status is not JobStatus.ACCEPTING:
             return job, True
         if now - record.get("started_at", 0) < takeover_seconds or not idempotency.take_over(
             key_id, record.get("started_at", 0), now
@@ -222,7 +249,8 @@ def submit_once(
             raise InProgress("a request with this Idempotency-Key is still being processed; retry shortly")
         job_id = record["job_id"]
         log.warning("idempotency key record of job %s was abandoned; finishing the submission", job_id)
-    return submit(lambda: job_id), False
+        return submit(lambda: job_id, True), False
+    return submit(lambda: job_id, False), False
 
 
 def reconcile_unpublished(
@@ -231,14 +259,106 @@ def reconcile_unpublished(
     """Publish the items of interactive jobs whose submitter died before publishing them."""
     done = []
     for job in store.unpublished_jobs(older_than=clock.now() - grace_seconds, limit=50):
-        if job.lane is not Lane.INTERACTIVE:
-            continue
+        if job.lane is not Lane.INTERACTIVE or job.status is JobStatus.ACCEPTING:
+            continue  # an accepting job is published after its flip (or by recover_abandoned_accepts)
         keys = [it.key for it in _all_items(store, job.job_id) if not it.terminal]
         queue.publish_items(job.job_id, keys)
         store.mark_published(job.job_id, clock.now())
         log.warning("republished %d items of job %s", len(keys), job.job_id)
         done.append(job.job_id)
     return done
+
+
+def redrive_stuck_items(
+    *, store: JobStore, queue: WorkQueue, clock: Clock, lease_grace_seconds: float, queued_after_seconds: float,
+    limit: int = 100,
+) -> dict[str, int]:
+    """Publish again the messages of interactive items nothing will deliver: running under a
+    lease that expired `lease_grace_seconds` ago (a worker killed with deliveries in flight,
+    whose messages Pub/Sub will not redeliver, e.g. acked or dropped by a detached subscription),
+    and queued items of published jobs untouched for `queued_after_seconds`. Duplicates are
+    harmless: the worker is idempotent, and records an image an earlier attempt stored.
+
+    The grace is past the lease so a holder whose clock runs behind ours is not raced; each
+    query reads at most `limit` items."""
+    now = clock.now()
+    running = store.expired_leases(now - lease_grace_seconds, limit)
+    queued = store.untouched_queued_items(now - queued_after_seconds, limit)
+    by_job: dict[str, list[Item]] = {}
+    for it in running + queued:
+        by_job.setdefault(it.job_id, []).append(it)
+    summary = {"running": 0, "queued": 0}
+    for job_id, items in by_job.items():
+        job = store.get_job(job_id)
+        if job is None or not job.published:
+            continue  # not published yet: reconcile_unpublished owns it
+        queue.publish_items(job_id, [it.key for it in items])
+        for it in items:
+            if it.state is ItemState.QUEUED:
+                # Touched, so the next tick does not publish it again before a worker could.
+                store.requeue_item(job_id, it.key, ItemState.QUEUED, {"updated_at": now})
+            summary[it.state.value] += 1
+        log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
+    return summary
+
+
+def recover_abandoned_accepts(
+    *, store: JobStore, batches: BatchStore | None, queue: WorkQueue, clock: Clock, sink: ImageSink | None,
+    events: EventOutbox | None = None, accounting: Accounting | None = None, abandon_seconds: float = 600.0,
+    max_requests: int = 1000, limit: int = 20,
+) -> dict[str, list[str]]:
+    """Finish or fail the jobs whose submitter died while accepting them (see core/accepting.py).
+
+    A job accepting for longer than `abandon_seconds` (longer than an Idempotency-Key takeover
+    waits, so a resent request gets the first chance) is completed when all its items were
+    recorded: its intents are re-planned from the items, create-only, then it is queued (and,
+    interactive, published). Otherwise it ends failed with an error saying so, its reservation
+    released and its job.completed event recorded: nothing is silently lost."""
+    done: dict[str, list[str]] = {"completed": [], "failed": []}
+    idle_since = clock.now() - abandon_seconds
+    for job in store.accepting_jobs(limit):
+        if job.updated_at > idle_since:
+            continue  # its submitter may be alive
+        items = _all_items(store, job.job_id)
+        if len(items) == job.item_count:
+            if _complete_accept(job, items, store=store, batches=batches, queue=queue, clock=clock,
+                                max_requests=max_requests):
+                done["completed"].append(job.job_id)
+        elif _fail_accept(job, items, store=store, clock=clock, sink=sink, events=events, accounting=accounting,
+                          idle_since=idle_since):
+            done["failed"].append(job.job_id)
+    return done
+
+
+def _complete_accept(job: Job, items: list[Item], *, store: JobStore, batches: BatchStore | None, queue: WorkQueue,
+                     clock: Clock, max_requests: int) -> bool:
+    if job.lane is Lane.BATCH:
+        if batches is None:
+            return False  # the batch lane is off here: leave it for an instance that has it
+        accepting.record_job(job, items, store=store, intents=batches, max_requests=max_requests, now=clock.now())
+    if not store.finish_accepting(job.job_id, clock.now()):
+        return False
+    if job.lane is Lane.INTERACTIVE:
+        queue.publish_items(job.job_id, [it.key for it in items if not it.terminal])
+        store.mark_published(job.job_id, clock.now())
+    log.warning("job %s: finished accepting it for a submitter that stopped", job.job_id, extra={"job_id": job.job_id})
+    return True
+
+
+def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, sink: ImageSink | None,
+                 events: EventOutbox | None, accounting: Accounting | None, idle_since: float) -> bool:
+    error = accepting.abandoned_message(len(items), job.item_count)
+    if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):
+        return False  # a resent request resumed it meanwhile
+    for it in items:  # nothing ran them: the job never left accepting
+        store.requeue_item(job.job_id, it.key, ItemState.QUEUED,
+                           {"state": ItemState.FAILED.value, "error": error, "updated_at": clock.now()})
+    if accounting is not None:
+        accounting.add({acct.RELEASED_USD: accounting.prices.estimate(job.lane, job.item_count)},
+                       job_id=job.job_id, lane=job.lane.value)
+    log.error("job %s: %s", job.job_id, error, extra={"job_id": job.job_id})
+    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events)
+    return True
 
 
 def finalize_stalled_jobs(
@@ -296,6 +416,7 @@ def get_job_status(
         "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches else [],
         "round": job.round,
         "route_reason": job.route_reason,
+        "error": job.error,
         "estimated_cost_usd": job.estimated_cost_usd,
         "actual_cost_usd": _actual_cost(store, job, prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
@@ -351,7 +472,9 @@ def finalize_job_if_done(
     when the job was already finalized and the event is missing: a finisher that died between
     the two is repaired by the next one that gets here."""
     job = store.get_job(job_id)
-    if job is not None and job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
+    if job is None or job.status is JobStatus.ACCEPTING:
+        return None  # its items may not all be written yet: counting them now would lose the rest
+    if job.status in TERMINAL_JOB_STATUSES and (job.manifest_uri or sink is None):
         _record_completion(job, store, events)
         return job.status  # already finalized: a duplicate delivery costs one read (two with events)
     if store.has_unfinished_items(job_id):
@@ -361,7 +484,7 @@ def finalize_job_if_done(
         return None
     manifest_uri = None
     if sink is not None:
-        name = manifest_name(job_id, job.round if job is not None else 1)
+        name = manifest_name(job_id, job.round)
         manifest_uri = sink.put_manifest(name, build_manifest(_all_items(store, job_id))).uri
     store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
     if events is not None:
@@ -391,7 +514,7 @@ def build_manifest(items: list[Item]) -> bytes:
     for it in items:
         lines.append(json.dumps({
             "key": it.key, "prompt": it.prompt, "state": it.state.value, "gcs_uri": it.gcs_uri, "sha256": it.sha256,
-            "bytes": it.bytes, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
+            "bytes": it.bytes, "format": it.format, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
             "output_tokens": it.output_tokens, "lane": it.lane, "attempts": it.attempts, "error": it.error,
         }, separators=(",", ":")))
     return ("\n".join(lines) + "\n").encode()
@@ -404,6 +527,8 @@ def cancel_job(
     """Cancel a job: queued interactive items are dropped here or by the worker that meets
     them; the poller cancels the job's Gemini batches. Finished items keep their images."""
     job = _job_of_tenant(store, job_id, tenant)
+    if job.status is JobStatus.ACCEPTING:
+        raise Conflict(f"job {job_id} is still being accepted; cancel it once it is queued")
     if not store.cancel_job(job_id, clock.now()):
         raise Conflict(f"job {job_id} has already ended ({job.status.value})")
     if job.lane is Lane.INTERACTIVE:
@@ -487,7 +612,8 @@ def dead_letter_item(
     store.finish_item(job_id, key, owner, _finished(
         ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
-                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value})
+                extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
+                       "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this
     finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
     return True
 
@@ -607,6 +733,7 @@ def process_item(
     pool: PoolStore | None = None,
     accounting: Accounting | None = None,
     events: EventOutbox | None = None,
+    upload_budget: float = 60.0,
     catalog: Catalog | None = None,
     model_halts: ModelHalts | None = None,
 ) -> ItemOutcome:
@@ -617,8 +744,7 @@ def process_item(
     deterministic object name written only if absent.
 
     With a breaker: while quota is exhausted the item is diverted to the pending-batch pool
-    (when a pool is given), and while the lane is halted (403) it is handed back untouched.
-    Likewise while the job's model is halted (Gemini answered 404 for it): no attempt is spent."""
+    (when a pool is given), and while the lane is halted (403) it is handed back untouched."""
     item = store.get_item(job_id, key)
     if item is None:
         return _ack("unknown", f"no item {job_id}/{key}")
@@ -645,7 +771,10 @@ def process_item(
     def end(state: ItemState, reason: str = "", **fields) -> ItemOutcome:
         """Give the item its terminal state (we hold its lease), finish the job if it was the
         last one, and ack the message."""
-        store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields))
+        if not store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields)):
+            # Another delivery holds the item now (our lease expired): it decides. Whatever we
+            # stored is found by its first step, so this never leads to a second generation.
+            return _retry(f"lease lost before the commit ({state.value})", ItemState.RUNNING.value)
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
         return _ack(state.value, reason)
 
@@ -685,98 +814,138 @@ def process_item(
 
     deadline = started + max_wait
     dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED, job.model, size) if accounting else {}
-    while True:
-        if breaker is not None:
-            decision = breaker.before_send(owner)
-            if decision is Decision.HOLD and breaker.hold_ends_by(deadline - _HOLD_POLL_SECONDS):
-                # Another worker is probing, or the halt ends soon: wait in place rather than a
-                # round trip through Pub/Sub's backoff. A long halt hands the message back now.
-                clock.sleep(_HOLD_POLL_SECONDS)
-                continue
-            if (outcome := blocked(decision)) is not None:
-                return outcome
-        # Fresh, not cached: a park on a stale view could swallow the very message that the
-        # lifted halt's resume_model published (see park_for_model).
-        if model_halts is not None and model_halts.halted(job.model) is not None and (
-                model_halt := model_halts.halted(job.model, fresh=True)) is not None:
-            return _park_for_model(store, item, owner, clock.now(), job.model, model_halt.reason)
-        try:
-            limiter.acquire(owner, max(0.0, deadline - clock.now()))
-        except RateLimited as e:
-            _requeue(store, item, owner, clock.now(), error=None)
-            return _retry(f"rate limited: {e}")
-        try:
-            image = generator.generate(
-                compose_prompt(item), item.aspect_ratio,
-                model_spec.image_size_param(item.quality) if model_spec is not None else None, model=job.model,
-            )
-        except QuotaExceeded as e:
-            # Up to 20% jitter on retryDelay, so instances that were told the same delay do
-            # not all come back in the same instant.
-            delay = (e.retry_delay if e.retry_delay is not None else 1.0) * (1 + 0.2 * _JITTER.random())
-            limiter.push_back(clock.now() + delay)
-            item.quota_retries += 1
-            count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)
-            log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay,
-                        extra={**context, "quota_id": e.quota_id, "per_day": e.per_day})
+    try:
+        # An earlier attempt may have stored the image and died before its commit (or lost its
+        # lease): record that object rather than pay for a second one.
+        if (earlier := sink.find_image(f"{job_id}/{key}", IMAGE_EXTENSIONS)) is not None:
+            log.warning("item %s/%s: recording the image an earlier attempt stored", job_id, key, extra=context)
+            return end(ItemState.SUCCEEDED, "stored by an earlier attempt", attempts=item.attempts + 1,
+                       quota_retries=item.quota_retries, gcs_uri=earlier.uri, error=None, **(earlier.facts or {}))
+    except StorageUnavailable as e:  # nothing was billed: not the item's fault, no attempt counted
+        _requeue(store, item, owner, clock.now(), error=e.args[0])
+        return _retry(f"storage unavailable: {e}")
+    try:
+        while True:
             if breaker is not None:
-                breaker.on_quota_failure(owner, e.quota_id, e.per_day)
-                if (outcome := blocked(breaker.before_send(owner))) is not None:
+                decision = breaker.before_send(owner)
+                if decision is Decision.HOLD and breaker.hold_ends_by(deadline - _HOLD_POLL_SECONDS):
+                    # Another worker is probing, or the halt ends soon: wait in place rather than a
+                    # round trip through Pub/Sub's backoff. A long halt hands the message back now.
+                    clock.sleep(_HOLD_POLL_SECONDS)
+                    continue
+                if (outcome := blocked(decision)) is not None:
                     return outcome
-            if clock.now() + delay < deadline and not e.per_day:
-                continue  # short delay: wait here rather than round-trip through Pub/Sub
-            _requeue(store, item, owner, clock.now(), error=e.reason)
-            return _retry(f"quota exceeded: {e.quota_id}")
-        except ModelUnavailable as e:
-            count({acct.REQUESTS: 1})
-            if model_halts is None:
-                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-            # The model is gone, not the item: halt the model, park the item unspent.
-            model_halts.halt(job.model, e.reason, source="generate")
-            return _park_for_model(store, item, owner, clock.now(), job.model, e.reason)
-        except (ContentRefused, InvalidRequest) as e:
-            if breaker is not None:
-                breaker.on_success(owner)  # the quota let the request through
-            count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED, job.model, size)
-                                        if accounting else {})})
-            return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
-                       quota_retries=item.quota_retries)
-        except PermissionDenied as e:
-            count({acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
-            if breaker is not None:
-                # Not the item's fault and not fixed by another lane: halt, hand back, alert.
-                breaker.on_permission_denied(owner, e.reason)
+            # Fresh, not cached: a park on a stale view could swallow the very message that the
+            # lifted halt's resume_model published (see _park_for_model).
+            if model_halts is not None and model_halts.halted(job.model) is not None and (
+                    model_halt := model_halts.halted(job.model, fresh=True)) is not None:
+                return _park_for_model(store, item, owner, clock.now(), job.model, model_halt.reason)
+            try:
+                limiter.acquire(owner, max(0.0, deadline - clock.now()))
+            except RateLimited as e:
+                _requeue(store, item, owner, clock.now(), error=None)
+                return _retry(f"rate limited: {e}")
+            try:
+                image = generator.generate(
+                    compose_prompt(item), item.aspect_ratio,
+                    model_spec.image_size_param(item.quality) if model_spec is not None else None, model=job.model,
+                )
+                facts = image_facts(image.data)  # a truncated or corrupt image is a failed attempt
+            except QuotaExceeded as e:
+                # Up to 20% jitter on retryDelay, so instances that were told the same delay do
+                # not all come back in the same instant.
+                delay = (e.retry_delay if e.retry_delay is not None else 1.0) * (1 + 0.2 * _JITTER.random())
+                limiter.push_back(clock.now() + delay)
+                item.quota_retries += 1
+                count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)
+                log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay,
+                            extra={**context, "quota_id": e.quota_id, "per_day": e.per_day})
+                if breaker is not None:
+                    breaker.on_quota_failure(owner, e.quota_id, e.per_day)
+                    if (outcome := blocked(breaker.before_send(owner))) is not None:
+                        return outcome
+                if clock.now() + delay < deadline and not e.per_day:
+                    continue  # short delay: wait here rather than round-trip through Pub/Sub
                 _requeue(store, item, owner, clock.now(), error=e.reason)
-                return _retry(f"interactive lane halted: {e.reason}")
-            return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-        except GenerationError as e:  # retryable: transient
-            count({acct.REQUESTS: 1, acct.TRANSIENT_ERRORS: 1})
-            return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-        finally:
-            limiter.release(owner)
-        break
+                return _retry(f"quota exceeded: {e.quota_id}")
+            except ModelUnavailable as e:
+                count({acct.REQUESTS: 1})
+                if model_halts is None:
+                    return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+                # The model is gone, not the item: halt the model, park the item unspent.
+                model_halts.halt(job.model, e.reason, source="generate")
+                return _park_for_model(store, item, owner, clock.now(), job.model, e.reason)
+            except (ContentRefused, InvalidRequest) as e:
+                if breaker is not None:
+                    breaker.on_success(owner)  # the quota let the request through
+                count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED, job.model, size)
+                                            if accounting else {})})
+                return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
+                           quota_retries=item.quota_retries)
+            except PermissionDenied as e:
+                count({acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
+                if breaker is not None:
+                    # Not the item's fault and not fixed by another lane: halt, hand back, alert.
+                    breaker.on_permission_denied(owner, e.reason)
+                    _requeue(store, item, owner, clock.now(), error=e.reason)
+                    return _retry(f"interactive lane halted: {e.reason}")
+                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+            except GenerationError as e:  # retryable: transient
+                count({acct.REQUESTS: 1, acct.TRANSIENT_ERRORS: 1})
+                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
+            finally:
+                limiter.release(owner)
+            break
 
-    if breaker is not None:
-        breaker.on_success(owner)
-    stored = sink.put_png(
-        object_name(job_id, key),
-        image.data,
-        {
-            "job_id": job_id,
-            "item_key": key,
-            "model": image.model_version or job.model,
-            "finish_reason": image.finish_reason,
-            "lane": "interactive",
-        },
-    )
-    if not stored.created:
-        log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
-    count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE, job.model, size) if accounting else {})})
-    return end(
-        ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
-        gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
-        error=None, **png_facts(image.data),
-    )
+        if breaker is not None:
+            breaker.on_success(owner)
+        # Counted once billed, before the upload: an attempt that later finds the stored object
+        # records it without counting it again.
+        count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE, job.model, size) if accounting else {})})
+        name = object_name(job_id, key, images.EXTENSIONS[facts["format"]])
+        metadata = {"job_id": job_id, "item_key": key, "model": image.model_version or job.model,
+                    "finish_reason": image.finish_reason, "lane": "interactive", **stored_metadata(facts)}
+        stored = _store_leased(sink, store, item, owner, clock, lease_seconds, upload_budget,
+                               name, image.data, images.CONTENT_TYPES[facts["format"]], metadata)
+        if not stored.created:
+            # Another attempt stored it first: the item records that object, not our bytes.
+            log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
+            facts = stored.facts or facts
+        return end(
+            ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
+            gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
+            error=None, **facts,
+        )
+    except StorageUnavailable as e:
+        # Paid for and not stored within the budget: a failed attempt (the next one pays again).
+        return _attempt_failed(store, item, owner, clock, TransientError(f"storing the image failed: {e}"),
+                               max_attempts, end, count, dead_deltas)
+    except Exception as e:  # noqa: BLE001 - never leave the item running on a surprise
+        log.exception("item %s/%s: unexpected error", job_id, key, extra=context)
+        reason = f"unexpected error: {type(e).__name__}: {e}"[:500]
+        return _attempt_failed(store, item, owner, clock, TransientError(reason), max_attempts, end, count,
+                               dead_deltas)
+
+
+def _store_leased(sink: ImageSink, store: JobStore, item: Item, owner: str, clock: Clock, lease_seconds: float,
+                  budget: float, name: str, data: bytes, content_type: str, metadata: dict) -> StoredImage:
+    """Upload create-only, renewing the item's lease before each try: the sink bounds one try to
+    less than a lease, so no other delivery can claim the item (and pay again) while this one is
+    still storing the image it paid for. StorageUnavailable once `budget` seconds are spent.
+
+    A lost lease (another instance claimed the item: a clock far ahead) does not stop the upload:
+    the bytes are paid for, and whoever commits finds them."""
+    give_up = clock.now() + budget
+    while True:
+        if not store.finish_item(item.job_id, item.key, owner, {"lease_expires_at": clock.now() + lease_seconds}):
+            log.warning("item %s/%s: lease lost before the upload", item.job_id, item.key)
+        try:
+            return sink.put_image(name, data, content_type, metadata)
+        except StorageUnavailable as e:
+            if clock.now() >= give_up:
+                raise
+            log.warning("item %s/%s: storing the image failed, trying again: %s", item.job_id, item.key, e)
+            clock.sleep(min(_UPLOAD_PAUSE_SECONDS, max(0.0, give_up - clock.now())))
 
 
 def _attempt_failed(store, item: Item, owner: str, clock: Clock, e: GenerationError, max_attempts: int,

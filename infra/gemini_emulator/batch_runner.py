@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from infra.gemini_emulator import content, errors, images
-from infra.gemini_emulator.faults import OK, choose_outcome
+from infra.gemini_emulator.faults import OK, SPOILED_IMAGE_OUTCOMES, choose_outcome
 
 PNG_CACHE_BYTES = 32 * 1024**2
 
@@ -52,6 +52,7 @@ class RunSpec:
     image_target_bytes: int | None
     seed: int
     shuffle: bool
+    repeat_rules: tuple[tuple[str, str], ...] = ()  # (substring of the key, "duplicate" | "error")
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,16 @@ class LineRunner:
             return _error_line(_ERROR_OUTCOMES[outcome](), outcome)
         if outcome in _REFUSALS:
             return LineResult({"response": _REFUSALS[outcome](req)}, outcome, image=False)
-        assert outcome in (OK, "thought_image"), outcome
+        assert outcome in (OK, "thought_image", *SPOILED_IMAGE_OUTCOMES), outcome
         png = self._render(req) if req.want_image else None
         if outcome == "thought_image" and png is not None:
             body = content.thought_image_response(req, png, images.draft_png(req.prompt))
             return LineResult({"response": body}, outcome, image=True, prompt=req.prompt)
-        return LineResult({"response": content.success_response(req, png)}, outcome, image=png is not None,
-                          prompt=req.prompt)
+        response = content.success_response(req, png)
+        if outcome in SPOILED_IMAGE_OUTCOMES:  # a line whose image is not base64, or cut in half
+            return LineResult({"response": content.spoil_image(response, outcome)}, outcome, image=False,
+                              prompt=req.prompt)
+        return LineResult({"response": response}, outcome, image=png is not None, prompt=req.prompt)
 
     def _render(self, req: content.GenerateRequest) -> bytes:
         png = self._pngs.get(
@@ -151,6 +155,19 @@ class LineRunner:
 
 def _error_line(exc: errors.ApiError, outcome: str) -> LineResult:
     return LineResult({"error": {"code": exc.code, "message": exc.message, "status": exc.status}}, outcome, image=False)
+
+
+def _repeats(spec: RunSpec, key: str, data: bytes) -> bytes:
+    """The extra lines a repeat_key_rules fault adds after a key's result: the same line again, or
+    an error line for the same key (a results file that names a key twice)."""
+    extra = b""
+    for contains, then in spec.repeat_rules:
+        if contains in key:
+            if then == "duplicate":
+                extra += data
+            else:
+                extra += _dumps({**_error_line(errors.internal(), "500").body, "key": key})
+    return extra
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -189,6 +206,7 @@ def write_results_file(
                 result = runner.run(line.get("request"))
                 # Same field order as the real files: the result first, then the key.
                 data = _dumps({**result.body, "key": line["key"]})
+                data += _repeats(spec, str(line["key"]), data)
                 out.write(data)
                 hasher.update(data)
                 size += len(data)

@@ -168,6 +168,7 @@ async def create_batch(request: web.Request) -> web.Response:
             image_target_bytes=cfg["image_target_bytes"],
             seed=state.rng.getrandbits(64),  # a seeded emulator replays batches identically
             shuffle=cfg["batch"]["shuffle_results"],
+            repeat_rules=tuple((r["contains"], r["then"]) for r in cfg["batch"]["repeat_key_rules"]),
         )
         store = state.batches
         record = store.new_record(

@@ -23,6 +23,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": None,  # null: unseeded RNG
     "image_scale": 1.0,  # multiplies the aspect-ratio sizes (e.g. 0.25 for fast tests)
     "image_target_bytes": None,  # pad every PNG up to this many bytes (benchmarks)
+    "image_format": "png",  # generateContent's images: "png", "jpeg" (as Gemini 3 image models may) or "webp"
     "window_seconds": 60.0,  # sliding window for RPM/IPM, and the stats window
     "day_seconds": 86400.0,  # sliding window for RPD
     "quotas": {},  # {"default" | <model id>: {"rpm", "ipm", "rpd", "concurrent"}}
@@ -56,6 +57,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "shuffle_results": True,  # result-file lines in a seeded random order (the API promises none)
         "outcome_script": [],  # terminal outcome per created batch, consumed in order
         "display_name_rules": [],  # [{"contains": str, "outcome": str}], checked before the script
+        # [{"contains": str, "then": "duplicate"|"error"}]: after the result line of a key that
+        # contains the substring, the file repeats that line, or adds an error line for the key
+        "repeat_key_rules": [],
     },
 }
 
@@ -138,6 +142,8 @@ def validate(cfg: dict[str, Any]) -> None:
     if cfg["image_scale"] > 4:
         raise ConfigError("image_scale: must be <= 4")
     _int(cfg["image_target_bytes"], "image_target_bytes", allow_null=True)
+    if cfg["image_format"] not in ("png", "jpeg", "webp"):
+        raise ConfigError("image_format: expected one of png, jpeg, webp")
     _number(cfg["window_seconds"], "window_seconds", exclusive=True)
     _number(cfg["day_seconds"], "day_seconds", exclusive=True)
     _number(cfg["concurrency_retry_delay_s"], "concurrency_retry_delay_s")
@@ -243,3 +249,21 @@ def _validate_batch(batch: Any) -> None:
             raise ConfigError(f"{where}.contains: expected a non-empty string")
         if rule.get("outcome") not in BATCH_OUTCOMES:
             raise ConfigError(f"{where}.outcome: expected one of {list(BATCH_OUTCOMES)}")
+    _validate_repeat_rules(batch["repeat_key_rules"])
+
+
+REPEATS = ("duplicate", "error")
+
+
+def _validate_repeat_rules(rules: Any) -> None:
+    if not isinstance(rules, list):
+        raise ConfigError("batch.repeat_key_rules: expected a list")
+    for i, rule in enumerate(rules):
+        where = f"batch.repeat_key_rules[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{where}: expected an object")
+        _check_keys(rule, {"contains", "then"}, where)
+        if not isinstance(rule.get("contains"), str) or not rule["contains"]:
+            raise ConfigError(f"{where}.contains: expected a non-empty string")
+        if rule.get("then") not in REPEATS:
+            raise ConfigError(f"{where}.then: expected one of {list(REPEATS)}")

@@ -230,7 +230,7 @@ def image_output_tokens(req: GenerateRequest) -> int:
     return output_tokens(req.model, req.image_size) or IMAGE_OUTPUT_TOKENS
 
 
-def success_response(req: GenerateRequest, png: bytes | None) -> dict[str, Any]:
+def success_response(req: GenerateRequest, png: bytes | None, mime_type: str = "image/png") -> dict[str, Any]:
     """A STOP candidate: optional text part, then the PNG as inlineData.
 
     candidatesTokenCount counts only the image (the model's tokens per image at its size); the
@@ -243,10 +243,28 @@ def success_response(req: GenerateRequest, png: bytes | None) -> dict[str, Any]:
         if png is None:
             details.append({"modality": "TEXT", "tokenCount": max(1, math.ceil(len(parts[0]["text"]) / 4))})
     if png is not None:
-        parts.append({"inlineData": {"mimeType": "image/png", "data": encode_bytes(png)}})
+        parts.append({"inlineData": {"mimeType": mime_type, "data": encode_bytes(png)}})
         details.append({"modality": "IMAGE", "tokenCount": image_output_tokens(req)})
     candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}
     return _envelope(req, [candidate], _usage(req, details))
+
+
+def spoil_image(body: dict[str, Any], outcome: str) -> dict[str, Any]:
+    """A 200 whose image part is unusable: "bad_base64" puts characters outside the base64
+    alphabet in ``inlineData.data`` (the google-genai SDK's pydantic model refuses the answer);
+    "truncated_image" keeps valid base64 of the first half of the image (a cut-off transfer
+    that still declares image/png)."""
+    for candidate in body.get("candidates") or []:
+        for part in (candidate.get("content") or {}).get("parts") or []:
+            inline = part.get("inlineData")
+            if not inline:
+                continue
+            if outcome == "bad_base64":
+                inline["data"] = "!!" + inline["data"][2:-2] + "%%"
+            else:
+                raw = decode_bytes(inline["data"])
+                inline["data"] = encode_bytes(raw[: len(raw) // 2])
+    return body
 
 
 _SAFETY_CATEGORIES = (

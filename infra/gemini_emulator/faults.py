@@ -23,6 +23,10 @@ FAULT_OUTCOMES += (
     "429_multi", "429_help_only", "image_prohibited", "image_other",
     "blocked_prohibited", "blocked_other", "thought_image",
 )
+# A 200 whose inlineData is not base64, or whose image is cut in half: the image is rendered,
+# then spoiled on the way out.
+SPOILED_IMAGE_OUTCOMES = ("bad_base64", "truncated_image")
+FAULT_OUTCOMES += SPOILED_IMAGE_OUTCOMES
 OUTCOMES = (OK, *FAULT_OUTCOMES)
 # How a whole batch ends (its lines have the outcomes above). Picked at create time.
 BATCH_OUTCOMES = ("succeeded", "failed", "cancelled", "expired")

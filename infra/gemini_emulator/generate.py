@@ -17,11 +17,14 @@ from typing import Any
 from aiohttp import web
 
 from infra.gemini_emulator import content, errors, images, models
-from infra.gemini_emulator.faults import OK, choose_outcome, latency_seconds
+from infra.gemini_emulator.faults import OK, SPOILED_IMAGE_OUTCOMES, choose_outcome, latency_seconds
 from infra.gemini_emulator.quota import QuotaEngine, QuotaLimits
 from infra.gemini_emulator.routing import versioned
 from infra.gemini_emulator.state import STATE_KEY, EmulatorState
 from infra.gemini_emulator.stats import Stats
+
+# Outcomes that render an image: a good one, one after thought parts, or one spoiled on the way out.
+_IMAGE_OUTCOMES = (OK, "thought_image", *SPOILED_IMAGE_OUTCOMES)
 
 _LOGGED_HEADERS = ("content-type", "user-agent", "x-goog-api-client", "x-server-timeout")
 _LOG_STRING_LIMIT = 200
@@ -35,6 +38,7 @@ class _Admitted:
     retry_delay_s: float
     image_scale: float
     image_target_bytes: int | None
+    image_format: str
     window_s: float
     # The engine and stats that admitted the request: a reset meanwhile replaces the state's,
     # and the slot must go back to the ones it was taken from.
@@ -135,6 +139,7 @@ def _admit(state: EmulatorState, req: content.GenerateRequest) -> _Admitted:
             retry_delay_s=cfg["faults"]["retry_delay_s"],
             image_scale=cfg["image_scale"],
             image_target_bytes=cfg["image_target_bytes"],
+            image_format=cfg["image_format"],
             window_s=window_s,
             quota=state.quota,
             stats=state.stats,
@@ -149,22 +154,23 @@ async def _serve(state: EmulatorState, req: content.GenerateRequest, adm: _Admit
             await asyncio.sleep(adm.hang_s)
             raise errors.deadline_exceeded()
         render = None
-        if adm.outcome in (OK, "thought_image") and req.want_image:
+        if adm.outcome in _IMAGE_OUTCOMES and req.want_image:
             # Render concurrently with the modelled latency: the answer comes after
             # max(latency, render time), as a real model's service time would.
             render = asyncio.get_running_loop().run_in_executor(state.executor, _render, req, adm)
         if adm.latency_s > 0:
             await asyncio.sleep(adm.latency_s)
-        if adm.outcome not in (OK, "thought_image"):
+        if adm.outcome not in _IMAGE_OUTCOMES:
             return _fault_body(req, adm)
-        png = await render if render is not None else None
-        if png is not None:
+        image = await render if render is not None else None
+        if image is not None and adm.outcome not in SPOILED_IMAGE_OUTCOMES:  # a spoiled one counts as its fault
             with state.lock:
                 adm.stats.record_images(req.model, 1, state.clock(), adm.window_s)
                 adm.stats.record_billed(req.prompt)
-        if adm.outcome == "thought_image" and png is not None:
-            return content.thought_image_response(req, png, images.draft_png(req.prompt))
-        return content.success_response(req, png)
+        if adm.outcome == "thought_image" and image is not None:
+            return content.thought_image_response(req, image, images.draft_png(req.prompt))
+        body = content.success_response(req, image, images.MIME_TYPES[adm.image_format])
+        return content.spoil_image(body, adm.outcome) if adm.outcome in SPOILED_IMAGE_OUTCOMES else body
     finally:
         with state.lock:
             adm.quota.release(req.model)
@@ -172,9 +178,10 @@ async def _serve(state: EmulatorState, req: content.GenerateRequest, adm: _Admit
 
 
 def _render(req: content.GenerateRequest, adm: _Admitted) -> bytes:
-    png = images.render_for_request(req.model, req.prompt, req.aspect_ratio, req.image_size, adm.image_scale)
+    image = images.render_for_request(req.model, req.prompt, req.aspect_ratio, req.image_size, adm.image_scale,
+                                      adm.image_format)
     # Hook for benchmarks: real images are ~1-2 MB, ours are tens of KB.
-    return images.pad_png(png, adm.image_target_bytes)
+    return images.pad_png(image, adm.image_target_bytes) if adm.image_format == "png" else image
 
 
 def _fault_body(req: content.GenerateRequest, adm: _Admitted) -> dict[str, Any]:

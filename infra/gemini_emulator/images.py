@@ -80,8 +80,13 @@ def _palette(prompt: str) -> tuple[RGB, RGB, RGB, int]:
     return background, shape, ink, digest[3]
 
 
-def render_png(prompt: str, width: int, height: int, footer: str = "") -> bytes:
-    """Render ``prompt`` (wrapped, truncated) and ``footer`` onto a ``width`` x ``height`` PNG."""
+# config "image_format" -> the inlineData mimeType. Gemini 3 image models may answer JPEG.
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def render_png(prompt: str, width: int, height: int, footer: str = "", image_format: str = "png") -> bytes:
+    """Render ``prompt`` (wrapped, truncated) and ``footer`` onto a ``width`` x ``height`` PNG
+    (or JPEG or WebP, per ``image_format``)."""
     background, shape_colour, ink, variant = _palette(prompt)
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
@@ -110,16 +115,21 @@ def render_png(prompt: str, width: int, height: int, footer: str = "") -> bytes:
         draw.text((margin, height - margin - (bottom - top)), footer, font=small, fill=ink)
 
     out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=3)  # level 3: near level-6 size, twice as fast
+    if image_format == "png":
+        image.save(out, format="PNG", compress_level=3)  # level 3: near level-6 size, twice as fast
+    else:
+        image.save(out, format=image_format.upper(), quality=85)
     return out.getvalue()
 
 
-def render_for_request(model: str, prompt: str, aspect_ratio: str, image_size: str, scale: float) -> bytes:
+def render_for_request(
+    model: str, prompt: str, aspect_ratio: str, image_size: str, scale: float, image_format: str = "png"
+) -> bytes:
     """The emulator's answer image for one request (unpadded): the prompt plus a footer naming
     the model and size. Shared by generateContent and batch lines, so both look the same."""
     width, height = output_size(aspect_ratio, image_size, scale)
     footer = f"{model} · {aspect_ratio} · {image_size} · {width}x{height}"
-    return render_png(prompt or "(no text prompt)", width, height, footer)
+    return render_png(prompt or "(no text prompt)", width, height, footer, image_format)
 
 
 def pad_png(png: bytes, target_bytes: int | None) -> bytes:

@@ -626,6 +626,24 @@ class Stack:
         """Kill one process group (default SIGKILL, like a crashed instance)."""
         self.processes[name].stop(sig)
 
+    def pause(self, name: str) -> None:
+        """Freeze one process group (SIGSTOP): the service still accepts connections but never
+        answers, like an outage that times requests out. Unlike a restart, its state is kept
+        (fake-gcs-server keeps its objects in memory)."""
+        os.killpg(self.processes[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        os.killpg(self.processes[name].pid, signal.SIGCONT)
+
+    def detach_push_subscription(self) -> None:
+        """Delete the worker's push subscription, and with it every message it holds: nothing is
+        redelivered (as if the messages had been acked). attach_push_subscription() makes a new
+        one, which only receives what is published after it."""
+        self._rest("DELETE", f"{self.url('pubsub')}/v1/{self.push_subscription_path}", ok=(200, 404))
+
+    def attach_push_subscription(self) -> None:
+        self._create_push_subscription()
+
     def start_function(self, name: str) -> None:
         """(Re)start one function process and wait until it answers."""
         proc = self.processes.get(name)

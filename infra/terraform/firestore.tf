@@ -2,11 +2,11 @@
 # database id. If the project already has one, import it instead of creating it:
 #   terraform import google_firestore_database.main "projects/<project>/databases/(default)"
 #
-# No composite index: every query the functions make (functions/adapters/firestore_store.py)
-# is one equality or `in` filter, or one order_by, on a single field of one collection
-# (items by state or by index, jobs by published, batches by job_id or state, slots by slot,
-# events by job_id or by a next_attempt_at range; adapters/firestore_events.py), and Firestore's
-# automatic single-field indexes answer those.
+# Every query the functions make (functions/adapters/firestore_store.py) is one equality or
+# `in` filter, or one order_by, on a single field of one collection (items by state or by
+# index, jobs by published, batches by job_id or state, slots by slot, events by job_id or by a
+# next_attempt_at range; adapters/firestore_events.py), which Firestore's automatic
+# single-field indexes answer; except the poller's sweep of stuck items (items_stale_* below).
 resource "google_firestore_database" "main" {
   project     = var.project_id
   name        = "(default)"
@@ -175,4 +175,54 @@ resource "google_firestore_field" "usage_shard_expiry" {
   index_config {}
 
   depends_on = [google_firestore_field.pool_expiry]
+}
+
+# The poller's sweep of stuck interactive items (usecases.redrive_stuck_items): a query over
+# the items of every job (collection group "items") with equalities on lane and state and a
+# range on lease_expires_at or updated_at. Collection-group scope and several fields need
+# composite indexes: automatic single-field indexes are collection-scoped only
+# (https://cloud.google.com/firestore/docs/concepts/index-overview).
+resource "google_firestore_index" "items_stale_leases" {
+  project     = var.project_id
+  database    = google_firestore_database.main.name
+  collection  = "items"
+  query_scope = "COLLECTION_GROUP"
+
+  fields {
+    field_path = "lane"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "lease_expires_at"
+    order      = "ASCENDING"
+  }
+
+  # After the field changes, which this database applies one at a time.
+  depends_on = [google_firestore_field.usage_shard_expiry]
+}
+
+resource "google_firestore_index" "items_stale_queued" {
+  project     = var.project_id
+  database    = google_firestore_database.main.name
+  collection  = "items"
+  query_scope = "COLLECTION_GROUP"
+
+  fields {
+    field_path = "lane"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated_at"
+    order      = "ASCENDING"
+  }
+
+  depends_on = [google_firestore_index.items_stale_leases]
 }

@@ -73,7 +73,7 @@ def child_baseline(args) -> None:
             for part in response["response"]["candidates"][0]["content"]["parts"]:
                 if "inlineData" in part:
                     data = base64.b64decode(part["inlineData"]["data"])
-                    sink.put_png(f"baseline-{args.prefix}/{response['key']}.png", data, {})
+                    sink.put_image(f"baseline-{args.prefix}/{response['key']}.png", data, "image/png", {})
                     count += 1
     elapsed = time.monotonic() - start
     print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "images": count}))

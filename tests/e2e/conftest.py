@@ -56,6 +56,8 @@ def stack_function_env() -> dict[str, str]:
         # Completion webhooks (tests/e2e/test_events.py): retried after 0.25-0.5 s, then 0.5-1 s...
         "WEBHOOK_BACKOFF_BASE_SECONDS": "0.5",
         "WEBHOOK_TIMEOUT_SECONDS": "3",
+        # The poller's sweep republishes a running item 1 s after its lease expired.
+        "STUCK_LEASE_GRACE_SECONDS": "1",
     }
 
 

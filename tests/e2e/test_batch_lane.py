@@ -9,6 +9,8 @@ generation of its object. The e2e stack has no scheduler thread, but a (re)start
 readiness probe (a GET) is itself one tick."""
 from __future__ import annotations
 
+import hashlib
+
 import io
 import threading
 import time
@@ -124,8 +126,12 @@ def test_twelve_prompts_go_through_one_gemini_batch_into_twelve_pngs(stack, db, 
     blobs = objects(bucket, job_id)
     for key, (_, ratio) in asked.items():
         blob = blobs[f"{job_id}/{key}.png"]
+        data = blob.download_as_bytes()
+        # The image's facts travel with it, so a later attempt reads them without a download.
         assert blob.metadata == {"job_id": job_id, "item_key": key, "model": MODEL, "finish_reason": "STOP",
-                                 "lane": "batch"}
+                                 "lane": "batch", "sha256": hashlib.sha256(data).hexdigest(), "format": "png",
+                                 "width": str(Image.open(io.BytesIO(data)).width),
+                                 "height": str(Image.open(io.BytesIO(data)).height)}
         image = Image.open(io.BytesIO(blob.download_as_bytes()))
         image.load()
         w, h = (int(n) for n in ratio.split(":"))
@@ -268,9 +274,14 @@ def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bu
     assert job_status(stack, job_id)["status"] == "running"
     # The dead poller's lease holds until it runs out (the restarted poller's readiness probe,
     # a GET, was already a tick that skipped it); then the next tick takes over.
-    assert tick(stack)["skipped"] == 1
+    # On a loaded machine the restart alone can outlast the 6 s lease: the skip is asserted only
+    # for a tick that ended while the lease still held.
+    first = tick(stack)
+    if time.time() < killed["lease_expires_at"]:
+        assert first["skipped"] == 1, first
     time.sleep(max(0.0, killed["lease_expires_at"] - time.time()) + 0.2)
     status, ticks = tick_until_settled(stack, job_id)
+    ticks.update(first)
 
     assert status["status"] == "succeeded"
     items = assert_batch_settled(stack, status, db, bucket)

@@ -14,6 +14,7 @@ wall time) that
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -21,12 +22,13 @@ import pytest
 import requests
 
 from tests.e2e.helpers import (
-    HTTP_TIMEOUT, MODEL, RATE_LIMIT, TERMINAL_ITEM_STATES, TERMINAL_JOB_STATUSES, configure_gemini,
+    HTTP_TIMEOUT, LEASE_SECONDS, MODEL, RATE_LIMIT, TERMINAL_ITEM_STATES, TERMINAL_JOB_STATUSES, configure_gemini,
     functions_env, gemini_batches, gemini_stats, job_status, object_generations, post_job, process_log,
     prompt_rules, set_bucket_versioning, submit, wait_until, worker_log,
 )
 
 ROWS: list[dict] = []
+IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 BREAKER = {"BREAKER_THRESHOLD": "3"}
 
 
@@ -95,8 +97,10 @@ def check(stack, name: str, faults: str, statuses: list[dict], started: float, r
         for it in pages:
             by_state[it["state"]] = by_state.get(it["state"], 0) + 1
         generations = object_generations(stack, job_id)
-        succeeded = {f"{job_id}/{it['key']}.png" for it in pages if it["state"] == "succeeded"}
-        images = {name: n for name, n in generations.items() if name.endswith(".png")}
+        # An item's image is <job>/<key>.png, .jpg or .webp: the format the model returned.
+        succeeded = {it["gcs_uri"].split("/", 3)[3] if it["gcs_uri"] else f"{job_id}/{it['key']}"
+                     for it in pages if it["state"] == "succeeded"}
+        images = {name: n for name, n in generations.items() if name.rpartition(".")[2] in IMAGE_EXTENSIONS}
         lost += len(succeeded - set(images))  # succeeded without its object
         duplicated += sum(n - 1 for n in images.values()) + len(set(images) - succeeded)
     stats = gemini_stats(stack)
@@ -359,6 +363,146 @@ def test_dead_letters_from_pubsub_then_retry(stack, publisher):
     check(stack, "Pub/Sub dead letters + :retry", "1 dead letter, 1 retry", statuses + statuses2, started, retryable=True)
 
 
+# --- accepting jobs and the batch lane ------------------------------------------------------------
+
+
+class Ticking:
+    """Poller ticks from `threads` threads at once, until the block ends; a failed tick fails
+    the scenario (after the block)."""
+
+    def __init__(self, stack, threads: int) -> None:
+        self.stack, self.stop, self.errors = stack, threading.Event(), []
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                tick(self.stack)
+            except Exception as e:  # noqa: BLE001 - reported by __exit__
+                self.errors.append(repr(e))
+
+    def __enter__(self) -> Ticking:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        assert not self.errors, self.errors[:3]
+
+
+@pytest.mark.timeout(400)
+def test_submit_races_poller_ticks(stack):
+    """Three pollers tick while the API writes a 2,000-item batch job: none of them may act on
+    the job before it is queued (its intents are left, not finished as "job missing")."""
+    started = time.monotonic()
+    configure_gemini(stack, {"image_target_bytes": 2_000})
+    with Ticking(stack, threads=3):
+        job_id = submit(stack, items("race", 2000), lane="batch")
+        statuses = drive(stack, [job_id], timeout=300)
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 2, statuses[0]["batches"]
+    check(stack, "submit races poller ticks", "3 pollers ticking during the accept", statuses, started)
+
+
+N_KILLED = 600
+
+
+def accepting_job(db) -> str | None:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = db.collection("jobs").where(filter=FieldFilter("status", "==", "accepting"))
+    return next((s.id for s in query.stream()), None)
+
+
+@pytest.mark.timeout(300)
+def test_api_killed_mid_accept_then_resent_with_its_idempotency_key(stack, db):
+    """SIGKILL of the API while it writes a job's items; the client resends with the same
+    Idempotency-Key: "in progress" (409) while the first attempt could be alive, then the
+    resend resumes the first attempt's writes under the same job id."""
+    started = time.monotonic()
+    configure_gemini(stack, {"image_target_bytes": 2_000})
+    stack.restart("api", signal.SIGTERM, env={**BREAKER, "IDEMPOTENCY_TAKEOVER_SECONDS": "20"})
+    try:
+        # Long prompts make the accept long enough to be killed in the middle of it.
+        body = {"requests": [{**it, "prompt": it["prompt"] + " " + "x" * 3900} for it in items("killed", N_KILLED)],
+                "lane": "batch"}
+        headers = {"Idempotency-Key": "mid-accept-1"}
+        first = threading.Thread(target=doomed_post, args=(stack, body, headers))
+        first.start()
+        job_id = wait_until(stack, lambda: accepting_job(db), "the job document", timeout=60)
+        items_ref = db.collection("jobs").document(job_id).collection("items")
+        while not any(True for _ in items_ref.limit(1).stream()):
+            pass  # as soon as its first items are written (a tight loop: the accept takes well under a second)
+        stack.kill("api")  # SIGKILL, mid-accept
+        first.join()
+        stranded = job_status_from_db(db, job_id)
+        assert stranded["status"] == "accepting", stranded
+        stack.start_function("api")
+        answers = []
+        while not answers or answers[-1].status_code == 409:
+            answers.append(requests.post(f"{stack.url('api')}/v1/jobs", json=body, headers=headers,
+                                         timeout=HTTP_TIMEOUT))
+            assert len(answers) < 60, [a.status_code for a in answers]
+            if answers[-1].status_code == 409:
+                assert answers[-1].headers["Retry-After"] == "1", answers[-1].text
+                time.sleep(1)
+        codes = [a.status_code for a in answers]
+        assert codes[0] == 409 and codes[-1] == 202 and answers[-1].json()["job_id"] == job_id, codes
+        statuses = drive(stack, [job_id], timeout=300)
+    finally:
+        stack.restart("api", signal.SIGTERM, env=BREAKER)
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 1
+    check(stack, "API killed mid-accept + Idempotency-Key resend",
+          f"1 SIGKILL with {stranded['items']} of {N_KILLED} items written, {len(codes)} resends", statuses, started)
+
+
+def doomed_post(stack, body: dict, headers: dict) -> None:
+    try:
+        requests.post(f"{stack.url('api')}/v1/jobs", json=body, headers=headers, timeout=120)
+    except requests.ConnectionError:
+        pass  # killed under it: the point of the scenario
+
+
+def job_status_from_db(db, job_id: str) -> dict:
+    job = db.collection("jobs").document(job_id).get().to_dict()
+    items_written = db.collection("jobs").document(job_id).collection("items").count().get()[0][0].value
+    return {"status": job["status"], "items": int(items_written)}
+
+
+def test_repeated_key_in_results(stack):
+    """A results file names a key twice: an error line after an image line, and an image line
+    twice. The first success stands; nothing is batched or paid for again."""
+    started = time.monotonic()
+    configure_gemini(stack, {"batch": {"repeat_key_rules": [{"contains": "rep-3", "then": "error"},
+                                                            {"contains": "rep-5", "then": "duplicate"}]}})
+    job_id = submit(stack, items("rep", 12), lane="batch")
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 1, statuses[0]["batches"]
+    check(stack, "repeated key in results", "1 error line after a success, 1 line twice", statuses, started)
+
+
+def test_batch_stuck_running_past_the_local_deadline(stack):
+    """A batch that stays RUNNING is cancelled by the poller at BATCH_RUNNING_DEADLINE_SECONDS
+    and its items go to a new batch, which succeeds."""
+    started = time.monotonic()
+    stack.restart("poller", signal.SIGTERM, env={**BREAKER, "BATCH_RUNNING_DEADLINE_SECONDS": "3"})
+    try:
+        configure_gemini(stack, {"batch": {"running_seconds": 3600}})
+        job_id = submit(stack, items("stuck", 6), lane="batch")
+        wait_until(stack, lambda: [b for b in gemini_batches(stack) if b["state"] == "BATCH_STATE_RUNNING"],
+                   "the first batch running")
+        configure_gemini(stack, {"batch": {"running_seconds": 0.5}})  # the retry runs normally
+        statuses = drive(stack, [job_id], timeout=60)
+    finally:
+        stack.restart("poller", signal.SIGTERM, env=BREAKER)
+    assert statuses[0]["status"] == "succeeded"
+    assert [b["gemini_state"] for b in statuses[0]["batches"]] == ["BATCH_STATE_CANCELLED", "BATCH_STATE_SUCCEEDED"]
+    check(stack, "batch stuck RUNNING past the local deadline", "1 batch cancelled at 3 s", statuses, started,
+          retryable=True)
+
+
 # --- answers as today's API sends them --------------------------------------------------------
 
 
@@ -425,3 +569,143 @@ def test_thought_image_parts(stack, bucket):
             assert Image.open(io.BytesIO(png)).size == (256, 256), it
     check(stack, "thought image parts", f"{outcome_count(stack, 'thought_image')} answers with a thought image",
           statuses, started)
+
+
+# --- what reaches the worker's integrity: malformed answers, formats, crashes around the upload --
+
+
+def all_items(stack, job_id: str) -> list[dict]:
+    return requests.get(f"{stack.url('api')}/v1/jobs/{job_id}", params={"page_size": 500},
+                        timeout=HTTP_TIMEOUT).json()["items"]
+
+
+def stored_objects(stack, job_id: str) -> dict[str, dict]:
+    """The job's live objects by name, with their contentType and metadata, from the GCS emulator."""
+    r = requests.get(f"{stack.url('gcs')}/storage/v1/b/{stack.images_bucket}/o", params={"prefix": f"{job_id}/"},
+                     timeout=HTTP_TIMEOUT)
+    return {o["name"]: o for o in r.json().get("items", [])}
+
+
+def manifest_rows(stack, job_id: str) -> list[dict]:
+    r = requests.get(f"{stack.url('gcs')}/storage/v1/b/{stack.images_bucket}/o/"
+                     f"{requests.utils.quote(job_id + '/manifest.jsonl', safe='')}", params={"alt": "media"},
+                     timeout=HTTP_TIMEOUT)
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def object_sha256(stack, name: str) -> str:
+    import hashlib
+
+    r = requests.get(f"{stack.url('gcs')}/storage/v1/b/{stack.images_bucket}/o/{requests.utils.quote(name, safe='')}",
+                     params={"alt": "media"}, timeout=HTTP_TIMEOUT)
+    return hashlib.sha256(r.content).hexdigest()
+
+
+@pytest.mark.parametrize("fault,name", [("bad_base64", "malformed 200 (invalid base64)"),
+                                        ("truncated_image", "truncated PNG")])
+def test_a_spoiled_200_is_one_counted_attempt_then_a_good_image(stack, fault, name):
+    started = time.monotonic()
+    configure_gemini(stack, {"faults": {"script": [fault, fault]}})
+    job_id = submit(stack, items(fault, 4))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    # Two attempts counted for the two spoiled answers, and no more calls than that: before, an
+    # unparseable answer escaped as a crash and was generated again every lease period.
+    assert sum(it["attempts"] for it in all_items(stack, job_id)) == 4 + 2
+    stats = gemini_stats(stack)
+    assert stats["by_outcome"].get(fault) == 2 and stats["by_outcome"].get("ok") == 4, stats["by_outcome"]
+    for row in manifest_rows(stack, job_id):  # the manifest describes the object that is stored
+        assert row["format"] == "png" and row["sha256"] == object_sha256(stack, row["gcs_uri"].split("/", 3)[3])
+    check(stack, name, f"2 x {fault}", statuses, started, retryable=True)
+
+
+def test_jpeg_output_is_stored_as_jpeg(stack):
+    started = time.monotonic()
+    configure_gemini(stack, {"image_format": "jpeg"})
+    job_id = submit(stack, items("jpeg", 4))
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    objects = stored_objects(stack, job_id)
+    jpegs = {n: o for n, o in objects.items() if n.endswith(".jpg")}
+    assert len(jpegs) == 4 and not any(n.endswith(".png") for n in objects), sorted(objects)
+    assert {o["contentType"] for o in jpegs.values()} == {"image/jpeg"}
+    rows = manifest_rows(stack, job_id)
+    assert {r["format"] for r in rows} == {"jpeg"} and all(r["width"] and r["height"] for r in rows)
+    check(stack, "JPEG output", "image_format jpeg", statuses, started)
+
+
+def test_a_worker_sigkilled_between_upload_and_commit_is_not_billed_twice(stack):
+    """The worker process dies right after each image object is created (TEST_KILL_AFTER_UPLOAD);
+    gunicorn starts a new one; the redelivery, once the dead worker's lease is over, records the
+    stored object instead of generating the image again."""
+    started = time.monotonic()
+    stack.restart("worker", signal.SIGTERM, env={**BREAKER, "TEST_KILL_AFTER_UPLOAD": "true"})
+    try:
+        job_id = submit(stack, items("killed", 1))
+        statuses = drive(stack, [job_id], timeout=60)
+    finally:
+        stack.restart("worker", signal.SIGTERM, env=BREAKER)
+    assert statuses[0]["status"] == "succeeded"
+    assert gemini_stats(stack)["images_generated"] == 1  # one image paid for
+    (row,) = manifest_rows(stack, job_id)
+    # The manifest's hash is the stored object's, so `imagefleet download` accepts the file.
+    assert row["sha256"] == object_sha256(stack, row["gcs_uri"].split("/", 3)[3])
+    assert any("recording the image an earlier attempt stored" in line for line in
+               worker_log(stack, 400).splitlines()), worker_log(stack)
+    check(stack, "worker SIGKILLed between upload and commit", "1 SIGKILL after upload", statuses, started)
+
+
+def test_gcs_unavailable_longer_than_the_lease(stack, publisher):
+    """GCS stops answering while the images are being generated, for longer than an item's
+    lease; meanwhile the items' messages are delivered again. The workers renew their leases
+    around bounded upload tries, so the extra deliveries find the items leased and nothing is
+    generated twice; once GCS answers, the uploads go through."""
+    started = time.monotonic()
+    configure_gemini(stack, {"latency": {"mean_ms": 1500}})
+    job_id = submit(stack, items("gcsdown", 2))
+    wait_until(stack, lambda: gemini_stats(stack)["current_concurrency"] == 2, "both calls in flight")
+    claimed_until = max(d["lease_expires_at"] for d in item_docs_of(stack, job_id))
+    stack.pause("gcs")
+    try:
+        # Hold the outage until the leases taken at the claim have run out (a data-defined
+        # deadline, polled), then deliver every message again, as Pub/Sub would.
+        wait_until(stack, lambda: time.time() > claimed_until + 1, "the claim's leases to run out", timeout=30)
+        for key in ("gcsdown-0", "gcsdown-1"):
+            publisher.publish(stack.topic_path, json.dumps({"job_id": job_id, "item_key": key}).encode()).result(30)
+        wait_until(stack, lambda: any("leased by another delivery" in line for line in
+                                      worker_log(stack, 200).splitlines()), "a duplicate delivery refused")
+    finally:
+        stack.resume("gcs")
+    statuses = drive(stack, [job_id])
+    assert statuses[0]["status"] == "succeeded"
+    assert gemini_stats(stack)["images_generated"] == 2  # nothing generated twice
+    check(stack, "GCS unavailable longer than the lease", f"GCS frozen > {LEASE_SECONDS}s lease", statuses, started)
+
+
+def item_docs_of(stack, job_id: str) -> list[dict]:
+    from google.cloud import firestore
+
+    db = firestore.Client(project=stack.project)
+    return [s.to_dict() for s in db.collection("jobs").document(job_id).collection("items").stream()]
+
+
+def test_worker_killed_with_deliveries_in_flight_and_no_redelivery(stack):
+    """The worker dies mid-call and its messages are gone (the subscription is detached, as if
+    they had been acked): the poller's sweep republishes the items whose lease expired."""
+    started = time.monotonic()
+    configure_gemini(stack, {"latency": {"mean_ms": 2500}})
+    job_id = submit(stack, items("inflight", 2))
+    wait_until(stack, lambda: gemini_stats(stack)["current_concurrency"] == 2, "both calls in flight")
+    stack.detach_push_subscription()
+    try:
+        stack.restart("worker", signal.SIGKILL, env=BREAKER)
+    finally:
+        stack.attach_push_subscription()
+    configure_gemini(stack, {"latency": {"mean_ms": 0}})
+    assert {d["state"] for d in item_docs_of(stack, job_id)} == {"running"}  # left running, no message
+    statuses = drive(stack, [job_id], timeout=60)
+    assert statuses[0]["status"] == "succeeded"
+    assert gemini_stats(stack)["images_generated"] == 2  # the killed calls never returned an image
+    # retryable: the killed calls were sent (and cut off before any image came back).
+    check(stack, "worker killed with deliveries in flight, no redelivery", "1 SIGKILL, messages dropped", statuses,
+          started, retryable=True)

@@ -2,6 +2,7 @@
 happy path, each kind of model failure ending in the item state it should, and a cancel."""
 from __future__ import annotations
 
+import hashlib
 import io
 
 import pytest
@@ -45,8 +46,12 @@ def test_five_prompts_become_five_pngs_of_the_asked_shape(stack, db, bucket):
     for key, (_, ratio) in asked.items():
         blob = blobs[f"{job_id}/{key}.png"]
         assert blob.content_type == "image/png"
+        data = blob.download_as_bytes()
+        # The image's facts travel with it, so a later attempt reads them without a download.
         assert blob.metadata == {"job_id": job_id, "item_key": key, "model": MODEL, "finish_reason": "STOP",
-                                 "lane": "interactive"}
+                                 "lane": "interactive", "sha256": hashlib.sha256(data).hexdigest(), "format": "png",
+                                 "width": str(Image.open(io.BytesIO(data)).width),
+                                 "height": str(Image.open(io.BytesIO(data)).height)}
         image = Image.open(io.BytesIO(blob.download_as_bytes()))
         image.load()  # decodes the whole PNG, not just its header
         assert image.format == "PNG"

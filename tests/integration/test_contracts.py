@@ -4,6 +4,8 @@ If a fake drifts from the real thing, the unit tests built on it stop being evid
 tests are what keeps them honest."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import threading
@@ -12,7 +14,9 @@ import uuid
 import pytest
 
 from core.models import Item, ItemState, Job, JobStatus, Lane
-from tests.fakes import InMemoryImageSink, InMemoryJobStore, InMemorySlotStore
+from PIL import Image
+
+from tests.fakes import InMemoryImageSink, InMemoryJobStore, InMemorySlotStore, tiny_png
 
 
 def make_job(n: int = 3, job_id: str | None = None) -> tuple[Job, list[Item]]:
@@ -195,30 +199,105 @@ def test_leases_cap_concurrency_and_expire(slot_store):
     assert slot_store.try_take_lease("d", capacity=2, now=41.0, ttl=30.0) is not None  # b expired
 
 
+def test_stale_items_are_found_across_jobs_oldest_first_interactive_only(job_store):
+    job_a, items_a = make_job(3)
+    job_b, items_b = make_job(2)
+    for it in items_a + items_b:
+        it.lane = "interactive"
+    items_b[1].lane = "batch"  # the batch lane's items are never swept
+    job_store.create_job(job_a, items_a)
+    job_store.create_job(job_b, items_b)
+    job_store.claim_item(job_a.job_id, "k0", "w", now=100.0, lease_seconds=10)  # expires 110
+    job_store.claim_item(job_b.job_id, "k0", "w", now=90.0, lease_seconds=10)  # expires 100
+    job_store.claim_item(job_a.job_id, "k1", "w", now=200.0, lease_seconds=10)  # live at 150
+    expired = job_store.expired_leases(before=150.0, limit=10)
+    assert [(it.job_id, it.key) for it in expired] == [(job_b.job_id, "k0"), (job_a.job_id, "k0")]
+    assert len(job_store.expired_leases(before=150.0, limit=1)) == 1
+    queued = job_store.untouched_queued_items(before=150.0, limit=10)
+    assert {(it.job_id, it.key) for it in queued} == {(job_a.job_id, "k2")}  # b/k1 is batch
+
+
 # --- ImageSink ---------------------------------------------------------------------------
 
 
-def test_images_are_written_once(sink):
+def stored(data: bytes, **metadata) -> tuple[bytes, str, dict]:
+    """An image as the worker stores it: its bytes, Content-Type and facts in the metadata."""
+    from core import images
+    from core.jsonl import image_facts, stored_metadata
+
+    facts = image_facts(data)
+    return data, images.CONTENT_TYPES[facts["format"]], {**metadata, **stored_metadata(facts)}
+
+
+def test_images_are_written_once_and_a_second_write_reports_the_first(sink):
     name = f"{uuid.uuid4().hex}/k0.png"
-    first = sink.put_png(name, b"\x89PNG first", {"job_id": "j", "item_key": "k0"})
+    first_png, second_png = tiny_png("first"), tiny_png("second")
+    first = sink.put_image(name, *stored(first_png, job_id="j", item_key="k0"))
     assert first.created and first.uri.endswith(f"/{name}") and first.uri.startswith("gs://")
-    second = sink.put_png(name, b"\x89PNG second", {"job_id": "j", "item_key": "k0"})
+    second = sink.put_image(name, *stored(second_png, job_id="j", item_key="k0"))
     assert not second.created and second.uri == first.uri
+    # The facts of the object that is stored, not of the bytes that were discarded.
+    assert second.facts == {"sha256": hashlib.sha256(first_png).hexdigest(), "bytes": len(first_png),
+                            "format": "png", "width": 4, "height": 3}
 
 
-def test_gcs_object_carries_content_type_and_metadata(emulators):
+def test_find_image_finds_an_earlier_attempts_object_under_any_extension(sink):
+    job = uuid.uuid4().hex
+    assert sink.find_image(f"{job}/k1", ("png", "jpg", "webp")) is None
+    sink.put_image(f"{job}/k1.x.png", *stored(tiny_png("another key whose name starts alike")))
+    assert sink.find_image(f"{job}/k1", ("png", "jpg", "webp")) is None
+    jpeg = io.BytesIO()
+    Image.new("RGB", (6, 5)).save(jpeg, format="JPEG")
+    sink.put_image(f"{job}/k1.jpg", *stored(jpeg.getvalue()))
+    found = sink.find_image(f"{job}/k1", ("png", "jpg", "webp"))
+    assert found is not None and found.uri.endswith(f"{job}/k1.jpg") and not found.created
+    assert found.facts == {"sha256": hashlib.sha256(jpeg.getvalue()).hexdigest(), "bytes": len(jpeg.getvalue()),
+                           "format": "jpeg", "width": 6, "height": 5}
+
+
+def gcs_bucket(prefix: str):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
+    client = storage.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials())
+    return client, client.create_bucket(f"{prefix}-{uuid.uuid4().hex[:12]}")
+
+
+def test_gcs_object_carries_content_type_and_metadata(emulators):
     from adapters.gcs_sink import GcsImageSink
 
-    client = storage.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials())
-    bucket = client.create_bucket(f"meta-{uuid.uuid4().hex[:12]}")
-    GcsImageSink(client, bucket.name).put_png("j/k.png", b"\x89PNG", {"job_id": "j", "finish_reason": "STOP"})
+    client, bucket = gcs_bucket("meta")
+    data, content_type, metadata = stored(tiny_png("k"), job_id="j", finish_reason="STOP")
+    GcsImageSink(client, bucket.name).put_image("j/k.png", data, content_type, metadata)
     blob = bucket.get_blob("j/k.png")
     assert blob.content_type == "image/png"
-    assert blob.metadata == {"job_id": "j", "finish_reason": "STOP"}
-    assert blob.download_as_bytes() == b"\x89PNG"
+    assert blob.metadata == {"job_id": "j", "finish_reason": "STOP", "sha256": hashlib.sha256(data).hexdigest(),
+                             "format": "png", "width": "4", "height": "3"}
+    assert blob.download_as_bytes() == data
+
+
+def test_an_unanswering_gcs_fails_the_upload_within_its_bound(emulators):
+    """fake-gcs-server frozen (SIGSTOP): connections are accepted and never answered. The
+    upload, with the client's retries, gives up after the sink's bound, as StorageUnavailable."""
+    from adapters.gcs_sink import GcsImageSink
+    from core.errors import StorageUnavailable
+
+    client, bucket = gcs_bucket("frozen")
+    sink = GcsImageSink(client, bucket.name, upload_seconds=2.0)
+    emulators.pause("gcs")
+    try:
+        # With the client's default retry (120 s) these would outlast the test's timeout.
+        with pytest.raises(StorageUnavailable):
+            sink.put_image("j/k.png", *stored(tiny_png("k")))
+        with pytest.raises(StorageUnavailable):
+            sink.find_image("j/k", ("png",))
+    finally:
+        emulators.resume("gcs")
+    # The request the client gave up on may still be served once the server runs again (it was
+    # queued, not lost): the next try then finds that object and reports it, as a 412.
+    again = sink.put_image("j/k.png", *stored(tiny_png("k")))
+    assert again.created or again.facts["sha256"] == hashlib.sha256(tiny_png("k")).hexdigest()
+    assert sink.find_image("j/k", ("png",)) is not None
 
 
 # --- WorkQueue ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from google.genai import types
 from PIL import Image
 
 from adapters.gemini_generator import GeminiImageGenerator
-from core.errors import ContentRefused, PermissionDenied, QuotaExceeded, TransientError
+from core.errors import ContentRefused, MalformedResponse, PermissionDenied, QuotaExceeded, TransientError
+from core.jsonl import image_facts
 
 MODEL = "gemini-2.5-flash-image"
 
@@ -79,6 +80,33 @@ def test_a_hang_becomes_a_transient_timeout(gemini):
     gemini.configure({"faults": {"script": ["hang"], "hang_seconds": 10}})
     with pytest.raises(TransientError, match="transport"):
         gemini.generate("slow", "1:1", None)
+
+
+def test_invalid_base64_in_a_200_is_a_malformed_response_not_a_crash(gemini):
+    """The SDK's pydantic model refuses the answer (ValidationError): the adapter turns it into
+    a retryable domain error the worker counts as an attempt."""
+    gemini.configure({"faults": {"script": ["bad_base64"]}})
+    with pytest.raises(MalformedResponse, match="could not be read") as e:
+        gemini.generate("anything", "1:1", None)
+    assert e.value.retryable
+    assert gemini.stats()["by_outcome"]["bad_base64"] == 1
+
+
+def test_a_truncated_png_parses_but_fails_the_image_check(gemini):
+    gemini.configure({"faults": {"script": ["truncated_image"]}})
+    image = gemini.generate("anything", "1:1", None)
+    assert image.mime_type == "image/png"  # still declared a PNG
+    with pytest.raises(MalformedResponse, match="truncated PNG"):
+        image_facts(image.data)
+
+
+def test_a_jpeg_answer_is_read_as_a_jpeg_whatever_it_declares(gemini):
+    gemini.configure({"image_format": "jpeg"})
+    image = gemini.generate("a lighthouse at dusk", "16:9", None)
+    facts = image_facts(image.data)
+    assert image.mime_type == "image/jpeg" and facts["format"] == "jpeg"
+    assert facts["width"] > facts["height"]
+    assert Image.open(io.BytesIO(image.data)).size == (facts["width"], facts["height"])
 
 
 def test_each_call_names_its_model_and_a_removed_one_is_model_unavailable(gemini):

@@ -554,3 +554,22 @@ def test_images_are_counted_per_prompt_across_both_lanes(client, admin):
     stats = admin.stats()
     assert (stats["billed_prompts"], stats["billed_twice"]) == (2, 1)
     assert stats["billed_twice_prompts"] == {"a green cone": 2}
+
+
+def test_lines_of_a_batch_that_never_returns_them_are_not_counted_as_billed(client, admin):
+    """A batch cancelled (or expired) after its worker wrote its lines returns nothing, and its
+    prompts can be sent again without counting as billed twice."""
+    admin.configure({"batch": {"pending_seconds": 0, "running_seconds": 3600}})
+    source = upload_jsonl(client, [request_line("a", "a blue ring")])
+    job = client.batches.create(model=MODEL, src=source.name)
+    deadline = time.monotonic() + 30
+    while admin.stats()["batches"]["lines"]["succeeded"] < 1:  # the worker wrote its line
+        assert time.monotonic() < deadline, admin.stats()["batches"]
+        time.sleep(0.05)
+    client.batches.cancel(name=job.name)
+    assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_CANCELLED
+    assert admin.stats()["billed_prompts"] == 0
+
+    client.models.generate_content(model=MODEL, contents="a blue ring")
+
+    assert (admin.stats()["billed_prompts"], admin.stats()["billed_twice"]) == (1, 0)

@@ -1,5 +1,6 @@
 """The batch lane on in-memory fakes: intents, crashes, overlapping pollers, per-line outcomes."""
 import json
+import logging
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_a_crashed_holder_blocks_others_until_its_lease_expires():
     assert env.tick()["ingested"] == 1
 
 
-def test_per_line_outcomes_retry_fail_or_dead_letter():
+def test_per_line_outcomes_retry_fail_or_dead_letter(caplog):
     env = Env(max_attempts=2)
     job = env.submit(4)
 
@@ -153,9 +154,13 @@ def test_per_line_outcomes_retry_fail_or_dead_letter():
     second = retry_name = [n for n in env.api.batches if n != first][0]
     assert [r["key"] for r in env.api.batches[retry_name]["requests"]] == ["k1"]
     env.api.finish(second, lambda key, req: {"error": {"code": 500, "message": "boom", "status": "INTERNAL"}})
-    env.tick()
+    with caplog.at_level(logging.WARNING, logger="core.batches"):
+        env.tick()
     k1 = env.items(job)["k1"]
     assert k1.state is ItemState.DEAD_LETTERED and "after 2 batch attempts" in k1.error and k1.attempts == 2
+    # One log line per dead-lettered item, with the state the log-based metric counts.
+    dead = [r for r in caplog.records if getattr(r, "state", None) == "dead_lettered"]
+    assert [(r.job_id, r.item_key, r.lane) for r in dead] == [(job.job_id, "k1", "batch")]
     assert env.store.get_job(job.job_id).status is JobStatus.PARTIALLY_SUCCEEDED
 
 
@@ -207,21 +212,21 @@ def test_a_poller_killed_mid_ingest_is_resumed_by_the_next_one():
     job = env.submit(6)
     (name,) = env.api.batches
     env.api.finish(name)
-    real_put = env.sink.put_png
+    real_put = env.sink.put_image
     calls = {"n": 0}
 
-    def dying_put(name, data, metadata):
+    def dying_put(name, data, content_type, metadata):
         calls["n"] += 1
         if calls["n"] == 4:
             raise SystemExit("killed")  # like SIGKILL: nothing after this line runs
-        return real_put(name, data, metadata)
+        return real_put(name, data, content_type, metadata)
 
-    env.sink.put_png = dying_put
+    env.sink.put_image = dying_put
     release = env.lane._release
     env.lane._release = lambda intent, owner: None  # SIGKILL runs no finally block
     with pytest.raises(SystemExit):
         env.tick("poller-1")
-    env.sink.put_png, env.lane._release = real_put, release
+    env.sink.put_image, env.lane._release = real_put, release
     assert env.store.intents_of_job(job.job_id)[0].lines_done == 2  # the last checkpoint
     assert env.tick("poller-2")["skipped"] == 1  # poller-1's lease is still live
     env.clock.advance(61)
@@ -287,3 +292,155 @@ def test_a_retried_create_deletes_the_input_file_it_left_behind():
     env.api.create_batch = real_create
     env.tick()
     assert env.api.files == {}  # the batch exists: its input file is deleted too
+
+
+def test_a_truncated_or_unreadable_image_line_is_retried_in_a_new_batch_never_stored():
+    import base64
+
+    from tests.fakes import png_response
+
+    def spoiled(key, req):
+        body = png_response(key)
+        part = body["response"]["candidates"][0]["content"]["parts"][1]["inlineData"]
+        raw = base64.b64decode(part["data"])
+        if key == "k1":
+            part["data"] = base64.b64encode(raw[: len(raw) // 2]).decode()  # half a PNG
+        elif key == "k2":
+            part["data"] = "!!not base64%%"
+        return body
+
+    env = Env()
+    job = env.submit(3)
+    (first,) = env.api.batches
+    env.api.finish(first, spoiled)
+    env.tick()
+    items = env.items(job)
+    assert items["k0"].state is ItemState.SUCCEEDED and items["k0"].format == "png"
+    for key, reason in (("k1", "truncated PNG"), ("k2", "not base64")):
+        assert items[key].state is ItemState.QUEUED and reason in items[key].error, items[key]
+    assert env.pngs(job) == [f"{job.job_id}/k0.png"]  # half an image is never stored
+    env.tick()  # creates the retry batch
+    second = [n for n in env.api.batches if n != first]
+    assert len(second) == 1 and [r["key"] for r in env.api.batches[second[0]]["requests"]] == ["k1", "k2"]
+    env.api.finish(second[0])
+    env.tick()
+    assert {it.state for it in env.items(job).values()} == {ItemState.SUCCEEDED}
+
+
+# --- a results file that repeats a key -----------------------------------------------------------
+
+
+def repeat(env, name, *lines):
+    """Append result lines (key, body) to the finished batch's results file."""
+    out = env.api.batches[name]["output_file"]
+    env.api.files[out] += b"".join(json.dumps({"key": k, **body}).encode() + b"\n" for k, body in lines)
+
+
+REFUSED = {"error": {"code": 400, "message": "bad request", "status": "INVALID_ARGUMENT"}}
+OVERLOADED = {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}
+
+
+@pytest.mark.parametrize("checkpoint_lines", [1, 100])  # the repeat in a later checkpoint, or the same
+@pytest.mark.parametrize("then", [REFUSED, OVERLOADED], ids=["refused", "retryable"])
+def test_an_error_line_after_a_success_for_the_same_key_is_ignored(checkpoint_lines, then):
+    env = Env(checkpoint_lines=checkpoint_lines)
+    job = env.submit(3)
+    (name,) = env.api.batches
+    env.api.finish(name)
+    repeat(env, name, ("k1", then))
+    env.tick()
+    items = env.items(job)
+    assert all(it.state is ItemState.SUCCEEDED and it.error is None for it in items.values()), items
+    assert len(env.api.batches) == 1 and env.store.active_intents(10) == []  # not batched again
+    assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("checkpoint_lines", [1, 100])
+def test_a_success_after_an_error_line_for_the_same_key_wins(checkpoint_lines):
+    env = Env(checkpoint_lines=checkpoint_lines)
+    job = env.submit(2)
+    (name,) = env.api.batches
+    env.api.finish(name, lambda key, req: REFUSED if key == "k0" else None)
+    from tests.fakes import png_response
+
+    repeat(env, name, ("k0", png_response("k0")))
+    env.tick()
+    k0 = env.items(job)["k0"]
+    assert k0.state is ItemState.SUCCEEDED and k0.error is None and k0.gcs_uri.endswith("/k0.png")
+    assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED
+
+
+def test_a_repeated_image_line_is_stored_once():
+    env = Env()
+    job = env.submit(2)
+    (name,) = env.api.batches
+    env.api.finish(name)
+    from tests.fakes import png_response
+
+    repeat(env, name, ("k0", png_response("k0")), ("k0", REFUSED))
+    env.tick()
+    assert env.sink.writes == 3  # two images and the manifest
+    assert all(it.state is ItemState.SUCCEEDED for it in env.items(job).values())
+
+
+def test_a_line_for_an_item_that_ended_elsewhere_changes_nothing():
+    env = Env()
+    job = env.submit(2)
+    (name,) = env.api.batches
+    env.store.items[job.job_id]["k0"].update(state="cancelled", error="cancelled elsewhere")
+    env.api.finish(name)
+    env.tick()
+    k0 = env.items(job)["k0"]
+    assert k0.state is ItemState.CANCELLED and f"{job.job_id}/k0.png" not in env.sink.objects
+
+
+# --- the local deadline of a batch that stays running ---------------------------------------------
+
+
+def test_a_batch_running_past_the_local_deadline_is_cancelled_and_its_items_resubmitted():
+    env = Env()
+    env.lane.running_deadline_seconds = 3600
+    job = env.submit(3)
+    (name,) = env.api.batches
+    env.api.set_state(name, "BATCH_STATE_RUNNING")
+    env.clock.advance(3599)
+    assert env.tick()["running"] == 1 and env.api.cancelled == []
+    env.clock.advance(2)
+    assert env.tick()["resubmitted"] == 1
+    assert env.api.cancelled == [name] and env.api.batches[name]["state"] == "BATCH_STATE_CANCELLED"
+    env.tick()
+    (second,) = [n for n in env.api.batches if n != name]
+    assert [r["key"] for r in env.api.batches[second]["requests"]] == ["k0", "k1", "k2"]
+    env.clock.advance(1800)  # the retry's own deadline counts from its creation
+    env.api.finish(second)
+    env.tick()
+    assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED and len(env.api.batches) == 2
+
+
+def test_a_batch_that_succeeded_as_the_deadline_passed_is_ingested_not_resubmitted():
+    env = Env()
+    env.lane.running_deadline_seconds = 60
+    job = env.submit(2)
+    (name,) = env.api.batches
+    env.clock.advance(61)
+    real_cancel = env.api.cancel_batch
+
+    def succeeded_meanwhile(batch_name):
+        env.api.finish(batch_name)
+        real_cancel(batch_name)  # refused: the batch has ended
+
+    env.api.cancel_batch = succeeded_meanwhile
+    assert env.tick()["ingested"] == 1
+    assert len(env.api.batches) == 1 and env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED
+
+
+def test_past_the_deadline_on_the_last_attempt_the_items_are_dead_lettered():
+    env = Env(max_attempts=1)
+    env.lane.running_deadline_seconds = 60
+    job = env.submit(2)
+    env.clock.advance(61)
+    env.tick()
+    items = env.items(job).values()
+    assert {it.state for it in items} == {ItemState.DEAD_LETTERED} and len(env.api.batches) == 1
+    assert all("past the local deadline" in it.error for it in items)
+    assert env.store.get_job(job.job_id).status is JobStatus.FAILED

@@ -122,3 +122,21 @@ def test_wrapping_fits_the_width_breaks_long_words_and_ends_with_an_ellipsis():
     assert all(font.getlength(line) <= 120 for line in lines)
     assert lines[-1].endswith("…")
     assert wrap("short", font, 120, 4) == ["short"]
+
+
+def test_jpeg_and_webp_images_are_shown_and_linked_by_their_own_names(tmp_path):
+    entries = []
+    for key, fmt, ext in (("sea", "JPEG", "jpg"), ("moss", "WEBP", "webp")):
+        Image.new("RGB", (256, 256), COLOURS[key]).save(tmp_path / f"{key}.{ext}", format=fmt, quality=95)
+        entries.append(Entry(key=key, prompt=key, state="succeeded", gcs_uri=f"gs://b/j/{key}.{ext}"))
+
+    sheet = write_contact_sheet(entries, tmp_path, title="job j")
+
+    html = sheet.html.read_text()
+    assert 'href="sea.jpg"' in html and 'href="moss.webp"' in html
+    with Image.open(sheet.png) as image:
+        rgb = image.convert("RGB")
+        for index, key in enumerate(("sea", "moss")):
+            x, y = cell_origin(index, grid_size(2)[0])
+            got = rgb.getpixel((x + THUMB // 2, y + THUMB // 2))
+            assert all(abs(a - b) <= 8 for a, b in zip(got, COLOURS[key])), (key, got)  # lossy formats

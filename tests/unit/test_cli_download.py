@@ -178,3 +178,28 @@ def test_keys_that_would_overwrite_the_folders_own_files_or_each_other_are_skipp
     assert report.problems[0] == "k: k.png is the file of K on a case-insensitive disk; skipped"
     assert sum("reserves" in p for p in report.problems) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["K.png"]
+
+
+def test_each_image_is_saved_with_the_extension_of_its_stored_object(tmp_path):
+    """The worker stores what the model returned: a JPEG is <key>.jpg in the bucket and on disk."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), "blue").save(buf, format="JPEG")
+    images = {"sea.jpg": buf.getvalue(), "fox.png": png("orange")}
+    rows = [{"key": name.split(".")[0], "prompt": name, "state": "succeeded", "gcs_uri": f"{BUCKET}/job/{name}",
+             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in images.items()]
+    manifest = manifest_for(rows)
+    bucket = Bucket({f"{BUCKET}/job/{name}": data for name, data in images.items()})
+
+    report = download(entries_from_manifest(manifest), tmp_path, bucket.fetch, manifest=manifest)
+
+    assert report.problems == [] and sorted(report.fetched) == ["fox", "sea"]
+    assert (tmp_path / "sea.jpg").read_bytes() == images["sea.jpg"] and not (tmp_path / "sea.png").exists()
+    assert (tmp_path / "fox.png").read_bytes() == images["fox.png"]
+
+
+@pytest.mark.parametrize("uri,name", [
+    (f"{BUCKET}/job/k.webp", "k.webp"), (f"{BUCKET}/job/k.JPG", "k.jpg"),
+    (f"{BUCKET}/job/k.exe", "k.png"), (f"{BUCKET}/job/k.png/../../x.sh", "k.png"), (None, "k.png"),
+])
+def test_the_extension_is_one_we_store_or_png(uri, name):
+    assert Entry(key="k", prompt="", state="succeeded", gcs_uri=uri).file_name == name

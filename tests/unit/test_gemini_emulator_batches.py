@@ -227,6 +227,22 @@ def test_results_file_has_one_compact_line_per_key_and_its_hash(tmp_path):
     assert len(seen) == 6 and all(r.ok and r.image for r in seen)
 
 
+def test_repeat_key_rules_name_a_key_twice(tmp_path):
+    source = write_input(tmp_path / "in.jsonl", [line(f"k{i}", f"prompt {i}") for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    seen = []
+    rules = (("k1", "duplicate"), ("k2", "error"))
+
+    batch_runner.write_results_file(spec(shuffle=False, repeat_rules=rules), source, batch_runner.scan_input(source),
+                                    out, threading.Event(), seen.append)
+
+    lines = [json.loads(text) for text in out.read_bytes().splitlines()]
+    assert [(item["key"], "response" in item) for item in lines] == [
+        ("k0", True), ("k1", True), ("k1", True), ("k2", True), ("k2", False)]
+    assert lines[1] == lines[2] and lines[4]["error"]["code"] == 500
+    assert len(seen) == 3  # the stats count each key once
+
+
 def test_shuffle_is_seeded(tmp_path):
     source = write_input(tmp_path / "in.jsonl", [line(f"k{i}", "p") for i in range(12)])
     offsets = batch_runner.scan_input(source)
@@ -394,6 +410,8 @@ def test_batch_and_files_config_validation():
     for bad in (
         {"batch": {"outcome_script": ["exploded"]}},
         {"batch": {"display_name_rules": [{"contains": "", "outcome": "failed"}]}},
+        {"batch": {"repeat_key_rules": [{"contains": "k", "then": "twice"}]}},
+        {"batch": {"repeat_key_rules": [{"contains": "", "then": "error"}]}},
         {"batch": {"pending_seconds": -1}},
         {"batch": {"shuffle_results": "yes"}},
         {"batch": {"surprise": 1}},

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from core.errors import ContentRefused, InvalidRequest, QuotaExceeded, TransientError
-from core.jsonl import LineSplitter, parse_result_line, png_facts, request_line
+from core.errors import MalformedResponse
+from core.jsonl import LineSplitter, image_facts, parse_result_line, request_line
 from tests.fakes import png_response
 
 
@@ -42,6 +43,8 @@ def test_urlsafe_base64_and_snake_case_are_read_too():
     ({"key": "k", "response": {"candidates": [{"finishReason": "IMAGE_SAFETY"}]}}, ContentRefused, False),
     ({"key": "k", "response": {"candidates": [{"content": {"parts": [{"text": "no"}]}, "finishReason": "NO_IMAGE"}]}}, ContentRefused, False),
     ({"key": "k"}, InvalidRequest, False),
+    ({"key": "k", "response": {"candidates": [{"content": {"parts": [{"inlineData": {"data": "!!not base64"}}]}}]}},
+     MalformedResponse, True),
 ])
 def test_error_lines_are_classified(line, error, retryable):
     result = parse_result_line(json.dumps(line).encode())
@@ -64,9 +67,12 @@ def test_the_splitter_yields_whole_lines_whatever_the_chunking():
         assert lines == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']
 
 
-def test_png_facts_read_the_header_only():
+def test_image_facts_read_format_size_and_hash():
     png = base64.b64decode(png_response("x")["response"]["candidates"][0]["content"]["parts"][1]["inlineData"]["data"])
-    facts = png_facts(png)
-    assert (facts["width"], facts["height"]) == (4, 3)
+    facts = image_facts(png)
+    assert (facts["format"], facts["width"], facts["height"]) == ("png", 4, 3)
     assert facts["bytes"] == len(png) and facts["sha256"] == hashlib.sha256(png).hexdigest()
-    assert png_facts(b"not a png")["width"] is None
+    with pytest.raises(MalformedResponse, match="not a PNG, JPEG or WebP"):
+        image_facts(b"not a png")
+    with pytest.raises(MalformedResponse, match="truncated PNG"):
+        image_facts(png[: len(png) // 2])

@@ -340,7 +340,7 @@ def test_retry_of_an_unknown_or_cancelled_job(env):
 def submit_once(env, key="k", body="h1"):
     return usecases.submit_once(
         JobSpec((ItemSpec("a", "p"),)), key_id=key, body_sha256=body, idempotency=env.idempotency,
-        store=env.store, clock=env.clock, submit=lambda make_id: env.submit(1, make_id=make_id),
+        store=env.store, clock=env.clock, submit=lambda make_id, resume: env.submit(1, make_id=make_id, resume=resume),
         takeover_seconds=120)
 
 

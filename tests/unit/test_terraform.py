@@ -467,6 +467,7 @@ API_OF = {
     "google_cloudfunctions2_function": {"cloudfunctions", "cloudbuild", "run", "artifactregistry"},
     "google_firestore_database": {"firestore"},
     "google_firestore_field": {"firestore"},
+    "google_firestore_index": {"firestore"},
     "google_logging_metric": {"logging"},
     "google_monitoring_alert_policy": {"monitoring"},
     "google_project": {"cloudresourcemanager"},
@@ -783,6 +784,16 @@ def test_functions_wait_for_their_grants_to_propagate():
         grants = {d.strip("${}") for d in function["depends_on"]} - {"google_project_service.this", f"time_sleep.{wait}"}
         assert grants and grants <= triggers, (name, grants - triggers)
     assert default(resources()["time_sleep"][wait]["create_duration"].strip("${}").removeprefix("var.")) == "2m"
+
+
+def test_the_stuck_item_sweep_has_its_collection_group_indexes():
+    """FirestoreJobStore._stale: lane ==, state ==, then a range on the time field, over the
+    items of every job."""
+    indexes = resources()["google_firestore_index"]
+    wanted = {("lane", "state", "lease_expires_at"), ("lane", "state", "updated_at")}
+    found = {tuple(f["field_path"] for f in index["fields"]) for index in indexes.values()
+             if index["collection"] == "items" and index["query_scope"] == "COLLECTION_GROUP"}
+    assert wanted <= found, found
 
 
 def test_the_model_and_prices_follow_the_catalog_unless_set():

@@ -13,7 +13,7 @@ from core.errors import (
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    ScriptedImageGenerator,
+    ScriptedImageGenerator, tiny_png,
 )
 
 
@@ -148,11 +148,15 @@ def test_concurrent_duplicate_is_retried_later_not_processed(env):
 def test_expired_lease_of_a_crashed_worker_is_taken_over_and_the_existing_object_kept(env):
     job = env.submit(1)
     env.store.claim_item(job.job_id, "k0", "crashed", env.clock.now(), 120)
-    env.sink.put_png(f"{job.job_id}/k0.png", b"first", {})  # it wrote the image, then died
+    first = tiny_png("first")
+    env.sink.put_image(f"{job.job_id}/k0.png", first, "image/png",  # it wrote the image, then died
+                       {"sha256": hashlib.sha256(first).hexdigest(), "format": "png", "width": "4", "height": "3"})
     env.clock.advance(121)
     assert env.process(job.job_id, "k0").ack
-    assert env.sink.objects[f"{job.job_id}/k0.png"][0] == b"first"
-    assert env.store.get_item(job.job_id, "k0").state is ItemState.SUCCEEDED
+    assert env.sink.objects[f"{job.job_id}/k0.png"][0] == first
+    item = env.store.get_item(job.job_id, "k0")
+    assert item.state is ItemState.SUCCEEDED and item.sha256 == hashlib.sha256(first).hexdigest()
+    assert env.generator.calls == []  # recorded, not generated again
 
 
 @pytest.mark.parametrize("error", [ContentRefused("prompt blocked: SAFETY"),

@@ -968,6 +968,11 @@ def _park_for_model(store: JobStore, item: Item, owner: str, now: float, model: 
     items that did nothing wrong. When the halt is lifted, resume_restored_models publishes
     the model's queued and running items again (a running one: its holder may be parking it)."""
     _requeue(store, item, owner, now, error=f"waiting: model {model} is halted: {reason}"[:500])
+    job = store.get_job(item.job_id)
+    if job is None or job.status in TERMINAL_JOB_STATUSES:
+        # Cancelled while we held the item (cancel_job skipped it, running): hand the message
+        # back, so its redelivery ends the item cancelled and finalizes the job.
+        return _retry(f"job ended while model {model} is halted")
     return _ack(ItemState.QUEUED.value, f"parked until model {model} is back: {reason}")
 
 

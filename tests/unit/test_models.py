@@ -289,3 +289,18 @@ def test_a_batch_intent_of_a_halted_model_is_held_until_the_model_is_back():
     assert store.get_intent(intent.intent_id).state.value in ("pending", "creating")
     halts.clear(DEFAULT, "back")
     assert lane.reconcile("poller", deadline=clock.now() + 60)["submitted"] == 1
+
+
+def test_an_item_parked_after_its_job_was_cancelled_is_handed_back_to_be_cancelled(env):
+    job = env.submit(1)
+    env.generator.script = [ModelUnavailable("404 models/x is not found")]
+    original = env.generator.generate
+
+    def cancel_during_the_call(*args, **kwargs):
+        usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)  # the item is running: skipped
+        return original(*args, **kwargs)
+
+    env.generator.generate = cancel_during_the_call
+    outcome = env.process(job.job_id, "k0")
+    assert not outcome.ack  # redelivered, not parked: nothing would ever finish it
+    assert env.process(job.job_id, "k0").state == "cancelled"

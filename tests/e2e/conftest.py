@@ -126,14 +126,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     write = terminalreporter.write_line
     write("")
     write("fault matrix")
-    header = (f"{'scenario':36} {'items':>5}  {'faults injected':28} {'lost':>4} {'dup':>4} {'billed 2x':>9} "
-              f"{'calls':>5} {'max/window':>10} {'wall s':>7}")
+    name_w = max(len("scenario"), *(len(r["scenario"]) for r in rows))
+    faults_w = max(len("faults injected"), *(len(r["faults"]) for r in rows))
+    header = (f"{'scenario':{name_w}} {'items':>5}  {'faults injected':{faults_w}} {'lost':>4} {'dup':>4} "
+              f"{'billed 2x':>9} {'calls':>5} {'max/window':>10} {'wall s':>7}")
     write(header)
     write("-" * len(header))
     for r in rows:
-        write(f"{r['scenario']:36} {r['items']:>5}  {r['faults']:28} {r['lost']:>4} {r['duplicated']:>4} "
-              f"{r['billed_twice']:>9} {r['calls']:>5} {str(r['max_in_window']) + '/' + str(config_rate()):>10} "
-              f"{r['seconds']:>7}")
+        write(f"{r['scenario']:{name_w}} {r['items']:>5}  {r['faults']:{faults_w}} {r['lost']:>4} "
+              f"{r['duplicated']:>4} {r['billed_twice']:>9} {r['calls']:>5} "
+              f"{str(r['max_in_window']) + '/' + str(config_rate()):>10} {r['seconds']:>7}")
 
 
 def config_rate() -> int:

@@ -173,8 +173,8 @@ def rate_limit(s: Settings) -> RateLimit:
         safety=s.rate_safety,
         spend_usd_per_window=s.rate_limit_spend_usd or None,
         spend_window_seconds=s.rate_spend_window_seconds,
-        # Until the model catalog prices each request, every interactive image costs the same.
-        cost_per_request_usd=s.price_interactive_image_usd,
+        # The worker passes each image's own price; this one is for a caller that passes none.
+        cost_per_request_usd=prices(s).interactive_image_usd,
     )
 
 

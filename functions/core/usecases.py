@@ -841,7 +841,10 @@ def process_item(
                     model_halt := model_halts.halted(job.model, fresh=True)) is not None:
                 return _park_for_model(store, item, owner, clock.now(), job.model, model_halt.reason)
             try:
-                limiter.acquire(owner, max(0.0, deadline - clock.now()))
+                # The spend dimension admits the request only if this image's price fits.
+                limiter.acquire(owner, max(0.0, deadline - clock.now()),
+                                cost=accounting.prices.per_image(Lane.INTERACTIVE, job.model, size) if accounting
+                                else None)
             except RateLimited as e:
                 _requeue(store, item, owner, clock.now(), error=None)
                 return _retry(f"rate limited: {e}")

@@ -130,6 +130,24 @@ def test_a_job_runs_on_its_own_model_at_the_catalog_size_and_price(env):
     assert env.generator.requests == [{"aspect_ratio": "1:1", "image_size": "2K", "model": "gemini-3-pro-image"}]
 
 
+def test_the_limiter_is_asked_for_the_images_own_price(env):
+    """The spend dimension of the shared limiter admits a request only if its price fits: the
+    price of the job's model at the item's size, not a flat one."""
+    costs = []
+
+    class Recording(NoLimiter):
+        def acquire(self, owner, max_wait, cost=None):
+            costs.append(cost)
+
+    job = env.submit(1, model="gemini-3-pro-image", quality="high")
+    usecases.process_item(
+        job.job_id, "k0", store=env.store, generator=env.generator, sink=env.sink, limiter=Recording(),
+        clock=env.clock, owner="w1", max_attempts=3, max_wait=30, lease_seconds=120, catalog=CATALOG,
+        model_halts=env.halts, accounting=env.accounting,
+    )
+    assert costs == [CATALOG.spec("gemini-3-pro-image").price("2K", batch=False)]
+
+
 def test_a_missing_model_halts_it_and_its_items_wait_without_spending_attempts(env, caplog):
     job = env.submit(2)
     env.generator.script = [ModelUnavailable(f"404 NOT_FOUND: models/{DEFAULT} is not found for API version v1beta")]

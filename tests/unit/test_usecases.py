@@ -219,7 +219,7 @@ def test_long_quota_delay_hands_the_message_back_to_pubsub(env):
 
 def test_no_limiter_capacity_requeues_without_calling_the_model(env):
     class Full(NoLimiter):
-        def acquire(self, owner, max_wait):
+        def acquire(self, owner, max_wait, cost=None):
             raise RateLimited(42)
 
     env.limiter = Full()

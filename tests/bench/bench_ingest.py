@@ -2,7 +2,7 @@
 
 For each results-file size it runs, on the same file, in separate processes so that peak RSS
 is each one's own:
-  baseline  the research note's approach: files.download() of the whole file into memory,
+  baseline  the naive approach: files.download() of the whole file into memory,
             then split, parse and decode every line, writing each image to GCS
   poller    our poller (scheduled_poller's code path): the file streamed line by line,
             images written create-only, progress checkpointed to Firestore

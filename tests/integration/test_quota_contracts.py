@@ -1,4 +1,4 @@
-"""Contract tests for issue 4's stores: breaker, usage counters, pending-batch pool,
+"""Contract tests for the quota stores: breaker, usage counters, pending-batch pool,
 Idempotency-Key records and the new job-store methods, fake vs Firestore emulator."""
 from __future__ import annotations
 

@@ -246,7 +246,7 @@ def test_api_keys_are_required_when_configured(api, monkeypatch, caplog):
     assert "k-one" not in caplog.text and "k-two" not in caplog.text
 
 
-# --- issue 4: dry run, Idempotency-Key, budget, halt, stats, :retry ----------------------------
+# --- dry run, Idempotency-Key, budget, halt, stats, :retry ----------------------------
 
 
 def test_dry_run_answers_the_route_and_cost_and_writes_nothing(api, fakes):

@@ -1,4 +1,4 @@
-"""Issue 4's core: the breaker, usage and budget, routing, the pending-batch pool, :retry,
+"""The quota-aware core: the breaker, usage and budget, routing, the pending-batch pool, :retry,
 Idempotency-Key and the dead-letter consumer, on in-memory fakes with a fake clock."""
 import datetime as dt
 import logging

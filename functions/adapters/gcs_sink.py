@@ -61,6 +61,15 @@ class GcsImageSink:
             # Another attempt stored it first: report that object, not the bytes we were given.
             existing = self._existing(name)
             return StoredImage(uri=self._uri(name), created=False, facts=existing)
+        except gexc.Forbidden:
+            # An insert over an existing name also needs storage.objects.delete, which the
+            # functions do not hold (roles/storage.objectCreator + objectViewer), so a duplicate
+            # may be told 403 rather than 412 (https://cloud.google.com/storage/docs/request-preconditions,
+            # https://cloud.google.com/storage/docs/access-control/iam-json). An object that is
+            # there was written by an earlier attempt; without one, the 403 is a real refusal.
+            if (existing := self._existing(name)) is None:
+                raise
+            return StoredImage(uri=self._uri(name), created=False, facts=existing)
         except _UNAVAILABLE as e:
             raise StorageUnavailable(f"uploading {self._uri(name)}: {type(e).__name__}: {e}") from e
         return StoredImage(uri=self._uri(name), created=True)

@@ -300,6 +300,89 @@ def test_an_unanswering_gcs_fails_the_upload_within_its_bound(emulators):
     assert sink.find_image("j/k", ("png",)) is not None
 
 
+_FORBIDDEN = json.dumps({"error": {"code": 403, "message": "caller does not have storage.objects.delete "
+                         "access to the Google Cloud Storage object.", "errors": [{"reason": "forbidden"}]}}).encode()
+
+
+class _ForbidOverwrites:
+    """A proxy in front of fake-gcs-server that answers a refused create-only insert (412) with
+    the 403 Cloud Storage gives a caller without storage.objects.delete, and refuses every
+    insert under `denied/` with 403 (a caller with no create permission there at all)."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        proxy = self
+        self.forbidden = 0  # 403s answered
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "POST" and b'"name": "denied/' in body:  # the multipart upload's metadata
+                    proxy.forbidden += 1
+                    return self._answer(403, "application/json", _FORBIDDEN)
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                answer = conn.getresponse()
+                status, data = answer.status, answer.read()
+                content_type = answer.getheader("Content-Type", "application/json")
+                if status == 412 and self.command == "POST" and "ifGenerationMatch=0" in self.path:
+                    status, content_type, data = 403, "application/json", _FORBIDDEN
+                    proxy.forbidden += 1
+                self._answer(status, content_type, data)
+
+            def _answer(self, status, content_type, data):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_duplicate_told_403_instead_of_412_reports_the_stored_object(emulators, monkeypatch):
+    """Without storage.objects.delete, a create-only insert over an existing object may be
+    refused with 403: the stored object is reported as written, with its own facts. A 403 where
+    no object exists is a real refusal and is raised."""
+    from google.api_core import exceptions as gexc
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from adapters.gcs_sink import GcsImageSink
+
+    proxy = _ForbidOverwrites(emulators.url("gcs"))
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        client = storage.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials())
+        bucket = client.create_bucket(f"forbid-{uuid.uuid4().hex[:12]}")
+        sink = GcsImageSink(client, bucket.name)
+        first, second = tiny_png("first"), tiny_png("second")
+        assert sink.put_image("j/k.png", *stored(first)).created
+        again = sink.put_image("j/k.png", *stored(second))
+        assert not again.created and again.facts["sha256"] == hashlib.sha256(first).hexdigest()
+        assert bucket.get_blob("j/k.png").download_as_bytes() == first and proxy.forbidden == 1
+        with pytest.raises(gexc.Forbidden):
+            sink.put_image("denied/k.png", *stored(second))
+        assert proxy.forbidden == 2
+    finally:
+        proxy.close()
+
+
 # --- WorkQueue ---------------------------------------------------------------------------
 
 

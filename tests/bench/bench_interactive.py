@@ -2,7 +2,7 @@
 
 Runs N images through the whole local stack (API -> Firestore -> Pub/Sub -> worker -> Gemini
 emulator -> GCS) with the emulator's quota set to Q requests per W-second window and several
-concurrent worker deliveries, then the research note's strategy against the same emulator:
+concurrent worker deliveries, then a fixed-delay client against the same emulator:
 2 concurrent requests, a fixed 15 s delay before each (scaled by W/60), 429s retried after a
 doubled delay. Prints one line per strategy. A benchmark, not a test: nothing here asserts
 timings; run it with `make bench-interactive`.
@@ -96,7 +96,8 @@ def run_pipeline(stack: Stack, args) -> dict:
 
 
 def run_baseline(stack: Stack, args) -> dict:
-    """The research note's "2 concurrent, 15 s delay" strategy, with its 429 handling."""
+    """A fixed-delay client: 2 concurrent, a 15 s delay before each request, 429s retried after
+    a doubled delay."""
     from google import genai
     from google.genai import errors, types
 
@@ -118,7 +119,7 @@ def run_baseline(stack: Stack, args) -> dict:
                     if e.code != 429:
                         outcomes["lost"] += 1
                         return
-                    wait *= 2  # the note's exponential backoff on 429
+                    wait *= 2  # exponential backoff on 429
 
     async def main():
         semaphore = asyncio.Semaphore(2)
@@ -129,7 +130,7 @@ def run_baseline(stack: Stack, args) -> dict:
     elapsed = time.monotonic() - start
     stats = emulator_stats(stack)
     return {
-        "strategy": "research note (2 concurrent, 15 s delay)",
+        "strategy": "fixed-delay client (2 concurrent, 15 s delay)",
         "images": args.images,
         "succeeded": outcomes["ok"],
         "elapsed": elapsed,

@@ -207,12 +207,6 @@ class InMemoryJobStore:
 
     # --- BatchStore ---
 
-    def create_job_with_intents(self, job: Job, items: Sequence[Item], intents: Sequence[BatchIntent]) -> None:
-        with self.lock:
-            for intent in intents:
-                self.intents[intent.intent_id] = intent.to_dict()
-        self.create_job(job, items)
-
     def create_intent(self, intent: BatchIntent) -> bool:
         with self.lock:
             if intent.intent_id in self.intents:

@@ -11,7 +11,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore_store import compare_and_set, take_lease, update_if_leased
+from adapters.firestore_store import take_lease, update_if_leased
 from core.events import Event, EventState
 
 

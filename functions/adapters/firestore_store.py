@@ -73,7 +73,7 @@ class FirestoreJobStore:
 
     def create_items(self, job_id: str, items: Sequence[Item]) -> None:
         items_ref = self._items(job_id)
-        self._create_absent([(items_ref.document(item.key), item.to_dict()) for item in items])
+        self._write_all([(items_ref.document(item.key), item.to_dict()) for item in items], keep_existing=True)
 
     def finish_accepting(self, job_id: str, now: float) -> bool:
         return self._accepting_cas(job_id, lambda data: {"status": JobStatus.QUEUED.value, "updated_at": now})
@@ -235,10 +235,6 @@ class FirestoreJobStore:
 
     # --- BatchStore ----------------------------------------------------------------------
 
-    def create_job_with_intents(self, job: Job, items: Sequence[Item], intents: Sequence[BatchIntent]) -> None:
-        self._write_all([(self.intents.document(i.intent_id), i.to_dict()) for i in intents])
-        self.create_job(job, items)
-
     def create_intent(self, intent: BatchIntent) -> bool:
         try:
             self.intents.document(intent.intent_id).create(intent.to_dict())
@@ -247,7 +243,7 @@ class FirestoreJobStore:
             return False
 
     def create_intents(self, intents: Sequence[BatchIntent]) -> None:
-        self._create_absent([(self.intents.document(i.intent_id), i.to_dict()) for i in intents])
+        self._write_all([(self.intents.document(i.intent_id), i.to_dict()) for i in intents], keep_existing=True)
 
     def get_intent(self, intent_id: str) -> BatchIntent | None:
         snap = self.intents.document(intent_id).get()
@@ -299,28 +295,13 @@ class FirestoreJobStore:
         found = {s.id: Item.from_dict(s.to_dict()) for s in self.db.get_all(refs) if s.exists}
         return [found[k] for k in keys if k in found]
 
-    def _write_all(self, docs: list) -> None:
+    def _write_all(self, docs: list, keep_existing: bool = False) -> None:
         """Create documents in batches of 500, several batches at a time (a 10,000-item job
-        is 20 commits: in parallel they take a fraction of the time)."""
+        is 20 commits: in parallel they take a fraction of the time).
 
-        def commit(chunk: list) -> None:
-            batch = self.db.batch()
-            for ref, data in chunk:
-                batch.create(ref, data)
-            batch.commit()
-
-        chunks = [docs[i : i + _BATCH_LIMIT] for i in range(0, len(docs), _BATCH_LIMIT)]
-        if len(chunks) <= 1:
-            for chunk in chunks:
-                commit(chunk)
-            return
-        with ThreadPoolExecutor(min(_PARALLEL_COMMITS, len(chunks))) as pool:
-            list(pool.map(commit, chunks))  # list(): re-raise the first failure
-
-    def _create_absent(self, docs: list) -> None:
-        """Like _write_all, for documents an earlier attempt may have written: a batch that
-        meets an existing document fails as a whole (create is atomic per batch), and is
-        redone one document at a time, keeping the existing ones (same job id, same request)."""
+        `keep_existing`, for documents an earlier attempt may have written: a batch that meets
+        an existing document fails as a whole (create is atomic per batch), and is redone one
+        document at a time, keeping the existing ones (same job id, same request)."""
 
         def commit(chunk: list) -> None:
             batch = self.db.batch()
@@ -329,6 +310,8 @@ class FirestoreJobStore:
             try:
                 batch.commit()
             except gexc.Conflict:
+                if not keep_existing:
+                    raise
                 for ref, data in chunk:
                     try:
                         ref.create(data)

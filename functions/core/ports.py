@@ -139,9 +139,6 @@ class RateLimiter(Protocol):
 class BatchStore(Protocol):
     """Batch intents, kept beside the jobs (the Firestore adapter implements both)."""
 
-    def create_job_with_intents(self, job: Job, items: Sequence[Item], intents: Sequence[BatchIntent]) -> None:
-        """Items and intents first, the job document last."""
-
     def create_intent(self, intent: BatchIntent) -> bool:
         """Create-only: False when an intent with that id exists."""
 

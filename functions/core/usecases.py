@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from core import accounting as acct
 from core import accepting, routing
 from core.accounting import Accounting, Prices
-from core.batches import BatchLane, plan_intents
+from core.batches import BatchLane
 from core.breaker import CircuitBreaker, Decision
 from core.catalog import Catalog
 from core.model_halts import ModelHalts

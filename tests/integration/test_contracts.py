@@ -428,7 +428,8 @@ def make_intents(job, n_keys_each=2):
 def test_intents_are_written_with_the_job_and_found_by_state(job_store):
     job, _ = make_job(5)
     items, intents = make_intents(job)
-    job_store.create_job_with_intents(job, items, intents)
+    job_store.create_job(job, items)
+    job_store.create_intents(intents)
     assert [i.intent_id for i in job_store.intents_of_job(job.job_id)] == [i.intent_id for i in intents]
     assert job_store.get_intent(intents[2].intent_id).keys == ["k4"]
     assert len(job_store.active_intents(10)) == 3
@@ -442,7 +443,8 @@ def test_intent_leases_and_conditional_updates(job_store):
 
     job, _ = make_job(2)
     items, (intent,) = make_intents(job)
-    job_store.create_job_with_intents(job, items, [intent])
+    job_store.create_job(job, items)
+    job_store.create_intents([intent])
     claimed = job_store.claim_intent(intent.intent_id, "a", now=200.0, lease_seconds=60)
     assert claimed.lease_owner == "a" and claimed.keys == ["k0", "k1"]
     assert job_store.claim_intent(intent.intent_id, "b", now=230.0, lease_seconds=60) is None
@@ -463,7 +465,8 @@ def test_intent_leases_and_conditional_updates(job_store):
 def test_checkpoints_larger_than_one_firestore_batch(job_store):
     job, _ = make_job(1200)
     items, (intent,) = make_intents(job, n_keys_each=1200)
-    job_store.create_job_with_intents(job, items, [intent])
+    job_store.create_job(job, items)
+    job_store.create_intents([intent])
     job_store.claim_intent(intent.intent_id, "a", now=200.0, lease_seconds=60)
     updates = {f"k{i}": {"state": "succeeded"} for i in range(1200)}
     assert job_store.checkpoint(intent.intent_id, "a", {"lines_done": 1200}, updates)

@@ -237,33 +237,23 @@ def _validate_batch(batch: Any) -> None:
     script = batch["outcome_script"]
     if not isinstance(script, list) or any(o not in BATCH_OUTCOMES for o in script):
         raise ConfigError(f"batch.outcome_script: expected a list of outcomes from {list(BATCH_OUTCOMES)}")
-    rules = batch["display_name_rules"]
-    if not isinstance(rules, list):
-        raise ConfigError("batch.display_name_rules: expected a list")
-    for i, rule in enumerate(rules):
-        where = f"batch.display_name_rules[{i}]"
-        if not isinstance(rule, dict):
-            raise ConfigError(f"{where}: expected an object")
-        _check_keys(rule, {"contains", "outcome"}, where)
-        if not isinstance(rule.get("contains"), str) or not rule["contains"]:
-            raise ConfigError(f"{where}.contains: expected a non-empty string")
-        if rule.get("outcome") not in BATCH_OUTCOMES:
-            raise ConfigError(f"{where}.outcome: expected one of {list(BATCH_OUTCOMES)}")
-    _validate_repeat_rules(batch["repeat_key_rules"])
+    _validate_contains_rules(batch["display_name_rules"], "batch.display_name_rules", "outcome", BATCH_OUTCOMES)
+    _validate_contains_rules(batch["repeat_key_rules"], "batch.repeat_key_rules", "then", REPEATS)
 
 
 REPEATS = ("duplicate", "error")
 
 
-def _validate_repeat_rules(rules: Any) -> None:
+def _validate_contains_rules(rules: Any, path: str, value_key: str, allowed: tuple[str, ...]) -> None:
+    """A list of {"contains": non-empty string, value_key: one of allowed} rules."""
     if not isinstance(rules, list):
-        raise ConfigError("batch.repeat_key_rules: expected a list")
+        raise ConfigError(f"{path}: expected a list")
     for i, rule in enumerate(rules):
-        where = f"batch.repeat_key_rules[{i}]"
+        where = f"{path}[{i}]"
         if not isinstance(rule, dict):
             raise ConfigError(f"{where}: expected an object")
-        _check_keys(rule, {"contains", "then"}, where)
+        _check_keys(rule, {"contains", value_key}, where)
         if not isinstance(rule.get("contains"), str) or not rule["contains"]:
             raise ConfigError(f"{where}.contains: expected a non-empty string")
-        if rule.get("then") not in REPEATS:
-            raise ConfigError(f"{where}.then: expected one of {list(REPEATS)}")
+        if rule.get(value_key) not in allowed:
+            raise ConfigError(f"{where}.{value_key}: expected one of {list(allowed)}")

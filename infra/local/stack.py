@@ -644,11 +644,14 @@ class Stack:
     def attach_push_subscription(self) -> None:
         self._create_push_subscription()
 
-    def start_function(self, name: str) -> None:
-        """(Re)start one function process and wait until it answers."""
+    def start_function(self, name: str, env: Mapping[str, str] | None = None) -> None:
+        """(Re)start one function process and wait until it answers; with `env`, with that
+        over its usual environment."""
         proc = self.processes.get(name)
         if proc is None or proc.running():
             raise StackError(f"{name} is not a stopped function of this stack")
+        if env is not None:
+            proc.env = {**self.function_env(name), **env}
         proc.start(append=True)
         self._record_pids()
         proc.wait_ready(time.monotonic() + self.startup_timeout)
@@ -661,8 +664,7 @@ class Stack:
         if name not in FUNCTION_TARGETS:
             raise StackError(f"only function processes can be restarted, not {name!r}")
         self.kill(name, sig)
-        self.processes[name].env = {**self.function_env(name), **(env or {})}
-        self.start_function(name)
+        self.start_function(name, env or {})
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"

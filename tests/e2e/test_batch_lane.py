@@ -27,6 +27,7 @@ from tests.e2e.helpers import (
     object_generations, objects, post_job, process_log, prompt_rules, set_bucket_versioning,
     submit, tick, tick_until_settled, wait_until,
 )
+from tests.e2e.slow_link import SlowLink
 
 RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4", "21:9", "1:1", "16:9"]
 SUCCEEDED = "BATCH_STATE_SUCCEEDED"
@@ -295,11 +296,18 @@ def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bu
     assert gemini_stats(stack)["files"]["live"] == 0
 
 
+@pytest.mark.timeout(180)
 def test_a_poller_out_of_budget_checkpoints_and_the_next_tick_resumes(stack, db, bucket):
-    with functions_env(stack, ["poller"], {"POLLER_BUDGET_SECONDS": "0.3"}):  # the file takes ~1 s
+    # The poller writes to GCS at 4 MB/s: the 12 MB of images take about 3 s whatever the
+    # machine, so a 1 s budget pauses the ingest at least once, and each tick still gets
+    # through some lines on a loaded machine. (Each tick reads the results file again from
+    # its start, so the link to Gemini stays fast: skipped lines cost almost nothing.)
+    with SlowLink(("127.0.0.1", stack.ports.gcs), 4_000_000) as link, \
+            functions_env(stack, ["poller"], {"POLLER_BUDGET_SECONDS": "1",
+                                              "STORAGE_EMULATOR_HOST": f"http://{link.address}"}):
         job_id, batch = large_job(stack)
 
-        status, ticks = tick_until_settled(stack, job_id)
+        status, ticks = tick_until_settled(stack, job_id, timeout=120)
 
     assert status["status"] == "succeeded"
     items = assert_batch_settled(stack, status, db, bucket)

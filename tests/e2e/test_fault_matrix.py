@@ -26,6 +26,7 @@ from tests.e2e.helpers import (
     functions_env, gemini_batches, gemini_stats, job_status, object_generations, post_job, process_log,
     prompt_rules, set_bucket_versioning, submit, wait_until, worker_log,
 )
+from tests.e2e.slow_link import SlowLink
 
 ROWS: list[dict] = []
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
@@ -420,39 +421,43 @@ def accepting_job(db) -> str | None:
 def test_api_killed_mid_accept_then_resent_with_its_idempotency_key(stack, db):
     """SIGKILL of the API while it writes a job's items; the client resends with the same
     Idempotency-Key: "in progress" (409) while the first attempt could be alive, then the
-    resend resumes the first attempt's writes under the same job id."""
+    resend resumes the first attempt's writes under the same job id.
+
+    The first attempt talks to Firestore over a slow link (2.4 MB of items at 400 KB/s), so
+    its writes last seconds: the kill lands after some items and before the last, on any
+    machine, rather than when a fast accept happens to leave time for it."""
     started = time.monotonic()
     configure_gemini(stack, {"image_target_bytes": 2_000})
-    stack.restart("api", signal.SIGTERM, env={**BREAKER, "IDEMPOTENCY_TAKEOVER_SECONDS": "20"})
-    try:
-        # Long prompts make the accept long enough to be killed in the middle of it.
-        body = {"requests": [{**it, "prompt": it["prompt"] + " " + "x" * 3900} for it in items("killed", N_KILLED)],
-                "lane": "batch"}
-        headers = {"Idempotency-Key": "mid-accept-1"}
-        first = threading.Thread(target=doomed_post, args=(stack, body, headers))
-        first.start()
-        job_id = wait_until(stack, lambda: accepting_job(db), "the job document", timeout=60)
-        items_ref = db.collection("jobs").document(job_id).collection("items")
-        while not any(True for _ in items_ref.limit(1).stream()):
-            pass  # as soon as its first items are written (a tight loop: the accept takes well under a second)
-        stack.kill("api")  # SIGKILL, mid-accept
-        first.join()
-        stranded = job_status_from_db(db, job_id)
-        assert stranded["status"] == "accepting", stranded
-        stack.start_function("api")
-        answers = []
-        while not answers or answers[-1].status_code == 409:
-            answers.append(requests.post(f"{stack.url('api')}/v1/jobs", json=body, headers=headers,
-                                         timeout=HTTP_TIMEOUT))
-            assert len(answers) < 60, [a.status_code for a in answers]
-            if answers[-1].status_code == 409:
-                assert answers[-1].headers["Retry-After"] == "1", answers[-1].text
-                time.sleep(1)
-        codes = [a.status_code for a in answers]
-        assert codes[0] == 409 and codes[-1] == 202 and answers[-1].json()["job_id"] == job_id, codes
-        statuses = drive(stack, [job_id], timeout=300)
-    finally:
-        stack.restart("api", signal.SIGTERM, env=BREAKER)
+    resend_env = {**BREAKER, "IDEMPOTENCY_TAKEOVER_SECONDS": "20"}
+    with SlowLink(("127.0.0.1", stack.ports.firestore), bytes_per_second=400_000) as link:
+        stack.restart("api", signal.SIGTERM, env={**resend_env, "FIRESTORE_EMULATOR_HOST": link.address})
+        try:
+            body = {"requests": [{**it, "prompt": it["prompt"] + " " + "x" * 3900}
+                                 for it in items("killed", N_KILLED)], "lane": "batch"}
+            headers = {"Idempotency-Key": "mid-accept-1"}
+            first = threading.Thread(target=doomed_post, args=(stack, body, headers))
+            first.start()
+            job_id = wait_until(stack, lambda: accepting_job(db), "the job document", timeout=60)
+            items_ref = db.collection("jobs").document(job_id).collection("items")
+            wait_until(stack, lambda: any(True for _ in items_ref.limit(1).stream()), "the first items")
+            stack.kill("api")  # SIGKILL, mid-accept
+            first.join()
+            stranded = job_status_from_db(db, job_id)
+            assert stranded["status"] == "accepting" and 0 < stranded["items"] < N_KILLED, stranded
+            stack.start_function("api", env=resend_env)  # back on the usual link
+            answers = []
+            while not answers or answers[-1].status_code == 409:
+                answers.append(requests.post(f"{stack.url('api')}/v1/jobs", json=body, headers=headers,
+                                             timeout=HTTP_TIMEOUT))
+                assert len(answers) < 60, [a.status_code for a in answers]
+                if answers[-1].status_code == 409:
+                    assert answers[-1].headers["Retry-After"] == "1", answers[-1].text
+                    time.sleep(1)
+            codes = [a.status_code for a in answers]
+            assert codes[0] == 409 and codes[-1] == 202 and answers[-1].json()["job_id"] == job_id, codes
+            statuses = drive(stack, [job_id], timeout=300)
+        finally:
+            stack.restart("api", signal.SIGTERM, env=BREAKER)
     assert statuses[0]["status"] == "succeeded" and len(gemini_batches(stack)) == 1
     check(stack, "API killed mid-accept + Idempotency-Key resend",
           f"1 SIGKILL with {stranded['items']} of {N_KILLED} items written, {len(codes)} resends", statuses, started)

@@ -397,7 +397,12 @@ def pubsub_worker(cloud_event):
 def scheduled_poller(request):
     """One Cloud Scheduler tick. Cloud Scheduler starts no attempt before the previous one ends,
     but a tick can still meet another (one that outlived its attempt deadline, a manual run, a
-    second deployment): every batch and event is leased, so that is safe."""
+    second deployment): every batch and event is leased, so that is safe.
+
+    POST only, as Cloud Scheduler sends it: a GET (a health check, a crawler, a browser) must
+    not run a tick."""
+    if request.method != "POST":
+        return _error(ApiError(405, "method_not_allowed", "the poller runs on POST only"), {"Allow": "POST"})
     s = wiring.settings()
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds

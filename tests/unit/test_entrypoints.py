@@ -182,6 +182,17 @@ def test_large_jobs_go_to_the_batch_lane_and_the_poller_ingests_them(api, fakes,
     assert status["manifest_uri"].endswith(f"{job_id}/manifest.jsonl")
 
 
+def test_the_poller_runs_on_post_only(api, fakes):
+    poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()
+    post_job(api, {"requests": [{"prompt": f"p{i}"} for i in range(12)]})
+    (batch_name,) = fakes.batch_api.batches
+    fakes.batch_api.finish(batch_name)
+    r = poller.get("/")
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    assert r.get_json()["error"]["reason"] == "method_not_allowed"
+    assert poller.post("/").get_json()["batches"]["ingested"] == 1  # the GET ingested nothing
+
+
 def test_cancel_over_http(api, fakes):
     job_id = post_job(api, {"requests": [{"prompt": "a"}, {"prompt": "b"}]}).get_json()["job_id"]
     r = api.delete(f"/v1/jobs/{job_id}")

@@ -266,7 +266,8 @@ def pool_store():
 
     if not settings().batch_lane_enabled:
         return None
-    return FirestorePoolStore(firestore_client(), job_store(), retention_days=settings().records_retention_days)
+    return FirestorePoolStore(firestore_client(), job_store(),
+                              retention_days=settings().records_retention_days)
 
 
 @functools.cache

@@ -390,7 +390,8 @@ class FirestoreJobStore:
                     before, updates = found[key].to_dict(), item_updates[key]
                     batch.update(items_ref.document(key), updates,
                                  option=self.db.write_option(last_update_time=found[key].update_time))
-                    add_deltas(deltas.setdefault(before.get("count_shard"), {}), count_deltas(before, {**before, **updates}))
+                    moved = count_deltas(before, {**before, **updates})
+                    add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
                 self._move_counts(batch, job_id, deltas)
                 if n == len(chunks) - 1:
                     batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))

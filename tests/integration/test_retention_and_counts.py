@@ -116,10 +116,23 @@ def test_a_checkpoint_written_twice_counts_its_items_once(store):
     results = {f"k{i}": {"state": ItemState.SUCCEEDED.value if i else ItemState.FAILED.value, "lane": "batch"}
                for i in range(4)}
     assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 4}, results)
-    assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 4}, results)  # a poller that died before noting it
+    # Again: a poller that died before it could note the first one.
+    assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 4}, results)
     assert_counts_match_queries(store, job.job_id)
     assert store.count_succeeded_by_lane(job.job_id) == {"batch": 3}
     assert not store.checkpoint(intents[0].intent_id, "someone-else", {"lines_done": 4}, results)
+
+
+def test_a_checkpoint_past_one_firestore_batch_counts_every_item(store):
+    job, _ = make_job(700)
+    items, intents = make_intents(job, n_keys_each=700)
+    store.create_job(job, items)
+    store.create_intents(intents)
+    store.claim_intent(intents[0].intent_id, "poller", 100.0, 60)
+    results = {it.key: {"state": ItemState.SUCCEEDED.value, "lane": "batch"} for it in items}
+    assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 700}, results)
+    assert_counts_match_queries(store, job.job_id)
+    assert store.count_items(job.job_id)[ItemState.SUCCEEDED] == 700
 
 
 def test_concurrent_finishers_of_one_job_lose_no_count(store):

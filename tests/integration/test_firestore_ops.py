@@ -24,8 +24,10 @@ SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
 IMAGES = 50
 
 # Firestore operations per image, per lane, as measured for docs/cost.md ("Measured"), plus ~10%.
+# The interactive reads include views cached per instance for a second or two (usage totals,
+# breaker, model halts): a slower run pays them more often, hence their wider margin.
 CEILINGS = {
-    "interactive": {"reads": 17.0, "writes": 11.3, "deletes": 0},
+    "interactive": {"reads": 19.0, "writes": 11.3, "deletes": 0},
     "batch": {"reads": 5.4, "writes": 2.9, "deletes": 0},
 }
 # A status read (GET /v1/jobs/{id}?page_size=10): the job, the counter shards read twice (by

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     usage_counter_shards: int = Field(16, ge=1, le=500)
 
     idempotency_ttl_seconds: float = Field(86_400.0, gt=0)
+    records_retention_days: int = Field(
+        30, ge=1, description="jobs, items, batch intents, events, pool entries and daily usage counters get an "
+        "expire_at this many days out (usage: after their day), and Firestore's TTL policies delete them then"
+    )
     idempotency_takeover_seconds: float = Field(
         120.0, gt=0, description="a submission silent this long is finished by its key's next attempt"
     )

@@ -31,17 +31,27 @@ def instance_id() -> str:
 
 
 @functools.cache
+def firestore_ops():
+    """The running count of this instance's Firestore reads, writes and deletes (docs/cost.md)."""
+    from adapters.firestore_ops import FirestoreOps
+
+    return FirestoreOps()
+
+
+@functools.cache
 def firestore_client():
     from google.cloud import firestore
 
-    return firestore.Client(project=settings().google_cloud_project)
+    from adapters.firestore_ops import count_ops
+
+    return count_ops(firestore.Client(project=settings().google_cloud_project), firestore_ops())
 
 
 @functools.cache
 def job_store():
     from adapters.firestore_store import FirestoreJobStore
 
-    return FirestoreJobStore(firestore_client())
+    return FirestoreJobStore(firestore_client(), retention_days=settings().records_retention_days)
 
 
 @functools.cache
@@ -216,7 +226,8 @@ def accounting():
 
     s = settings()
     return Accounting(
-        store=FirestoreCounterStore(firestore_client(), shards=s.usage_counter_shards),
+        store=FirestoreCounterStore(firestore_client(), shards=s.usage_counter_shards,
+                                    retention_days=s.records_retention_days),
         clock=clock(),
         prices=prices(s),
         limits=DailyLimits(s.daily_request_quota, s.daily_image_quota, s.daily_budget_usd),
@@ -255,7 +266,8 @@ def pool_store():
 
     if not settings().batch_lane_enabled:
         return None
-    return FirestorePoolStore(firestore_client(), job_store())
+    return FirestorePoolStore(firestore_client(), job_store(),
+                              retention_days=settings().records_retention_days)
 
 
 @functools.cache
@@ -289,7 +301,7 @@ def job_events():
     s = settings()
     publisher = pubsub_publisher()
     return CompletionEvents(
-        store=FirestoreEventStore(firestore_client()),
+        store=FirestoreEventStore(firestore_client(), retention_days=s.records_retention_days),
         publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
                                        timeout=s.webhook_timeout_seconds),
         webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),

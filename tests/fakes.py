@@ -59,7 +59,7 @@ class InMemoryJobStore:
             self.items.setdefault(job.job_id, {})
             return True
 
-    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+    def create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None = None) -> None:
         with self.lock:
             found = self.items.setdefault(job_id, {})
             for it in items:

@@ -11,18 +11,22 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore_store import take_lease, update_if_leased
+from adapters.firestore_store import _ts, take_lease, update_if_leased
 from core.events import Event, EventState
+from core.retention import expire_at
 
 
 class FirestoreEventStore:
-    def __init__(self, client: firestore.Client, collection: str = "events") -> None:
+    def __init__(self, client: firestore.Client, collection: str = "events", retention_days: int = 30) -> None:
         self.db = client
         self.events = client.collection(collection)
+        self.retention_days = retention_days
 
     def create_event(self, event: Event) -> bool:
+        # expire_at: the TTL policy on events deletes it RECORDS_RETENTION_DAYS after its creation.
+        data = {**event.to_dict(), "expire_at": _ts(expire_at(event.created_at, self.retention_days))}
         try:
-            self.events.document(event.event_id).create(event.to_dict())
+            self.events.document(event.event_id).create(data)
             return True
         except gexc.Conflict:  # AlreadyExists
             return False

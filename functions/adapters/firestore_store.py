@@ -4,6 +4,8 @@ Layout:
   jobs/{job_id}                       the job (written at submit and at a few transitions)
   jobs/{job_id}/items/{item_key}      one document per image: each is written by one worker at a
                                       time, so no document sees more than a few writes per second
+  jobs/{job_id}/item_counts/{n}       the job's item counts by state, in COUNT_SHARDS shards
+                                      (core/item_counts.py), changed with every item state change
   batches/{intent_id}                 one batch intent: recorded before the Gemini batch exists
   ratelimit/{limiter_id}              blocked_until, written only when a 429 pushes everyone back
   ratelimit/{limiter_id}/slots/{n}    one create-only document per send slot (TTL on expire_at)
@@ -12,6 +14,10 @@ Layout:
   usage/{day}/shards/{n}              daily counters, sharded: increments spread over n documents
   pool/{job_id}~{key}                 the pending-batch pool's index of diverted items
   idempotency/{key_id}                Idempotency-Key records (TTL on expires_at)
+
+Every document of a collection that grows with use carries expire_at, a Timestamp that the
+TTL policies of infra/terraform/firestore.tf act on: RETENTION_DAYS (RECORDS_RETENTION_DAYS)
+after the job's submission for a job, its items, counts, intents and events.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from core.item_counts import add_deltas, count_deltas, shard_of, totals
 from core.models import (
     ACTIVE_INTENT_STATES,
     BatchIntent,
@@ -35,10 +42,19 @@ from core.models import (
     TERMINAL_JOB_STATUSES,
 )
 from core.ratelimit import spend_after
+from core.retention import day_expire_at, expire_at
 
 # Firestore accepts at most 500 writes in one batch.
 _BATCH_LIMIT = 500
 _PARALLEL_COMMITS = 8
+# A job's item counts live in this many shards. A state change writes one of them, and an image
+# makes two or three (queued -> running -> succeeded); Firestore's best practices keep a
+# document's sustained writes near one per second
+# (https://firebase.google.com/docs/firestore/best-practices, "Hotspots"), which one counter per
+# job would pass when a job's images finish faster than one every two seconds. Four shards take a
+# job to about two images a second sustained, more in bursts, and a status read costs four
+# reads. Jobs remember nothing of this number: changing it orphans the counts of existing jobs.
+COUNT_SHARDS = 4
 
 
 def _ts(epoch: float) -> dt.datetime:
@@ -46,19 +62,29 @@ def _ts(epoch: float) -> dt.datetime:
 
 
 class FirestoreJobStore:
-    def __init__(self, client: firestore.Client, collection: str = "jobs", intents: str = "batches") -> None:
+    def __init__(self, client: firestore.Client, collection: str = "jobs", intents: str = "batches",
+                 retention_days: int = 30) -> None:
         self.db = client
         self.jobs = client.collection(collection)
         self.intents = client.collection(intents)
+        self.retention_days = retention_days
 
     def _items(self, job_id: str):
         return self.jobs.document(job_id).collection("items")
 
+    def _counts(self, job_id: str):
+        return self.jobs.document(job_id).collection("item_counts")
+
+    def _expire(self, start: float) -> dt.datetime:
+        return _ts(expire_at(start, self.retention_days))
+
+    def _job_doc(self, job: Job) -> dict:
+        return {**job.to_dict(), "expire_at": self._expire(job.created_at)}
+
     def create_job(self, job: Job, items: Sequence[Item]) -> None:
         # Items first, job last: a reader that finds the job document finds all its items.
-        items_ref = self._items(job.job_id)
-        self._write_all([(items_ref.document(item.key), item.to_dict()) for item in items])
-        self.jobs.document(job.job_id).create(job.to_dict())
+        self._create_items(job.job_id, items, job.created_at, keep_existing=False)
+        self.jobs.document(job.job_id).create(self._job_doc(job))
 
     def get_job(self, job_id: str) -> Job | None:
         snap = self.jobs.document(job_id).get()
@@ -66,14 +92,25 @@ class FirestoreJobStore:
 
     def create_job_doc(self, job: Job) -> bool:
         try:
-            self.jobs.document(job.job_id).create(job.to_dict())
+            self.jobs.document(job.job_id).create(self._job_doc(job))
             return True
         except gexc.Conflict:
             return False
 
-    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
+    def create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None = None) -> None:
+        self._create_items(job_id, items, job_created_at, keep_existing=True)
+
+    def _create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None,
+                      keep_existing: bool) -> None:
+        """Each item with its counter shard and the job's expire_at (its own creation time when
+        the job's is not given); each batch with the counts of the items it creates."""
         items_ref = self._items(job_id)
-        self._write_all([(items_ref.document(item.key), item.to_dict()) for item in items], keep_existing=True)
+        docs = []
+        for item in items:
+            data = {**item.to_dict(), "count_shard": shard_of(item.key, COUNT_SHARDS),
+                    "expire_at": self._expire(item.updated_at if job_created_at is None else job_created_at)}
+            docs.append((items_ref.document(item.key), data))
+        self._write_all(docs, keep_existing=keep_existing, counted=job_id)
 
     def finish_accepting(self, job_id: str, now: float) -> bool:
         return self._accepting_cas(job_id, lambda data: {"status": JobStatus.QUEUED.value, "updated_at": now})
@@ -113,8 +150,16 @@ class FirestoreJobStore:
         return [Item.from_dict(s.to_dict()) for s in query.limit(limit).stream()]
 
     def count_items(self, job_id: str) -> dict[ItemState, int]:
-        # Counts come from aggregation queries over the items, never from a counter on the
-        # job document, which would be written once per item (a hot document).
+        shards = self._count_shards(job_id)
+        return totals(shards)[0] if shards else self._count_by_queries(job_id)
+
+    def _count_shards(self, job_id: str) -> list[dict]:
+        """The job's counter shards; none for a job whose items were written before counts were
+        kept (or that has no item yet), which the count() queries answer instead."""
+        refs = [self._counts(job_id).document(str(n)) for n in range(COUNT_SHARDS)]
+        return [s.to_dict() for s in self.db.get_all(refs) if s.exists]
+
+    def _count_by_queries(self, job_id: str) -> dict[ItemState, int]:
         counts = {}
         for state in ItemState:
             query = self._items(job_id).where(filter=FieldFilter("state", "==", state.value))
@@ -126,6 +171,39 @@ class FirestoreJobStore:
         unfinished = [ItemState.QUEUED.value, ItemState.RUNNING.value]
         query = self._items(job_id).where(filter=FieldFilter("state", "in", unfinished)).limit(1)
         return any(True for _ in query.stream())
+
+    def _change_item(self, job_id: str, key: str, decide: Callable[[dict | None], dict | None],
+                     attempts: int = 5) -> bool:
+        """compare_and_set for an item, its counter shard moved in the same atomic batch: the
+        item's write is conditional on the version read, and the counts move by what changed
+        between that version and the new one, so a repeated change moves nothing twice."""
+        ref = self._items(job_id).document(key)
+        for _ in range(attempts):
+            snap = ref.get()
+            before = snap.to_dict() if snap.exists else None
+            updates = decide(before)
+            if updates is None or before is None:
+                return False
+            batch = self.db.batch()
+            batch.update(ref, updates, option=self.db.write_option(last_update_time=snap.update_time))
+            self._move_counts(batch, job_id, {before.get("count_shard"): count_deltas(before, {**before, **updates})})
+            try:
+                batch.commit()
+                return True
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                continue
+        return False
+
+    def _move_counts(self, batch, job_id: str, deltas_by_shard: dict, expire: dt.datetime | None = None) -> None:
+        """Add the counter increments to `batch`. Items written before counts were kept have no
+        shard (None): their job is counted by queries."""
+        for shard, deltas in deltas_by_shard.items():
+            if shard is None or not (deltas or expire):
+                continue
+            update: dict = {field: firestore.Increment(n) for field, n in deltas.items()}
+            if expire is not None:
+                update["expire_at"] = expire
+            batch.set(self._counts(job_id).document(str(shard)), update, merge=True)
 
     def claim_item(
         self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
@@ -149,10 +227,11 @@ class FirestoreJobStore:
             claimed[:] = [Item.from_dict({**data, **updates})]
             return updates
 
-        return claimed[0] if compare_and_set(self.db, self._items(job_id).document(key), decide) else None
+        return claimed[0] if self._change_item(job_id, key, decide) else None
 
     def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
-        return update_if_leased(self.db, self._items(job_id).document(key), owner, updates)
+        return self._change_item(job_id, key, lambda data: (
+            updates if data is not None and data.get("lease_owner") == owner else None))
 
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
@@ -212,9 +291,12 @@ class FirestoreJobStore:
         def decide(data: dict | None) -> dict | None:
             return updates if data is not None and data.get("state") == expected.value else None
 
-        return compare_and_set(self.db, self._items(job_id).document(key), decide)
+        return self._change_item(job_id, key, decide)
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]:
+        shards = self._count_shards(job_id)
+        if shards:
+            return totals(shards)[1]
         # Two equality filters: Firestore merges the single-field indexes, no composite needed.
         out = {}
         for lane in ("interactive", "batch"):
@@ -235,15 +317,19 @@ class FirestoreJobStore:
 
     # --- BatchStore ----------------------------------------------------------------------
 
+    def _intent_doc(self, intent: BatchIntent) -> dict:
+        return {**intent.to_dict(), "expire_at": self._expire(intent.created_at)}
+
     def create_intent(self, intent: BatchIntent) -> bool:
         try:
-            self.intents.document(intent.intent_id).create(intent.to_dict())
+            self.intents.document(intent.intent_id).create(self._intent_doc(intent))
             return True
         except gexc.Conflict:
             return False
 
     def create_intents(self, intents: Sequence[BatchIntent]) -> None:
-        self._write_all([(self.intents.document(i.intent_id), i.to_dict()) for i in intents], keep_existing=True)
+        self._write_all([(self.intents.document(i.intent_id), self._intent_doc(i)) for i in intents],
+                        keep_existing=True)
 
     def get_intent(self, intent_id: str) -> BatchIntent | None:
         snap = self.intents.document(intent_id).get()
@@ -268,26 +354,50 @@ class FirestoreJobStore:
 
     def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
         """Item updates and the intent's progress in one atomic batch (split past 500 writes,
-        the intent going in the last one), conditional on the lease."""
+        the intent going in the last one), conditional on the lease; the items' counts move in
+        the same batches, from the items as read, each write conditional on that version."""
+        for _ in range(5):
+            done = self._try_checkpoint(intent_id, owner, intent_updates, item_updates)
+            if done is not None:
+                return done
+        return False
+
+    def _try_checkpoint(self, intent_id: str, owner: str, intent_updates: dict,
+                        item_updates: dict[str, dict]) -> bool | None:
+        """True when written, False when the lease is lost, None when something changed between
+        the reads and the write (try again)."""
         ref = self.intents.document(intent_id)
         snap = ref.get()
         if not snap.exists or snap.get("lease_owner") != owner:
             return False
-        items_ref = self._items(snap.get("job_id"))
-        writes = [(items_ref.document(key), updates) for key, updates in item_updates.items()]
-        step = _BATCH_LIMIT - 1  # room for the intent in the last batch
-        chunks = [writes[i : i + step] for i in range(0, len(writes), step)] or [[]]
-        for chunk in chunks[:-1]:
-            # Item results are idempotent: after a crash they are simply written again.
-            self._update_all(chunk)
-        batch = self.db.batch()
-        for doc, updates in chunks[-1]:
-            batch.update(doc, updates)
-        batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
+        job_id = snap.get("job_id")
+        items_ref = self._items(job_id)
+        refs = [items_ref.document(k) for k in item_updates]
+        found = {s.id: s for s in self.db.get_all(refs) if s.exists} if refs else {}
+        missing = [k for k in item_updates if k not in found]
+        if missing:
+            raise gexc.NotFound(f"items {missing[:5]} of job {job_id} do not exist")
+        keys = list(item_updates)
+        step = _BATCH_LIMIT - 1 - COUNT_SHARDS  # room for the counters and the intent in each batch
+        chunks = [keys[i : i + step] for i in range(0, len(keys), step)] or [[]]
         try:
-            batch.commit()
+            for n, chunk in enumerate(chunks):
+                # Earlier chunks go alone: item results are idempotent, and after a crash they
+                # are written again (moving no count: the items read as already changed).
+                batch = self.db.batch()
+                deltas: dict = {}
+                for key in chunk:
+                    before, updates = found[key].to_dict(), item_updates[key]
+                    batch.update(items_ref.document(key), updates,
+                                 option=self.db.write_option(last_update_time=found[key].update_time))
+                    moved = count_deltas(before, {**before, **updates})
+                    add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
+                self._move_counts(batch, job_id, deltas)
+                if n == len(chunks) - 1:
+                    batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
+                batch.commit()
         except (gexc.FailedPrecondition, gexc.Conflict):
-            return False
+            return None
         return True
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
@@ -295,42 +405,48 @@ class FirestoreJobStore:
         found = {s.id: Item.from_dict(s.to_dict()) for s in self.db.get_all(refs) if s.exists}
         return [found[k] for k in keys if k in found]
 
-    def _write_all(self, docs: list, keep_existing: bool = False) -> None:
+    def _write_all(self, docs: list, keep_existing: bool = False, counted: str | None = None) -> None:
         """Create documents in batches of 500, several batches at a time (a 10,000-item job
         is 20 commits: in parallel they take a fraction of the time).
 
         `keep_existing`, for documents an earlier attempt may have written: a batch that meets
         an existing document fails as a whole (create is atomic per batch), and is redone one
-        document at a time, keeping the existing ones (same job id, same request)."""
+        document at a time, keeping the existing ones (same job id, same request).
 
-        def commit(chunk: list) -> None:
+        `counted`: the docs are items of this job, and each batch also counts the items it
+        creates (so an item that already existed is not counted again)."""
+
+        def creating(chunk: list):
             batch = self.db.batch()
+            deltas: dict = {}
             for ref, data in chunk:
                 batch.create(ref, data)
+                if counted:
+                    add_deltas(deltas.setdefault(data["count_shard"], {}), count_deltas(None, data))
+            if counted and chunk:
+                self._move_counts(batch, counted, deltas, expire=chunk[0][1]["expire_at"])
+            return batch
+
+        def commit(chunk: list) -> None:
             try:
-                batch.commit()
+                creating(chunk).commit()
             except gexc.Conflict:
                 if not keep_existing:
                     raise
-                for ref, data in chunk:
+                for one in chunk:
                     try:
-                        ref.create(data)
+                        creating([one]).commit()
                     except gexc.Conflict:
                         pass
 
-        chunks = [docs[i : i + _BATCH_LIMIT] for i in range(0, len(docs), _BATCH_LIMIT)]
+        size = _BATCH_LIMIT - (COUNT_SHARDS if counted else 0)
+        chunks = [docs[i : i + size] for i in range(0, len(docs), size)]
         if len(chunks) <= 1:
             for chunk in chunks:
                 commit(chunk)
             return
         with ThreadPoolExecutor(min(_PARALLEL_COMMITS, len(chunks))) as pool:
             list(pool.map(commit, chunks))  # list(): re-raise the first failure
-
-    def _update_all(self, docs: list) -> None:
-        batch = self.db.batch()
-        for ref, updates in docs:
-            batch.update(ref, updates)
-        batch.commit()
 
     def _transition(
         self, job_id: str, status: JobStatus, now: float,
@@ -441,10 +557,12 @@ class FirestoreCounterStore:
     """Daily counters as sharded documents: every add() increments one random shard with
     server-side increments (no read), so with n shards each document sees 1/n of the writes."""
 
-    def __init__(self, client: firestore.Client, shards: int = 16, collection: str = "usage") -> None:
+    def __init__(self, client: firestore.Client, shards: int = 16, collection: str = "usage",
+                 retention_days: int = 30) -> None:
         self.db = client
         self.shards = shards
         self.days = client.collection(collection)
+        self.retention_days = retention_days
 
     def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
             by_tenant: dict[str, dict[str, float]] | None = None) -> None:
@@ -454,6 +572,7 @@ class FirestoreCounterStore:
         if by_tenant:  # tenant names are [a-z0-9_-]: safe as map keys (core/tenants.py)
             update["by_tenant"] = {tenant: {name: firestore.Increment(v) for name, v in counters.items()}
                                    for tenant, counters in by_tenant.items()}
+        update["expire_at"] = _ts(day_expire_at(day, self.retention_days))  # the same for the whole day
         shard = self.days.document(day).collection("shards").document(str(random.randrange(self.shards)))
         shard.set(update, merge=True)
 
@@ -477,15 +596,18 @@ class FirestoreCounterStore:
 class FirestorePoolStore:
     """The pending-batch pool's entries; the items themselves live under their jobs."""
 
-    def __init__(self, client: firestore.Client, jobs: FirestoreJobStore, collection: str = "pool") -> None:
+    def __init__(self, client: firestore.Client, jobs: FirestoreJobStore, collection: str = "pool",
+                 retention_days: int = 30) -> None:
         self.db = client
         self.jobs = jobs
         self.entries = client.collection(collection)
+        self.retention_days = retention_days
 
     def add(self, entry) -> None:
         try:
             self.entries.document(f"{entry.job_id}~{entry.key}").create(
-                {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at, "urgent": entry.urgent})
+                {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at, "urgent": entry.urgent,
+                 "expire_at": _ts(expire_at(entry.pooled_at, self.retention_days))})
         except gexc.Conflict:
             pass
 

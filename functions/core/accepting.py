@@ -38,7 +38,7 @@ def record_job(
     """Write whatever of the job is missing: the job document (accepting), its items, and for
     the batch lane its intents. Returns the job's first-attempt intents, recorded before or now."""
     store.create_job_doc(job)  # False: an earlier attempt wrote it, and we finish its work
-    store.create_items(job.job_id, items)
+    store.create_items(job.job_id, items, job_created_at=job.created_at)  # they expire with the job
     if intents is None:
         return []
     existing = [i for i in intents.intents_of_job(job.job_id) if i.attempt == 1]

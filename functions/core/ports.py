@@ -27,8 +27,9 @@ class JobStore(Protocol):
     def create_job_doc(self, job: Job) -> bool:
         """Create-only: False when the job document exists."""
 
-    def create_items(self, job_id: str, items: Sequence[Item]) -> None:
-        """Create the items that are absent; existing ones (an earlier attempt's) are kept."""
+    def create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None = None) -> None:
+        """Create the items that are absent; existing ones (an earlier attempt's) are kept.
+        `job_created_at`: when their job was submitted, which their retention counts from."""
 
     def finish_accepting(self, job_id: str, now: float) -> bool:
         """accepting -> queued; False when the job is not accepting (any more)."""

@@ -177,6 +177,19 @@ resource "google_firestore_field" "usage_shard_expiry" {
   depends_on = [google_firestore_field.pool_expiry]
 }
 
+# jobs/{id}/item_counts/{n}: a job's item counts by state, a few shards per job.
+resource "google_firestore_field" "item_count_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "item_counts"
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_field.usage_shard_expiry]
+}
+
 # The poller's sweep of stuck interactive items (usecases.redrive_stuck_items): a query over
 # the items of every job (collection group "items") with equalities on lane and state and a
 # range on lease_expires_at or updated_at. Collection-group scope and several fields need
@@ -202,7 +215,7 @@ resource "google_firestore_index" "items_stale_leases" {
   }
 
   # After the field changes, which this database applies one at a time.
-  depends_on = [google_firestore_field.usage_shard_expiry]
+  depends_on = [google_firestore_field.item_count_expiry]
 }
 
 resource "google_firestore_index" "items_stale_queued" {

@@ -25,11 +25,11 @@ class HookedStore(InMemoryJobStore):
         self.before_flip = None
         self.die_after_items = None
 
-    def create_items(self, job_id, items):
+    def create_items(self, job_id, items, job_created_at=None):
         if self.die_after_items is not None:
-            super().create_items(job_id, items[: self.die_after_items])
+            super().create_items(job_id, items[: self.die_after_items], job_created_at)
             raise Died()
-        super().create_items(job_id, items)
+        super().create_items(job_id, items, job_created_at)
 
     def finish_accepting(self, job_id, now):
         if self.before_flip is not None:

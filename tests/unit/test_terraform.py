@@ -31,9 +31,6 @@ DEPLOYING_MD = ROOT / "docs" / "deploying.md"
 RUNTIME_VARS = {
     "GEMINI_API_KEY": "google-genai (and Settings, to fingerprint batches)",
     "THREADS": "functions-framework: gunicorn threads per instance",
-    # How far out the functions set expire_at on the records the TTL policies delete
-    # (firestore.tf, infra/terraform/README.md "Retention"); set ahead of the code that reads it.
-    "RECORDS_RETENTION_DAYS": "the expire_at the functions write on growing collections",
 }
 
 _OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)

@@ -205,9 +205,15 @@ def _submit_batches(job: Job, items: list[Item], intents: list, batch: BatchLane
             log.info("job %s: leaving the remaining batches to the poller", job.job_id)
             break
         try:
-            batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
+            submitted = batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
         except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
             log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
+            continue
+        if submitted is not None and batch.waiting(submitted):
+            # Gemini answered 429: the other batches would get one each. The poller creates
+            # them once the wait is over.
+            log.info("job %s: batch quota reached; leaving the remaining batches to the poller", job.job_id)
+            break
 
 
 def submit_once(

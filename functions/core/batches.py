@@ -45,10 +45,12 @@ _RESULTS_ERRORS_BEFORE_RESUBMIT = 3
 # batch even if the service read its input only when it runs.
 INPUT_FILE_REUSE_SECONDS = 24 * 3600.0
 # After a 429 without a retryDelay (batch creates past quota carry none: a Help link only, see
-# infra/gemini_emulator/README.md), the intent waits this long, doubling per 429 in a row up to
-# the cap, with jitter so that intents refused together do not come back together.
+# infra/gemini_emulator/README.md), the intent waits this long (the default), doubling per 429
+# in a row up to this many times it, with jitter so that intents refused together do not come
+# back together.
 QUOTA_BACKOFF_SECONDS = 60.0
-QUOTA_BACKOFF_MAX_SECONDS = 1800.0
+QUOTA_BACKOFF_MAX_FACTOR = 30
+QUOTA_BACKOFF_MAX_SECONDS = QUOTA_BACKOFF_SECONDS * QUOTA_BACKOFF_MAX_FACTOR
 
 TERMINAL_BATCH_STATES = {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 
@@ -83,12 +85,12 @@ def retry_intent_id(intent: BatchIntent) -> str:
     return f"{base}-a{intent.attempt + 1}"
 
 
-def quota_backoff(waits: int, retry_delay: float | None) -> float:
+def quota_backoff(waits: int, retry_delay: float | None, base: float = QUOTA_BACKOFF_SECONDS) -> float:
     """Seconds to wait after the `waits`-th 429 in a row: the answer's retryDelay when it has
-    one, otherwise exponential with equal jitter (between half the step and the step)."""
+    one, otherwise exponential from `base` with equal jitter (between half the step and the step)."""
     if retry_delay is not None:
         return retry_delay
-    step = min(QUOTA_BACKOFF_MAX_SECONDS, QUOTA_BACKOFF_SECONDS * 2 ** min(waits - 1, 16))
+    step = min(base * QUOTA_BACKOFF_MAX_FACTOR, base * 2 ** min(waits - 1, 16))
     return random.uniform(step / 2, step)
 
 
@@ -111,6 +113,7 @@ class BatchLane:
         max_attempts: int,
         max_submit_failures: int = 3,
         checkpoint_lines: int = 200,
+        quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS,
         upload_concurrency: int = 4,
         image_size_for: Callable[[str, str], str | None],
         compose_prompt: Callable[[Item], str],
@@ -125,6 +128,7 @@ class BatchLane:
         self.max_attempts = max_attempts
         self.max_submit_failures = max_submit_failures
         self.checkpoint_lines = checkpoint_lines
+        self.quota_backoff_seconds = quota_backoff_seconds
         self.upload_concurrency = upload_concurrency
         self.image_size_for = image_size_for
         self.compose_prompt = compose_prompt
@@ -170,7 +174,7 @@ class BatchLane:
         created, no item attempt is used up and the uploaded input is kept for the next try.
         The intent records when that is, and ticks before then leave it alone."""
         waits = intent.quota_waits + 1
-        delay = quota_backoff(waits, error.retry_delay)
+        delay = quota_backoff(waits, error.retry_delay, self.quota_backoff_seconds)
         until = self.clock.now() + delay
         log.warning("intent %s: Gemini refused the batch for quota (%d in a row); next try in %.0f s: %s",
                     intent.intent_id, waits, delay, error.reason,

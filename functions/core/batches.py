@@ -51,6 +51,9 @@ INPUT_FILE_REUSE_SECONDS = 24 * 3600.0
 QUOTA_BACKOFF_SECONDS = 60.0
 QUOTA_BACKOFF_MAX_FACTOR = 30
 QUOTA_BACKOFF_MAX_SECONDS = QUOTA_BACKOFF_SECONDS * QUOTA_BACKOFF_MAX_FACTOR
+# A retryDelay is honoured up to a day: a per-day quota resets within one, and a garbled or
+# hostile answer must not park a batch for weeks.
+MAX_RETRY_DELAY_SECONDS = 24 * 3600.0
 
 TERMINAL_BATCH_STATES = {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 
@@ -89,7 +92,7 @@ def quota_backoff(waits: int, retry_delay: float | None, base: float = QUOTA_BAC
     """Seconds to wait after the `waits`-th 429 in a row: the answer's retryDelay when it has
     one, otherwise exponential from `base` with equal jitter (between half the step and the step)."""
     if retry_delay is not None:
-        return retry_delay
+        return min(retry_delay, MAX_RETRY_DELAY_SECONDS)
     step = min(base * QUOTA_BACKOFF_MAX_FACTOR, base * 2 ** min(waits - 1, 16))
     return random.uniform(step / 2, step)
 

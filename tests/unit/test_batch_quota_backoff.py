@@ -2,7 +2,7 @@
 jitter), keeps its uploaded input, uses up no attempt, and ticks before then leave it alone."""
 import pytest
 
-from core.batches import QUOTA_BACKOFF_MAX_SECONDS, QUOTA_BACKOFF_SECONDS, quota_backoff
+from core.batches import MAX_RETRY_DELAY_SECONDS, QUOTA_BACKOFF_MAX_SECONDS, QUOTA_BACKOFF_SECONDS, quota_backoff
 from core.errors import PermissionDenied, QuotaExceeded
 from core.models import IntentState, ItemState, JobStatus
 from tests.unit.test_batches import Env
@@ -84,6 +84,7 @@ def test_without_a_retry_delay_the_wait_doubles_with_jitter_up_to_the_cap():
 def test_the_backoff_takes_the_retry_delay_as_given():
     assert quota_backoff(1, 47.2) == 47.2
     assert quota_backoff(9, 0.0) == 0.0
+    assert quota_backoff(1, 40 * 86400.0) == MAX_RETRY_DELAY_SECONDS  # a day at most
     for waits in (1, 2, 3, 30, 1000):
         step = min(QUOTA_BACKOFF_MAX_SECONDS, QUOTA_BACKOFF_SECONDS * 2 ** (waits - 1))
         assert step / 2 <= quota_backoff(waits, None) <= step

@@ -163,8 +163,8 @@ class BatchLane:
 
     def waiting(self, intent: BatchIntent) -> bool:
         """Whether the intent's batch is still to be created and a 429 told it to wait."""
-        return (intent.state in (IntentState.PENDING, IntentState.CREATING)
-                and intent.next_attempt_at is not None and self.clock.now() < intent.next_attempt_at)
+        return (self._unsubmitted(intent) and intent.next_attempt_at is not None
+                and self.clock.now() < intent.next_attempt_at)
 
     def _submit(self, intent: BatchIntent, owner: str, known: Sequence[Item] | None = None) -> BatchIntent:
         try:

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
         300.0, gt=0, description="how long a poller owns a batch; above the budget"
     )
     batch_checkpoint_lines: int = Field(200, ge=1)
+    batch_quota_backoff_seconds: float = Field(
+        60.0, gt=0, description="first wait after a 429 on batch upload or create that gives no retryDelay; "
+        "doubles per 429 in a row, up to 30 times this"
+    )
     batch_upload_concurrency: int = Field(4, ge=1, description="image uploads in flight while ingesting")
     batch_submit_budget_seconds: float = Field(
         3.0, ge=0, description="time the API spends creating batches before leaving them to the poller"

@@ -439,7 +439,7 @@ def scheduled_poller(request):
     resumed = usecases.resume_restored_models(model_halts=wiring.model_halts(), store=wiring.job_store(),
                                               queue=wiring.work_queue())
     finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
-                                               events=wiring.job_events())
+                                               events=wiring.job_events(), deadline=deadline)
     summary = {"abandoned_accepts": accepts, "republished_jobs": republished, "stuck_items": stuck,
                "dead_letters": dead, "pool": pooled, "batches": batches,
                "events": events, "finalized_jobs": finalized, "models": models, "resumed": resumed}

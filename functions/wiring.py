@@ -161,6 +161,7 @@ def batch_lane():
         lease_seconds=s.batch_lease_seconds,
         max_attempts=s.batch_max_attempts,
         checkpoint_lines=s.batch_checkpoint_lines,
+        quota_backoff_seconds=s.batch_quota_backoff_seconds,
         upload_concurrency=s.batch_upload_concurrency,
         accounting=accounting(),
         model_halts=model_halts(),

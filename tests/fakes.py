@@ -162,8 +162,10 @@ class InMemoryJobStore:
                          manifest_uri=None, updated_at=now)
         return self.get_job(job_id)
 
-    def running_jobs(self, limit: int) -> list[Job]:
-        return [Job.from_dict(copy.deepcopy(d)) for d in self.jobs.values() if d["status"] == "running"][:limit]
+    def running_jobs(self, limit: int, after: str | None = None) -> list[Job]:
+        found = sorted((d for d in self.jobs.values() if d["status"] == "running"
+                        and (after is None or d["job_id"] > after)), key=lambda d: d["job_id"])
+        return [Job.from_dict(copy.deepcopy(d)) for d in found[:limit]]
 
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs[job_id].update(published=False, updated_at=now)

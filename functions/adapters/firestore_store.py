@@ -263,9 +263,15 @@ class FirestoreJobStore:
         compare_and_set(self.db, self.jobs.document(job_id), decide)
         return self.get_job(job_id)
 
-    def running_jobs(self, limit: int) -> list[Job]:
-        query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.RUNNING.value)).limit(limit)
-        return [Job.from_dict(s.to_dict()) for s in query.stream()]
+    def running_jobs(self, limit: int, after: str | None = None) -> list[Job]:
+        # Documents come in id order by default
+        # (https://firebase.google.com/docs/firestore/query-data/order-limit-data); it is named
+        # for the cursor, which the single-field index on status still serves.
+        query = (self.jobs.where(filter=FieldFilter("status", "==", JobStatus.RUNNING.value))
+                 .order_by("__name__"))
+        if after is not None:
+            query = query.start_after({"__name__": after})
+        return [Job.from_dict(s.to_dict()) for s in query.limit(limit).stream()]
 
     def expired_leases(self, before: float, limit: int) -> list[Item]:
         return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)

@@ -10,11 +10,14 @@ same batch twice, and ingestion checkpoints its progress so a killed poller resu
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from core.errors import GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied
+from core.errors import (
+    GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
+)
 from core import images
 from core.jsonl import LineSplitter, image_facts, parse_result_line, request_line, stored_metadata
 from core.models import (
@@ -34,6 +37,23 @@ log = logging.getLogger(__name__)
 # Successive ticks that must find a SUCCEEDED batch's results file gone before its unfinished
 # items are resubmitted.
 _RESULTS_ERRORS_BEFORE_RESUBMIT = 3
+
+# A retried create reuses the input file it uploaded while the file is younger than this. Files
+# API files are deleted 48 h after upload (https://ai.google.dev/gemini-api/docs/files: "Files
+# are stored for 48 hours"), and a batch's target turnaround is 24 h
+# (https://ai.google.dev/gemini-api/docs/batch-mode): a file at most 24 h old outlives the
+# batch even if the service read its input only when it runs.
+INPUT_FILE_REUSE_SECONDS = 24 * 3600.0
+# After a 429 without a retryDelay (batch creates past quota carry none: a Help link only, see
+# infra/gemini_emulator/README.md), the intent waits this long (the default), doubling per 429
+# in a row up to this many times it, with jitter so that intents refused together do not come
+# back together.
+QUOTA_BACKOFF_SECONDS = 60.0
+QUOTA_BACKOFF_MAX_FACTOR = 30
+QUOTA_BACKOFF_MAX_SECONDS = QUOTA_BACKOFF_SECONDS * QUOTA_BACKOFF_MAX_FACTOR
+# A retryDelay is honoured up to a day: a per-day quota resets within one, and a garbled or
+# hostile answer must not park a batch for weeks.
+MAX_RETRY_DELAY_SECONDS = 24 * 3600.0
 
 TERMINAL_BATCH_STATES = {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"}
 
@@ -68,6 +88,15 @@ def retry_intent_id(intent: BatchIntent) -> str:
     return f"{base}-a{intent.attempt + 1}"
 
 
+def quota_backoff(waits: int, retry_delay: float | None, base: float = QUOTA_BACKOFF_SECONDS) -> float:
+    """Seconds to wait after the `waits`-th 429 in a row: the answer's retryDelay when it has
+    one, otherwise exponential from `base` with equal jitter (between half the step and the step)."""
+    if retry_delay is not None:
+        return min(retry_delay, MAX_RETRY_DELAY_SECONDS)
+    step = min(base * QUOTA_BACKOFF_MAX_FACTOR, base * 2 ** min(waits - 1, 16))
+    return random.uniform(step / 2, step)
+
+
 class _Pause(Exception):
     """Raised inside the results stream when the time budget is spent."""
 
@@ -87,6 +116,7 @@ class BatchLane:
         max_attempts: int,
         max_submit_failures: int = 3,
         checkpoint_lines: int = 200,
+        quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS,
         upload_concurrency: int = 4,
         image_size_for: Callable[[str, str], str | None],
         compose_prompt: Callable[[Item], str],
@@ -101,6 +131,7 @@ class BatchLane:
         self.max_attempts = max_attempts
         self.max_submit_failures = max_submit_failures
         self.checkpoint_lines = checkpoint_lines
+        self.quota_backoff_seconds = quota_backoff_seconds
         self.upload_concurrency = upload_concurrency
         self.image_size_for = image_size_for
         self.compose_prompt = compose_prompt
@@ -119,9 +150,10 @@ class BatchLane:
         intent = self.store.claim_intent(intent_id, owner, self.clock.now(), self.lease_seconds)
         if intent is None:
             return None
-        if intent.state not in (IntentState.PENDING, IntentState.CREATING):
+        if intent.state not in (IntentState.PENDING, IntentState.CREATING) or self.waiting(intent):
             # Its batch exists: a resumed submission (Idempotency-Key takeover) or a poller got
-            # here first, and creating another would bill every item twice.
+            # here first, and creating another would bill every item twice. Or Gemini said
+            # "not now" (429) and the time it gave has not come.
             self._release(intent, owner)
             return intent
         try:
@@ -129,7 +161,32 @@ class BatchLane:
         finally:
             self._release(intent, owner)
 
+    def waiting(self, intent: BatchIntent) -> bool:
+        """Whether the intent's batch is still to be created and a 429 told it to wait."""
+        return (self._unsubmitted(intent) and intent.next_attempt_at is not None
+                and self.clock.now() < intent.next_attempt_at)
+
     def _submit(self, intent: BatchIntent, owner: str, known: Sequence[Item] | None = None) -> BatchIntent:
+        try:
+            return self._create(intent, owner, known)
+        except QuotaExceeded as e:
+            return self._back_off(intent, owner, e)
+
+    def _back_off(self, intent: BatchIntent, owner: str, error: QuotaExceeded) -> BatchIntent:
+        """A 429 on upload, lookup or create says "not now", not "bad batch": nothing was
+        created, no item attempt is used up and the uploaded input is kept for the next try.
+        The intent records when that is, and ticks before then leave it alone."""
+        waits = intent.quota_waits + 1
+        delay = quota_backoff(waits, error.retry_delay, self.quota_backoff_seconds)
+        until = self.clock.now() + delay
+        log.warning("intent %s: Gemini refused the batch for quota (%d in a row); next try in %.0f s: %s",
+                    intent.intent_id, waits, delay, error.reason,
+                    extra={"job_id": intent.job_id, "batch_intent": intent.intent_id, "alert": "batch_quota"})
+        self._update(intent, owner, next_attempt_at=until, quota_waits=waits, error=error.reason)
+        intent.next_attempt_at, intent.quota_waits, intent.error = until, waits, error.reason
+        return intent
+
+    def _create(self, intent: BatchIntent, owner: str, known: Sequence[Item] | None = None) -> BatchIntent:
         if intent.state is IntentState.CREATING and (adopted := self._adopt_created(intent, owner)) is not None:
             return adopted
         if known is None or intent.state is not IntentState.PENDING:
@@ -139,21 +196,18 @@ class BatchLane:
         if not items:
             self._finish(intent, owner, "nothing left to do")
             return intent
-        data = b"".join(
-            request_line(it.key, self.compose_prompt(it), it.aspect_ratio, self.image_size_for(intent.model, it.quality))
-            for it in items
-        )
-        # A refused or crashed create left its input file behind: it is not reused (it may
-        # expire before the batch runs), so it goes before a new one is uploaded.
-        self._delete_quietly(intent.input_file)
-        try:
-            input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
-        except InvalidRequest as e:
-            return self._input_refused(intent, owner, e, items)
-        self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
-                     key_fingerprint=self.api.key_fingerprint())
+        input_file = self._reusable_input(intent)
+        if input_file is None:
+            try:
+                input_file = self._upload(intent, owner, items)
+            except InvalidRequest as e:
+                return self._input_refused(intent, owner, e, items)
         try:
             info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
+        except PermissionDenied:
+            # The Files API answers 403 for a file that is gone: the next try uploads anew.
+            self._update(intent, owner, input_file=None, input_uploaded_at=None)
+            raise
         except ModelUnavailable as e:
             # The model is gone: halt it (its intents wait, nothing fails) and let the caller log.
             if self.model_halts is not None:
@@ -164,6 +218,31 @@ class BatchLane:
         intent = self._record_submitted(intent, owner, info.name, info.state)
         self._delete_quietly(input_file)  # the batch has read what it needs
         return intent
+
+    def _reusable_input(self, intent: BatchIntent) -> str | None:
+        """The input file a refused (429) or failed create left behind, if it can serve the
+        next one: uploaded with this API key (files are visible only to theirs) and young
+        enough to outlive the batch. The input of a retried intent is the same items' requests:
+        an intent's keys are fixed, and its items change only when it is cancelled."""
+        young = (intent.input_uploaded_at is not None
+                 and self.clock.now() - intent.input_uploaded_at < INPUT_FILE_REUSE_SECONDS)
+        if intent.input_file and young and intent.key_fingerprint == self.api.key_fingerprint():
+            return intent.input_file
+        return None
+
+    def _upload(self, intent: BatchIntent, owner: str, items: Sequence[Item]) -> str:
+        data = b"".join(
+            request_line(it.key, self.compose_prompt(it), it.aspect_ratio, self.image_size_for(intent.model, it.quality))
+            for it in items
+        )
+        # An input file left behind that cannot be reused goes before a new one is uploaded.
+        self._delete_quietly(intent.input_file)
+        intent.input_file = None
+        input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
+        self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
+                     input_uploaded_at=self.clock.now(), key_fingerprint=self.api.key_fingerprint())
+        intent.input_file = input_file
+        return input_file
 
     def _input_refused(self, intent: BatchIntent, owner: str, error: InvalidRequest,
                        items: Sequence[Item]) -> BatchIntent:
@@ -177,7 +256,10 @@ class BatchLane:
                   self.max_submit_failures, error.reason,
                   extra={"job_id": intent.job_id, "batch_intent": intent.intent_id, "alert": "batch_input_refused"})
         if failures < self.max_submit_failures:
-            self._update(intent, owner, submit_failures=failures, error=error.reason)
+            # A refused input is not reused: the next try uploads it again.
+            self._delete_quietly(intent.input_file)
+            self._update(intent, owner, submit_failures=failures, error=error.reason,
+                         input_file=None, input_uploaded_at=None)
             intent.submit_failures, intent.error = failures, error.reason
             return intent
         self._delete_quietly(intent.input_file)
@@ -224,18 +306,29 @@ class BatchLane:
 
     def reconcile(self, owner: str, deadline: float, limit: int = 100) -> dict[str, int]:
         """One poller tick: move every active intent forward, within the time budget."""
-        summary = {"seen": 0, "skipped": 0, "submitted": 0, "held": 0, "running": 0, "ingested": 0,
-                   "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0, "errors": 0}
+        summary = {"seen": 0, "skipped": 0, "submitted": 0, "held": 0, "backing_off": 0, "running": 0,
+                   "ingested": 0, "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0,
+                   "errors": 0}
+        refused_models: set[str] = set()  # models whose create got a 429 in this tick
         for candidate in self.store.active_intents(limit):
             if self.clock.now() >= deadline:
                 break
             summary["seen"] += 1
+            if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
+                # Not even a lease: a write per tick per waiting intent would buy nothing. The
+                # batch quotas are per model or per project, so after one 429 the model's other
+                # new batches wait for the next tick rather than collect a 429 each.
+                summary["backing_off"] += 1
+                continue
             intent = self.store.claim_intent(candidate.intent_id, owner, self.clock.now(), self.lease_seconds)
             if intent is None:
                 summary["skipped"] += 1  # another poller holds it
                 continue
             try:
-                summary[self._reconcile_one(intent, owner, deadline)] += 1
+                outcome = self._reconcile_one(intent, owner, deadline)
+                summary[outcome] += 1
+                if outcome == "backing_off":
+                    refused_models.add(intent.model)
             except Exception:  # noqa: BLE001 - one bad batch must not starve the others
                 log.exception("reconciling intent %s failed", intent.intent_id)
                 summary["errors"] += 1
@@ -262,8 +355,9 @@ class BatchLane:
                 if intent.state is IntentState.CREATING and self._adopt_created(intent, owner) is not None:
                     return "submitted"
                 return "held"
-            self._submit(intent, owner)
-            return "submitted"
+            if self.waiting(intent):
+                return "backing_off"
+            return "backing_off" if self.waiting(self._submit(intent, owner)) else "submitted"
         if intent.state is IntentState.SUBMITTED:
             info = self.api.get_batch(intent.gemini_batch)
             if info is None:
@@ -498,6 +592,10 @@ class BatchLane:
             for name, value in part.items():
                 deltas[name] = deltas.get(name, 0) + value
         self.accounting.add(deltas, job_id=intent.job_id, lane="batch")
+
+    @staticmethod
+    def _unsubmitted(intent: BatchIntent) -> bool:
+        return intent.state in (IntentState.PENDING, IntentState.CREATING)
 
     def _unfinished(self, intent: BatchIntent) -> list[Item]:
         return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]

@@ -258,6 +258,9 @@ class BatchIntent:
     submitted_at: float | None = None  # when the Gemini batch was recorded: the local deadline counts from it
     submit_failures: int = 0  # refused uploads/creates in a row; past a limit the items fail
     error: str | None = None  # the last refusal's message, shown in the job's status
+    input_uploaded_at: float | None = None  # when input_file was uploaded: a retried create reuses it while young
+    next_attempt_at: float | None = None  # after a 429, no upload or create before this time
+    quota_waits: int = 0  # 429s in a row on upload or create; they never count as failed attempts
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -83,8 +83,9 @@ class JobStore(Protocol):
 
     def mark_unpublished(self, job_id: str, now: float) -> None: ...
 
-    def running_jobs(self, limit: int) -> list[Job]:
-        """Jobs in status running (equality only: no composite index)."""
+    def running_jobs(self, limit: int, after: str | None = None) -> list[Job]:
+        """Jobs in status running, in job id order; with `after`, only those whose id is greater
+        (equality and the id order: no composite index)."""
 
     def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
         """Apply updates only if the item is still in state `expected`."""

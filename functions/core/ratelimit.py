@@ -12,7 +12,9 @@ only provides the atomic primitives.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,8 +29,11 @@ _SLOT_RETENTION_SECONDS = 3600.0
 _LATE_FRACTION = 0.25
 # A spend window keeps at most about this many entries (spends close in time are merged).
 _SPEND_BUCKETS = 100
-# Polling period while every concurrency lease is taken.
+# While every concurrency lease is taken a delivery tries again after this, doubling up to the
+# cap, with jitter: each try reads every lease document, so a fixed 50 ms poll cost 20 reads
+# per lease per second of waiting, per waiting delivery. Also the shortest sleep of a spend wait.
 _LEASE_POLL_SECONDS = 0.05
+_LEASE_POLL_MAX_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -172,15 +177,25 @@ class SlotRateLimiter:
             self.clock.sleep(max(wait, _LEASE_POLL_SECONDS))
 
     def _take_lease(self, owner: str, deadline: float) -> None:
-        while True:
+        for tries in itertools.count():
             now = self.clock.now()
             lease_id = self.store.try_take_lease(owner, self.limit.concurrency, now, self.lease_ttl)
             if lease_id is not None:
                 self._leases[owner] = lease_id
                 return
-            if now + _LEASE_POLL_SECONDS > deadline:
+            if now >= deadline:
                 raise RateLimited(_LEASE_POLL_SECONDS)
-            self.clock.sleep(_LEASE_POLL_SECONDS)
+            # The last sleep ends at the deadline, for one more try there.
+            self.clock.sleep(min(lease_poll_delay(tries), deadline - now))
+
+
+def lease_poll_delay(tries: int) -> float:
+    """The wait before the next try for a lease after `tries` failed ones: exponential from
+    _LEASE_POLL_SECONDS to _LEASE_POLL_MAX_SECONDS, drawn from the upper half of the step
+    ("equal jitter"): waiters that started together spread out, and none polls faster than
+    half the step."""
+    ceiling = min(_LEASE_POLL_MAX_SECONDS, _LEASE_POLL_SECONDS * 2 ** min(tries, 16))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def parse_retry_delay(value: str | None) -> float | None:

@@ -205,9 +205,15 @@ def _submit_batches(job: Job, items: list[Item], intents: list, batch: BatchLane
             log.info("job %s: leaving the remaining batches to the poller", job.job_id)
             break
         try:
-            batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
+            submitted = batch.submit(intent.intent_id, owner, [by_key[k] for k in intent.keys])
         except Exception:  # noqa: BLE001 - recorded; the poller creates it on its next tick
             log.exception("creating the batch of intent %s failed; the poller will retry", intent.intent_id)
+            continue
+        if submitted is not None and batch.waiting(submitted):
+            # Gemini answered 429: the other batches would get one each. The poller creates
+            # them once the wait is over.
+            log.info("job %s: batch quota reached; leaving the remaining batches to the poller", job.job_id)
+            break
 
 
 def submit_once(
@@ -363,16 +369,35 @@ def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, 
 
 def finalize_stalled_jobs(
     *, store: JobStore, clock: Clock, sink: ImageSink | None, events: EventOutbox | None = None, limit: int = 50,
+    deadline: float | None = None, start_after: str | None = None,
 ) -> list[str]:
     """Finish running jobs that have no work left. Every finisher finalizes its job, but one
     that died after its last commit (a poller killed after an intent's final checkpoint, whose
-    batch nothing will reconcile again) would leave the job running forever."""
+    batch nothing will reconcile again) would leave the job running forever.
+
+    The sweep stops at `deadline` (the tick's) and the next tick carries on. It walks the jobs
+    in id order from `start_after`, wrapping around; by default a random point, as random as
+    the ids (uuid4), so that a sweep cut short by the deadline or the limit reaches every
+    running job in turn instead of always spending itself on the same first ones, with no
+    cursor to store between ticks."""
     done = []
-    for job in store.running_jobs(limit):
+    for job in _running_jobs_from(store, new_job_id() if start_after is None else start_after, limit):
+        if deadline is not None and clock.now() >= deadline:
+            log.info("finalize sweep: the tick's deadline passed; the next tick carries on")
+            break
         if finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events) is not None:
             log.warning("finalized job %s, which had no work left", job.job_id, extra={"job_id": job.job_id})
             done.append(job.job_id)
     return done
+
+
+def _running_jobs_from(store: JobStore, start_after: str, limit: int):
+    """Up to `limit` running jobs in id order after `start_after`, then from the first id up
+    to it: one query, and the second only when the first leaves room."""
+    first = store.running_jobs(limit, after=start_after)
+    yield from first
+    if len(first) < limit:
+        yield from (job for job in store.running_jobs(limit - len(first)) if job.job_id <= start_after)
 
 
 def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:

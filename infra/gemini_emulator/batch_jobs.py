@@ -201,7 +201,9 @@ class BatchStore:
         self.records: dict[str, BatchRecord] = {}
         self._seq = 0
         self.script_pos = 0
+        self.create_script_pos = 0
         self.created = 0
+        self.rejected_scripted = 0
         self.rejected_max_concurrent = 0
         self.rejected_max_enqueued = 0
         self.deleted = 0
@@ -250,9 +252,11 @@ class BatchStore:
             discard(record)
         self.records.clear()
 
-    def snapshot(self, script_len: int) -> dict[str, Any]:
+    def snapshot(self, script_len: int, create_script_len: int = 0) -> dict[str, Any]:
         return {
             "created": self.created,
+            "rejected_scripted": self.rejected_scripted,
+            "create_script_remaining": max(0, create_script_len - self.create_script_pos),
             "rejected_max_concurrent": self.rejected_max_concurrent,
             "rejected_max_enqueued": self.rejected_max_enqueued,
             "deleted": self.deleted,

@@ -143,6 +143,12 @@ async def create_batch(request: web.Request) -> web.Response:
     with state.lock:
         advance_all(state)
         cfg = state.config
+        scripted = _scripted_refusal(state)
+        if scripted is not None:
+            state.batches.rejected_scripted += 1
+            if input_file is not None:
+                source[0].unlink(missing_ok=True)
+            raise scripted
         limit = cfg["batch"]["max_concurrent_batches"]
         if limit and state.batches.active_count() >= limit:
             state.batches.rejected_max_concurrent += 1
@@ -188,6 +194,25 @@ async def create_batch(request: web.Request) -> web.Response:
         body = batch_jobs.operation(record, state.wall)
         record.worker = state.batch_executor.submit(_work, state, store, record, spec, source)
     return json_response(body)
+
+
+def _scripted_refusal(state: EmulatorState) -> errors.ApiError | None:
+    """The next `batch.create_script` entry's 429, or None ("ok", or the script is used up).
+    "429" is the body real batch creates past quota answered: only a Help link, no RetryInfo
+    (https://github.com/langchain4j/langchain4j/pull/3942,
+    https://github.com/googleapis/python-genai/issues/1901). "429_retry" adds the RetryInfo
+    that generateContent's 429s carry (wire notes, section 7.1), for a client that must honour
+    it should a batch create ever send one. (call under the state lock)"""
+    script = state.config["batch"]["create_script"]
+    if state.batches.create_script_pos >= len(script):
+        return None
+    outcome = script[state.batches.create_script_pos]
+    state.batches.create_script_pos += 1
+    if outcome == "429":
+        return errors.quota_exceeded_help_only()
+    if outcome == "429_retry":
+        return errors.transient_exhausted(state.config["faults"]["retry_delay_s"])
+    return None
 
 
 def _over_enqueued_limit(state: EmulatorState, model: str, requests: int, tokens: int) -> bool:

@@ -56,6 +56,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "max_enqueued_tokens": None,
         "shuffle_results": True,  # result-file lines in a seeded random order (the API promises none)
         "outcome_script": [],  # terminal outcome per created batch, consumed in order
+        # One entry per create request that passes validation, consumed in order: "429" (Help only,
+        # as real batch creates past quota answered), "429_retry" (with RetryInfo) or "ok".
+        "create_script": [],
         "display_name_rules": [],  # [{"contains": str, "outcome": str}], checked before the script
         # [{"contains": str, "then": "duplicate"|"error"}]: after the result line of a key that
         # contains the substring, the file repeats that line, or adds an error line for the key
@@ -237,11 +240,15 @@ def _validate_batch(batch: Any) -> None:
     script = batch["outcome_script"]
     if not isinstance(script, list) or any(o not in BATCH_OUTCOMES for o in script):
         raise ConfigError(f"batch.outcome_script: expected a list of outcomes from {list(BATCH_OUTCOMES)}")
+    create = batch["create_script"]
+    if not isinstance(create, list) or any(o not in CREATE_OUTCOMES for o in create):
+        raise ConfigError(f"batch.create_script: expected a list of outcomes from {list(CREATE_OUTCOMES)}")
     _validate_contains_rules(batch["display_name_rules"], "batch.display_name_rules", "outcome", BATCH_OUTCOMES)
     _validate_contains_rules(batch["repeat_key_rules"], "batch.repeat_key_rules", "then", REPEATS)
 
 
 REPEATS = ("duplicate", "error")
+CREATE_OUTCOMES = ("ok", "429", "429_retry")
 
 
 def _validate_contains_rules(rules: Any, path: str, value_key: str, allowed: tuple[str, ...]) -> None:

@@ -93,6 +93,8 @@ class EmulatorState:
             batch_patch = patch.get("batch") if isinstance(patch, dict) else None
             if isinstance(batch_patch, dict) and "outcome_script" in batch_patch:
                 self.batches.script_pos = 0
+            if isinstance(batch_patch, dict) and "create_script" in batch_patch:
+                self.batches.create_script_pos = 0
             if "seed" in patch:
                 self.rng = random.Random(new["seed"])
             if new["request_log_size"] != self.config["request_log_size"]:
@@ -116,7 +118,8 @@ class EmulatorState:
             snapshot["script_remaining"] = max(0, len(self.config["faults"]["script"]) - self.script_pos)
             self.files.expire(self.clock())
             snapshot["files"] = self.files.snapshot()
-            snapshot["batches"] = self.batches.snapshot(len(self.config["batch"]["outcome_script"]))
+            snapshot["batches"] = self.batches.snapshot(len(self.config["batch"]["outcome_script"]),
+                                                        len(self.config["batch"]["create_script"]))
             return snapshot
 
     def close(self) -> None:

@@ -46,6 +46,8 @@ def stack_function_env() -> dict[str, str]:
         "BATCH_CHECKPOINT_LINES": "5",
         "BATCH_MAX_ATTEMPTS": "2",
         "BATCH_UPLOAD_CONCURRENCY": "2",
+        # A batch create refused with a 429 that gives no retryDelay waits 0.5-1 s, then 1-2 s...
+        "BATCH_QUOTA_BACKOFF_SECONDS": "1",
         # The circuit breaker: off for per-minute 429s here (the quota tests count every 429 and
         # expect no failover); tests/e2e/test_fault_matrix.py turns it on. Short cooldowns, and
         # a pool that every poller tick flushes.

@@ -418,9 +418,10 @@ def test_retrying_a_refused_batch_create_leaves_no_input_files_behind(stack, db,
                     lane="batch")
     [waiting] = job_status(stack, job_id)["batches"]
     assert (waiting["state"], waiting["gemini_batch"]) == ("creating", None)  # 429 from batches.create
-    for _ in range(3):  # the poller retries the create, and is refused, on every tick
-        r = requests.post(f"{stack.url('poller')}/", json={}, timeout=HTTP_TIMEOUT)
-        assert r.json()["batches"]["errors"] == 1
+    assert waiting["error"].startswith("429")
+    for _ in range(3):  # the poller waits, or tries again and is refused: a wait either way, not an error
+        summary = tick(stack)
+        assert (summary["backing_off"], summary["submitted"]) == (1, 0), summary
     configure_gemini(stack, {"batch": {"running_seconds": 0.5, "max_concurrent_batches": 100}})
     [slot] = job_status(stack, blocker)["batches"]
     force_batch(stack, slot["gemini_batch"], SUCCEEDED)
@@ -432,3 +433,33 @@ def test_retrying_a_refused_batch_create_leaves_no_input_files_behind(stack, db,
     assert job_status(stack, blocker)["status"] == "succeeded"
     files = gemini_stats(stack)["files"]
     assert files["live"] == 0, files
+    assert files["uploaded"] == 2, files  # one input file per job, however many creates were refused
+
+
+def test_a_429_on_batch_create_waits_its_retry_delay_and_the_job_is_billed_once(stack, db, bucket):
+    configure_gemini(stack, {"batch": {"create_script": ["429_retry"]}, "faults": {"retry_delay_s": 3600}})
+    before = time.time()
+    job_id = submit(stack, [{"key": f"q-{i}", "prompt": f"a picture after a quota wait {i}"} for i in range(3)],
+                    lane="batch")
+    after = time.time()
+    [(intent, doc)] = intents(db, job_id).items()
+    assert (doc["state"], doc["quota_waits"], doc["submit_failures"]) == ("creating", 1, 0)
+    assert before + 3600 <= doc["next_attempt_at"] <= after + 3600  # the answer's retryDelay
+    for _ in range(4):
+        summary = tick(stack)
+        assert (summary["backing_off"], summary["submitted"]) == (1, 0), summary
+    calls = gemini_stats(stack)["requests_by_endpoint"]
+    assert (calls["batches.create"], calls.get("batches.list", 0)) == (1, 0), calls
+    assert gemini_stats(stack)["files"]["uploaded"] == 1
+    # The hour has passed, as far as the intent knows.
+    db.collection("batches").document(intent).update({"next_attempt_at": time.time() - 1})
+
+    status, ticks = tick_until_settled(stack, job_id)
+
+    assert status["status"] == "succeeded" and ticks["submitted"] == 1
+    items = assert_batch_settled(stack, status, db, bucket)
+    assert {it["attempts"] for it in items.values()} == {1}
+    stats = gemini_stats(stack)
+    assert (stats["batches"]["created"], stats["batches"]["rejected_scripted"]) == (1, 1)
+    assert stats["requests_by_endpoint"]["batches.create"] == 2
+    assert stats["files"]["uploaded"] == 1 and stats["files"]["live"] == 0, stats["files"]

@@ -154,6 +154,21 @@ def test_past_the_enqueued_limit_create_is_a_quota_error_to_try_later(emu):
     assert stats["batches"]["rejected_max_enqueued"] == 1
 
 
+def test_scripted_create_refusals_reach_the_adapter_as_quota_errors_and_keep_the_input(emu):
+    emu.configure({"batch": {"create_script": ["429", "429_retry", "ok"]}, "faults": {"retry_delay_s": 7}})
+    input_file = emu.batches.upload_jsonl(request_line("k", "a cat", "1:1", None), "realism-6")
+    with pytest.raises(QuotaExceeded) as help_only:
+        emu.batches.create_batch(MODEL, input_file, "realism-6")
+    with pytest.raises(QuotaExceeded) as with_delay:
+        emu.batches.create_batch(MODEL, input_file, "realism-6")
+    assert help_only.value.retry_delay is None and with_delay.value.retry_delay == 7.0
+    info = emu.batches.create_batch(MODEL, input_file, "realism-6")  # the same file still serves
+    assert _results(emu, info.name)["k"].image is not None
+    stats = requests.get(f"{emu.base}/_emulator/stats", timeout=10).json()
+    assert stats["batches"]["rejected_scripted"] == 2 and stats["batches"]["create_script_remaining"] == 0
+    assert stats["batches"]["created"] == 1
+
+
 def _results(emu: Emulator, name: str) -> dict:
     deadline = time.monotonic() + 30
     while (info := emu.batches.get_batch(name)).state not in ("JOB_STATE_SUCCEEDED", "BATCH_STATE_SUCCEEDED"):

@@ -201,3 +201,17 @@ def test_concurrent_spenders_never_exceed_the_limit(slot_store):  # noqa: F811
     for t in threads:
         t.join()
     assert len(admitted) == 4  # $1 of $0.25 requests, whatever the interleaving
+
+
+def test_running_jobs_come_in_id_order_from_a_cursor(job_store):  # noqa: F811
+    ids = ["0a" + "0" * 30, "5f" + "0" * 30, "c3" + "0" * 30]
+    for job_id in reversed(ids):
+        job, items = make_job(1, job_id=job_id)
+        job_store.create_job(job, items)
+        job_store.set_job_running(job_id, 100.0)
+    queued, queued_items = make_job(1, job_id="77" + "0" * 30)
+    job_store.create_job(queued, queued_items)
+    assert [j.job_id for j in job_store.running_jobs(10)] == ids
+    assert [j.job_id for j in job_store.running_jobs(10, after=ids[0])] == ids[1:]
+    assert [j.job_id for j in job_store.running_jobs(1, after="40")] == [ids[1]]
+    assert job_store.running_jobs(10, after=ids[2]) == []

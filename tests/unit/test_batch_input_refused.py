@@ -1,6 +1,7 @@
 """A refused batch input (an upload finalized with an error body, a 400 at create) is retried a
 bounded number of times, shown in the job's status, then fails the items with the server's
 message; a quota 429 at upload or create is only "try later"."""
+from core.batches import QUOTA_BACKOFF_MAX_SECONDS
 from core.errors import InvalidRequest, QuotaExceeded, UploadRejected
 from core.models import IntentState, ItemState, JobStatus
 from tests.unit.test_batches import Env
@@ -60,10 +61,13 @@ def test_a_quota_429_at_create_is_try_later_and_never_fails_the_items():
     env.api.create_errors = [too_many for _ in range(6)]  # the submit's and five ticks' creates
     job = env.submit(2)
     for _ in range(5):
+        env.clock.advance(QUOTA_BACKOFF_MAX_SECONDS)  # past each 429's wait
         env.tick()
     (intent,) = env.store.intents_of_job(job.job_id)
     assert intent.submit_failures == 0 and intent.state is not IntentState.FINISHED
+    assert intent.quota_waits == 6 and not env.api.create_errors
     assert not any(it.terminal for it in env.items(job).values())
+    env.clock.advance(QUOTA_BACKOFF_MAX_SECONDS)
     env.tick()
     (intent,) = env.store.intents_of_job(job.job_id)
     assert intent.state is IntentState.SUBMITTED and env.api.created == 1

@@ -275,18 +275,23 @@ def test_a_results_file_gone_for_three_ticks_resubmits_only_the_unfinished():
     assert retry.keys == ["k1", "k2"]
 
 
-def test_a_retried_create_deletes_the_input_file_it_left_behind():
+def test_a_retried_create_reuses_its_input_file_while_young_and_replaces_it_when_old():
+    from core.batches import INPUT_FILE_REUSE_SECONDS
+
     env = Env()
     real_create = env.api.create_batch
 
     def refuse(model, input_file, display_name):
-        raise ConnectionError("429 at the concurrent-batch limit")
+        raise ConnectionError("connection reset")
 
     env.api.create_batch = refuse
     job = env.submit(2)
     (intent,) = env.store.intents_of_job(job.job_id)
     assert intent.state is IntentState.CREATING and set(env.api.files) == {intent.input_file}
-    env.tick()  # refused again: the old file goes, a new one is uploaded
+    env.tick()  # failed again: the same file serves
+    assert env.api.uploads == 1 and set(env.api.files) == {intent.input_file}
+    env.clock.advance(INPUT_FILE_REUSE_SECONDS)
+    env.tick()  # too old to outlive a batch: the old file goes, a new one is uploaded
     (again,) = env.store.intents_of_job(job.job_id)
     assert set(env.api.files) == {again.input_file} and again.input_file != intent.input_file
     env.api.create_batch = real_create

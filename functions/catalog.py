@@ -57,12 +57,13 @@ class _Model(BaseModel):
     def to_spec(self) -> ModelSpec:
         return ModelSpec(
             id=self.id, display_name=self.display_name, lifecycle=self.lifecycle, source_url=self.source_url,
-            sizes=tuple(self.sizes), quality_sizes=dict(self.quality_sizes), aspect_ratios=tuple(self.aspect_ratios),
+            sizes=tuple(self.sizes), quality_sizes={q: str(s) for q, s in self.quality_sizes.items()},
+            aspect_ratios=tuple(self.aspect_ratios),
             prices={s: SizePrice(p.interactive, p.batch) for s, p in self.prices_usd.items()},
             sends_image_size=self.sends_image_size,
             shutdown_date=self.shutdown_date.isoformat() if self.shutdown_date else None,
             max_reference_images=self.max_reference_images, batch=self.batch,
-            output_mime_types=tuple(self.output_mime_types), output_tokens=dict(self.output_tokens),
+            output_mime_types=tuple(self.output_mime_types), output_tokens={str(s): n for s, n in self.output_tokens.items()},
             unverified=tuple(self.unverified),
         )
 

@@ -137,9 +137,9 @@ def _read_json(request, max_bytes: int):
     try:
         return json.loads(data)
     except RecursionError:
-        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply")
+        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {_excerpt(str(e), 200)}")
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {_excerpt(str(e), 200)}") from e
 
 
 def _read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
@@ -149,7 +149,8 @@ def _read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
     and with `request.max_content_length` set that second read raised the 413 again outside
     our handler, as a 500 HTML page. A 2nd gen function takes at most 32 MB of uncompressed
     request (https://cloud.google.com/functions/quotas), so the drain is bounded in the cloud."""
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while size <= max_bytes:
         part = stream.read(min(chunk, max_bytes + 1 - size))
         if not part:
@@ -178,7 +179,7 @@ def _submit(request, caller: Caller):
         )
     except pydantic.ValidationError as e:
         fields = error_fields(e)
-        raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields)
+        raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields) from e
     if problems := model_problems(job_request, wiring.catalog(), s.default_model):
         raise ApiError(400, "invalid_request", f"{len(problems)} problem(s) with the job's model", problems)
     model = job_request.model or s.default_model
@@ -241,19 +242,19 @@ def _submit(request, caller: Caller):
                 takeover_seconds=s.idempotency_takeover_seconds,
             )
     except errors.ModelHalted as e:
-        raise ApiError(503, "model_halted", str(e))
+        raise ApiError(503, "model_halted", str(e)) from e
     except errors.LaneUnavailable as e:
         halted = wiring.breaker().halted()
         retry_after = {"Retry-After": _seconds_until(halted.retry_at)} if halted and halted.retry_at else None
-        raise ApiError(503, "lane_unavailable", str(e), headers=retry_after)
+        raise ApiError(503, "lane_unavailable", str(e), headers=retry_after) from e
     except errors.BudgetExceeded as e:
         raise ApiError(429, "budget_exceeded", f"{e}; the budget resets at midnight Pacific",
-                       headers={"Retry-After": _seconds_until(wiring.accounting().resets_at())})
+                       headers={"Retry-After": _seconds_until(wiring.accounting().resets_at())}) from e
     except errors.IdempotencyMismatch as e:
         raise ApiError(422, "idempotency_key_reused", str(e),
-                       [{"field": IDEMPOTENCY_HEADER, "problem": "already used with another body"}])
+                       [{"field": IDEMPOTENCY_HEADER, "problem": "already used with another body"}]) from e
     except errors.InProgress as e:
-        raise ApiError(409, "request_in_progress", str(e), headers={"Retry-After": "1"})
+        raise ApiError(409, "request_in_progress", str(e), headers={"Retry-After": "1"}) from e
     status_url = f"/v1/jobs/{job.job_id}"
     if not replayed:
         log.info("accepted job %s: %d items, lane %s (%s)", job.job_id, job.item_count, job.lane.value,
@@ -295,9 +296,9 @@ def _retry(request, caller: Caller, job_id: str):
         body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
                                   pool=wiring.pool_store(), clock=wiring.clock(), tenant=caller.scope)
     except errors.NotFound as e:
-        raise ApiError(404, "not_found", str(e))
+        raise ApiError(404, "not_found", str(e)) from e
     except errors.Conflict as e:
-        raise ApiError(409, "conflict", str(e))
+        raise ApiError(409, "conflict", str(e)) from e
     return _json(body, 202, {"Location": f"/v1/jobs/{job_id}"})
 
 
@@ -321,7 +322,7 @@ def _status(request, caller: Caller, job_id: str):
             tenant=caller.scope,
         )
     except errors.NotFound as e:
-        raise ApiError(404, "not_found", str(e))
+        raise ApiError(404, "not_found", str(e)) from e
     return _json(body)
 
 
@@ -331,9 +332,9 @@ def _cancel(request, caller: Caller, job_id: str):
         body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
                                    events=wiring.job_events(), tenant=caller.scope)
     except errors.NotFound as e:
-        raise ApiError(404, "not_found", str(e))
+        raise ApiError(404, "not_found", str(e)) from e
     except errors.Conflict as e:
-        raise ApiError(409, "conflict", str(e))
+        raise ApiError(409, "conflict", str(e)) from e
     log.info("cancelled job %s", job_id, extra={"job_id": job_id})
     return _json(body)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 import schemas
 
@@ -26,7 +27,7 @@ def _ok(model: str, description: str) -> dict:
 
 
 def build_openapi(*, max_items: int = 10_000, max_prompt_chars: int = 4_000) -> dict:
-    models = [
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (schemas.JobRequest, "validation"),
         (schemas.JobAccepted, "serialization"),
         (schemas.JobStatusResponse, "serialization"),

@@ -131,7 +131,7 @@ class JobRequest(BaseModel):
                     key=key, prompt=r.prompt, aspect_ratio=r.aspect_ratio,
                     domain=r.domain, quality=r.quality,
                 )
-                for key, r in zip(self.item_keys(), self.requests)
+                for key, r in zip(self.item_keys(), self.requests, strict=True)
             ),
             requested_lane=self.lane,
             callback_url=self.callback_url,

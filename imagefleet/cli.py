@@ -173,7 +173,7 @@ def submit(
         raise UsageProblem("give a prompt file or --images N (one of them)")
     if json_out and wait:
         raise UsageProblem("--json prints the API's answer to the submit; leave out --wait, or --json")
-    prompts = inputs.sample_prompts(images) if images else inputs.read_prompts(file, fmt)
+    prompts = inputs.read_prompts(file, fmt) if file is not None else inputs.sample_prompts(images or 0)
     prompts = inputs.apply_defaults(prompts, aspect_ratio=aspect_ratio, quality=quality, domain=domain)
     items = [p.item for p in prompts]
     client = _client(ctx, api, api_key)
@@ -198,10 +198,11 @@ def submit(
     if json_out:
         _echo_json(accepted)
         return
+    reason = f" ({accepted['route_reason']})" if accepted.get("route_reason") else ""
+    cost = accepted.get("estimated_cost_usd")
+    estimate = f", estimated {_money(cost)}" if cost is not None else ""
     typer.echo(f"Submitted job {job_id}: {_plural(accepted.get('item_count', len(items)), 'prompt')}, "
-               f"lane {accepted.get('lane', '?')}" + (f" ({accepted['route_reason']})" if accepted.get("route_reason") else "")
-               + (f", estimated {_money(accepted['estimated_cost_usd'])}" if accepted.get("estimated_cost_usd") is not None else "")
-               + ".")
+               f"lane {accepted.get('lane', '?')}{reason}{estimate}.")
     if not wait:
         typer.echo(f"Follow it:  imagefleet status {job_id}\nFetch it:   imagefleet download {job_id}")
         return

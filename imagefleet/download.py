@@ -130,7 +130,7 @@ def download(entries: list[Entry], out: Path, fetch: Fetch, *, manifest: bytes |
     for leftover in out.glob(".*.part"):  # from a run that was killed mid-write
         leftover.unlink(missing_ok=True)
     report = Report(out=out, verified=manifest is not None)
-    todo = []
+    todo: list[tuple[Entry, str, str]] = []  # the entry, its file name, its gcs_uri
     names: dict[str, str] = {}  # file name ignoring case -> the key that has it
     for entry in entries:
         if entry.state != "succeeded":
@@ -153,14 +153,14 @@ def download(entries: list[Entry], out: Path, fetch: Fetch, *, manifest: bytes |
         if manifest is not None and not _SHA256.match(entry.sha256 or ""):
             report.problems.append(f"{entry.key}: the manifest has no sha256 for it")
             continue
-        todo.append(entry)
+        todo.append((entry, name, entry.gcs_uri))
 
-    def one(entry: Entry) -> tuple[str, str]:
-        path = out / entry.file_name
+    def one(entry: Entry, file_name: str, gcs_uri: str) -> tuple[str, str]:
+        path = out / file_name
         if report.verified and path.is_file() and sha256_file(path) == entry.sha256:
             return "kept", ""
         try:
-            data = fetch(entry.gcs_uri)
+            data = fetch(gcs_uri)
         except DownloadError as exc:
             return "problem", f"{entry.key}: {exc}"
         if report.verified:
@@ -168,12 +168,12 @@ def download(entries: list[Entry], out: Path, fetch: Fetch, *, manifest: bytes |
             if got != entry.sha256:
                 path.unlink(missing_ok=True)  # a file that isn't the image the manifest names
                 return "problem", (f"{entry.key}: the downloaded image's sha256 is {got[:12]}…, the manifest "
-                                   f"says {entry.sha256[:12]}…; not saved")
+                                   f"says {(entry.sha256 or '')[:12]}…; not saved")
         write_atomically(path, data)
         return "fetched", ""
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for entry, (outcome, problem) in zip(todo, pool.map(one, todo)):
+        for (entry, _, _), (outcome, problem) in zip(todo, pool.map(lambda t: one(*t), todo), strict=True):
             if outcome == "kept":
                 report.kept.append(entry.key)
             elif outcome == "fetched":
@@ -193,7 +193,7 @@ def gcs_fetcher(project: str | None = None) -> Fetch:
     needs no project; ``project`` is passed through for quota attribution when given."""
     import google.auth.exceptions
     from google.api_core import exceptions as gexc
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     try:

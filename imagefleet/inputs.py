@@ -173,7 +173,7 @@ def _parse_csv(text: str, name: str) -> list[Prompt]:
             if len(row) > len(columns):
                 raise InputError(f"{where}: {len(row)} cells, but the header has {len(columns)} columns "
                                  "(quote a prompt that holds a comma)")
-            values = {col: cell for col, cell in zip(columns, row) if col and cell.strip()}
+            values = {col: cell for col, cell in zip(columns, row, strict=False) if col and cell.strip()}
             prompts.append(Prompt(_item(values, where), where))
     except csv.Error as exc:
         raise InputError(f"{name} line {reader.line_num}: {exc}") from None

@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from imagefleet.client import ApiClient, ApiError, Unreachable
 
@@ -130,7 +130,8 @@ class _Lines:
     """One line per change of status or counts; the elapsed time and ETA ride along."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream, self.last = stream, None
+        self.stream = stream
+        self.last: Progress | None = None
 
     def update(self, progress: Progress, elapsed: float, eta: float | None) -> None:
         if progress == self.last:
@@ -156,13 +157,13 @@ class _Bar:
             TextColumn("{task.fields[counts]}"), TextColumn("· {task.fields[elapsed]} · ETA {task.fields[eta]}"),
             console=Console(file=stream), transient=False,
         )
-        self.task = None
+        self.task: Any = None  # rich's TaskID, once the first update adds it
         self.progress.start()
 
     def update(self, progress: Progress, elapsed: float, eta: float | None) -> None:
         from rich.markup import escape
 
-        fields = {"status": progress.status, "counts": escape(progress.counts_text()),
+        fields: dict[str, Any] = {"status": progress.status, "counts": escape(progress.counts_text()),
                   "elapsed": format_seconds(elapsed), "eta": format_seconds(eta)}
         if self.task is None:
             self.task = self.progress.add_task("job", total=progress.total or None, completed=progress.finished,

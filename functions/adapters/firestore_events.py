@@ -11,7 +11,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore_store import _ts, take_lease, update_if_leased
+from adapters.firestore_store import _ts, data_of, take_lease, update_if_leased
 from core.events import Event, EventState
 from core.retention import expire_at
 
@@ -33,18 +33,18 @@ class FirestoreEventStore:
 
     def get_event(self, event_id: str) -> Event | None:
         snap = self.events.document(event_id).get()
-        return Event.from_dict(snap.to_dict()) if snap.exists else None
+        return Event.from_dict(data_of(snap)) if snap.exists else None
 
     def events_of_job(self, job_id: str) -> list[Event]:
         query = self.events.where(filter=FieldFilter("job_id", "==", job_id))
-        return sorted((Event.from_dict(s.to_dict()) for s in query.stream()), key=lambda e: (e.created_at, e.event_id))
+        return sorted((Event.from_dict(data_of(s)) for s in query.stream()), key=lambda e: (e.created_at, e.event_id))
 
     def due_events(self, now: float, limit: int) -> list[Event]:
         # Only pending events have a number in next_attempt_at (it is null once delivered or
         # failed), and a range filter matches numbers only.
         query = (self.events.where(filter=FieldFilter("next_attempt_at", "<=", now))
                  .order_by("next_attempt_at").limit(limit))
-        return [Event.from_dict(s.to_dict()) for s in query.stream()]
+        return [Event.from_dict(data_of(s)) for s in query.stream()]
 
     def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float) -> Event | None:
         def due(data: dict) -> bool:

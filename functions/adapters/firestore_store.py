@@ -25,6 +25,7 @@ import datetime as dt
 import random
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -41,6 +42,7 @@ from core.models import (
     JobStatus,
     TERMINAL_JOB_STATUSES,
 )
+from core.errors import NotFound
 from core.ratelimit import spend_after
 from core.retention import day_expire_at, expire_at
 
@@ -55,6 +57,11 @@ _PARALLEL_COMMITS = 8
 # job to about two images a second sustained, more in bursts, and a status read costs four
 # reads. Jobs remember nothing of this number: changing it orphans the counts of existing jobs.
 COUNT_SHARDS = 4
+
+
+def data_of(snap) -> dict[str, Any]:
+    """A snapshot's fields; {} for a missing document (the SDK types to_dict() as Optional)."""
+    return snap.to_dict() or {}
 
 
 def _ts(epoch: float) -> dt.datetime:
@@ -88,7 +95,7 @@ class FirestoreJobStore:
 
     def get_job(self, job_id: str) -> Job | None:
         snap = self.jobs.document(job_id).get()
-        return Job.from_dict(snap.to_dict()) if snap.exists else None
+        return Job.from_dict(data_of(snap)) if snap.exists else None
 
     def create_job_doc(self, job: Job) -> bool:
         try:
@@ -124,7 +131,7 @@ class FirestoreJobStore:
 
     def accepting_jobs(self, limit: int) -> list[Job]:
         query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.ACCEPTING.value)).limit(limit)
-        return [Job.from_dict(s.to_dict()) for s in query.stream()]
+        return [Job.from_dict(data_of(s)) for s in query.stream()]
 
     def _accepting_cas(self, job_id: str, decide: Callable[[dict], dict | None]) -> bool:
         return compare_and_set(self.db, self.jobs.document(job_id), lambda data: (
@@ -136,18 +143,18 @@ class FirestoreJobStore:
     def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
         # Equality only, so no composite index is needed; the age filter is applied here.
         query = self.jobs.where(filter=FieldFilter("published", "==", False)).limit(limit)
-        jobs = [Job.from_dict(s.to_dict()) for s in query.stream()]
+        jobs = [Job.from_dict(data_of(s)) for s in query.stream()]
         return [j for j in jobs if j.created_at < older_than]
 
     def get_item(self, job_id: str, key: str) -> Item | None:
         snap = self._items(job_id).document(key).get()
-        return Item.from_dict(snap.to_dict()) if snap.exists else None
+        return Item.from_dict(data_of(snap)) if snap.exists else None
 
     def list_items(self, job_id: str, start_after_index: int | None, limit: int) -> list[Item]:
         query = self._items(job_id).order_by("index")
         if start_after_index is not None:
             query = query.start_after({"index": start_after_index})
-        return [Item.from_dict(s.to_dict()) for s in query.limit(limit).stream()]
+        return [Item.from_dict(data_of(s)) for s in query.limit(limit).stream()]
 
     def count_items(self, job_id: str) -> dict[ItemState, int]:
         shards = self._count_shards(job_id)
@@ -261,7 +268,10 @@ class FirestoreJobStore:
                     "manifest_uri": None, "updated_at": now}
 
         compare_and_set(self.db, self.jobs.document(job_id), decide)
-        return self.get_job(job_id)
+        job = self.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
 
     def running_jobs(self, limit: int, after: str | None = None) -> list[Job]:
         # Documents come in id order by default
@@ -271,7 +281,7 @@ class FirestoreJobStore:
                  .order_by("__name__"))
         if after is not None:
             query = query.start_after({"__name__": after})
-        return [Job.from_dict(s.to_dict()) for s in query.limit(limit).stream()]
+        return [Job.from_dict(data_of(s)) for s in query.limit(limit).stream()]
 
     def expired_leases(self, before: float, limit: int) -> list[Item]:
         return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)
@@ -288,7 +298,7 @@ class FirestoreJobStore:
                  .where(filter=FieldFilter("state", "==", state.value))
                  .where(filter=FieldFilter(field, "<", before))
                  .order_by(field).limit(limit))
-        return [Item.from_dict(s.to_dict()) for s in query.stream()]
+        return [Item.from_dict(data_of(s)) for s in query.stream()]
 
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": False, "updated_at": now})
@@ -339,16 +349,16 @@ class FirestoreJobStore:
 
     def get_intent(self, intent_id: str) -> BatchIntent | None:
         snap = self.intents.document(intent_id).get()
-        return BatchIntent.from_dict(snap.to_dict()) if snap.exists else None
+        return BatchIntent.from_dict(data_of(snap)) if snap.exists else None
 
     def intents_of_job(self, job_id: str) -> list[BatchIntent]:
         query = self.intents.where(filter=FieldFilter("job_id", "==", job_id))
-        return sorted((BatchIntent.from_dict(s.to_dict()) for s in query.stream()), key=lambda i: i.intent_id)
+        return sorted((BatchIntent.from_dict(data_of(s)) for s in query.stream()), key=lambda i: i.intent_id)
 
     def active_intents(self, limit: int) -> list[BatchIntent]:
         states = [s.value for s in ACTIVE_INTENT_STATES]
         query = self.intents.where(filter=FieldFilter("state", "in", states)).limit(limit)
-        return [BatchIntent.from_dict(s.to_dict()) for s in query.stream()]
+        return [BatchIntent.from_dict(data_of(s)) for s in query.stream()]
 
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         data = take_lease(self.db, self.intents.document(intent_id), owner, now, lease_seconds,
@@ -408,7 +418,7 @@ class FirestoreJobStore:
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
         refs = [self._items(job_id).document(k) for k in keys]
-        found = {s.id: Item.from_dict(s.to_dict()) for s in self.db.get_all(refs) if s.exists}
+        found = {s.id: Item.from_dict(data_of(s)) for s in self.db.get_all(refs) if s.exists}
         return [found[k] for k in keys if k in found]
 
     def _write_all(self, docs: list, keep_existing: bool = False, counted: str | None = None) -> None:
@@ -480,7 +490,7 @@ class FirestoreSlotStore:
 
     def blocked_until(self) -> float:
         snap = self.root.get()
-        return float(snap.get("blocked_until")) if snap.exists and snap.to_dict().get("blocked_until") else 0.0
+        return float(snap.get("blocked_until")) if snap.exists and data_of(snap).get("blocked_until") else 0.0
 
     def push_blocked_until(self, until: float) -> None:
         def decide(data: dict | None) -> dict | None:
@@ -622,7 +632,7 @@ class FirestorePoolStore:
 
         query = self.entries.order_by("pooled_at").limit(limit)
         return [PoolEntry(d["job_id"], d["key"], d["pooled_at"], bool(d.get("urgent")))
-                for d in (s.to_dict() for s in query.stream())]
+                for d in (data_of(s) for s in query.stream())]
 
     def count(self) -> int:
         return int(self.entries.count().get()[0][0].value)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import requests
 from google.api_core import exceptions as gexc
-from google.cloud import storage
+import google.cloud.storage as storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from core import images

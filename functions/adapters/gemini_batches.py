@@ -19,7 +19,7 @@ def _state(batch: types.BatchJob) -> str:
 
 def _info(batch: types.BatchJob) -> BatchInfo:
     return BatchInfo(
-        name=batch.name,
+        name=batch.name or "",  # the API always names a batch; the SDK types it Optional
         state=_state(batch),
         display_name=batch.display_name,
         output_file=batch.dest.file_name if batch.dest else None,

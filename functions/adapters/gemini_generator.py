@@ -46,10 +46,11 @@ class GeminiImageGenerator:
             response_modalities=["TEXT", "IMAGE"],
             image_config=types.ImageConfig(aspect_ratio=aspect_ratio, image_size=image_size),
         )
+        name = model or self.model
+        if name is None:
+            raise ValueError("no model: name one in the call or when building the generator")
         try:
-            response = self.client.models.generate_content(
-                model=model or self.model, contents=prompt, config=config
-            )
+            response = self.client.models.generate_content(model=name, contents=prompt, config=config)
         except errors.APIError as e:
             raise translate_api_error(e) from e
         except _TRANSPORT_ERRORS as e:
@@ -98,7 +99,7 @@ def quota_details(body) -> tuple[tuple[str, ...], float | None]:
     Only extraction: core.errors decides what they mean. Either detail may be missing (a 429
     can carry only a google.rpc.Help link, or nothing); the SDK puts the whole JSON body in
     APIError.details (see python-genai errors.py)."""
-    details = []
+    details: list = []
     if isinstance(body, dict):
         error = body.get("error")
         details = (error.get("details") if isinstance(error, dict) else None) or []
@@ -135,7 +136,7 @@ def parse_image_response(response: types.GenerateContentResponse) -> GeneratedIm
             texts.append(part.text)
     if image is None:
         raise ContentRefused(f"no image returned: finishReason {finish}")
-    data = image.data
+    data = image.data or b""  # not empty: the loop above took only a part with data
     if isinstance(data, str):  # defensive: the SDK decodes to bytes
         data = base64.b64decode(data)
     usage = response.usage_metadata

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1
 
 from core.errors import DeliveryFailed
 

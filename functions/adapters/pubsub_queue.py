@@ -5,7 +5,7 @@ import json
 from collections.abc import Iterable
 
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1
 
 
 class PubSubWorkQueue:

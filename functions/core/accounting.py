@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from core.catalog import Catalog
+from core.ports import Clock
 from core.models import Lane
 from core.quota_day import next_reset, quota_day
 
@@ -104,7 +105,7 @@ class Accounting:
     """Records usage, answers "does this fit", and logs the 80% / 100% threshold crossings."""
 
     store: CounterStore
-    clock: object
+    clock: Clock
     prices: Prices = field(default_factory=Prices)
     limits: DailyLimits = field(default_factory=DailyLimits)
     warn_fraction: float = 0.8
@@ -231,7 +232,8 @@ class Accounting:
             counters = by_tenant.get(tenant, {})
             spent = counters.get(SPEND_USD, 0.0)
             budget = {}
-        left = None if self.limits.budget_usd is None else round(self.budget_left(t), 6)
+        remaining = self.budget_left(t)
+        left = None if remaining is None else round(remaining, 6)
         body = {
             "day": quota_day(now),
             "resets_at": next_reset(now),

@@ -21,7 +21,7 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from core.quota_day import next_reset
 
@@ -239,7 +239,7 @@ class CircuitBreaker:
     def _transition(self, cur: BreakerView, to: BreakerState, now: float, reason: str, **fields) -> dict:
         history = list(cur.transitions)[-(_HISTORY - 1):]
         history.append({"at": now, "from": cur.state.value, "to": to.value, "reason": reason})
-        update = {
+        update: dict[str, Any] = {
             "state": to.value, "reason": reason, "updated_at": now, "transitions": history,
             "probe_owner": None, "probe_expires_at": None, "halted_before": False,
             "consecutive_failures": cur.consecutive_failures,

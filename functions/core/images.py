@@ -70,7 +70,7 @@ def inspect(data: bytes) -> ImageFacts:
 
 def _png(data: bytes) -> tuple[int, int]:
     """Every chunk's length and CRC, from IHDR (first) to IEND."""
-    pos, size, first = len(PNG_SIGNATURE), None, True
+    pos, size, first = len(PNG_SIGNATURE), (0, 0), True  # size: set from IHDR, which comes first
     while True:
         if pos + 8 > len(data):
             raise BadImage("the model returned a truncated PNG (no IEND chunk)")
@@ -85,7 +85,8 @@ def _png(data: bytes) -> tuple[int, int]:
         if first:
             if kind != b"IHDR" or length != 13:
                 raise BadImage("the model returned a corrupt PNG (IHDR is not the first chunk)")
-            size = struct.unpack(">II", body[:8])
+            width, height = struct.unpack(">II", body[:8])
+            size = (width, height)
             first = False
         if kind == b"IEND":
             return size

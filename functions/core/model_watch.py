@@ -71,7 +71,7 @@ class ModelWatch:
         for model in sorted(models_in_use):
             spec = self.catalog.get(model)
             days = spec.days_left(now) if spec is not None else None
-            if days is not None and days <= self.warn_days:
+            if spec is not None and days is not None and days <= self.warn_days:
                 log.warning("model %s has an announced shutdown on %s (%d days left); move to another model "
                             "(GEMINI_MODEL, or the job's `model`)", model, spec.shutdown_date, days,
                             extra={"alert": "model_shutdown_near", "model": model, "days_left": days})

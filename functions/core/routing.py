@@ -29,7 +29,7 @@ def choose_lane(
     quota_exhausted: bool = False,
     requests_left: int | None = None,
     budget_left: float | None = None,
-    prices: Prices = Prices(),
+    prices: Prices | None = None,
     model: str | None = None,
     sizes: list[str] | None = None,
 ) -> Route:
@@ -53,8 +53,10 @@ def choose_lane(
         raise LaneUnavailable(
             f"the batch lane is not deployed: submit fewer than {threshold} items or use lane=interactive"
         )
+    price_list = prices or Prices()
+
     def estimate(lane: Lane) -> float:  # each item at its model's price for its size
-        return prices.estimate_sizes(lane, model, sizes) if sizes else prices.estimate(lane, item_count, model)
+        return price_list.estimate_sizes(lane, model, sizes) if sizes else price_list.estimate(lane, item_count, model)
 
     cost = estimate(lane)
     if budget_left is not None and cost > budget_left + 1e-9:

@@ -29,7 +29,7 @@ def authenticate(request: web.Request) -> str:
             failure = errors.invalid_api_key()
         if failure is not None:
             state.stats.auth_failures += 1
-    if failure is not None:
-        raise failure
+    if failure is not None or key is None:  # key is None only with a failure
+        raise failure or errors.missing_api_key()
     request[API_KEY] = key
     return key

@@ -131,10 +131,12 @@ async def create_batch(request: web.Request) -> web.Response:
 
     source: FileSource | InlineSource
     input_file = None
+    input_path: Path | None = None  # the uploaded file's data, when the input is a file
     if "file_name" in input_config:
         input_file, source = await _file_source(state, owner, input_config["file_name"])
+        input_path = source[0]
         count = len(source[1])
-        tokens = math.ceil(source[0].stat().st_size / 4)
+        tokens = math.ceil(input_path.stat().st_size / 4)
     else:
         source = _inline_source(input_config["requests"])
         count = len(source)
@@ -152,8 +154,8 @@ async def create_batch(request: web.Request) -> web.Response:
         limit = cfg["batch"]["max_concurrent_batches"]
         if limit and state.batches.active_count() >= limit:
             state.batches.rejected_max_concurrent += 1
-            if input_file is not None:
-                source[0].unlink(missing_ok=True)
+            if input_path is not None:
+                input_path.unlink(missing_ok=True)
             # Batch quota errors carry no RetryInfo (wire notes, section 7.1).
             raise errors.ApiError(
                 429,
@@ -161,8 +163,8 @@ async def create_batch(request: web.Request) -> web.Response:
             )
         if _over_enqueued_limit(state, model, count, tokens):
             state.batches.rejected_max_enqueued += 1
-            if input_file is not None:
-                source[0].unlink(missing_ok=True)
+            if input_path is not None:
+                input_path.unlink(missing_ok=True)
             raise errors.batch_enqueued_exhausted()
         outcome, state.batches.script_pos = choose_batch_outcome(
             display_name=display_name or "", batch=cfg["batch"], script_pos=state.batches.script_pos
@@ -189,8 +191,7 @@ async def create_batch(request: web.Request) -> web.Response:
             input_file=input_file,
         )
         record.input_tokens = tokens
-        if input_file is not None:
-            record.input_link = source[0]
+        record.input_link = input_path
         body = batch_jobs.operation(record, state.wall)
         record.worker = state.batch_executor.submit(_work, state, store, record, spec, source)
     return json_response(body)

@@ -128,8 +128,10 @@ def parse_request(model: str, raw: Any) -> GenerateRequest:
                 input_images += str(part["file_data"].get("mime_type", "")).startswith("image/")
     system = body.get("system_instruction")
     if isinstance(system, dict):
-        parts = system.get("parts") if isinstance(system.get("parts"), list) else []
-        text_chars += sum(len(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+        system_parts = system.get("parts")
+        for p in system_parts if isinstance(system_parts, list) else []:
+            if isinstance(p, dict) and isinstance(p.get("text"), str):
+                text_chars += len(p["text"])
 
     config = body.get("generation_config") or {}
     if not isinstance(config, dict):
@@ -277,7 +279,7 @@ _SAFETY_CATEGORIES = (
 
 def blocked_response(req: GenerateRequest, reason: str = "SAFETY") -> dict[str, Any]:
     """HTTP 200 with no candidates: the prompt itself was refused."""
-    ratings = [{"category": c, "probability": "NEGLIGIBLE"} for c in _SAFETY_CATEGORIES]
+    ratings: list[dict[str, Any]] = [{"category": c, "probability": "NEGLIGIBLE"} for c in _SAFETY_CATEGORIES]
     ratings[-1] = {"category": _SAFETY_CATEGORIES[-1], "probability": "HIGH", "blocked": True}
     body = _envelope(req, None, _usage(req, []))
     return {"promptFeedback": {"blockReason": reason, "safetyRatings": ratings}, **body}

@@ -15,7 +15,7 @@ from typing import Any
 
 OK = "ok"
 # Each admitted request ends in exactly one of these (the wire behaviour is in generate.py).
-FAULT_OUTCOMES = ("429", "500", "503", "403", "hang", "blocked", "image_safety", "no_image")
+FAULT_OUTCOMES: tuple[str, ...] = ("429", "500", "503", "403", "hang", "blocked", "image_safety", "no_image")
 # Answers as today's API sends them (README "Outcomes"): a 429 listing several quotas with a
 # short retryDelay, a 429 with only a Help link, more image refusals and block reasons, and
 # an image preceded by thought parts. Appended, so a seeded run of the outcomes above replays.

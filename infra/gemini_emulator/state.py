@@ -53,7 +53,7 @@ class EmulatorState:
         if data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="gemini-emulator-"))
             # Removed at close(), or at interpreter exit if the app was never cleaned up.
-            self._remove_dir = weakref.finalize(self, shutil.rmtree, self.data_dir, ignore_errors=True)
+            self._remove_dir: Callable[[], Any] | None = weakref.finalize(self, shutil.rmtree, self.data_dir, ignore_errors=True)
         else:
             self.data_dir = Path(data_dir)
             self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from infra.local.http import http_json
 from infra.local.relay import PushRelay
@@ -456,7 +457,7 @@ class Stack:
         self.startup_seconds: dict[str, float] = {}
         self._scheduler_stop = threading.Event()
         self._scheduler: threading.Thread | None = None
-        self._previous_sigterm = None
+        self._previous_sigterm: Any = None  # whatever signal.getsignal returned
         self._failed = False
 
     # -- addresses ------------------------------------------------------------------------
@@ -630,10 +631,16 @@ class Stack:
         """Freeze one process group (SIGSTOP): the service still accepts connections but never
         answers, like an outage that times requests out. Unlike a restart, its state is kept
         (fake-gcs-server keeps its objects in memory)."""
-        os.killpg(self.processes[name].pid, signal.SIGSTOP)
+        os.killpg(self._pid_of(name), signal.SIGSTOP)
 
     def resume(self, name: str) -> None:
-        os.killpg(self.processes[name].pid, signal.SIGCONT)
+        os.killpg(self._pid_of(name), signal.SIGCONT)
+
+    def _pid_of(self, name: str) -> int:
+        pid = self.processes[name].pid
+        if pid is None:
+            raise StackError(f"{name} is not running")
+        return pid
 
     def detach_push_subscription(self) -> None:
         """Delete the worker's push subscription, and with it every message it holds: nothing is

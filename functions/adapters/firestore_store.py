@@ -164,7 +164,7 @@ class FirestoreJobStore:
         """The job's counter shards; none for a job whose items were written before counts were
         kept (or that has no item yet), which the count() queries answer instead."""
         refs = [self._counts(job_id).document(str(n)) for n in range(COUNT_SHARDS)]
-        return [s.to_dict() for s in self.db.get_all(refs) if s.exists]
+        return [data_of(s) for s in self.db.get_all(refs) if s.exists]
 
     def _count_by_queries(self, job_id: str) -> dict[ItemState, int]:
         counts = {}
@@ -403,7 +403,7 @@ class FirestoreJobStore:
                 batch = self.db.batch()
                 deltas: dict = {}
                 for key in chunk:
-                    before, updates = found[key].to_dict(), item_updates[key]
+                    before, updates = data_of(found[key]), item_updates[key]
                     batch.update(items_ref.document(key), updates,
                                  option=self.db.write_option(last_update_time=found[key].update_time))
                     moved = count_deltas(before, {**before, **updates})

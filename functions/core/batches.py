@@ -359,7 +359,7 @@ class BatchLane:
                 return "backing_off"
             return "backing_off" if self.waiting(self._submit(intent, owner)) else "submitted"
         if intent.state is IntentState.SUBMITTED:
-            info = self.api.get_batch(intent.gemini_batch)
+            info = self.api.get_batch(intent.batch_name)
             if info is None:
                 # Truth comes from batches.get: only its "not found" means the batch is gone.
                 self._resubmit(intent, owner, "the Gemini batch no longer exists")
@@ -393,16 +393,16 @@ class BatchLane:
         log.warning("intent %s: batch %s is past the local deadline of %.0fs; cancelling it",
                     intent.intent_id, intent.gemini_batch, self.running_deadline_seconds)
         try:
-            self.api.cancel_batch(intent.gemini_batch)
+            self.api.cancel_batch(intent.batch_name)
         except Exception as e:  # noqa: BLE001 - it may have ended meanwhile: the state says
             log.warning("cancel of %s failed: %s", intent.gemini_batch, e)
-        after = self.api.get_batch(intent.gemini_batch)
+        after = self.api.get_batch(intent.batch_name)
         return after if after is not None else BatchInfo(name=info.name, state="BATCH_STATE_CANCELLED")
 
     def _cancel(self, intent: BatchIntent, owner: str, error: str = "job cancelled") -> str:
         if intent.gemini_batch and intent.state is IntentState.SUBMITTED:
             try:
-                self.api.cancel_batch(intent.gemini_batch)
+                self.api.cancel_batch(intent.batch_name)
             except Exception as e:  # noqa: BLE001 - it may have ended meanwhile
                 log.warning("cancel of %s failed: %s", intent.gemini_batch, e)
         if intent.state is IntentState.CREATING:
@@ -475,7 +475,7 @@ class BatchLane:
 
         splitter = LineSplitter(on_line)
         try:
-            self.api.stream_file(intent.output_file, splitter)
+            self.api.stream_file(intent.results_file, splitter)
             splitter.close()
         except _Pause:
             log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, progress["lines"])
@@ -539,6 +539,8 @@ class BatchLane:
                 return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
                         "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
                         "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **facts}
+        if error is None:  # parse_result_line gives every line an image or an error
+            raise ValueError(f"intent {intent.intent_id}: result line {result.key!r} has neither image nor error")
         if error.retryable:
             return {"error": error.reason, "attempts": intent.attempt, "updated_at": now}
         return {"state": ItemState.FAILED.value, "error": error.reason, "attempts": intent.attempt,

@@ -268,6 +268,20 @@ class BatchIntent:
         d["keys"] = list(self.keys)
         return d
 
+    @property
+    def batch_name(self) -> str:
+        """The Gemini batch's name: set once the intent is past `creating`."""
+        if self.gemini_batch is None:
+            raise ValueError(f"intent {self.intent_id} has no Gemini batch yet")
+        return self.gemini_batch
+
+    @property
+    def results_file(self) -> str:
+        """The results file's name: set when the batch succeeded, before ingesting."""
+        if self.output_file is None:
+            raise ValueError(f"intent {self.intent_id}: its succeeded batch named no results file")
+        return self.output_file
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchIntent:
         return cls(**_known_fields(cls, {**d, "state": IntentState(d["state"])}))

@@ -61,7 +61,7 @@ class RateLimit:
     @property
     def interval(self) -> float:
         """Seconds between two consecutive sends, across every instance."""
-        per_window = []
+        per_window: list[float] = []
         if self.requests_per_window:
             per_window.append(self.requests_per_window)
         if self.images_per_window:
@@ -111,11 +111,11 @@ class SlotRateLimiter:
         but the sleep stands between a slot's time and the send: a wait for a lease after the
         slot would let sends bunch up and break the spacing."""
         deadline = self.clock.now() + max_wait
-        if self.limit.concurrency:
-            self._take_lease(owner, deadline)
-        if self.limit.spend_usd_per_window:
+        if capacity := self.limit.concurrency:
+            self._take_lease(owner, capacity, deadline)
+        if spend_limit := self.limit.spend_usd_per_window:
             try:
-                self._reserve_spend(self.limit.cost_per_request_usd if cost is None else cost, deadline)
+                self._reserve_spend(self.limit.cost_per_request_usd if cost is None else cost, spend_limit, deadline)
             except RateLimited:
                 self.release(owner)
                 raise
@@ -160,11 +160,11 @@ class SlotRateLimiter:
             if self.store.blocked_until() <= now and now - send_at <= interval * _LATE_FRACTION:
                 return
 
-    def _reserve_spend(self, cost: float, deadline: float) -> None:
+    def _reserve_spend(self, cost: float, limit: float, deadline: float) -> None:
         """Record the request's cost in the shared spend window, waiting while it does not fit.
         The cost stays recorded even if the request then fails: over-counting only makes the
         limiter more careful, and a 429 or 5xx might still have been billed."""
-        limit, window = self.limit.spend_usd_per_window, self.limit.spend_window_seconds
+        window = self.limit.spend_window_seconds
         if cost > limit:
             raise RateLimited(window)  # can never fit; the caller backs off a whole window
         while True:
@@ -176,10 +176,10 @@ class SlotRateLimiter:
                 raise RateLimited(wait)
             self.clock.sleep(max(wait, _LEASE_POLL_SECONDS))
 
-    def _take_lease(self, owner: str, deadline: float) -> None:
+    def _take_lease(self, owner: str, capacity: int, deadline: float) -> None:
         for tries in itertools.count():
             now = self.clock.now()
-            lease_id = self.store.try_take_lease(owner, self.limit.concurrency, now, self.lease_ttl)
+            lease_id = self.store.try_take_lease(owner, capacity, now, self.lease_ttl)
             if lease_id is not None:
                 self._leases[owner] = lease_id
                 return

@@ -154,7 +154,8 @@ def submit_job(
     if accounting is not None and existing is None:
         # Reserved before the job exists: a crash in between over-reserves (safe), never under.
         accounting.reserve(job.lane, len(items), cost=job.estimated_cost_usd, job_id=job.job_id)
-    intents = accepting.record_job(job, items, store=store, intents=batch.store if job.lane is Lane.BATCH else None,
+    batch_store = batch.store if batch is not None and job.lane is Lane.BATCH else None
+    intents = accepting.record_job(job, items, store=store, intents=batch_store,
                                    max_requests=batch_max_requests, now=clock.now())
     if not store.finish_accepting(job.job_id, clock.now()):
         current = store.get_job(job.job_id)
@@ -167,6 +168,8 @@ def submit_job(
         store.mark_published(job.job_id, clock.now())
         job.published = True
         return job
+    if batch is None:  # plan_route never picks the batch lane when there is none
+        raise RuntimeError(f"job {job.job_id} is a batch job, but no batch lane is wired")
     _submit_batches(job, items, intents, batch, owner, clock.now() + batch_submit_budget)
     return job
 
@@ -600,7 +603,8 @@ def retry_job(
         store.mark_unpublished(job_id, now)
     for it in batch:
         pool.add(PoolEntry(job_id, it.key, now, urgent=True))  # the client is waiting: next tick
-    requeued_interactive, requeued_batch = [], []
+    requeued_interactive: list[str] = []
+    requeued_batch: list[str] = []
     for it in dead:
         updates = {"state": ItemState.QUEUED.value, "attempts": 0, "lease_owner": None, "lease_expires_at": None,
                    "updated_at": now, "error": f"retried after: {it.error}" if it.error else None}

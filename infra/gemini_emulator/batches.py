@@ -148,8 +148,8 @@ async def create_batch(request: web.Request) -> web.Response:
         scripted = _scripted_refusal(state)
         if scripted is not None:
             state.batches.rejected_scripted += 1
-            if input_file is not None:
-                source[0].unlink(missing_ok=True)
+            if input_path is not None:
+                input_path.unlink(missing_ok=True)
             raise scripted
         limit = cfg["batch"]["max_concurrent_batches"]
         if limit and state.batches.active_count() >= limit:

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest smoke-live lint clean distclean
+.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest smoke-live docs lint clean distclean
 
 help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and
 
 smoke-live: venv ## two images (SMOKE_BATCH=1: and a two-line batch) against the REAL Gemini API with GEMINI_API_KEY; costs money; never in CI
 	$(PY) tools/smoke_live.py
+
+docs: venv ## regenerate docs/configuration.md (from functions/config.py) and openapi.json (from the pydantic models)
+	$(PY) tools/gen_config_doc.py
+	$(PY) functions/openapi.py > openapi.json
 
 # checkov cannot share .venv (infra/terraform/requirements-checkov.txt says why): its own venv.
 CHECKOV_VENV ?= $(VENV)/checkov

@@ -8,18 +8,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest smoke-live lint clean distclean
+.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest smoke-live docs lock lint clean distclean
 
 help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo "  (pass pytest options with ARGS=..., e.g. make unit ARGS='-k ratelimit')"
 
-venv: $(STAMP) ## create .venv (Python >= 3.11), install requirements.txt and the imagefleet CLI; again only when one of them changes
+venv: $(STAMP) ## create .venv (Python >= 3.11), install functions/requirements.txt (the hashed lock), requirements.txt and the imagefleet CLI; again only when one of them changes
 
+# The functions' lock first, hashes checked, exactly as the deploy installs it; then the tools
+# (pip refuses a file that mixes hashed and unhashed lines, so they are two installs).
 $(STAMP): requirements.txt functions/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python >= 3.11 is required; run e.g. 'make $(MAKECMDGOALS) PYTHON=python3.11'" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r functions/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
@@ -58,6 +61,19 @@ bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and
 
 smoke-live: venv ## two images (SMOKE_BATCH=1: and a two-line batch) against the REAL Gemini API with GEMINI_API_KEY; costs money; never in CI
 	$(PY) tools/smoke_live.py
+
+docs: venv ## regenerate docs/configuration.md (from functions/config.py) and openapi.json (from the pydantic models)
+	$(PY) tools/gen_config_doc.py
+	$(PY) functions/openapi.py > openapi.json
+
+# pip-tools compiles the lock; in its own venv so its pip pins never touch .venv.
+PIP_TOOLS_VENV ?= $(VENV)/pip-tools
+
+lock: ## compile functions/requirements.in into functions/requirements.txt (every dependency pinned, with hashes)
+	@test -x $(PIP_TOOLS_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(PIP_TOOLS_VENV) && \
+		$(PIP_TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip-tools==7.6.2; }
+	cd functions && ../$(PIP_TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file=requirements.txt requirements.in
 
 # checkov cannot share .venv (infra/terraform/requirements-checkov.txt says why): its own venv.
 CHECKOV_VENV ?= $(VENV)/checkov

@@ -26,45 +26,57 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(
         None,
         description="comma-separated X-API-Key entries: key, tenant=key or admin:tenant=key "
-        "(core/tenants.py); unset = no key check and one tenant (the cloud's IAM invoker check still applies)",
+        "(core/tenants.py); unset = no key check and one tenant (the cloud's IAM invoker check still applies); "
+        "in the cloud from Secret Manager with require_api_keys",
     )
 
     gemini_model: str | None = Field(
-        None, description="the default image model of a job that names none; unset = the catalog's default GA model"
+        None, description="the default image model of a job that names none; must be in the catalog; unset = the "
+        "catalog's default_model"
     )
     model_catalog_file: str | None = Field(
-        None, description="a catalog to use instead of functions/models.json (same format)"
+        None, description="a model catalog (sizes, ratios, lifecycle, prices) to use instead of functions/models.json "
+        "(same format)"
     )
     model_check_interval_seconds: float = Field(
-        86_400.0, gt=0, description="how often the poller runs models.get for every model in use"
+        86_400.0, gt=0,
+        description="how often the poller runs models.get for every model in use (halted ones: every tick)"
     )
     model_shutdown_warning_days: int = Field(30, ge=0, description="warn this many days before a shutdown date")
-    gemini_timeout_seconds: float = Field(60.0, gt=0)
+    gemini_timeout_seconds: float = Field(60.0, gt=0, description="timeout of one generateContent call")
 
     # Routing and input limits
-    interactive_threshold: int = Field(10, ge=1)
-    batch_lane_enabled: bool = True
-    max_items_per_job: int = Field(10_000, ge=1)
-    max_prompt_chars: int = Field(4_000, ge=1)
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    interactive_threshold: int = Field(
+        10, ge=1, description="auto jobs of at least this many items go to the batch lane")
+    batch_lane_enabled: bool = Field(
+        True, description="false answers batch-lane jobs with 503 lane_unavailable")
+    max_items_per_job: int = Field(10_000, ge=1, description="most requests in one job")
+    max_prompt_chars: int = Field(4_000, ge=1, description="longest prompt, in characters")
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest request body (10 MiB), with or without a Content-Length")
 
     # The shared rate limiter: set these to the project's quota for the model.
-    rate_limit_requests: int | None = Field(10, description="requests per window; 0 = unlimited")
-    rate_limit_images: int | None = Field(10, description="images per window; 0 = unlimited")
-    rate_window_seconds: float = Field(60.0, gt=0)
-    rate_concurrency: int | None = Field(4, description="concurrent requests; 0 = unlimited")
-    rate_safety: float = Field(0.95, gt=0, le=1)
+    rate_limit_requests: int | None = Field(
+        10, description="the project's requests per window for the model, across every instance; 0 = unlimited")
+    rate_limit_images: int | None = Field(
+        10, description="the project's images per window for the model, across every instance; 0 = unlimited")
+    rate_window_seconds: float = Field(60.0, gt=0, description="the quota window")
+    rate_concurrency: int | None = Field(
+        4, description="concurrent generateContent calls, across every instance; 0 = unlimited")
+    rate_safety: float = Field(0.95, gt=0, le=1, description="fraction of the quota aimed at")
     # Spend-based limit (paid tiers): dollars per rolling window, shared by every instance.
     rate_limit_spend_usd: float | None = Field(
-        None, ge=0, description="dollars of expected cost per RATE_SPEND_WINDOW_SECONDS; unset or 0 = off")
-    rate_spend_window_seconds: float = Field(600.0, gt=0)
+        None, ge=0, description="spend-based limit: dollars of expected cost per RATE_SPEND_WINDOW_SECONDS "
+        "across every instance; a request is sent only if its price fits; unset or 0 = off")
+    rate_spend_window_seconds: float = Field(600.0, gt=0, description="the rolling window of RATE_LIMIT_SPEND_USD")
 
     # Worker behaviour
     max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")
     max_wait_seconds: float = Field(
         30.0, gt=0, description="longest one delivery waits for capacity before Pub/Sub retries"
     )
-    republish_grace_seconds: float = Field(60.0, ge=0)
+    republish_grace_seconds: float = Field(
+        60.0, ge=0, description="age of an unpublished job before the poller republishes it")
     stuck_lease_grace_seconds: float = Field(
         60.0, ge=0, description="the poller republishes a running item whose lease expired this long ago"
     )
@@ -86,7 +98,8 @@ class Settings(BaseSettings):
 
     # The batch lane
     gemini_api_key: SecretStr | None = Field(
-        None, description="read only to fingerprint batches; the SDK reads GEMINI_API_KEY itself"
+        None, description="read only to fingerprint batches; the SDK (google-genai) reads GEMINI_API_KEY itself; in "
+        "the cloud from Secret Manager"
     )
     batch_max_requests: int = Field(1000, ge=1, description="requests per Gemini batch")
     batch_max_output_bytes: int = Field(
@@ -95,14 +108,14 @@ class Settings(BaseSettings):
     batch_expected_image_bytes: int = Field(
         2_000_000, ge=1, description="expected size of one result line (a base64 image)"
     )
-    batch_max_attempts: int = Field(3, ge=1, description="batches an item may go through")
+    batch_max_attempts: int = Field(3, ge=1, description="batches an item may go through before it is dead-lettered")
     poller_budget_seconds: float = Field(
-        240.0, gt=0, description="a poller call stops starting work after this long"
+        240.0, gt=0, description="a poller call starts no new work after this long (keep it under the function timeout)"
     )
     batch_lease_seconds: float = Field(
-        300.0, gt=0, description="how long a poller owns a batch; above the budget"
+        300.0, gt=0, description="how long a poller owns a batch; must exceed POLLER_BUDGET_SECONDS"
     )
-    batch_checkpoint_lines: int = Field(200, ge=1)
+    batch_checkpoint_lines: int = Field(200, ge=1, description="result lines per checkpoint while ingesting")
     batch_quota_backoff_seconds: float = Field(
         60.0, gt=0, description="first wait after a 429 on batch upload or create that gives no retryDelay; "
         "doubles per 429 in a row, up to 30 times this"
@@ -118,7 +131,8 @@ class Settings(BaseSettings):
     # instead of waiting on Gemini to expire it. 0 = wait for Gemini.
     batch_running_deadline_seconds: float = Field(
         36 * 3600.0, ge=0, description="a batch still pending or running this long after it was created is "
-        "cancelled and its unfinished items resubmitted; 0 = rely on Gemini's own expiry"
+        "cancelled and its unfinished items resubmitted (Gemini's target turnaround is 24 h); 0 = rely on "
+        "Gemini's own expiry"
     )
     accept_abandon_seconds: float = Field(
         600.0, gt=0, description="a job still accepting this long after its submitter last wrote it is completed "
@@ -131,21 +145,26 @@ class Settings(BaseSettings):
 
     # Circuit breaker, pending-batch pool
     breaker_threshold: int = Field(3, ge=1, description="consecutive quota failures that open the breaker")
-    breaker_cooldown_seconds: float = Field(60.0, gt=0, description="open -> one probe after this long")
+    breaker_cooldown_seconds: float = Field(
+        60.0, gt=0, description="open -> one probe after this long (a per-day quota: until midnight Pacific)")
     breaker_halt_seconds: float = Field(900.0, gt=0, description="halted (403) -> one probe after this long")
     pool_flush_items: int = Field(100, ge=1, description="diverted items that make the poller create a batch")
-    pool_max_age_seconds: float = Field(300.0, ge=0, description="or the age of the oldest diverted item")
+    pool_max_age_seconds: float = Field(300.0, ge=0, description="or the age of the oldest diverted item that makes it")
 
     # Usage, spend and budget (the day is Gemini's quota day: it resets at midnight Pacific)
     # Unset: each model's price from the catalog; set: this price per image for every model.
-    price_interactive_image_usd: float | None = Field(None, ge=0)
-    price_batch_image_usd: float | None = Field(None, ge=0)
-    daily_request_quota: int | None = Field(None, ge=1, description="the model's requests per day, to watch")
-    daily_image_quota: int | None = Field(None, ge=1, description="images per day, to watch")
+    price_interactive_image_usd: float | None = Field(
+        None, ge=0,
+        description="price per interactive image for every model (set both); unset = each model's catalog price")
+    price_batch_image_usd: float | None = Field(
+        None, ge=0, description="price per batch image for every model (set both); unset = each model's catalog price")
+    daily_request_quota: int | None = Field(
+        None, ge=1, description="the model's requests per day: watched (80% / 100% alerts) and used for routing")
+    daily_image_quota: int | None = Field(None, ge=1, description="images per day: watched (80% / 100% alerts)")
     daily_budget_usd: float | None = Field(None, ge=0, description="jobs that would exceed it are refused")
-    usage_counter_shards: int = Field(16, ge=1, le=500)
+    usage_counter_shards: int = Field(16, ge=1, le=500, description="documents each day's counters are spread over")
 
-    idempotency_ttl_seconds: float = Field(86_400.0, gt=0)
+    idempotency_ttl_seconds: float = Field(86_400.0, gt=0, description="how long an Idempotency-Key is kept")
     records_retention_days: int = Field(
         30, ge=1, description="jobs, items, batch intents, events, pool entries and daily usage counters get an "
         "expire_at this many days out (usage: after their day), and Firestore's TTL policies delete them then"
@@ -156,14 +175,17 @@ class Settings(BaseSettings):
     # Completion events and webhooks (core/events.py)
     events_topic: str = Field("imagefleet-events", description="Topic of the job.completed events")
     webhook_secret: SecretStr | None = Field(
-        None, description="whsec_<base64> key that signs webhooks (Standard Webhooks); unset = jobs "
-        "with a callback_url are refused",
+        None, description="whsec_ + base64 of 24 to 64 random bytes: the key that signs webhooks (Standard "
+        "Webhooks; in the cloud from Secret Manager); unset = jobs with a callback_url are refused",
     )
     webhook_allow_insecure: bool = Field(
         False, description="also accept http:// and private or loopback hosts (local stacks and tests only)"
     )
-    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="connect and read timeout of one POST")
-    webhook_backoff_base_seconds: float = Field(30.0, gt=0, description="wait after the first failed attempt")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=60,
+        description="connect timeout, and answer timeout, of one webhook POST (and of one events publish)")
+    webhook_backoff_base_seconds: float = Field(
+        30.0, gt=0, description="wait after the first failed attempt (then doubling, with jitter)")
     webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="longest wait between attempts")
     webhook_max_attempts: int = Field(8, ge=1, description="attempts before an event is marked failed")
 

@@ -11,14 +11,19 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.util.retry import Retry
 
 API_KEY_HEADER = "X-API-Key"
 DEFAULT_API = "http://localhost:8080"
 # Connection errors before an answer: the submit is sent again with the same Idempotency-Key,
 # so a job the server did record is answered again, not created twice.
 RETRY_DELAYS = (0.5, 1.0)
-# 409 request_in_progress: how many times to ask again for the answer to an earlier send.
+# 409 request_in_progress: how many times to ask again for the answer to an earlier send, and
+# the longest wait between two asks whatever Retry-After says (1 s when it says nothing usable).
 IN_PROGRESS_RETRIES = 10
+IN_PROGRESS_MAX_WAIT = 5.0
 # How many field problems of a 400 the one-line message names.
 SHOWN_PROBLEMS = 3
 
@@ -84,6 +89,9 @@ def describe_connection_error(exc: BaseException) -> str:
             return "unknown host"
         if isinstance(cause, ssl.SSLError):
             return f"TLS error: {cause}"
+    # After its last retry urllib3 reports a read timeout as a connection error wrapping it.
+    if any(isinstance(cause, (TimeoutError, Urllib3Timeout)) for cause in causes):
+        return "timed out"
     return str(causes[-1]) or type(causes[-1]).__name__
 
 
@@ -100,14 +108,63 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo += [c for c in linked if isinstance(c, BaseException)]
 
 
+class ApiRetry(Retry):
+    """urllib3's Retry with the CLI's policy, for the calls that are safe to send again (GETs,
+    a submit with its Idempotency-Key, a dry run):
+
+    - no answer (refused, reset, dropped, timed out): sent again after each of RETRY_DELAYS,
+      counted anew after every answer;
+    - 409 with Retry-After to a POST: the API is still handling an earlier send of the same
+      Idempotency-Key (request_in_progress; the API's other 409s answer calls that are never
+      retried), so it is asked again after Retry-After (at most IN_PROGRESS_MAX_WAIT), up to
+      IN_PROGRESS_RETRIES times; then that 409 is the answer.
+    """
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        return method.upper() == "POST" and status_code == 409 and has_retry_after
+
+    def is_exhausted(self) -> bool:
+        return self._failures_in_a_row() > len(RETRY_DELAYS) or super().is_exhausted()
+
+    def sleep(self, response=None) -> None:
+        if response is not None:
+            time.sleep(_in_progress_wait(response.headers.get("Retry-After")))
+        else:
+            time.sleep(RETRY_DELAYS[min(self._failures_in_a_row(), len(RETRY_DELAYS)) - 1])
+
+    def _failures_in_a_row(self) -> int:
+        count = 0
+        for attempt in reversed(self.history):
+            if attempt.error is None:
+                break
+            count += 1
+        return count
+
+
+def _in_progress_wait(retry_after: str | None) -> float:
+    try:
+        seconds = float(retry_after) if retry_after is not None else 1.0
+    except ValueError:  # an HTTP date, or nonsense
+        seconds = 1.0
+    return min(max(seconds, 0.0), IN_PROGRESS_MAX_WAIT)
+
+
 class ApiClient:
-    """One API, one key. Timeouts on every call; the key goes in a header and nowhere else."""
+    """One API, one key. Timeouts on every call; the key goes in a header and nowhere else.
+
+    Two sessions share the headers: `session` retries through ApiRetry (calls safe to repeat),
+    `once` never retries (a cancel or a retry, which must not be sent twice)."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None, id_token: str | None = None,
                  timeout: float = 30.0, session: requests.Session | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, HTTPAdapter(max_retries=ApiRetry(
+                total=None, status=IN_PROGRESS_RETRIES, allowed_methods=None, raise_on_status=False)))
+        self.once = requests.Session()
+        self.once.headers = self.session.headers
         self.session.headers["User-Agent"] = "imagefleet-cli"
         if api_key:
             self.session.headers[API_KEY_HEADER] = api_key
@@ -122,18 +179,11 @@ class ApiClient:
     def submit(self, items: list[dict], lane: str = "auto", *, idempotency_key: str | None = None,
                model: str | None = None) -> dict:
         """POST /v1/jobs: the accepted job (202, or 200 when the key was seen before)."""
+        # Sent again after a lost answer, or while the server still handles an earlier send of
+        # this key (ApiRetry): the same key, so the server answers with the job it recorded.
         key = idempotency_key or str(uuid.uuid4())
-        for attempt in range(IN_PROGRESS_RETRIES + 1):
-            try:
-                return self._call("POST", "/v1/jobs", json=_job_body(items, lane, model),
-                                  headers={"Idempotency-Key": key}, retry=True)
-            except ApiError as exc:
-                # Our own earlier send of this key is still being handled (its answer was lost
-                # on the way back): the server says when to ask again.
-                if exc.reason != "request_in_progress" or attempt == IN_PROGRESS_RETRIES:
-                    raise
-                time.sleep(min(max(1.0 if exc.retry_after is None else exc.retry_after, 0.0), 5.0))
-        raise AssertionError("unreachable")
+        return self._call("POST", "/v1/jobs", json=_job_body(items, lane, model),
+                          headers={"Idempotency-Key": key}, retry=True)
 
     def dry_run(self, items: list[dict], lane: str = "auto", model: str | None = None) -> dict:
         """POST /v1/jobs?dry_run=true: the route and estimated cost; nothing is submitted."""
@@ -168,21 +218,17 @@ class ApiClient:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, retry: bool = False, **kwargs: Any) -> dict:
-        """One call; with ``retry``, sent again after a connection error (GETs, and POSTs that
-        are safe to repeat: an idempotent submit, a dry run)."""
+        """One call; with ``retry``, through the retrying session (GETs, and POSTs that are safe
+        to repeat: an idempotent submit, a dry run)."""
         url = self.base_url + path
-        delays = RETRY_DELAYS if retry else ()
-        for attempt in range(len(delays) + 1):
-            try:
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-                break
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == len(delays):
-                    raise Unreachable(f"cannot reach the API at {self.base_url}: "
-                                      f"{describe_connection_error(exc)}") from None
-                time.sleep(delays[attempt])
-            except requests.RequestException as exc:  # an invalid URL and the like
-                raise ClientError(f"cannot call the API at {self.base_url}: {exc}") from None
+        session = self.session if retry else self.once
+        try:
+            response = session.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Unreachable(f"cannot reach the API at {self.base_url}: "
+                              f"{describe_connection_error(exc)}") from None
+        except requests.RequestException as exc:  # an invalid URL and the like
+            raise ClientError(f"cannot call the API at {self.base_url}: {exc}") from None
         if response.status_code >= 400:
             raise ApiError.from_response(response)
         try:

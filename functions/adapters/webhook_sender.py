@@ -3,8 +3,9 @@ connect and on every read, and the SSRF check done on the addresses actually con
 
 The host is resolved once, every address it resolves to must be public (unless private hosts
 are allowed: local stacks and tests), and the connection goes to that vetted address while TLS
-still verifies the certificate against the host name. Resolving again inside the HTTP client
-would let a name that rebinds between the check and the connect reach an internal address.
+still verifies the certificate against the host name (PinnedConnection, through http.client's
+public connect() hook). Resolving again inside the HTTP client would let a name that rebinds
+between the check and the connect reach an internal address.
 """
 from __future__ import annotations
 
@@ -40,16 +41,9 @@ class HttpWebhookSender:
         https = parts.scheme.lower() == "https"
         host = parts.hostname or ""
         port = parts.port or (443 if https else 80)
-        if https:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=self.tls_context)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-        if not self.allow_private:
-            address = self._vetted_address(host, port)
-            # http.client connects through this attribute: to the vetted address, not a new lookup.
-            conn._create_connection = lambda _addr, *args, **kw: socket.create_connection(  # type: ignore[attr-defined]
-                (address, port), *args, **kw)
+        address = host if self.allow_private else self._vetted_address(host, port)
+        conn = PinnedConnection(host, port, address=address, timeout=self.timeout,
+                                tls_context=self.tls_context if https else None)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn.request("POST", target, body=body, headers={**headers, "User-Agent": USER_AGENT})
@@ -92,3 +86,31 @@ def _seconds(retry_after: str | None) -> float | None:
         return max(0.0, float(retry_after)) if retry_after else None
     except ValueError:
         return None
+
+
+class PinnedConnection(http.client.HTTPConnection):
+    """An HTTP(S) connection to a given address that speaks to it as `host`: the Host header, the
+    TLS server name (SNI) and the certificate check all use the host name, while the TCP
+    connection goes to `address` and never to a second lookup. Only `connect()`, the documented
+    hook that opens `sock`, is overridden."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+        self.tls_context = tls_context
+        if tls_context is not None:
+            self.default_port = http.client.HTTPS_PORT  # Host: names no port when it is 443
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client's own connect()
+        if self.tls_context is not None:
+            try:
+                # server_hostname is the name, not the address: the certificate must carry it
+                # (check_hostname of a default context), so a vetted IP proves nothing alone.
+                sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock

@@ -163,25 +163,23 @@ def test_the_connection_goes_to_the_vetted_address_not_a_second_lookup(monkeypat
 # --- TLS ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory) -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
-    """A server context with a certificate for hooks.example.invalid, and a client context
-    that trusts only that certificate."""
+def self_signed(folder, common_name: str, alt_names: list) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for alt_names (x509 general names), and
+    a client context that trusts only that certificate."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example.invalid")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.invalid")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    folder = tmp_path_factory.mktemp("tls")
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -189,7 +187,27 @@ def tls(tmp_path_factory) -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_path, key_path)
     client = ssl.create_default_context(cafile=str(cert_path))
-    yield server, client
+    return server, client
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
+    """A certificate for hooks.example.invalid."""
+    from cryptography import x509
+
+    yield self_signed(tmp_path_factory.mktemp("tls"), "hooks.example.invalid",
+                      [x509.DNSName("hooks.example.invalid")])
+
+
+@pytest.fixture(scope="module")
+def tls_for_the_address(tmp_path_factory) -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
+    """A certificate for the address 127.0.0.1 only, with no host name in it."""
+    import ipaddress
+
+    from cryptography import x509
+
+    yield self_signed(tmp_path_factory.mktemp("tls-ip"), "127.0.0.1",
+                      [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
 
 
 def loopback(host, port, **kw):
@@ -211,3 +229,29 @@ def test_https_to_the_vetted_address_still_checks_the_certificate_against_the_ho
                 f"https://hooks.example.invalid:{r.port}/tls", b"{}", HEADERS)
 
     assert [req["path"] for req in r.requests] == ["/tls"]
+
+
+def test_the_certificate_is_checked_against_the_host_name_not_the_vetted_address(tls_for_the_address, monkeypatch):
+    server, client = tls_for_the_address
+    monkeypatch.setattr(webhook_sender, "forbidden_address", lambda address: False)
+    with Receiver(status(200), tls=server) as r:
+        # The certificate is good for the address itself: a URL naming the address is delivered...
+        HttpWebhookSender(timeout=5, allow_private=True, tls_context=client).post(
+            f"https://127.0.0.1:{r.port}/by-address", b"{}", HEADERS)
+        # ...but a host name that resolves to that address is not: the name is what is checked.
+        with pytest.raises(DeliveryFailed, match="TLS error"):
+            HttpWebhookSender(timeout=5, resolve=loopback, tls_context=client).post(
+                f"https://hooks.example.invalid:{r.port}/by-name", b"{}", HEADERS)
+
+    assert [req["path"] for req in r.requests] == ["/by-address"]
+
+
+def test_the_host_header_of_https_on_443_names_no_port():
+    conn = webhook_sender.PinnedConnection("hooks.example.com", 443, address="203.0.113.7", timeout=1,
+                                           tls_context=ssl.create_default_context())
+    sent = []
+    conn.send = sent.append  # nothing is connected: record what would go on the wire
+    conn.putrequest("POST", "/x")
+    conn.endheaders()
+
+    assert b"Host: hooks.example.com\r\n" in b"".join(sent)

@@ -69,6 +69,67 @@ def test_a_resent_submit_whose_first_send_is_still_running_asks_again(serve):
     assert [r["headers"]["Idempotency-Key"] for r in server.requests] == ["k-9"] * 4
 
 
+def in_progress(retry_after: str):
+    return (409, {"error": {"code": 409, "reason": "request_in_progress", "message": "still working"}},
+            "application/json", {"Retry-After": retry_after})
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """The client's waits, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", waits.append)
+    return waits
+
+
+def test_an_in_progress_answer_is_asked_again_after_its_retry_after_within_bounds(serve, sleeps):
+    server = serve(in_progress("3"), in_progress("60"), in_progress("Wed, 21 Oct 2015 07:28:00 GMT"), accepted())
+
+    assert ApiClient(server.url).submit([{"prompt": "A fox"}])["job_id"] == "j1"
+
+    assert sleeps == [3.0, client_module.IN_PROGRESS_MAX_WAIT, 1.0]
+    assert len(server.requests) == 4
+
+
+def test_an_answer_still_in_progress_after_every_retry_is_the_error(serve, sleeps):
+    server = serve(*[in_progress("0")] * (client_module.IN_PROGRESS_RETRIES + 2))
+
+    with pytest.raises(ApiError, match="409 request_in_progress"):
+        ApiClient(server.url).submit([{"prompt": "A fox"}])
+
+    assert len(server.requests) == client_module.IN_PROGRESS_RETRIES + 1
+
+
+def test_connection_failures_are_counted_anew_after_each_answer(serve, sleeps):
+    server = serve("drop", "drop", in_progress("0"), "drop", "drop", accepted())
+
+    ApiClient(server.url).submit([{"prompt": "A fox"}])
+
+    assert len(server.requests) == 6
+    assert sleeps == [*client_module.RETRY_DELAYS, 0.0, *client_module.RETRY_DELAYS]
+
+
+def test_three_failed_sends_in_a_row_are_unreachable(serve, sleeps):
+    server = serve("drop", "drop", "drop", accepted())
+
+    with pytest.raises(Unreachable):
+        ApiClient(server.url).job("j1")
+
+    assert len(server.requests) == 3
+    assert sleeps == list(client_module.RETRY_DELAYS)
+
+
+def test_a_409_to_a_call_that_is_not_repeated_is_the_answer(serve, sleeps):
+    server = serve(in_progress("0"), in_progress("0"))
+
+    with pytest.raises(ApiError, match="409"):
+        ApiClient(server.url).retry("j1")
+    with pytest.raises(ApiError, match="409"):
+        ApiClient(server.url).job("j1")  # a GET: only a POST of a submit waits on a 409
+
+    assert len(server.requests) == 2
+
+
 def test_a_cancel_is_not_sent_twice(serve):
     server = serve("drop", accepted())
 

@@ -83,7 +83,8 @@ $(CHECKOV_VENV)/.installed: infra/terraform/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/terraform/requirements-checkov.txt
 	@touch $@
 
-lint: venv $(CHECKOV_VENV)/.installed ## byte-compile everything; terraform fmt -check (when terraform is installed); checkov on infra/terraform
+lint: venv $(CHECKOV_VENV)/.installed ## ruff and mypy (zero findings); byte-compile everything; terraform fmt -check (when terraform is installed); checkov on infra/terraform
+	$(PY) -m ruff check functions imagefleet infra tools
 	$(PY) -m compileall -q functions imagefleet infra tests
 	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra/terraform; \
 		else echo "terraform not installed: skipping terraform fmt -check"; fi

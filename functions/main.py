@@ -26,7 +26,7 @@ import wiring
 from adapters.pubsub_queue import decode_work_message
 from core import errors, usecases
 from core.model_watch import models_section
-from core.pool import flush_pool
+from core.poller import poll_once
 from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
 from schemas import JobRequest, error_fields, model_problems
@@ -396,54 +396,8 @@ def pubsub_worker(cloud_event):
 
 @functions_framework.http
 def scheduled_poller(request):
-    """One Cloud Scheduler tick. Cloud Scheduler starts no attempt before the previous one ends,
-    but a tick can still meet another (one that outlived its attempt deadline, a manual run, a
-    second deployment): every batch and event is leased, so that is safe.
-
-    POST only, as Cloud Scheduler sends it: a GET (a health check, a crawler, a browser) must
-    not run a tick."""
+    """One Cloud Scheduler tick (core/poller.py). POST only, as Cloud Scheduler sends it: a GET
+    (a health check, a crawler, a browser) must not run a tick."""
     if request.method != "POST":
         return _error(ApiError(405, "method_not_allowed", "the poller runs on POST only"), {"Allow": "POST"})
-    s = wiring.settings()
-    clock = wiring.clock()
-    deadline = clock.now() + s.poller_budget_seconds
-    owner = f"poller-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
-    republished = usecases.reconcile_unpublished(
-        store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
-        grace_seconds=s.republish_grace_seconds,
-    )
-    stuck = usecases.redrive_stuck_items(store=wiring.job_store(), queue=wiring.work_queue(), clock=clock,
-                                         lease_grace_seconds=s.stuck_lease_grace_seconds,
-                                         queued_after_seconds=s.stuck_queued_seconds)
-    # Events first, with a quarter of the budget: a long ingest must not hold back webhooks.
-    events = wiring.job_events().deliver_due(owner, deadline=clock.now() + s.poller_budget_seconds / 4)
-    dead = {}
-    if (source := wiring.dead_letters()) is not None:
-        dead = usecases.drain_dead_letters(source, store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
-                                           owner=owner, decode=decode_work_message, events=wiring.job_events())
-    pooled = {}
-    if (pool := wiring.pool_store()) is not None:
-        pooled = flush_pool(pool=pool, jobs=wiring.job_store(), batches=wiring.job_store(), clock=clock,
-                            flush_items=s.pool_flush_items, max_age_seconds=s.pool_max_age_seconds,
-                            max_batch_items=s.batch_items_per_batch)
-    lane = wiring.batch_lane()
-    batches = lane.reconcile(owner, deadline) if lane else {}
-    # After the batches, so it takes none of their budget: an abandoned accept is minutes old.
-    accepts = usecases.recover_abandoned_accepts(
-        store=wiring.job_store(), batches=wiring.job_store() if lane else None, queue=wiring.work_queue(),
-        clock=clock, sink=wiring.image_sink(), events=wiring.job_events(), accounting=wiring.accounting(),
-        abandon_seconds=s.accept_abandon_seconds, max_requests=s.batch_items_per_batch)
-    # Also after the batches: a restored model's held intents go at the next tick, its parked
-    # interactive items now.
-    models = wiring.model_watch().tick(
-        lambda: usecases.models_in_use(store=wiring.job_store(), default=s.default_model))
-    resumed = usecases.resume_restored_models(model_halts=wiring.model_halts(), store=wiring.job_store(),
-                                              queue=wiring.work_queue())
-    finalized = usecases.finalize_stalled_jobs(store=wiring.job_store(), clock=clock, sink=wiring.image_sink(),
-                                               events=wiring.job_events(), deadline=deadline)
-    summary = {"abandoned_accepts": accepts, "republished_jobs": republished, "stuck_items": stuck,
-               "dead_letters": dead, "pool": pooled, "batches": batches,
-               "events": events, "finalized_jobs": finalized, "models": models, "resumed": resumed}
-    log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
-             len(republished), dead, pooled, batches, events, extra=summary)
-    return _json(summary)
+    return _json(poll_once(wiring.poller_deps(), wiring.poller_policy(), wiring.instance_id()))

@@ -316,3 +316,30 @@ def job_events():
         ),
         owner_prefix=f"inline-{instance_id()}",
     )
+
+
+@functools.cache
+def poller_deps():
+    """What a poller tick works with (core/poller.py), built once per instance."""
+    from adapters.pubsub_queue import decode_work_message
+    from core.poller import PollerDeps
+
+    return PollerDeps(
+        store=job_store(), queue=work_queue(), clock=clock(), sink=image_sink(), events=job_events(),
+        accounting=accounting(), model_watch=model_watch(), model_halts=model_halts(), decode=decode_work_message,
+        dead_letters=dead_letters(), batches=job_store() if batch_lane() else None, pool=pool_store(),
+        batch_lane=batch_lane(),
+    )
+
+
+def poller_policy():
+    from core.poller import PollerPolicy
+
+    s = settings()
+    return PollerPolicy(
+        budget_seconds=s.poller_budget_seconds, republish_grace_seconds=s.republish_grace_seconds,
+        stuck_lease_grace_seconds=s.stuck_lease_grace_seconds, stuck_queued_seconds=s.stuck_queued_seconds,
+        pool_flush_items=s.pool_flush_items, pool_max_age_seconds=s.pool_max_age_seconds,
+        batch_items_per_batch=s.batch_items_per_batch, accept_abandon_seconds=s.accept_abandon_seconds,
+        default_model=s.default_model,
+    )

@@ -81,8 +81,10 @@ def fakes(monkeypatch):
     f.events = CompletionEvents(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
                                 webhooks=ScriptedWebhookSender(), clock=f.clock, secret=None, policy=DeliveryPolicy())
     monkeypatch.setattr(wiring, "job_events", lambda: f.events)
+    wiring.poller_deps.cache_clear()  # built from the factories above at the first tick
     yield f
     wiring.get_settings.cache_clear()
+    wiring.poller_deps.cache_clear()
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ from core.errors import (
     BudgetExceeded, Conflict, IdempotencyMismatch, InProgress, LaneUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
+from core.worker import process_item
 from core.pool import flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
 from core.routing import choose_lane
 from tests.fakes import (
     FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryImageSink,
-    InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator,
+    InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, ScriptedImageGenerator, worker_deps,
 )
 
 PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel"
@@ -56,10 +57,10 @@ def env():
                 interactive_threshold=10, breaker=self.breaker, accounting=self.accounting, **kw)
 
         def process(self, job_id, key, owner="w1", max_attempts=3):
-            return usecases.process_item(
-                job_id, key, store=self.store, generator=self.generator, sink=self.sink, limiter=NoLimiter(),
-                clock=self.clock, owner=owner, max_attempts=max_attempts, max_wait=30.0, lease_seconds=120,
-                breaker=self.breaker, pool=self.pool, accounting=self.accounting)
+            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
+                               breaker=self.breaker, pool=self.pool, accounting=self.accounting,
+                               max_attempts=max_attempts)
+            return process_item(deps, job_id, key, owner)
 
         def flush(self, flush_items=100, max_age=300):
             return flush_pool(pool=self.pool, jobs=self.store, batches=self.store, clock=self.clock,

@@ -237,6 +237,19 @@ def test_a_duplicate_delivery_of_a_diverted_item_is_acked_and_repairs_its_pool_e
     assert len(env.generator.calls) == 1
 
 
+def test_without_the_batch_lane_a_per_day_429_hands_the_item_back_instead_of_diverting(env):
+    env.pool = None  # as wiring builds it with BATCH_LANE_ENABLED=false: nothing would flush a pool
+    job = env.submit(1)
+    env.generator.script = [quota(per_day=True)]
+    out = env.process(job.job_id, "k0")
+    assert not out.ack and "interactive lane open" in out.reason
+    item = env.store.get_item(job.job_id, "k0")
+    assert item.state is ItemState.QUEUED and item.lane == "interactive" and item.pooled_at is None
+    assert (item.attempts, item.quota_retries, item.lease_owner) == (0, 1, None)
+    out = env.process(job.job_id, "k0")  # the breaker is open until midnight: no call
+    assert not out.ack and len(env.generator.calls) == 1
+
+
 def test_permission_denied_halts_the_lane_and_hands_items_back_without_an_attempt(env):
     job = env.submit(2)
     env.generator.script = [PermissionDenied("403 PERMISSION_DENIED: billing")]

@@ -314,11 +314,12 @@ def worker_deps():
     from core.pool import NoPool
     from core.worker import WorkerDeps
 
-    pool = pool_store()
+    pool = pool_store()  # None with the batch lane off: nothing would flush a pool
     return WorkerDeps(
         store=job_store(), generator=image_generator(), sink=image_sink(), limiter=rate_limiter(), clock=clock(),
-        breaker=breaker(), pool=pool or NoPool(), accounting=accounting(), events=job_events(), catalog=catalog(),
-        model_halts=model_halts(), limits=worker_limits(settings()), batch_lane=pool is not None,
+        breaker=breaker(), pool=pool if pool is not None else NoPool(), batch_lane=pool is not None,
+        accounting=accounting(), events=job_events(), catalog=catalog(), model_halts=model_halts(),
+        limits=worker_limits(settings()),
     )
 
 

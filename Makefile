@@ -85,6 +85,7 @@ $(CHECKOV_VENV)/.installed: infra/terraform/requirements-checkov.txt
 
 lint: venv $(CHECKOV_VENV)/.installed ## ruff and mypy (zero findings); byte-compile everything; terraform fmt -check (when terraform is installed); checkov on infra/terraform
 	$(PY) -m ruff check functions imagefleet infra tools
+	$(PY) -m mypy functions imagefleet infra
 	$(PY) -m compileall -q functions imagefleet infra tests
 	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra/terraform; \
 		else echo "terraform not installed: skipping terraform fmt -check"; fi

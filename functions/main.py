@@ -24,7 +24,7 @@ from werkzeug.routing import Map, Rule
 import logs
 import wiring
 from adapters.pubsub_queue import decode_work_message
-from core import errors, usecases
+from core import errors, usecases, worker
 from core.model_watch import models_section
 from core.poller import poll_once
 from core.tenants import LOCAL, Caller
@@ -365,27 +365,8 @@ def pubsub_worker(cloud_event):
         # A message we cannot read can never succeed: log it with its id and drop it.
         log.error("dropping unreadable message %s: %s", message_id, e, extra={"message_id": message_id})
         return
-    s = wiring.settings()
-    outcome = usecases.process_item(
-        job_id,
-        key,
-        store=wiring.job_store(),
-        generator=wiring.image_generator(),
-        sink=wiring.image_sink(),
-        limiter=wiring.rate_limiter(),
-        clock=wiring.clock(),
-        owner=f"{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
-        max_attempts=s.max_attempts,
-        max_wait=s.max_wait_seconds,
-        lease_seconds=s.lease_seconds,
-        breaker=wiring.breaker(),
-        pool=wiring.pool_store(),
-        accounting=wiring.accounting(),
-        events=wiring.job_events(),
-        upload_budget=s.upload_budget_seconds,
-        catalog=wiring.catalog(),
-        model_halts=wiring.model_halts(),
-    )
+    owner = f"{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"  # this delivery's leases
+    outcome = worker.process_item(wiring.worker_deps(), job_id, key, owner)
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,
                     extra={"job_id": job_id, "item_key": key, "lane": "interactive", "state": outcome.state})

@@ -291,6 +291,9 @@ def dead_letters():
     subscriber = pubsub_v1.SubscriberClient()
     return PubSubDeadLetters(subscriber, subscriber.subscription_path(s.google_cloud_project,
                                                                       s.dead_letter_subscription))
+
+
+@functools.cache
 def job_events():
     """The completion events' outbox and delivery (core/events.py): Firestore, the events
     topic and the webhook sender."""
@@ -316,6 +319,28 @@ def job_events():
         ),
         owner_prefix=f"inline-{instance_id()}",
     )
+
+
+@functools.cache
+def worker_deps():
+    """Everything the interactive worker needs (core/worker.py), built once per instance."""
+    from core.pool import NoPool
+    from core.worker import WorkerDeps
+
+    pool = pool_store()  # None with the batch lane off: nothing would flush a pool
+    return WorkerDeps(
+        store=job_store(), generator=image_generator(), sink=image_sink(), limiter=rate_limiter(), clock=clock(),
+        breaker=breaker(), pool=pool if pool is not None else NoPool(), batch_lane=pool is not None,
+        accounting=accounting(), events=job_events(), catalog=catalog(), model_halts=model_halts(),
+        limits=worker_limits(settings()),
+    )
+
+
+def worker_limits(s: Settings):
+    from core.worker import WorkerLimits
+
+    return WorkerLimits(max_attempts=s.max_attempts, max_wait=s.max_wait_seconds, lease_seconds=s.lease_seconds,
+                        upload_budget=s.upload_budget_seconds)
 
 
 @functools.cache

@@ -745,3 +745,104 @@ class FakeModelsApi:
         if model not in self.served:
             return None
         return {"name": f"models/{model}", "display_name": model, "supported_actions": ["generateContent"]}
+
+
+# --- do-nothing collaborators of the worker, and one call to build its deps ------------------
+
+
+class NoBreaker:
+    """core.ports.Breaker that never blocks and halts nothing: a 403 costs the item an attempt."""
+
+    def view(self, fresh: bool = False):
+        from core.breaker import BreakerView
+
+        return BreakerView.from_dict(None)
+
+    def hold_ends_by(self, when: float) -> bool:
+        return True
+
+    def before_send(self, owner: str):
+        from core.breaker import Decision
+
+        return Decision.SEND
+
+    def on_success(self, owner: str) -> None:
+        pass
+
+    def on_quota_failure(self, owner: str, quota_id: str | None, per_day: bool) -> None:
+        pass
+
+    def on_permission_denied(self, owner: str, reason: str) -> bool:
+        return False
+
+
+class NoModelHalts:
+    """core.ports.ModelHaltRegistry that records no halt: a missing model costs an attempt."""
+
+    parks_items = False
+
+    def halted(self, model: str, fresh: bool = False):
+        return None
+
+    def halt(self, model: str, reason: str, source: str) -> bool:
+        return False
+
+
+class _NoPrices:
+    def per_image(self, lane, model: str | None = None, size: str | None = None) -> None:
+        return None  # the rate limiter charges its own flat cost
+
+
+class NoAccounting:
+    """core.ports.UsageMeter that counts nothing."""
+
+    prices = _NoPrices()
+
+    def add(self, deltas: dict, quota_id: str | None = None, **context) -> None:
+        pass
+
+    def image_produced(self, lane, model: str | None = None, size: str | None = None) -> dict:
+        return {}
+
+    def item_unsuccessful(self, lane, counter: str, model: str | None = None, size: str | None = None) -> dict:
+        return {}
+
+    def diverted(self, model: str | None = None, size: str | None = None) -> dict:
+        return {}
+
+
+class NoEvents:
+    """core.ports.EventOutbox that records no event."""
+
+    def has_completion(self, job: Job) -> bool:
+        return True  # so finalize_job_if_done never records one
+
+    def record_completion(self, job: Job, counts: dict) -> None:
+        pass
+
+    def events_of_job(self, job_id: str) -> list:
+        return []
+
+
+_LIMITS = ("max_attempts", "max_wait", "lease_seconds", "upload_budget")
+
+
+def worker_deps(**given):
+    """core.worker.WorkerDeps for a unit test in one call: in-memory fakes and do-nothing
+    collaborators, replaced by the ones `given` (None means not given). The limits are given by
+    name too (max_attempts=3, max_wait=30, lease_seconds=120 unless given); a given pool turns
+    the batch lane on."""
+    from core.catalog import Catalog
+    from core.pool import NoPool
+    from core.worker import WorkerDeps, WorkerLimits
+
+    given = {k: v for k, v in given.items() if v is not None}
+    limits = {"max_attempts": 3, "max_wait": 30.0, "lease_seconds": 120.0}
+    limits.update({k: given.pop(k) for k in _LIMITS if k in given})
+    defaults = {
+        "store": InMemoryJobStore(), "generator": ScriptedImageGenerator(), "sink": InMemoryImageSink(),
+        "limiter": NoLimiter(), "clock": FakeClock(), "breaker": NoBreaker(), "pool": NoPool(),
+        "accounting": NoAccounting(), "events": NoEvents(), "catalog": Catalog({}, ""),
+        "model_halts": NoModelHalts(), "batch_lane": "pool" in given,
+    }
+    return WorkerDeps(**{**defaults, **given}, limits=WorkerLimits(**limits))

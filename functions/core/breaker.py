@@ -222,7 +222,8 @@ class CircuitBreaker:
 
         self._write(decide)
 
-    def on_permission_denied(self, owner: str, reason: str) -> None:
+    def on_permission_denied(self, owner: str, reason: str) -> bool:
+        """Halt the lane (or keep it halted). True: the 403 is the lane's, not the item's."""
         now = self.clock.now()
 
         def decide(d):
@@ -233,6 +234,7 @@ class CircuitBreaker:
                                     retry_at=now + self.halt_seconds)
 
         self._write(decide)
+        return True
 
     # --- plumbing ------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ class ModelHalt:
 
 
 class ModelHalts:
+    parks_items = True  # a halt is recorded, and lifting it publishes the parked items again
+
     def __init__(self, store: ModelHaltStore, clock, cache_seconds: float = 1.0) -> None:
         self.store, self.clock, self.cache_seconds = store, clock, cache_seconds
         self._cached: tuple[float, dict[str, ModelHalt]] | None = None

@@ -38,7 +38,7 @@ IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 
 def object_name(job_id: str, item_key: str, extension: str = "png") -> str:
     """Deterministic object name: a retried or duplicated item can only ever write one of these
-    (every attempt first looks for any of them, see usecases.process_item).
+    (every attempt first looks for any of them, see worker.process_item).
 
     Both parts come from a safe charset (server-made job ids, validated client keys); the
     extension comes from the format detected in the bytes."""

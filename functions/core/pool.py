@@ -52,6 +52,22 @@ class PoolStore(Protocol):
         """Set the item's batch_intent if it is a queued, pooled item with none yet."""
 
 
+class NoPool:
+    """The pool when the batch lane is off: the worker diverts nothing (nothing would flush it)."""
+
+    def add(self, entry: PoolEntry) -> None:
+        pass
+
+    def oldest(self, limit: int) -> list[PoolEntry]:
+        return []
+
+    def remove(self, entries: Sequence[PoolEntry]) -> None:
+        pass
+
+    def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
+        return False
+
+
 def flush_pool(
     *,
     pool: PoolStore,

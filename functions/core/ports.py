@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.models import BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
 
 if TYPE_CHECKING:  # core.events uses these ports in its own annotations
+    from core.breaker import BreakerView, Decision
     from core.events import Event
+    from core.model_halts import ModelHalt
 
 
 class Clock(Protocol):
@@ -243,3 +245,58 @@ class EventPublisher(Protocol):
 class WebhookSender(Protocol):
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> None:
         """POST body to url without following redirects; DeliveryFailed unless the answer is 2xx."""
+
+
+# --- the worker's guards (core/worker.py) ------------------------------------------------------
+
+
+class Breaker(Protocol):
+    """The circuit breaker between the interactive lane and Gemini (core/breaker.py)."""
+
+    def view(self, fresh: bool = False) -> BreakerView: ...
+
+    def hold_ends_by(self, when: float) -> bool:
+        """Will a HOLD be decided before `when`?"""
+
+    def before_send(self, owner: str) -> Decision: ...
+
+    def on_success(self, owner: str) -> None: ...
+
+    def on_quota_failure(self, owner: str, quota_id: str | None, per_day: bool) -> None: ...
+
+    def on_permission_denied(self, owner: str, reason: str) -> bool:
+        """Halt the lane after a 403. True when the lane is halted (the item is not at fault);
+        False when nothing halts it, and the 403 costs the item an attempt like a transient error."""
+
+
+class ModelHaltRegistry(Protocol):
+    """The models whose items wait for the model to come back (core/model_halts.py)."""
+
+    # False for a registry that records no halt: nothing would ever publish a parked item again,
+    # so a missing model costs the item an attempt like a transient error.
+    parks_items: bool
+
+    def halted(self, model: str, fresh: bool = False) -> ModelHalt | None: ...
+
+    def halt(self, model: str, reason: str, source: str) -> bool:
+        """Halt the model; True only for the write that halted it."""
+
+
+class PriceList(Protocol):
+    def per_image(self, lane: Any, model: str | None = None, size: str | None = None) -> float | None:
+        """One image's price; None lets the rate limiter use its own flat cost."""
+
+
+class UsageMeter(Protocol):
+    """The daily usage counters (core/accounting.py), as the worker adds to them."""
+
+    prices: PriceList
+
+    def add(self, deltas: dict[str, float], quota_id: str | None = None, **context) -> None: ...
+
+    def image_produced(self, lane: Any, model: str | None = None, size: str | None = None) -> dict[str, float]: ...
+
+    def item_unsuccessful(self, lane: Any, counter: str, model: str | None = None,
+                          size: str | None = None) -> dict[str, float]: ...
+
+    def diverted(self, model: str | None = None, size: str | None = None) -> dict[str, float]: ...

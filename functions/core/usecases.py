@@ -3,43 +3,27 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from core import accounting as acct
 from core import accepting, routing
 from core.accounting import Accounting, Prices
 from core.batches import BatchLane
-from core.breaker import CircuitBreaker, Decision
+from core.breaker import CircuitBreaker
 from core.catalog import Catalog
 from core.model_halts import ModelHalts
-from core.pool import PoolEntry, PoolStore, divert_updates
-from core import images
-from core.jsonl import image_facts, stored_metadata
+from core.pool import PoolEntry, PoolStore
 from core.errors import (
     Conflict,
-    ContentRefused,
     IdempotencyMismatch,
     InProgress,
-    GenerationError,
-    InvalidRequest,
     LaneUnavailable,
     ModelHalted,
-    ModelUnavailable,
     NotFound,
-    PermissionDenied,
-    QuotaExceeded,
-    RateLimited,
-    StorageUnavailable,
-    TransientError,
 )
 from core.models import (
-    IMAGE_EXTENSIONS,
     TERMINAL_JOB_STATUSES,
-    StoredImage,
-    object_name,
     Item,
     ItemState,
     Job,
@@ -48,15 +32,11 @@ from core.models import (
     Lane,
 )
 from core.ports import (
-    BatchStore, Clock, EventOutbox, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
+    BatchStore, Clock, EventOutbox, IdempotencyStore, ImageSink, JobStore, WorkQueue,
 )
 from core.tenants import visible
 
 log = logging.getLogger(__name__)
-
-_HOLD_POLL_SECONDS = 0.5
-_UPLOAD_PAUSE_SECONDS = 1.0
-_JITTER = random.Random()
 
 
 def new_job_id() -> str:
@@ -719,24 +699,7 @@ def get_stats(*, accounting: Accounting, breaker: CircuitBreaker | None, pool_si
     return body
 
 
-# --- the worker --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """What the worker should tell Pub/Sub: ack (done with this message) or retry (redeliver)."""
-
-    ack: bool
-    state: str
-    reason: str = ""
-
-
-def _retry(reason: str, state: str = ItemState.QUEUED.value) -> ItemOutcome:
-    return ItemOutcome(ack=False, state=state, reason=reason)
-
-
-def _ack(state: str, reason: str = "") -> ItemOutcome:
-    return ItemOutcome(ack=True, state=state, reason=reason)
+# --- shared with the worker (core/worker.py) and the batch lane ------------------------------
 
 
 def compose_prompt(item: Item) -> str:
@@ -745,284 +708,6 @@ def compose_prompt(item: Item) -> str:
     return item.prompt
 
 
-def process_item(
-    job_id: str,
-    key: str,
-    *,
-    store: JobStore,
-    generator: ImageGenerator,
-    sink: ImageSink,
-    limiter: RateLimiter,
-    clock: Clock,
-    owner: str,
-    max_attempts: int,
-    max_wait: float,
-    lease_seconds: float,
-    breaker: CircuitBreaker | None = None,
-    pool: PoolStore | None = None,
-    accounting: Accounting | None = None,
-    events: EventOutbox | None = None,
-    upload_budget: float = 60.0,
-    catalog: Catalog | None = None,
-    model_halts: ModelHalts | None = None,
-) -> ItemOutcome:
-    """Generate one image, at most once per success, under the shared rate limit.
-
-    Pub/Sub delivers at least once, so every step tolerates a duplicate: a finished item is
-    skipped, a running one is left to its lease holder, and the image goes to a
-    deterministic object name written only if absent.
-
-    With a breaker: while quota is exhausted the item is diverted to the pending-batch pool
-    (when a pool is given), and while the lane is halted (403) it is handed back untouched."""
-    item = store.get_item(job_id, key)
-    if item is None:
-        return _ack("unknown", f"no item {job_id}/{key}")
-    if item.terminal:
-        # The finisher may have died before finalizing the job: finishing it is idempotent.
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
-        return _ack(item.state.value, "already finished")
-    if item.lane == Lane.BATCH.value:
-        # Diverted by the breaker (a duplicate delivery, or a crash before its pool entry).
-        if item.pooled_at is not None and not item.batch_intent and pool is not None:
-            pool.add(PoolEntry(job_id, key, item.pooled_at))
-        return _ack(item.state.value, "in the batch lane")
-    job = store.get_job(job_id)
-    if job is None:
-        return _ack("unknown", f"no job {job_id}")
-    context = {"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value}
-    model_spec = catalog.get(job.model) if catalog is not None else None
-    size = model_spec.size_for(item.quality) if model_spec is not None else None
-
-    def count(deltas: dict, quota_id: str | None = None) -> None:
-        if accounting is not None:
-            accounting.add(deltas, quota_id=quota_id, **context)
-
-    def end(state: ItemState, reason: str = "", **fields) -> ItemOutcome:
-        """Give the item its terminal state (we hold its lease), finish the job if it was the
-        last one, and ack the message."""
-        if not store.finish_item(job_id, key, owner, _finished(state, clock.now(), **fields)):
-            # Another delivery holds the item now (our lease expired): it decides. Whatever we
-            # stored is found by its first step, so this never leads to a second generation.
-            return _retry(f"lease lost before the commit ({state.value})", ItemState.RUNNING.value)
-        finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
-        return _ack(state.value, reason)
-
-    def divert(why: str) -> ItemOutcome:
-        now = clock.now()
-        store.finish_item(job_id, key, owner, divert_updates(now))
-        pool.add(PoolEntry(job_id, key, now))
-        count(accounting.diverted(job.model, size) if accounting else {})
-        log.info("item %s/%s diverted to the batch lane: %s", job_id, key, why, extra=context)
-        return _ack(ItemState.QUEUED.value, f"diverted to the batch lane: {why}")
-
-    def blocked(decision: Decision) -> ItemOutcome | None:
-        """Divert or hand back when the breaker says so; None to go on sending."""
-        if decision is Decision.SEND:
-            return None
-        view = breaker.view()
-        if decision is Decision.DIVERT and pool is not None:
-            return divert(view.reason or "quota exhausted")
-        _requeue(store, item, owner, clock.now(), error=None)
-        return _retry(f"interactive lane {view.state.value}: {view.reason}")
-
-    started = clock.now()
-    if job.status in TERMINAL_JOB_STATUSES:  # cancelled while the message was in flight
-        if store.claim_item(job_id, key, owner, started, lease_seconds) is None:
-            return _ack(ItemState.CANCELLED.value, "job cancelled")
-        return end(ItemState.CANCELLED, "job cancelled", error="job cancelled")
-
-    claimed = store.claim_item(job_id, key, owner, started, lease_seconds)
-    if claimed is None:
-        current = store.get_item(job_id, key)
-        if current is None or current.terminal:
-            return _ack(current.state.value if current else "unknown", "already finished")
-        return _retry("leased by another delivery", current.state.value)
-    item = claimed
-    if job.status is JobStatus.QUEUED:
-        store.set_job_running(job_id, started)
-
-    deadline = started + max_wait
-    dead_deltas = accounting.item_unsuccessful(Lane.INTERACTIVE, acct.DEAD_LETTERED, job.model, size) if accounting else {}
-    try:
-        # An earlier attempt may have stored the image and died before its commit (or lost its
-        # lease): record that object rather than pay for a second one.
-        if (earlier := sink.find_image(f"{job_id}/{key}", IMAGE_EXTENSIONS)) is not None:
-            log.warning("item %s/%s: recording the image an earlier attempt stored", job_id, key, extra=context)
-            return end(ItemState.SUCCEEDED, "stored by an earlier attempt", attempts=item.attempts + 1,
-                       quota_retries=item.quota_retries, gcs_uri=earlier.uri, error=None, **(earlier.facts or {}))
-    except StorageUnavailable as e:  # nothing was billed: not the item's fault, no attempt counted
-        _requeue(store, item, owner, clock.now(), error=e.args[0])
-        return _retry(f"storage unavailable: {e}")
-    try:
-        while True:
-            if breaker is not None:
-                decision = breaker.before_send(owner)
-                if decision is Decision.HOLD and breaker.hold_ends_by(deadline - _HOLD_POLL_SECONDS):
-                    # Another worker is probing, or the halt ends soon: wait in place rather than a
-                    # round trip through Pub/Sub's backoff. A long halt hands the message back now.
-                    clock.sleep(_HOLD_POLL_SECONDS)
-                    continue
-                if (outcome := blocked(decision)) is not None:
-                    return outcome
-            # Fresh, not cached: a park on a stale view could swallow the very message that the
-            # lifted halt's resume_model published (see _park_for_model).
-            if model_halts is not None and model_halts.halted(job.model) is not None and (
-                    model_halt := model_halts.halted(job.model, fresh=True)) is not None:
-                return _park_for_model(store, item, owner, clock.now(), job.model, model_halt.reason)
-            try:
-                # The spend dimension admits the request only if this image's price fits.
-                limiter.acquire(owner, max(0.0, deadline - clock.now()),
-                                cost=accounting.prices.per_image(Lane.INTERACTIVE, job.model, size) if accounting
-                                else None)
-            except RateLimited as e:
-                _requeue(store, item, owner, clock.now(), error=None)
-                return _retry(f"rate limited: {e}")
-            try:
-                image = generator.generate(
-                    compose_prompt(item), item.aspect_ratio,
-                    model_spec.image_size_param(item.quality) if model_spec is not None else None, model=job.model,
-                )
-                facts = image_facts(image.data)  # a truncated or corrupt image is a failed attempt
-            except QuotaExceeded as e:
-                # Up to 20% jitter on retryDelay, so instances that were told the same delay do
-                # not all come back in the same instant.
-                delay = (e.retry_delay if e.retry_delay is not None else 1.0) * (1 + 0.2 * _JITTER.random())
-                limiter.push_back(clock.now() + delay)
-                item.quota_retries += 1
-                count({acct.QUOTA_ERRORS: 1}, quota_id=e.quota_id)
-                log.warning("quota exceeded (%s), retry in %.1fs", e.quota_id, delay,
-                            extra={**context, "quota_id": e.quota_id, "per_day": e.per_day})
-                if breaker is not None:
-                    breaker.on_quota_failure(owner, e.quota_id, e.per_day)
-                    if (outcome := blocked(breaker.before_send(owner))) is not None:
-                        return outcome
-                if clock.now() + delay < deadline and not e.per_day:
-                    continue  # short delay: wait here rather than round-trip through Pub/Sub
-                _requeue(store, item, owner, clock.now(), error=e.reason)
-                return _retry(f"quota exceeded: {e.quota_id}")
-            except ModelUnavailable as e:
-                count({acct.REQUESTS: 1})
-                if model_halts is None:
-                    return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-                # The model is gone, not the item: halt the model, park the item unspent.
-                model_halts.halt(job.model, e.reason, source="generate")
-                return _park_for_model(store, item, owner, clock.now(), job.model, e.reason)
-            except (ContentRefused, InvalidRequest) as e:
-                if breaker is not None:
-                    breaker.on_success(owner)  # the quota let the request through
-                count({acct.REQUESTS: 1, **(accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED, job.model, size)
-                                            if accounting else {})})
-                return end(ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
-                           quota_retries=item.quota_retries)
-            except PermissionDenied as e:
-                count({acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
-                if breaker is not None:
-                    # Not the item's fault and not fixed by another lane: halt, hand back, alert.
-                    breaker.on_permission_denied(owner, e.reason)
-                    _requeue(store, item, owner, clock.now(), error=e.reason)
-                    return _retry(f"interactive lane halted: {e.reason}")
-                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-            except GenerationError as e:  # retryable: transient
-                count({acct.REQUESTS: 1, acct.TRANSIENT_ERRORS: 1})
-                return _attempt_failed(store, item, owner, clock, e, max_attempts, end, count, dead_deltas)
-            finally:
-                limiter.release(owner)
-            break
-
-        if breaker is not None:
-            breaker.on_success(owner)
-        # Counted once billed, before the upload: an attempt that later finds the stored object
-        # records it without counting it again.
-        count({acct.REQUESTS: 1, **(accounting.image_produced(Lane.INTERACTIVE, job.model, size) if accounting else {})})
-        name = object_name(job_id, key, images.EXTENSIONS[facts["format"]])
-        metadata = {"job_id": job_id, "item_key": key, "model": image.model_version or job.model,
-                    "finish_reason": image.finish_reason, "lane": "interactive", **stored_metadata(facts)}
-        stored = _store_leased(sink, store, item, owner, clock, lease_seconds, upload_budget,
-                               name, image.data, images.CONTENT_TYPES[facts["format"]], metadata)
-        if not stored.created:
-            # Another attempt stored it first: the item records that object, not our bytes.
-            log.info("object for %s/%s already existed; keeping it", job_id, key, extra=context)
-            facts = stored.facts or facts
-        return end(
-            ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
-            gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
-            error=None, **facts,
-        )
-    except StorageUnavailable as e:
-        # Paid for and not stored within the budget: a failed attempt (the next one pays again).
-        return _attempt_failed(store, item, owner, clock, TransientError(f"storing the image failed: {e}"),
-                               max_attempts, end, count, dead_deltas)
-    except Exception as e:  # noqa: BLE001 - never leave the item running on a surprise
-        log.exception("item %s/%s: unexpected error", job_id, key, extra=context)
-        reason = f"unexpected error: {type(e).__name__}: {e}"[:500]
-        return _attempt_failed(store, item, owner, clock, TransientError(reason), max_attempts, end, count,
-                               dead_deltas)
-
-
-def _store_leased(sink: ImageSink, store: JobStore, item: Item, owner: str, clock: Clock, lease_seconds: float,
-                  budget: float, name: str, data: bytes, content_type: str, metadata: dict) -> StoredImage:
-    """Upload create-only, renewing the item's lease before each try: the sink bounds one try to
-    less than a lease, so no other delivery can claim the item (and pay again) while this one is
-    still storing the image it paid for. StorageUnavailable once `budget` seconds are spent.
-
-    A lost lease (another instance claimed the item: a clock far ahead) does not stop the upload:
-    the bytes are paid for, and whoever commits finds them."""
-    give_up = clock.now() + budget
-    while True:
-        if not store.finish_item(item.job_id, item.key, owner, {"lease_expires_at": clock.now() + lease_seconds}):
-            log.warning("item %s/%s: lease lost before the upload", item.job_id, item.key)
-        try:
-            return sink.put_image(name, data, content_type, metadata)
-        except StorageUnavailable as e:
-            if clock.now() >= give_up:
-                raise
-            log.warning("item %s/%s: storing the image failed, trying again: %s", item.job_id, item.key, e)
-            clock.sleep(min(_UPLOAD_PAUSE_SECONDS, max(0.0, give_up - clock.now())))
-
-
-def _attempt_failed(store, item: Item, owner: str, clock: Clock, e: GenerationError, max_attempts: int,
-                    end, count, dead_deltas: dict) -> ItemOutcome:
-    """A retryable failure counts as an attempt: hand back, or dead-letter at the limit."""
-    attempts = item.attempts + 1
-    if attempts >= max_attempts:
-        count(dead_deltas)
-        return end(ItemState.DEAD_LETTERED, e.reason, error=f"gave up after {attempts} attempts: {e.reason}",
-                   attempts=attempts, quota_retries=item.quota_retries)
-    item.attempts = attempts
-    _requeue(store, item, owner, clock.now(), error=e.reason)
-    return _retry(e.reason)
-
-
-def _park_for_model(store: JobStore, item: Item, owner: str, now: float, model: str, reason: str) -> ItemOutcome:
-    """The job's model is halted: the item goes back to queued without spending an attempt,
-    and its message is acked rather than handed back. A halt can last days: redelivering
-    would churn for nothing and, past the subscription's max_delivery_attempts, dead-letter
-    items that did nothing wrong. When the halt is lifted, resume_restored_models publishes
-    the model's queued and running items again (a running one: its holder may be parking it)."""
-    _requeue(store, item, owner, now, error=f"waiting: model {model} is halted: {reason}"[:500])
-    job = store.get_job(item.job_id)
-    if job is None or job.status in TERMINAL_JOB_STATUSES:
-        # Cancelled while we held the item (cancel_job skipped it, running): hand the message
-        # back, so its redelivery ends the item cancelled and finalizes the job.
-        return _retry(f"job ended while model {model} is halted")
-    return _ack(ItemState.QUEUED.value, f"parked until model {model} is back: {reason}")
-
-
 def _finished(state: ItemState, now: float, **fields) -> dict:
     return {"state": state.value, "lease_owner": None, "lease_expires_at": None,
             "updated_at": now, **fields}
-
-
-def _requeue(store: JobStore, item: Item, owner: str, now: float, error: str | None) -> None:
-    """Give the item back (lease released) so the next delivery can claim it at once."""
-    updates = {
-        "state": ItemState.QUEUED.value,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "attempts": item.attempts,
-        "quota_retries": item.quota_retries,
-        "updated_at": now,
-    }
-    if error is not None:
-        updates["error"] = error
-    store.finish_item(item.job_id, item.key, owner, updates)

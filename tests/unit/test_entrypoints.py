@@ -9,6 +9,7 @@ import pytest
 import wiring
 from catalog import load as load_catalog
 from core.errors import TransientError
+from core.worker import WorkerDeps
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
     FakeBatchApi, ScriptedImageGenerator, InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
@@ -48,8 +49,6 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "job_store", lambda: f.store)
     monkeypatch.setattr(wiring, "work_queue", lambda: f.queue)
     monkeypatch.setattr(wiring, "image_sink", lambda: f.sink)
-    monkeypatch.setattr(wiring, "image_generator", lambda: f.generator)
-    monkeypatch.setattr(wiring, "rate_limiter", lambda: NoLimiter())
     monkeypatch.setattr(wiring, "clock", lambda: f.clock)
     from core.accounting import Accounting, DailyLimits
     from core.breaker import CircuitBreaker
@@ -81,6 +80,11 @@ def fakes(monkeypatch):
     f.events = CompletionEvents(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
                                 webhooks=ScriptedWebhookSender(), clock=f.clock, secret=None, policy=DeliveryPolicy())
     monkeypatch.setattr(wiring, "job_events", lambda: f.events)
+    # Built at each delivery, so a test may swap one of the fakes; the limits follow the settings.
+    monkeypatch.setattr(wiring, "worker_deps", lambda: WorkerDeps(
+        store=f.store, generator=f.generator, sink=f.sink, limiter=NoLimiter(), clock=f.clock, breaker=f.breaker,
+        pool=f.pool, accounting=f.accounting, events=f.events, catalog=wiring.catalog(), model_halts=f.model_halts,
+        limits=wiring.worker_limits(wiring.settings()), batch_lane=True))
     wiring.poller_deps.cache_clear()  # built from the factories above at the first tick
     yield f
     wiring.get_settings.cache_clear()

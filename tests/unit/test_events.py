@@ -13,9 +13,10 @@ from core.events import (
     deliver_event,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus
+from core.worker import process_item
 from tests.fakes import (
     FakeClock, InMemoryEventPublisher, InMemoryEventStore, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue,
-    NoLimiter, ScriptedImageGenerator, ScriptedWebhookSender,
+    ScriptedWebhookSender, worker_deps,
 )
 
 KEY = bytes(range(32))
@@ -42,11 +43,9 @@ class Env:
                                    model="gemini-2.5-flash-image", interactive_threshold=10)
 
     def process(self, job_id, key, generator=None):
-        return usecases.process_item(
-            job_id, key, store=self.store, generator=generator or ScriptedImageGenerator(), sink=self.sink,
-            limiter=NoLimiter(), clock=self.clock, owner="w1", max_attempts=3, max_wait=30.0, lease_seconds=120,
-            events=self.events,
-        )
+        deps = worker_deps(store=self.store, generator=generator, sink=self.sink, clock=self.clock,
+                           events=self.events)
+        return process_item(deps, job_id, key, "w1")
 
     def finish(self, job_id, key, state=ItemState.SUCCEEDED):
         """Give an item a terminal state directly, as a worker does before it finalizes."""

@@ -14,9 +14,10 @@ from core.errors import InvalidRequest, ModelHalted, ModelUnavailable, Transient
 from core.model_halts import ModelHalts
 from core.model_watch import ModelWatch, models_section
 from core.models import ItemSpec, ItemState, JobSpec, Lane
+from core.worker import process_item
 from tests.fakes import (
     FakeClock, FakeModelsApi, InMemoryCounterStore, InMemoryImageSink, InMemoryJobStore, InMemoryModelHaltStore,
-    InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator,
+    InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator, worker_deps,
 )
 
 CATALOG = catalog_file.load()
@@ -114,11 +115,11 @@ def env():
                                        accounting=self.accounting)
 
         def process(self, job_id, key, max_attempts=3):
-            return usecases.process_item(
-                job_id, key, store=self.store, generator=self.generator, sink=self.sink, limiter=NoLimiter(),
-                clock=self.clock, owner="w1", max_attempts=max_attempts, max_wait=30, lease_seconds=120,
-                catalog=CATALOG, model_halts=self.halts, accounting=self.accounting,
-            )
+            return process_item(self.deps(max_attempts=max_attempts), job_id, key, "w1")
+
+        def deps(self, **given):
+            return worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
+                               catalog=CATALOG, model_halts=self.halts, accounting=self.accounting, **given)
 
     return Env()
 
@@ -140,11 +141,7 @@ def test_the_limiter_is_asked_for_the_images_own_price(env):
             costs.append(cost)
 
     job = env.submit(1, model="gemini-3-pro-image", quality="high")
-    usecases.process_item(
-        job.job_id, "k0", store=env.store, generator=env.generator, sink=env.sink, limiter=Recording(),
-        clock=env.clock, owner="w1", max_attempts=3, max_wait=30, lease_seconds=120, catalog=CATALOG,
-        model_halts=env.halts, accounting=env.accounting,
-    )
+    process_item(env.deps(limiter=Recording()), job.job_id, "k0", "w1")
     assert costs == [CATALOG.spec("gemini-3-pro-image").price("2K", batch=False)]
 
 
@@ -175,10 +172,8 @@ def test_without_halts_a_missing_model_is_an_attempt_like_any_transient_error(en
     job = env.submit(1)
     env.halts = None
     env.generator.script = [ModelUnavailable("404 models/x is not found")] * 3
-    outcomes = [usecases.process_item(
-        job.job_id, "k0", store=env.store, generator=env.generator, sink=env.sink, limiter=NoLimiter(),
-        clock=env.clock, owner="w1", max_attempts=3, max_wait=30, lease_seconds=120, catalog=CATALOG,
-    ) for _ in range(3)]
+    deps = worker_deps(store=env.store, generator=env.generator, sink=env.sink, clock=env.clock, catalog=CATALOG)
+    outcomes = [process_item(deps, job.job_id, "k0", "w1") for _ in range(3)]
     assert outcomes[-1].state == "dead_lettered"
 
 

@@ -13,12 +13,13 @@ from core.errors import (
     BudgetExceeded, Conflict, IdempotencyMismatch, InProgress, LaneUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
+from core.worker import process_item
 from core.pool import flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
 from core.routing import choose_lane
 from tests.fakes import (
     FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryImageSink,
-    InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator,
+    InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, ScriptedImageGenerator, worker_deps,
 )
 
 PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel"
@@ -56,10 +57,10 @@ def env():
                 interactive_threshold=10, breaker=self.breaker, accounting=self.accounting, **kw)
 
         def process(self, job_id, key, owner="w1", max_attempts=3):
-            return usecases.process_item(
-                job_id, key, store=self.store, generator=self.generator, sink=self.sink, limiter=NoLimiter(),
-                clock=self.clock, owner=owner, max_attempts=max_attempts, max_wait=30.0, lease_seconds=120,
-                breaker=self.breaker, pool=self.pool, accounting=self.accounting)
+            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
+                               breaker=self.breaker, pool=self.pool, accounting=self.accounting,
+                               max_attempts=max_attempts)
+            return process_item(deps, job_id, key, owner)
 
         def flush(self, flush_items=100, max_age=300):
             return flush_pool(pool=self.pool, jobs=self.store, batches=self.store, clock=self.clock,
@@ -234,6 +235,19 @@ def test_a_duplicate_delivery_of_a_diverted_item_is_acked_and_repairs_its_pool_e
     assert out.ack and out.reason == "in the batch lane"
     assert list(env.pool.entries) == [(job.job_id, "k0")]
     assert len(env.generator.calls) == 1
+
+
+def test_without_the_batch_lane_a_per_day_429_hands_the_item_back_instead_of_diverting(env):
+    env.pool = None  # as wiring builds it with BATCH_LANE_ENABLED=false: nothing would flush a pool
+    job = env.submit(1)
+    env.generator.script = [quota(per_day=True)]
+    out = env.process(job.job_id, "k0")
+    assert not out.ack and "interactive lane open" in out.reason
+    item = env.store.get_item(job.job_id, "k0")
+    assert item.state is ItemState.QUEUED and item.lane == "interactive" and item.pooled_at is None
+    assert (item.attempts, item.quota_retries, item.lease_owner) == (0, 1, None)
+    out = env.process(job.job_id, "k0")  # the breaker is open until midnight: no call
+    assert not out.ack and len(env.generator.calls) == 1
 
 
 def test_permission_denied_halts_the_lane_and_hands_items_back_without_an_attempt(env):

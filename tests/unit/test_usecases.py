@@ -11,9 +11,10 @@ from core.errors import (
     RateLimited, TransientError,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
+from core.worker import process_item
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    ScriptedImageGenerator, tiny_png,
+    ScriptedImageGenerator, tiny_png, worker_deps,
 )
 
 
@@ -35,11 +36,9 @@ def env():
             )
 
         def process(self, job_id, key, owner="w1", max_attempts=3, max_wait=30.0):
-            return usecases.process_item(
-                job_id, key, store=self.store, generator=self.generator, sink=self.sink,
-                limiter=self.limiter, clock=self.clock, owner=owner, max_attempts=max_attempts,
-                max_wait=max_wait, lease_seconds=120,
-            )
+            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, limiter=self.limiter,
+                               clock=self.clock, max_attempts=max_attempts, max_wait=max_wait)
+            return process_item(deps, job_id, key, owner)
 
     return Env()
 

@@ -11,8 +11,9 @@ from PIL import Image
 from core import usecases
 from core.errors import MalformedResponse
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, StoredImage
+from core.worker import process_item
 from tests.fakes import (
-    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator, tiny_png,
+    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, ScriptedImageGenerator, tiny_png, worker_deps,
 )
 
 LEASE = 120
@@ -32,11 +33,9 @@ def env():
                                        model="gemini-3-pro-image-preview", interactive_threshold=10)
 
         def process(self, job_id, key="k0", owner="w1", max_attempts=3, upload_budget=60.0):
-            return usecases.process_item(
-                job_id, key, store=self.store, generator=self.generator, sink=self.sink, limiter=NoLimiter(),
-                clock=self.clock, owner=owner, max_attempts=max_attempts, max_wait=30.0, lease_seconds=LEASE,
-                upload_budget=upload_budget,
-            )
+            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
+                               max_attempts=max_attempts, lease_seconds=LEASE, upload_budget=upload_budget)
+            return process_item(deps, job_id, key, owner)
 
         def item(self, job_id, key="k0"):
             return self.store.get_item(job_id, key)

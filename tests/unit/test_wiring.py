@@ -1,0 +1,68 @@
+"""The composition root builds each collaborator once per instance, without a network."""
+import collections
+
+import pytest
+
+import wiring
+from core.pool import NoPool
+
+WORKER_FACTORIES = ("job_store", "image_generator", "image_sink", "rate_limiter", "clock", "breaker", "accounting",
+                    "job_events", "catalog", "model_halts")
+CACHED = (wiring.get_settings, wiring.worker_deps, wiring.job_events)  # before any test replaces one
+
+
+@pytest.fixture
+def settings(monkeypatch):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-unit")
+    monkeypatch.setenv("IMAGES_BUCKET", "unit-bucket")
+    monkeypatch.setenv("MAX_ATTEMPTS", "7")
+    for cached in CACHED:
+        cached.cache_clear()
+    yield
+    for cached in CACHED:  # built from this test's stand-ins: no other test may see them
+        cached.cache_clear()
+
+
+@pytest.fixture
+def built(monkeypatch, settings):
+    """Each factory the worker needs, replaced by one that counts its calls."""
+    calls = collections.Counter()
+
+    def counting(name, value):
+        def factory():
+            calls[name] += 1
+            return value
+        return factory
+
+    for name in WORKER_FACTORIES:
+        monkeypatch.setattr(wiring, name, counting(name, object()))
+    monkeypatch.setattr(wiring, "pool_store", counting("pool_store", object()))
+    return calls
+
+
+def test_the_worker_deps_are_built_once_per_instance(built):
+    first = wiring.worker_deps()
+    assert wiring.worker_deps() is first
+    assert built == {name: 1 for name in (*WORKER_FACTORIES, "pool_store")}
+    assert first.batch_lane and not isinstance(first.pool, NoPool)
+    assert first.limits.max_attempts == 7  # from the settings
+
+
+def test_without_the_batch_lane_the_worker_gets_a_pool_that_takes_nothing(built, monkeypatch):
+    monkeypatch.setattr(wiring, "pool_store", lambda: None)  # as with BATCH_LANE_ENABLED=false
+    deps = wiring.worker_deps()
+    assert not deps.batch_lane and isinstance(deps.pool, NoPool)
+
+
+def test_the_completion_events_are_built_once_per_instance(settings, monkeypatch):
+    class Client:
+        def collection(self, name):
+            return name
+
+    class Publisher:
+        def topic_path(self, project, topic):
+            return f"projects/{project}/topics/{topic}"
+
+    monkeypatch.setattr(wiring, "firestore_client", Client)
+    monkeypatch.setattr(wiring, "pubsub_publisher", Publisher)
+    assert wiring.job_events() is wiring.job_events()

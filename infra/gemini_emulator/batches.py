@@ -156,7 +156,8 @@ async def create_batch(request: web.Request) -> web.Response:
             state.batches.rejected_max_concurrent += 1
             if input_path is not None:
                 input_path.unlink(missing_ok=True)
-            # Batch quota errors carry no RetryInfo (wire notes, section 7.1).
+            # Batch quota errors carry no RetryInfo (https://github.com/langchain4j/langchain4j/pull/3942,
+            # https://github.com/googleapis/python-genai/issues/1901).
             raise errors.ApiError(
                 429,
                 f"Resource has been exhausted: at most {limit} batch jobs can be pending or running at once.",
@@ -202,8 +203,9 @@ def _scripted_refusal(state: EmulatorState) -> errors.ApiError | None:
     "429" is the body real batch creates past quota answered: only a Help link, no RetryInfo
     (https://github.com/langchain4j/langchain4j/pull/3942,
     https://github.com/googleapis/python-genai/issues/1901). "429_retry" adds the RetryInfo
-    that generateContent's 429s carry (wire notes, section 7.1), for a client that must honour
-    it should a batch create ever send one. (call under the state lock)"""
+    that generateContent's 429s carry (https://github.com/googleapis/python-genai/issues/2044),
+    for a client that must honour it should a batch create ever send one. (call under the state
+    lock)"""
     script = state.config["batch"]["create_script"]
     if state.batches.create_script_pos >= len(script):
         return None

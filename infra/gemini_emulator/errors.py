@@ -74,7 +74,7 @@ def duration(seconds: float) -> str:
 def whole_seconds(seconds: float) -> str:
     """RetryInfo.retryDelay as the real API writes it: whole seconds ("47s"), while the message
     says "Please retry in 47.174066935s." (https://github.com/googleapis/python-genai/issues/2044,
-    /work/shared/docs/gemini-api-wire.md section 7.1). Rounded up, so a client that sleeps
+    https://github.com/langchain-ai/langchain-google/issues/1445). Rounded up, so a client that sleeps
     exactly this long never comes back early."""
     return f"{max(0, math.ceil(seconds - 1e-9))}s"
 

@@ -1,6 +1,8 @@
 """Files API: resumable upload, get, list, delete and download.
 
-Upload speaks the protocol exactly as google-genai does (wire notes, section 4.1): ``start`` is
+Upload speaks the protocol exactly as google-genai does (googleapis/python-genai
+``google/genai/_extra_utils.py`` ``prepare_resumable_upload`` builds ``start``;
+``google/genai/_api_client.py`` ``BaseApiClient._upload_fd`` sends the chunks): ``start`` is
 an authenticated ``POST /upload/{v}/files`` answered with a session URL built from the Host
 header; the chunks go to that URL *without* an API key (the ``upload_id`` is the credential),
 so the route is public and authenticates ``start`` itself. Every chunk answer carries

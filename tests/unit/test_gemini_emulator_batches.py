@@ -325,7 +325,9 @@ def test_inline_results_keep_input_order_and_metadata():
 
 
 def test_sha256_hash_is_base64_of_the_hex_digest():
-    # The cookbook's 202-byte JSONL upload, as printed by the real API (wire notes, section 4.2).
+    # The cookbook's 202-byte JSONL upload, as printed by the real API
+    # (https://github.com/google-gemini/cookbook/blob/main/quickstarts/Batch_mode.ipynb, batch embeddings):
+    # the bytes hash to this digest, and the printed sha256_hash is base64 of its hex text.
     digest = "597b96e5c7d2b0d01acdc80dd0bcd653da099bb26d8106b12d870edadf2837fc"
     assert sha256_field(digest) == "NTk3Yjk2ZTVjN2QyYjBkMDFhY2RjODBkZDBiY2Q2NTNkYTA5OWJiMjZkODEwNmIxMmQ4NzBlZGFkZjI4MzdmYw=="
 

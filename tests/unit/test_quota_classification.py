@@ -1,5 +1,5 @@
 """429s as the real service sends them: every violation is read, and a per-minute wait is
-never taken for a day's exhaustion. The bodies are real ones (tests/fixtures/quota_429/README.md)."""
+never taken for a day's exhaustion. The bodies are real ones but one, built to their layout (tests/fixtures/quota_429/README.md)."""
 import json
 from pathlib import Path
 

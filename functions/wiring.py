@@ -33,7 +33,7 @@ def instance_id() -> str:
 @functools.cache
 def firestore_ops():
     """The running count of this instance's Firestore reads, writes and deletes (docs/cost.md)."""
-    from adapters.firestore_ops import FirestoreOps
+    from adapters.firestore.ops import FirestoreOps
 
     return FirestoreOps()
 
@@ -42,14 +42,14 @@ def firestore_ops():
 def firestore_client():
     from google.cloud import firestore
 
-    from adapters.firestore_ops import count_ops
+    from adapters.firestore.ops import count_ops
 
     return count_ops(firestore.Client(project=settings().google_cloud_project), firestore_ops())
 
 
 @functools.cache
 def job_store():
-    from adapters.firestore_store import FirestoreJobStore
+    from adapters.firestore.jobs import FirestoreJobStore
 
     return FirestoreJobStore(firestore_client(), retention_days=settings().records_retention_days)
 
@@ -125,7 +125,7 @@ def catalog():
 
 @functools.cache
 def model_halts():
-    from adapters.firestore_model_halts import FirestoreModelHaltStore
+    from adapters.firestore.model_halts import FirestoreModelHaltStore
     from core.model_halts import ModelHalts
 
     return ModelHalts(FirestoreModelHaltStore(firestore_client()), clock())
@@ -191,7 +191,7 @@ def rate_limit(s: Settings) -> RateLimit:
 
 @functools.cache
 def rate_limiter() -> SlotRateLimiter:
-    from adapters.firestore_store import FirestoreSlotStore
+    from adapters.firestore.ratelimit import FirestoreSlotStore
 
     s = settings()
     limiter_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.default_model)
@@ -205,7 +205,7 @@ def rate_limiter() -> SlotRateLimiter:
 
 @functools.cache
 def breaker():
-    from adapters.firestore_store import FirestoreBreakerStore
+    from adapters.firestore.breaker import FirestoreBreakerStore
     from core.breaker import CircuitBreaker
 
     s = settings()
@@ -222,7 +222,7 @@ def breaker():
 
 @functools.cache
 def accounting():
-    from adapters.firestore_store import FirestoreCounterStore
+    from adapters.firestore.usage import FirestoreCounterStore
     from core.accounting import Accounting, DailyLimits
 
     s = settings()
@@ -263,7 +263,7 @@ def _tenant_of_job(job_id: str) -> str | None:
 @functools.cache
 def pool_store():
     """The pending-batch pool, or None when the batch lane is off (nothing could flush it)."""
-    from adapters.firestore_store import FirestorePoolStore
+    from adapters.firestore.pool import FirestorePoolStore
 
     if not settings().batch_lane_enabled:
         return None
@@ -273,7 +273,7 @@ def pool_store():
 
 @functools.cache
 def idempotency_store():
-    from adapters.firestore_store import FirestoreIdempotencyStore
+    from adapters.firestore.idempotency import FirestoreIdempotencyStore
 
     return FirestoreIdempotencyStore(firestore_client())
 
@@ -297,7 +297,7 @@ def dead_letters():
 def job_events():
     """The completion events' outbox and delivery (core/events.py): Firestore, the events
     topic and the webhook sender."""
-    from adapters.firestore_events import FirestoreEventStore
+    from adapters.firestore.events import FirestoreEventStore
     from adapters.pubsub_events import PubSubEventPublisher
     from adapters.webhook_sender import HttpWebhookSender
     from core.events import CompletionEvents, DeliveryPolicy

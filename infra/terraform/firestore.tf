@@ -2,10 +2,10 @@
 # database id. If the project already has one, import it instead of creating it:
 #   terraform import google_firestore_database.main "projects/<project>/databases/(default)"
 #
-# Every query the functions make (functions/adapters/firestore_store.py) is one equality or
+# Every query the functions make (functions/adapters/firestore/) is one equality or
 # `in` filter, or one order_by, on a single field of one collection (items by state or by
 # index, jobs by published, batches by job_id or state, slots by slot, events by job_id or by a
-# next_attempt_at range; adapters/firestore_events.py), which Firestore's automatic
+# next_attempt_at range; adapters/firestore/events.py), which Firestore's automatic
 # single-field indexes answer; except the poller's sweep of stuck items (items_stale_* below).
 resource "google_firestore_database" "main" {
   project     = var.project_id

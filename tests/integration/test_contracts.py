@@ -35,7 +35,7 @@ def job_store(request):
     request.getfixturevalue("firestore_clean")
     from google.cloud import firestore
 
-    from adapters.firestore_store import FirestoreJobStore
+    from adapters.firestore.jobs import FirestoreJobStore
 
     return FirestoreJobStore(firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"]))
 
@@ -47,7 +47,7 @@ def slot_store(request):
     request.getfixturevalue("firestore_clean")
     from google.cloud import firestore
 
-    from adapters.firestore_store import FirestoreSlotStore
+    from adapters.firestore.ratelimit import FirestoreSlotStore
 
     return FirestoreSlotStore(firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"]), "test-model")
 

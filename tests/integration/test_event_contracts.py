@@ -21,7 +21,7 @@ def event_store(request):
     request.getfixturevalue("firestore_clean")
     from google.cloud import firestore
 
-    from adapters.firestore_events import FirestoreEventStore
+    from adapters.firestore.events import FirestoreEventStore
 
     return FirestoreEventStore(firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"]))
 

@@ -1,4 +1,4 @@
-"""What the functions cost in Firestore operations, counted on the emulator (adapters/firestore_ops.py).
+"""What the functions cost in Firestore operations, counted on the emulator (adapters/firestore/ops.py).
 
 The entry points run in this process (functions-framework's test client) on the real adapters
 and emulators: Firestore, Pub/Sub, fake-gcs-server and the Gemini emulator. The ceilings below
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from adapters.firestore_ops import FirestoreOps, OpCounts, count_ops
-from adapters.firestore_store import COUNT_SHARDS
+from adapters.firestore.common import COUNT_SHARDS
+from adapters.firestore.ops import FirestoreOps, OpCounts, count_ops
 
 SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
 IMAGES = 50
@@ -146,7 +146,7 @@ def delta(after: dict, before: dict) -> dict:
 def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore_clean, items):
     from google.cloud import firestore
 
-    from adapters.firestore_store import FirestoreJobStore
+    from adapters.firestore.jobs import FirestoreJobStore
     from core import usecases
     from core.models import ItemState
     from tests.integration.test_contracts import make_job

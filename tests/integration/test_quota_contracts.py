@@ -27,7 +27,7 @@ def breaker_store(request):
     if request.param == "memory":
         return InMemoryBreakerStore()
     request.getfixturevalue("firestore_clean")
-    from adapters.firestore_store import FirestoreBreakerStore
+    from adapters.firestore.breaker import FirestoreBreakerStore
 
     return FirestoreBreakerStore(_client(), "test-model")
 
@@ -37,7 +37,7 @@ def counters(request):
     if request.param == "memory":
         return InMemoryCounterStore()
     request.getfixturevalue("firestore_clean")
-    from adapters.firestore_store import FirestoreCounterStore
+    from adapters.firestore.usage import FirestoreCounterStore
 
     return FirestoreCounterStore(_client(), shards=4)
 
@@ -47,7 +47,7 @@ def idempotency(request):
     if request.param == "memory":
         return InMemoryIdempotencyStore()
     request.getfixturevalue("firestore_clean")
-    from adapters.firestore_store import FirestoreIdempotencyStore
+    from adapters.firestore.idempotency import FirestoreIdempotencyStore
 
     return FirestoreIdempotencyStore(_client())
 
@@ -55,7 +55,7 @@ def idempotency(request):
 def pool_for(job_store):  # noqa: F811
     if not hasattr(job_store, "db"):
         return InMemoryPoolStore(job_store)
-    from adapters.firestore_store import FirestorePoolStore
+    from adapters.firestore.pool import FirestorePoolStore
 
     return FirestorePoolStore(job_store.db, job_store)
 

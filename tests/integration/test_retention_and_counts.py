@@ -27,7 +27,7 @@ def client(firestore_clean):
 
 @pytest.fixture
 def store(client):
-    from adapters.firestore_store import FirestoreJobStore
+    from adapters.firestore.jobs import FirestoreJobStore
 
     return FirestoreJobStore(client, retention_days=DAYS)
 
@@ -63,8 +63,9 @@ def test_items_of_a_resumed_accept_keep_the_jobs_expiry_not_their_own_time(store
 
 
 def test_events_pool_entries_and_usage_shards_expire(client, store):
-    from adapters.firestore_events import FirestoreEventStore
-    from adapters.firestore_store import FirestoreCounterStore, FirestorePoolStore
+    from adapters.firestore.events import FirestoreEventStore
+    from adapters.firestore.usage import FirestoreCounterStore
+    from adapters.firestore.pool import FirestorePoolStore
     from core.events import Event
 
     FirestoreEventStore(client, retention_days=DAYS).create_event(

@@ -664,8 +664,8 @@ BOUNDED_COLLECTIONS = {
 
 
 def collections_in_code() -> set[str]:
-    adapters = ROOT / "functions" / "adapters"
-    text = "\n".join(p.read_text() for p in adapters.glob("firestore_*.py"))
+    adapters = ROOT / "functions" / "adapters" / "firestore"
+    text = "\n".join(p.read_text() for p in adapters.glob("*.py"))
     # Default collection names of the adapters' constructors, and subcollections by literal name.
     return set(re.findall(r'(?:collection|intents): str = "(\w+)"', text)) | set(re.findall(r'\.collection\("(\w+)"\)', text))
 

@@ -1,7 +1,7 @@
 """Firestore outbox of the completion events: events/{event_id}, one document per event.
 
 Created create-only by whoever finalizes the job; then leased and updated by compare-and-set
-on the read's update_time (firestore_store.compare_and_set), like items and batch intents.
+on the read's update_time (common.compare_and_set), like items and batch intents.
 Both queries are on one field each (job_id ==, next_attempt_at <=), so Firestore's automatic
 single-field indexes answer them and no composite index is needed.
 """
@@ -11,7 +11,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore_store import _ts, data_of, take_lease, update_if_leased
+from adapters.firestore.common import _ts, data_of, take_lease, update_if_leased
 from core.events import Event, EventState
 from core.retention import expire_at
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 from google.cloud import firestore
 
-from adapters.firestore_store import compare_and_set
+from adapters.firestore.common import compare_and_set
 
 
 def _doc_id(model: str) -> str:

@@ -1,0 +1,119 @@
+"""Batch intents: batches/{intent_id}, one per Gemini batch, recorded before the batch exists.
+FirestoreJobStore (jobs.py) is built on this class: a checkpoint writes an intent and its
+job's items in one atomic batch, so the two share the client and the items' helpers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from adapters.firestore.common import _BATCH_LIMIT, COUNT_SHARDS, data_of, take_lease, update_if_leased
+from core.item_counts import add_deltas, count_deltas
+from core.models import ACTIVE_INTENT_STATES, BatchIntent, IntentState
+
+
+class FirestoreBatchIntents:
+    """The BatchStore half of FirestoreJobStore. What it uses of the job half:"""
+
+    db: firestore.Client
+    intents: Any  # the batches collection
+
+    def _items(self, job_id: str) -> Any:
+        raise NotImplementedError
+
+    def _expire(self, start: float) -> dt.datetime:
+        raise NotImplementedError
+
+    def _move_counts(self, batch, job_id: str, deltas_by_shard: dict, expire: dt.datetime | None = None) -> None:
+        raise NotImplementedError
+
+    def _write_all(self, docs: list, keep_existing: bool = False, counted: str | None = None) -> None:
+        raise NotImplementedError
+
+    def _intent_doc(self, intent: BatchIntent) -> dict:
+        return {**intent.to_dict(), "expire_at": self._expire(intent.created_at)}
+
+    def create_intent(self, intent: BatchIntent) -> bool:
+        try:
+            self.intents.document(intent.intent_id).create(self._intent_doc(intent))
+            return True
+        except gexc.Conflict:
+            return False
+
+    def create_intents(self, intents: Sequence[BatchIntent]) -> None:
+        self._write_all([(self.intents.document(i.intent_id), self._intent_doc(i)) for i in intents],
+                        keep_existing=True)
+
+    def get_intent(self, intent_id: str) -> BatchIntent | None:
+        snap = self.intents.document(intent_id).get()
+        return BatchIntent.from_dict(data_of(snap)) if snap.exists else None
+
+    def intents_of_job(self, job_id: str) -> list[BatchIntent]:
+        query = self.intents.where(filter=FieldFilter("job_id", "==", job_id))
+        return sorted((BatchIntent.from_dict(data_of(s)) for s in query.stream()), key=lambda i: i.intent_id)
+
+    def active_intents(self, limit: int) -> list[BatchIntent]:
+        states = [s.value for s in ACTIVE_INTENT_STATES]
+        query = self.intents.where(filter=FieldFilter("state", "in", states)).limit(limit)
+        return [BatchIntent.from_dict(data_of(s)) for s in query.stream()]
+
+    def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
+        data = take_lease(self.db, self.intents.document(intent_id), owner, now, lease_seconds,
+                          eligible=lambda d: d["state"] != IntentState.FINISHED.value)
+        return BatchIntent.from_dict(data) if data else None
+
+    def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
+        return update_if_leased(self.db, self.intents.document(intent_id), owner, updates)
+
+    def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
+        """Item updates and the intent's progress in one atomic batch (split past 500 writes,
+        the intent going in the last one), conditional on the lease; the items' counts move in
+        the same batches, from the items as read, each write conditional on that version."""
+        for _ in range(5):
+            done = self._try_checkpoint(intent_id, owner, intent_updates, item_updates)
+            if done is not None:
+                return done
+        return False
+
+    def _try_checkpoint(self, intent_id: str, owner: str, intent_updates: dict,
+                        item_updates: dict[str, dict]) -> bool | None:
+        """True when written, False when the lease is lost, None when something changed between
+        the reads and the write (try again)."""
+        ref = self.intents.document(intent_id)
+        snap = ref.get()
+        if not snap.exists or snap.get("lease_owner") != owner:
+            return False
+        job_id = snap.get("job_id")
+        items_ref = self._items(job_id)
+        refs = [items_ref.document(k) for k in item_updates]
+        found = {s.id: s for s in self.db.get_all(refs) if s.exists} if refs else {}
+        missing = [k for k in item_updates if k not in found]
+        if missing:
+            raise gexc.NotFound(f"items {missing[:5]} of job {job_id} do not exist")
+        keys = list(item_updates)
+        step = _BATCH_LIMIT - 1 - COUNT_SHARDS  # room for the counters and the intent in each batch
+        chunks = [keys[i : i + step] for i in range(0, len(keys), step)] or [[]]
+        try:
+            for n, chunk in enumerate(chunks):
+                # Earlier chunks go alone: item results are idempotent, and after a crash they
+                # are written again (moving no count: the items read as already changed).
+                batch = self.db.batch()
+                deltas: dict = {}
+                for key in chunk:
+                    before, updates = data_of(found[key]), item_updates[key]
+                    batch.update(items_ref.document(key), updates,
+                                 option=self.db.write_option(last_update_time=found[key].update_time))
+                    moved = count_deltas(before, {**before, **updates})
+                    add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
+                self._move_counts(batch, job_id, deltas)
+                if n == len(chunks) - 1:
+                    batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
+                batch.commit()
+        except (gexc.FailedPrecondition, gexc.Conflict):
+            return None
+        return True

@@ -1,0 +1,93 @@
+"""What the Firestore stores share: compare-and-set, leases on a document, a snapshot's
+fields, epoch seconds as a Timestamp, Firestore's batch limit and the item counts' shards.
+Owns no collection.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+# Firestore accepts at most 500 writes in one batch.
+_BATCH_LIMIT = 500
+# A job's item counts live in this many shards. A state change writes one of them, and an image
+# makes two or three (queued -> running -> succeeded); Firestore's best practices keep a
+# document's sustained writes near one per second
+# (https://firebase.google.com/docs/firestore/best-practices, "Hotspots"), which one counter per
+# job would pass when a job's images finish faster than one every two seconds. Four shards take a
+# job to about two images a second sustained, more in bursts, and a status read costs four
+# reads. Jobs remember nothing of this number: changing it orphans the counts of existing jobs.
+COUNT_SHARDS = 4
+
+
+def data_of(snap) -> dict[str, Any]:
+    """A snapshot's fields; {} for a missing document (the SDK types to_dict() as Optional)."""
+    return snap.to_dict() or {}
+
+
+def _ts(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
+
+
+def take_lease(
+    client: firestore.Client,
+    ref: firestore.DocumentReference,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    eligible: Callable[[dict], bool],
+) -> dict | None:
+    """Lease an eligible document unless someone else holds a live lease on it; the document
+    as leased, or None."""
+    leased: list[dict] = []
+
+    def decide(data: dict | None) -> dict | None:
+        if data is None or not eligible(data):
+            return None
+        if data.get("lease_owner") and (data.get("lease_expires_at") or 0) > now:
+            return None
+        updates = {"lease_owner": owner, "lease_expires_at": now + lease_seconds}
+        leased[:] = [{**data, **updates}]
+        return updates
+
+    return leased[0] if compare_and_set(client, ref, decide) else None
+
+
+def update_if_leased(client: firestore.Client, ref: firestore.DocumentReference, owner: str, updates: dict) -> bool:
+    """Apply updates only while owner holds the document's lease."""
+    def decide(data: dict | None) -> dict | None:
+        return updates if data is not None and data.get("lease_owner") == owner else None
+
+    return compare_and_set(client, ref, decide)
+
+
+def compare_and_set(
+    client: firestore.Client,
+    ref: firestore.DocumentReference,
+    decide: Callable[[dict | None], dict | None],
+    attempts: int = 5,
+) -> bool:
+    """Optimistic read-modify-write: write decide(current) only if nobody wrote in between.
+
+    A transaction would do, but Firestore's server SDK transactions lock the document, and
+    under contention (a dozen workers releasing leases or pushing the limiter back) the
+    lock waits cost about a second each. A precondition on the read's update_time (or
+    create-if-absent) gives the same atomicity without locks. Returns True when written,
+    False when decide() declined or every attempt lost the race."""
+    for _ in range(attempts):
+        snap = ref.get()
+        updates = decide(snap.to_dict() if snap.exists else None)
+        if updates is None:
+            return False
+        try:
+            if snap.exists:
+                ref.update(updates, option=client.write_option(last_update_time=snap.update_time))
+            else:
+                ref.create(updates)
+            return True
+        except (gexc.FailedPrecondition, gexc.Conflict):
+            continue
+    return False

@@ -1,0 +1,31 @@
+"""Idempotency-Key records: idempotency/{key_id} (TTL on expire_at)."""
+from __future__ import annotations
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from adapters.firestore.common import _ts, compare_and_set
+
+
+class FirestoreIdempotencyStore:
+    def __init__(self, client: firestore.Client, collection: str = "idempotency") -> None:
+        self.db = client
+        self.records = client.collection(collection)
+
+    def begin(self, key_id: str, record: dict) -> tuple[dict, bool]:
+        ref = self.records.document(key_id)
+        try:
+            # expire_at as a timestamp: the TTL policy in Terraform deletes records after a day.
+            ref.create({**record, "expire_at": _ts(record["expires_at"])})
+            return record, True
+        except gexc.Conflict:
+            snap = ref.get()
+            return (snap.to_dict() or {}), False
+
+    def take_over(self, key_id: str, started_at: float, now: float) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or data.get("started_at") != started_at:
+                return None
+            return {"started_at": now}
+
+        return compare_and_set(self.db, self.records.document(key_id), decide)

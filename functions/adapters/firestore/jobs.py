@@ -1,0 +1,358 @@
+"""Jobs and their items: jobs/{job_id}, jobs/{job_id}/items/{item_key} and
+jobs/{job_id}/item_counts/{n}. The batch intents (batches.py) are part of the same store: a
+checkpoint writes an intent, its job's items and their counts in one batch.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from adapters.firestore.batches import FirestoreBatchIntents
+from adapters.firestore.common import _BATCH_LIMIT, COUNT_SHARDS, _ts, compare_and_set, data_of
+from core.item_counts import add_deltas, count_deltas, shard_of, totals
+from core.models import (
+    Item,
+    ItemState,
+    Job,
+    JobStatus,
+    TERMINAL_JOB_STATUSES,
+)
+from core.errors import NotFound
+from core.retention import expire_at
+
+_PARALLEL_COMMITS = 8
+
+
+class FirestoreJobStore(FirestoreBatchIntents):
+    def __init__(self, client: firestore.Client, collection: str = "jobs", intents: str = "batches",
+                 retention_days: int = 30) -> None:
+        self.db = client
+        self.jobs = client.collection(collection)
+        self.intents = client.collection(intents)
+        self.retention_days = retention_days
+
+    def _items(self, job_id: str):
+        return self.jobs.document(job_id).collection("items")
+
+    def item_ref(self, job_id: str, key: str) -> firestore.DocumentReference:
+        """An item's document, for the pool's reservation of it (a field no count depends on)."""
+        return self._items(job_id).document(key)
+
+    def _counts(self, job_id: str):
+        return self.jobs.document(job_id).collection("item_counts")
+
+    def _expire(self, start: float) -> dt.datetime:
+        return _ts(expire_at(start, self.retention_days))
+
+    def _job_doc(self, job: Job) -> dict:
+        return {**job.to_dict(), "expire_at": self._expire(job.created_at)}
+
+    def create_job(self, job: Job, items: Sequence[Item]) -> None:
+        # Items first, job last: a reader that finds the job document finds all its items.
+        self._create_items(job.job_id, items, job.created_at, keep_existing=False)
+        self.jobs.document(job.job_id).create(self._job_doc(job))
+
+    def get_job(self, job_id: str) -> Job | None:
+        snap = self.jobs.document(job_id).get()
+        return Job.from_dict(data_of(snap)) if snap.exists else None
+
+    def create_job_doc(self, job: Job) -> bool:
+        try:
+            self.jobs.document(job.job_id).create(self._job_doc(job))
+            return True
+        except gexc.Conflict:
+            return False
+
+    def create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None = None) -> None:
+        self._create_items(job_id, items, job_created_at, keep_existing=True)
+
+    def _create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None,
+                      keep_existing: bool) -> None:
+        """Each item with its counter shard and the job's expire_at (its own creation time when
+        the job's is not given); each batch with the counts of the items it creates."""
+        items_ref = self._items(job_id)
+        docs = []
+        for item in items:
+            data = {**item.to_dict(), "count_shard": shard_of(item.key, COUNT_SHARDS),
+                    "expire_at": self._expire(item.updated_at if job_created_at is None else job_created_at)}
+            docs.append((items_ref.document(item.key), data))
+        self._write_all(docs, keep_existing=keep_existing, counted=job_id)
+
+    def finish_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda data: {"status": JobStatus.QUEUED.value, "updated_at": now})
+
+    def touch_accepting(self, job_id: str, now: float) -> bool:
+        return self._accepting_cas(job_id, lambda data: {"updated_at": now})
+
+    def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
+        return self._accepting_cas(job_id, lambda data: None if data["updated_at"] > idle_since else {
+            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+
+    def accepting_jobs(self, limit: int) -> list[Job]:
+        query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.ACCEPTING.value)).limit(limit)
+        return [Job.from_dict(data_of(s)) for s in query.stream()]
+
+    def _accepting_cas(self, job_id: str, decide: Callable[[dict], dict | None]) -> bool:
+        return compare_and_set(self.db, self.jobs.document(job_id), lambda data: (
+            decide(data) if data is not None and data["status"] == JobStatus.ACCEPTING.value else None))
+
+    def mark_published(self, job_id: str, now: float) -> None:
+        self.jobs.document(job_id).update({"published": True, "updated_at": now})
+
+    def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
+        # Equality only, so no composite index is needed; the age filter is applied here.
+        query = self.jobs.where(filter=FieldFilter("published", "==", False)).limit(limit)
+        jobs = [Job.from_dict(data_of(s)) for s in query.stream()]
+        return [j for j in jobs if j.created_at < older_than]
+
+    def get_item(self, job_id: str, key: str) -> Item | None:
+        snap = self._items(job_id).document(key).get()
+        return Item.from_dict(data_of(snap)) if snap.exists else None
+
+    def list_items(self, job_id: str, start_after_index: int | None, limit: int) -> list[Item]:
+        query = self._items(job_id).order_by("index")
+        if start_after_index is not None:
+            query = query.start_after({"index": start_after_index})
+        return [Item.from_dict(data_of(s)) for s in query.limit(limit).stream()]
+
+    def count_items(self, job_id: str) -> dict[ItemState, int]:
+        shards = self._count_shards(job_id)
+        return totals(shards)[0] if shards else self._count_by_queries(job_id)
+
+    def _count_shards(self, job_id: str) -> list[dict]:
+        """The job's counter shards; none for a job whose items were written before counts were
+        kept (or that has no item yet), which the count() queries answer instead."""
+        refs = [self._counts(job_id).document(str(n)) for n in range(COUNT_SHARDS)]
+        return [data_of(s) for s in self.db.get_all(refs) if s.exists]
+
+    def _count_by_queries(self, job_id: str) -> dict[ItemState, int]:
+        counts = {}
+        for state in ItemState:
+            query = self._items(job_id).where(filter=FieldFilter("state", "==", state.value))
+            result = query.count().get()
+            counts[state] = int(result[0][0].value)
+        return counts
+
+    def has_unfinished_items(self, job_id: str) -> bool:
+        unfinished = [ItemState.QUEUED.value, ItemState.RUNNING.value]
+        query = self._items(job_id).where(filter=FieldFilter("state", "in", unfinished)).limit(1)
+        return any(True for _ in query.stream())
+
+    def _change_item(self, job_id: str, key: str, decide: Callable[[dict | None], dict | None],
+                     attempts: int = 5) -> bool:
+        """compare_and_set for an item, its counter shard moved in the same atomic batch: the
+        item's write is conditional on the version read, and the counts move by what changed
+        between that version and the new one, so a repeated change moves nothing twice."""
+        ref = self._items(job_id).document(key)
+        for _ in range(attempts):
+            snap = ref.get()
+            before = snap.to_dict() if snap.exists else None
+            updates = decide(before)
+            if updates is None or before is None:
+                return False
+            batch = self.db.batch()
+            batch.update(ref, updates, option=self.db.write_option(last_update_time=snap.update_time))
+            self._move_counts(batch, job_id, {before.get("count_shard"): count_deltas(before, {**before, **updates})})
+            try:
+                batch.commit()
+                return True
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                continue
+        return False
+
+    def _move_counts(self, batch, job_id: str, deltas_by_shard: dict, expire: dt.datetime | None = None) -> None:
+        """Add the counter increments to `batch`. Items written before counts were kept have no
+        shard (None): their job is counted by queries."""
+        for shard, deltas in deltas_by_shard.items():
+            if shard is None or not (deltas or expire):
+                continue
+            update: dict = {field: firestore.Increment(n) for field, n in deltas.items()}
+            if expire is not None:
+                update["expire_at"] = expire
+            batch.set(self._counts(job_id).document(str(shard)), update, merge=True)
+
+    def claim_item(
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+    ) -> Item | None:
+        claimed: list[Item] = []
+
+        def decide(data: dict | None) -> dict | None:
+            if data is None:
+                return None
+            item = Item.from_dict(data)
+            if item.terminal:
+                return None
+            if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
+                return None
+            updates = {
+                "state": ItemState.RUNNING.value,
+                "lease_owner": owner,
+                "lease_expires_at": now + lease_seconds,
+                "updated_at": now,
+            }
+            claimed[:] = [Item.from_dict({**data, **updates})]
+            return updates
+
+        return claimed[0] if self._change_item(job_id, key, decide) else None
+
+    def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
+        return self._change_item(job_id, key, lambda data: (
+            updates if data is not None and data.get("lease_owner") == owner else None))
+
+    def set_job_running(self, job_id: str, now: float) -> None:
+        self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
+
+    def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
+        def decide(data: dict | None) -> dict | None:
+            if data is None:
+                return None
+            current = JobStatus(data["status"])
+            if current in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return {"status": status.value, "updated_at": now, "finished_at": now, "manifest_uri": manifest_uri}
+            # A job that ended before its items did (cancelled, or failed while accepting) gets
+            # its manifest once they have.
+            if current in TERMINAL_JOB_STATUSES and manifest_uri and not data.get("manifest_uri"):
+                return {"updated_at": now, "finished_at": now, "manifest_uri": manifest_uri}
+            return None
+
+        compare_and_set(self.db, self.jobs.document(job_id), decide)
+
+    def reopen_job(self, job_id: str, now: float) -> Job:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or JobStatus(data["status"]) not in TERMINAL_JOB_STATUSES:
+                return None
+            if JobStatus(data["status"]) is JobStatus.CANCELLED:
+                return None
+            return {"status": JobStatus.RUNNING.value, "round": data.get("round", 1) + 1, "finished_at": None,
+                    "manifest_uri": None, "updated_at": now}
+
+        compare_and_set(self.db, self.jobs.document(job_id), decide)
+        job = self.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    def running_jobs(self, limit: int, after: str | None = None) -> list[Job]:
+        # Documents come in id order by default
+        # (https://firebase.google.com/docs/firestore/query-data/order-limit-data); it is named
+        # for the cursor, which the single-field index on status still serves.
+        query = (self.jobs.where(filter=FieldFilter("status", "==", JobStatus.RUNNING.value))
+                 .order_by("__name__"))
+        if after is not None:
+            query = query.start_after({"__name__": after})
+        return [Job.from_dict(data_of(s)) for s in query.limit(limit).stream()]
+
+    def expired_leases(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.RUNNING, "lease_expires_at", before, limit)
+
+    def untouched_queued_items(self, before: float, limit: int) -> list[Item]:
+        return self._stale(ItemState.QUEUED, "updated_at", before, limit)
+
+    def _stale(self, state: ItemState, field: str, before: float, limit: int) -> list[Item]:
+        # A collection-group query over every job's items: two equalities and a range, which
+        # needs the composite indexes in infra/terraform/firestore.tf (items_stale_*). The
+        # limit bounds the reads one poller tick pays, whatever the backlog.
+        query = (self.db.collection_group("items")
+                 .where(filter=FieldFilter("lane", "==", "interactive"))
+                 .where(filter=FieldFilter("state", "==", state.value))
+                 .where(filter=FieldFilter(field, "<", before))
+                 .order_by(field).limit(limit))
+        return [Item.from_dict(data_of(s)) for s in query.stream()]
+
+    def mark_unpublished(self, job_id: str, now: float) -> None:
+        self.jobs.document(job_id).update({"published": False, "updated_at": now})
+
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            return updates if data is not None and data.get("state") == expected.value else None
+
+        return self._change_item(job_id, key, decide)
+
+    def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]:
+        shards = self._count_shards(job_id)
+        if shards:
+            return totals(shards)[1]
+        # Two equality filters: Firestore merges the single-field indexes, no composite needed.
+        out = {}
+        for lane in ("interactive", "batch"):
+            query = (self._items(job_id).where(filter=FieldFilter("state", "==", ItemState.SUCCEEDED.value))
+                     .where(filter=FieldFilter("lane", "==", lane)))
+            n = int(query.count().get()[0][0].value)
+            if n:
+                out[lane] = n
+        return out
+
+    def cancel_job(self, job_id: str, now: float) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or JobStatus(data["status"]) not in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return None
+            return {"status": JobStatus.CANCELLED.value, "updated_at": now}
+
+        return compare_and_set(self.db, self.jobs.document(job_id), decide)
+
+    def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
+        refs = [self._items(job_id).document(k) for k in keys]
+        found = {s.id: Item.from_dict(data_of(s)) for s in self.db.get_all(refs) if s.exists}
+        return [found[k] for k in keys if k in found]
+
+    def _write_all(self, docs: list, keep_existing: bool = False, counted: str | None = None) -> None:
+        """Create documents in batches of 500, several batches at a time (a 10,000-item job
+        is 20 commits: in parallel they take a fraction of the time).
+
+        `keep_existing`, for documents an earlier attempt may have written: a batch that meets
+        an existing document fails as a whole (create is atomic per batch), and is redone one
+        document at a time, keeping the existing ones (same job id, same request).
+
+        `counted`: the docs are items of this job, and each batch also counts the items it
+        creates (so an item that already existed is not counted again)."""
+
+        def creating(chunk: list):
+            batch = self.db.batch()
+            deltas: dict = {}
+            for ref, data in chunk:
+                batch.create(ref, data)
+                if counted:
+                    add_deltas(deltas.setdefault(data["count_shard"], {}), count_deltas(None, data))
+            if counted and chunk:
+                self._move_counts(batch, counted, deltas, expire=chunk[0][1]["expire_at"])
+            return batch
+
+        def commit(chunk: list) -> None:
+            try:
+                creating(chunk).commit()
+            except gexc.Conflict:
+                if not keep_existing:
+                    raise
+                for one in chunk:
+                    try:
+                        creating([one]).commit()
+                    except gexc.Conflict:
+                        pass
+
+        size = _BATCH_LIMIT - (COUNT_SHARDS if counted else 0)
+        chunks = [docs[i : i + size] for i in range(0, len(docs), size)]
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                commit(chunk)
+            return
+        with ThreadPoolExecutor(min(_PARALLEL_COMMITS, len(chunks))) as pool:
+            list(pool.map(commit, chunks))  # list(): re-raise the first failure
+
+    def _transition(
+        self, job_id: str, status: JobStatus, now: float,
+        allowed_from: set[JobStatus], extra: dict | None = None,
+    ) -> None:
+        def decide(data: dict | None) -> dict | None:
+            if data is None:
+                return None
+            current = JobStatus(data["status"])
+            if current not in allowed_from or current in TERMINAL_JOB_STATUSES:
+                return None
+            return {"status": status.value, "updated_at": now, **(extra or {})}
+
+        compare_and_set(self.db, self.jobs.document(job_id), decide)

@@ -3,7 +3,7 @@ reads whatever the job's size (instead of count() queries over every item).
 
 Each item belongs to one of a few counter shards (by its key); every change of an item's state
 moves one unit from the old state's field to the new one in that shard, in the same atomic
-write as the change itself (adapters/firestore_store.py). A redelivered or repeated change
+write as the change itself (adapters/firestore/jobs.py). A redelivered or repeated change
 reads the item as it now is, so it moves nothing twice."""
 from __future__ import annotations
 

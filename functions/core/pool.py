@@ -94,19 +94,7 @@ def flush_pool(
     fresh: dict[str, list[PoolEntry]] = defaultdict(list)
     for job_id, group in by_job.items():
         items = {it.key: it for it in batches.get_items(job_id, [e.key for e in group])}
-        reserved: dict[str, list[PoolEntry]] = defaultdict(list)
-        done = []
-        for e in group:
-            it = items.get(e.key)
-            if it is None or it.terminal or it.pooled_at is None:
-                # Cancelled, finished or never diverted: nothing to batch. A young entry may be
-                # a retry's, written just before its item is requeued: it gets a grace period.
-                if now - e.pooled_at > _ENTRY_GRACE_SECONDS:
-                    done.append(e)
-            elif it.batch_intent:
-                reserved[it.batch_intent].append(e)
-            else:
-                fresh[job_id].append(e)
+        reserved, done, fresh[job_id] = _sort_entries(group, items, now)
         for intent_id, group_entries in reserved.items():  # a flush died after reserving
             _create_intent(batches, jobs, job_id, intent_id, [e.key for e in group_entries], now)
             pool.remove(group_entries)
@@ -117,9 +105,7 @@ def flush_pool(
     waiting = [e for group in fresh.values() for e in group]
     if not waiting:
         return summary
-    oldest = min(e.pooled_at for e in waiting)
-    urgent = any(e.urgent for e in waiting)
-    if len(waiting) < flush_items and now - oldest < max_age_seconds and not urgent:
+    if not _due(waiting, now, flush_items, max_age_seconds):
         return summary
     for job_id, group in fresh.items():
         for start in range(0, len(group), max_batch_items):
@@ -133,6 +119,32 @@ def flush_pool(
             pool.remove(chunk)
     log.info("pending-batch pool flushed: %s", summary)
     return summary
+
+
+def _sort_entries(group: list[PoolEntry], items: dict, now: float) -> tuple[
+        dict[str, list[PoolEntry]], list[PoolEntry], list[PoolEntry]]:
+    """One job's entries as (reserved by an intent, done with, fresh to batch)."""
+    reserved: dict[str, list[PoolEntry]] = defaultdict(list)
+    done: list[PoolEntry] = []
+    fresh: list[PoolEntry] = []
+    for e in group:
+        it = items.get(e.key)
+        if it is None or it.terminal or it.pooled_at is None:
+            # Cancelled, finished or never diverted: nothing to batch. A young entry may be
+            # a retry's, written just before its item is requeued: it gets a grace period.
+            if now - e.pooled_at > _ENTRY_GRACE_SECONDS:
+                done.append(e)
+        elif it.batch_intent:
+            reserved[it.batch_intent].append(e)
+        else:
+            fresh.append(e)
+    return reserved, done, fresh
+
+
+def _due(waiting: list[PoolEntry], now: float, flush_items: int, max_age_seconds: float) -> bool:
+    oldest = min(e.pooled_at for e in waiting)
+    urgent = any(e.urgent for e in waiting)
+    return len(waiting) >= flush_items or now - oldest >= max_age_seconds or urgent
 
 
 def _create_intent(batches: BatchStore, jobs: JobStore, job_id: str, intent_id: str, keys: list[str], now: float) -> None:

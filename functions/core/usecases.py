@@ -138,19 +138,28 @@ def submit_job(
     intents = accepting.record_job(job, items, store=store, intents=batch_store,
                                    max_requests=batch_max_requests, now=clock.now())
     if not store.finish_accepting(job.job_id, clock.now()):
-        current = store.get_job(job.job_id)
-        if current is None or current.status is JobStatus.ACCEPTING:
-            raise RuntimeError(f"job {job.job_id} could not leave accepting")  # 500: the client resends
-        return current  # failed by the poller as abandoned meanwhile, or queued by another attempt
+        return _left_accepting_elsewhere(job.job_id, store)
     job.status = JobStatus.QUEUED
     if job.lane is Lane.INTERACTIVE:
-        queue.publish_items(job.job_id, [it.key for it in items])
-        store.mark_published(job.job_id, clock.now())
-        job.published = True
-        return job
+        return _publish(job, items, store=store, queue=queue, clock=clock)
     if batch is None:  # plan_route never picks the batch lane when there is none
         raise RuntimeError(f"job {job.job_id} is a batch job, but no batch lane is wired")
     _submit_batches(job, items, intents, batch, owner, clock.now() + batch_submit_budget)
+    return job
+
+
+def _left_accepting_elsewhere(job_id: str, store: JobStore) -> Job:
+    """The job as another party left it when finish_accepting found it no longer accepting."""
+    current = store.get_job(job_id)
+    if current is None or current.status is JobStatus.ACCEPTING:
+        raise RuntimeError(f"job {job_id} could not leave accepting")  # 500: the client resends
+    return current  # failed by the poller as abandoned meanwhile, or queued by another attempt
+
+
+def _publish(job: Job, items: list[Item], *, store: JobStore, queue: WorkQueue, clock: Clock) -> Job:
+    queue.publish_items(job.job_id, [it.key for it in items])
+    store.mark_published(job.job_id, clock.now())
+    job.published = True
     return job
 
 

@@ -71,12 +71,15 @@ def plan_route(
         spec.requested_lane,
         threshold=interactive_threshold,
         batch_available=batch_available,
-        quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
-        requests_left=accounting.requests_left(totals) if accounting is not None else None,
-        budget_left=accounting.budget_left(totals) if accounting is not None else None,
-        prices=accounting.prices if accounting is not None else Prices(),
-        model=model,
-        sizes=_sizes(spec, model, catalog),
+        headroom=routing.Headroom(
+            quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
+            requests_left=accounting.requests_left(totals) if accounting is not None else None,
+            budget_left=accounting.budget_left(totals) if accounting is not None else None,
+        ),
+        pricing=routing.Pricing(
+            prices=accounting.prices if accounting is not None else Prices(), model=model,
+            sizes=_sizes(spec, model, catalog),
+        ),
     )
 
 

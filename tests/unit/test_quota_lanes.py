@@ -16,7 +16,7 @@ from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
 from core.worker import process_item
 from core.pool import flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
-from core.routing import choose_lane
+from core.routing import Headroom, choose_lane
 from tests.fakes import (
     FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryImageSink,
     InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, ScriptedImageGenerator, worker_deps,
@@ -180,15 +180,15 @@ def test_counters_sum_by_quota_id(env):
     ({"budget_left": 0.1}, Lane.BATCH, "batch costs half"),  # 5 x 0.039 > 0.1 >= 5 x 0.0195
 ])
 def test_auto_routing(kw, lane, reason):
-    route = choose_lane(5, "auto", threshold=10, batch_available=True, **kw)
+    route = choose_lane(5, "auto", threshold=10, batch_available=True, headroom=Headroom(**kw))
     assert route.lane is lane and reason in route.reason
 
 
 def test_a_job_over_the_budget_is_refused_when_batch_does_not_fit_either():
     with pytest.raises(BudgetExceeded, match=r"\$0.1950 .* \$0.0500"):
-        choose_lane(5, "interactive", threshold=10, batch_available=True, budget_left=0.05)
+        choose_lane(5, "interactive", threshold=10, batch_available=True, headroom=Headroom(budget_left=0.05))
     with pytest.raises(BudgetExceeded):
-        choose_lane(5, "auto", threshold=10, batch_available=True, budget_left=0.05)
+        choose_lane(5, "auto", threshold=10, batch_available=True, headroom=Headroom(budget_left=0.05))
 
 
 def test_submit_reserves_the_estimate_and_failures_release_it(env):

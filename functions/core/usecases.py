@@ -5,6 +5,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from core import accounting as acct
 from core import accepting, routing
@@ -316,38 +317,52 @@ def recover_abandoned_accepts(
     interactive, published). Otherwise it ends failed with an error saying so, its reservation
     released and its job.completed event recorded: nothing is silently lost."""
     done: dict[str, list[str]] = {"completed": [], "failed": []}
+    deps = _AcceptRecovery(store=store, batches=batches, queue=queue, clock=clock, sink=sink, events=events,
+                           accounting=accounting, max_requests=max_requests)
     idle_since = clock.now() - abandon_seconds
     for job in store.accepting_jobs(limit):
         if job.updated_at > idle_since:
             continue  # its submitter may be alive
         items = _all_items(store, job.job_id)
         if len(items) == job.item_count:
-            if _complete_accept(job, items, store=store, batches=batches, queue=queue, clock=clock,
-                                max_requests=max_requests):
+            if _complete_accept(job, items, deps):
                 done["completed"].append(job.job_id)
-        elif _fail_accept(job, items, store=store, clock=clock, sink=sink, events=events, accounting=accounting,
-                          idle_since=idle_since):
+        elif _fail_accept(job, items, deps, idle_since):
             done["failed"].append(job.job_id)
     return done
 
 
-def _complete_accept(job: Job, items: list[Item], *, store: JobStore, batches: BatchStore | None, queue: WorkQueue,
-                     clock: Clock, max_requests: int) -> bool:
+@dataclass(frozen=True)
+class _AcceptRecovery:
+    """recover_abandoned_accepts' collaborators, handed to its two outcomes."""
+    store: JobStore
+    batches: BatchStore | None
+    queue: WorkQueue
+    clock: Clock
+    sink: ImageSink | None
+    events: EventOutbox | None
+    accounting: Accounting | None
+    max_requests: int
+
+
+def _complete_accept(job: Job, items: list[Item], deps: _AcceptRecovery) -> bool:
+    store, clock = deps.store, deps.clock
     if job.lane is Lane.BATCH:
-        if batches is None:
+        if deps.batches is None:
             return False  # the batch lane is off here: leave it for an instance that has it
-        accepting.record_job(job, items, store=store, intents=batches, max_requests=max_requests, now=clock.now())
+        accepting.record_job(job, items, store=store, intents=deps.batches, max_requests=deps.max_requests,
+                             now=clock.now())
     if not store.finish_accepting(job.job_id, clock.now()):
         return False
     if job.lane is Lane.INTERACTIVE:
-        queue.publish_items(job.job_id, [it.key for it in items if not it.terminal])
+        deps.queue.publish_items(job.job_id, [it.key for it in items if not it.terminal])
         store.mark_published(job.job_id, clock.now())
     log.warning("job %s: finished accepting it for a submitter that stopped", job.job_id, extra={"job_id": job.job_id})
     return True
 
 
-def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, sink: ImageSink | None,
-                 events: EventOutbox | None, accounting: Accounting | None, idle_since: float) -> bool:
+def _fail_accept(job: Job, items: list[Item], deps: _AcceptRecovery, idle_since: float) -> bool:
+    store, clock, accounting = deps.store, deps.clock, deps.accounting
     error = accepting.abandoned_message(len(items), job.item_count)
     if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):
         return False  # a resent request resumed it meanwhile
@@ -358,7 +373,7 @@ def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, 
         accounting.add({acct.RELEASED_USD: accounting.prices.estimate(job.lane, job.item_count)},
                        job_id=job.job_id, lane=job.lane.value)
     log.error("job %s: %s", job.job_id, error, extra={"job_id": job.job_id})
-    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events)
+    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=deps.sink, events=deps.events)
     return True
 
 

@@ -629,18 +629,28 @@ def retry_job(
             "requeued_interactive": len(requeued_interactive), "requeued_batch": len(requeued_batch)}
 
 
-def dead_letter_item(
-    job_id: str, key: str, *, store: JobStore, clock: Clock, sink: ImageSink | None,
-    deliveries: int | None, owner: str, lease_seconds: float = 60.0, events: EventOutbox | None = None,
-) -> bool:
+@dataclass(frozen=True)
+class DeadLettering:
+    """What settling a dead letter needs: the job store, the clock, the finisher's sink and
+    outbox, and the lease owner it claims the item as."""
+    store: JobStore
+    clock: Clock
+    sink: ImageSink | None
+    owner: str
+    events: EventOutbox | None = None
+    lease_seconds: float = 60.0
+
+
+def dead_letter_item(job_id: str, key: str, deliveries: int | None, deps: DeadLettering) -> bool:
     """Pub/Sub gave up on an item's message: the item ends dead_lettered with its last error.
 
     Returns False when the item is still leased by a live delivery (come back later); True
     when the message can be acked (the item is terminal now, or was, or does not exist)."""
+    store, clock, owner = deps.store, deps.clock, deps.owner
     item = store.get_item(job_id, key)
     if item is None or item.terminal or item.lane == Lane.BATCH.value:
         return True  # nothing to do: finished, unknown, or the batch lane owns it now
-    if store.claim_item(job_id, key, owner, clock.now(), lease_seconds) is None:
+    if store.claim_item(job_id, key, owner, clock.now(), deps.lease_seconds) is None:
         current = store.get_item(job_id, key)
         return current is None or current.terminal
     tries = f" after {deliveries} deliveries" if deliveries else ""
@@ -650,7 +660,7 @@ def dead_letter_item(
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
                 extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
                        "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this
-    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
+    finalize_job_if_done(job_id, store=store, clock=clock, sink=deps.sink, events=deps.events)
     return True
 
 
@@ -662,6 +672,7 @@ def drain_dead_letters(
     dead_lettered (with the last error), so no item waits `queued` forever. A message whose
     item a live delivery still holds is left for the next tick."""
     summary = {"settled": 0, "unreadable": 0, "deferred": 0}
+    deps = DeadLettering(store=store, clock=clock, sink=sink, owner=owner, events=events)
     acks = []
     for ack_id, data, attributes in source.pull(max_messages):
         try:
@@ -672,8 +683,7 @@ def drain_dead_letters(
             acks.append(ack_id)
             continue
         deliveries = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
-        if dead_letter_item(job_id, key, store=store, clock=clock, sink=sink, owner=owner, events=events,
-                            deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None):
+        if dead_letter_item(job_id, key, int(deliveries) if deliveries and deliveries.isdigit() else None, deps):
             summary["settled"] += 1
             acks.append(ack_id)
         else:

@@ -155,34 +155,37 @@ def _host(url: str | None) -> str:
         return "?"
 
 
-def deliver_event(
-    event_id: str,
-    *,
-    store: EventStore,
-    publisher: EventPublisher,
-    webhooks: WebhookSender,
-    clock: Clock,
-    secret: bytes | None,
-    policy: DeliveryPolicy,
-    owner: str,
-    rand: Callable[[], float] = random.random,
-) -> str:
+@dataclass(frozen=True)
+class Delivery:
+    """What delivering an event needs: the outbox, both channels, the clock, the webhook
+    signing secret (None: webhooks cannot be sent), the retry policy and the jitter source."""
+    store: EventStore
+    publisher: EventPublisher
+    webhooks: WebhookSender
+    clock: Clock
+    secret: bytes | None
+    policy: DeliveryPolicy
+    rand: Callable[[], float] = random.random
+
+
+def deliver_event(event_id: str, owner: str, deps: Delivery) -> str:
     """One delivery attempt of a due event, under its lease: publish it unless that is done,
     POST the webhook unless that is done (or there is no callback_url), then record the
     outcome. Returns "delivered", "retrying", "failed" or "skipped" (not due, already done, or
     leased by another deliverer)."""
+    store, clock, policy = deps.store, deps.clock, deps.policy
     event = store.claim_event(event_id, owner, clock.now(), policy.lease_seconds)
     if event is None:
         return "skipped"
     attempt = _Attempt()
     if not event.pubsub_done:
-        _publish(event, publisher, attempt)
+        _publish(event, deps.publisher, attempt)
     if not event.webhook_done:
-        _post_webhook(event, webhooks, clock, secret, attempt)
+        _post_webhook(event, deps.webhooks, clock, deps.secret, attempt)
     attempts = event.attempts + 1
     now = clock.now()
     attempt.updates.update(attempts=attempts, lease_owner=None, lease_expires_at=None, updated_at=now)
-    outcome = _record_outcome(event, attempt, attempts, now, policy, rand)
+    outcome = _record_outcome(event, attempt, attempts, now, policy, deps.rand)
     if not store.update_event(event_id, owner, attempt.updates):
         # Our lease ran out and another deliverer took the event over: its record wins.
         log.warning("event %s: lost the lease before recording attempt %d", event_id, attempts)
@@ -250,28 +253,17 @@ def _record_outcome(event: Event, attempt: _Attempt, attempts: int, now: float, 
     return "retrying"
 
 
-def deliver_due_events(
-    *,
-    store: EventStore,
-    publisher: EventPublisher,
-    webhooks: WebhookSender,
-    clock: Clock,
-    secret: bytes | None,
-    policy: DeliveryPolicy,
-    owner: str,
-    deadline: float | None = None,
-    limit: int = 50,
-) -> dict[str, int]:
+def deliver_due_events(deps: Delivery, owner: str, deadline: float | None = None, limit: int = 50) -> dict[str, int]:
     """One poller tick's worth of deliveries: every due event, oldest first, until the
     deadline. Overlapping ticks are safe: each event is leased."""
     summary = {"due": 0, "delivered": 0, "retrying": 0, "failed": 0, "skipped": 0, "errors": 0}
-    for event in store.due_events(clock.now(), limit):
+    clock = deps.clock
+    for event in deps.store.due_events(clock.now(), limit):
         if deadline is not None and clock.now() >= deadline:
             break
         summary["due"] += 1
         try:
-            summary[deliver_event(event.event_id, store=store, publisher=publisher, webhooks=webhooks,
-                                  clock=clock, secret=secret, policy=policy, owner=owner)] += 1
+            summary[deliver_event(event.event_id, owner, deps)] += 1
         except Exception:  # noqa: BLE001 - one broken event must not starve the others
             log.exception("delivering event %s failed", event.event_id)
             summary["errors"] += 1
@@ -322,10 +314,12 @@ class CompletionEvents:
     # --- delivery --------------------------------------------------------------------------
 
     def deliver(self, event_id: str, owner: str) -> str:
-        return deliver_event(event_id, store=self.store, publisher=self.publisher, webhooks=self.webhooks,
-                             clock=self.clock, secret=self.secret, policy=self.policy, owner=owner)
+        return deliver_event(event_id, owner, self.delivery())
 
     def deliver_due(self, owner: str, deadline: float | None = None, limit: int = 50) -> dict[str, int]:
-        return deliver_due_events(store=self.store, publisher=self.publisher, webhooks=self.webhooks,
-                                  clock=self.clock, secret=self.secret, policy=self.policy, owner=owner,
-                                  deadline=deadline, limit=limit)
+        return deliver_due_events(self.delivery(), owner, deadline=deadline, limit=limit)
+
+    def delivery(self) -> Delivery:
+        # Built at each call from the attributes, which tests and wiring may replace.
+        return Delivery(store=self.store, publisher=self.publisher, webhooks=self.webhooks, clock=self.clock,
+                        secret=self.secret, policy=self.policy)

@@ -168,11 +168,10 @@ def _submit(request, caller: Caller):
     job_request = _job_request(body)
     dry_run = _dry_run(request)
     sub = _submission(request, caller, job_request, body)
-    deps = _submit_deps()
     try:
         if dry_run:
-            return _dry_run_answer(sub, submitting.plan(sub, deps))
-        job, replayed = submitting.submit(sub, deps)
+            return _dry_run_answer(sub, submitting.plan(sub, _route_deps()))
+        job, replayed = submitting.submit(sub, _submit_deps())
     except _SUBMIT_ERRORS as e:
         raise _submit_error(e) from e
     return _accepted_answer(job, replayed, caller)
@@ -219,18 +218,23 @@ def _submission(request, caller: Caller, job_request: JobRequest, body: dict) ->
     return dataclasses.replace(sub, key_id=key_id, body_sha256=submitting.body_sha256(body))
 
 
+def _route_deps() -> submitting.RouteDeps:
+    s = wiring.settings()
+    return submitting.RouteDeps(
+        breaker=wiring.breaker(), accounting=wiring.accounting(), catalog=wiring.catalog(),
+        model_halts=wiring.model_halts(), interactive_threshold=s.interactive_threshold,
+        batch_available=s.batch_lane_enabled,
+    )
+
+
 def _submit_deps() -> submitting.SubmitDeps:
     s = wiring.settings()
     return submitting.SubmitDeps(
-        store=wiring.job_store(), queue=wiring.work_queue(), clock=wiring.clock(),
-        idempotency=wiring.idempotency_store(), breaker=wiring.breaker(), accounting=wiring.accounting(),
-        catalog=wiring.catalog(), model_halts=wiring.model_halts(), batch=wiring.batch_lane(),
-        settings=submitting.SubmitSettings(
-            interactive_threshold=s.interactive_threshold, batch_available=s.batch_lane_enabled,
-            batch_max_requests=s.batch_items_per_batch, batch_submit_budget=s.batch_submit_budget_seconds,
-            idempotency_ttl_seconds=s.idempotency_ttl_seconds,
-            idempotency_takeover_seconds=s.idempotency_takeover_seconds,
-        ),
+        route=_route_deps(), store=wiring.job_store(), queue=wiring.work_queue(), clock=wiring.clock(),
+        idempotency=wiring.idempotency_store(), batch=wiring.batch_lane(),
+        batch_max_requests=s.batch_items_per_batch, batch_submit_budget=s.batch_submit_budget_seconds,
+        idempotency_ttl_seconds=s.idempotency_ttl_seconds,
+        idempotency_takeover_seconds=s.idempotency_takeover_seconds,
     )
 
 

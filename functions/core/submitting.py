@@ -20,27 +20,28 @@ IDEMPOTENCY_KEY_MAX_CHARS = 255
 
 
 @dataclass(frozen=True)
-class SubmitSettings:
-    interactive_threshold: int
-    batch_available: bool
-    batch_max_requests: int
-    batch_submit_budget: float
-    idempotency_ttl_seconds: float
-    idempotency_takeover_seconds: float
-
-
-@dataclass(frozen=True)
-class SubmitDeps:
-    store: JobStore
-    queue: WorkQueue
-    clock: Clock
-    idempotency: IdempotencyStore
+class RouteDeps:
+    """What choosing a lane reads (all a dry run needs): nothing here is written."""
     breaker: CircuitBreaker
     accounting: Accounting
     catalog: Catalog
     model_halts: ModelHalts
+    interactive_threshold: int
+    batch_available: bool
+
+
+@dataclass(frozen=True)
+class SubmitDeps:
+    route: RouteDeps
+    store: JobStore
+    queue: WorkQueue
+    clock: Clock
+    idempotency: IdempotencyStore
     batch: BatchLane | None
-    settings: SubmitSettings
+    batch_max_requests: int
+    batch_submit_budget: float
+    idempotency_ttl_seconds: float
+    idempotency_takeover_seconds: float
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,12 @@ def body_sha256(body: object) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def plan(sub: Submission, deps: SubmitDeps) -> routing.Route:
+def plan(sub: Submission, deps: RouteDeps) -> routing.Route:
     """The dry run: the lane the job would take now, why, and its cost. Nothing is written."""
     return usecases.plan_route(
-        sub.spec, interactive_threshold=deps.settings.interactive_threshold,
-        batch_available=deps.settings.batch_available, breaker=deps.breaker, accounting=deps.accounting,
-        model=sub.model, catalog=deps.catalog, model_halts=deps.model_halts,
+        sub.spec, interactive_threshold=deps.interactive_threshold, batch_available=deps.batch_available,
+        breaker=deps.breaker, accounting=deps.accounting, model=sub.model, catalog=deps.catalog,
+        model_halts=deps.model_halts,
     )
 
 
@@ -95,18 +96,16 @@ def submit(sub: Submission, deps: SubmitDeps) -> tuple[Job, bool]:
 
     return usecases.submit_once(
         sub.spec, key_id=sub.key_id, body_sha256=sub.body_sha256, idempotency=deps.idempotency,
-        store=deps.store, clock=deps.clock,
-        submit=submit_as,
-        ttl_seconds=deps.settings.idempotency_ttl_seconds,
-        takeover_seconds=deps.settings.idempotency_takeover_seconds,
+        store=deps.store, clock=deps.clock, submit=submit_as, ttl_seconds=deps.idempotency_ttl_seconds,
+        takeover_seconds=deps.idempotency_takeover_seconds,
     )
 
 
 def _submit_job(sub: Submission, deps: SubmitDeps, make_id: Callable[[], str], resume: bool) -> Job:
-    s = deps.settings
+    route = deps.route
     return usecases.submit_job(
         sub.spec, store=deps.store, queue=deps.queue, clock=deps.clock, model=sub.model,
-        interactive_threshold=s.interactive_threshold, batch=deps.batch, batch_max_requests=s.batch_max_requests,
-        batch_submit_budget=s.batch_submit_budget, owner=sub.owner, make_id=make_id, breaker=deps.breaker,
-        accounting=deps.accounting, resume=resume, catalog=deps.catalog, model_halts=deps.model_halts,
+        interactive_threshold=route.interactive_threshold, batch=deps.batch, batch_max_requests=deps.batch_max_requests,
+        batch_submit_budget=deps.batch_submit_budget, owner=sub.owner, make_id=make_id, breaker=route.breaker,
+        accounting=route.accounting, resume=resume, catalog=route.catalog, model_halts=route.model_halts,
     )

@@ -18,7 +18,7 @@ from core.batches import BatchLane
 from core.events import CompletionEvents
 from core.model_halts import ModelHalts
 from core.model_watch import ModelWatch
-from core.pool import PoolStore, flush_pool
+from core.pool import FlushRule, PoolStore, flush_pool
 from core.ports import BatchStore, Clock, ImageSink, JobStore, WorkQueue
 
 log = logging.getLogger("imagefleet")
@@ -106,6 +106,6 @@ def _drain_dead_letters(deps: PollerDeps, owner: str) -> dict[str, int]:
 def _flush_pool(deps: PollerDeps, policy: PollerPolicy) -> dict[str, int]:
     if deps.pool is None or deps.batches is None:
         return {}
-    return flush_pool(pool=deps.pool, jobs=deps.store, batches=deps.batches, clock=deps.clock,
-                      flush_items=policy.pool_flush_items, max_age_seconds=policy.pool_max_age_seconds,
-                      max_batch_items=policy.batch_items_per_batch)
+    rule = FlushRule(flush_items=policy.pool_flush_items, max_age_seconds=policy.pool_max_age_seconds,
+                     max_batch_items=policy.batch_items_per_batch)
+    return flush_pool(pool=deps.pool, jobs=deps.store, batches=deps.batches, clock=deps.clock, rule=rule)

@@ -68,16 +68,17 @@ class NoPool:
         return False
 
 
+@dataclass(frozen=True)
+class FlushRule:
+    """When the pool is flushed (flush_items waiting, or the oldest max_age_seconds old) and
+    how many items one intent takes."""
+    flush_items: int
+    max_age_seconds: float
+    max_batch_items: int
+
+
 def flush_pool(
-    *,
-    pool: PoolStore,
-    jobs: JobStore,
-    batches: BatchStore,
-    clock,
-    flush_items: int,
-    max_age_seconds: float,
-    max_batch_items: int,
-    limit: int = 5000,
+    *, pool: PoolStore, jobs: JobStore, batches: BatchStore, clock, rule: FlushRule, limit: int = 5000,
 ) -> dict[str, int]:
     """Turn pooled items into batch intents: when flush_items are waiting, the oldest has
     waited max_age_seconds, or an entry is urgent (a client asked for a retry and waits for
@@ -105,11 +106,11 @@ def flush_pool(
     waiting = [e for group in fresh.values() for e in group]
     if not waiting:
         return summary
-    if not _due(waiting, now, flush_items, max_age_seconds):
+    if not _due(waiting, now, rule):
         return summary
     for job_id, group in fresh.items():
-        for start in range(0, len(group), max_batch_items):
-            chunk = group[start : start + max_batch_items]
+        for start in range(0, len(group), rule.max_batch_items):
+            chunk = group[start : start + rule.max_batch_items]
             intent_id = f"{job_id}-p{uuid.uuid4().hex[:10]}-a1"
             keys = [e.key for e in chunk if pool.reserve_item(job_id, e.key, intent_id)]
             if keys:
@@ -141,10 +142,10 @@ def _sort_entries(group: list[PoolEntry], items: dict, now: float) -> tuple[
     return reserved, done, fresh
 
 
-def _due(waiting: list[PoolEntry], now: float, flush_items: int, max_age_seconds: float) -> bool:
+def _due(waiting: list[PoolEntry], now: float, rule: FlushRule) -> bool:
     oldest = min(e.pooled_at for e in waiting)
     urgent = any(e.urgent for e in waiting)
-    return len(waiting) >= flush_items or now - oldest >= max_age_seconds or urgent
+    return len(waiting) >= rule.flush_items or now - oldest >= rule.max_age_seconds or urgent
 
 
 def _create_intent(batches: BatchStore, jobs: JobStore, job_id: str, intent_id: str, keys: list[str], now: float) -> None:

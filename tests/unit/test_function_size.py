@@ -14,7 +14,6 @@ KNOWN = {
     ("core/batches.py", "__init__"),
     ("core/breaker.py", "__init__"),
     ("core/events.py", "__init__"),
-    ("core/pool.py", "flush_pool"),
     ("core/usecases.py", "plan_route"),
     ("core/usecases.py", "submit_job"),
     ("core/usecases.py", "submit_once"),

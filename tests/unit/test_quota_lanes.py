@@ -14,7 +14,7 @@ from core.errors import (
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
 from core.worker import process_item
-from core.pool import flush_pool
+from core.pool import FlushRule, flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
 from core.routing import Headroom, choose_lane
 from tests.fakes import (
@@ -64,7 +64,7 @@ def env():
 
         def flush(self, flush_items=100, max_age=300):
             return flush_pool(pool=self.pool, jobs=self.store, batches=self.store, clock=self.clock,
-                              flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000)
+                              rule=FlushRule(flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000))
 
     return Env()
 

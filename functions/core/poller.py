@@ -99,8 +99,9 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
 def _drain_dead_letters(deps: PollerDeps, owner: str) -> dict[str, int]:
     if deps.dead_letters is None:
         return {}
-    return usecases.drain_dead_letters(deps.dead_letters, store=deps.store, clock=deps.clock, sink=deps.sink,
-                                       owner=owner, decode=deps.decode, events=deps.events)
+    settling = usecases.DeadLettering(store=deps.store, clock=deps.clock, sink=deps.sink, owner=owner,
+                                      events=deps.events)
+    return usecases.drain_dead_letters(deps.dead_letters, settling=settling, decode=deps.decode)
 
 
 def _flush_pool(deps: PollerDeps, policy: PollerPolicy) -> dict[str, int]:

@@ -665,14 +665,12 @@ def dead_letter_item(job_id: str, key: str, deliveries: int | None, deps: DeadLe
 
 
 def drain_dead_letters(
-    source, *, store: JobStore, clock: Clock, sink: ImageSink | None, owner: str,
-    decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100, events: EventOutbox | None = None,
+    source, *, settling: DeadLettering, decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100,
 ) -> dict[str, int]:
     """The dead-letter topic's consumer: each work message Pub/Sub gave up on ends its item
     dead_lettered (with the last error), so no item waits `queued` forever. A message whose
     item a live delivery still holds is left for the next tick."""
     summary = {"settled": 0, "unreadable": 0, "deferred": 0}
-    deps = DeadLettering(store=store, clock=clock, sink=sink, owner=owner, events=events)
     acks = []
     for ack_id, data, attributes in source.pull(max_messages):
         try:
@@ -683,7 +681,7 @@ def drain_dead_letters(
             acks.append(ack_id)
             continue
         deliveries = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
-        if dead_letter_item(job_id, key, int(deliveries) if deliveries and deliveries.isdigit() else None, deps):
+        if dead_letter_item(job_id, key, int(deliveries) if deliveries and deliveries.isdigit() else None, settling):
             summary["settled"] += 1
             acks.append(ack_id)
         else:

@@ -20,7 +20,6 @@ KNOWN = {
     ("core/usecases.py", "recover_abandoned_accepts"),
     ("core/usecases.py", "finalize_stalled_jobs"),
     ("core/usecases.py", "get_job_status"),
-    ("core/usecases.py", "drain_dead_letters"),
 }
 
 

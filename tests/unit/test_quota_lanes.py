@@ -406,8 +406,8 @@ def test_dead_letters_end_their_items_with_the_last_error(env):
     msg = lambda k: json.dumps({"job_id": job.job_id, "item_key": k}).encode()
     source = DeadLetters([("a0", msg("k0"), {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}),
                           ("a1", msg("k1"), {}), ("a2", b"garbage", {})])
-    summary = usecases.drain_dead_letters(source, store=env.store, clock=env.clock, sink=env.sink,
-                                          owner="poller", decode=decode)
+    summary = usecases.drain_dead_letters(source, settling=usecases.DeadLettering(
+        store=env.store, clock=env.clock, sink=env.sink, owner="poller"), decode=decode)
     assert summary == {"settled": 1, "unreadable": 1, "deferred": 1}
     assert source.acked == ["a0", "a2"]
     item = env.store.get_item(job.job_id, "k0")

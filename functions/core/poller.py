@@ -80,10 +80,10 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
     }
     # After the batches, so these take none of their budget: an abandoned accept is minutes
     # old, and a restored model's held intents go at the next tick (its parked items now).
-    summary["abandoned_accepts"] = usecases.recover_abandoned_accepts(
+    summary["abandoned_accepts"] = usecases.recover_abandoned_accepts(usecases.AcceptRecovery(
         store=deps.store, batches=deps.batches, queue=deps.queue, clock=deps.clock,
         sink=deps.sink, events=deps.events, accounting=deps.accounting,
-        abandon_seconds=policy.accept_abandon_seconds, max_requests=policy.batch_items_per_batch)
+        max_requests=policy.batch_items_per_batch), abandon_seconds=policy.accept_abandon_seconds)
     summary["models"] = deps.model_watch.tick(
         lambda: usecases.models_in_use(store=deps.store, default=policy.default_model))
     summary["resumed"] = usecases.resume_restored_models(

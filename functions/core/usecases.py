@@ -304,10 +304,21 @@ def redrive_stuck_items(
     return summary
 
 
+@dataclass(frozen=True)
+class AcceptRecovery:
+    """recover_abandoned_accepts' collaborators; max_requests is the batch lane's intent size."""
+    store: JobStore
+    batches: BatchStore | None
+    queue: WorkQueue
+    clock: Clock
+    sink: ImageSink | None
+    events: EventOutbox | None = None
+    accounting: Accounting | None = None
+    max_requests: int = 1000
+
+
 def recover_abandoned_accepts(
-    *, store: JobStore, batches: BatchStore | None, queue: WorkQueue, clock: Clock, sink: ImageSink | None,
-    events: EventOutbox | None = None, accounting: Accounting | None = None, abandon_seconds: float = 600.0,
-    max_requests: int = 1000, limit: int = 20,
+    deps: AcceptRecovery, *, abandon_seconds: float = 600.0, limit: int = 20,
 ) -> dict[str, list[str]]:
     """Finish or fail the jobs whose submitter died while accepting them (see core/accepting.py).
 
@@ -317,13 +328,11 @@ def recover_abandoned_accepts(
     interactive, published). Otherwise it ends failed with an error saying so, its reservation
     released and its job.completed event recorded: nothing is silently lost."""
     done: dict[str, list[str]] = {"completed": [], "failed": []}
-    deps = _AcceptRecovery(store=store, batches=batches, queue=queue, clock=clock, sink=sink, events=events,
-                           accounting=accounting, max_requests=max_requests)
-    idle_since = clock.now() - abandon_seconds
-    for job in store.accepting_jobs(limit):
+    idle_since = deps.clock.now() - abandon_seconds
+    for job in deps.store.accepting_jobs(limit):
         if job.updated_at > idle_since:
             continue  # its submitter may be alive
-        items = _all_items(store, job.job_id)
+        items = _all_items(deps.store, job.job_id)
         if len(items) == job.item_count:
             if _complete_accept(job, items, deps):
                 done["completed"].append(job.job_id)
@@ -332,20 +341,7 @@ def recover_abandoned_accepts(
     return done
 
 
-@dataclass(frozen=True)
-class _AcceptRecovery:
-    """recover_abandoned_accepts' collaborators, handed to its two outcomes."""
-    store: JobStore
-    batches: BatchStore | None
-    queue: WorkQueue
-    clock: Clock
-    sink: ImageSink | None
-    events: EventOutbox | None
-    accounting: Accounting | None
-    max_requests: int
-
-
-def _complete_accept(job: Job, items: list[Item], deps: _AcceptRecovery) -> bool:
+def _complete_accept(job: Job, items: list[Item], deps: AcceptRecovery) -> bool:
     store, clock = deps.store, deps.clock
     if job.lane is Lane.BATCH:
         if deps.batches is None:
@@ -361,7 +357,7 @@ def _complete_accept(job: Job, items: list[Item], deps: _AcceptRecovery) -> bool
     return True
 
 
-def _fail_accept(job: Job, items: list[Item], deps: _AcceptRecovery, idle_since: float) -> bool:
+def _fail_accept(job: Job, items: list[Item], deps: AcceptRecovery, idle_since: float) -> bool:
     store, clock, accounting = deps.store, deps.clock, deps.accounting
     error = accepting.abandoned_message(len(items), job.item_count)
     if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):

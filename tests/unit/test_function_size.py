@@ -17,7 +17,6 @@ KNOWN = {
     ("core/usecases.py", "plan_route"),
     ("core/usecases.py", "submit_job"),
     ("core/usecases.py", "submit_once"),
-    ("core/usecases.py", "recover_abandoned_accepts"),
     ("core/usecases.py", "finalize_stalled_jobs"),
     ("core/usecases.py", "get_job_status"),
 }

@@ -8,7 +8,7 @@ import pytest
 from core import accounting as acct
 from core import usecases
 from core.accounting import Accounting, DailyLimits, Prices
-from core.breaker import BreakerState, CircuitBreaker, Decision
+from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.errors import (
     BudgetExceeded, Conflict, IdempotencyMismatch, InProgress, LaneUnavailable, PermissionDenied, QuotaExceeded,
 )
@@ -46,8 +46,8 @@ def env():
 
         def __init__(self):
             self.pool = InMemoryPoolStore(self.store)
-            self.breaker = CircuitBreaker(self.breaker_store, self.clock, threshold=3, cooldown_seconds=60,
-                                          halt_seconds=600, probe_seconds=120, cache_seconds=0)
+            self.breaker = CircuitBreaker(self.breaker_store, self.clock, BreakerPolicy(
+                threshold=3, cooldown_seconds=60, halt_seconds=600, probe_seconds=120, cache_seconds=0))
             self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
 
         def submit(self, n=3, lane="auto", **kw):

@@ -206,17 +206,19 @@ def rate_limiter() -> SlotRateLimiter:
 @functools.cache
 def breaker():
     from adapters.firestore.breaker import FirestoreBreakerStore
-    from core.breaker import CircuitBreaker
+    from core.breaker import BreakerPolicy, CircuitBreaker
 
     s = settings()
     breaker_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.default_model)
     return CircuitBreaker(
         FirestoreBreakerStore(firestore_client(), breaker_id),
         clock(),
-        threshold=s.breaker_threshold,
-        cooldown_seconds=s.breaker_cooldown_seconds,
-        halt_seconds=s.breaker_halt_seconds,
-        probe_seconds=s.lease_seconds,
+        BreakerPolicy(
+            threshold=s.breaker_threshold,
+            cooldown_seconds=s.breaker_cooldown_seconds,
+            halt_seconds=s.breaker_halt_seconds,
+            probe_seconds=s.lease_seconds,
+        ),
     )
 
 

@@ -426,59 +426,13 @@ class BatchLane:
         queue is bounded, so memory stays at a handful of lines whatever the file's size.
         A checkpoint first waits for every upload in flight, so "lines_done = n" always
         means every line up to n is in GCS."""
-        keys = set(intent.keys)
-        settled = self._settled(intent)
-        progress = {"lines": 0}
-        pending: dict[str, dict] = {}
-        in_flight: list[tuple[str, Future]] = []
-        slots = threading.BoundedSemaphore(2 * self.upload_concurrency)
-        pool = ThreadPoolExecutor(self.upload_concurrency, thread_name_prefix="ingest")
-
-        def drain() -> None:
-            for key, future in in_flight:
-                pending[key] = future.result()
-            in_flight.clear()
-
-        def flush() -> None:
-            drain()
-            fields = {"lines_done": progress["lines"], "updated_at": self.clock.now()}
-            if not self.store.checkpoint(intent.intent_id, owner, fields, dict(pending)):
-                raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
-            # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
-            self._count(intent, [u.get("state") for u in pending.values()])
-            pending.clear()
-
-        def upload(result) -> dict:
-            try:
-                return self._line_updates(intent, result)
-            finally:
-                slots.release()
-
-        def on_line(line: bytes) -> None:
-            progress["lines"] += 1
-            if progress["lines"] <= intent.lines_done:
-                return  # ingested before a pause or a crash: skip without parsing
-            result = parse_result_line(line)
-            if result.key in keys and not _admit(result, settled):
-                log.warning("intent %s: result line %d repeats key %r, which already %s; ignored",
-                            intent.intent_id, progress["lines"], result.key, settled[result.key])
-            elif result.key in keys:
-                slots.acquire()
-                in_flight.append((result.key, pool.submit(upload, result)))
-            else:
-                log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, progress["lines"], result.key)
-            if len(pending) + len(in_flight) >= self.checkpoint_lines:
-                flush()
-            if self.clock.now() >= deadline:
-                flush()
-                raise _Pause
-
-        splitter = LineSplitter(on_line)
+        run = _Ingestion(self, intent, owner, deadline)
+        splitter = LineSplitter(run.on_line)
         try:
             self.api.stream_file(intent.results_file, splitter)
             splitter.close()
         except _Pause:
-            log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, progress["lines"])
+            log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, run.lines)
             return "paused"
         except (PermissionDenied, InvalidRequest) as e:
             # The Files API answers 403 for a file that is gone (expired after 48 h, or deleted
@@ -487,10 +441,10 @@ class BatchLane:
             # bill them twice.
             return self._results_unavailable(intent, owner, e)
         finally:
-            pool.shutdown(wait=True)
-        flush()
+            run.pool.shutdown(wait=True)
+        run.flush()
         self._delete_quietly(intent.output_file)
-        intent.lines_done = progress["lines"]
+        intent.lines_done = run.lines
         self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
         return "ingested"
 
@@ -638,3 +592,59 @@ def _admit(result, settled: dict[str, str]) -> bool:
 
 class LostLease(Exception):
     """Another poller took over this intent (ours expired): stop touching it."""
+
+
+class _Ingestion:
+    """One ingestion run of an intent's results file (BatchLane._ingest): lines parsed on the
+    caller's thread, uploads on a small pool, checkpoints as it goes."""
+
+    def __init__(self, lane: BatchLane, intent: BatchIntent, owner: str, deadline: float) -> None:
+        self.lane, self.intent, self.owner, self.deadline = lane, intent, owner, deadline
+        self.keys = set(intent.keys)
+        self.settled = lane._settled(intent)
+        self.lines = 0
+        self.pending: dict[str, dict] = {}
+        self.in_flight: list[tuple[str, Future]] = []
+        self.slots = threading.BoundedSemaphore(2 * lane.upload_concurrency)
+        self.pool = ThreadPoolExecutor(lane.upload_concurrency, thread_name_prefix="ingest")
+
+    def drain(self) -> None:
+        for key, future in self.in_flight:
+            self.pending[key] = future.result()
+        self.in_flight.clear()
+
+    def flush(self) -> None:
+        self.drain()
+        intent, lane = self.intent, self.lane
+        fields = {"lines_done": self.lines, "updated_at": lane.clock.now()}
+        if not lane.store.checkpoint(intent.intent_id, self.owner, fields, dict(self.pending)):
+            raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
+        # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
+        lane._count(intent, [u.get("state") for u in self.pending.values()])
+        self.pending.clear()
+
+    def upload(self, result) -> dict:
+        try:
+            return self.lane._line_updates(self.intent, result)
+        finally:
+            self.slots.release()
+
+    def on_line(self, line: bytes) -> None:
+        self.lines += 1
+        intent = self.intent
+        if self.lines <= intent.lines_done:
+            return  # ingested before a pause or a crash: skip without parsing
+        result = parse_result_line(line)
+        if result.key in self.keys and not _admit(result, self.settled):
+            log.warning("intent %s: result line %d repeats key %r, which already %s; ignored",
+                        intent.intent_id, self.lines, result.key, self.settled[result.key])
+        elif result.key in self.keys:
+            self.slots.acquire()
+            self.in_flight.append((result.key, self.pool.submit(self.upload, result)))
+        else:
+            log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, self.lines, result.key)
+        if len(self.pending) + len(self.in_flight) >= self.lane.checkpoint_lines:
+            self.flush()
+        if self.lane.clock.now() >= self.deadline:
+            self.flush()
+            raise _Pause

@@ -91,24 +91,25 @@ class BreakerView:
         }
 
 
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When the breaker opens (threshold quota failures), how long it stays open or halted
+    before a probe, how long a probe holds, and how long a read is cached."""
+    threshold: int = 3
+    cooldown_seconds: float = 60.0
+    halt_seconds: float = 900.0
+    probe_seconds: float = 120.0
+    cache_seconds: float = 1.0
+
+
 class CircuitBreaker:
-    def __init__(
-        self,
-        store: BreakerStore,
-        clock,
-        *,
-        threshold: int = 3,
-        cooldown_seconds: float = 60.0,
-        halt_seconds: float = 900.0,
-        probe_seconds: float = 120.0,
-        cache_seconds: float = 1.0,
-    ) -> None:
+    def __init__(self, store: BreakerStore, clock, policy: BreakerPolicy = BreakerPolicy()) -> None:
         self.store, self.clock = store, clock
-        self.threshold = threshold
-        self.cooldown_seconds = cooldown_seconds
-        self.halt_seconds = halt_seconds
-        self.probe_seconds = probe_seconds
-        self.cache_seconds = cache_seconds
+        self.threshold = policy.threshold
+        self.cooldown_seconds = policy.cooldown_seconds
+        self.halt_seconds = policy.halt_seconds
+        self.probe_seconds = policy.probe_seconds
+        self.cache_seconds = policy.cache_seconds
         self._cached: tuple[float, BreakerView] | None = None
         self._lock = threading.Lock()
 

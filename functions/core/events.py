@@ -22,7 +22,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -155,103 +155,115 @@ def _host(url: str | None) -> str:
         return "?"
 
 
-def deliver_event(
-    event_id: str,
-    *,
-    store: EventStore,
-    publisher: EventPublisher,
-    webhooks: WebhookSender,
-    clock: Clock,
-    secret: bytes | None,
-    policy: DeliveryPolicy,
-    owner: str,
-    rand: Callable[[], float] = random.random,
-) -> str:
+@dataclass(frozen=True)
+class Delivery:
+    """What delivering an event needs: the outbox, both channels, the clock, the webhook
+    signing secret (None: webhooks cannot be sent), the retry policy and the jitter source."""
+    store: EventStore
+    publisher: EventPublisher
+    webhooks: WebhookSender
+    clock: Clock
+    secret: bytes | None
+    policy: DeliveryPolicy
+    rand: Callable[[], float] = random.random
+
+
+def deliver_event(event_id: str, owner: str, deps: Delivery) -> str:
     """One delivery attempt of a due event, under its lease: publish it unless that is done,
     POST the webhook unless that is done (or there is no callback_url), then record the
     outcome. Returns "delivered", "retrying", "failed" or "skipped" (not due, already done, or
     leased by another deliverer)."""
+    store, clock, policy = deps.store, deps.clock, deps.policy
     event = store.claim_event(event_id, owner, clock.now(), policy.lease_seconds)
     if event is None:
         return "skipped"
-    updates: dict[str, Any] = {}
-    errors: list[str] = []
-    retry_after: float | None = None
-    permanent = False
+    attempt = _Attempt()
     if not event.pubsub_done:
-        try:
-            publisher.publish_event(event.body.encode(), {"type": event.type, "job_id": event.job_id,
-                                                          "event_id": event.event_id})
-            updates["pubsub_done"] = True
-        except DeliveryFailed as e:
-            errors.append(f"pubsub: {e.reason}")
+        _publish(event, deps.publisher, attempt)
     if not event.webhook_done:
-        if not event.callback_url:
-            updates["webhook_done"] = True
-        elif secret is None:
-            # Never sent unsigned. Submit refuses callback URLs without a secret, so this is a
-            # deployment that lost its secret after the job was accepted.
-            errors.append("webhook: this deployment has no webhook signing secret")
-        else:
-            headers = signed_headers(secret, event.event_id, int(clock.now()), event.body)
-            try:
-                webhooks.post(event.callback_url, event.body.encode(), headers)
-                updates["webhook_done"] = True
-            except DeliveryFailed as e:
-                errors.append(f"webhook: {e.reason}")
-                retry_after, permanent = e.retry_after, e.permanent
+        _post_webhook(event, deps.webhooks, clock, deps.secret, attempt)
     attempts = event.attempts + 1
     now = clock.now()
-    updates.update(attempts=attempts, lease_owner=None, lease_expires_at=None, updated_at=now)
-    if not errors:
-        updates.update(state=EventState.DELIVERED.value, delivered_at=now, next_attempt_at=None, last_error=None)
-        outcome = "delivered"
-        log.info("event %s delivered (attempt %d)", event_id, attempts)
-    else:
-        last_error = "; ".join(errors)[:_MAX_ERROR_CHARS]
-        updates["last_error"] = last_error
-        if permanent or attempts >= policy.max_attempts:
-            updates.update(state=EventState.FAILED.value, next_attempt_at=None)
-            outcome = "failed"
-            log.error("event %s failed for good after %d attempts (callback host %s): %s",
-                      event_id, attempts, _host(event.callback_url), last_error)
-        else:
-            delay = backoff_seconds(attempts, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, policy.backoff_max))
-            updates["next_attempt_at"] = now + delay
-            outcome = "retrying"
-            log.warning("event %s attempt %d failed (callback host %s): %s; next in %.1fs",
-                        event_id, attempts, _host(event.callback_url), last_error, delay)
-    if not store.update_event(event_id, owner, updates):
+    attempt.updates.update(attempts=attempts, lease_owner=None, lease_expires_at=None, updated_at=now)
+    outcome = _record_outcome(event, attempt, attempts, now, policy, deps.rand)
+    if not store.update_event(event_id, owner, attempt.updates):
         # Our lease ran out and another deliverer took the event over: its record wins.
         log.warning("event %s: lost the lease before recording attempt %d", event_id, attempts)
         return "skipped"
     return outcome
 
 
-def deliver_due_events(
-    *,
-    store: EventStore,
-    publisher: EventPublisher,
-    webhooks: WebhookSender,
-    clock: Clock,
-    secret: bytes | None,
-    policy: DeliveryPolicy,
-    owner: str,
-    deadline: float | None = None,
-    limit: int = 50,
-) -> dict[str, int]:
+@dataclass
+class _Attempt:
+    """What one delivery attempt did: the fields to record and the errors met."""
+    updates: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    retry_after: float | None = None
+    permanent: bool = False
+
+
+def _publish(event: Event, publisher: EventPublisher, attempt: _Attempt) -> None:
+    try:
+        publisher.publish_event(event.body.encode(), {"type": event.type, "job_id": event.job_id,
+                                                      "event_id": event.event_id})
+        attempt.updates["pubsub_done"] = True
+    except DeliveryFailed as e:
+        attempt.errors.append(f"pubsub: {e.reason}")
+
+
+def _post_webhook(event: Event, webhooks: WebhookSender, clock: Clock, secret: bytes | None,
+                  attempt: _Attempt) -> None:
+    if not event.callback_url:
+        attempt.updates["webhook_done"] = True
+    elif secret is None:
+        # Never sent unsigned. Submit refuses callback URLs without a secret, so this is a
+        # deployment that lost its secret after the job was accepted.
+        attempt.errors.append("webhook: this deployment has no webhook signing secret")
+    else:
+        headers = signed_headers(secret, event.event_id, int(clock.now()), event.body)
+        try:
+            webhooks.post(event.callback_url, event.body.encode(), headers)
+            attempt.updates["webhook_done"] = True
+        except DeliveryFailed as e:
+            attempt.errors.append(f"webhook: {e.reason}")
+            attempt.retry_after, attempt.permanent = e.retry_after, e.permanent
+
+
+def _record_outcome(event: Event, attempt: _Attempt, attempts: int, now: float, policy: DeliveryPolicy,
+                    rand: Callable[[], float]) -> str:
+    """Delivered, retrying (when, after a backoff) or failed for good, in attempt.updates."""
+    updates, event_id = attempt.updates, event.event_id
+    if not attempt.errors:
+        updates.update(state=EventState.DELIVERED.value, delivered_at=now, next_attempt_at=None, last_error=None)
+        log.info("event %s delivered (attempt %d)", event_id, attempts)
+        return "delivered"
+    last_error = "; ".join(attempt.errors)[:_MAX_ERROR_CHARS]
+    updates["last_error"] = last_error
+    if attempt.permanent or attempts >= policy.max_attempts:
+        updates.update(state=EventState.FAILED.value, next_attempt_at=None)
+        log.error("event %s failed for good after %d attempts (callback host %s): %s",
+                  event_id, attempts, _host(event.callback_url), last_error)
+        return "failed"
+    delay = backoff_seconds(attempts, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
+    if attempt.retry_after is not None:
+        delay = max(delay, min(attempt.retry_after, policy.backoff_max))
+    updates["next_attempt_at"] = now + delay
+    log.warning("event %s attempt %d failed (callback host %s): %s; next in %.1fs",
+                event_id, attempts, _host(event.callback_url), last_error, delay)
+    return "retrying"
+
+
+def deliver_due_events(deps: Delivery, owner: str, deadline: float | None = None, limit: int = 50) -> dict[str, int]:
     """One poller tick's worth of deliveries: every due event, oldest first, until the
     deadline. Overlapping ticks are safe: each event is leased."""
     summary = {"due": 0, "delivered": 0, "retrying": 0, "failed": 0, "skipped": 0, "errors": 0}
-    for event in store.due_events(clock.now(), limit):
+    clock = deps.clock
+    for event in deps.store.due_events(clock.now(), limit):
         if deadline is not None and clock.now() >= deadline:
             break
         summary["due"] += 1
         try:
-            summary[deliver_event(event.event_id, store=store, publisher=publisher, webhooks=webhooks,
-                                  clock=clock, secret=secret, policy=policy, owner=owner)] += 1
+            summary[deliver_event(event.event_id, owner, deps)] += 1
         except Exception:  # noqa: BLE001 - one broken event must not starve the others
             log.exception("delivering event %s failed", event.event_id)
             summary["errors"] += 1
@@ -302,10 +314,12 @@ class CompletionEvents:
     # --- delivery --------------------------------------------------------------------------
 
     def deliver(self, event_id: str, owner: str) -> str:
-        return deliver_event(event_id, store=self.store, publisher=self.publisher, webhooks=self.webhooks,
-                             clock=self.clock, secret=self.secret, policy=self.policy, owner=owner)
+        return deliver_event(event_id, owner, self.delivery())
 
     def deliver_due(self, owner: str, deadline: float | None = None, limit: int = 50) -> dict[str, int]:
-        return deliver_due_events(store=self.store, publisher=self.publisher, webhooks=self.webhooks,
-                                  clock=self.clock, secret=self.secret, policy=self.policy, owner=owner,
-                                  deadline=deadline, limit=limit)
+        return deliver_due_events(self.delivery(), owner, deadline=deadline, limit=limit)
+
+    def delivery(self) -> Delivery:
+        # Built at each call from the attributes, which tests and wiring may replace.
+        return Delivery(store=self.store, publisher=self.publisher, webhooks=self.webhooks, clock=self.clock,
+                        secret=self.secret, policy=self.policy)

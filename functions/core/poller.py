@@ -18,7 +18,7 @@ from core.batches import BatchLane
 from core.events import CompletionEvents
 from core.model_halts import ModelHalts
 from core.model_watch import ModelWatch
-from core.pool import PoolStore, flush_pool
+from core.pool import FlushRule, PoolStore, flush_pool
 from core.ports import BatchStore, Clock, ImageSink, JobStore, WorkQueue
 
 log = logging.getLogger("imagefleet")
@@ -80,10 +80,10 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
     }
     # After the batches, so these take none of their budget: an abandoned accept is minutes
     # old, and a restored model's held intents go at the next tick (its parked items now).
-    summary["abandoned_accepts"] = usecases.recover_abandoned_accepts(
+    summary["abandoned_accepts"] = usecases.recover_abandoned_accepts(usecases.AcceptRecovery(
         store=deps.store, batches=deps.batches, queue=deps.queue, clock=deps.clock,
         sink=deps.sink, events=deps.events, accounting=deps.accounting,
-        abandon_seconds=policy.accept_abandon_seconds, max_requests=policy.batch_items_per_batch)
+        max_requests=policy.batch_items_per_batch), abandon_seconds=policy.accept_abandon_seconds)
     summary["models"] = deps.model_watch.tick(
         lambda: usecases.models_in_use(store=deps.store, default=policy.default_model))
     summary["resumed"] = usecases.resume_restored_models(
@@ -99,13 +99,14 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
 def _drain_dead_letters(deps: PollerDeps, owner: str) -> dict[str, int]:
     if deps.dead_letters is None:
         return {}
-    return usecases.drain_dead_letters(deps.dead_letters, store=deps.store, clock=deps.clock, sink=deps.sink,
-                                       owner=owner, decode=deps.decode, events=deps.events)
+    settling = usecases.DeadLettering(store=deps.store, clock=deps.clock, sink=deps.sink, owner=owner,
+                                      events=deps.events)
+    return usecases.drain_dead_letters(deps.dead_letters, settling=settling, decode=deps.decode)
 
 
 def _flush_pool(deps: PollerDeps, policy: PollerPolicy) -> dict[str, int]:
     if deps.pool is None or deps.batches is None:
         return {}
-    return flush_pool(pool=deps.pool, jobs=deps.store, batches=deps.batches, clock=deps.clock,
-                      flush_items=policy.pool_flush_items, max_age_seconds=policy.pool_max_age_seconds,
-                      max_batch_items=policy.batch_items_per_batch)
+    rule = FlushRule(flush_items=policy.pool_flush_items, max_age_seconds=policy.pool_max_age_seconds,
+                     max_batch_items=policy.batch_items_per_batch)
+    return flush_pool(pool=deps.pool, jobs=deps.store, batches=deps.batches, clock=deps.clock, rule=rule)

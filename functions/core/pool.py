@@ -68,16 +68,17 @@ class NoPool:
         return False
 
 
+@dataclass(frozen=True)
+class FlushRule:
+    """When the pool is flushed (flush_items waiting, or the oldest max_age_seconds old) and
+    how many items one intent takes."""
+    flush_items: int
+    max_age_seconds: float
+    max_batch_items: int
+
+
 def flush_pool(
-    *,
-    pool: PoolStore,
-    jobs: JobStore,
-    batches: BatchStore,
-    clock,
-    flush_items: int,
-    max_age_seconds: float,
-    max_batch_items: int,
-    limit: int = 5000,
+    *, pool: PoolStore, jobs: JobStore, batches: BatchStore, clock, rule: FlushRule, limit: int = 5000,
 ) -> dict[str, int]:
     """Turn pooled items into batch intents: when flush_items are waiting, the oldest has
     waited max_age_seconds, or an entry is urgent (a client asked for a retry and waits for
@@ -94,19 +95,7 @@ def flush_pool(
     fresh: dict[str, list[PoolEntry]] = defaultdict(list)
     for job_id, group in by_job.items():
         items = {it.key: it for it in batches.get_items(job_id, [e.key for e in group])}
-        reserved: dict[str, list[PoolEntry]] = defaultdict(list)
-        done = []
-        for e in group:
-            it = items.get(e.key)
-            if it is None or it.terminal or it.pooled_at is None:
-                # Cancelled, finished or never diverted: nothing to batch. A young entry may be
-                # a retry's, written just before its item is requeued: it gets a grace period.
-                if now - e.pooled_at > _ENTRY_GRACE_SECONDS:
-                    done.append(e)
-            elif it.batch_intent:
-                reserved[it.batch_intent].append(e)
-            else:
-                fresh[job_id].append(e)
+        reserved, done, fresh[job_id] = _sort_entries(group, items, now)
         for intent_id, group_entries in reserved.items():  # a flush died after reserving
             _create_intent(batches, jobs, job_id, intent_id, [e.key for e in group_entries], now)
             pool.remove(group_entries)
@@ -117,13 +106,11 @@ def flush_pool(
     waiting = [e for group in fresh.values() for e in group]
     if not waiting:
         return summary
-    oldest = min(e.pooled_at for e in waiting)
-    urgent = any(e.urgent for e in waiting)
-    if len(waiting) < flush_items and now - oldest < max_age_seconds and not urgent:
+    if not _due(waiting, now, rule):
         return summary
     for job_id, group in fresh.items():
-        for start in range(0, len(group), max_batch_items):
-            chunk = group[start : start + max_batch_items]
+        for start in range(0, len(group), rule.max_batch_items):
+            chunk = group[start : start + rule.max_batch_items]
             intent_id = f"{job_id}-p{uuid.uuid4().hex[:10]}-a1"
             keys = [e.key for e in chunk if pool.reserve_item(job_id, e.key, intent_id)]
             if keys:
@@ -133,6 +120,32 @@ def flush_pool(
             pool.remove(chunk)
     log.info("pending-batch pool flushed: %s", summary)
     return summary
+
+
+def _sort_entries(group: list[PoolEntry], items: dict, now: float) -> tuple[
+        dict[str, list[PoolEntry]], list[PoolEntry], list[PoolEntry]]:
+    """One job's entries as (reserved by an intent, done with, fresh to batch)."""
+    reserved: dict[str, list[PoolEntry]] = defaultdict(list)
+    done: list[PoolEntry] = []
+    fresh: list[PoolEntry] = []
+    for e in group:
+        it = items.get(e.key)
+        if it is None or it.terminal or it.pooled_at is None:
+            # Cancelled, finished or never diverted: nothing to batch. A young entry may be
+            # a retry's, written just before its item is requeued: it gets a grace period.
+            if now - e.pooled_at > _ENTRY_GRACE_SECONDS:
+                done.append(e)
+        elif it.batch_intent:
+            reserved[it.batch_intent].append(e)
+        else:
+            fresh.append(e)
+    return reserved, done, fresh
+
+
+def _due(waiting: list[PoolEntry], now: float, rule: FlushRule) -> bool:
+    oldest = min(e.pooled_at for e in waiting)
+    urgent = any(e.urgent for e in waiting)
+    return len(waiting) >= rule.flush_items or now - oldest >= rule.max_age_seconds or urgent
 
 
 def _create_intent(batches: BatchStore, jobs: JobStore, job_id: str, intent_id: str, keys: list[str], now: float) -> None:

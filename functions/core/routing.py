@@ -2,7 +2,7 @@
 the daily budget."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.accounting import Prices
 from core.errors import BudgetExceeded, LaneUnavailable
@@ -20,18 +20,31 @@ class Route:
     estimated_cost_usd: float
 
 
+@dataclass(frozen=True)
+class Headroom:
+    """What is left today, as the breaker and the accounting see it (None: not counted)."""
+    quota_exhausted: bool = False
+    requests_left: int | None = None
+    budget_left: float | None = None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a job's cost is estimated: each item at its model's price for its size, when the
+    sizes are known; otherwise every item at the model's default."""
+    prices: Prices = field(default_factory=Prices)
+    model: str | None = None
+    sizes: list[str] | None = None
+
+
 def choose_lane(
     item_count: int,
     requested: str,
     *,
     threshold: int,
     batch_available: bool,
-    quota_exhausted: bool = False,
-    requests_left: int | None = None,
-    budget_left: float | None = None,
-    prices: Prices | None = None,
-    model: str | None = None,
-    sizes: list[str] | None = None,
+    headroom: Headroom = Headroom(),
+    pricing: Pricing = Pricing(),
 ) -> Route:
     """`auto` sends a job to batch when it is big (>= threshold items), when the breaker says
     quota is exhausted, or when today's requests left cannot cover it; otherwise interactive.
@@ -43,20 +56,22 @@ def choose_lane(
         lane, reason = Lane.BATCH, "lane=batch was requested"
     elif item_count >= threshold:
         lane, reason = Lane.BATCH, f"{_items(item_count)}: at or over the interactive threshold of {threshold}"
-    elif quota_exhausted and batch_available:
+    elif headroom.quota_exhausted and batch_available:
         lane, reason = Lane.BATCH, "interactive quota is exhausted (circuit breaker open)"
-    elif requests_left is not None and requests_left < item_count and batch_available:
-        lane, reason = Lane.BATCH, f"only {max(requests_left, 0)} interactive requests left today"
+    elif headroom.requests_left is not None and headroom.requests_left < item_count and batch_available:
+        lane, reason = Lane.BATCH, f"only {max(headroom.requests_left, 0)} interactive requests left today"
     else:
         lane, reason = Lane.INTERACTIVE, f"{_items(item_count)}: under the interactive threshold of {threshold}"
     if lane is Lane.BATCH and not batch_available:
         raise LaneUnavailable(
             f"the batch lane is not deployed: submit fewer than {threshold} items or use lane=interactive"
         )
-    price_list = prices or Prices()
+    budget_left = headroom.budget_left
 
     def estimate(lane: Lane) -> float:  # each item at its model's price for its size
-        return price_list.estimate_sizes(lane, model, sizes) if sizes else price_list.estimate(lane, item_count, model)
+        if pricing.sizes:
+            return pricing.prices.estimate_sizes(lane, pricing.model, pricing.sizes)
+        return pricing.prices.estimate(lane, item_count, pricing.model)
 
     cost = estimate(lane)
     if budget_left is not None and cost > budget_left + 1e-9:

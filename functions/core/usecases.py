@@ -5,6 +5,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from core import accounting as acct
 from core import accepting, routing
@@ -71,12 +72,15 @@ def plan_route(
         spec.requested_lane,
         threshold=interactive_threshold,
         batch_available=batch_available,
-        quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
-        requests_left=accounting.requests_left(totals) if accounting is not None else None,
-        budget_left=accounting.budget_left(totals) if accounting is not None else None,
-        prices=accounting.prices if accounting is not None else Prices(),
-        model=model,
-        sizes=_sizes(spec, model, catalog),
+        headroom=routing.Headroom(
+            quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
+            requests_left=accounting.requests_left(totals) if accounting is not None else None,
+            budget_left=accounting.budget_left(totals) if accounting is not None else None,
+        ),
+        pricing=routing.Pricing(
+            prices=accounting.prices if accounting is not None else Prices(), model=model,
+            sizes=_sizes(spec, model, catalog),
+        ),
     )
 
 
@@ -138,19 +142,28 @@ def submit_job(
     intents = accepting.record_job(job, items, store=store, intents=batch_store,
                                    max_requests=batch_max_requests, now=clock.now())
     if not store.finish_accepting(job.job_id, clock.now()):
-        current = store.get_job(job.job_id)
-        if current is None or current.status is JobStatus.ACCEPTING:
-            raise RuntimeError(f"job {job.job_id} could not leave accepting")  # 500: the client resends
-        return current  # failed by the poller as abandoned meanwhile, or queued by another attempt
+        return _left_accepting_elsewhere(job.job_id, store)
     job.status = JobStatus.QUEUED
     if job.lane is Lane.INTERACTIVE:
-        queue.publish_items(job.job_id, [it.key for it in items])
-        store.mark_published(job.job_id, clock.now())
-        job.published = True
-        return job
+        return _publish(job, items, store=store, queue=queue, clock=clock)
     if batch is None:  # plan_route never picks the batch lane when there is none
         raise RuntimeError(f"job {job.job_id} is a batch job, but no batch lane is wired")
     _submit_batches(job, items, intents, batch, owner, clock.now() + batch_submit_budget)
+    return job
+
+
+def _left_accepting_elsewhere(job_id: str, store: JobStore) -> Job:
+    """The job as another party left it when finish_accepting found it no longer accepting."""
+    current = store.get_job(job_id)
+    if current is None or current.status is JobStatus.ACCEPTING:
+        raise RuntimeError(f"job {job_id} could not leave accepting")  # 500: the client resends
+    return current  # failed by the poller as abandoned meanwhile, or queued by another attempt
+
+
+def _publish(job: Job, items: list[Item], *, store: JobStore, queue: WorkQueue, clock: Clock) -> Job:
+    queue.publish_items(job.job_id, [it.key for it in items])
+    store.mark_published(job.job_id, clock.now())
+    job.published = True
     return job
 
 
@@ -291,10 +304,21 @@ def redrive_stuck_items(
     return summary
 
 
+@dataclass(frozen=True)
+class AcceptRecovery:
+    """recover_abandoned_accepts' collaborators; max_requests is the batch lane's intent size."""
+    store: JobStore
+    batches: BatchStore | None
+    queue: WorkQueue
+    clock: Clock
+    sink: ImageSink | None
+    events: EventOutbox | None = None
+    accounting: Accounting | None = None
+    max_requests: int = 1000
+
+
 def recover_abandoned_accepts(
-    *, store: JobStore, batches: BatchStore | None, queue: WorkQueue, clock: Clock, sink: ImageSink | None,
-    events: EventOutbox | None = None, accounting: Accounting | None = None, abandon_seconds: float = 600.0,
-    max_requests: int = 1000, limit: int = 20,
+    deps: AcceptRecovery, *, abandon_seconds: float = 600.0, limit: int = 20,
 ) -> dict[str, list[str]]:
     """Finish or fail the jobs whose submitter died while accepting them (see core/accepting.py).
 
@@ -304,38 +328,37 @@ def recover_abandoned_accepts(
     interactive, published). Otherwise it ends failed with an error saying so, its reservation
     released and its job.completed event recorded: nothing is silently lost."""
     done: dict[str, list[str]] = {"completed": [], "failed": []}
-    idle_since = clock.now() - abandon_seconds
-    for job in store.accepting_jobs(limit):
+    idle_since = deps.clock.now() - abandon_seconds
+    for job in deps.store.accepting_jobs(limit):
         if job.updated_at > idle_since:
             continue  # its submitter may be alive
-        items = _all_items(store, job.job_id)
+        items = _all_items(deps.store, job.job_id)
         if len(items) == job.item_count:
-            if _complete_accept(job, items, store=store, batches=batches, queue=queue, clock=clock,
-                                max_requests=max_requests):
+            if _complete_accept(job, items, deps):
                 done["completed"].append(job.job_id)
-        elif _fail_accept(job, items, store=store, clock=clock, sink=sink, events=events, accounting=accounting,
-                          idle_since=idle_since):
+        elif _fail_accept(job, items, deps, idle_since):
             done["failed"].append(job.job_id)
     return done
 
 
-def _complete_accept(job: Job, items: list[Item], *, store: JobStore, batches: BatchStore | None, queue: WorkQueue,
-                     clock: Clock, max_requests: int) -> bool:
+def _complete_accept(job: Job, items: list[Item], deps: AcceptRecovery) -> bool:
+    store, clock = deps.store, deps.clock
     if job.lane is Lane.BATCH:
-        if batches is None:
+        if deps.batches is None:
             return False  # the batch lane is off here: leave it for an instance that has it
-        accepting.record_job(job, items, store=store, intents=batches, max_requests=max_requests, now=clock.now())
+        accepting.record_job(job, items, store=store, intents=deps.batches, max_requests=deps.max_requests,
+                             now=clock.now())
     if not store.finish_accepting(job.job_id, clock.now()):
         return False
     if job.lane is Lane.INTERACTIVE:
-        queue.publish_items(job.job_id, [it.key for it in items if not it.terminal])
+        deps.queue.publish_items(job.job_id, [it.key for it in items if not it.terminal])
         store.mark_published(job.job_id, clock.now())
     log.warning("job %s: finished accepting it for a submitter that stopped", job.job_id, extra={"job_id": job.job_id})
     return True
 
 
-def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, sink: ImageSink | None,
-                 events: EventOutbox | None, accounting: Accounting | None, idle_since: float) -> bool:
+def _fail_accept(job: Job, items: list[Item], deps: AcceptRecovery, idle_since: float) -> bool:
+    store, clock, accounting = deps.store, deps.clock, deps.accounting
     error = accepting.abandoned_message(len(items), job.item_count)
     if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):
         return False  # a resent request resumed it meanwhile
@@ -346,7 +369,7 @@ def _fail_accept(job: Job, items: list[Item], *, store: JobStore, clock: Clock, 
         accounting.add({acct.RELEASED_USD: accounting.prices.estimate(job.lane, job.item_count)},
                        job_id=job.job_id, lane=job.lane.value)
     log.error("job %s: %s", job.job_id, error, extra={"job_id": job.job_id})
-    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events)
+    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=deps.sink, events=deps.events)
     return True
 
 
@@ -602,18 +625,28 @@ def retry_job(
             "requeued_interactive": len(requeued_interactive), "requeued_batch": len(requeued_batch)}
 
 
-def dead_letter_item(
-    job_id: str, key: str, *, store: JobStore, clock: Clock, sink: ImageSink | None,
-    deliveries: int | None, owner: str, lease_seconds: float = 60.0, events: EventOutbox | None = None,
-) -> bool:
+@dataclass(frozen=True)
+class DeadLettering:
+    """What settling a dead letter needs: the job store, the clock, the finisher's sink and
+    outbox, and the lease owner it claims the item as."""
+    store: JobStore
+    clock: Clock
+    sink: ImageSink | None
+    owner: str
+    events: EventOutbox | None = None
+    lease_seconds: float = 60.0
+
+
+def dead_letter_item(job_id: str, key: str, deliveries: int | None, deps: DeadLettering) -> bool:
     """Pub/Sub gave up on an item's message: the item ends dead_lettered with its last error.
 
     Returns False when the item is still leased by a live delivery (come back later); True
     when the message can be acked (the item is terminal now, or was, or does not exist)."""
+    store, clock, owner = deps.store, deps.clock, deps.owner
     item = store.get_item(job_id, key)
     if item is None or item.terminal or item.lane == Lane.BATCH.value:
         return True  # nothing to do: finished, unknown, or the batch lane owns it now
-    if store.claim_item(job_id, key, owner, clock.now(), lease_seconds) is None:
+    if store.claim_item(job_id, key, owner, clock.now(), deps.lease_seconds) is None:
         current = store.get_item(job_id, key)
         return current is None or current.terminal
     tries = f" after {deliveries} deliveries" if deliveries else ""
@@ -623,13 +656,12 @@ def dead_letter_item(
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
                 extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
                        "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this
-    finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
+    finalize_job_if_done(job_id, store=store, clock=clock, sink=deps.sink, events=deps.events)
     return True
 
 
 def drain_dead_letters(
-    source, *, store: JobStore, clock: Clock, sink: ImageSink | None, owner: str,
-    decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100, events: EventOutbox | None = None,
+    source, *, settling: DeadLettering, decode: Callable[[bytes], tuple[str, str]], max_messages: int = 100,
 ) -> dict[str, int]:
     """The dead-letter topic's consumer: each work message Pub/Sub gave up on ends its item
     dead_lettered (with the last error), so no item waits `queued` forever. A message whose
@@ -645,8 +677,7 @@ def drain_dead_letters(
             acks.append(ack_id)
             continue
         deliveries = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
-        if dead_letter_item(job_id, key, store=store, clock=clock, sink=sink, owner=owner, events=events,
-                            deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None):
+        if dead_letter_item(job_id, key, int(deliveries) if deliveries and deliveries.isdigit() else None, settling):
             summary["settled"] += 1
             acks.append(ack_id)
         else:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from core.breaker import BreakerState, CircuitBreaker, Decision
+from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.models import ItemState, JobStatus
 from core.pool import PoolEntry
 from tests.fakes import (
@@ -62,7 +62,7 @@ def pool_for(job_store):  # noqa: F811
 
 def test_breaker_state_round_trips_and_only_one_of_many_becomes_the_probe(breaker_store):
     clock = FakeClock()
-    breakers = [CircuitBreaker(breaker_store, clock, threshold=2, cooldown_seconds=10, cache_seconds=0)
+    breakers = [CircuitBreaker(breaker_store, clock, BreakerPolicy(threshold=2, cooldown_seconds=10, cache_seconds=0))
                 for _ in range(6)]
     breakers[0].on_quota_failure("a", "PerMinute", per_day=False)
     breakers[1].on_quota_failure("b", "PerMinute", per_day=False)

@@ -79,9 +79,9 @@ class Env(BatchEnv):
             submit=lambda make_id, resume: self.submit(n, per_batch, lane, make_id=make_id, resume=resume))
 
     def recover(self, per_batch=100):
-        return usecases.recover_abandoned_accepts(
+        return usecases.recover_abandoned_accepts(usecases.AcceptRecovery(
             store=self.store, batches=self.store, queue=self.queue, clock=self.clock, sink=self.sink,
-            events=self.outbox, accounting=self.accounting, abandon_seconds=ABANDON, max_requests=per_batch)
+            events=self.outbox, accounting=self.accounting, max_requests=per_batch), abandon_seconds=ABANDON)
 
     def the_job(self):
         (job_id,) = self.store.jobs

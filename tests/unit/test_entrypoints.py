@@ -51,9 +51,9 @@ def fakes(monkeypatch):
     monkeypatch.setattr(wiring, "image_sink", lambda: f.sink)
     monkeypatch.setattr(wiring, "clock", lambda: f.clock)
     from core.accounting import Accounting, DailyLimits
-    from core.breaker import CircuitBreaker
+    from core.breaker import BreakerPolicy, CircuitBreaker
 
-    f.breaker = CircuitBreaker(InMemoryBreakerStore(), f.clock, threshold=3, cooldown_seconds=60)
+    f.breaker = CircuitBreaker(InMemoryBreakerStore(), f.clock, BreakerPolicy(threshold=3, cooldown_seconds=60))
     f.counters = InMemoryCounterStore()
     f.accounting = Accounting(store=f.counters, clock=f.clock, prices=wiring.prices(wiring.settings()),
                               limits=DailyLimits())

@@ -9,7 +9,7 @@ import pytest
 from core import usecases
 from core.errors import DeliveryFailed
 from core.events import (
-    CompletionEvents, DeliveryPolicy, EventState, backoff_seconds, completion_event_id, deliver_due_events,
+    CompletionEvents, Delivery, DeliveryPolicy, EventState, backoff_seconds, completion_event_id, deliver_due_events,
     deliver_event,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus
@@ -60,8 +60,8 @@ class Env:
         return self.event_store.get_event(completion_event_id(job_id, round_))
 
     def deliver_due(self, owner="poller"):
-        return deliver_due_events(store=self.event_store, publisher=self.publisher, webhooks=self.webhooks,
-                                  clock=self.clock, secret=KEY, policy=self.policy, owner=owner)
+        return deliver_due_events(Delivery(store=self.event_store, publisher=self.publisher, webhooks=self.webhooks,
+                                           clock=self.clock, secret=KEY, policy=self.policy), owner)
 
 
 @pytest.fixture
@@ -337,12 +337,13 @@ def test_a_deliverer_that_lost_its_lease_does_not_overwrite_its_successor(env):
             super().post(url, body, headers)
             if len(self.requests) == 1:  # the first deliverer stalls past its lease...
                 env.clock.advance(61)
-                assert deliver_event(event_id, store=env.event_store, publisher=env.publisher, webhooks=self,
-                                     clock=env.clock, secret=KEY, policy=POLICY, owner="b") == "delivered"
+                assert deliver_event(event_id, "b", Delivery(store=env.event_store, publisher=env.publisher,
+                                                             webhooks=self, clock=env.clock, secret=KEY,
+                                                             policy=POLICY)) == "delivered"
                 raise DeliveryFailed("HTTP 500")  # ...and then fails
 
-    outcome = deliver_event(event_id, store=env.event_store, publisher=env.publisher, webhooks=SlowSender(),
-                            clock=env.clock, secret=KEY, policy=POLICY, owner="a")
+    outcome = deliver_event(event_id, "a", Delivery(store=env.event_store, publisher=env.publisher,
+                                                    webhooks=SlowSender(), clock=env.clock, secret=KEY, policy=POLICY))
 
     assert outcome == "skipped"
     event = env.event(job.job_id)

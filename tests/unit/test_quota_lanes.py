@@ -8,15 +8,15 @@ import pytest
 from core import accounting as acct
 from core import usecases
 from core.accounting import Accounting, DailyLimits, Prices
-from core.breaker import BreakerState, CircuitBreaker, Decision
+from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.errors import (
     BudgetExceeded, Conflict, IdempotencyMismatch, InProgress, LaneUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
 from core.worker import process_item
-from core.pool import flush_pool
+from core.pool import FlushRule, flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
-from core.routing import choose_lane
+from core.routing import Headroom, choose_lane
 from tests.fakes import (
     FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryImageSink,
     InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, ScriptedImageGenerator, worker_deps,
@@ -46,8 +46,8 @@ def env():
 
         def __init__(self):
             self.pool = InMemoryPoolStore(self.store)
-            self.breaker = CircuitBreaker(self.breaker_store, self.clock, threshold=3, cooldown_seconds=60,
-                                          halt_seconds=600, probe_seconds=120, cache_seconds=0)
+            self.breaker = CircuitBreaker(self.breaker_store, self.clock, BreakerPolicy(
+                threshold=3, cooldown_seconds=60, halt_seconds=600, probe_seconds=120, cache_seconds=0))
             self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
 
         def submit(self, n=3, lane="auto", **kw):
@@ -64,7 +64,7 @@ def env():
 
         def flush(self, flush_items=100, max_age=300):
             return flush_pool(pool=self.pool, jobs=self.store, batches=self.store, clock=self.clock,
-                              flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000)
+                              rule=FlushRule(flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000))
 
     return Env()
 
@@ -180,15 +180,15 @@ def test_counters_sum_by_quota_id(env):
     ({"budget_left": 0.1}, Lane.BATCH, "batch costs half"),  # 5 x 0.039 > 0.1 >= 5 x 0.0195
 ])
 def test_auto_routing(kw, lane, reason):
-    route = choose_lane(5, "auto", threshold=10, batch_available=True, **kw)
+    route = choose_lane(5, "auto", threshold=10, batch_available=True, headroom=Headroom(**kw))
     assert route.lane is lane and reason in route.reason
 
 
 def test_a_job_over_the_budget_is_refused_when_batch_does_not_fit_either():
     with pytest.raises(BudgetExceeded, match=r"\$0.1950 .* \$0.0500"):
-        choose_lane(5, "interactive", threshold=10, batch_available=True, budget_left=0.05)
+        choose_lane(5, "interactive", threshold=10, batch_available=True, headroom=Headroom(budget_left=0.05))
     with pytest.raises(BudgetExceeded):
-        choose_lane(5, "auto", threshold=10, batch_available=True, budget_left=0.05)
+        choose_lane(5, "auto", threshold=10, batch_available=True, headroom=Headroom(budget_left=0.05))
 
 
 def test_submit_reserves_the_estimate_and_failures_release_it(env):
@@ -406,8 +406,8 @@ def test_dead_letters_end_their_items_with_the_last_error(env):
     msg = lambda k: json.dumps({"job_id": job.job_id, "item_key": k}).encode()
     source = DeadLetters([("a0", msg("k0"), {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}),
                           ("a1", msg("k1"), {}), ("a2", b"garbage", {})])
-    summary = usecases.drain_dead_letters(source, store=env.store, clock=env.clock, sink=env.sink,
-                                          owner="poller", decode=decode)
+    summary = usecases.drain_dead_letters(source, settling=usecases.DeadLettering(
+        store=env.store, clock=env.clock, sink=env.sink, owner="poller"), decode=decode)
     assert summary == {"settled": 1, "unreadable": 1, "deferred": 1}
     assert source.acked == ["a0", "a2"]
     item = env.store.get_item(job.job_id, "k0")

@@ -1,0 +1,357 @@
+"""The public HTTP API behind main.http_api: routes, the bounded body, parameters, and the
+mapping of domain errors to JSON answers. Each handler parses, calls one use case, answers."""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import uuid
+
+import flask
+import pydantic
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.routing import Map, Rule
+
+import wiring
+from core import errors, submitting, usecases
+from core.model_watch import models_section
+from core.tenants import LOCAL, Caller
+from openapi import API_KEY_HEADER, build_openapi
+from schemas import JobRequest, error_fields, model_problems
+from schemas import excerpt as _excerpt
+
+log = logging.getLogger("imagefleet")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+_ROUTES = Map(
+    [
+        Rule("/healthz", endpoint="healthz", methods=["GET"]),
+        Rule("/v1/openapi.json", endpoint="openapi", methods=["GET"]),
+        Rule("/v1/stats", endpoint="stats", methods=["GET"]),
+        Rule("/v1/jobs", endpoint="submit", methods=["POST"]),
+        Rule("/v1/jobs/<job_id>:retry", endpoint="retry", methods=["POST"]),
+        Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
+        Rule("/v1/jobs/<job_id>", endpoint="cancel", methods=["DELETE"]),
+    ],
+    strict_slashes=False,
+)
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, fields: list | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.fields = code, reason, message, fields
+        self.headers = headers
+
+
+def json_response(body: dict, code: int = 200, headers: dict | None = None):
+    return json.dumps(body), code, {"Content-Type": "application/json", **(headers or {})}
+
+
+def error_response(e: ApiError, headers: dict | None = None):
+    body = {"error": {"code": e.code, "reason": e.reason, "message": e.message}}
+    if e.fields:
+        body["error"]["fields"] = e.fields
+    return json_response(body, e.code, headers)
+
+
+def _invalid(message: str, field: str, problem: str) -> ApiError:
+    return ApiError(400, "invalid_request", message, [{"field": field, "problem": problem}])
+
+
+def handle(request):
+    """One request: route it, run its handler, answer JSON whatever happens."""
+    try:
+        return _dispatch(request)
+    except ApiError as e:
+        return error_response(e, e.headers)
+    except MethodNotAllowed as e:
+        allowed = ", ".join(sorted(e.valid_methods or []))
+        return error_response(ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}"),
+                              {"Allow": allowed})  # RFC 9110: a 405 lists what is allowed
+    except RouteNotFound:
+        return error_response(ApiError(404, "not_found", f"no route {_excerpt(request.path)}"))
+    except HTTPException as e:  # e.g. 413 from the body size cap
+        return error_response(ApiError(e.code or 400, e.name.lower().replace(" ", "_"), e.description or e.name))
+    except Exception:  # never an HTML error page: log it, answer JSON
+        log.exception("unhandled error on %s %s", request.method, _excerpt(request.path))
+        return error_response(ApiError(500, "internal", "internal error; see the function's logs"))
+
+
+def _dispatch(request):
+    endpoint, args = _ROUTES.bind_to_environ(request.environ).match()
+    if endpoint in _PUBLIC:
+        return _HANDLERS[endpoint](request, **args)
+    return _HANDLERS[endpoint](request, _authenticate(request), **args)
+
+
+def framework_not_found(e):
+    """functions-framework routes every path to http_api with Flask's `<path:path>`, whose
+    pattern does not match a line break: "/v1/jobs/x%0A" never reaches http_api and Flask
+    answered with an HTML page. The handler is documented in
+    https://github.com/GoogleCloudPlatform/functions-framework-python#error-handling."""
+    return error_response(ApiError(404, "not_found", f"no route {_excerpt(flask.request.path)}"))
+
+
+def _authenticate(request) -> Caller:
+    """X-API-Key against API_KEYS, in constant time: the caller (its tenant). The key is never
+    logged or echoed. Without keys configured, every caller is the one local tenant."""
+    callers = wiring.settings().api_callers()
+    if not callers:
+        return LOCAL
+    given = request.headers.get(API_KEY_HEADER, "").encode()
+    found = None
+    for key, caller in callers.items():  # every key is compared: timing says nothing of which matched
+        if hmac.compare_digest(given, key.encode()):
+            found = caller
+    if found is None:
+        raise ApiError(401, "unauthenticated", f"send a valid API key in the {API_KEY_HEADER} header")
+    return found
+
+
+# --- the body ------------------------------------------------------------------------------
+
+
+def _read_json(request, max_bytes: int):
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    data = read_body(request.stream, max_bytes)
+    if data is None:
+        raise ApiError(413, "body_too_large", f"the body is over the {max_bytes}-byte limit")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {_excerpt(str(e), 200)}") from e
+
+
+def read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
+    """The body, or None when it is over max_bytes, with or without a Content-Length (a chunked
+    body has none). An oversized body is read to its end and dropped, in bounded memory:
+    functions-framework reads the whole body after every response (its `read_request` hook),
+    and with `request.max_content_length` set that second read raised the 413 again outside
+    our handler, as a 500 HTML page. A 2nd gen function takes at most 32 MB of uncompressed
+    request (https://cloud.google.com/functions/quotas), so the drain is bounded in the cloud."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        part = stream.read(min(chunk, max_bytes + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    while stream.read(chunk):
+        pass
+    return None
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _healthz(request):
+    return json_response({"status": "ok"})
+
+
+def _openapi(request):
+    s = wiring.settings()
+    return json_response(build_openapi(max_items=s.max_items_per_job, max_prompt_chars=s.max_prompt_chars))
+
+
+def _submit(request, caller: Caller):
+    body = _read_json(request, wiring.settings().max_body_bytes)
+    job_request = _job_request(body)
+    dry_run = _dry_run(request)
+    sub = _submission(request, caller, job_request, body)
+    try:
+        if dry_run:
+            return _dry_run_answer(sub, submitting.plan(sub, _route_deps()))
+        job, replayed = submitting.submit(sub, _submit_deps())
+    except _SUBMIT_ERRORS as e:
+        raise _submit_error(e) from e
+    return _accepted_answer(job, replayed, caller)
+
+
+def _job_request(body) -> JobRequest:
+    """The body as a JobRequest whose model the catalog knows, or a 400 naming each problem."""
+    if not isinstance(body, dict):
+        raise _invalid("the body must be a JSON object", "(body)", "expected an object")
+    s = wiring.settings()
+    try:
+        job_request = JobRequest.model_validate(
+            body, context={"max_items_per_job": s.max_items_per_job, "max_prompt_chars": s.max_prompt_chars,
+                           "webhook_secret_set": s.webhook_key() is not None,
+                           "webhook_allow_insecure": s.webhook_allow_insecure}
+        )
+    except pydantic.ValidationError as e:
+        fields = error_fields(e)
+        raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields) from e
+    if problems := model_problems(job_request, wiring.catalog(), s.default_model):
+        raise ApiError(400, "invalid_request", f"{len(problems)} problem(s) with the job's model", problems)
+    return job_request
+
+
+def _dry_run(request) -> bool:
+    dry_run = request.args.get("dry_run", "").lower()
+    if dry_run not in ("", "false", "0", "true", "1"):
+        raise _invalid("dry_run must be true or false", "dry_run", "expected true or false")
+    return dry_run in ("true", "1")
+
+
+def _submission(request, caller: Caller, job_request: JobRequest, body: dict) -> submitting.Submission:
+    spec = dataclasses.replace(job_request.to_spec(), tenant=caller.tenant)
+    sub = submitting.Submission(spec=spec, model=job_request.model or wiring.settings().default_model,
+                                owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}")
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return sub
+    if problem := submitting.idempotency_key_problem(key):
+        message = ("must be 1 to 255 characters" if problem == "length out of range"
+                   else "contains a control character")
+        raise _invalid(f"{IDEMPOTENCY_HEADER} {message}", IDEMPOTENCY_HEADER, problem)
+    key_id = submitting.idempotency_key_id(caller.tenant, request.headers.get(API_KEY_HEADER, ""), key)
+    return dataclasses.replace(sub, key_id=key_id, body_sha256=submitting.body_sha256(body))
+
+
+def _route_deps() -> submitting.RouteDeps:
+    s = wiring.settings()
+    return submitting.RouteDeps(
+        breaker=wiring.breaker(), accounting=wiring.accounting(), catalog=wiring.catalog(),
+        model_halts=wiring.model_halts(), interactive_threshold=s.interactive_threshold,
+        batch_available=s.batch_lane_enabled,
+    )
+
+
+def _submit_deps() -> submitting.SubmitDeps:
+    s = wiring.settings()
+    return submitting.SubmitDeps(
+        route=_route_deps(), store=wiring.job_store(), queue=wiring.work_queue(), clock=wiring.clock(),
+        idempotency=wiring.idempotency_store(), batch=wiring.batch_lane(),
+        batch_max_requests=s.batch_items_per_batch, batch_submit_budget=s.batch_submit_budget_seconds,
+        idempotency_ttl_seconds=s.idempotency_ttl_seconds,
+        idempotency_takeover_seconds=s.idempotency_takeover_seconds,
+    )
+
+
+def _dry_run_answer(sub: submitting.Submission, route):
+    return json_response({"dry_run": True, "lane": route.lane.value, "item_count": len(sub.spec.items),
+                          "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
+                          "breaker": wiring.breaker().view().state.value, "model": sub.model})
+
+
+def _accepted_answer(job, replayed: bool, caller: Caller):
+    status_url = f"/v1/jobs/{job.job_id}"
+    if not replayed:
+        log.info("accepted job %s: %d items, lane %s (%s)", job.job_id, job.item_count, job.lane.value,
+                 job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value, "tenant": caller.tenant})
+    return json_response(
+        {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
+         "item_count": job.item_count, "status_url": status_url, "route_reason": job.route_reason,
+         "estimated_cost_usd": job.estimated_cost_usd, "model": job.model},
+        200 if replayed else 202, {"Location": status_url, **({"Idempotent-Replayed": "true"} if replayed else {})},
+    )
+
+
+_SUBMIT_ERRORS = (errors.LaneUnavailable, errors.BudgetExceeded, errors.IdempotencyMismatch, errors.InProgress)
+
+
+def _submit_error(e: errors.DomainError) -> ApiError:
+    """The HTTP answer to a refused submission (ModelHalted is a LaneUnavailable: it goes first)."""
+    if isinstance(e, errors.ModelHalted):
+        return ApiError(503, "model_halted", str(e))
+    if isinstance(e, errors.LaneUnavailable):
+        halted = wiring.breaker().halted()
+        retry_after = {"Retry-After": _seconds_until(halted.retry_at)} if halted and halted.retry_at else None
+        return ApiError(503, "lane_unavailable", str(e), headers=retry_after)
+    if isinstance(e, errors.BudgetExceeded):
+        return ApiError(429, "budget_exceeded", f"{e}; the budget resets at midnight Pacific",
+                        headers={"Retry-After": _seconds_until(wiring.accounting().resets_at())})
+    if isinstance(e, errors.IdempotencyMismatch):
+        return ApiError(422, "idempotency_key_reused", str(e),
+                        [{"field": IDEMPOTENCY_HEADER, "problem": "already used with another body"}])
+    return ApiError(409, "request_in_progress", str(e), headers={"Retry-After": "1"})
+
+
+def _seconds_until(epoch: float) -> str:
+    return str(max(1, math.ceil(epoch - wiring.clock().now())))
+
+
+def _stats(request, caller: Caller):
+    pool = wiring.pool_store()
+    s = wiring.settings()
+    models = models_section(wiring.catalog(), wiring.model_halts(), wiring.clock().now(), s.default_model,
+                            s.model_shutdown_warning_days)
+    body = usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
+                              pool_size=pool.count() if pool is not None else None, tenant=caller.scope,
+                              models=models)
+    return json_response({"tenant": caller.tenant, "admin": caller.admin, **body})
+
+
+def _retry(request, caller: Caller, job_id: str):
+    _check_job_id(job_id)
+    try:
+        body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
+                                  pool=wiring.pool_store(), clock=wiring.clock(), tenant=caller.scope)
+    except (errors.NotFound, errors.Conflict) as e:
+        raise _lookup_error(e) from e
+    return json_response(body, 202, {"Location": f"/v1/jobs/{job_id}"})
+
+
+def _status(request, caller: Caller, job_id: str):
+    page_size, page_token = _paging(request)
+    _check_job_id(job_id)
+    try:
+        body = usecases.get_job_status(
+            job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
+            batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
+            tenant=caller.scope,
+        )
+    except errors.NotFound as e:
+        raise _lookup_error(e) from e
+    return json_response(body)
+
+
+def _paging(request) -> tuple[int, str | None]:
+    raw_size = request.args.get("page_size", "100")
+    # ASCII digits only: int() also takes " 5", "+5", "1_0" and "٣".
+    page_size = int(raw_size) if raw_size.isascii() and raw_size.isdigit() and len(raw_size) <= 3 else -1
+    if not 1 <= page_size <= 500:
+        raise _invalid("page_size must be an integer from 1 to 500", "page_size", "out of range")
+    page_token = request.args.get("page_token")
+    # An item index: ASCII digits that fit Firestore's int64 (str.isdigit() also takes "²").
+    if page_token is not None and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 9):
+        raise _invalid("page_token is not one this API issued", "page_token", "invalid")
+    return page_size, page_token
+
+
+def _cancel(request, caller: Caller, job_id: str):
+    _check_job_id(job_id)
+    try:
+        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
+                                   events=wiring.job_events(), tenant=caller.scope)
+    except (errors.NotFound, errors.Conflict) as e:
+        raise _lookup_error(e) from e
+    log.info("cancelled job %s", job_id, extra={"job_id": job_id})
+    return json_response(body)
+
+
+def _lookup_error(e: errors.NotFound | errors.Conflict) -> ApiError:
+    if isinstance(e, errors.NotFound):
+        return ApiError(404, "not_found", str(e))
+    return ApiError(409, "conflict", str(e))
+
+
+def _check_job_id(job_id: str) -> None:
+    # Job ids are ours (uuid hex): anything else cannot name a job, and never reaches a query.
+    if not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
+        raise ApiError(404, "not_found", f"job {_excerpt(job_id)} not found")
+
+
+_PUBLIC = {"healthz", "openapi"}
+_HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel,
+             "stats": _stats, "retry": _retry}

@@ -277,24 +277,27 @@ class InMemorySlotStore:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._blocked_until = 0.0
-        self.slots: dict[int, str] = {}
+        self.blocks: dict[int, str] = {}
+        self.reads = 0  # blocked_until and last_block reads, to check the limiter's cost
         self.leases: dict[str, tuple[str | None, float]] = {}
 
     def blocked_until(self) -> float:
+        self.reads += 1
         return self._blocked_until
 
     def push_blocked_until(self, until: float) -> None:
         with self.lock:
             self._blocked_until = max(self._blocked_until, until)
 
-    def last_slot(self) -> int | None:
-        return max(self.slots) if self.slots else None
+    def last_block(self) -> int | None:
+        self.reads += 1
+        return max(self.blocks) if self.blocks else None
 
-    def try_claim_slot(self, slot: int, owner: str, expire_at: float) -> bool:
+    def try_claim_block(self, block: int, owner: str, expire_at: float) -> bool:
         with self.lock:
-            if slot in self.slots:
+            if block in self.blocks:
                 return False
-            self.slots[slot] = owner
+            self.blocks[block] = owner
             return True
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:

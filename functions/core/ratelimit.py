@@ -1,11 +1,39 @@
-"""A rate limiter shared by every worker instance, built from create-only "send slots".
+"""A rate limiter shared by every worker instance, built from create-only blocks of send slots.
 
-Time is cut into slots `interval` seconds apart, where interval = window / (limit * safety).
-To send a request a worker must own a slot: it claims the first free slot at or after
-now (and after any 429 push-back) with a create-only write, then sleeps until the slot's
-time. Because every slot is written exactly once, no storage document is hot, and N
-instances together never send faster than one request per interval, which keeps any
-window of `window_seconds` under the quota. A separate pool of leases caps concurrency.
+Slots. Time is cut into slots `interval` seconds apart, interval = window / (limit * safety):
+slot i may be used for one send at time i * interval, and by nobody else.
+
+Blocks. Slots are handed out in runs of `block_size` consecutive slots (sized so that a block
+lasts about `_BLOCK_SECONDS`); block b holds slots b*k .. b*k+k-1. An instance claims a whole
+block with one create-only write of the block's document and then hands its slots to its own
+deliveries from memory. So the limiter writes to storage once per block, not once per request,
+and no document is written twice. Slots an instance does not use before their time pass unused:
+that costs throughput, never safety.
+
+Why N instances together never exceed `limit` requests in any window W:
+* each slot belongs to at most one block, and each block to the one instance whose create
+  succeeded, so each slot is used for at most one send (two instances must share the same
+  `RateLimit`, hence the same interval and block size: a config rollout should change the
+  limiter id, as wiring does per model);
+* a send for slot i happens in [i*interval - S, i*interval + D], where D is the lateness we
+  accept (a send later than that gives its slot up and takes the next one) and S is how far
+  one instance's clock can run ahead of another's. With J the jitter in arrival at the API,
+  the arrivals inside any window of length W come from slots whose times lie in an interval
+  of length W + D + S + J, which holds at most (W + D + S + J) / interval slots
+  = limit * safety * (1 + (D + S + J) / W). That stays <= limit while
+  D + S + J <= W * (1/safety - 1) =: the margin's tolerance. We give half of it to D and
+  leave half for clock skew and network jitter: with safety 0.99 and W = 60 s, that is
+  0.3 s each, the cost being 1% of the quota. Cloud Functions instances keep their clocks
+  in sync with Google's NTP (skew in milliseconds), so the margin is mostly for the network.
+* a 429 push-back moves `blocked_until` forward for everyone. Each instance caches it and
+  reads it again at least every `_BLOCKED_REFRESH_SECONDS` and on every block claim, so a
+  push-back takes effect everywhere within that delay (the pushing instance at once). During
+  that delay the others keep the spacing above, so they add no burst; the push-back only
+  reacts to a limit the service saw that we did not (other clients of the same project).
+
+Concurrency leases cap requests in flight; a delivery waiting for one backs off exponentially
+(from `_LEASE_POLL_SECONDS` to `_LEASE_POLL_MAX_SECONDS`) and the store finds a free lease with
+one query, so a waiting delivery costs a few reads per second, not one per lease every poll.
 
 The algorithm lives here; a SlotStore (Firestore in the cloud, memory in unit tests)
 only provides the atomic primitives.
@@ -13,22 +41,28 @@ only provides the atomic primitives.
 from __future__ import annotations
 
 import math
+import random
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
 from core.errors import RateLimited
 from core.ports import Clock
 
-# How many successive slots a worker probes before re-reading the latest claimed slot.
+# How many successive blocks an instance tries to create before re-reading the latest one.
 _MAX_PROBES = 8
-# Slots are kept this long after their time; a TTL policy in Firestore deletes them later.
+# A block spans about this long: one write per second per instance at most, whatever the rate,
+# and a push-back or an idle instance wastes at most this much of its block.
+_BLOCK_SECONDS = 1.0
+# Blocks are kept this long after their time; a TTL policy in Firestore deletes them later.
 _SLOT_RETENTION_SECONDS = 3600.0
-# A send this late (as a fraction of the interval) gives up its slot and claims a new one.
-_LATE_FRACTION = 0.25
+# How stale the cached blocked_until may get: the delay before a push-back reaches everyone.
+_BLOCKED_REFRESH_SECONDS = 1.0
 # A spend window keeps at most about this many entries (spends close in time are merged).
 _SPEND_BUCKETS = 100
-# Polling period while every concurrency lease is taken.
+# Waiting for a concurrency lease (or for spend to leave its window): exponential back-off.
 _LEASE_POLL_SECONDS = 0.05
+_LEASE_POLL_MAX_SECONDS = 0.4
 
 
 @dataclass(frozen=True)
@@ -39,9 +73,9 @@ class RateLimit:
     images_per_window: int | None = None
     window_seconds: float = 60.0
     concurrency: int | None = None
-    # Fraction of the quota we aim at: network jitter between "slot time" and "arrival at
-    # the API" must not push two requests into one window slot.
-    safety: float = 0.95
+    # Fraction of the quota we aim at: what is left over absorbs late sends, clock skew and
+    # network jitter (see the module docstring); 0.99 costs 1% of the quota.
+    safety: float = 0.99
     images_per_request: int = 1
     # Spend per rolling window, in dollars (None = off). Paid tiers also enforce spend-based
     # limits, over a rolling 10-minute window and per month
@@ -65,6 +99,17 @@ class RateLimit:
             return 0.0
         return self.window_seconds / (min(per_window) * self.safety)
 
+    @property
+    def block_size(self) -> int:
+        """Slots per block: about _BLOCK_SECONDS of sends at the whole fleet's rate."""
+        interval = self.interval
+        return max(1, round(_BLOCK_SECONDS / interval)) if interval > 0 else 1
+
+    @property
+    def lateness(self) -> float:
+        """How late a send may go before it gives its slot up: half of what the margin tolerates."""
+        return self.window_seconds * (1.0 / self.safety - 1.0) / 2.0
+
 
 class SlotStore(Protocol):
     def blocked_until(self) -> float: ...
@@ -72,10 +117,11 @@ class SlotStore(Protocol):
     def push_blocked_until(self, until: float) -> None:
         """Move blocked_until forward (never back)."""
 
-    def last_slot(self) -> int | None: ...
+    def last_block(self) -> int | None:
+        """The highest block claimed so far, or None."""
 
-    def try_claim_slot(self, slot: int, owner: str, expire_at: float) -> bool:
-        """Create the slot record if absent. True when this call created it."""
+    def try_claim_block(self, block: int, owner: str, expire_at: float) -> bool:
+        """Create the block record if absent. True when this call created it."""
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
@@ -89,7 +135,7 @@ class SlotStore(Protocol):
 
 
 class SlotRateLimiter:
-    """Blocking acquire/release over a SlotStore. One per worker instance."""
+    """Blocking acquire/release over a SlotStore. One per worker instance, shared by its threads."""
 
     def __init__(self, limit: RateLimit, store: SlotStore, clock: Clock, lease_ttl: float = 120.0):
         self.limit = limit
@@ -97,6 +143,12 @@ class SlotRateLimiter:
         self.clock = clock
         self.lease_ttl = lease_ttl
         self._leases: dict[str, str] = {}
+        self._lock = threading.Lock()  # guards the block and the cached blocked_until below
+        self._block: int | None = None  # the block this instance holds
+        self._next_slot = 0  # its first slot not yet handed out
+        self._last_block: int | None = None  # the highest block known to be taken
+        self._blocked_until = 0.0
+        self._blocked_read_at = -math.inf
 
     def acquire(self, owner: str, max_wait: float, cost: float | None = None) -> None:
         """Return when `owner` may send one request; raise RateLimited if that is beyond max_wait.
@@ -128,32 +180,64 @@ class SlotRateLimiter:
 
     def push_back(self, until: float) -> None:
         self.store.push_blocked_until(until)
+        with self._lock:  # this instance obeys at once; the others within _BLOCKED_REFRESH_SECONDS
+            self._blocked_until = max(self._blocked_until, until)
 
     def _wait_for_slot(self, owner: str, deadline: float) -> None:
         interval = self.limit.interval
         while True:
-            now = self.clock.now()
-            start = max(now, self.store.blocked_until())
-            slot = math.ceil(start / interval)
-            last = self.store.last_slot()
-            if last is not None:
-                slot = max(slot, last + 1)
-            for _ in range(_MAX_PROBES):
-                send_at = slot * interval
-                if send_at > deadline:
-                    raise RateLimited(send_at - now)
-                if self.store.try_claim_slot(slot, owner, send_at + _SLOT_RETENTION_SECONDS):
-                    break
-                slot += 1
-            else:
-                continue  # heavy contention: re-read the latest slot and probe again
+            send_at = self._take_slot(owner, deadline) * interval
             self.clock.sleep(max(0.0, send_at - self.clock.now()))
             now = self.clock.now()
-            # A 429 seen by another instance while we slept pushes everybody back; and a
-            # send much later than its slot (a stalled instance) could land next to the
-            # following slot's send, so it takes a fresh slot instead.
-            if self.store.blocked_until() <= now and now - send_at <= interval * _LATE_FRACTION:
+            with self._lock:
+                blocked = self._blocked(now)
+            # A push-back seen while we slept delays everybody; and a send later than the
+            # margin allows (a stalled instance) could land next to the following slot's send,
+            # so it takes a fresh slot instead.
+            if blocked <= now and now - send_at <= self.limit.lateness:
                 return
+
+    def _take_slot(self, owner: str, deadline: float) -> int:
+        """The next slot of this instance's block, claiming a new block when it is used up."""
+        interval, size = self.limit.interval, self.limit.block_size
+        with self._lock:
+            now = self.clock.now()
+            first = math.ceil(max(now, self._blocked(now)) / interval)
+            slot = max(first, self._next_slot)
+            if self._block is None or slot >= (self._block + 1) * size:
+                slot = self._claim_block(owner, first, deadline)
+            if slot * interval > deadline:
+                raise RateLimited(slot * interval - now)  # the slot stays free for another delivery
+            self._next_slot = slot + 1
+            return slot
+
+    def _claim_block(self, owner: str, first: int, deadline: float) -> int:
+        """Create the first free block holding a slot at or after `first`; that slot."""
+        interval, size = self.limit.interval, self.limit.block_size
+        if self._last_block is None:
+            self._last_block = self.store.last_block()
+        while True:
+            block = first // size
+            if self._last_block is not None:
+                block = max(block, self._last_block + 1)
+            for _ in range(_MAX_PROBES):
+                slot = max(first, block * size)
+                if slot * interval > deadline:
+                    raise RateLimited(slot * interval - self.clock.now())  # a refusal claims nothing
+                expire_at = (block + 1) * size * interval + _SLOT_RETENTION_SECONDS
+                if self.store.try_claim_block(block, owner, expire_at):
+                    self._block = self._last_block = block
+                    return slot
+                self._last_block = block
+                block += 1
+            self._last_block = self.store.last_block()  # heavy contention: jump to the front
+
+    def _blocked(self, now: float) -> float:
+        """blocked_until, read from the store at most every _BLOCKED_REFRESH_SECONDS. Lock held."""
+        if now - self._blocked_read_at >= _BLOCKED_REFRESH_SECONDS:
+            self._blocked_until = max(self._blocked_until, self.store.blocked_until())
+            self._blocked_read_at = now
+        return self._blocked_until
 
     def _reserve_spend(self, cost: float, deadline: float) -> None:
         """Record the request's cost in the shared spend window, waiting while it does not fit.
@@ -172,15 +256,19 @@ class SlotRateLimiter:
             self.clock.sleep(max(wait, _LEASE_POLL_SECONDS))
 
     def _take_lease(self, owner: str, deadline: float) -> None:
+        # Exponential back-off with jitter: waiting deliveries of many instances neither poll
+        # the store in lock-step nor read it more than a few times a second each.
+        pause = _LEASE_POLL_SECONDS
         while True:
             now = self.clock.now()
             lease_id = self.store.try_take_lease(owner, self.limit.concurrency, now, self.lease_ttl)
             if lease_id is not None:
                 self._leases[owner] = lease_id
                 return
-            if now + _LEASE_POLL_SECONDS > deadline:
-                raise RateLimited(_LEASE_POLL_SECONDS)
-            self.clock.sleep(_LEASE_POLL_SECONDS)
+            if now + pause > deadline:
+                raise RateLimited(pause)
+            self.clock.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, _LEASE_POLL_MAX_SECONDS)
 
 
 def parse_retry_delay(value: str | None) -> float | None:

@@ -44,11 +44,16 @@ class Settings(BaseSettings):
     rate_limit_images: int | None = Field(10, description="images per window; 0 = unlimited")
     rate_window_seconds: float = Field(60.0, gt=0)
     rate_concurrency: int | None = Field(4, description="concurrent requests; 0 = unlimited")
-    rate_safety: float = Field(0.95, gt=0, le=1)
+    # Below 1: the margin absorbs late sends, clock skew and network jitter (core/ratelimit.py).
+    rate_safety: float = Field(0.99, gt=0, lt=1)
     # Spend-based limit (paid tiers): dollars per rolling window, shared by every instance.
     rate_limit_spend_usd: float | None = Field(
         None, ge=0, description="dollars of expected cost per RATE_SPEND_WINDOW_SECONDS; unset or 0 = off")
     rate_spend_window_seconds: float = Field(600.0, gt=0)
+
+    # Build this function's SDK clients on a background thread when the instance starts, not on
+    # its first request (wiring.start_warm_up). On in the cloud and in the local stack.
+    warm_up_clients: bool = False
 
     # Worker behaviour
     max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")

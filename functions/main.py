@@ -33,6 +33,8 @@ from schemas import excerpt as _excerpt
 
 logs.configure()
 log = logging.getLogger("imagefleet")
+# Build this instance's clients now, in the background, rather than on its first request.
+wiring.start_warm_up()
 
 _ROUTES = Map(
     [

@@ -6,8 +6,11 @@ constructed, and an instance of one function never pays for another function's c
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
+import threading
+import time
 import uuid
 
 from config import Settings, get_settings
@@ -240,3 +243,42 @@ def job_events():
         ),
         owner_prefix=f"inline-{instance_id()}",
     )
+
+
+# What each entry point's first request would otherwise build: clients, and the adapters over them.
+_WARM_UP = {
+    "pubsub_worker": ("job_store", "image_generator", "image_sink", "rate_limiter", "breaker", "accounting",
+                      "pool_store", "job_events"),
+    "http_api": ("job_store", "work_queue", "idempotency_store", "accounting", "batch_lane"),
+    "scheduled_poller": ("job_store", "work_queue", "image_sink", "batch_lane", "dead_letters", "job_events"),
+}
+
+
+def start_warm_up() -> threading.Thread | None:
+    """Build the clients of the function this instance serves on a background thread, so that
+    the first request does not wait for them (importing the SDKs and building the clients
+    takes about 2 s). functions-framework sets FUNCTION_TARGET before it imports main.py
+    (functions-framework-python, src/functions_framework/_function_registry.py,
+    get_function_target). Off unless WARM_UP_CLIENTS is set, so tests that import main never
+    build a client; the variable is checked first because it is cheap and needs no Settings."""
+    if not os.environ.get("WARM_UP_CLIENTS"):
+        return None
+    thread = threading.Thread(target=_warm_up, args=(os.environ.get("FUNCTION_TARGET", ""),),
+                              name="warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm_up(target: str) -> None:
+    log = logging.getLogger("imagefleet")
+    started = time.monotonic()
+    try:
+        if not settings().warm_up_clients:
+            return
+        for name in _WARM_UP.get(target, ()):
+            globals()[name]()
+    except Exception:  # the first request builds whatever failed here, and reports it
+        log.warning("warming up the %s clients failed", target, exc_info=True)
+        return
+    log.info("%s clients built in %.2f s", target, time.monotonic() - started,
+             extra={"warm_up_seconds": round(time.monotonic() - started, 3)})

@@ -277,7 +277,8 @@ class InMemorySlotStore:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._blocked_until = 0.0
-        self.blocks: dict[int, str] = {}
+        self.blocks: dict[int, object] = {}  # seq -> SlotBlock
+        self.owners: dict[int, str] = {}
         self.reads = 0  # blocked_until and last_block reads, to check the limiter's cost
         self.leases: dict[str, tuple[str | None, float]] = {}
 
@@ -289,16 +290,21 @@ class InMemorySlotStore:
         with self.lock:
             self._blocked_until = max(self._blocked_until, until)
 
-    def last_block(self) -> int | None:
+    def last_block(self):
         self.reads += 1
-        return max(self.blocks) if self.blocks else None
+        return self.blocks[max(self.blocks)] if self.blocks else None
 
-    def try_claim_block(self, block: int, owner: str, expire_at: float) -> bool:
+    def try_claim_block(self, block, owner: str, expire_at: float) -> bool:
         with self.lock:
-            if block in self.blocks:
+            if block.seq in self.blocks:
                 return False
-            self.blocks[block] = owner
+            self.blocks[block.seq] = block
+            self.owners[block.seq] = owner
             return True
+
+    def slots(self) -> list[int]:
+        """Every slot of every block, in order."""
+        return sorted(s for b in self.blocks.values() for s in range(b.start, b.end))
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         with self.lock:

@@ -3,37 +3,43 @@
 Slots. Time is cut into slots `interval` seconds apart, interval = window / (limit * safety):
 slot i may be used for one send at time i * interval, and by nobody else.
 
-Blocks. Slots are handed out in runs of `block_size` consecutive slots (sized so that a block
-lasts about `_BLOCK_SECONDS`); block b holds slots b*k .. b*k+k-1. An instance claims a whole
-block with one create-only write of the block's document and then hands its slots to its own
-deliveries from memory. So the limiter writes to storage once per block, not once per request,
-and no document is written twice. Slots an instance does not use before their time pass unused:
-that costs throughput, never safety.
+Blocks. Instances take slots in blocks: runs of consecutive slots recorded in a chain of
+create-only documents numbered 0, 1, 2, ... Block n+1 starts where block n ends (or later, at
+the first slot after now), so blocks never overlap; the create-only write of number n+1 makes
+exactly one instance its owner, and that instance hands the block's slots to its own
+deliveries from memory. A block holds as many slots as the instance expects to use while the
+block lasts (see `_demand`), never more than the whole fleet's rate for `_BLOCK_SECONDS`: an
+instance alone at the quota writes about once a second whatever the rate, and an instance
+with little demand takes small blocks, so the slots it leaves unused are few. Slots that
+pass unused cost throughput, never safety. Knowing where the chain ends costs nothing
+while this instance is the only one extending it, and one query after losing a race.
 
 Why N instances together never exceed `limit` requests in any window W:
-* each slot belongs to at most one block, and each block to the one instance whose create
-  succeeded, so each slot is used for at most one send (two instances must share the same
-  `RateLimit`, hence the same interval and block size: a config rollout should change the
+* blocks never overlap and each has one owner, so each slot is used for at most one send
+  (instances must share one `RateLimit`, hence one interval: a different quota is a different
   limiter id, as wiring does per model);
 * a send for slot i happens in [i*interval - S, i*interval + D], where D is the lateness we
-  accept (a send later than that gives its slot up and takes the next one) and S is how far
-  one instance's clock can run ahead of another's. With J the jitter in arrival at the API,
-  the arrivals inside any window of length W come from slots whose times lie in an interval
-  of length W + D + S + J, which holds at most (W + D + S + J) / interval slots
+  accept (a later send gives its slot up and takes another) and S is how far one instance's
+  clock can run ahead of another's. With J the jitter in arrival at the API, the arrivals
+  inside any window of length W come from slots whose times lie in an interval of length
+  W + D + S + J, which holds at most (W + D + S + J) / interval slots
   = limit * safety * (1 + (D + S + J) / W). That stays <= limit while
-  D + S + J <= W * (1/safety - 1) =: the margin's tolerance. We give half of it to D and
-  leave half for clock skew and network jitter: with safety 0.99 and W = 60 s, that is
-  0.3 s each, the cost being 1% of the quota. Cloud Functions instances keep their clocks
-  in sync with Google's NTP (skew in milliseconds), so the margin is mostly for the network.
+  D + S + J <= W * (1/safety - 1), the margin's tolerance. D takes half of it and clock skew
+  and network jitter share the other half: with safety 0.99 and W = 60 s, 0.3 s for D and
+  0.3 s for S + J, at a cost of 1% of the quota. Cloud Functions instances keep their clocks
+  in sync with Google's NTP (skew in milliseconds), so that half is mostly for the network.
 * a 429 push-back moves `blocked_until` forward for everyone. Each instance caches it and
-  reads it again at least every `_BLOCKED_REFRESH_SECONDS` and on every block claim, so a
-  push-back takes effect everywhere within that delay (the pushing instance at once). During
-  that delay the others keep the spacing above, so they add no burst; the push-back only
-  reacts to a limit the service saw that we did not (other clients of the same project).
+  reads it again when the cached value is `_BLOCKED_REFRESH_SECONDS` old, so a push-back
+  takes effect everywhere within that delay (in the pushing instance at once). Meanwhile the
+  others keep the spacing above, so they add no burst: a push-back only reacts to a limit
+  the service saw and we did not (other clients of the same project).
+* blocks expire (TTL) an hour after their end. An instance trusts its own idea of the chain's
+  end only while that end is younger than half of that, and otherwise asks the store for
+  the highest existing block, so a chain cut short by TTL can only restart in the past.
 
 Concurrency leases cap requests in flight; a delivery waiting for one backs off exponentially
-(from `_LEASE_POLL_SECONDS` to `_LEASE_POLL_MAX_SECONDS`) and the store finds a free lease with
-one query, so a waiting delivery costs a few reads per second, not one per lease every poll.
+(from `_LEASE_POLL_SECONDS` to `_LEASE_POLL_MAX_SECONDS`, with jitter), so it costs a few reads
+per second rather than one per lease every 50 ms.
 
 The algorithm lives here; a SlotStore (Firestore in the cloud, memory in unit tests)
 only provides the atomic primitives.
@@ -43,16 +49,15 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
 from core.errors import RateLimited
 from core.ports import Clock
 
-# How many successive blocks an instance tries to create before re-reading the latest one.
-_MAX_PROBES = 8
-# A block spans about this long: one write per second per instance at most, whatever the rate,
-# and a push-back or an idle instance wastes at most this much of its block.
+# A block spans at most about this long: one write per second per busy instance, whatever
+# the rate; a push-back or a lull wastes at most this much of an instance's own sends.
 _BLOCK_SECONDS = 1.0
 # Blocks are kept this long after their time; a TTL policy in Firestore deletes them later.
 _SLOT_RETENTION_SECONDS = 3600.0
@@ -101,7 +106,7 @@ class RateLimit:
 
     @property
     def block_size(self) -> int:
-        """Slots per block: about _BLOCK_SECONDS of sends at the whole fleet's rate."""
+        """The most slots in one block: about _BLOCK_SECONDS of sends at the whole fleet's rate."""
         interval = self.interval
         return max(1, round(_BLOCK_SECONDS / interval)) if interval > 0 else 1
 
@@ -111,17 +116,30 @@ class RateLimit:
         return self.window_seconds * (1.0 / self.safety - 1.0) / 2.0
 
 
+@dataclass(frozen=True)
+class SlotBlock:
+    """Block `seq` of the chain: slots start .. start + size - 1."""
+
+    seq: int
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
 class SlotStore(Protocol):
     def blocked_until(self) -> float: ...
 
     def push_blocked_until(self, until: float) -> None:
         """Move blocked_until forward (never back)."""
 
-    def last_block(self) -> int | None:
-        """The highest block claimed so far, or None."""
+    def last_block(self) -> SlotBlock | None:
+        """The block with the highest seq, or None."""
 
-    def try_claim_block(self, block: int, owner: str, expire_at: float) -> bool:
-        """Create the block record if absent. True when this call created it."""
+    def try_claim_block(self, block: SlotBlock, owner: str, expire_at: float) -> bool:
+        """Create block `block.seq` if absent. True when this call created it."""
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
@@ -144,9 +162,12 @@ class SlotRateLimiter:
         self.lease_ttl = lease_ttl
         self._leases: dict[str, str] = {}
         self._lock = threading.Lock()  # guards the block and the cached blocked_until below
-        self._block: int | None = None  # the block this instance holds
+        self._block: SlotBlock | None = None  # the block this instance holds
         self._next_slot = 0  # its first slot not yet handed out
-        self._last_block: int | None = None  # the highest block known to be taken
+        self._tail: SlotBlock | None = None  # the last block of the chain, as far as we know
+        self._handed_out: deque[float] = deque()  # when this instance handed out its recent slots
+        self._waiting = 0  # deliveries in _take_slot now
+        self._waiting_lock = threading.Lock()
         self._blocked_until = 0.0
         self._blocked_read_at = -math.inf
 
@@ -199,38 +220,52 @@ class SlotRateLimiter:
 
     def _take_slot(self, owner: str, deadline: float) -> int:
         """The next slot of this instance's block, claiming a new block when it is used up."""
-        interval, size = self.limit.interval, self.limit.block_size
-        with self._lock:
-            now = self.clock.now()
-            first = math.ceil(max(now, self._blocked(now)) / interval)
-            slot = max(first, self._next_slot)
-            if self._block is None or slot >= (self._block + 1) * size:
-                slot = self._claim_block(owner, first, deadline)
-            if slot * interval > deadline:
-                raise RateLimited(slot * interval - now)  # the slot stays free for another delivery
-            self._next_slot = slot + 1
-            return slot
-
-    def _claim_block(self, owner: str, first: int, deadline: float) -> int:
-        """Create the first free block holding a slot at or after `first`; that slot."""
-        interval, size = self.limit.interval, self.limit.block_size
-        if self._last_block is None:
-            self._last_block = self.store.last_block()
-        while True:
-            block = first // size
-            if self._last_block is not None:
-                block = max(block, self._last_block + 1)
-            for _ in range(_MAX_PROBES):
-                slot = max(first, block * size)
+        interval = self.limit.interval
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            with self._lock:
+                now = self.clock.now()
+                first = math.ceil(max(now, self._blocked(now)) / interval)
+                slot = max(first, self._next_slot)
+                if self._block is None or slot >= self._block.end:
+                    self._block = self._claim_block(owner, first, deadline, self._demand(now))
+                    slot = max(first, self._block.start)
                 if slot * interval > deadline:
-                    raise RateLimited(slot * interval - self.clock.now())  # a refusal claims nothing
-                expire_at = (block + 1) * size * interval + _SLOT_RETENTION_SECONDS
-                if self.store.try_claim_block(block, owner, expire_at):
-                    self._block = self._last_block = block
-                    return slot
-                self._last_block = block
-                block += 1
-            self._last_block = self.store.last_block()  # heavy contention: jump to the front
+                    raise RateLimited(slot * interval - now)  # the slot stays free for another delivery
+                self._next_slot = slot + 1
+                self._handed_out.append(now)
+                return slot
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def _demand(self, now: float) -> int:
+        """Slots to claim: the deliveries waiting now, and those expected to arrive while the
+        block lasts. If this instance took a share p of the fleet's slots in the last
+        _BLOCK_SECONDS, w waiting deliveries plus p per slot of the block gives w / (1 - p).
+        An instance alone at the quota (p near 1) takes the largest block; one of many takes
+        about as many slots as it has deliveries waiting, so few of its slots go unused."""
+        while self._handed_out and self._handed_out[0] <= now - _BLOCK_SECONDS:
+            self._handed_out.popleft()
+        share = min(0.99, len(self._handed_out) * self.limit.interval / _BLOCK_SECONDS)
+        return max(1, min(self.limit.block_size, round(self._waiting / (1.0 - share))))
+
+    def _claim_block(self, owner: str, first: int, deadline: float, size: int) -> SlotBlock:
+        """Append a block of `size` slots, starting at `first` or later, to the shared chain."""
+        interval = self.limit.interval
+        tail = self._tail
+        if tail is None or tail.end * interval < self.clock.now() - _SLOT_RETENTION_SECONDS / 2:
+            tail = self.store.last_block()  # unknown or old enough that TTL may have cut it
+        while True:
+            start = first if tail is None else max(first, tail.end)
+            if start * interval > deadline:
+                raise RateLimited(start * interval - self.clock.now())  # a refusal claims nothing
+            block = SlotBlock(seq=0 if tail is None else tail.seq + 1, start=start, size=size)
+            if self.store.try_claim_block(block, owner, block.end * interval + _SLOT_RETENTION_SECONDS):
+                self._tail = block
+                return block
+            tail = self.store.last_block()  # another instance extended the chain: read its end
 
     def _blocked(self, now: float) -> float:
         """blocked_until, read from the store at most every _BLOCKED_REFRESH_SECONDS. Lock held."""

@@ -1,0 +1,40 @@
+"""The worker's clients are built when the instance starts, on a background thread."""
+import wiring
+
+
+def test_no_warm_up_unless_asked(monkeypatch):
+    monkeypatch.delenv("WARM_UP_CLIENTS", raising=False)
+    assert wiring.start_warm_up() is None
+
+
+def test_warm_up_builds_the_targets_clients(monkeypatch):
+    built = []
+    for name in wiring._WARM_UP["pubsub_worker"]:
+        monkeypatch.setattr(wiring, name, lambda name=name: built.append(name))
+    monkeypatch.setenv("WARM_UP_CLIENTS", "true")
+    monkeypatch.setenv("FUNCTION_TARGET", "pubsub_worker")
+    monkeypatch.setenv("IMAGES_BUCKET", "b")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-unit")
+    wiring.get_settings.cache_clear()
+    try:
+        wiring.start_warm_up().join()
+    finally:
+        wiring.get_settings.cache_clear()
+    assert built == list(wiring._WARM_UP["pubsub_worker"])
+    assert "image_generator" in built and "rate_limiter" in built
+
+
+def test_a_failed_warm_up_leaves_the_clients_to_the_first_request(monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("no network yet")
+
+    monkeypatch.setattr(wiring, "job_store", broken)
+    monkeypatch.setenv("WARM_UP_CLIENTS", "true")
+    monkeypatch.setenv("IMAGES_BUCKET", "b")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-unit")
+    wiring.get_settings.cache_clear()
+    try:
+        wiring._warm_up("pubsub_worker")  # logs, never raises
+    finally:
+        wiring.get_settings.cache_clear()
+    assert "warming up the pubsub_worker clients failed" in caplog.text

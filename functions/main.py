@@ -71,6 +71,7 @@ def _error(e: ApiError, headers: dict | None = None):
 
 @functions_framework.http
 def http_api(request):
+    wiring.wait_for_warm_up()
     try:
         adapter = _ROUTES.bind_to_environ(request.environ)
         endpoint, args = adapter.match()
@@ -344,6 +345,7 @@ class RetryLater(ServiceUnavailable):
 
 @functions_framework.cloud_event
 def pubsub_worker(cloud_event):
+    wiring.wait_for_warm_up()
     message = (cloud_event.data or {}).get("message") or {}
     message_id = message.get("messageId") or message.get("message_id")
     try:
@@ -381,6 +383,7 @@ def pubsub_worker(cloud_event):
 @functions_framework.http
 def scheduled_poller(request):
     """One Cloud Scheduler tick. Overlapping ticks are safe: every batch is leased."""
+    wiring.wait_for_warm_up()
     s = wiring.settings()
     clock = wiring.clock()
     deadline = clock.now() + s.poller_budget_seconds

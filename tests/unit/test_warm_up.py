@@ -4,7 +4,9 @@ import wiring
 
 def test_no_warm_up_unless_asked(monkeypatch):
     monkeypatch.delenv("WARM_UP_CLIENTS", raising=False)
-    assert wiring.start_warm_up() is None
+    before = set(__import__("sys").modules)
+    wiring.start_warm_up()
+    assert "adapters.gemini_generator" not in set(__import__("sys").modules) - before
 
 
 def test_warm_up_builds_the_targets_clients(monkeypatch):
@@ -12,12 +14,11 @@ def test_warm_up_builds_the_targets_clients(monkeypatch):
     for name in wiring._WARM_UP["pubsub_worker"]:
         monkeypatch.setattr(wiring, name, lambda name=name: built.append(name))
     monkeypatch.setenv("WARM_UP_CLIENTS", "true")
-    monkeypatch.setenv("FUNCTION_TARGET", "pubsub_worker")
     monkeypatch.setenv("IMAGES_BUCKET", "b")
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-unit")
     wiring.get_settings.cache_clear()
     try:
-        wiring.start_warm_up().join()
+        wiring._start_warm_up_thread("pubsub_worker").join()
     finally:
         wiring.get_settings.cache_clear()
     assert built == list(wiring._WARM_UP["pubsub_worker"])
@@ -38,3 +39,19 @@ def test_a_failed_warm_up_leaves_the_clients_to_the_first_request(monkeypatch, c
     finally:
         wiring.get_settings.cache_clear()
     assert "warming up the pubsub_worker clients failed" in caplog.text
+
+
+def test_requests_wait_for_a_warm_up_under_way(monkeypatch):
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(wiring, "_warm_up", lambda target: release.wait())
+    monkeypatch.setenv("WARM_UP_CLIENTS", "true")
+    thread = wiring._start_warm_up_thread("pubsub_worker")
+    waiter = threading.Thread(target=wiring.wait_for_warm_up)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and thread.is_alive()  # still waiting: the warm-up is not done
+    release.set()
+    waiter.join()
+    monkeypatch.setattr(wiring, "_warm_up_thread", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 
@@ -308,6 +309,7 @@ class FirestoreSlotStore:
         self.reads = 0
         self.writes = 0
         self._lease_capacity = 0  # leases 0..capacity-1 are known to exist
+        self._lease_setup = threading.Lock()
 
     def blocked_until(self) -> float:
         self.reads += 1
@@ -362,19 +364,23 @@ class FirestoreSlotStore:
 
     def _create_leases(self, capacity: int) -> None:
         """Make sure leases 0..capacity-1 exist, once per instance: the query above only finds
-        documents that exist."""
-        if capacity <= self._lease_capacity:
-            return
-        existing = {snap.id for snap in self.leases.select([]).stream()}
-        self.reads += max(1, len(existing))
-        for index in range(capacity):
-            if str(index) not in existing:
-                self.writes += 1
+        documents that exist. One listing, then one batch of creates for the missing ones."""
+        with self._lease_setup:
+            if capacity <= self._lease_capacity:
+                return
+            existing = {snap.id for snap in self.leases.select([]).stream()}
+            self.reads += max(1, len(existing))
+            missing = [str(i) for i in range(capacity) if str(i) not in existing]
+            if missing:
+                batch = self.db.batch()
+                for lease_id in missing:
+                    batch.create(self.leases.document(lease_id), {"owner": None, "expires_at": 0.0})
+                self.writes += len(missing)
                 try:
-                    self.leases.document(str(index)).create({"owner": None, "expires_at": 0.0})
+                    batch.commit()
                 except gexc.Conflict:
-                    pass  # another instance created it
-        self._lease_capacity = capacity
+                    return  # another instance created some meanwhile: list them again next time
+            self._lease_capacity = capacity
 
     def release_lease(self, lease_id: str, owner: str) -> None:
         def decide(data: dict | None) -> dict | None:

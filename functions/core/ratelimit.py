@@ -37,9 +37,12 @@ Why N instances together never exceed `limit` requests in any window W:
   end only while that end is younger than half of that, and otherwise asks the store for
   the highest existing block, so a chain cut short by TTL can only restart in the past.
 
-Concurrency leases cap requests in flight; a delivery waiting for one backs off exponentially
-(from `_LEASE_POLL_SECONDS` to `_LEASE_POLL_MAX_SECONDS`, with jitter), so it costs a few reads
-per second rather than one per lease every 50 ms.
+Concurrency leases cap requests in flight. An instance holds its leases in the store under its
+own name; a release hands the lease straight to a delivery of the same instance that waits for
+one (no store operation; a lease whose expiry nears goes back to the store instead), and only
+otherwise gives it back. A delivery that finds none backs off exponentially (from
+`_LEASE_POLL_SECONDS` to `_LEASE_POLL_MAX_SECONDS`, with jitter, woken early by a hand-over),
+so it costs a few reads per second rather than one per lease every 50 ms.
 
 The algorithm lives here; a SlotStore (Firestore in the cloud, memory in unit tests)
 only provides the atomic primitives.
@@ -49,10 +52,12 @@ from __future__ import annotations
 import math
 import random
 import threading
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.clock import SystemClock
 from core.errors import RateLimited
 from core.ports import Clock
 
@@ -160,7 +165,13 @@ class SlotRateLimiter:
         self.store = store
         self.clock = clock
         self.lease_ttl = lease_ttl
-        self._leases: dict[str, str] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # owner -> (lease id, its expiry)
+        # Leases this instance holds but no delivery uses: a release hands its lease straight to
+        # a delivery of this instance that waits for one, with no store operation at all.
+        self._handover = threading.Condition()
+        self._idle_leases: list[tuple[str, float]] = []
+        self._lease_waiters = 0
+        self._holder = f"limiter-{uuid.uuid4().hex[:12]}"  # owns this instance's leases in the store
         self._lock = threading.Lock()  # guards the block and the cached blocked_until below
         self._block: SlotBlock | None = None  # the block this instance holds
         self._next_slot = 0  # its first slot not yet handed out
@@ -195,9 +206,15 @@ class SlotRateLimiter:
                 raise
 
     def release(self, owner: str) -> None:
-        lease_id = self._leases.pop(owner, None)
-        if lease_id is not None:
-            self.store.release_lease(lease_id, owner)
+        taken = self._leases.pop(owner, None)
+        if taken is None:
+            return
+        with self._handover:
+            if self._lease_waiters > len(self._idle_leases):
+                self._idle_leases.append(taken)
+                self._handover.notify()
+                return
+        self.store.release_lease(taken[0], self._holder)
 
     def push_back(self, until: float) -> None:
         self.store.push_blocked_until(until)
@@ -291,19 +308,51 @@ class SlotRateLimiter:
             self.clock.sleep(max(wait, _LEASE_POLL_SECONDS))
 
     def _take_lease(self, owner: str, deadline: float) -> None:
-        # Exponential back-off with jitter: waiting deliveries of many instances neither poll
-        # the store in lock-step nor read it more than a few times a second each.
+        # A lease handed over by a release in this instance comes first; else the store. While
+        # every lease is taken: exponential back-off with jitter, so waiting deliveries neither
+        # poll the store in lock-step nor read it more than a few times a second each.
         pause = _LEASE_POLL_SECONDS
-        while True:
-            now = self.clock.now()
-            lease_id = self.store.try_take_lease(owner, self.limit.concurrency, now, self.lease_ttl)
-            if lease_id is not None:
-                self._leases[owner] = lease_id
-                return
-            if now + pause > deadline:
-                raise RateLimited(pause)
-            self.clock.sleep(pause * random.uniform(0.5, 1.0))
-            pause = min(pause * 2, _LEASE_POLL_MAX_SECONDS)
+        with self._handover:
+            self._lease_waiters += 1
+        try:
+            while True:
+                now = self.clock.now()
+                taken = self._idle_lease(now) or self._store_lease(now)
+                if taken is not None:
+                    self._leases[owner] = taken
+                    return
+                if now + pause > deadline:
+                    raise RateLimited(pause)
+                self._pause(pause * random.uniform(0.5, 1.0))
+                pause = min(pause * 2, _LEASE_POLL_MAX_SECONDS)
+        finally:
+            with self._handover:
+                self._lease_waiters -= 1
+
+    def _idle_lease(self, now: float) -> tuple[str, float] | None:
+        with self._handover:
+            if not self._idle_leases:
+                return None
+            lease_id, expires_at = self._idle_leases.pop()
+        if expires_at - now > self.lease_ttl / 2:
+            return lease_id, expires_at
+        # Handed over so often that its expiry nears: give it back and take one afresh.
+        self.store.release_lease(lease_id, self._holder)
+        return None
+
+    def _store_lease(self, now: float) -> tuple[str, float] | None:
+        lease_id = self.store.try_take_lease(self._holder, self.limit.concurrency, now, self.lease_ttl)
+        return None if lease_id is None else (lease_id, now + self.lease_ttl)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when a release in this instance hands a lease over. With
+        an injected clock (tests) time only moves through clock.sleep."""
+        if not isinstance(self.clock, SystemClock):
+            self.clock.sleep(seconds)
+            return
+        with self._handover:
+            if not self._idle_leases:
+                self._handover.wait(seconds)
 
 
 def parse_retry_delay(value: str | None) -> float | None:

@@ -290,3 +290,27 @@ def test_instances_taking_turns_with_one_delivery_each_waste_no_slots():
         fleet[i % 10].acquire(f"o{i}", 1e9)
         times.append(clock.now())
     assert (times[-1] - times[0]) == pytest.approx(199 * limit.interval)
+
+
+def test_a_release_hands_the_lease_to_a_waiting_delivery_of_the_same_instance():
+    from core.clock import SystemClock
+
+    class CountingStore(InMemorySlotStore):
+        releases = 0
+
+        def release_lease(self, lease_id, owner):
+            self.releases += 1
+            super().release_lease(lease_id, owner)
+
+    store = CountingStore()
+    limiter = SlotRateLimiter(RateLimit(concurrency=1), store, SystemClock())
+    limiter.acquire("a", 1)
+    waiter = threading.Thread(target=limiter.acquire, args=("b", 60))
+    waiter.start()
+    while limiter._lease_waiters == 0:  # b is waiting for the lease
+        threading.Event().wait(0.001)
+    limiter.release("a")
+    waiter.join()
+    assert "b" in limiter._leases and store.releases == 0  # handed over, no store operation
+    limiter.release("b")
+    assert store.releases == 1  # nobody waits: back to the store

@@ -309,7 +309,7 @@ class FirestoreSlotStore:
         self.reads = 0
         self.writes = 0
         self._lease_capacity = 0  # leases 0..capacity-1 are known to exist
-        self._lease_setup = threading.Lock()
+        self._lease_lock = threading.Lock()
 
     def blocked_until(self) -> float:
         self.reads += 1
@@ -346,6 +346,10 @@ class FirestoreSlotStore:
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         self._create_leases(capacity)
+        with self._lease_lock:  # the threads of one instance would all race for the same few
+            return self._take_free_lease(owner, capacity, now, ttl)
+
+    def _take_free_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         # One query finds free or expired leases (a released lease has expires_at 0), instead
         # of reading every lease in turn; a precondition on the read makes the take atomic.
         query = self.leases.where(filter=FieldFilter("expires_at", "<=", now)).limit(_LEASE_CANDIDATES)
@@ -365,7 +369,7 @@ class FirestoreSlotStore:
     def _create_leases(self, capacity: int) -> None:
         """Make sure leases 0..capacity-1 exist, once per instance: the query above only finds
         documents that exist. One listing, then one batch of creates for the missing ones."""
-        with self._lease_setup:
+        with self._lease_lock:
             if capacity <= self._lease_capacity:
                 return
             existing = {snap.id for snap in self.leases.select([]).stream()}

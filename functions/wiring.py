@@ -147,6 +147,7 @@ def rate_limiter() -> SlotRateLimiter:
         FirestoreSlotStore(firestore_client(), limiter_id),
         clock(),
         lease_ttl=s.lease_seconds,
+        longest_hold=s.max_wait_seconds + s.gemini_timeout_seconds,
     )
 
 

@@ -160,11 +160,15 @@ class SlotStore(Protocol):
 class SlotRateLimiter:
     """Blocking acquire/release over a SlotStore. One per worker instance, shared by its threads."""
 
-    def __init__(self, limit: RateLimit, store: SlotStore, clock: Clock, lease_ttl: float = 120.0):
+    def __init__(self, limit: RateLimit, store: SlotStore, clock: Clock, lease_ttl: float = 120.0,
+                 longest_hold: float | None = None):
         self.limit = limit
         self.store = store
         self.clock = clock
         self.lease_ttl = lease_ttl
+        # The longest a delivery keeps its lease: a lease is handed over only while it has that
+        # long left, so that it never expires under a live delivery.
+        self.longest_hold = lease_ttl * 0.75 if longest_hold is None else longest_hold
         self._leases: dict[str, tuple[str, float]] = {}  # owner -> (lease id, its expiry)
         # Leases this instance holds but no delivery uses: a release hands its lease straight to
         # a delivery of this instance that waits for one, with no store operation at all.
@@ -334,9 +338,9 @@ class SlotRateLimiter:
             if not self._idle_leases:
                 return None
             lease_id, expires_at = self._idle_leases.pop()
-        if expires_at - now > self.lease_ttl / 2:
+        if expires_at - now >= self.longest_hold:
             return lease_id, expires_at
-        # Handed over so often that its expiry nears: give it back and take one afresh.
+        # Too little time left for a whole delivery: give it back and take one afresh.
         self.store.release_lease(lease_id, self._holder)
         return None
 

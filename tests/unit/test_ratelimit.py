@@ -314,3 +314,17 @@ def test_a_release_hands_the_lease_to_a_waiting_delivery_of_the_same_instance():
     assert "b" in limiter._leases and store.releases == 0  # handed over, no store operation
     limiter.release("b")
     assert store.releases == 1  # nobody waits: back to the store
+
+
+def test_a_lease_near_its_expiry_is_not_handed_over_but_taken_afresh():
+    store, clock = InMemorySlotStore(), FakeClock()
+    limiter = SlotRateLimiter(RateLimit(concurrency=1), store, clock, lease_ttl=100, longest_hold=80)
+    limiter.acquire("a", 1)
+    lease_id, expires_at = limiter._leases["a"]
+    clock.advance(30)  # 70 s left: less than a delivery may hold it
+    limiter._lease_waiters = 1  # a delivery of this instance waits
+    limiter.release("a")
+    limiter._lease_waiters = 0
+    assert limiter._idle_lease(clock.now()) is None  # given back to the store instead
+    limiter.acquire("b", 1)
+    assert limiter._leases["b"][1] == pytest.approx(clock.now() + 100)

@@ -72,7 +72,7 @@ _BLOCKED_REFRESH_SECONDS = 1.0
 _SPEND_BUCKETS = 100
 # Waiting for a concurrency lease (or for spend to leave its window): exponential back-off.
 _LEASE_POLL_SECONDS = 0.05
-_LEASE_POLL_MAX_SECONDS = 0.4
+_LEASE_POLL_MAX_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

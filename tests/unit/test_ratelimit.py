@@ -275,8 +275,8 @@ def test_waiting_for_a_lease_backs_off_instead_of_polling():
     limiter.acquire("a", 1)
     with pytest.raises(RateLimited):
         limiter.acquire("b", 10)
-    assert len(clock.slept) <= 45  # every 50 ms would be 200 tries
-    assert max(clock.slept) <= 0.4
+    assert len(clock.slept) <= 20  # every 50 ms would be 200 tries
+    assert max(clock.slept) <= 1.0
 
 
 def test_instances_taking_turns_with_one_delivery_each_waste_no_slots():

@@ -175,6 +175,8 @@ class SlotRateLimiter:
         self._handover = threading.Condition()
         self._idle_leases: list[tuple[str, float]] = []
         self._lease_waiters = 0
+        self._next_store_ask = 0.0  # the instance's back-off for asking the store for a lease
+        self._store_pause = _LEASE_POLL_SECONDS
         self._holder = f"limiter-{uuid.uuid4().hex[:12]}"  # owns this instance's leases in the store
         self._lock = threading.Lock()  # guards the block and the cached blocked_until below
         self._block: SlotBlock | None = None  # the block this instance holds
@@ -218,6 +220,7 @@ class SlotRateLimiter:
                 self._idle_leases.append(taken)
                 self._handover.notify()
                 return
+            self._next_store_ask = 0.0  # a lease is free in the store now: worth asking at once
         self.store.release_lease(taken[0], self._holder)
 
     def push_back(self, until: float) -> None:
@@ -345,8 +348,19 @@ class SlotRateLimiter:
         return None
 
     def _store_lease(self, now: float) -> tuple[str, float] | None:
+        # The instance's waiting deliveries share one back-off for asking the store: they cost
+        # one query per back-off together, not one each; a hand-over needs no query at all.
+        with self._handover:
+            if now < self._next_store_ask:
+                return None
+            self._next_store_ask = now + self._store_pause
+            self._store_pause = min(self._store_pause * 2, _LEASE_POLL_MAX_SECONDS)
         lease_id = self.store.try_take_lease(self._holder, self.limit.concurrency, now, self.lease_ttl)
-        return None if lease_id is None else (lease_id, now + self.lease_ttl)
+        if lease_id is None:
+            return None
+        with self._handover:
+            self._next_store_ask, self._store_pause = 0.0, _LEASE_POLL_SECONDS
+        return lease_id, now + self.lease_ttl
 
     def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once when a release in this instance hands a lease over. With

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 
@@ -41,6 +42,7 @@ from core.ratelimit import SlotBlock, spend_after
 _log = logging.getLogger(__name__)
 # Free leases one lease query returns: a few, so that contending instances can pick different ones.
 _LEASE_CANDIDATES = 3
+_LEASE_RECHECK_SECONDS = 5.0
 # Firestore accepts at most 500 writes in one batch.
 _BATCH_LIMIT = 500
 _PARALLEL_COMMITS = 8
@@ -310,6 +312,7 @@ class FirestoreSlotStore:
         self.writes = 0
         self._lease_capacity = 0  # leases 0..capacity-1 are known to exist
         self._lease_lock = threading.Lock()
+        self._leases_checked_at = 0.0
 
     def blocked_until(self) -> float:
         self.reads += 1
@@ -355,6 +358,8 @@ class FirestoreSlotStore:
         query = self.leases.where(filter=FieldFilter("expires_at", "<=", now)).limit(_LEASE_CANDIDATES)
         free = [snap for snap in query.stream() if snap.id.isdigit() and int(snap.id) < capacity]
         self.reads += max(1, len(free))
+        if not free:
+            self._check_leases_exist(capacity)
         random.shuffle(free)  # spread contending instances over the leases
         for snap in free:
             self.writes += 1
@@ -365,6 +370,17 @@ class FirestoreSlotStore:
             except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound):
                 continue
         return None
+
+    def _check_leases_exist(self, capacity: int) -> None:
+        """None free: every lease is taken, or lease documents were deleted under this instance
+        (which then would wait forever). A count (one read per 1,000 documents) tells, at most
+        every _LEASE_RECHECK_SECONDS; missing ones are created again on the next take."""
+        if time.monotonic() - self._leases_checked_at < _LEASE_RECHECK_SECONDS:
+            return
+        self._leases_checked_at = time.monotonic()
+        self.reads += 1
+        if self.leases.count().get()[0][0].value < capacity:
+            self._lease_capacity = 0
 
     def _create_leases(self, capacity: int) -> None:
         """Make sure leases 0..capacity-1 exist, once per instance: the query above only finds

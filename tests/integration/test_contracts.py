@@ -184,6 +184,17 @@ def test_free_leases_are_found_by_one_query_and_taken_once(slot_store):
     assert slot_store.try_take_lease("x", capacity=5, now=11.0, ttl=30.0) == taken[2]
 
 
+def test_leases_deleted_under_a_live_store_are_created_again(slot_store, request):
+    assert slot_store.try_take_lease("a", capacity=2, now=10.0, ttl=30.0) is not None
+    if request.node.callspec.params["slot_store"] == "firestore":
+        for snap in slot_store.leases.stream():
+            snap.reference.delete()
+    else:
+        slot_store.leases.clear()
+    taken = [slot_store.try_take_lease("b", capacity=2, now=11.0, ttl=30.0) for _ in range(2)]
+    assert taken[0] is not None or taken[1] is not None
+
+
 def test_blocked_until_only_moves_forward(slot_store):
     assert slot_store.blocked_until() == 0.0
     slot_store.push_blocked_until(500.0)

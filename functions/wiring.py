@@ -277,7 +277,7 @@ def start_warm_up() -> None:
     on the first request, as without warm-up). Off unless WARM_UP_CLIENTS is set, so tests that
     import main never build a client; the variable is read directly because no Settings
     should be cached at import."""
-    if not os.environ.get("WARM_UP_CLIENTS"):
+    if os.environ.get("WARM_UP_CLIENTS", "").strip().lower() not in ("1", "true", "yes", "on"):
         return
     target = os.environ.get("FUNCTION_TARGET", "")
     for module in _WARM_UP_MODULES:

@@ -126,7 +126,7 @@ def run_quota(quota: int, args) -> dict:
         "RATE_CONCURRENCY": str(leases),
         "MAX_WAIT_SECONDS": "20",
         "GEMINI_TIMEOUT_SECONDS": "30",
-        "WARM_UP_CLIENTS": "" if args.no_warm_up else "true",
+        "WARM_UP_CLIENTS": "false" if args.no_warm_up else "true",
     }
     with Stack(ports=Ports.free(), project="demo-imagefleet-bench", functions=True, delivery="relay",
                relay_concurrency=deliveries, worker_threads=deliveries + 4,

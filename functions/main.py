@@ -34,6 +34,8 @@ from schemas import excerpt as _excerpt
 
 logs.configure()
 log = logging.getLogger("imagefleet")
+# Build this instance's clients now, in the background, rather than on its first request.
+wiring.start_warm_up()
 
 _ROUTES = Map(
     [
@@ -70,6 +72,7 @@ def _error(e: ApiError, headers: dict | None = None):
 
 @functions_framework.http
 def http_api(request):
+    wiring.wait_for_warm_up()
     try:
         adapter = _ROUTES.bind_to_environ(request.environ)
         endpoint, args = adapter.match()
@@ -357,6 +360,7 @@ class RetryLater(ServiceUnavailable):
 
 @functions_framework.cloud_event
 def pubsub_worker(cloud_event):
+    wiring.wait_for_warm_up()
     message = (cloud_event.data or {}).get("message") or {}
     message_id = message.get("messageId") or message.get("message_id")
     try:
@@ -381,4 +385,5 @@ def scheduled_poller(request):
     (a health check, a crawler, a browser) must not run a tick."""
     if request.method != "POST":
         return _error(ApiError(405, "method_not_allowed", "the poller runs on POST only"), {"Allow": "POST"})
+    wiring.wait_for_warm_up()
     return _json(poll_once(wiring.poller_deps(), wiring.poller_policy(), wiring.instance_id()))

@@ -294,9 +294,14 @@ class SlotRateLimiter:
             tail = self.store.last_block()  # another instance extended the chain: read its end
 
     def _blocked(self, now: float) -> float:
-        """blocked_until, read from the store at most every _BLOCKED_REFRESH_SECONDS. Lock held."""
+        """blocked_until, read from the store at most every _BLOCKED_REFRESH_SECONDS. Lock held.
+
+        The store's value replaces the copy, never max()-ed into it: the document can go (a
+        wipe, an operator clearing a push-back), and a copy that only moves forward would then
+        hold a day-long push-back of a daily-quota 429 in this instance until the next day. Our
+        own push_back is in the store already (push_blocked_until comes first)."""
         if now - self._blocked_read_at >= _BLOCKED_REFRESH_SECONDS:
-            self._blocked_until = max(self._blocked_until, self.store.blocked_until())
+            self._blocked_until = self.store.blocked_until()
             self._blocked_read_at = now
         return self._blocked_until
 

@@ -206,6 +206,34 @@ def test_blocked_until_only_moves_forward(slot_store):
     assert slot_store.blocked_until() == 500.0
 
 
+def test_a_limiter_follows_its_store_when_the_documents_are_deleted_under_it(slot_store, request):
+    """The store is the truth, the limiter's cache only a copy: a push-back as long as a daily
+    quota's (a day) must end when its document goes (a wipe between e2e tests, an operator
+    deleting it), not live on in a running instance and refuse every send until tomorrow."""
+    from core.errors import RateLimited
+    from core.ratelimit import RateLimit, SlotRateLimiter
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+    limiter = SlotRateLimiter(RateLimit(requests_per_window=60, window_seconds=60, concurrency=2),
+                              slot_store, clock)
+    limiter.acquire("a", max_wait=5)
+    limiter.release("a")
+    limiter.push_back(clock.now() + 86_400)
+    with pytest.raises(RateLimited):
+        limiter.acquire("b", max_wait=5)
+    if request.node.callspec.params["slot_store"] == "firestore":
+        request.getfixturevalue("emulators").wipe_firestore()
+    else:
+        slot_store._blocked_until = 0.0
+        slot_store.blocks.clear()
+        slot_store.leases.clear()
+    clock.sleep(2.0)  # past the cache's refresh
+    limiter.acquire("b", max_wait=5)
+    limiter.acquire("c", max_wait=5)  # a second lease and a second slot after the wipe
+    assert slot_store.blocked_until() == 0.0 and slot_store.last_block() is not None
+
+
 def test_leases_cap_concurrency_and_expire(slot_store):
     a = slot_store.try_take_lease("a", capacity=2, now=10.0, ttl=30.0)
     b = slot_store.try_take_lease("b", capacity=2, now=10.0, ttl=30.0)

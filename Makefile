@@ -53,7 +53,7 @@ chaos: venv ## the fault matrix: one line per scenario (items, faults injected, 
 
 bench: bench-interactive bench-ingest ## all benchmarks
 
-bench-interactive: venv ## interactive lane: throughput against the quota, beside a fixed-delay client
+bench-interactive: venv ## interactive lane at 10, 60, 300 and 1,000 requests/min: share of the quota, lost, duplicated, limiter cost (ARGS=--check)
 	$(PY) tests/bench/bench_interactive.py $(ARGS)
 
 bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and 1 GB results files

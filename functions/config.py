@@ -63,12 +63,20 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(60.0, gt=0, description="the quota window")
     rate_concurrency: int | None = Field(
         4, description="concurrent generateContent calls, across every instance; 0 = unlimited")
-    rate_safety: float = Field(0.95, gt=0, le=1, description="fraction of the quota aimed at")
+    # Below 1: the margin absorbs late sends, clock skew and network jitter (core/ratelimit.py).
+    rate_safety: float = Field(
+        0.99, gt=0, lt=1, description="fraction of the quota aimed at, below 1: the rest absorbs late sends, "
+        "clock skew and network jitter")
     # Spend-based limit (paid tiers): dollars per rolling window, shared by every instance.
     rate_limit_spend_usd: float | None = Field(
         None, ge=0, description="spend-based limit: dollars of expected cost per RATE_SPEND_WINDOW_SECONDS "
         "across every instance; a request is sent only if its price fits; unset or 0 = off")
     rate_spend_window_seconds: float = Field(600.0, gt=0, description="the rolling window of RATE_LIMIT_SPEND_USD")
+
+    # On in the cloud and in the local stack.
+    warm_up_clients: bool = Field(
+        False, description="build this function's SDK clients on a background thread when the instance starts, "
+        "not on its first request (wiring.start_warm_up)")
 
     # Worker behaviour
     max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")

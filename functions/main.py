@@ -22,10 +22,13 @@ from core.poller import poll_once
 
 logs.configure()
 log = logging.getLogger("imagefleet")
+# Build this instance's clients now, in the background, rather than on its first request.
+wiring.start_warm_up()
 
 
 @functions_framework.http
 def http_api(request):
+    wiring.wait_for_warm_up()
     return api.handle(request)
 
 
@@ -39,6 +42,7 @@ class RetryLater(ServiceUnavailable):
 
 @functions_framework.cloud_event
 def pubsub_worker(cloud_event):
+    wiring.wait_for_warm_up()
     message = (cloud_event.data or {}).get("message") or {}
     message_id = message.get("messageId") or message.get("message_id")
     try:
@@ -64,4 +68,5 @@ def scheduled_poller(request):
     if request.method != "POST":
         return api.error_response(api.ApiError(405, "method_not_allowed", "the poller runs on POST only"),
                                   {"Allow": "POST"})
+    wiring.wait_for_warm_up()
     return api.json_response(poll_once(wiring.poller_deps(), wiring.poller_policy(), wiring.instance_id()))

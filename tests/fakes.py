@@ -375,25 +375,34 @@ class InMemorySlotStore:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._blocked_until = 0.0
-        self.slots: dict[int, str] = {}
+        self.blocks: dict[int, object] = {}  # seq -> SlotBlock
+        self.owners: dict[int, str] = {}
+        self.reads = 0  # blocked_until and last_block reads, to check the limiter's cost
         self.leases: dict[str, tuple[str | None, float]] = {}
 
     def blocked_until(self) -> float:
+        self.reads += 1
         return self._blocked_until
 
     def push_blocked_until(self, until: float) -> None:
         with self.lock:
             self._blocked_until = max(self._blocked_until, until)
 
-    def last_slot(self) -> int | None:
-        return max(self.slots) if self.slots else None
+    def last_block(self):
+        self.reads += 1
+        return self.blocks[max(self.blocks)] if self.blocks else None
 
-    def try_claim_slot(self, slot: int, owner: str, expire_at: float) -> bool:
+    def try_claim_block(self, block, owner: str, expire_at: float) -> bool:
         with self.lock:
-            if slot in self.slots:
+            if block.seq in self.blocks:
                 return False
-            self.slots[slot] = owner
+            self.blocks[block.seq] = block
+            self.owners[block.seq] = owner
             return True
+
+    def slots(self) -> list[int]:
+        """Every slot of every block, in order."""
+        return sorted(s for b in self.blocks.values() for s in range(b.start, b.end))
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         with self.lock:

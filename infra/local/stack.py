@@ -532,6 +532,7 @@ class Stack:
         # google-auth: never probe the metadata server for credentials.
         env["NO_GCE_CHECK"] = "true"
         env["PYTHONUNBUFFERED"] = "1"
+        env["WARM_UP_CLIENTS"] = "true"  # as in the cloud: clients built when the process starts
         if name == "api" and self.api_key:
             env["API_KEYS"] = self.api_key
         env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription

@@ -4,9 +4,10 @@
 #
 # Every query the functions make (functions/adapters/firestore/) is one equality or
 # `in` filter, or one order_by, on a single field of one collection (items by state or by
-# index, jobs by published, batches by job_id or state, slots by slot, events by job_id or by a
-# next_attempt_at range; adapters/firestore/events.py), which Firestore's automatic
-# single-field indexes answer; except the poller's sweep of stuck items (items_stale_* below).
+# index, jobs by published, batches by job_id or state, slots by seq, leases by an expires_at
+# range, events by job_id or by a next_attempt_at range; adapters/firestore/events.py), which
+# Firestore's automatic single-field indexes answer; except the poller's sweep of stuck items
+# (items_stale_* below).
 resource "google_firestore_database" "main" {
   project     = var.project_id
   name        = "(default)"
@@ -21,8 +22,8 @@ resource "google_firestore_database" "main" {
   depends_on = [google_project_service.this]
 }
 
-# ratelimit/{model}/slots/{n}: one create-only document per send slot, written as fast as the
-# quota allows and never read again once its time has passed. The TTL policy deletes each one
+# ratelimit/{model}/slots/{n}: the chain of blocks of send slots, one create-only document per
+# block (about one a second per busy worker instance), never read again once its time has passed. The TTL policy deletes each one
 # after its expire_at. The field is also exempt from indexing: nothing queries it, and
 # monotonically increasing timestamps in an index are a write hotspot.
 resource "google_firestore_field" "slot_expiry" {

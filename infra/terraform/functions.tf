@@ -76,6 +76,7 @@ locals {
     RATE_WINDOW_SECONDS         = var.rate_window_seconds
     RATE_CONCURRENCY            = local.rate_concurrency
     RATE_SAFETY                 = var.rate_safety
+    WARM_UP_CLIENTS             = true
     INTERACTIVE_THRESHOLD       = var.interactive_threshold
     MAX_ITEMS_PER_JOB           = var.max_items_per_job
     MAX_PROMPT_CHARS            = var.max_prompt_chars

@@ -101,12 +101,12 @@ variable "rate_concurrency" {
 
 variable "rate_safety" {
   type        = number
-  description = "RATE_SAFETY: fraction of the quota aimed at."
-  default     = 0.95
+  description = "RATE_SAFETY: fraction of the quota aimed at; the rest absorbs late sends, clock skew and network jitter."
+  default     = 0.99
 
   validation {
-    condition     = var.rate_safety > 0 && var.rate_safety <= 1
-    error_message = "rate_safety is in (0, 1]."
+    condition     = var.rate_safety > 0 && var.rate_safety < 1
+    error_message = "rate_safety is in (0, 1)."
   }
 }
 

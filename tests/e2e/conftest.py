@@ -34,6 +34,9 @@ def stack_function_env() -> dict[str, str]:
         "RATE_LIMIT_IMAGES": str(RATE_LIMIT),
         "RATE_WINDOW_SECONDS": str(WINDOW_SECONDS),
         "RATE_CONCURRENCY": "4",
+        # The 2 s window stands for a minute, but jitter does not shrink with it: keep the margin
+        # near 0.1 s, as 0.99 gives a 60 s window (core/ratelimit.py).
+        "RATE_SAFETY": "0.95",
         "MAX_ATTEMPTS": str(MAX_ATTEMPTS),
         "MAX_WAIT_SECONDS": str(MAX_WAIT_SECONDS),
         "GEMINI_TIMEOUT_SECONDS": str(GEMINI_TIMEOUT_SECONDS),

@@ -171,13 +171,32 @@ def test_large_jobs_are_written_in_several_batches(job_store):
 # --- SlotStore ---------------------------------------------------------------------------
 
 
-def test_slots_are_create_only_and_the_last_one_is_found(slot_store):
-    assert slot_store.last_slot() is None
-    assert slot_store.try_claim_slot(1000, "a", 5000.0)
-    assert not slot_store.try_claim_slot(1000, "b", 5000.0)
-    assert slot_store.try_claim_slot(1002, "b", 5000.0)
-    assert slot_store.try_claim_slot(999, "c", 5000.0)
-    assert slot_store.last_slot() == 1002
+def test_blocks_are_create_only_and_the_last_one_is_found(slot_store):
+    from core.ratelimit import SlotBlock
+
+    assert slot_store.last_block() is None
+    assert slot_store.try_claim_block(SlotBlock(0, 1000, 4), "a", 5000.0)
+    assert not slot_store.try_claim_block(SlotBlock(0, 1000, 1), "b", 5000.0)
+    assert slot_store.try_claim_block(SlotBlock(1, 1004, 16), "b", 5000.0)
+    assert slot_store.last_block() == SlotBlock(1, 1004, 16)
+
+
+def test_free_leases_are_found_by_one_query_and_taken_once(slot_store):
+    taken = [slot_store.try_take_lease(f"o{i}", capacity=5, now=10.0, ttl=30.0) for i in range(6)]
+    assert sorted(t for t in taken if t is not None) == ["0", "1", "2", "3", "4"] and taken[5] is None
+    slot_store.release_lease(taken[2], "o2")
+    assert slot_store.try_take_lease("x", capacity=5, now=11.0, ttl=30.0) == taken[2]
+
+
+def test_leases_deleted_under_a_live_store_are_created_again(slot_store, request):
+    assert slot_store.try_take_lease("a", capacity=2, now=10.0, ttl=30.0) is not None
+    if request.node.callspec.params["slot_store"] == "firestore":
+        for snap in slot_store.leases.stream():
+            snap.reference.delete()
+    else:
+        slot_store.leases.clear()
+    taken = [slot_store.try_take_lease("b", capacity=2, now=11.0, ttl=30.0) for _ in range(2)]
+    assert taken[0] is not None or taken[1] is not None
 
 
 def test_blocked_until_only_moves_forward(slot_store):
@@ -185,6 +204,34 @@ def test_blocked_until_only_moves_forward(slot_store):
     slot_store.push_blocked_until(500.0)
     slot_store.push_blocked_until(400.0)
     assert slot_store.blocked_until() == 500.0
+
+
+def test_a_limiter_follows_its_store_when_the_documents_are_deleted_under_it(slot_store, request):
+    """The store is the truth, the limiter's cache only a copy: a push-back as long as a daily
+    quota's (a day) must end when its document goes (a wipe between e2e tests, an operator
+    deleting it), not live on in a running instance and refuse every send until tomorrow."""
+    from core.errors import RateLimited
+    from core.ratelimit import RateLimit, SlotRateLimiter
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+    limiter = SlotRateLimiter(RateLimit(requests_per_window=60, window_seconds=60, concurrency=2),
+                              slot_store, clock)
+    limiter.acquire("a", max_wait=5)
+    limiter.release("a")
+    limiter.push_back(clock.now() + 86_400)
+    with pytest.raises(RateLimited):
+        limiter.acquire("b", max_wait=5)
+    if request.node.callspec.params["slot_store"] == "firestore":
+        request.getfixturevalue("emulators").wipe_firestore()
+    else:
+        slot_store._blocked_until = 0.0
+        slot_store.blocks.clear()
+        slot_store.leases.clear()
+    clock.sleep(2.0)  # past the cache's refresh
+    limiter.acquire("b", max_wait=5)
+    limiter.acquire("c", max_wait=5)  # a second lease and a second slot after the wipe
+    assert slot_store.blocked_until() == 0.0 and slot_store.last_block() is not None
 
 
 def test_leases_cap_concurrency_and_expire(slot_store):

@@ -9,7 +9,7 @@ Layout:
                                       (core/item_counts.py), changed with every item state change
   batches/{intent_id}                 one batch intent: recorded before the Gemini batch exists
   ratelimit/{limiter_id}              blocked_until, written only when a 429 pushes everyone back
-  ratelimit/{limiter_id}/slots/{n}    one create-only document per send slot (TTL on expire_at)
+  ratelimit/{limiter_id}/slots/{n}    the chain of blocks of send slots, create-only (TTL on expire_at)
   ratelimit/{limiter_id}/leases/{i}   the concurrency leases
   breakers/{breaker_id}               the circuit breaker (written on transitions and 429s only)
   usage/{day}/shards/{n}              daily counters, sharded: increments spread over n documents

@@ -10,11 +10,11 @@ same batch twice, and ingestion checkpoints its progress so a killed poller resu
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from core.backoff import backoff_seconds
 from core.errors import (
     GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
@@ -93,8 +93,7 @@ def quota_backoff(waits: int, retry_delay: float | None, base: float = QUOTA_BAC
     one, otherwise exponential from `base` with equal jitter (between half the step and the step)."""
     if retry_delay is not None:
         return min(retry_delay, MAX_RETRY_DELAY_SECONDS)
-    step = min(base * QUOTA_BACKOFF_MAX_FACTOR, base * 2 ** min(waits - 1, 16))
-    return random.uniform(step / 2, step)
+    return backoff_seconds(waits, base=base, cap=base * QUOTA_BACKOFF_MAX_FACTOR)
 
 
 class _Pause(Exception):

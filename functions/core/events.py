@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from core.backoff import backoff_seconds
 from core.errors import DeliveryFailed
 from core.models import ItemState, Job
 from core.webhooks import signed_headers
@@ -125,14 +126,6 @@ def completion_payload(job: Job, counts: dict[ItemState, int], now: float) -> di
             "round": job.round,
         },
     }
-
-
-def backoff_seconds(failures: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """The wait after `failures` failed attempts: base, 2 base, 4 base... up to cap, with
-    "equal jitter" (a random point in the step's upper half), so receivers that failed together
-    are not all retried at the same instant and no wait is shorter than half its step."""
-    step = min(cap, base * 2 ** min(max(failures - 1, 0), 40))
-    return step / 2 + rand() * step / 2
 
 
 def record_completion(job: Job, counts: dict[ItemState, int], *, store: EventStore, clock: Clock) -> Event | None:

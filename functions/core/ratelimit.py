@@ -50,13 +50,13 @@ only provides the atomic primitives.
 from __future__ import annotations
 
 import math
-import random
 import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.backoff import backoff_seconds
 from core.clock import SystemClock
 from core.errors import RateLimited
 from core.ports import Clock
@@ -389,8 +389,8 @@ def lease_poll_delay(tries: int) -> float:
     _LEASE_POLL_SECONDS to _LEASE_POLL_MAX_SECONDS, drawn from the upper half of the step
     ("equal jitter"): waiters that started together spread out, and none polls faster than
     half the step."""
-    ceiling = min(_LEASE_POLL_MAX_SECONDS, _LEASE_POLL_SECONDS * 2 ** min(tries, 16))
-    return random.uniform(ceiling / 2, ceiling)
+    return backoff_seconds(tries + 1, base=_LEASE_POLL_SECONDS, cap=_LEASE_POLL_MAX_SECONDS)
+
 
 def parse_retry_delay(value: str | None) -> float | None:
     """google.protobuf.Duration JSON ("47.174s", "1s") to seconds."""

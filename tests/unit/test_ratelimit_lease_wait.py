@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from core import ratelimit
+from core import backoff, ratelimit
 from core.errors import RateLimited
 from core.ratelimit import RateLimit, SlotRateLimiter
 from tests.fakes import FakeClock, InMemorySlotStore
@@ -64,7 +64,7 @@ def test_a_waiting_delivery_backs_off_instead_of_polling_every_lease_every_50_ms
     every 50 ms read 524 lease documents per acquired lease (80 reads per second of waiting);
     the backoff (50 ms doubling to 1 s, equal jitter) reads 52, and a waiter gets its lease at
     most one poll (1 s) after it came free."""
-    monkeypatch.setattr(ratelimit, "random", random.Random(5))  # the same jitter on every run
+    monkeypatch.setattr(backoff, "random", random.Random(5))  # the same jitter on every run
     after, late = reads_per_lease()
     monkeypatch.setattr(ratelimit, "lease_poll_delay", lambda tries: ratelimit._LEASE_POLL_SECONDS)
     before, _ = reads_per_lease()

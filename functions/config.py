@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     model_shutdown_warning_days: int = Field(30, ge=0, description="warn this many days before a shutdown date")
     gemini_timeout_seconds: float = Field(60.0, gt=0, description="timeout of one generateContent call")
+    gemini_download_timeout_seconds: float = Field(
+        3600.0, gt=0,
+        description="timeout of one results-file download (sent as X-Server-Timeout); a file of 2K images can pass 1 GB"
+    )
 
     # Routing and input limits
     interactive_threshold: int = Field(

@@ -159,7 +159,7 @@ def batch_lane():
     return BatchLane(
         store=job_store(),
         jobs=job_store(),
-        api=GeminiBatchApi(genai_client(), key),
+        api=GeminiBatchApi(genai_client(), key, download_timeout_seconds=s.gemini_download_timeout_seconds),
         sink=image_sink(),
         clock=clock(),
         lease_seconds=s.batch_lease_seconds,

@@ -447,6 +447,7 @@ class FakeBatchApi:
 
     def __init__(self, fingerprint: str = "fp-test") -> None:
         self.files: dict[str, bytes] = {}
+        self.stream_offsets: list[int] = []  # the byte offset each stream_file started from
         self.batches: dict[str, dict] = {}
         self.fingerprint = fingerprint
         self.created = 0
@@ -516,10 +517,11 @@ class FakeBatchApi:
         b.update(state="BATCH_STATE_SUCCEEDED", output_file=out)
         return lines
 
-    def stream_file(self, name: str, sink) -> None:
+    def stream_file(self, name: str, sink, offset: int = 0) -> None:
         if name not in self.files:
             raise PermissionDenied(f"403 PERMISSION_DENIED: You do not have permission to access the File {name}")
-        data = self.files[name]
+        self.stream_offsets.append(offset)
+        data = self.files[name][offset:]
         for start in range(0, len(data), 7):  # odd chunk size: lines straddle chunks
             sink.write(data[start : start + 7])
 

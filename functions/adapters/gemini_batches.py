@@ -7,8 +7,8 @@ import io
 
 from google.genai import Client, errors, types
 
-from adapters.gemini_generator import translate_api_error
-from core.errors import UploadRejected
+from adapters.gemini_generator import _TRANSPORT_ERRORS, translate_api_error
+from core.errors import TransientError, UploadRejected
 from core.models import BatchInfo
 
 
@@ -51,9 +51,16 @@ def _translated():
         raise translate_api_error(e) from e
 
 
+# Cuts in a row, each without a byte of progress, after which a download gives up until the
+# next tick (which resumes from its checkpoint).
+_DOWNLOAD_RETRIES = 3
+_CHUNK = 1024 * 1024
+
+
 class GeminiBatchApi:
-    def __init__(self, client: Client, api_key: str | None) -> None:
+    def __init__(self, client: Client, api_key: str | None, download_timeout_seconds: float = 3600.0) -> None:
         self.client = client
+        self.download_timeout_seconds = download_timeout_seconds
         # Recorded with each batch so that a later poller can tell whether it sees the same
         # key's batches (they are visible only to the key that created them). Never the key.
         self._fingerprint = hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
@@ -104,12 +111,85 @@ class GeminiBatchApi:
         with _translated():
             self.client.batches.cancel(name=name)
 
-    def stream_file(self, name: str, sink) -> None:
-        # With a writable destination the SDK streams the body in 1 MiB chunks instead of
-        # buffering it: memory stays bounded however large the results file is.
-        with _translated():
-            self.client.files.download(file=name, destination=sink)
+    def stream_file(self, name: str, sink, offset: int = 0) -> None:
+        """Stream a generated file into sink.write(chunk) from byte `offset`. A connection cut
+        mid-body is resumed from the byte reached, a few times in a row without progress before
+        it gives up (TransientError): the next tick then resumes from its own checkpoint."""
+        sink = _Counted(sink, offset)
+        stalls = 0
+        while True:
+            reached = sink.position
+            try:
+                return self._stream_from(name, sink)
+            except _TRANSPORT_ERRORS as e:
+                stalls = 0 if sink.position > reached else stalls + 1
+                if stalls >= _DOWNLOAD_RETRIES:
+                    raise TransientError(f"download of {name} cut at byte {sink.position}: {e!r}") from e
+
+    def _stream_from(self, name: str, sink: _Counted) -> None:
+        """One GET of the file from sink.position on.
+
+        files.download(destination=...) streams in 1 MiB chunks and takes per-call headers
+        (DownloadFileConfig.http_options), so it could send a Range header; but it accepts only
+        a 200 (errors.APIError.raise_for_response: any other status raises, after reading the
+        whole body into memory), and a ranged answer is 206. So the GET is sent here, through the
+        SDK's own request builder (URL, API version, x-goog-api-key) and HTTP client: google-genai
+        3.4.0 `_api_client.BaseApiClient.download_file` and `_build_request`, `files.Files.download`
+        (https://github.com/googleapis/python-genai/blob/main/google/genai/_api_client.py).
+        The call's timeout goes out as X-Server-Timeout (`populate_server_timeout_header`), so
+        the client-wide one (sized for generateContent) would let the server end a large
+        download early: this call has its own."""
+        api = self.client._api_client
+        file_id = name.removeprefix("files/")
+        headers = {"Range": f"bytes={sink.position}-"} if sink.position else {}
+        options = {"headers": headers, "timeout": int(self.download_timeout_seconds * 1000)}
+        request = api._build_request("get", f"files/{file_id}:download?alt=media", {}, options)
+        http = api._httpx_client
+        response = http.send(http.build_request(request.method, api._httpx_url(request.url, is_async=False),
+                                                headers=request.headers, timeout=request.timeout), stream=True)
+        try:
+            skip = self._body_offset(response, sink.position)
+            if skip is None:
+                return
+            for chunk in response.iter_bytes(chunk_size=_CHUNK):
+                if skip:
+                    chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+                if chunk:
+                    sink.write(chunk)
+        finally:
+            response.close()
+
+    @staticmethod
+    def _body_offset(response, position: int) -> int | None:
+        """Bytes of the body to drop before `position`: 0 for a 206 that starts there, all of
+        them before it for a 200 (a server may ignore Range, RFC 9110 section 14.2); a 416 at a
+        non-zero position means nothing is left (None: the checkpoint was the file's end)."""
+        status = response.status_code
+        if status == 416 and position:
+            return None
+        if status == 206:
+            start = response.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
+            if start != str(position):
+                raise TransientError(f"asked for bytes from {position}, got Content-Range "
+                                     f"{response.headers.get('content-range')!r}")
+            return 0
+        if status != 200:
+            with _translated():
+                errors.APIError.raise_for_response(response)
+        return position
 
     def delete_file(self, name: str) -> None:
         with _translated():
             self.client.files.delete(name=name)
+
+
+class _Counted:
+    """A sink that counts the bytes written to it: where a resumed download starts."""
+
+    def __init__(self, sink, position: int) -> None:
+        self.sink, self.position = sink, position
+
+    def write(self, chunk: bytes) -> int:
+        self.sink.write(chunk)
+        self.position += len(chunk)
+        return len(chunk)

@@ -19,7 +19,7 @@ from core.errors import (
     GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core import images
-from core.jsonl import LineSplitter, image_facts, parse_result_line, request_line, stored_metadata
+from core.jsonl import LineSplitter, image_facts, request_line, scan_result_line, stored_metadata
 from core.models import (
     BatchInfo,
     BatchIntent,
@@ -421,14 +421,15 @@ class BatchLane:
     def _ingest(self, intent: BatchIntent, owner: str, deadline: float) -> str:
         """Stream the results file line by line into GCS, checkpointing as we go.
 
-        Lines are parsed on this thread while a few uploads run on a small pool: the pool's
-        queue is bounded, so memory stays at a handful of lines whatever the file's size.
-        A checkpoint first waits for every upload in flight, so "lines_done = n" always
-        means every line up to n is in GCS."""
+        Lines are scanned on this thread (key and outcome; the base64 is left alone) while a
+        small pool decodes and uploads the images: the pool's queue is bounded, so memory stays
+        at a handful of lines whatever the file's size. A checkpoint first waits for every
+        upload in flight, so "lines_done = n" always means every line up to n is in GCS; it
+        records the byte offset past line n too, where the next run's download resumes."""
         run = _Ingestion(self, intent, owner, deadline)
-        splitter = LineSplitter(run.on_line)
+        splitter = run.splitter = LineSplitter(run.on_line, offset=run.start)
         try:
-            self.api.stream_file(intent.results_file, splitter)
+            self.api.stream_file(intent.results_file, splitter, run.start)
             splitter.close()
         except _Pause:
             log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, run.lines)
@@ -471,6 +472,7 @@ class BatchLane:
         return "resubmitted"
 
     def _line_updates(self, intent: BatchIntent, result) -> dict:
+        result = result.decoded()  # on an upload worker: the base64 decode is the costly part
         now = self.clock.now()
         error: GenerationError | None = result.error
         if result.image is not None:
@@ -492,7 +494,7 @@ class BatchLane:
                 return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
                         "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
                         "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **facts}
-        if error is None:  # parse_result_line gives every line an image or an error
+        if error is None:  # a decoded line has an image or an error
             raise ValueError(f"intent {intent.intent_id}: result line {result.key!r} has neither image nor error")
         if error.retryable:
             return {"error": error.reason, "attempts": intent.attempt, "updated_at": now}
@@ -577,7 +579,7 @@ def _admit(result, settled: dict[str, str]) -> bool:
     image beats an earlier refusal, since that image is paid for and stored; nothing overwrites
     a success, or bills it twice by handing the item back for another batch."""
     current = settled.get(result.key)
-    if result.image is not None:
+    if result.has_image:
         if current in (None, "failed"):
             settled[result.key] = "succeeded"
             return True
@@ -594,28 +596,59 @@ class LostLease(Exception):
 
 
 class _Ingestion:
-    """One ingestion run of an intent's results file (BatchLane._ingest): lines parsed on the
-    caller's thread, uploads on a small pool, checkpoints as it goes."""
+    """One ingestion run of an intent's results file (BatchLane._ingest): lines scanned on the
+    caller's thread, images decoded and uploaded on a small pool, checkpoints as it goes."""
 
     def __init__(self, lane: BatchLane, intent: BatchIntent, owner: str, deadline: float) -> None:
         self.lane, self.intent, self.owner, self.deadline = lane, intent, owner, deadline
         self.keys = set(intent.keys)
         self.settled = lane._settled(intent)
-        self.lines = 0
+        # A checkpoint that recorded its byte offset is resumed there (a ranged download), its
+        # lines counted, not read again; one without it (an older run) re-reads the file and
+        # skips its lines_done lines.
+        self.start = intent.bytes_done if intent.lines_done and intent.bytes_done else 0
+        self.lines = intent.lines_done if self.start else 0
+        self.bytes_done = self.start
+        self.splitter: LineSplitter | None = None
         self.pending: dict[str, dict] = {}
         self.in_flight: list[tuple[str, Future]] = []
+        # Image lines admitted before their image was decoded and checked, with what their key
+        # had settled before: a spoiled image is the retryable error it turns out to be.
+        self.unchecked: dict[str, tuple[Future, str | None]] = {}
+        self.dropped: set[Future] = set()
         self.slots = threading.BoundedSemaphore(2 * lane.upload_concurrency)
         self.pool = ThreadPoolExecutor(lane.upload_concurrency, thread_name_prefix="ingest")
 
     def drain(self) -> None:
+        for key in list(self.unchecked):
+            self.check(key)
         for key, future in self.in_flight:
-            self.pending[key] = future.result()
+            if future not in self.dropped:
+                self.pending[key] = future.result()
         self.in_flight.clear()
+        self.dropped.clear()
+
+    def check(self, key: str) -> None:
+        """Wait for the unchecked image line of `key`, and settle the key by what it found. A
+        spoiled image counts as the retryable error it is: it settles nothing, and against an
+        earlier refusal in this file it is not applied (as _admit treats such an error line)."""
+        entry = self.unchecked.pop(key, None)
+        if entry is None:
+            return
+        future, before = entry
+        if future.result().get("state") == ItemState.SUCCEEDED.value:
+            return
+        if before is None:
+            self.settled.pop(key, None)
+        else:
+            self.settled[key] = before
+        if before == "failed":
+            self.dropped.add(future)
 
     def flush(self) -> None:
         self.drain()
         intent, lane = self.intent, self.lane
-        fields = {"lines_done": self.lines, "updated_at": lane.clock.now()}
+        fields = {"lines_done": self.lines, "bytes_done": self.bytes_done, "updated_at": lane.clock.now()}
         if not lane.store.checkpoint(intent.intent_id, self.owner, fields, dict(self.pending)):
             raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
         # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
@@ -630,16 +663,24 @@ class _Ingestion:
 
     def on_line(self, line: bytes) -> None:
         self.lines += 1
+        if self.splitter is not None:
+            self.bytes_done = self.splitter.line_end
         intent = self.intent
         if self.lines <= intent.lines_done:
             return  # ingested before a pause or a crash: skip without parsing
-        result = parse_result_line(line)
-        if result.key in self.keys and not _admit(result, self.settled):
-            log.warning("intent %s: result line %d repeats key %r, which already %s; ignored",
-                        intent.intent_id, self.lines, result.key, self.settled[result.key])
-        elif result.key in self.keys:
-            self.slots.acquire()
-            self.in_flight.append((result.key, self.pool.submit(self.upload, result)))
+        result = scan_result_line(line)
+        if result.key in self.keys:
+            self.check(result.key)  # a repeated key: know how its earlier image line ended
+            before = self.settled.get(result.key)
+            if not _admit(result, self.settled):
+                log.warning("intent %s: result line %d repeats key %r, which already %s; ignored",
+                            intent.intent_id, self.lines, result.key, self.settled[result.key])
+            else:
+                self.slots.acquire()
+                future = self.pool.submit(self.upload, result)
+                self.in_flight.append((result.key, future))
+                if result.has_image:
+                    self.unchecked[result.key] = (future, before)
         else:
             log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, self.lines, result.key)
         if len(self.pending) + len(self.in_flight) >= self.lane.checkpoint_lines:

@@ -231,12 +231,16 @@ class LineSplitter:
     Memory is bounded by the longest line, never by the stream. Pass it as the destination of
     a streaming download; call close() at the end for a last line without a newline."""
 
-    def __init__(self, on_line: Callable[[bytes], None]) -> None:
+    def __init__(self, on_line: Callable[[bytes], None], offset: int = 0) -> None:
         self.on_line = on_line
         self._partial = bytearray()
         self.bytes_seen = 0
+        # The stream offset (counted from `offset`, where the stream starts) just past the line
+        # being handed to on_line: where a resumed download continues after it.
+        self.line_end = offset
 
     def write(self, chunk: bytes) -> int:
+        base = self.line_end + len(self._partial)
         self.bytes_seen += len(chunk)
         start = 0
         while True:
@@ -250,6 +254,7 @@ class LineSplitter:
                 self._partial.clear()
             else:
                 line = bytes(chunk[start:end])
+            self.line_end = base + end + 1
             if line.strip():
                 self.on_line(line)
             start = end + 1
@@ -257,6 +262,7 @@ class LineSplitter:
     def close(self) -> None:
         if self._partial.strip():
             line = bytes(self._partial)
+            self.line_end += len(self._partial)
             self._partial.clear()
             self.on_line(line)
 

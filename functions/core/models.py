@@ -252,6 +252,7 @@ class BatchIntent:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     lines_done: int = 0
+    bytes_done: int = 0  # the results file's byte offset just past line lines_done (0: not recorded)
     results_errors: int = 0
     outcome: str | None = None
     finished_at: float | None = None

@@ -186,8 +186,9 @@ class BatchApi(Protocol):
 
     def cancel_batch(self, name: str) -> None: ...
 
-    def stream_file(self, name: str, sink) -> None:
-        """Stream a generated file's bytes into sink.write(chunk); errors from sink propagate."""
+    def stream_file(self, name: str, sink, offset: int = 0) -> None:
+        """Stream a generated file's bytes from byte `offset` into sink.write(chunk); errors
+        from sink propagate."""
 
     def delete_file(self, name: str) -> None: ...
 

@@ -79,6 +79,13 @@ async def get_requests(request: web.Request) -> web.Response:
     return _json({"requests": entries[-limit:] if limit > 0 else []})
 
 
+async def get_downloads(request: web.Request) -> web.Response:
+    """The most recent file downloads (file, Range header, where a cut fault ended it), oldest first."""
+    state = request.app[STATE_KEY]
+    with state.lock:
+        return _json({"downloads": list(state.files.download_log)})
+
+
 async def healthz(_: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -90,5 +97,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(p + "stats", get_stats)
     app.router.add_post(p + "reset", post_reset)
     app.router.add_get(p + "requests", get_requests)
+    app.router.add_get(p + "downloads", get_downloads)
     app.router.add_get(p + "healthz", healthz)
     app.router.add_post(p + "batches/{batch_id:[^/:]+}:force", force_batch)

@@ -45,6 +45,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # The next N finalizes answer HTTP 200 with an error body instead of {"file": ...}.
         "reject_finalize": 0,
         "reject_finalize_message": "Unsupported MIME type: jsonl",
+        # The next N downloads send cut_download_after_bytes of their body, then close the connection.
+        "cut_downloads": 0,
+        "cut_download_after_bytes": 1048576,
     },
     "batch": {
         "pending_seconds": 1.0,  # BATCH_STATE_PENDING for this long after create
@@ -222,6 +225,8 @@ def _validate_files(files: Any) -> None:
     _number(files["ttl_seconds"], "files.ttl_seconds", exclusive=True)
     _int(files["max_total_bytes"], "files.max_total_bytes")
     _int(files["reject_finalize"], "files.reject_finalize")
+    _int(files["cut_downloads"], "files.cut_downloads")
+    _int(files["cut_download_after_bytes"], "files.cut_download_after_bytes")
     if not isinstance(files["reject_finalize_message"], str) or not files["reject_finalize_message"]:
         raise ConfigError("files.reject_finalize_message: expected a non-empty string")
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import time
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from aiohttp import web
@@ -277,7 +280,47 @@ async def download_file(request: web.Request) -> web.StreamResponse:
             # answer for a named uploaded file was not captured.
             raise errors.invalid_argument("Only generated files can be downloaded; uploaded files can't be downloaded.")
         state.files.downloads += 1
+        cut = _take_cut(state)
+        state.files.download_log.append({"time": time.time(), "file": record.name,
+                                         "range": request.headers.get("Range"), "cut_after_bytes": cut})
         path = record.path
         content_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"
+    if cut is not None:
+        return await _cut_download(request, path, content_type, cut)
     # Streams from disk (sendfile where possible): a multi-GB result never sits in memory.
+    # FileResponse honours Range: 206 with Content-Range, 416 past the end (README "Files API").
     return web.FileResponse(path, chunk_size=_PIECE, headers={"Content-Type": content_type})
+
+
+def _take_cut(state: EmulatorState) -> int | None:
+    files = state.config["files"]
+    if files["cut_downloads"] <= 0:
+        return None
+    files["cut_downloads"] -= 1
+    return files["cut_download_after_bytes"]
+
+
+_RANGE_FROM = re.compile(r"bytes=(\d+)-$")
+
+
+async def _cut_download(request: web.Request, path: Path, content_type: str, cut: int) -> web.StreamResponse:
+    """The answer a download would get (from the Range's first byte, if it has one of the form
+    bytes=N-), with the connection closed after `cut` bytes of the body: a network cut."""
+    size = path.stat().st_size
+    match = _RANGE_FROM.match(request.headers.get("Range", ""))
+    start = int(match.group(1)) if match else 0
+    response = web.StreamResponse(status=206 if match else 200, headers={"Content-Type": content_type})
+    if match:
+        response.headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+    response.content_length = size - start
+    await response.prepare(request)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = min(cut, size - start)
+        while left > 0:
+            piece = fh.read(min(_PIECE, left))
+            await response.write(piece)
+            left -= len(piece)
+    if request.transport is not None:
+        request.transport.close()
+    return response

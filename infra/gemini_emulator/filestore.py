@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import string
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -90,6 +91,8 @@ class FileStore:
         self.expired = 0
         self.downloads = 0
         self.bytes_uploaded = 0
+        # The most recent downloads: file, Range header, bytes before a cut (GET /_emulator/downloads).
+        self.download_log: deque[dict] = deque(maxlen=100)
 
     # --- ids and paths -------------------------------------------------------------------
 

@@ -54,7 +54,6 @@ def _translated():
 # Cuts in a row, each without a byte of progress, after which a download gives up until the
 # next tick (which resumes from its checkpoint).
 _DOWNLOAD_RETRIES = 3
-_CHUNK = 1024 * 1024
 
 
 class GeminiBatchApi:
@@ -151,7 +150,9 @@ class GeminiBatchApi:
             skip = self._body_offset(response, sink.position)
             if skip is None:
                 return
-            for chunk in response.iter_bytes(chunk_size=_CHUNK):
+            # Chunks as they arrive: a cut loses nothing already received (1 MiB chunks would
+            # hold up to a MiB back, to be fetched again).
+            for chunk in response.iter_bytes():
                 if skip:
                     chunk, skip = chunk[skip:], max(0, skip - len(chunk))
                 if chunk:

@@ -281,7 +281,7 @@ async def download_file(request: web.Request) -> web.StreamResponse:
             raise errors.invalid_argument("Only generated files can be downloaded; uploaded files can't be downloaded.")
         state.files.downloads += 1
         cut = _take_cut(state)
-        state.files.download_log.append({"time": time.time(), "file": record.name,
+        state.files.download_log.append({"time": time.time(), "file": f"files/{record.id}",
                                          "range": request.headers.get("Range"), "cut_after_bytes": cut})
         path = record.path
         content_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"

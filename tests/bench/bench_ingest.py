@@ -4,9 +4,16 @@ For each results-file size it runs, on the same file, in separate processes so t
 is each one's own:
   baseline  the naive approach: files.download() of the whole file into memory,
             then split, parse and decode every line, writing each image to GCS
+  ceiling   the raw decode+upload rate: the file's lines read from a local copy (no download,
+            no JSON parser, no image checks, no Firestore), each line's base64 found by two
+            byte searches, decoded and uploaded create-only by as many threads as the poller
+            uses, to the same GCS emulator
   poller    our poller (scheduled_poller's code path): the file streamed line by line,
-            images written create-only, progress checkpointed to Firestore
-and prints MB/s and peak RSS for both. Run with `make bench-ingest`.
+            images decoded, checked and written create-only, progress checkpointed to Firestore
+and prints MB/s and peak RSS for each, the poller's fraction of the ceiling and its ratio to
+the baseline. Run with `make bench-ingest`; `ARGS=--check` exits 1 when the poller is under
+CEILING_TARGET of the ceiling or BASELINE_TARGET times the baseline at any size, when its peak
+RSS grows with the file, or when a run fails or times out.
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "functions")]
 
 MODEL = "gemini-2.5-flash-image"
+CEILING_TARGET = 0.9  # the poller's MB/s over the ceiling's
+BASELINE_TARGET = 1.3  # the poller's MB/s over the baseline's
+RSS_GROWTH_LIMIT_MB = 64  # the poller's peak RSS at the largest size over that at the smallest
 
 
 def peak_rss_mb() -> float:
@@ -79,12 +89,68 @@ def child_baseline(args) -> None:
     print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "images": count}))
 
 
-def run_child(stack_env: dict, *argv: str) -> dict:
+def child_ceiling(args) -> None:
+    import binascii
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import wiring
+    from core.jsonl import LineSplitter
+
+    sink, threads = wiring.image_sink(), wiring.settings().batch_upload_concurrency
+    slots = threading.BoundedSemaphore(2 * threads)  # the poller's bound on lines in flight
+    pool = ThreadPoolExecutor(threads)
+    uploaded, failures = [], []
+
+    def upload(key: str, encoded: bytes) -> None:
+        try:
+            sink.put_image(f"ceiling-{args.prefix}/{key}.png", binascii.a2b_base64(encoded), "image/png", {})
+            uploaded.append(key)
+        except Exception as e:  # noqa: BLE001 - reported, and the run counts as failed
+            failures.append(repr(e))
+        finally:
+            slots.release()
+
+    def on_line(line: bytes) -> None:
+        start = line.find(b'"data":"') + len(b'"data":"')
+        at = line.rfind(b'"key":"') + len(b'"key":"')
+        if start > 7 and at > 6:
+            slots.acquire()
+            pool.submit(upload, line[at:line.index(b'"', at)].decode(), line[start:line.index(b'"', start)])
+
+    before = rss_mb()
+    start = time.monotonic()
+    splitter = LineSplitter(on_line)
+    with open(args.local, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            splitter.write(chunk)
+    splitter.close()
+    pool.shutdown(wait=True)
+    elapsed = time.monotonic() - start
+    if failures:
+        raise SystemExit(f"{len(failures)} uploads failed, e.g. {failures[0]}")
+    print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "images": len(uploaded)}))
+
+
+def run_child(stack_env: dict, timeout: float, *argv: str) -> dict:
+    """One child's figures, or {"failed": reason} when it fails or outlasts `timeout`."""
     env = {**os.environ, **stack_env, "PYTHONPATH": f"{ROOT}:{ROOT / 'functions'}"}
-    out = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, timeout=3600)
+    try:
+        out = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout:.0f}s"}
     if out.returncode != 0:
-        raise RuntimeError(f"child {argv[0]} failed:\n{out.stderr[-3000:]}")
+        return {"failed": f"exit {out.returncode}: {out.stderr[-3000:]}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def download_copy(name: str, path: Path) -> None:
+    """The results file on local disk, for the ceiling (not timed)."""
+    import wiring
+
+    with path.open("wb") as fh:
+        wiring.batch_lane().api.stream_file(name, fh)
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -103,7 +169,10 @@ def accept_10k(stack, label: str) -> float:
     return elapsed
 
 
-def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
+def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
+    """One size's runs; returns its figures (and a list of failures) for the checks."""
+    import tempfile
+
     import wiring
     from core import usecases
     from core.models import ItemSpec, JobSpec
@@ -125,13 +194,41 @@ def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
     mb = file_bytes / 1e6
 
     env = stack.env()
-    baseline = run_child(env, "--child-baseline", "--file", info.output_file, "--prefix", job.job_id)
-    poller = run_child(env, "--child-poller")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        local = Path(tmp) / "results.jsonl"
+        download_copy(info.output_file, local)
+        runs = {
+            "baseline": run_child(env, timeout, "--child-baseline", "--file", info.output_file, "--prefix", job.job_id),
+            "ceiling": run_child(env, timeout, "--child-ceiling", "--local", str(local), "--prefix", job.job_id),
+        }
+    runs["poller"] = run_child(env, timeout, "--child-poller")
     status = usecases.get_job_status(job.job_id, store=wiring.job_store(), page_size=1)
-    for name, r in (("baseline: download whole file, then parse", baseline), ("poller: streamed, checkpointed", poller)):
-        print(f"  {mb:7.0f} MB  {name:<42} {mb / r['elapsed']:6.1f} MB/s  peak RSS {r['peak_rss']:6.0f} MB "
+    labels = {"baseline": "baseline: download whole file, then parse", "ceiling": "ceiling: decode+upload, local lines",
+              "poller": "poller: streamed, checkpointed"}
+    failures = []
+    for name, r in runs.items():
+        if "failed" in r:
+            failures.append(f"{mb:.0f} MB {name}: {r['failed']}")
+            print(f"  {mb:7.0f} MB  {labels[name]:<42} FAILED {r['failed'][-500:]}", flush=True)
+            continue
+        r["mb_s"] = mb / r["elapsed"]
+        print(f"  {mb:7.0f} MB  {labels[name]:<42} {r['mb_s']:6.1f} MB/s  peak RSS {r['peak_rss']:6.0f} MB "
               f"(after imports {r['rss_before']:4.0f} MB)", flush=True)
-    print(f"           job {status['status']}: {status['counts']['succeeded']}/{lines} images", flush=True)
+    succeeded = status["counts"]["succeeded"]
+    print(f"           job {status['status']}: {succeeded}/{lines} images", flush=True)
+    if succeeded != lines:
+        failures.append(f"{mb:.0f} MB: {succeeded}/{lines} images")
+    poller = runs["poller"]
+    if "mb_s" in poller:
+        for name, target in (("ceiling", CEILING_TARGET), ("baseline", BASELINE_TARGET)):
+            if "mb_s" not in runs[name]:
+                continue
+            ratio = poller["mb_s"] / runs[name]["mb_s"]
+            met = "met" if ratio >= target else "MISSED"
+            print(f"           poller / {name}: {ratio:.2f} (target {target}: {met})", flush=True)
+            if ratio < target:
+                failures.append(f"{mb:.0f} MB: poller / {name} {ratio:.2f} < {target}")
+    return {"mb": mb, "poller_peak_rss": poller.get("peak_rss"), "failures": failures}
 
 
 def main() -> int:
@@ -140,6 +237,12 @@ def main() -> int:
     parser.add_argument("--line-bytes", type=int, default=1_000_000, help="PNG bytes per result line")
     parser.add_argument("--child-poller", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-ceiling", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--local", help=argparse.SUPPRESS)
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a target is missed or a run fails or times out")
+    parser.add_argument("--no-accept", action="store_true", help="skip the 10,000-prompt accept runs")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed to one run")
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -149,6 +252,9 @@ def main() -> int:
     if args.child_baseline:
         child_baseline(args)
         return 0
+    if args.child_ceiling:
+        child_ceiling(args)
+        return 0
 
     from infra.local import Ports, Stack
 
@@ -156,14 +262,21 @@ def main() -> int:
     with Stack(ports=Ports.free(), project="demo-imagefleet-bench", functions=True, function_env=function_env) as stack:
         os.environ.update(stack.env())
         os.environ.update(function_env)
-        # The Firestore emulator is a JVM: its first large write runs before the JIT warms up.
-        accept_10k(stack, "first job, cold emulator")
-        accept_10k(stack, "second job")
-        requests.post(f"{stack.url('gemini')}/_emulator/reset", timeout=30).raise_for_status()
-        stack.wipe_firestore()
-        for size in [int(s) for s in args.sizes.split(",")]:
-            ingest_size(stack, size, args.line_bytes)
-    return 0
+        if not args.no_accept:
+            # The Firestore emulator is a JVM: its first large write runs before the JIT warms up.
+            accept_10k(stack, "first job, cold emulator")
+            accept_10k(stack, "second job")
+            requests.post(f"{stack.url('gemini')}/_emulator/reset", timeout=30).raise_for_status()
+            stack.wipe_firestore()
+        results = [ingest_size(stack, int(size), args.line_bytes, args.timeout) for size in args.sizes.split(",")]
+    failures = [f for r in results for f in r["failures"]]
+    peaks = [r["poller_peak_rss"] for r in results if r["poller_peak_rss"] is not None]
+    if len(peaks) > 1 and peaks[-1] - peaks[0] > RSS_GROWTH_LIMIT_MB:
+        failures.append(f"poller peak RSS grew {peaks[-1] - peaks[0]:.0f} MB from the smallest file to the largest")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs", flush=True)
+    for failure in failures:
+        print(f"MISSED: {failure}", flush=True)
+    return 1 if args.check and failures else 0
 
 
 if __name__ == "__main__":

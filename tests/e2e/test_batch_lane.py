@@ -296,6 +296,13 @@ def test_a_poller_killed_mid_ingest_is_resumed_from_its_checkpoint(stack, db, bu
     final = intent_ref.get().to_dict()
     assert (final["state"], final["outcome"], final["lines_done"]) == ("finished", "succeeded", LARGE_JOB_ITEMS)
     assert gemini_stats(stack)["files"]["live"] == 0
+    # The resumed poller downloaded the rest of the file from the checkpoint's byte offset (and
+    # each later tick, after a pause at its budget, from its own).
+    downloads = [d["range"] for d in requests.get(f"{stack.url('gemini')}/_emulator/downloads", timeout=10)
+                 .json()["downloads"] if d["file"] == killed["output_file"]]
+    assert killed["bytes_done"] > 0 and downloads[:2] == [None, f"bytes={killed['bytes_done']}-"], (killed, downloads)
+    offsets = [int(r.removeprefix("bytes=").removesuffix("-")) for r in downloads[1:]]
+    assert offsets == sorted(set(offsets)), downloads
 
 
 @pytest.mark.timeout(180)

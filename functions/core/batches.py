@@ -431,6 +431,7 @@ class BatchLane:
         try:
             self.api.stream_file(intent.results_file, splitter, run.start)
             splitter.close()
+            run.flush(wait=True)
         except _Pause:
             log.info("intent %s paused at line %d; the next tick resumes", intent.intent_id, run.lines)
             return "paused"
@@ -441,8 +442,7 @@ class BatchLane:
             # bill them twice.
             return self._results_unavailable(intent, owner, e)
         finally:
-            run.pool.shutdown(wait=True)
-        run.flush()
+            run.close()
         self._delete_quietly(intent.output_file)
         intent.lines_done = run.lines
         self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
@@ -618,6 +618,15 @@ class _Ingestion:
         self.dropped: set[Future] = set()
         self.slots = threading.BoundedSemaphore(2 * lane.upload_concurrency)
         self.pool = ThreadPoolExecutor(lane.upload_concurrency, thread_name_prefix="ingest")
+        # Checkpoints commit on their own thread while the next lines are read and uploaded:
+        # a commit of a few hundred item updates takes a few tenths of a second, in which the
+        # uploads would otherwise stand idle. One at a time, in order.
+        self.committer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self.commit: Future | None = None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.committer.shutdown(wait=True)
 
     def drain(self) -> None:
         for key in list(self.unchecked):
@@ -645,15 +654,29 @@ class _Ingestion:
         if before == "failed":
             self.dropped.add(future)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
+        """Checkpoint every line read so far, once their uploads are done. The commit runs in
+        the background unless `wait`; the next flush first waits for it (and raises LostLease
+        if it failed), so checkpoints land in order and a pause or the end waits for the last."""
         self.drain()
+        fields = {"lines_done": self.lines, "bytes_done": self.bytes_done, "updated_at": self.lane.clock.now()}
+        updates, self.pending = self.pending, {}
+        self.settle()
+        self.commit = self.committer.submit(self.checkpoint, fields, updates)
+        if wait:
+            self.settle()
+
+    def settle(self) -> None:
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.result()
+
+    def checkpoint(self, fields: dict, updates: dict[str, dict]) -> None:
         intent, lane = self.intent, self.lane
-        fields = {"lines_done": self.lines, "bytes_done": self.bytes_done, "updated_at": lane.clock.now()}
-        if not lane.store.checkpoint(intent.intent_id, self.owner, fields, dict(self.pending)):
+        if not lane.store.checkpoint(intent.intent_id, self.owner, fields, updates):
             raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
         # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
-        lane._count(intent, [u.get("state") for u in self.pending.values()])
-        self.pending.clear()
+        lane._count(intent, [u.get("state") for u in updates.values()])
 
     def upload(self, result) -> dict:
         try:
@@ -686,5 +709,5 @@ class _Ingestion:
         if len(self.pending) + len(self.in_flight) >= self.lane.checkpoint_lines:
             self.flush()
         if self.lane.clock.now() >= self.deadline:
-            self.flush()
+            self.flush(wait=True)
             raise _Pause

@@ -57,11 +57,20 @@ def child_poller(args) -> None:
     import wiring
 
     lane = wiring.batch_lane()
-    wiring.job_store(), wiring.image_sink(), wiring.genai_client()  # clients built before timing
+    wiring.poller_deps()  # clients built before timing, as the poller's warm-up does on a new instance
     before = rss_mb()
+    profile = os.environ.get("BENCH_INGEST_PROFILE")  # a path: cProfile of the poller's thread there
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     start = time.monotonic()
     summary = lane.reconcile("bench-poller", time.time() + 3600)
     elapsed = time.monotonic() - start
+    if profile:
+        profiler.disable()
+        profiler.dump_stats(profile)
     print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "summary": summary}))
 
 

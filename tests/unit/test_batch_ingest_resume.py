@@ -98,3 +98,22 @@ def test_image_lines_are_decoded_on_the_upload_pool_not_the_reader(monkeypatch):
     env.tick()
     assert len(decoders) == 3 and all(n.startswith("ingest") for n in decoders), decoders
     assert all(it.state is ItemState.SUCCEEDED for it in env.items(job).values())
+
+
+def test_a_checkpoint_refused_for_a_lost_lease_stops_the_ingest():
+    env = Env(checkpoint_lines=2)
+    job = env.submit(8)
+    (name,) = env.api.batches
+    env.api.finish(name)
+    real = env.store.checkpoint
+    calls = []
+
+    def refuse_the_second(intent_id, owner, fields, updates):
+        calls.append(fields.get("lines_done"))
+        return real(intent_id, owner, fields, updates) if len(calls) < 2 else False
+
+    env.store.checkpoint = refuse_the_second
+    assert env.tick()["errors"] == 1  # LostLease, from the background commit, ends the run
+    intent = env.store.intents_of_job(job.job_id)[0]
+    assert intent.state is IntentState.INGESTING and intent.lines_done == 2
+    assert len(calls) <= 3  # no checkpoint after the refused one but the one already submitted

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
+import json
+import urllib.parse
 
 from google.genai import Client, errors, types
 
-from adapters.gemini_generator import _TRANSPORT_ERRORS, translate_api_error
+from adapters.gemini_generator import translate_api_error
 from core.errors import TransientError, UploadRejected
 from core.models import BatchInfo
 
@@ -54,6 +57,9 @@ def _translated():
 # Cuts in a row, each without a byte of progress, after which a download gives up until the
 # next tick (which resumes from its checkpoint).
 _DOWNLOAD_RETRIES = 3
+_READ_BYTES = 4 * 1024 * 1024  # at most, per read: one system call returns what the socket holds
+# What a connection cut, reset or timed out mid-download raises.
+_CUTS = (OSError, http.client.HTTPException)
 
 
 class GeminiBatchApi:
@@ -120,7 +126,7 @@ class GeminiBatchApi:
             reached = sink.position
             try:
                 return self._stream_from(name, sink)
-            except _TRANSPORT_ERRORS as e:
+            except _CUTS as e:
                 stalls = 0 if sink.position > reached else stalls + 1
                 if stalls >= _DOWNLOAD_RETRIES:
                     raise TransientError(f"download of {name} cut at byte {sink.position}: {e!r}") from e
@@ -128,55 +134,64 @@ class GeminiBatchApi:
     def _stream_from(self, name: str, sink: _Counted) -> None:
         """One GET of the file from sink.position on.
 
-        files.download(destination=...) streams in 1 MiB chunks and takes per-call headers
-        (DownloadFileConfig.http_options), so it could send a Range header; but it accepts only
-        a 200 (errors.APIError.raise_for_response: any other status raises, after reading the
-        whole body into memory), and a ranged answer is 206. So the GET is sent here, through the
-        SDK's own request builder (URL, API version, x-goog-api-key) and HTTP client: google-genai
-        3.4.0 `_api_client.BaseApiClient.download_file` and `_build_request`, `files.Files.download`
-        (https://github.com/googleapis/python-genai/blob/main/google/genai/_api_client.py).
-        The call's timeout goes out as X-Server-Timeout (`populate_server_timeout_header`), so
-        the client-wide one (sized for generateContent) would let the server end a large
-        download early: this call has its own."""
-        api = self.client._api_client
+        files.download(destination=...) takes per-call headers (DownloadFileConfig.http_options),
+        so it could send a Range header; but it accepts only a 200 (errors.APIError.
+        raise_for_response: any other status raises, after reading the whole body into memory),
+        and a ranged answer is 206. So the URL and headers (API version, x-goog-api-key,
+        X-Server-Timeout) come from the SDK's own request builder, and the GET is sent here:
+        google-genai 3.4.0 `_api_client.BaseApiClient.download_file` and `_build_request`,
+        `files.Files.download` (https://github.com/googleapis/python-genai/blob/main/google/genai/_api_client.py).
+        It goes out through http.client rather than the SDK's httpx client, which reads 64 KiB
+        at a time: with the upload workers decoding base64 (which holds the GIL), every read
+        waits for the GIL, and reads of up to 4 MiB made the download's CPU cost per MB a
+        fraction of that (docs/benchmarks.md). No Accept-Encoding is sent, so byte offsets are
+        those of the file itself. The call's timeout goes out as X-Server-Timeout
+        (`populate_server_timeout_header`): the client-wide one, sized for generateContent,
+        would let the server end a large download early, so this call has its own."""
         file_id = name.removeprefix("files/")
         headers = {"Range": f"bytes={sink.position}-"} if sink.position else {}
         options = {"headers": headers, "timeout": int(self.download_timeout_seconds * 1000)}
-        request = api._build_request("get", f"files/{file_id}:download?alt=media", {}, options)
-        http = api._httpx_client
-        response = http.send(http.build_request(request.method, api._httpx_url(request.url, is_async=False),
-                                                headers=request.headers, timeout=request.timeout), stream=True)
+        request = self.client._api_client._build_request("get", f"files/{file_id}:download?alt=media", {}, options)
+        url = urllib.parse.urlsplit(request.url)
+        connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        connection = connection_type(url.netloc, timeout=request.timeout)
         try:
+            connection.request("GET", f"{url.path}?{url.query}", headers=request.headers)
+            response = connection.getresponse()
             skip = self._body_offset(response, sink.position)
             if skip is None:
                 return
-            # Chunks as they arrive: a cut loses nothing already received (1 MiB chunks would
-            # hold up to a MiB back, to be fetched again).
-            for chunk in response.iter_bytes():
+            while chunk := response.read1(_READ_BYTES):
                 if skip:
                     chunk, skip = chunk[skip:], max(0, skip - len(chunk))
                 if chunk:
                     sink.write(chunk)
+            if response.length:  # http.client's read1 ends quietly when the server hangs up early
+                raise ConnectionError(f"the connection closed {response.length} bytes before the end")
         finally:
-            response.close()
+            connection.close()
 
     @staticmethod
-    def _body_offset(response, position: int) -> int | None:
+    def _body_offset(response: http.client.HTTPResponse, position: int) -> int | None:
         """Bytes of the body to drop before `position`: 0 for a 206 that starts there, all of
         them before it for a 200 (a server may ignore Range, RFC 9110 section 14.2); a 416 at a
         non-zero position means nothing is left (None: the checkpoint was the file's end)."""
-        status = response.status_code
+        status = response.status
         if status == 416 and position:
             return None
         if status == 206:
-            start = response.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
-            if start != str(position):
-                raise TransientError(f"asked for bytes from {position}, got Content-Range "
-                                     f"{response.headers.get('content-range')!r}")
+            content_range = response.getheader("Content-Range", "")
+            if content_range.removeprefix("bytes ").split("-")[0] != str(position):
+                raise TransientError(f"asked for bytes from {position}, got Content-Range {content_range!r}")
             return 0
         if status != 200:
-            with _translated():
-                errors.APIError.raise_for_response(response)
+            body = response.read()
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                answer = {"error": {"code": status, "message": body[:500].decode(errors="replace")}}
+            with _translated():  # the SDK's error for the same answer (raise_for_response)
+                errors.APIError.raise_error(status, answer, None)
         return position
 
     def delete_file(self, name: str) -> None:

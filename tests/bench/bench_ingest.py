@@ -43,6 +43,14 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def cpu_seconds() -> float:
+    """User and system CPU time of this process, all its threads."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -65,13 +73,14 @@ def child_poller(args) -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     summary = lane.reconcile("bench-poller", time.time() + 3600)
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, cpu_seconds() - cpu
     if profile:
         profiler.disable()
         profiler.dump_stats(profile)
-    print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "summary": summary}))
+    print(json.dumps({"elapsed": elapsed, "cpu": cpu, "rss_before": before, "peak_rss": peak_rss_mb(),
+                      "summary": summary}))
 
 
 def child_baseline(args) -> None:
@@ -81,7 +90,7 @@ def child_baseline(args) -> None:
 
     client, sink = wiring.genai_client(), wiring.image_sink()
     before = rss_mb()
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     results = client.files.download(file=args.file)  # the whole file, in memory
     count = 0
     for line in results.decode("utf-8").split("\n"):
@@ -94,8 +103,8 @@ def child_baseline(args) -> None:
                     data = base64.b64decode(part["inlineData"]["data"])
                     sink.put_image(f"baseline-{args.prefix}/{response['key']}.png", data, "image/png", {})
                     count += 1
-    elapsed = time.monotonic() - start
-    print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "images": count}))
+    elapsed, cpu = time.monotonic() - start, cpu_seconds() - cpu
+    print(json.dumps({"elapsed": elapsed, "cpu": cpu, "rss_before": before, "peak_rss": peak_rss_mb(), "images": count}))
 
 
 def child_ceiling(args) -> None:
@@ -128,17 +137,21 @@ def child_ceiling(args) -> None:
             pool.submit(upload, line[at:line.index(b'"', at)].decode(), line[start:line.index(b'"', start)])
 
     before = rss_mb()
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     splitter = LineSplitter(on_line)
-    with open(args.local, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            splitter.write(chunk)
+    if args.local:
+        with open(args.local, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                splitter.write(chunk)
+    else:  # streamed from the Gemini emulator, as the poller reads it
+        wiring.batch_lane().api.stream_file(args.file, splitter)
     splitter.close()
     pool.shutdown(wait=True)
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, cpu_seconds() - cpu
     if failures:
         raise SystemExit(f"{len(failures)} uploads failed, e.g. {failures[0]}")
-    print(json.dumps({"elapsed": elapsed, "rss_before": before, "peak_rss": peak_rss_mb(), "images": len(uploaded)}))
+    print(json.dumps({"elapsed": elapsed, "cpu": cpu, "rss_before": before, "peak_rss": peak_rss_mb(),
+                      "images": len(uploaded)}))
 
 
 def run_child(stack_env: dict, timeout: float, *argv: str) -> dict:
@@ -208,12 +221,13 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
         download_copy(info.output_file, local)
         runs = {
             "baseline": run_child(env, timeout, "--child-baseline", "--file", info.output_file, "--prefix", job.job_id),
-            "ceiling": run_child(env, timeout, "--child-ceiling", "--local", str(local), "--prefix", job.job_id),
+            "local": run_child(env, timeout, "--child-ceiling", "--local", str(local), "--prefix", f"l{job.job_id}"),
+            "ceiling": run_child(env, timeout, "--child-ceiling", "--file", info.output_file, "--prefix", job.job_id),
         }
     runs["poller"] = run_child(env, timeout, "--child-poller")
     status = usecases.get_job_status(job.job_id, store=wiring.job_store(), page_size=1)
-    labels = {"baseline": "baseline: download whole file, then parse", "ceiling": "ceiling: decode+upload, local lines",
-              "poller": "poller: streamed, checkpointed"}
+    labels = {"baseline": "baseline: download whole, then parse", "local": "decode+upload of local lines",
+              "ceiling": "ceiling: streamed, decode+upload", "poller": "poller: streamed, checkpointed"}
     failures = []
     for name, r in runs.items():
         if "failed" in r:
@@ -221,14 +235,17 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
             print(f"  {mb:7.0f} MB  {labels[name]:<42} FAILED {r['failed'][-500:]}", flush=True)
             continue
         r["mb_s"] = mb / r["elapsed"]
-        print(f"  {mb:7.0f} MB  {labels[name]:<42} {r['mb_s']:6.1f} MB/s  peak RSS {r['peak_rss']:6.0f} MB "
-              f"(after imports {r['rss_before']:4.0f} MB)", flush=True)
+        print(f"  {mb:7.0f} MB  {labels[name]:<38} {r['mb_s']:6.1f} MB/s  CPU {r['cpu'] / mb * 1000:5.1f} ms/MB  "
+              f"peak RSS {r['peak_rss']:5.0f} MB (after imports {r['rss_before']:4.0f} MB)", flush=True)
     succeeded = status["counts"]["succeeded"]
     print(f"           job {status['status']}: {succeeded}/{lines} images", flush=True)
     if succeeded != lines:
         failures.append(f"{mb:.0f} MB: {succeeded}/{lines} images")
     poller = runs["poller"]
     if "mb_s" in poller:
+        if "mb_s" in runs["local"]:
+            print(f"           poller / decode+upload of local lines: {poller['mb_s'] / runs['local']['mb_s']:.2f}",
+                  flush=True)
         for name, target in (("ceiling", CEILING_TARGET), ("baseline", BASELINE_TARGET)):
             if "mb_s" not in runs[name]:
                 continue

@@ -150,7 +150,7 @@ class GeminiBatchApi:
         would let the server end a large download early, so this call has its own."""
         file_id = name.removeprefix("files/")
         headers = {"Range": f"bytes={sink.position}-"} if sink.position else {}
-        options = {"headers": headers, "timeout": int(self.download_timeout_seconds * 1000)}
+        options = types.HttpOptions(headers=headers, timeout=int(self.download_timeout_seconds * 1000))
         request = self.client._api_client._build_request("get", f"files/{file_id}:download?alt=media", {}, options)
         url = urllib.parse.urlsplit(request.url)
         connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection

@@ -58,6 +58,9 @@ def _translated():
 # next tick (which resumes from its checkpoint).
 _DOWNLOAD_RETRIES = 3
 _READ_BYTES = 4 * 1024 * 1024  # at most, per read: one system call returns what the socket holds
+# A read (or connect) that waits this long is a dead connection: resumed like a cut, rather than
+# holding the poller past its budget. The whole call's timeout is the server's (X-Server-Timeout).
+_READ_TIMEOUT = 60.0
 # What a connection cut, reset or timed out mid-download raises.
 _CUTS = (OSError, http.client.HTTPException)
 
@@ -127,6 +130,8 @@ class GeminiBatchApi:
             try:
                 return self._stream_from(name, sink)
             except _CUTS as e:
+                if sink.failed:
+                    raise  # the sink's own error (an upload, a lost lease), not the connection's
                 stalls = 0 if sink.position > reached else stalls + 1
                 if stalls >= _DOWNLOAD_RETRIES:
                     raise TransientError(f"download of {name} cut at byte {sink.position}: {e!r}") from e
@@ -154,7 +159,7 @@ class GeminiBatchApi:
         request = self.client._api_client._build_request("get", f"files/{file_id}:download?alt=media", {}, options)
         url = urllib.parse.urlsplit(request.url)
         connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        connection = connection_type(url.netloc, timeout=request.timeout)
+        connection = connection_type(url.netloc, timeout=min(request.timeout or _READ_TIMEOUT, _READ_TIMEOUT))
         try:
             connection.request("GET", f"{url.path}?{url.query}", headers=request.headers)
             response = connection.getresponse()
@@ -204,8 +209,13 @@ class _Counted:
 
     def __init__(self, sink, position: int) -> None:
         self.sink, self.position = sink, position
+        self.failed = False
 
     def write(self, chunk: bytes) -> int:
-        self.sink.write(chunk)
+        try:
+            self.sink.write(chunk)
+        except BaseException:
+            self.failed = True  # never retried as a cut: the sink's state is its own
+            raise
         self.position += len(chunk)
         return len(chunk)

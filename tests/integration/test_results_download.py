@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import requests
 
 from core.batches import normalise_state
@@ -49,3 +50,19 @@ def test_a_cut_download_resumes_from_the_byte_it_reached(gemini_clean):
     log = requests.get(f"{gemini_clean}/_emulator/downloads", timeout=10).json()["downloads"][-3:]
     assert [(d["range"], d["cut_after_bytes"]) for d in log] == [
         (None, cut), (f"bytes={cut}-", cut), (f"bytes={2 * cut}-", None)]
+
+
+def test_an_error_of_the_sink_is_not_taken_for_a_cut(gemini_clean):
+    from tests.integration.test_batch_api_contract import EmulatedBatchApi
+
+    emulated = EmulatedBatchApi(gemini_clean)
+    name = finished_results(emulated)
+    before = len(requests.get(f"{gemini_clean}/_emulator/downloads", timeout=10).json()["downloads"])
+
+    class Failing:
+        def write(self, chunk):
+            raise ConnectionResetError("an upload's connection, not the download's")
+
+    with pytest.raises(ConnectionResetError):
+        emulated.stream_file(name, Failing())
+    assert len(requests.get(f"{gemini_clean}/_emulator/downloads", timeout=10).json()["downloads"]) == before + 1

@@ -15,7 +15,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.routing import Map, Rule
 
 import wiring
-from core import errors, submitting, usecases
+from core import errors, jobs, submitting
+from core.stats import get_stats
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
@@ -286,7 +287,7 @@ def _stats(request, caller: Caller):
     s = wiring.settings()
     models = models_section(wiring.catalog(), wiring.model_halts(), wiring.clock().now(), s.default_model,
                             s.model_shutdown_warning_days)
-    body = usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
+    body = get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
                               pool_size=pool.count() if pool is not None else None, tenant=caller.scope,
                               models=models)
     return json_response({"tenant": caller.tenant, "admin": caller.admin, **body})
@@ -295,7 +296,7 @@ def _stats(request, caller: Caller):
 def _retry(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
-        body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
+        body = jobs.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
                                   pool=wiring.pool_store(), clock=wiring.clock(), tenant=caller.scope)
     except (errors.NotFound, errors.Conflict) as e:
         raise _lookup_error(e) from e
@@ -306,7 +307,7 @@ def _status(request, caller: Caller, job_id: str):
     page_size, page_token = _paging(request)
     _check_job_id(job_id)
     try:
-        body = usecases.get_job_status(
+        body = jobs.get_job_status(
             job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
             batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
             tenant=caller.scope,
@@ -332,7 +333,7 @@ def _paging(request) -> tuple[int, str | None]:
 def _cancel(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
-        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
+        body = jobs.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
                                    events=wiring.job_events(), tenant=caller.scope)
     except (errors.NotFound, errors.Conflict) as e:
         raise _lookup_error(e) from e

@@ -149,7 +149,8 @@ def model_watch():
 def batch_lane():
     """The batch lane, or None when it is switched off (BATCH_LANE_ENABLED=false)."""
     from adapters.gemini_batches import GeminiBatchApi
-    from core import usecases
+    from core.jobs import finalize_job_if_done
+    from core.prompts import compose_prompt
     from core.batches import BatchLane
 
     s = settings()
@@ -172,8 +173,8 @@ def batch_lane():
         accept_abandon_seconds=s.accept_abandon_seconds,
         running_deadline_seconds=s.batch_running_deadline_seconds or None,
         image_size_for=catalog().image_size_for,
-        compose_prompt=usecases.compose_prompt,
-        finalize_job=lambda job_id: usecases.finalize_job_if_done(
+        compose_prompt=compose_prompt,
+        finalize_job=lambda job_id: finalize_job_if_done(
             job_id, store=job_store(), clock=clock(), sink=image_sink(), events=job_events()
         ),
     )

@@ -51,7 +51,8 @@ from core.ports import (
     RateLimiter,
     UsageMeter,
 )
-from core.usecases import _finished, compose_prompt, finalize_job_if_done
+from core.jobs import _finished, finalize_job_if_done
+from core.prompts import compose_prompt
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from core import usecases
+from core import jobs, submitting
 from core.errors import DeliveryFailed
 from core.events import (
     CompletionEvents, Delivery, DeliveryPolicy, EventState, backoff_seconds, completion_event_id, deliver_due_events,
@@ -39,7 +39,7 @@ class Env:
 
     def submit(self, n=2, callback_url=URL):
         spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), "auto", callback_url)
-        return usecases.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock,
+        return submitting.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock,
                                    model="gemini-2.5-flash-image", interactive_threshold=10)
 
     def process(self, job_id, key, generator=None):
@@ -53,7 +53,7 @@ class Env:
         self.store.finish_item(job_id, key, "w", {"state": state.value, "lease_owner": None})
 
     def finalize(self, job_id, events="default"):
-        return usecases.finalize_job_if_done(job_id, store=self.store, clock=self.clock, sink=self.sink,
+        return jobs.finalize_job_if_done(job_id, store=self.store, clock=self.clock, sink=self.sink,
                                              events=self.events if events == "default" else events)
 
     def event(self, job_id, round_=1):
@@ -156,7 +156,7 @@ def test_a_cancelled_job_emits_its_event_once_its_running_items_have_ended(env):
     job = env.submit(3)
     env.store.claim_item(job.job_id, "k0", "busy-worker", env.clock.now(), 120)  # with the model
 
-    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
+    status = jobs.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
 
     assert status["status"] == "cancelled" and status["events"] == []  # k0 is still running
     assert env.event_store.events == {}
@@ -171,7 +171,7 @@ def test_a_cancelled_job_emits_its_event_once_its_running_items_have_ended(env):
 def test_a_job_whose_items_were_all_queued_emits_its_event_on_cancel(env):
     job = env.submit(2)
 
-    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
+    status = jobs.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
 
     assert [e["state"] for e in status["events"]] == ["delivered"]
     assert json.loads(env.webhooks.requests[0][1])["data"]["status"] == "cancelled"
@@ -194,7 +194,7 @@ def test_the_status_shows_the_events(env):
     env.finish(job.job_id, "k0")
     env.finalize(job.job_id)
 
-    status = usecases.get_job_status(job.job_id, store=env.store, events=env.events)
+    status = jobs.get_job_status(job.job_id, store=env.store, events=env.events)
 
     assert status["events"] == [{"event_id": f"{job.job_id}.completed.r1", "type": "job.completed",
                                  "state": "delivered", "attempts": 1, "last_error": None,

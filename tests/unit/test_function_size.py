@@ -13,11 +13,11 @@ NOT_COUNTED = {"self", "cls", "deps"}
 KNOWN = {
     ("core/batches.py", "__init__"),
     ("core/events.py", "__init__"),
-    ("core/usecases.py", "plan_route"),
-    ("core/usecases.py", "submit_job"),
-    ("core/usecases.py", "submit_once"),
-    ("core/usecases.py", "finalize_stalled_jobs"),
-    ("core/usecases.py", "get_job_status"),
+    ("core/submitting.py", "plan_route"),
+    ("core/submitting.py", "submit_job"),
+    ("core/submitting.py", "submit_once"),
+    ("core/redrive.py", "finalize_stalled_jobs"),
+    ("core/jobs.py", "get_job_status"),
 }
 
 

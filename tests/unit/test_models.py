@@ -8,7 +8,7 @@ import pytest
 
 import catalog as catalog_file
 import schemas
-from core import usecases
+from core import jobs, model_halts, prompts, submitting
 from core.accounting import Accounting, Prices
 from core.errors import InvalidRequest, ModelHalted, ModelUnavailable, TransientError
 from core.model_halts import ModelHalts
@@ -110,7 +110,7 @@ def env():
 
         def submit(self, n=2, model=DEFAULT, quality="standard"):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}", quality=quality) for i in range(n)))
-            return usecases.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock, model=model,
+            return submitting.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock, model=model,
                                        interactive_threshold=10, catalog=CATALOG, model_halts=self.halts,
                                        accounting=self.accounting)
 
@@ -240,11 +240,11 @@ def test_a_restored_model_gets_its_parked_items_published_again_once(env):
     other = env.submit(1, model="gemini-3-pro-image")
     env.process(other.job_id, "k0")  # done: nothing to resume
     env.queue.messages.clear()
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
     env.halts.clear(DEFAULT, "back")
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 3}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 3}
     assert sorted(k for j, k in env.queue.messages if j == job.job_id) == ["k0", "k1", "k2"]
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
 
 
 def test_a_poller_that_dies_mid_resume_leaves_it_for_the_next_tick(env):
@@ -254,9 +254,9 @@ def test_a_poller_that_dies_mid_resume_leaves_it_for_the_next_tick(env):
     env.halts.clear(DEFAULT, "back")
     env.queue.fail_after = 0
     with pytest.raises(ConnectionError):
-        usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
+        model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
     env.queue.fail_after = None
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 2}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 2}
 
 
 def test_an_item_held_while_the_halt_is_lifted_is_published_too(env):
@@ -266,7 +266,7 @@ def test_an_item_held_while_the_halt_is_lifted_is_published_too(env):
     env.store.set_job_running(job.job_id, env.clock.now())  # as process_item does after its claim
     env.halts.clear(DEFAULT, "back")
     env.queue.messages.clear()
-    usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
+    model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
     assert env.queue.messages == [(job.job_id, "k0")]
 
 
@@ -290,11 +290,11 @@ def test_a_batch_intent_of_a_halted_model_is_held_until_the_model_is_back():
     halts = ModelHalts(InMemoryModelHaltStore(), clock)
     api = FakeBatchApi()
     lane = BatchLane(store=store, jobs=store, api=api, sink=sink, clock=clock, lease_seconds=60, max_attempts=3,
-                     image_size_for=CATALOG.image_size_for, compose_prompt=usecases.compose_prompt,
+                     image_size_for=CATALOG.image_size_for, compose_prompt=prompts.compose_prompt,
                      finalize_job=lambda job_id: None, model_halts=halts)
     spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}") for i in range(2)), "batch")
     halts.halt(DEFAULT, "404 models/x is not found", source="batch")
-    job = usecases.submit_job(spec, store=store, queue=InMemoryWorkQueue(), clock=clock, model=DEFAULT,
+    job = submitting.submit_job(spec, store=store, queue=InMemoryWorkQueue(), clock=clock, model=DEFAULT,
                               interactive_threshold=10, batch=lane, catalog=CATALOG,
                               batch_submit_budget=0)  # the intents are left to the poller
     (intent,) = store.intents_of_job(job.job_id)
@@ -310,7 +310,7 @@ def test_an_item_parked_after_its_job_was_cancelled_is_handed_back_to_be_cancell
     original = env.generator.generate
 
     def cancel_during_the_call(*args, **kwargs):
-        usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)  # the item is running: skipped
+        jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)  # the item is running: skipped
         return original(*args, **kwargs)
 
     env.generator.generate = cancel_during_the_call

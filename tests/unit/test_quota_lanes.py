@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from core import accounting as acct
-from core import usecases
+from core import dead_letters, jobs, redrive, submitting
 from core.accounting import Accounting, DailyLimits, Prices
 from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.errors import (
@@ -52,7 +52,7 @@ def env():
 
         def submit(self, n=3, lane="auto", **kw):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            return usecases.submit_job(
+            return submitting.submit_job(
                 spec, store=self.store, queue=self.queue, clock=self.clock, model="gemini-2.5-flash-image",
                 interactive_threshold=10, breaker=self.breaker, accounting=self.accounting, **kw)
 
@@ -221,7 +221,7 @@ def test_a_per_day_429_diverts_the_item_and_the_next_ones_without_calling_the_mo
     assert sorted(k for _, k in env.pool.entries) == ["k0", "k1"]
     # New auto jobs go to batch while the breaker is open.
     spec = JobSpec((ItemSpec("a", "p"),))
-    route = usecases.plan_route(spec, interactive_threshold=10, batch_available=True, breaker=env.breaker,
+    route = submitting.plan_route(spec, interactive_threshold=10, batch_available=True, breaker=env.breaker,
                                 accounting=env.accounting)
     assert route.lane is Lane.BATCH and "breaker open" in route.reason
 
@@ -310,7 +310,7 @@ def test_a_flush_that_died_after_reserving_is_finished_by_the_next_without_a_sec
 
 def test_pool_entries_of_cancelled_items_are_dropped_after_a_grace(env):
     job = divert_all(env, 1)
-    usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)
+    jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)
     assert env.flush(flush_items=1)["dropped"] == 0
     env.clock.advance(61)
     assert env.flush(flush_items=1)["dropped"] == 1 and env.store.intents_of_job(job.job_id) == []
@@ -329,30 +329,30 @@ def test_retry_requeues_dead_lettered_items_in_a_new_round_with_a_new_manifest(e
     env.process(job.job_id, "k1")
     assert env.store.get_job(job.job_id).status is JobStatus.PARTIALLY_SUCCEEDED
     env.queue.messages.clear()
-    body = usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    body = jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     assert body["requeued"] == 1 and body["round"] == 2 and body["status"] == "running"
     assert env.queue.messages == [(job.job_id, "k0")]
     with pytest.raises(Conflict, match="no dead-lettered items"):
-        usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+        jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     env.process(job.job_id, "k0")
     final = env.store.get_job(job.job_id)
     assert final.status is JobStatus.SUCCEEDED and final.manifest_uri.endswith(f"{job.job_id}/manifest-r2.jsonl")
 
 
 def test_retry_of_an_unknown_or_cancelled_job(env):
-    with pytest.raises(usecases.NotFound):
-        usecases.retry_job("nope", store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    with pytest.raises(jobs.NotFound):
+        jobs.retry_job("nope", store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     job = env.submit(1)
-    usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)
+    jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)
     with pytest.raises(Conflict, match="cancelled"):
-        usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+        jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
 
 
 # --- Idempotency-Key -------------------------------------------------------------------------
 
 
 def submit_once(env, key="k", body="h1"):
-    return usecases.submit_once(
+    return submitting.submit_once(
         JobSpec((ItemSpec("a", "p"),)), key_id=key, body_sha256=body, idempotency=env.idempotency,
         store=env.store, clock=env.clock, submit=lambda make_id, resume: env.submit(1, make_id=make_id, resume=resume),
         takeover_seconds=120)
@@ -406,7 +406,7 @@ def test_dead_letters_end_their_items_with_the_last_error(env):
     msg = lambda k: json.dumps({"job_id": job.job_id, "item_key": k}).encode()
     source = DeadLetters([("a0", msg("k0"), {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}),
                           ("a1", msg("k1"), {}), ("a2", b"garbage", {})])
-    summary = usecases.drain_dead_letters(source, settling=usecases.DeadLettering(
+    summary = dead_letters.drain_dead_letters(source, settling=dead_letters.DeadLettering(
         store=env.store, clock=env.clock, sink=env.sink, owner="poller"), decode=decode)
     assert summary == {"settled": 1, "unreadable": 1, "deferred": 1}
     assert source.acked == ["a0", "a2"]
@@ -423,7 +423,7 @@ def test_a_running_job_whose_last_finisher_died_is_finalized_by_the_poller(env):
     env.store.set_job_running(job.job_id, env.clock.now())
     other = env.submit(1)
     env.store.set_job_running(other.job_id, env.clock.now())  # still has work
-    assert usecases.finalize_stalled_jobs(store=env.store, clock=env.clock, sink=env.sink) == [job.job_id]
+    assert redrive.finalize_stalled_jobs(store=env.store, clock=env.clock, sink=env.sink) == [job.job_id]
     assert env.store.get_job(job.job_id).status is JobStatus.FAILED
     assert env.store.get_job(other.job_id).status is JobStatus.RUNNING
 
@@ -435,7 +435,7 @@ def test_retried_batch_items_are_flushed_at_the_next_tick(env):
     for key in intent.keys:  # the batch gave up on them
         env.store.items[job.job_id][key].update(state="dead_lettered")
     published = len(env.queue.messages)
-    body = usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    body = jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     assert body["requeued_batch"] == 2 and len(env.queue.messages) == published  # batch items: no messages
     summary = env.flush(flush_items=100, max_age=300)  # neither big nor old: urgent
     assert summary["flushed"] == 2 and len(env.store.intents_of_job(job.job_id)) == 2

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from core import usecases
+from core import redrive, submitting
 from core.errors import MalformedResponse
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, StoredImage
 from core.worker import process_item
@@ -29,7 +29,7 @@ def env():
 
         def submit(self, n=1):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)))
-            return usecases.submit_job(spec, store=self.store, queue=InMemoryWorkQueue(), clock=self.clock,
+            return submitting.submit_job(spec, store=self.store, queue=InMemoryWorkQueue(), clock=self.clock,
                                        model="gemini-3-pro-image-preview", interactive_threshold=10)
 
         def process(self, job_id, key="k0", owner="w1", max_attempts=3, upload_budget=60.0):
@@ -206,7 +206,7 @@ def test_a_duplicate_delivery_costs_one_listing_and_no_call(env):
 
 
 def sweep(env, queue, **kw):
-    return usecases.redrive_stuck_items(store=env.store, queue=queue, clock=env.clock,
+    return redrive.redrive_stuck_items(store=env.store, queue=queue, clock=env.clock,
                                         lease_grace_seconds=kw.get("grace", 30), queued_after_seconds=600)
 
 

@@ -26,27 +26,30 @@ IDEMPOTENCY_KEY_MAX_CHARS = 255
 
 @dataclass(frozen=True)
 class RouteDeps:
-    """What choosing a lane reads (all a dry run needs): nothing here is written."""
-    breaker: CircuitBreaker
-    accounting: Accounting
-    catalog: Catalog
-    model_halts: ModelHalts
+    """What choosing a lane reads (all a dry run needs): nothing here is written. A collaborator
+    left None is not consulted (no breaker, no budget, no catalog sizes, no model halts)."""
     interactive_threshold: int
     batch_available: bool
+    breaker: CircuitBreaker | None = None
+    accounting: Accounting | None = None
+    catalog: Catalog | None = None
+    model_halts: ModelHalts | None = None
 
 
 @dataclass(frozen=True)
 class SubmitDeps:
+    """What a submission writes with. `batch` is None when the batch lane is off; `idempotency`
+    is needed only by a request that carries an Idempotency-Key."""
     route: RouteDeps
     store: JobStore
     queue: WorkQueue
     clock: Clock
-    idempotency: IdempotencyStore
-    batch: BatchLane | None
-    batch_max_requests: int
-    batch_submit_budget: float
-    idempotency_ttl_seconds: float
-    idempotency_takeover_seconds: float
+    idempotency: IdempotencyStore | None = None
+    batch: BatchLane | None = None
+    batch_max_requests: int = 1000
+    batch_submit_budget: float = 5.0
+    idempotency_ttl_seconds: float = 86_400.0
+    idempotency_takeover_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Submission:
     with an Idempotency-Key, the scoped key's id and the body's hash."""
     spec: JobSpec
     model: str
-    owner: str
+    owner: str = "api"
     key_id: str | None = None
     body_sha256: str = ""
 
@@ -84,53 +87,22 @@ def body_sha256(body: object) -> str:
 
 def plan(sub: Submission, deps: RouteDeps) -> routing.Route:
     """The dry run: the lane the job would take now, why, and its cost. Nothing is written."""
-    return plan_route(
-        sub.spec, interactive_threshold=deps.interactive_threshold, batch_available=deps.batch_available,
-        breaker=deps.breaker, accounting=deps.accounting, model=sub.model, catalog=deps.catalog,
-        model_halts=deps.model_halts,
-    )
+    return plan_route(sub.spec, deps, sub.model)
 
 
 def submit(sub: Submission, deps: SubmitDeps) -> tuple[Job, bool]:
     """The job, and whether it is a replay of an earlier request with the same key."""
     if sub.key_id is None:
-        return _submit_job(sub, deps, new_job_id, False), False
-
-    def submit_as(make_id: Callable[[], str], resume: bool) -> Job:
-        return _submit_job(sub, deps, make_id, resume)
-
-    return submit_once(
-        sub.spec, key_id=sub.key_id, body_sha256=sub.body_sha256, idempotency=deps.idempotency,
-        store=deps.store, clock=deps.clock, submit=submit_as, ttl_seconds=deps.idempotency_ttl_seconds,
-        takeover_seconds=deps.idempotency_takeover_seconds,
-    )
+        return submit_job(sub, deps), False
+    return submit_once(sub, deps)
 
 
-def _submit_job(sub: Submission, deps: SubmitDeps, make_id: Callable[[], str], resume: bool) -> Job:
-    route = deps.route
-    return submit_job(
-        sub.spec, store=deps.store, queue=deps.queue, clock=deps.clock, model=sub.model,
-        interactive_threshold=route.interactive_threshold, batch=deps.batch, batch_max_requests=deps.batch_max_requests,
-        batch_submit_budget=deps.batch_submit_budget, owner=sub.owner, make_id=make_id, breaker=route.breaker,
-        accounting=route.accounting, resume=resume, catalog=route.catalog, model_halts=route.model_halts,
-    )
+# --- the route ---------------------------------------------------------------------------
 
 
-# --- submit ------------------------------------------------------------------------------
-
-
-def plan_route(
-    spec: JobSpec,
-    *,
-    interactive_threshold: int,
-    batch_available: bool,
-    breaker: CircuitBreaker | None = None,
-    accounting: Accounting | None = None,
-    model: str | None = None,
-    catalog: Catalog | None = None,
-    model_halts: ModelHalts | None = None,
-) -> routing.Route:
+def plan_route(spec: JobSpec, deps: RouteDeps, model: str | None = None) -> routing.Route:
     """The lane a job would take now, and why, and what it would cost (also the dry run)."""
+    breaker, accounting, model_halts = deps.breaker, deps.accounting, deps.model_halts
     if model and model_halts is not None and (model_halt := model_halts.halted(model)) is not None:
         raise ModelHalted(model, model_halt.reason)
     if breaker is not None and (halted := breaker.halted()) is not None:
@@ -138,21 +110,26 @@ def plan_route(
             f"image generation is halted: {halted.reason}; no lane is used (batch shares the "
             f"project and its billing) until an operator fixes it or a probe succeeds"
         )
-    totals = accounting.totals() if accounting is not None else None
     return routing.choose_lane(
         len(spec.items),
         spec.requested_lane,
-        threshold=interactive_threshold,
-        batch_available=batch_available,
-        headroom=routing.Headroom(
-            quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
-            requests_left=accounting.requests_left(totals) if accounting is not None else None,
-            budget_left=accounting.budget_left(totals) if accounting is not None else None,
-        ),
+        threshold=deps.interactive_threshold,
+        batch_available=deps.batch_available,
+        headroom=_headroom(breaker, accounting),
         pricing=routing.Pricing(
             prices=accounting.prices if accounting is not None else Prices(), model=model,
-            sizes=_sizes(spec, model, catalog),
+            sizes=_sizes(spec, model, deps.catalog),
         ),
+    )
+
+
+def _headroom(breaker: CircuitBreaker | None, accounting: Accounting | None) -> routing.Headroom:
+    """What is left today: the breaker's quota signal, and the day's requests and budget."""
+    totals = accounting.totals() if accounting is not None else None
+    return routing.Headroom(
+        quota_exhausted=breaker.routes_to_batch() if breaker is not None else False,
+        requests_left=accounting.requests_left(totals) if accounting is not None else None,
+        budget_left=accounting.budget_left(totals) if accounting is not None else None,
     )
 
 
@@ -164,24 +141,11 @@ def _sizes(spec: JobSpec, model: str | None, catalog: Catalog | None) -> list[st
     return [model_spec.size_for(it.quality) for it in spec.items]
 
 
+# --- the job -----------------------------------------------------------------------------
+
+
 def submit_job(
-    spec: JobSpec,
-    *,
-    store: JobStore,
-    queue: WorkQueue,
-    clock: Clock,
-    model: str,
-    interactive_threshold: int,
-    batch: BatchLane | None = None,
-    batch_max_requests: int = 1000,
-    batch_submit_budget: float = 5.0,
-    owner: str = "api",
-    make_id: Callable[[], str] = new_job_id,
-    breaker: CircuitBreaker | None = None,
-    accounting: Accounting | None = None,
-    resume: bool = False,
-    catalog: Catalog | None = None,
-    model_halts: ModelHalts | None = None,
+    sub: Submission, deps: SubmitDeps, *, make_id: Callable[[], str] = new_job_id, resume: bool = False,
 ) -> Job:
     """Record the job and its items, then hand the items to their lane.
 
@@ -194,6 +158,7 @@ def submit_job(
     reconcile_unpublished() finishes a submitter that died in between (the worker is
     idempotent). Batch: the batches are created here within `batch_submit_budget`; whatever
     fails or crashes is created by the next poller tick."""
+    store, clock = deps.store, deps.clock
     job_id = make_id()
     existing = store.get_job(job_id) if resume else None
     if existing is not None and (existing.status is not JobStatus.ACCEPTING
@@ -202,25 +167,29 @@ def submit_job(
     if existing is not None:
         job = existing  # keep its lane, route and estimate: the breaker may say otherwise now
     else:
-        route = plan_route(spec, interactive_threshold=interactive_threshold, batch_available=batch is not None,
-                           breaker=breaker, accounting=accounting, model=model, catalog=catalog,
-                           model_halts=model_halts)
-        job = _new_job(job_id, route, model, clock.now(), spec)
-    items = _new_items(job, spec, clock.now())
+        job = _new_job(job_id, plan_route(sub.spec, deps.route, sub.model), sub.model, clock.now(), sub.spec)
+    items = _new_items(job, sub.spec, clock.now())
+    accounting = deps.route.accounting
     if accounting is not None and existing is None:
         # Reserved before the job exists: a crash in between over-reserves (safe), never under.
         accounting.reserve(job.lane, len(items), cost=job.estimated_cost_usd, job_id=job.job_id)
+    return _accept(job, items, sub.owner, deps)
+
+
+def _accept(job: Job, items: list[Item], owner: str, deps: SubmitDeps) -> Job:
+    """Write what is missing of the job, queue it, and hand its items to their lane."""
+    store, clock, batch = deps.store, deps.clock, deps.batch
     batch_store = batch.store if batch is not None and job.lane is Lane.BATCH else None
     intents = accepting.record_job(job, items, store=store, intents=batch_store,
-                                   max_requests=batch_max_requests, now=clock.now())
+                                   max_requests=deps.batch_max_requests, now=clock.now())
     if not store.finish_accepting(job.job_id, clock.now()):
         return _left_accepting_elsewhere(job.job_id, store)
     job.status = JobStatus.QUEUED
     if job.lane is Lane.INTERACTIVE:
-        return _publish(job, items, store=store, queue=queue, clock=clock)
+        return _publish(job, items, store=store, queue=deps.queue, clock=clock)
     if batch is None:  # plan_route never picks the batch lane when there is none
         raise RuntimeError(f"job {job.job_id} is a batch job, but no batch lane is wired")
-    _submit_batches(job, items, intents, batch, owner, clock.now() + batch_submit_budget)
+    _submit_batches(job, items, intents, batch, owner, clock.now() + deps.batch_submit_budget)
     return job
 
 
@@ -284,44 +253,46 @@ def _submit_batches(job: Job, items: list[Item], intents: list, batch: BatchLane
             break
 
 
-def submit_once(
-    spec: JobSpec,
-    *,
-    key_id: str,
-    body_sha256: str,
-    idempotency: IdempotencyStore,
-    store: JobStore,
-    clock: Clock,
-    submit: Callable[[Callable[[], str], bool], Job],
-    ttl_seconds: float = 86_400.0,
-    takeover_seconds: float = 120.0,
-) -> tuple[Job, bool]:
+# --- behind an Idempotency-Key -----------------------------------------------------------
+
+
+def submit_once(sub: Submission, deps: SubmitDeps) -> tuple[Job, bool]:
     """submit_job behind an Idempotency-Key: (job, replayed).
 
     The record (key -> job id, body hash) is written create-only *before* the job, with the
     job id chosen up front, so a retried request finds the job its first attempt made. The
     same key with another body is refused; a first attempt still in flight (no job yet, or
-    its job still accepting) answers "in progress"; one abandoned for `takeover_seconds` (the
-    submitter died) is resumed by the next attempt under the same job id: submit(make_id,
+    its job still accepting) answers "in progress"; one abandoned for the takeover time (the
+    submitter died) is resumed by the next attempt under the same job id: submit_job(...,
     resume=True) keeps what the first attempt wrote and finishes the rest."""
-    now = clock.now()
+    idempotency, key_id = deps.idempotency, sub.key_id
+    if idempotency is None or key_id is None:
+        raise RuntimeError("submit_once needs an idempotency store and a key")
+    now = deps.clock.now()
     job_id = new_job_id()
     record, created = idempotency.begin(key_id, {
-        "job_id": job_id, "body_sha256": body_sha256, "started_at": now, "expires_at": now + ttl_seconds,
+        "job_id": job_id, "body_sha256": sub.body_sha256, "started_at": now,
+        "expires_at": now + deps.idempotency_ttl_seconds,
     })
-    if not created:
-        if record.get("body_sha256") != body_sha256:
-            raise IdempotencyMismatch(
-                "this Idempotency-Key was used with a different request body; use a new key for a new job"
-            )
-        job = store.get_job(record["job_id"])
-        if job is not None and job.status is not JobStatus.ACCEPTING:
-            return job, True
-        if now - record.get("started_at", 0) < takeover_seconds or not idempotency.take_over(
-            key_id, record.get("started_at", 0), now
-        ):
-            raise InProgress("a request with this Idempotency-Key is still being processed; retry shortly")
-        job_id = record["job_id"]
-        log.warning("idempotency key record of job %s was abandoned; finishing the submission", job_id)
-        return submit(lambda: job_id, True), False
-    return submit(lambda: job_id, False), False
+    if created:
+        return submit_job(sub, deps, make_id=lambda: job_id), False
+    return _resend(sub, deps, record, now, idempotency, key_id)
+
+
+def _resend(
+    sub: Submission, deps: SubmitDeps, record: dict, now: float, idempotency: IdempotencyStore, key_id: str,
+) -> tuple[Job, bool]:
+    """A request whose key is already recorded: the replay, a refusal, or the takeover."""
+    if record.get("body_sha256") != sub.body_sha256:
+        raise IdempotencyMismatch(
+            "this Idempotency-Key was used with a different request body; use a new key for a new job"
+        )
+    job = deps.store.get_job(record["job_id"])
+    if job is not None and job.status is not JobStatus.ACCEPTING:
+        return job, True
+    started_at = record.get("started_at", 0)
+    if now - started_at < deps.idempotency_takeover_seconds or not idempotency.take_over(key_id, started_at, now):
+        raise InProgress("a request with this Idempotency-Key is still being processed; retry shortly")
+    job_id = record["job_id"]
+    log.warning("idempotency key record of job %s was abandoned; finishing the submission", job_id)
+    return submit_job(sub, deps, make_id=lambda: job_id, resume=True), False

@@ -115,8 +115,10 @@ def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
                                                      "batch": {"pending_seconds": 0, "running_seconds": 0}},
                   timeout=10).raise_for_status()
     spec = JobSpec(tuple(ItemSpec(key=f"i{n:06d}", prompt="a studio photo of a chair") for n in range(lines)), "batch")
-    job = submitting.submit_job(spec, store=wiring.job_store(), queue=None, clock=wiring.clock(), model=MODEL,
-                              interactive_threshold=10, batch=wiring.batch_lane(), batch_max_requests=lines)
+    deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=True),
+                                 store=wiring.job_store(), queue=None, clock=wiring.clock(), batch=wiring.batch_lane(),
+                                 batch_max_requests=lines)
+    job = submitting.submit_job(submitting.Submission(spec, MODEL), deps)
     (intent,) = wiring.job_store().intents_of_job(job.job_id)
     api = wiring.batch_lane().api
     while (info := api.get_batch(intent.gemini_batch)).output_file is None:

@@ -68,15 +68,18 @@ class Env(BatchEnv):
         return JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
 
     def submit(self, n=5, per_batch=100, lane="batch", **kw):
-        return submitting.submit_job(self.spec(n, lane), store=self.store, queue=self.queue, clock=self.clock,
-                                   model="gemini-2.5-flash-image", interactive_threshold=3, batch=self.lane,
-                                   batch_max_requests=per_batch, owner="api", accounting=self.accounting, **kw)
+        sub = submitting.Submission(self.spec(n, lane), "gemini-2.5-flash-image")
+        return submitting.submit_job(sub, self.submit_deps(per_batch), **kw)
 
     def submit_once(self, n=5, per_batch=100, lane="batch"):
-        return submitting.submit_once(
-            self.spec(n, lane), key_id="key", body_sha256="h", idempotency=self.idempotency, store=self.store,
-            clock=self.clock, takeover_seconds=120,
-            submit=lambda make_id, resume: self.submit(n, per_batch, lane, make_id=make_id, resume=resume))
+        sub = submitting.Submission(self.spec(n, lane), "gemini-2.5-flash-image", key_id="key", body_sha256="h")
+        return submitting.submit_once(sub, self.submit_deps(per_batch))
+
+    def submit_deps(self, per_batch):
+        route = submitting.RouteDeps(interactive_threshold=3, batch_available=True, accounting=self.accounting)
+        return submitting.SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock,
+                                     idempotency=self.idempotency, batch=self.lane, batch_max_requests=per_batch,
+                                     idempotency_takeover_seconds=120)
 
     def recover(self, per_batch=100):
         return accepting.recover_abandoned_accepts(accepting.AcceptRecovery(

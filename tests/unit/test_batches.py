@@ -30,9 +30,10 @@ class Env:
     def submit(self, n=5, per_batch=100, **kw):
         spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}", aspect_ratio="16:9" if i == 0 else "1:1")
                              for i in range(n)), "batch")
-        return submitting.submit_job(spec, store=self.store, queue=InMemoryWorkQueue(), clock=self.clock,
-                                   model="gemini-2.5-flash-image", interactive_threshold=10, batch=self.lane,
-                                   batch_max_requests=per_batch, owner="api", **kw)
+        deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=True),
+                                     store=self.store, queue=InMemoryWorkQueue(), clock=self.clock, batch=self.lane,
+                                     batch_max_requests=per_batch)
+        return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), deps, **kw)
 
     def tick(self, owner="poller", deadline=FAR):
         return self.lane.reconcile(owner, deadline)

@@ -39,8 +39,9 @@ class Env:
 
     def submit(self, n=2, callback_url=URL):
         spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), "auto", callback_url)
-        return submitting.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock,
-                                   model="gemini-2.5-flash-image", interactive_threshold=10)
+        deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=False),
+                                     store=self.store, queue=self.queue, clock=self.clock)
+        return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), deps)
 
     def process(self, job_id, key, generator=None):
         deps = worker_deps(store=self.store, generator=generator, sink=self.sink, clock=self.clock,

@@ -13,9 +13,6 @@ NOT_COUNTED = {"self", "cls", "deps"}
 KNOWN = {
     ("core/batches.py", "__init__"),
     ("core/events.py", "__init__"),
-    ("core/submitting.py", "plan_route"),
-    ("core/submitting.py", "submit_job"),
-    ("core/submitting.py", "submit_once"),
     ("core/redrive.py", "finalize_stalled_jobs"),
     ("core/jobs.py", "get_job_status"),
 }

@@ -110,9 +110,10 @@ def env():
 
         def submit(self, n=2, model=DEFAULT, quality="standard"):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}", quality=quality) for i in range(n)))
-            return submitting.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock, model=model,
-                                       interactive_threshold=10, catalog=CATALOG, model_halts=self.halts,
-                                       accounting=self.accounting)
+            route = submitting.RouteDeps(interactive_threshold=10, batch_available=False, catalog=CATALOG,
+                                         model_halts=self.halts, accounting=self.accounting)
+            deps = submitting.SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock)
+            return submitting.submit_job(submitting.Submission(spec, model), deps)
 
         def process(self, job_id, key, max_attempts=3):
             return process_item(self.deps(max_attempts=max_attempts), job_id, key, "w1")
@@ -294,9 +295,10 @@ def test_a_batch_intent_of_a_halted_model_is_held_until_the_model_is_back():
                      finalize_job=lambda job_id: None, model_halts=halts)
     spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}") for i in range(2)), "batch")
     halts.halt(DEFAULT, "404 models/x is not found", source="batch")
-    job = submitting.submit_job(spec, store=store, queue=InMemoryWorkQueue(), clock=clock, model=DEFAULT,
-                              interactive_threshold=10, batch=lane, catalog=CATALOG,
-                              batch_submit_budget=0)  # the intents are left to the poller
+    route = submitting.RouteDeps(interactive_threshold=10, batch_available=True, catalog=CATALOG)
+    deps = submitting.SubmitDeps(route=route, store=store, queue=InMemoryWorkQueue(), clock=clock, batch=lane,
+                                 batch_submit_budget=0)  # the intents are left to the poller
+    job = submitting.submit_job(submitting.Submission(spec, DEFAULT), deps)
     (intent,) = store.intents_of_job(job.job_id)
     assert lane.reconcile("poller", deadline=clock.now() + 60)["held"] == 1
     assert store.get_intent(intent.intent_id).state.value in ("pending", "creating")

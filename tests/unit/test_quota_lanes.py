@@ -52,9 +52,13 @@ def env():
 
         def submit(self, n=3, lane="auto", **kw):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            return submitting.submit_job(
-                spec, store=self.store, queue=self.queue, clock=self.clock, model="gemini-2.5-flash-image",
-                interactive_threshold=10, breaker=self.breaker, accounting=self.accounting, **kw)
+            return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), self.deps(), **kw)
+
+        def deps(self):
+            route = submitting.RouteDeps(interactive_threshold=10, batch_available=False, breaker=self.breaker,
+                                         accounting=self.accounting)
+            return submitting.SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock,
+                                         idempotency=self.idempotency, idempotency_takeover_seconds=120)
 
         def process(self, job_id, key, owner="w1", max_attempts=3):
             deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
@@ -221,8 +225,8 @@ def test_a_per_day_429_diverts_the_item_and_the_next_ones_without_calling_the_mo
     assert sorted(k for _, k in env.pool.entries) == ["k0", "k1"]
     # New auto jobs go to batch while the breaker is open.
     spec = JobSpec((ItemSpec("a", "p"),))
-    route = submitting.plan_route(spec, interactive_threshold=10, batch_available=True, breaker=env.breaker,
-                                accounting=env.accounting)
+    route = submitting.plan_route(spec, submitting.RouteDeps(interactive_threshold=10, batch_available=True,
+                                                             breaker=env.breaker, accounting=env.accounting))
     assert route.lane is Lane.BATCH and "breaker open" in route.reason
 
 
@@ -352,10 +356,9 @@ def test_retry_of_an_unknown_or_cancelled_job(env):
 
 
 def submit_once(env, key="k", body="h1"):
-    return submitting.submit_once(
-        JobSpec((ItemSpec("a", "p"),)), key_id=key, body_sha256=body, idempotency=env.idempotency,
-        store=env.store, clock=env.clock, submit=lambda make_id, resume: env.submit(1, make_id=make_id, resume=resume),
-        takeover_seconds=120)
+    sub = submitting.Submission(JobSpec((ItemSpec("a", "p"),)), "gemini-2.5-flash-image", key_id=key,
+                                body_sha256=body)
+    return submitting.submit_once(sub, env.deps())
 
 
 def test_the_same_idempotency_key_returns_the_same_job(env):

@@ -30,10 +30,9 @@ def env():
 
         def submit(self, n=3, lane="auto", **kw):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            return submitting.submit_job(
-                spec, store=self.store, queue=self.queue, clock=self.clock,
-                model="gemini-2.5-flash-image", interactive_threshold=10, **kw,
-            )
+            deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=False),
+                                         store=self.store, queue=self.queue, clock=self.clock)
+            return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), deps, **kw)
 
         def process(self, job_id, key, owner="w1", max_attempts=3, max_wait=30.0):
             deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, limiter=self.limiter,

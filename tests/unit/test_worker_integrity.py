@@ -29,8 +29,9 @@ def env():
 
         def submit(self, n=1):
             spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)))
-            return submitting.submit_job(spec, store=self.store, queue=InMemoryWorkQueue(), clock=self.clock,
-                                       model="gemini-3-pro-image-preview", interactive_threshold=10)
+            deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=False),
+                                         store=self.store, queue=InMemoryWorkQueue(), clock=self.clock)
+            return submitting.submit_job(submitting.Submission(spec, "gemini-3-pro-image-preview"), deps)
 
         def process(self, job_id, key="k0", owner="w1", max_attempts=3, upload_budget=60.0):
             deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,

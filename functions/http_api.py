@@ -307,11 +307,9 @@ def _status(request, caller: Caller, job_id: str):
     page_size, page_token = _paging(request)
     _check_job_id(job_id)
     try:
-        body = jobs.get_job_status(
-            job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
-            batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
-            tenant=caller.scope,
-        )
+        deps = jobs.StatusDeps(store=wiring.job_store(), batches=wiring.job_store(), prices=wiring.accounting().prices,
+                               events=wiring.job_events())
+        body = jobs.get_job_status(job_id, deps, page_size=page_size, page_token=page_token, tenant=caller.scope)
     except errors.NotFound as e:
         raise _lookup_error(e) from e
     return json_response(body)

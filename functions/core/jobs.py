@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 
 from core.accounting import Prices
 from core.errors import Conflict, NotFound
@@ -33,11 +34,20 @@ def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
 # --- status ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StatusDeps:
+    """What a job's status reads: its job and items, and, when given, its batch intents, the
+    prices of its images and its events."""
+    store: JobStore
+    batches: BatchStore | None = None
+    prices: Prices | None = None
+    events: EventOutbox | None = None
+
+
 def get_job_status(
-    job_id: str, *, store: JobStore, page_size: int = 100, page_token: str | None = None,
-    batches: BatchStore | None = None, prices: Prices | None = None, events: EventOutbox | None = None,
-    tenant: str | None = None,
+    job_id: str, deps: StatusDeps, *, page_size: int = 100, page_token: str | None = None, tenant: str | None = None,
 ) -> dict:
+    store, batches, events = deps.store, deps.batches, deps.events
     job = _job_of_tenant(store, job_id, tenant)
     after = int(page_token) if page_token else None
     items = store.list_items(job_id, after, page_size)
@@ -62,7 +72,7 @@ def get_job_status(
         "route_reason": job.route_reason,
         "error": job.error,
         "estimated_cost_usd": job.estimated_cost_usd,
-        "actual_cost_usd": _actual_cost(store, job, prices or Prices(), counts),
+        "actual_cost_usd": _actual_cost(store, job, deps.prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
     }
 
@@ -100,6 +110,16 @@ def job_status_from_counts(counts: dict[ItemState, int]) -> JobStatus | None:
     if unsuccessful:
         return JobStatus.FAILED
     return JobStatus.CANCELLED
+
+
+@dataclass(frozen=True)
+class Finalizing:
+    """What finalizing a job writes with: the store, the clock, the sink its manifest goes to
+    and the outbox of its job.completed event (None: no manifest, no event)."""
+    store: JobStore
+    clock: Clock
+    sink: ImageSink | None = None
+    events: EventOutbox | None = None
 
 
 def finalize_job_if_done(
@@ -183,7 +203,7 @@ def cancel_job(
                     store.finish_item(job_id, item.key, owner,
                                       _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
-    return get_job_status(job_id, store=store, page_size=1, events=events)
+    return get_job_status(job_id, StatusDeps(store, events=events), page_size=1)
 
 
 def retry_job(

@@ -17,6 +17,7 @@ from core.accepting import AcceptRecovery, recover_abandoned_accepts
 from core.accounting import Accounting
 from core.batches import BatchLane
 from core.events import CompletionEvents
+from core.jobs import Finalizing
 from core.model_halts import ModelHalts, models_in_use, resume_restored_models
 from core.model_watch import ModelWatch
 from core.pool import FlushRule, PoolStore, flush_pool
@@ -90,7 +91,7 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
     summary["resumed"] = resume_restored_models(
         model_halts=deps.model_halts, store=deps.store, queue=deps.queue)
     summary["finalized_jobs"] = redrive.finalize_stalled_jobs(
-        store=deps.store, clock=deps.clock, sink=deps.sink, events=deps.events, deadline=deadline)
+        Finalizing(store=deps.store, clock=deps.clock, sink=deps.sink, events=deps.events), deadline=deadline)
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(summary["republished_jobs"]), summary["dead_letters"], summary["pool"], summary["batches"],
              summary["events"], extra=summary)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 from core import jobs
-from core.jobs import _all_items, finalize_job_if_done
+from core.jobs import Finalizing, _all_items, finalize_job_if_done
 from core.models import Item, ItemState, JobStatus, Lane
-from core.ports import Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.ports import Clock, JobStore, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def redrive_stuck_items(
     return summary
 
 def finalize_stalled_jobs(
-    *, store: JobStore, clock: Clock, sink: ImageSink | None, events: EventOutbox | None = None, limit: int = 50,
-    deadline: float | None = None, start_after: str | None = None,
+    deps: Finalizing, *, limit: int = 50, deadline: float | None = None, start_after: str | None = None,
 ) -> list[str]:
     """Finish running jobs that have no work left. Every finisher finalizes its job, but one
     that died after its last commit (a poller killed after an intent's final checkpoint, whose
@@ -74,12 +73,13 @@ def finalize_stalled_jobs(
     the ids (uuid4), so that a sweep cut short by the deadline or the limit reaches every
     running job in turn instead of always spending itself on the same first ones, with no
     cursor to store between ticks."""
+    store, clock = deps.store, deps.clock
     done = []
     for job in _running_jobs_from(store, jobs.new_job_id() if start_after is None else start_after, limit):
         if deadline is not None and clock.now() >= deadline:
             log.info("finalize sweep: the tick's deadline passed; the next tick carries on")
             break
-        if finalize_job_if_done(job.job_id, store=store, clock=clock, sink=sink, events=events) is not None:
+        if finalize_job_if_done(job.job_id, store=store, clock=clock, sink=deps.sink, events=deps.events) is not None:
             log.warning("finalized job %s, which had no work left", job.job_id, extra={"job_id": job.job_id})
             done.append(job.job_id)
     return done

@@ -129,7 +129,7 @@ def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
     env = stack.env()
     baseline = run_child(env, "--child-baseline", "--file", info.output_file, "--prefix", job.job_id)
     poller = run_child(env, "--child-poller")
-    status = jobs.get_job_status(job.job_id, store=wiring.job_store(), page_size=1)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(wiring.job_store()), page_size=1)
     for name, r in (("baseline: download whole file, then parse", baseline), ("poller: streamed, checkpointed", poller)):
         print(f"  {mb:7.0f} MB  {name:<42} {mb / r['elapsed']:6.1f} MB/s  peak RSS {r['peak_rss']:6.0f} MB "
               f"(after imports {r['rss_before']:4.0f} MB)", flush=True)

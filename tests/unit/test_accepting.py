@@ -218,7 +218,7 @@ def test_an_abandoned_job_missing_items_fails_with_a_clear_error_manifest_and_ev
     assert {it.state for it in env.store.list_items(job.job_id, None, 10)} == {ItemState.FAILED}
     assert [j.job_id for j, _ in env.outbox.recorded] == [job.job_id]
     assert env.counter(RELEASED_USD) == env.counter(RESERVED_USD) > 0
-    status = jobs.get_job_status(job.job_id, store=env.store)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store))
     assert status["status"] == "failed" and status["error"] == failed.error
     assert env.recover() == {"completed": [], "failed": []}  # once
 

@@ -195,7 +195,7 @@ def test_the_status_shows_the_events(env):
     env.finish(job.job_id, "k0")
     env.finalize(job.job_id)
 
-    status = jobs.get_job_status(job.job_id, store=env.store, events=env.events)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store, events=env.events))
 
     assert status["events"] == [{"event_id": f"{job.job_id}.completed.r1", "type": "job.completed",
                                  "state": "delivered", "attempts": 1, "last_error": None,

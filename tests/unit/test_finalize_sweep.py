@@ -31,7 +31,7 @@ def stalled_jobs(store, n: int) -> list[str]:
 
 
 def sweep(store, clock, **kw):
-    return redrive.finalize_stalled_jobs(store=store, clock=clock, sink=InMemoryImageSink(), **kw)
+    return redrive.finalize_stalled_jobs(jobs.Finalizing(store, clock, InMemoryImageSink()), **kw)
 
 
 def test_the_sweep_stops_when_the_ticks_deadline_passes():

@@ -13,8 +13,6 @@ NOT_COUNTED = {"self", "cls", "deps"}
 KNOWN = {
     ("core/batches.py", "__init__"),
     ("core/events.py", "__init__"),
-    ("core/redrive.py", "finalize_stalled_jobs"),
-    ("core/jobs.py", "get_job_status"),
 }
 
 

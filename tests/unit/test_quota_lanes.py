@@ -426,7 +426,7 @@ def test_a_running_job_whose_last_finisher_died_is_finalized_by_the_poller(env):
     env.store.set_job_running(job.job_id, env.clock.now())
     other = env.submit(1)
     env.store.set_job_running(other.job_id, env.clock.now())  # still has work
-    assert redrive.finalize_stalled_jobs(store=env.store, clock=env.clock, sink=env.sink) == [job.job_id]
+    assert redrive.finalize_stalled_jobs(jobs.Finalizing(env.store, env.clock, env.sink)) == [job.job_id]
     assert env.store.get_job(job.job_id).status is JobStatus.FAILED
     assert env.store.get_job(other.job_id).status is JobStatus.RUNNING
 

@@ -234,13 +234,13 @@ def test_unknown_items_and_jobs_are_acked_not_retried_forever(env):
 def test_status_reports_counts_and_paginates(env):
     job = env.submit(5)
     env.process(job.job_id, "k0")
-    page = jobs.get_job_status(job.job_id, store=env.store, page_size=2)
+    page = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store), page_size=2)
     assert page["counts"]["succeeded"] == 1 and page["counts"]["queued"] == 4
     assert [i["key"] for i in page["items"]] == ["k0", "k1"]
-    page2 = jobs.get_job_status(job.job_id, store=env.store, page_size=2, page_token=page["next_page_token"])
+    page2 = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store), page_size=2, page_token=page["next_page_token"])
     assert [i["key"] for i in page2["items"]] == ["k2", "k3"]
     with pytest.raises(NotFound):
-        jobs.get_job_status("missing", store=env.store)
+        jobs.get_job_status("missing", jobs.StatusDeps(env.store))
 
 
 @pytest.mark.parametrize("counts,expected", [

@@ -308,18 +308,20 @@ def job_events():
     from adapters.firestore.events import FirestoreEventStore
     from adapters.pubsub_events import PubSubEventPublisher
     from adapters.webhook_sender import HttpWebhookSender
-    from core.events import CompletionEvents, DeliveryPolicy
+    from core.events import CompletionEvents, DeliveryPolicy, EventDeps
 
     s = settings()
     publisher = pubsub_publisher()
     return CompletionEvents(
-        store=FirestoreEventStore(firestore_client(), retention_days=s.records_retention_days),
-        publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
-                                       timeout=s.webhook_timeout_seconds),
-        webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),
-        clock=clock(),
-        secret=s.webhook_key(),
-        policy=DeliveryPolicy(
+        EventDeps(
+            store=FirestoreEventStore(firestore_client(), retention_days=s.records_retention_days),
+            publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
+                                           timeout=s.webhook_timeout_seconds),
+            webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),
+            clock=clock(),
+            secret=s.webhook_key(),
+        ),
+        DeliveryPolicy(
             max_attempts=s.webhook_max_attempts,
             backoff_base=s.webhook_backoff_base_seconds,
             backoff_max=s.webhook_backoff_max_seconds,

@@ -74,11 +74,11 @@ def fakes(monkeypatch):
     f.lane.model_halts = f.model_halts
     monkeypatch.setattr(wiring, "model_halts", lambda: f.model_halts)
     monkeypatch.setattr(wiring, "model_watch", lambda: f.model_watch)
-    from core.events import CompletionEvents, DeliveryPolicy
+    from core.events import CompletionEvents, DeliveryPolicy, EventDeps
     from tests.fakes import InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender
 
-    f.events = CompletionEvents(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
-                                webhooks=ScriptedWebhookSender(), clock=f.clock, secret=None, policy=DeliveryPolicy())
+    f.events = CompletionEvents(EventDeps(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
+                                          webhooks=ScriptedWebhookSender(), clock=f.clock), DeliveryPolicy())
     monkeypatch.setattr(wiring, "job_events", lambda: f.events)
     # Built at each delivery, so a test may swap one of the fakes; the limits follow the settings.
     monkeypatch.setattr(wiring, "worker_deps", lambda: WorkerDeps(

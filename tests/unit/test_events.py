@@ -9,8 +9,8 @@ import pytest
 from core import jobs, submitting
 from core.errors import DeliveryFailed
 from core.events import (
-    CompletionEvents, Delivery, DeliveryPolicy, EventState, backoff_seconds, completion_event_id, deliver_due_events,
-    deliver_event,
+    CompletionEvents, Delivery, DeliveryPolicy, EventDeps, EventState, backoff_seconds, completion_event_id,
+    deliver_due_events, deliver_event,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus
 from core.worker import process_item
@@ -33,8 +33,8 @@ class Env:
         self.event_store = InMemoryEventStore()
         self.publisher = InMemoryEventPublisher()
         self.webhooks = ScriptedWebhookSender(webhook_script)
-        self.events = CompletionEvents(store=self.event_store, publisher=self.publisher, webhooks=self.webhooks,
-                                       clock=self.clock, secret=secret, policy=policy)
+        self.events = CompletionEvents(EventDeps(store=self.event_store, publisher=self.publisher,
+                                                 webhooks=self.webhooks, clock=self.clock, secret=secret), policy)
         self.policy = policy
 
     def submit(self, n=2, callback_url=URL):
@@ -129,8 +129,8 @@ def test_a_crash_between_the_status_and_the_event_is_repaired_by_the_next_finali
         def record_completion(self, job, counts):
             raise SystemExit("killed between complete_job and the outbox write")
 
-    crashing = CrashingOutbox(store=env.event_store, publisher=env.publisher, webhooks=env.webhooks,
-                              clock=env.clock, secret=KEY, policy=POLICY)
+    crashing = CrashingOutbox(EventDeps(store=env.event_store, publisher=env.publisher, webhooks=env.webhooks,
+                                        clock=env.clock, secret=KEY), POLICY)
     with pytest.raises(SystemExit):
         env.finalize(job.job_id, events=crashing)
     assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED

@@ -149,35 +149,25 @@ def model_watch():
 def batch_lane():
     """The batch lane, or None when it is switched off (BATCH_LANE_ENABLED=false)."""
     from adapters.gemini_batches import GeminiBatchApi
-    from core.jobs import finalize_job_if_done
-    from core.prompts import compose_prompt
-    from core.batches import BatchLane
+    from core.batches import BatchLane, BatchLaneDeps, BatchLimits
 
     s = settings()
     if not s.batch_lane_enabled:
         return None
     key = s.gemini_api_key.get_secret_value() if s.gemini_api_key else None
-    return BatchLane(
-        store=job_store(),
-        jobs=job_store(),
-        api=GeminiBatchApi(genai_client(), key),
-        sink=image_sink(),
-        clock=clock(),
+    deps = BatchLaneDeps(
+        store=job_store(), jobs=job_store(), api=GeminiBatchApi(genai_client(), key), sink=image_sink(), clock=clock(),
+        catalog=catalog(), events=job_events(), accounting=accounting(), model_halts=model_halts(),
+    )
+    return BatchLane(deps, BatchLimits(
         lease_seconds=s.batch_lease_seconds,
         max_attempts=s.batch_max_attempts,
         checkpoint_lines=s.batch_checkpoint_lines,
         quota_backoff_seconds=s.batch_quota_backoff_seconds,
         upload_concurrency=s.batch_upload_concurrency,
-        accounting=accounting(),
-        model_halts=model_halts(),
         accept_abandon_seconds=s.accept_abandon_seconds,
         running_deadline_seconds=s.batch_running_deadline_seconds or None,
-        image_size_for=catalog().image_size_for,
-        compose_prompt=compose_prompt,
-        finalize_job=lambda job_id: finalize_job_if_done(
-            job_id, store=job_store(), clock=clock(), sink=image_sink(), events=job_events()
-        ),
-    )
+    ))
 
 
 def rate_limit(s: Settings) -> RateLimit:

@@ -53,16 +53,12 @@ class RecordingOutbox:
 
 class Env(BatchEnv):
     def __init__(self, **kw):
-        super().__init__(**kw)
-        self.store = HookedStore()
-        self.lane.store = self.lane.jobs = self.store
-        self.queue = InMemoryWorkQueue()
         self.outbox = RecordingOutbox()
+        super().__init__(store=HookedStore(), events=self.outbox, **kw)
+        self.queue = InMemoryWorkQueue()
         self.counters = InMemoryCounterStore()
         self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
         self.idempotency = InMemoryIdempotencyStore()
-        self.lane.finalize_job = lambda job_id: jobs.finalize_job_if_done(
-            job_id, store=self.store, clock=self.clock, sink=self.sink, events=self.outbox)
 
     def spec(self, n, lane="batch"):
         return JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)

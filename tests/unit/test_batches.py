@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from catalog import load as load_catalog
-from core import jobs, prompts, submitting
-from core.batches import BatchLane, normalise_state, plan_intents
+from core import jobs, submitting
+from core.batches import BatchLane, BatchLaneDeps, BatchLimits, normalise_state, plan_intents
 from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
 from tests.fakes import FakeBatchApi, FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue
 
@@ -14,17 +14,15 @@ FAR = 1e12  # a deadline that never comes
 
 
 class Env:
-    def __init__(self, lease=60.0, max_attempts=3, checkpoint_lines=2):
-        self.store = InMemoryJobStore()
+    def __init__(self, lease=60.0, max_attempts=3, checkpoint_lines=2, store=None, events=None):
+        self.store = store or InMemoryJobStore()
         self.api = FakeBatchApi()
         self.sink = InMemoryImageSink()
         self.clock = FakeClock()
         self.lane = BatchLane(
-            store=self.store, jobs=self.store, api=self.api, sink=self.sink, clock=self.clock,
-            lease_seconds=lease, max_attempts=max_attempts, checkpoint_lines=checkpoint_lines,
-            image_size_for=load_catalog().image_size_for, compose_prompt=prompts.compose_prompt,
-            finalize_job=lambda job_id: jobs.finalize_job_if_done(
-                job_id, store=self.store, clock=self.clock, sink=self.sink),
+            BatchLaneDeps(store=self.store, jobs=self.store, api=self.api, sink=self.sink, clock=self.clock,
+                          catalog=load_catalog(), events=events),
+            BatchLimits(lease_seconds=lease, max_attempts=max_attempts, checkpoint_lines=checkpoint_lines),
         )
 
     def submit(self, n=5, per_batch=100, **kw):

@@ -37,14 +37,10 @@ def fakes(monkeypatch):
 
     f = Fakes()
     f.batch_api = FakeBatchApi()
-    from core import jobs, prompts
-    from core.batches import BatchLane
+    from core.batches import BatchLane, BatchLaneDeps, BatchLimits
 
-    f.lane = BatchLane(
-        store=f.store, jobs=f.store, api=f.batch_api, sink=f.sink, clock=f.clock, lease_seconds=60,
-        max_attempts=3, image_size_for=load_catalog().image_size_for, compose_prompt=prompts.compose_prompt,
-        finalize_job=lambda job_id: jobs.finalize_job_if_done(job_id, store=f.store, clock=f.clock, sink=f.sink),
-    )
+    f.lane = BatchLane(BatchLaneDeps(store=f.store, jobs=f.store, api=f.batch_api, sink=f.sink, clock=f.clock,
+                                     catalog=load_catalog()), BatchLimits(lease_seconds=60, max_attempts=3))
     monkeypatch.setattr(wiring, "batch_lane", lambda: f.lane if wiring.settings().batch_lane_enabled else None)
     monkeypatch.setattr(wiring, "job_store", lambda: f.store)
     monkeypatch.setattr(wiring, "work_queue", lambda: f.queue)

@@ -8,7 +8,7 @@ import pytest
 
 import catalog as catalog_file
 import schemas
-from core import jobs, model_halts, prompts, submitting
+from core import jobs, model_halts, submitting
 from core.accounting import Accounting, Prices
 from core.errors import InvalidRequest, ModelHalted, ModelUnavailable, TransientError
 from core.model_halts import ModelHalts
@@ -284,15 +284,14 @@ def test_a_broken_store_costs_the_watch_its_tick_not_the_poller():
 
 
 def test_a_batch_intent_of_a_halted_model_is_held_until_the_model_is_back():
-    from core.batches import BatchLane
+    from core.batches import BatchLane, BatchLaneDeps, BatchLimits
     from tests.fakes import FakeBatchApi
 
     store, clock, sink = InMemoryJobStore(), FakeClock(), InMemoryImageSink()
     halts = ModelHalts(InMemoryModelHaltStore(), clock)
     api = FakeBatchApi()
-    lane = BatchLane(store=store, jobs=store, api=api, sink=sink, clock=clock, lease_seconds=60, max_attempts=3,
-                     image_size_for=CATALOG.image_size_for, compose_prompt=prompts.compose_prompt,
-                     finalize_job=lambda job_id: None, model_halts=halts)
+    lane = BatchLane(BatchLaneDeps(store=store, jobs=store, api=api, sink=sink, clock=clock, catalog=CATALOG,
+                                   model_halts=halts), BatchLimits(lease_seconds=60, max_attempts=3))
     spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}") for i in range(2)), "batch")
     halts.halt(DEFAULT, "404 models/x is not found", source="batch")
     route = submitting.RouteDeps(interactive_threshold=10, batch_available=True, catalog=CATALOG)

@@ -211,7 +211,7 @@ def retry_job(
     *,
     store: JobStore,
     queue: WorkQueue,
-    pool: PoolStore,
+    pool: PoolStore | None,
     clock: Clock,
     tenant: str | None = None,
 ) -> dict:
@@ -235,6 +235,8 @@ def retry_job(
     if interactive:
         store.mark_unpublished(job_id, now)
     for it in batch:
+        if pool is None:  # the batch lane was switched off since these items ran in it
+            raise RuntimeError(f"job {job_id} has batch items to retry, but the batch lane is off")
         pool.add(PoolEntry(job_id, it.key, now, urgent=True))  # the client is waiting: next tick
     requeued_interactive: list[str] = []
     requeued_batch: list[str] = []

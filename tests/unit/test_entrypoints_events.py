@@ -103,7 +103,6 @@ def test_the_poller_retries_due_events_and_reports_them(api, worker, signed):
 
 
 def test_a_batch_job_emits_its_event_when_the_poller_finishes_it(api, signed):
-    signed.lane.events = wiring.job_events()  # as wiring.batch_lane builds it
     poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()
     body = {"requests": [{"prompt": f"p{i}"} for i in range(12)], "callback_url": "https://hooks.example.com/x"}
     job_id = post_job(api, body).get_json()["job_id"]

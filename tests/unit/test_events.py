@@ -12,24 +12,22 @@ from core.events import (
     CompletionEvents, Delivery, DeliveryPolicy, EventDeps, EventState, backoff_seconds, completion_event_id,
     deliver_due_events, deliver_event,
 )
-from core.models import ItemSpec, ItemState, JobSpec, JobStatus
-from core.worker import process_item
+from core.models import ItemState, JobStatus
 from tests.fakes import (
-    FakeClock, InMemoryEventPublisher, InMemoryEventStore, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue,
-    ScriptedWebhookSender, worker_deps,
+    InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender,
 )
+from tests.unit.conftest import Env as UseCaseEnv
 
 KEY = bytes(range(32))
 URL = "https://hooks.example.com/imagefleet"
 POLICY = DeliveryPolicy(max_attempts=4, backoff_base=30.0, backoff_max=3600.0, lease_seconds=60.0)
 
 
-class Env:
+class Env(UseCaseEnv):
+    """The use cases with a completion-event outbox and its delivery (the webhook scripted)."""
+
     def __init__(self, secret=KEY, webhook_script=(), policy=POLICY):
-        self.store = InMemoryJobStore()
-        self.queue = InMemoryWorkQueue()
-        self.clock = FakeClock()
-        self.sink = InMemoryImageSink()
+        super().__init__()
         self.event_store = InMemoryEventStore()
         self.publisher = InMemoryEventPublisher()
         self.webhooks = ScriptedWebhookSender(webhook_script)
@@ -38,15 +36,8 @@ class Env:
         self.policy = policy
 
     def submit(self, n=2, callback_url=URL):
-        spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), "auto", callback_url)
-        deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=False),
-                                     store=self.store, queue=self.queue, clock=self.clock)
-        return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), deps)
-
-    def process(self, job_id, key, generator=None):
-        deps = worker_deps(store=self.store, generator=generator, sink=self.sink, clock=self.clock,
-                           events=self.events)
-        return process_item(deps, job_id, key, "w1")
+        spec = self.spec(n, callback_url=callback_url)
+        return submitting.submit_job(submitting.Submission(spec, self.model), self.submit_deps())
 
     def finish(self, job_id, key, state=ItemState.SUCCEEDED):
         """Give an item a terminal state directly, as a worker does before it finalizes."""

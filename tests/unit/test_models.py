@@ -17,7 +17,7 @@ from core.models import ItemSpec, ItemState, JobSpec, Lane
 from core.worker import process_item
 from tests.fakes import (
     FakeClock, FakeModelsApi, InMemoryCounterStore, InMemoryImageSink, InMemoryJobStore, InMemoryModelHaltStore,
-    InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator, worker_deps,
+    InMemoryWorkQueue, NoLimiter, worker_deps,
 )
 
 CATALOG = catalog_file.load()
@@ -98,31 +98,12 @@ def test_prices_come_from_the_model_and_size_and_an_override_wins():
 
 
 @pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-        halts = ModelHalts(InMemoryModelHaltStore(), clock)
-        accounting = Accounting(store=InMemoryCounterStore(), clock=clock, prices=Prices(catalog=CATALOG))
-
-        def submit(self, n=2, model=DEFAULT, quality="standard"):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}", quality=quality) for i in range(n)))
-            route = submitting.RouteDeps(interactive_threshold=10, batch_available=False, catalog=CATALOG,
-                                         model_halts=self.halts, accounting=self.accounting)
-            deps = submitting.SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock)
-            return submitting.submit_job(submitting.Submission(spec, model), deps)
-
-        def process(self, job_id, key, max_attempts=3):
-            return process_item(self.deps(max_attempts=max_attempts), job_id, key, "w1")
-
-        def deps(self, **given):
-            return worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
-                               catalog=CATALOG, model_halts=self.halts, accounting=self.accounting, **given)
-
-    return Env()
+def env(env):
+    """With the catalog, per-model halts and usage accounting at the catalog's prices."""
+    env.model, env.catalog = DEFAULT, CATALOG
+    env.halts = ModelHalts(InMemoryModelHaltStore(), env.clock)
+    env.accounting = Accounting(store=InMemoryCounterStore(), clock=env.clock, prices=Prices(catalog=CATALOG))
+    return env
 
 
 def test_a_job_runs_on_its_own_model_at_the_catalog_size_and_price(env):
@@ -142,7 +123,7 @@ def test_the_limiter_is_asked_for_the_images_own_price(env):
             costs.append(cost)
 
     job = env.submit(1, model="gemini-3-pro-image", quality="high")
-    process_item(env.deps(limiter=Recording()), job.job_id, "k0", "w1")
+    process_item(env.worker_deps(limiter=Recording()), job.job_id, "k0", "w1")
     assert costs == [CATALOG.spec("gemini-3-pro-image").price("2K", batch=False)]
 
 
@@ -155,7 +136,7 @@ def test_a_missing_model_halts_it_and_its_items_wait_without_spending_attempts(e
     assert first.ack and first.state == "queued" and "parked" in first.reason
     assert [r for r in caplog.records if getattr(r, "alert", None) == "model_halted"]
     second = env.process(job.job_id, "k1")  # parked before the model is called again
-    assert second.ack and env.generator.calls == ["p0"]
+    assert second.ack and env.generator.calls == ["prompt 0"]
     for key in ("k0", "k1"):
         item = env.store.get_item(job.job_id, key)
         assert item.state is ItemState.QUEUED and item.attempts == 0 and item.lease_owner is None

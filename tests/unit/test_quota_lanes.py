@@ -7,19 +7,17 @@ import pytest
 
 from core import accounting as acct
 from core import dead_letters, jobs, redrive, submitting
-from core.accounting import Accounting, DailyLimits, Prices
+from core.accounting import Accounting, DailyLimits
 from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.errors import (
     BudgetExceeded, Conflict, IdempotencyMismatch, InProgress, LaneUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from core.worker import process_item
 from core.pool import FlushRule, flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
 from core.routing import Headroom, choose_lane
 from tests.fakes import (
-    FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryImageSink,
-    InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, ScriptedImageGenerator, worker_deps,
+    InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
 )
 
 PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel"
@@ -33,44 +31,17 @@ def quota(per_day=False, delay=0.5):
 
 
 @pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-        breaker_store = InMemoryBreakerStore()
-        counters = InMemoryCounterStore()
-        idempotency = InMemoryIdempotencyStore()
-
-        def __init__(self):
-            self.pool = InMemoryPoolStore(self.store)
-            self.breaker = CircuitBreaker(self.breaker_store, self.clock, BreakerPolicy(
-                threshold=3, cooldown_seconds=60, halt_seconds=600, probe_seconds=120, cache_seconds=0))
-            self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
-
-        def submit(self, n=3, lane="auto", **kw):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), self.deps(), **kw)
-
-        def deps(self):
-            route = submitting.RouteDeps(interactive_threshold=10, batch_available=False, breaker=self.breaker,
-                                         accounting=self.accounting)
-            return submitting.SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock,
-                                         idempotency=self.idempotency, idempotency_takeover_seconds=120)
-
-        def process(self, job_id, key, owner="w1", max_attempts=3):
-            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
-                               breaker=self.breaker, pool=self.pool, accounting=self.accounting,
-                               max_attempts=max_attempts)
-            return process_item(deps, job_id, key, owner)
-
-        def flush(self, flush_items=100, max_age=300):
-            return flush_pool(pool=self.pool, jobs=self.store, batches=self.store, clock=self.clock,
-                              rule=FlushRule(flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000))
-
-    return Env()
+def env(env):
+    """With a breaker, usage accounting and the pending-batch pool."""
+    env.breaker_store, env.counters = InMemoryBreakerStore(), InMemoryCounterStore()
+    env.pool = InMemoryPoolStore(env.store)
+    env.breaker = CircuitBreaker(env.breaker_store, env.clock, BreakerPolicy(
+        threshold=3, cooldown_seconds=60, halt_seconds=600, probe_seconds=120, cache_seconds=0))
+    env.accounting = Accounting(store=env.counters, clock=env.clock, cache_seconds=0)
+    env.flush = lambda flush_items=100, max_age=300: flush_pool(
+        pool=env.pool, jobs=env.store, batches=env.store, clock=env.clock,
+        rule=FlushRule(flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000))
+    return env
 
 
 # --- the quota day ---------------------------------------------------------------------------
@@ -358,7 +329,7 @@ def test_retry_of_an_unknown_or_cancelled_job(env):
 def submit_once(env, key="k", body="h1"):
     sub = submitting.Submission(JobSpec((ItemSpec("a", "p"),)), "gemini-2.5-flash-image", key_id=key,
                                 body_sha256=body)
-    return submitting.submit_once(sub, env.deps())
+    return submitting.submit_once(sub, env.submit_deps())
 
 
 def test_the_same_idempotency_key_returns_the_same_job(env):

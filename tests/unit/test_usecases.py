@@ -4,42 +4,17 @@ import json
 
 import pytest
 
-from core import jobs, redrive, submitting
+from core import jobs, redrive
 from core.errors import (
     Conflict,
     ContentRefused, InvalidRequest, LaneUnavailable, NotFound, PermissionDenied, QuotaExceeded,
     RateLimited, TransientError,
 )
-from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from core.worker import process_item
+from core.models import ItemState, JobStatus, Lane
 from tests.fakes import (
-    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    ScriptedImageGenerator, tiny_png, worker_deps,
+    NoLimiter,
+    tiny_png,
 )
-
-
-@pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        limiter = NoLimiter()
-        generator = ScriptedImageGenerator()
-
-        def submit(self, n=3, lane="auto", **kw):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=False),
-                                         store=self.store, queue=self.queue, clock=self.clock)
-            return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), deps, **kw)
-
-        def process(self, job_id, key, owner="w1", max_attempts=3, max_wait=30.0):
-            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, limiter=self.limiter,
-                               clock=self.clock, max_attempts=max_attempts, max_wait=max_wait)
-            return process_item(deps, job_id, key, owner)
-
-    return Env()
 
 
 def test_submit_records_the_job_and_publishes_one_message_per_item(env):

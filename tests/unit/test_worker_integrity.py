@@ -8,40 +8,21 @@ import io
 import pytest
 from PIL import Image
 
-from core import redrive, submitting
+from core import redrive
 from core.errors import MalformedResponse
-from core.models import ItemSpec, ItemState, JobSpec, JobStatus, StoredImage
-from core.worker import process_item
+from core.models import ItemState, JobStatus, StoredImage
 from tests.fakes import (
-    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, ScriptedImageGenerator, tiny_png, worker_deps,
+    InMemoryWorkQueue, tiny_png,
 )
 
 LEASE = 120
 
 
 @pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-
-        def submit(self, n=1):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)))
-            deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=False),
-                                         store=self.store, queue=InMemoryWorkQueue(), clock=self.clock)
-            return submitting.submit_job(submitting.Submission(spec, "gemini-3-pro-image-preview"), deps)
-
-        def process(self, job_id, key="k0", owner="w1", max_attempts=3, upload_budget=60.0):
-            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
-                               max_attempts=max_attempts, lease_seconds=LEASE, upload_budget=upload_budget)
-            return process_item(deps, job_id, key, owner)
-
-        def item(self, job_id, key="k0"):
-            return self.store.get_item(job_id, key)
-
-    return Env()
+def env(env):
+    env.model = "gemini-3-pro-image-preview"
+    env.limits = {"lease_seconds": LEASE}
+    return env
 
 
 def jpeg(size=(40, 30)) -> bytes:

@@ -71,7 +71,7 @@ class WorkerLimits:
 
 @dataclass(frozen=True)
 class WorkerDeps:
-    """Everything process_item needs; wiring.worker_deps() builds it once per instance."""
+    """Everything process_item needs; wiring.worker_deps() takes it from wiring.deps(), built once per instance."""
 
     store: JobStore
     generator: ImageGenerator

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
+
 def _all_items(store: JobStore, job_id: str, page: int = 500) -> list[Item]:
     items: list[Item] = []
     after = None
@@ -184,6 +185,9 @@ def build_manifest(items: list[Item]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+# --- cancel and retry ----------------------------------------------------------------------
+
+
 def cancel_job(
     job_id: str, *, store: JobStore, clock: Clock, sink: ImageSink | None = None, events: EventOutbox | None = None,
     tenant: str | None = None,
@@ -255,6 +259,10 @@ def retry_job(
     return {"job_id": job_id, "round": job.round, "status": job.status.value,
             "requeued": len(requeued_interactive) + len(requeued_batch),
             "requeued_interactive": len(requeued_interactive), "requeued_batch": len(requeued_batch)}
+
+
+# --- shared with the finishers (core/worker.py, core/dead_letters.py) -------------------------
+
 
 def _finished(state: ItemState, now: float, **fields) -> dict:
     return {"state": state.value, "lease_owner": None, "lease_expires_at": None,

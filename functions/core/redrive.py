@@ -61,6 +61,7 @@ def redrive_stuck_items(
         log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
     return summary
 
+
 def finalize_stalled_jobs(
     deps: Finalizing, *, limit: int = 50, deadline: float | None = None, start_after: str | None = None,
 ) -> list[str]:

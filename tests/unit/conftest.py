@@ -51,7 +51,7 @@ class Env:
     def submit_deps(self, **given):
         from core.submitting import RouteDeps, SubmitDeps
 
-        route = RouteDeps(interactive_threshold=self.interactive_threshold, batch_available=False,
+        route = RouteDeps(interactive_threshold=self.interactive_threshold, batch_available=given.get("batch") is not None,
                           breaker=self.breaker, accounting=self.accounting, catalog=self.catalog,
                           model_halts=self.halts)
         return SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock,

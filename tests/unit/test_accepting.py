@@ -5,8 +5,8 @@ import pytest
 from core import accepting, jobs, redrive, submitting
 from core.accounting import RELEASED_USD, RESERVED_USD, Accounting
 from core.errors import Conflict, InProgress
-from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from tests.fakes import InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryJobStore, InMemoryWorkQueue
+from core.models import IntentState, ItemState, JobStatus, Lane
+from tests.fakes import InMemoryCounterStore, InMemoryJobStore
 from tests.unit.test_batches import Env as BatchEnv
 
 ABANDON = 600.0
@@ -52,30 +52,21 @@ class RecordingOutbox:
 
 
 class Env(BatchEnv):
+    interactive_threshold = 3
+
     def __init__(self, **kw):
         self.outbox = RecordingOutbox()
         super().__init__(store=HookedStore(), events=self.outbox, **kw)
-        self.queue = InMemoryWorkQueue()
         self.counters = InMemoryCounterStore()
         self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
-        self.idempotency = InMemoryIdempotencyStore()
-
-    def spec(self, n, lane="batch"):
-        return JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
 
     def submit(self, n=5, per_batch=100, lane="batch", **kw):
-        sub = submitting.Submission(self.spec(n, lane), "gemini-2.5-flash-image")
-        return submitting.submit_job(sub, self.submit_deps(per_batch), **kw)
+        sub = submitting.Submission(self.spec(n, lane), self.model)
+        return submitting.submit_job(sub, self.submit_deps(batch=self.lane, batch_max_requests=per_batch), **kw)
 
     def submit_once(self, n=5, per_batch=100, lane="batch"):
-        sub = submitting.Submission(self.spec(n, lane), "gemini-2.5-flash-image", key_id="key", body_sha256="h")
-        return submitting.submit_once(sub, self.submit_deps(per_batch))
-
-    def submit_deps(self, per_batch):
-        route = submitting.RouteDeps(interactive_threshold=3, batch_available=True, accounting=self.accounting)
-        return submitting.SubmitDeps(route=route, store=self.store, queue=self.queue, clock=self.clock,
-                                     idempotency=self.idempotency, batch=self.lane, batch_max_requests=per_batch,
-                                     idempotency_takeover_seconds=120)
+        sub = submitting.Submission(self.spec(n, lane), self.model, key_id="key", body_sha256="h")
+        return submitting.submit_once(sub, self.submit_deps(batch=self.lane, batch_max_requests=per_batch))
 
     def recover(self, per_batch=100):
         return accepting.recover_abandoned_accepts(accepting.AcceptRecovery(

@@ -6,19 +6,21 @@ import pytest
 
 from catalog import load as load_catalog
 from core import jobs, submitting
-from core.batches import BatchLane, BatchLaneDeps, BatchLimits, normalise_state, plan_intents
+from core.batches import BatchLane, BatchLaneDeps, BatchLimits, normalise_state
 from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from tests.fakes import FakeBatchApi, FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue
+from tests.fakes import FakeBatchApi, FakeClock
+from tests.unit.conftest import Env as UseCaseEnv
 
 FAR = 1e12  # a deadline that never comes
 
 
-class Env:
+class Env(UseCaseEnv):
+    """The batch lane over the shared fakes (tests/unit/conftest.py), with a fake Batch API."""
+
     def __init__(self, lease=60.0, max_attempts=3, checkpoint_lines=2, store=None, events=None):
-        self.store = store or InMemoryJobStore()
+        super().__init__()
+        self.store = store or self.store
         self.api = FakeBatchApi()
-        self.sink = InMemoryImageSink()
-        self.clock = FakeClock()
         self.lane = BatchLane(
             BatchLaneDeps(store=self.store, jobs=self.store, api=self.api, sink=self.sink, clock=self.clock,
                           catalog=load_catalog(), events=events),
@@ -28,10 +30,8 @@ class Env:
     def submit(self, n=5, per_batch=100, **kw):
         spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}", aspect_ratio="16:9" if i == 0 else "1:1")
                              for i in range(n)), "batch")
-        deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=True),
-                                     store=self.store, queue=InMemoryWorkQueue(), clock=self.clock, batch=self.lane,
-                                     batch_max_requests=per_batch)
-        return submitting.submit_job(submitting.Submission(spec, "gemini-2.5-flash-image"), deps, **kw)
+        deps = self.submit_deps(batch=self.lane, batch_max_requests=per_batch)
+        return submitting.submit_job(submitting.Submission(spec, self.model), deps, **kw)
 
     def tick(self, owner="poller", deadline=FAR):
         return self.lane.reconcile(owner, deadline)

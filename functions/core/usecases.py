@@ -260,9 +260,11 @@ def reconcile_unpublished(
 ) -> list[str]:
     """Publish the items of interactive jobs whose submitter died before publishing them."""
     done = []
+    # An accepting job is not among them: it is published after its flip (or by
+    # recover_abandoned_accepts).
     for job in store.unpublished_jobs(older_than=clock.now() - grace_seconds, limit=50):
-        if job.lane is not Lane.INTERACTIVE or job.status is JobStatus.ACCEPTING:
-            continue  # an accepting job is published after its flip (or by recover_abandoned_accepts)
+        if job.lane is not Lane.INTERACTIVE:
+            continue
         keys = [it.key for it in _all_items(store, job.job_id) if not it.terminal]
         queue.publish_items(job.job_id, keys)
         store.mark_published(job.job_id, clock.now())
@@ -329,9 +331,7 @@ def recover_abandoned_accepts(
     released and its job.completed event recorded: nothing is silently lost."""
     done: dict[str, list[str]] = {"completed": [], "failed": []}
     idle_since = deps.clock.now() - abandon_seconds
-    for job in deps.store.accepting_jobs(limit):
-        if job.updated_at > idle_since:
-            continue  # its submitter may be alive
+    for job in deps.store.accepting_jobs(limit, idle_since=idle_since):  # younger: its submitter may be alive
         items = _all_items(deps.store, job.job_id)
         if len(items) == job.item_count:
             if _complete_accept(job, items, deps):

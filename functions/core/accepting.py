@@ -84,9 +84,7 @@ def recover_abandoned_accepts(
     released and its job.completed event recorded: nothing is silently lost."""
     done: dict[str, list[str]] = {"completed": [], "failed": []}
     idle_since = deps.clock.now() - abandon_seconds
-    for job in deps.store.accepting_jobs(limit):
-        if job.updated_at > idle_since:
-            continue  # its submitter may be alive
+    for job in deps.store.accepting_jobs(limit, idle_since=idle_since):  # younger: its submitter may be alive
         items = _all_items(deps.store, job.job_id)
         if len(items) == job.item_count:
             if _complete_accept(job, items, deps):

@@ -315,37 +315,49 @@ class BatchLane:
 
     # --- reconciliation --------------------------------------------------------------------
 
-    def reconcile(self, owner: str, deadline: float, limit: int = 100) -> dict[str, int]:
-        """One poller tick: move every active intent forward, within the time budget."""
+    def reconcile(self, owner: str, deadline: float, page: int = 100) -> dict[str, int]:
+        """One poller tick: move every due intent forward, the longest-due first, page after
+        page until the time budget is spent. Each one looked at is due again from when it was
+        released, so a tick that runs out of time leaves the rest first in line for the next:
+        however many are active, every intent gets its turn."""
         summary = {"seen": 0, "skipped": 0, "submitted": 0, "held": 0, "backing_off": 0, "running": 0,
                    "ingested": 0, "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0,
                    "errors": 0}
         refused_models: set[str] = set()  # models whose create got a 429 in this tick
-        for candidate in self.store.active_intents(limit):
-            if self.clock.now() >= deadline:
+        # Due as of the tick's start: an intent released during the tick is due later than
+        # this, so no page returns it twice.
+        start, after = self.clock.now(), None
+        while self.clock.now() < deadline:
+            candidates = self.store.due_intents(start, page, after)
+            for candidate in candidates:
+                if self.clock.now() >= deadline:
+                    break
+                summary["seen"] += 1
+                summary[self._visit(candidate, owner, deadline, refused_models)] += 1
+            if len(candidates) < page:
                 break
-            summary["seen"] += 1
-            if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
-                # Not even a lease: a write per tick per waiting intent would buy nothing. The
-                # batch quotas are per model or per project, so after one 429 the model's other
-                # new batches wait for the next tick rather than collect a 429 each.
-                summary["backing_off"] += 1
-                continue
-            intent = self.store.claim_intent(candidate.intent_id, owner, self.clock.now(), self.lease_seconds)
-            if intent is None:
-                summary["skipped"] += 1  # another poller holds it
-                continue
-            try:
-                outcome = self._reconcile_one(intent, owner, deadline)
-                summary[outcome] += 1
-                if outcome == "backing_off":
-                    refused_models.add(intent.model)
-            except Exception:  # noqa: BLE001 - one bad batch must not starve the others
-                log.exception("reconciling intent %s failed", intent.intent_id)
-                summary["errors"] += 1
-            finally:
-                self._release(intent, owner)
+            after = (candidates[-1].next_check_at or 0.0, candidates[-1].intent_id)
         return summary
+
+    def _visit(self, candidate: BatchIntent, owner: str, deadline: float, refused_models: set[str]) -> str:
+        if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
+            # Not even a lease: a write per tick per waiting intent would buy nothing. The
+            # batch quotas are per model or per project, so after one 429 the model's other
+            # new batches wait for the next tick rather than collect a 429 each.
+            return "backing_off"
+        intent = self.store.claim_intent(candidate.intent_id, owner, self.clock.now(), self.lease_seconds)
+        if intent is None:
+            return "skipped"  # another poller holds it (or it finished since the query)
+        outcome = "errors"
+        try:
+            outcome = self._reconcile_one(intent, owner, deadline)
+            if outcome == "backing_off":
+                refused_models.add(intent.model)
+        except Exception:  # noqa: BLE001 - one bad batch must not starve the others
+            log.exception("reconciling intent %s failed", intent.intent_id)
+        finally:
+            self._release(intent, owner)
+        return outcome
 
     def _reconcile_one(self, intent: BatchIntent, owner: str, deadline: float) -> str:
         job = self.jobs.get_job(intent.job_id)
@@ -569,7 +581,8 @@ class BatchLane:
 
     def _finished_fields(self, outcome: str) -> dict:
         now = self.clock.now()
-        return {"state": IntentState.FINISHED.value, "outcome": outcome, "finished_at": now, "updated_at": now}
+        return {"state": IntentState.FINISHED.value, "outcome": outcome, "finished_at": now, "updated_at": now,
+                "next_check_at": None}
 
     def _finish(self, intent: BatchIntent, owner: str, outcome: str) -> None:
         self.store.update_intent(intent.intent_id, owner, self._finished_fields(outcome))
@@ -580,7 +593,12 @@ class BatchLane:
             raise LostLease(f"lost the lease on intent {intent.intent_id}")
 
     def _release(self, intent: BatchIntent, owner: str) -> None:
-        self.store.update_intent(intent.intent_id, owner, {"lease_owner": None, "lease_expires_at": None})
+        """Give the lease back; the intent is due again now (behind every intent that has
+        waited longer), or, when a 429 told it to wait, once that wait is over."""
+        due = self.clock.now()
+        if self.waiting(intent) and intent.next_attempt_at is not None:
+            due = intent.next_attempt_at
+        self.store.release_intent(intent.intent_id, owner, due)
 
 
 def _admit(result, settled: dict[str, str]) -> bool:

@@ -7,7 +7,7 @@ import logging
 
 from core import jobs
 from core.jobs import Finalizing, _all_items, finalize_job_if_done
-from core.models import Item, ItemState, JobStatus, Lane
+from core.models import Item, ItemState, Lane
 from core.ports import Clock, JobStore, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -18,9 +18,11 @@ def reconcile_unpublished(
 ) -> list[str]:
     """Publish the items of interactive jobs whose submitter died before publishing them."""
     done = []
+    # An accepting job is not among them: it is published after its flip (or by
+    # recover_abandoned_accepts).
     for job in store.unpublished_jobs(older_than=clock.now() - grace_seconds, limit=50):
-        if job.lane is not Lane.INTERACTIVE or job.status is JobStatus.ACCEPTING:
-            continue  # an accepting job is published after its flip (or by recover_abandoned_accepts)
+        if job.lane is not Lane.INTERACTIVE:
+            continue
         keys = [it.key for it in _all_items(store, job.job_id) if not it.terminal]
         queue.publish_items(job.job_id, keys)
         store.mark_published(job.job_id, clock.now())

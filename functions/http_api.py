@@ -20,6 +20,7 @@ from core.stats import get_stats
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
+import schemas
 from schemas import JobRequest, error_fields, model_problems
 from schemas import excerpt as _excerpt
 
@@ -50,14 +51,23 @@ class ApiError(Exception):
 
 
 def json_response(body: dict, code: int = 200, headers: dict | None = None):
+    """A JSON document that is not a response model (the OpenAPI document itself)."""
     return json.dumps(body), code, {"Content-Type": "application/json", **(headers or {})}
+
+
+def model_response(model: type[schemas.Response], body: dict, code: int = 200, headers: dict | None = None):
+    """A body serialised through its response model, so it is what the OpenAPI contract says:
+    validated against it (a field it lacks, or a wrong type, fails here), enums as their values,
+    aliases as aliases. Only the fields the body sets are written: an absent field stays absent."""
+    text = model.model_validate(body).model_dump_json(by_alias=True, exclude_unset=True)
+    return text, code, {"Content-Type": "application/json", **(headers or {})}
 
 
 def error_response(e: ApiError, headers: dict | None = None):
     body = {"error": {"code": e.code, "reason": e.reason, "message": e.message}}
     if e.fields:
         body["error"]["fields"] = e.fields
-    return json_response(body, e.code, headers)
+    return model_response(schemas.ErrorResponse, body, e.code, headers)
 
 
 def _invalid(message: str, field: str, problem: str) -> ApiError:
@@ -156,7 +166,7 @@ def read_body(stream, max_bytes: int, chunk: int = 64 * 1024) -> bytes | None:
 
 
 def _healthz(request):
-    return json_response({"status": "ok"})
+    return model_response(schemas.Health, {"status": "ok"})
 
 
 def _openapi(request):
@@ -220,7 +230,7 @@ def _submission(request, caller: Caller, job_request: JobRequest, body: dict) ->
 
 
 def _dry_run_answer(sub: submitting.Submission, route):
-    return json_response({"dry_run": True, "lane": route.lane.value, "item_count": len(sub.spec.items),
+    return model_response(schemas.DryRun, {"dry_run": True, "lane": route.lane.value, "item_count": len(sub.spec.items),
                           "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
                           "breaker": wiring.deps().breaker.view().state.value, "model": sub.model})
 
@@ -230,7 +240,8 @@ def _accepted_answer(job, replayed: bool, caller: Caller):
     if not replayed:
         log.info("accepted job %s: %d items, lane %s (%s)", job.job_id, job.item_count, job.lane.value,
                  job.route_reason, extra={"job_id": job.job_id, "lane": job.lane.value, "tenant": caller.tenant})
-    return json_response(
+    return model_response(
+        schemas.JobAccepted,
         {"job_id": job.job_id, "lane": job.lane.value, "status": job.status.value,
          "item_count": job.item_count, "status_url": status_url, "route_reason": job.route_reason,
          "estimated_cost_usd": job.estimated_cost_usd, "model": job.model},
@@ -267,7 +278,7 @@ def _stats(request, caller: Caller):
     models = models_section(d.catalog, d.model_halts, d.clock.now(), s.default_model, s.model_shutdown_warning_days)
     body = get_stats(accounting=d.accounting, breaker=d.breaker, pool_size=d.pool.count() if d.pool is not None else None,
                      tenant=caller.scope, models=models)
-    return json_response({"tenant": caller.tenant, "admin": caller.admin, **body})
+    return model_response(schemas.Stats, {"tenant": caller.tenant, "admin": caller.admin, **body})
 
 
 def _retry(request, caller: Caller, job_id: str):
@@ -277,7 +288,7 @@ def _retry(request, caller: Caller, job_id: str):
         body = jobs.retry_job(job_id, store=d.store, queue=d.queue, pool=d.pool, clock=d.clock, tenant=caller.scope)
     except (errors.NotFound, errors.Conflict) as e:
         raise _lookup_error(e) from e
-    return json_response(body, 202, {"Location": f"/v1/jobs/{job_id}"})
+    return model_response(schemas.RetryAccepted, body, 202, {"Location": f"/v1/jobs/{job_id}"})
 
 
 def _status(request, caller: Caller, job_id: str):
@@ -288,7 +299,7 @@ def _status(request, caller: Caller, job_id: str):
                                    tenant=caller.scope)
     except errors.NotFound as e:
         raise _lookup_error(e) from e
-    return json_response(body)
+    return model_response(schemas.JobStatusResponse, body)
 
 
 def _paging(request) -> tuple[int, str | None]:
@@ -312,7 +323,7 @@ def _cancel(request, caller: Caller, job_id: str):
     except (errors.NotFound, errors.Conflict) as e:
         raise _lookup_error(e) from e
     log.info("cancelled job %s", job_id, extra={"job_id": job_id})
-    return json_response(body)
+    return model_response(schemas.JobStatusResponse, body)
 
 
 def _lookup_error(e: errors.NotFound | errors.Conflict) -> ApiError:

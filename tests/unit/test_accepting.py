@@ -317,10 +317,12 @@ def test_the_lane_of_a_resumed_job_is_the_one_it_was_accepted_in():
 
 
 def test_accepting_is_a_job_status_the_api_documents():
-    from schemas import JobAccepted, JobStatusResponse
+    from openapi import build_openapi
 
-    assert "accepting" in JobStatusResponse.model_fields["status"].annotation.__args__
-    assert "accepting" in JobAccepted.model_fields["status"].annotation.__args__
+    schemas = build_openapi()["components"]["schemas"]
+    assert "accepting" in schemas["JobStatus"]["enum"]
+    for body in ("JobStatusResponse", "JobAccepted"):
+        assert schemas[body]["properties"]["status"]["$ref"] == "#/components/schemas/JobStatus"
 
 
 def test_the_cli_shows_an_accepting_job_and_a_failed_accept(capsys):

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from core.models import ItemSpec, JobSpec
+from core.breaker import BreakerState
+from core.events import EventState
+from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
 from core.webhooks import MAX_CALLBACK_URL_CHARS, CallbackUrlError, check_callback_url
 
 # Every ratio some catalog model has (functions/models.json); which ones the job's model has is
@@ -176,13 +178,20 @@ def excerpt(text: str, limit: int = 40) -> str:
     return cut + ("…" if len(text) > limit else "")
 
 
-# --- responses (documented in the OpenAPI contract; the handlers build plain dicts) --------
+# --- responses: the OpenAPI contract, and what every answer is serialised through ---------
 
 
-class JobAccepted(BaseModel):
+class Response(BaseModel):
+    """A response body. A field the handler sets but the contract lacks is an error (a 500 in
+    the tests, never a silent extra); `from` and other aliases are written as their alias."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class JobAccepted(Response):
     job_id: str
-    lane: Literal["interactive", "batch"]
-    status: Literal["accepting", "queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"] = Field(
+    lane: Lane
+    status: JobStatus = Field(
         description="queued for a new job; the job's current status when an Idempotency-Key replays it "
         "(accepting: its items are still being recorded)")
     item_count: int
@@ -192,21 +201,21 @@ class JobAccepted(BaseModel):
     model: str = Field(description="The image model the job uses")
 
 
-class ItemStatus(BaseModel):
+class ItemStatus(Response):
     key: str
     index: int
     prompt: str
-    state: Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+    state: ItemState
     attempts: int
     gcs_uri: str | None
     error: str | None
     finish_reason: str | None
-    lane: Literal["interactive", "batch"] | None
+    lane: Lane | None
 
 
-class BatchStatus(BaseModel):
+class BatchStatus(Response):
     intent_id: str
-    state: Literal["pending", "creating", "submitted", "ingesting", "finished"]
+    state: IntentState
     gemini_batch: str | None
     gemini_state: str | None
     attempt: int
@@ -216,7 +225,7 @@ class BatchStatus(BaseModel):
     submit_failures: int = Field(0, description="refusals in a row; at 3 the batch's items fail with `error`")
 
 
-class ItemCounts(BaseModel):
+class ItemCounts(Response):
     queued: int
     running: int
     succeeded: int
@@ -225,10 +234,10 @@ class ItemCounts(BaseModel):
     cancelled: int
 
 
-class JobStatusResponse(BaseModel):
+class JobStatusResponse(Response):
     job_id: str
-    lane: Literal["interactive", "batch"]
-    status: Literal["accepting", "queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
+    lane: Lane
+    status: JobStatus
     model: str
     item_count: int
     created_at: float
@@ -247,43 +256,43 @@ class JobStatusResponse(BaseModel):
     events: list[EventStatus] = Field(description="The job's completion events and their delivery")
 
 
-class EventStatus(BaseModel):
+class EventStatus(Response):
     event_id: str = Field(description="Also the webhook-id header: the receiver's idempotency key")
     type: Literal["job.completed"]
-    state: Literal["pending", "delivered", "failed"]
+    state: EventState
     attempts: int
     last_error: str | None
     delivered_at: float | None
 
 
-class DryRun(BaseModel):
+class DryRun(Response):
     dry_run: Literal[True]
-    lane: Literal["interactive", "batch"]
+    lane: Lane
     item_count: int
     estimated_cost_usd: float
     reason: str
-    breaker: Literal["closed", "open", "half_open", "halted"]
+    breaker: BreakerState
     model: str
 
 
-class RetryAccepted(BaseModel):
+class RetryAccepted(Response):
     job_id: str
     round: int
-    status: Literal["accepting", "queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]
+    status: JobStatus
     requeued: int
     requeued_interactive: int
     requeued_batch: int
 
 
-class BreakerTransition(BaseModel):
+class BreakerTransition(Response):
     at: float
     from_: str = Field(alias="from")
     to: str
     reason: str
 
 
-class BreakerStatus(BaseModel):
-    state: Literal["closed", "open", "half_open", "halted"]
+class BreakerStatus(Response):
+    state: BreakerState
     consecutive_failures: int
     reason: str | None
     opened_at: float | None
@@ -291,7 +300,7 @@ class BreakerStatus(BaseModel):
     transitions: list[BreakerTransition]
 
 
-class Stats(BaseModel):
+class Stats(Response):
     tenant: str = Field(description="The caller's tenant (its API key's)")
     admin: bool = Field(description="True: the caller sees every tenant's usage")
     day: str = Field(description="The quota day (it resets at midnight Pacific)")
@@ -312,7 +321,7 @@ class Stats(BaseModel):
     models: list[ModelStatus] = Field(description="The catalog's models: lifecycle, shutdown, halts")
 
 
-class ModelStatus(BaseModel):
+class ModelStatus(Response):
     id: str
     default: bool = Field(description="The model of a job that names none")
     lifecycle: Literal["ga", "preview", "deprecated"] | None = Field(description="None: halted but not in the catalog")
@@ -324,21 +333,21 @@ class ModelStatus(BaseModel):
     source_url: str | None
 
 
-class FieldProblem(BaseModel):
+class FieldProblem(Response):
     field: str
     problem: str
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Response):
     code: int
     reason: str
     message: str
     fields: list[FieldProblem] | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Response):
     error: ErrorDetail
 
 
-class Health(BaseModel):
+class Health(Response):
     status: Literal["ok"]

@@ -75,9 +75,10 @@ class InMemoryJobStore:
         return self._accepting_cas(job_id, lambda d: None if d["updated_at"] > idle_since else {
             "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
 
-    def accepting_jobs(self, limit: int) -> list[Job]:
-        return [Job.from_dict(copy.deepcopy(d)) for d in self.jobs.values()
-                if d["status"] == JobStatus.ACCEPTING.value][:limit]
+    def accepting_jobs(self, limit: int, idle_since: float | None = None) -> list[Job]:
+        return [Job.from_dict(copy.deepcopy(self.jobs[i])) for i in sorted(self.jobs)
+                if self.jobs[i]["status"] == JobStatus.ACCEPTING.value
+                and (idle_since is None or self.jobs[i]["updated_at"] <= idle_since)][:limit]
 
     def _accepting_cas(self, job_id: str, decide) -> bool:
         with self.lock:
@@ -94,8 +95,8 @@ class InMemoryJobStore:
         self.jobs[job_id].update(published=True, updated_at=now)
 
     def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
-        jobs = [Job.from_dict(d) for d in self.jobs.values() if not d["published"]]
-        return [j for j in jobs if j.created_at < older_than][:limit]
+        jobs = [Job.from_dict(copy.deepcopy(self.jobs[i])) for i in sorted(self.jobs) if not self.jobs[i]["published"]]
+        return [j for j in jobs if j.created_at < older_than and j.status is not JobStatus.ACCEPTING][:limit]
 
     def get_item(self, job_id: str, key: str) -> Item | None:
         d = self.items.get(job_id, {}).get(key)
@@ -233,6 +234,24 @@ class InMemoryJobStore:
         active = {s.value for s in ACTIVE_INTENT_STATES}
         found = [BatchIntent.from_dict(copy.deepcopy(d)) for d in self.intents.values() if d["state"] in active]
         return sorted(found, key=lambda i: i.intent_id)[:limit]
+
+    def due_intents(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[BatchIntent]:
+        # Like Firestore's range filter: only documents with a number in next_check_at, whatever
+        # their state (finished ones hold None there).
+        due = sorted((d["next_check_at"], i) for i, d in self.intents.items()
+                     if isinstance(d.get("next_check_at"), (int, float)) and d["next_check_at"] <= now)
+        due = [c for c in due if after is None or c > after]
+        return [BatchIntent.from_dict(copy.deepcopy(self.intents[i])) for _, i in due[:limit]]
+
+    def release_intent(self, intent_id: str, owner: str, next_check_at: float) -> bool:
+        with self.lock:
+            d = self.intents.get(intent_id)
+            if d is None or d.get("lease_owner") != owner:
+                return False
+            d.update(lease_owner=None, lease_expires_at=None)
+            if d["state"] != IntentState.FINISHED.value:
+                d["next_check_at"] = next_check_at
+            return True
 
     def claim_intent(self, intent_id, owner, now, lease_seconds) -> BatchIntent | None:
         with self.lock:

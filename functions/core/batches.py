@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from core.backoff import backoff_seconds
+from core.catalog import Catalog
 from core.errors import (
     GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
@@ -30,7 +33,9 @@ from core.models import (
     IntentState,
     object_name,
 )
-from core.ports import BatchApi, BatchStore, Clock, ImageSink, JobStore
+from core.jobs import finalize_job_if_done
+from core.ports import BatchApi, BatchStore, Clock, EventOutbox, ImageSink, JobStore
+from core.prompts import compose_prompt
 
 log = logging.getLogger(__name__)
 
@@ -100,45 +105,52 @@ class _Pause(Exception):
     """Raised inside the results stream when the time budget is spent."""
 
 
+@dataclass(frozen=True)
+class BatchLaneDeps:
+    """The batch lane's collaborators. `catalog` gives each request its imageSize; `events`
+    (None: none recorded) gets a finished job's job.completed event."""
+    store: BatchStore
+    jobs: JobStore
+    api: BatchApi
+    sink: ImageSink
+    clock: Clock
+    catalog: Catalog
+    events: EventOutbox | None = None
+    accounting: Any = None  # core.accounting.Accounting, or None: usage is not counted
+    model_halts: Any = None  # core.model_halts.ModelHalts, or None: a 404 is an error like others
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    lease_seconds: float
+    max_attempts: int
+    max_submit_failures: int = 3
+    checkpoint_lines: int = 200
+    quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS
+    upload_concurrency: int = 4
+    accept_abandon_seconds: float = 600.0
+    running_deadline_seconds: float | None = None  # None: rely on Gemini's expiry
+
+
 class BatchLane:
     """The batch lane's collaborators and limits, built once per instance by wiring."""
 
-    def __init__(
-        self,
-        *,
-        store: BatchStore,
-        jobs: JobStore,
-        api: BatchApi,
-        sink: ImageSink,
-        clock: Clock,
-        lease_seconds: float,
-        max_attempts: int,
-        max_submit_failures: int = 3,
-        checkpoint_lines: int = 200,
-        quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS,
-        upload_concurrency: int = 4,
-        image_size_for: Callable[[str, str], str | None],
-        compose_prompt: Callable[[Item], str],
-        finalize_job: Callable[[str], object],
-        accounting=None,
-        model_halts=None,
-        accept_abandon_seconds: float = 600.0,
-        running_deadline_seconds: float | None = None,
-    ) -> None:
-        self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
-        self.lease_seconds = lease_seconds
-        self.max_attempts = max_attempts
-        self.max_submit_failures = max_submit_failures
-        self.checkpoint_lines = checkpoint_lines
-        self.quota_backoff_seconds = quota_backoff_seconds
-        self.upload_concurrency = upload_concurrency
-        self.image_size_for = image_size_for
-        self.compose_prompt = compose_prompt
-        self.finalize_job = finalize_job
-        self.accounting = accounting  # core.accounting.Accounting, or None: usage is not counted
-        self.model_halts = model_halts  # core.model_halts.ModelHalts, or None: a 404 is an error like others
-        self.accept_abandon_seconds = accept_abandon_seconds
-        self.running_deadline_seconds = running_deadline_seconds  # None: rely on Gemini's expiry
+    def __init__(self, deps: BatchLaneDeps, limits: BatchLimits) -> None:
+        self.store, self.jobs, self.api, self.sink, self.clock = deps.store, deps.jobs, deps.api, deps.sink, deps.clock
+        self.catalog, self.events = deps.catalog, deps.events
+        self.accounting, self.model_halts = deps.accounting, deps.model_halts
+        self.lease_seconds = limits.lease_seconds
+        self.max_attempts = limits.max_attempts
+        self.max_submit_failures = limits.max_submit_failures
+        self.checkpoint_lines = limits.checkpoint_lines
+        self.quota_backoff_seconds = limits.quota_backoff_seconds
+        self.upload_concurrency = limits.upload_concurrency
+        self.accept_abandon_seconds = limits.accept_abandon_seconds
+        self.running_deadline_seconds = limits.running_deadline_seconds
+
+    def finalize_job(self, job_id: str) -> None:
+        """Every path that ends an item here finalizes its job, as the worker does."""
+        finalize_job_if_done(job_id, store=self.jobs, clock=self.clock, sink=self.sink, events=self.events)
 
     # --- submission ------------------------------------------------------------------------
 
@@ -231,7 +243,7 @@ class BatchLane:
 
     def _upload(self, intent: BatchIntent, owner: str, items: Sequence[Item]) -> str:
         data = b"".join(
-            request_line(it.key, self.compose_prompt(it), it.aspect_ratio, self.image_size_for(intent.model, it.quality))
+            request_line(it.key, compose_prompt(it), it.aspect_ratio, self.catalog.image_size_for(intent.model, it.quality))
             for it in items
         )
         # An input file left behind that cannot be reused goes before a new one is uploaded.
@@ -303,37 +315,49 @@ class BatchLane:
 
     # --- reconciliation --------------------------------------------------------------------
 
-    def reconcile(self, owner: str, deadline: float, limit: int = 100) -> dict[str, int]:
-        """One poller tick: move every active intent forward, within the time budget."""
+    def reconcile(self, owner: str, deadline: float, page: int = 100) -> dict[str, int]:
+        """One poller tick: move every due intent forward, the longest-due first, page after
+        page until the time budget is spent. Each one looked at is due again from when it was
+        released, so a tick that runs out of time leaves the rest first in line for the next:
+        however many are active, every intent gets its turn."""
         summary = {"seen": 0, "skipped": 0, "submitted": 0, "held": 0, "backing_off": 0, "running": 0,
                    "ingested": 0, "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0,
                    "errors": 0}
         refused_models: set[str] = set()  # models whose create got a 429 in this tick
-        for candidate in self.store.active_intents(limit):
-            if self.clock.now() >= deadline:
+        # Due as of the tick's start: an intent released during the tick is due later than
+        # this, so no page returns it twice.
+        start, after = self.clock.now(), None
+        while self.clock.now() < deadline:
+            candidates = self.store.due_intents(start, page, after)
+            for candidate in candidates:
+                if self.clock.now() >= deadline:
+                    break
+                summary["seen"] += 1
+                summary[self._visit(candidate, owner, deadline, refused_models)] += 1
+            if len(candidates) < page:
                 break
-            summary["seen"] += 1
-            if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
-                # Not even a lease: a write per tick per waiting intent would buy nothing. The
-                # batch quotas are per model or per project, so after one 429 the model's other
-                # new batches wait for the next tick rather than collect a 429 each.
-                summary["backing_off"] += 1
-                continue
-            intent = self.store.claim_intent(candidate.intent_id, owner, self.clock.now(), self.lease_seconds)
-            if intent is None:
-                summary["skipped"] += 1  # another poller holds it
-                continue
-            try:
-                outcome = self._reconcile_one(intent, owner, deadline)
-                summary[outcome] += 1
-                if outcome == "backing_off":
-                    refused_models.add(intent.model)
-            except Exception:  # noqa: BLE001 - one bad batch must not starve the others
-                log.exception("reconciling intent %s failed", intent.intent_id)
-                summary["errors"] += 1
-            finally:
-                self._release(intent, owner)
+            after = (candidates[-1].next_check_at or 0.0, candidates[-1].intent_id)
         return summary
+
+    def _visit(self, candidate: BatchIntent, owner: str, deadline: float, refused_models: set[str]) -> str:
+        if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
+            # Not even a lease: a write per tick per waiting intent would buy nothing. The
+            # batch quotas are per model or per project, so after one 429 the model's other
+            # new batches wait for the next tick rather than collect a 429 each.
+            return "backing_off"
+        intent = self.store.claim_intent(candidate.intent_id, owner, self.clock.now(), self.lease_seconds)
+        if intent is None:
+            return "skipped"  # another poller holds it (or it finished since the query)
+        outcome = "errors"
+        try:
+            outcome = self._reconcile_one(intent, owner, deadline)
+            if outcome == "backing_off":
+                refused_models.add(intent.model)
+        except Exception:  # noqa: BLE001 - one bad batch must not starve the others
+            log.exception("reconciling intent %s failed", intent.intent_id)
+        finally:
+            self._release(intent, owner)
+        return outcome
 
     def _reconcile_one(self, intent: BatchIntent, owner: str, deadline: float) -> str:
         job = self.jobs.get_job(intent.job_id)
@@ -559,7 +583,8 @@ class BatchLane:
 
     def _finished_fields(self, outcome: str) -> dict:
         now = self.clock.now()
-        return {"state": IntentState.FINISHED.value, "outcome": outcome, "finished_at": now, "updated_at": now}
+        return {"state": IntentState.FINISHED.value, "outcome": outcome, "finished_at": now, "updated_at": now,
+                "next_check_at": None}
 
     def _finish(self, intent: BatchIntent, owner: str, outcome: str) -> None:
         self.store.update_intent(intent.intent_id, owner, self._finished_fields(outcome))
@@ -570,7 +595,12 @@ class BatchLane:
             raise LostLease(f"lost the lease on intent {intent.intent_id}")
 
     def _release(self, intent: BatchIntent, owner: str) -> None:
-        self.store.update_intent(intent.intent_id, owner, {"lease_owner": None, "lease_expires_at": None})
+        """Give the lease back; the intent is due again now (behind every intent that has
+        waited longer), or, when a 429 told it to wait, once that wait is over."""
+        due = self.clock.now()
+        if self.waiting(intent) and intent.next_attempt_at is not None:
+            due = intent.next_attempt_at
+        self.store.release_intent(intent.intent_id, owner, due)
 
 
 def _admit(result, settled: dict[str, str]) -> bool:

@@ -262,6 +262,13 @@ class BatchIntent:
     input_uploaded_at: float | None = None  # when input_file was uploaded: a retried create reuses it while young
     next_attempt_at: float | None = None  # after a 429, no upload or create before this time
     quota_waits: int = 0  # 429s in a row on upload or create; they never count as failed attempts
+    # When a poller tick should look at it next: ticks take the longest-due first, so however
+    # many intents are active each gets its turn. Set while active, None once finished.
+    next_check_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.next_check_at is None and self.state in ACTIVE_INTENT_STATES:
+            self.next_check_at = self.created_at
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

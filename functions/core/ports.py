@@ -42,12 +42,15 @@ class JobStore(Protocol):
     def fail_accepting(self, job_id: str, error: str, now: float, idle_since: float) -> bool:
         """accepting -> failed with `error`, only if nobody touched the job since `idle_since`."""
 
-    def accepting_jobs(self, limit: int) -> list[Job]:
-        """Jobs in status accepting (equality only: no composite index)."""
+    def accepting_jobs(self, limit: int, idle_since: float | None = None) -> list[Job]:
+        """Up to `limit` jobs in status accepting, untouched since `idle_since` when given: every
+        accepting job is looked at (in id order, page by page), so young ones never hide old."""
 
     def mark_published(self, job_id: str, now: float) -> None: ...
 
-    def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]: ...
+    def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
+        """Up to `limit` unpublished jobs created before `older_than` and no longer accepting,
+        found among all unpublished jobs (in id order, page by page)."""
 
     def get_item(self, job_id: str, key: str) -> Item | None: ...
 
@@ -154,6 +157,13 @@ class BatchStore(Protocol):
     def intents_of_job(self, job_id: str) -> list[BatchIntent]: ...
 
     def active_intents(self, limit: int) -> list[BatchIntent]: ...
+
+    def due_intents(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[BatchIntent]:
+        """Active intents whose next_check_at has come, the longest-due first (ties by id);
+        `after` is the (next_check_at, intent_id) of the previous page's last one."""
+
+    def release_intent(self, intent_id: str, owner: str, next_check_at: float) -> bool:
+        """Give up owner's lease and, unless the intent is finished, set when it is due again."""
 
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         """Lease an unfinished intent unless someone else holds a live lease on it."""
@@ -291,7 +301,8 @@ class PriceList(Protocol):
 class UsageMeter(Protocol):
     """The daily usage counters (core/accounting.py), as the worker adds to them."""
 
-    prices: PriceList
+    @property
+    def prices(self) -> PriceList: ...  # read-only, so Accounting's Prices satisfies it
 
     def add(self, deltas: dict[str, float], quota_id: str | None = None, **context) -> None: ...
 

@@ -51,7 +51,8 @@ from core.ports import (
     RateLimiter,
     UsageMeter,
 )
-from core.usecases import _finished, compose_prompt, finalize_job_if_done
+from core.jobs import _finished, finalize_job_if_done
+from core.prompts import compose_prompt
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class WorkerLimits:
 
 @dataclass(frozen=True)
 class WorkerDeps:
-    """Everything process_item needs; wiring.worker_deps() builds it once per instance."""
+    """Everything process_item needs; wiring.worker_deps() takes it from wiring.deps(), built once per instance."""
 
     store: JobStore
     generator: ImageGenerator

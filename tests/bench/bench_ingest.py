@@ -197,7 +197,7 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
     import tempfile
 
     import wiring
-    from core import usecases
+    from core import jobs, submitting
     from core.models import ItemSpec, JobSpec
 
     base = stack.url("gemini")
@@ -207,8 +207,10 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
                                                      "batch": {"pending_seconds": 0, "running_seconds": 0}},
                   timeout=10).raise_for_status()
     spec = JobSpec(tuple(ItemSpec(key=f"i{n:06d}", prompt="a studio photo of a chair") for n in range(lines)), "batch")
-    job = usecases.submit_job(spec, store=wiring.job_store(), queue=None, clock=wiring.clock(), model=MODEL,
-                              interactive_threshold=10, batch=wiring.batch_lane(), batch_max_requests=lines)
+    deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=True),
+                                 store=wiring.job_store(), queue=None, clock=wiring.clock(), batch=wiring.batch_lane(),
+                                 batch_max_requests=lines)
+    job = submitting.submit_job(submitting.Submission(spec, MODEL), deps)
     (intent,) = wiring.job_store().intents_of_job(job.job_id)
     api = wiring.batch_lane().api
     while (info := api.get_batch(intent.gemini_batch)).output_file is None:
@@ -226,7 +228,7 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
             "ceiling": run_child(env, timeout, "--child-ceiling", "--file", info.output_file, "--prefix", job.job_id),
         }
     runs["poller"] = run_child(env, timeout, "--child-poller")
-    status = usecases.get_job_status(job.job_id, store=wiring.job_store(), page_size=1)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(wiring.job_store()), page_size=1)
     labels = {"baseline": "baseline: download whole, then parse", "local": "decode+upload of local lines",
               "ceiling": "ceiling: streamed, decode+upload", "poller": "poller: streamed, checkpointed"}
     failures = []

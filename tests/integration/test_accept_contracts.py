@@ -69,3 +69,26 @@ def test_an_abandoned_accept_fails_only_if_nobody_touched_it_and_then_gets_its_m
     job_store.complete_job(job.job_id, JobStatus.CANCELLED, 710.0, manifest_uri="gs://b/j/manifest.jsonl")
     done = job_store.get_job(job.job_id)
     assert done.status is JobStatus.FAILED and done.manifest_uri == "gs://b/j/manifest.jsonl"
+
+
+def test_an_idle_accepting_job_is_found_behind_a_crowd_of_live_ones(job_store):
+    """More live accepts than a page (ids sorting before the idle one) do not hide it."""
+    for n in range(130):
+        job, _ = make_job(1, job_id=f"a{n:03d}")
+        job.status, job.updated_at = JobStatus.ACCEPTING, 500.0
+        job_store.create_job_doc(job)
+    idle, _ = make_job(1, job_id="z-idle")
+    idle.status = JobStatus.ACCEPTING  # updated_at 100.0
+    job_store.create_job_doc(idle)
+    assert [j.job_id for j in job_store.accepting_jobs(5, idle_since=200.0)] == ["z-idle"]
+    assert len(job_store.accepting_jobs(500)) == 131
+
+
+def test_an_unpublished_job_is_found_behind_a_crowd_of_accepting_ones(job_store):
+    for n in range(130):
+        job, _ = make_job(1, job_id=f"a{n:03d}")
+        job.status = JobStatus.ACCEPTING  # unpublished too, but its submitter publishes it
+        job_store.create_job_doc(job)
+    stranded, items = make_job(1, job_id="z-stranded")
+    job_store.create_job(stranded, items)
+    assert [j.job_id for j in job_store.unpublished_jobs(older_than=101.0, limit=5)] == ["z-stranded"]

@@ -509,6 +509,38 @@ def test_intent_leases_and_conditional_updates(job_store):
     assert job_store.claim_intent(intent.intent_id, "c", now=999.0, lease_seconds=60) is None
 
 
+def test_due_intents_come_longest_due_first_page_by_page(job_store):
+    job, _ = make_job(6)
+    items, intents = make_intents(job, n_keys_each=1)  # six intents, due at 100.0 (their creation)
+    job_store.create_job(job, items)
+    job_store.create_intents(intents)
+    ids = [i.intent_id for i in intents]
+    for n, intent_id in enumerate(ids[:3]):  # the first three were looked at later: due later
+        job_store.claim_intent(intent_id, "p", now=150.0, lease_seconds=60)
+        assert job_store.release_intent(intent_id, "p", next_check_at=150.0 + n)
+    assert not job_store.release_intent(ids[3], "p", next_check_at=1.0)  # holds no lease on it
+    first = job_store.due_intents(now=200.0, limit=4)
+    assert [i.intent_id for i in first] == ids[3:] + ids[:1]
+    rest = job_store.due_intents(now=200.0, limit=4, after=(first[-1].next_check_at, first[-1].intent_id))
+    assert [i.intent_id for i in rest] == ids[1:3]
+    assert [i.intent_id for i in job_store.due_intents(now=150.5, limit=10)] == ids[3:] + ids[:1]
+    assert job_store.get_intent(ids[0]).lease_owner is None
+
+
+def test_a_finished_intent_is_never_due_again(job_store):
+    from core.models import IntentState
+
+    job, _ = make_job(2)
+    items, (intent,) = make_intents(job)
+    job_store.create_job(job, items)
+    job_store.create_intents([intent])
+    job_store.claim_intent(intent.intent_id, "p", now=150.0, lease_seconds=60)
+    job_store.update_intent(intent.intent_id, "p", {"state": IntentState.FINISHED.value, "next_check_at": None})
+    assert job_store.release_intent(intent.intent_id, "p", next_check_at=160.0)  # the lease goes back...
+    assert job_store.due_intents(now=1e12, limit=10) == []  # ...but it is not due again
+    assert job_store.get_intent(intent.intent_id).lease_owner is None
+
+
 def test_checkpoints_larger_than_one_firestore_batch(job_store):
     job, _ = make_job(1200)
     items, (intent,) = make_intents(job, n_keys_each=1200)

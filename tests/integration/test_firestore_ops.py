@@ -147,7 +147,7 @@ def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore
     from google.cloud import firestore
 
     from adapters.firestore.jobs import FirestoreJobStore
-    from core import usecases
+    from core import jobs
     from core.models import ItemState
     from tests.integration.test_contracts import make_job
 
@@ -161,7 +161,7 @@ def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore
     store.finish_item(job.job_id, "k2", "w", {"state": ItemState.FAILED.value})
 
     before = ops.counts()
-    status = usecases.get_job_status(job.job_id, store=store, page_size=10, batches=store)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(store, batches=store), page_size=10)
     used = ops.counts() - before
 
     assert status["counts"]["succeeded"] == 1 and status["counts"]["running"] == 1

@@ -45,7 +45,7 @@ def test_ticks_during_the_wait_call_nothing_then_the_job_succeeds_billed_once():
     assert intent.public()["error"].startswith("429")
     claims = calls.claims
     for _ in range(10):  # ticks every 2 s: all before the 30 s are up
-        assert env.tick()["backing_off"] == 1
+        assert env.tick()["seen"] == 0  # not due before its wait is over: not even read
         env.clock.advance(2.0)
     assert (calls.creates, calls.lists, env.api.uploads) == (1, 0, 1)
     assert calls.claims == claims  # not even a lease taken
@@ -96,8 +96,8 @@ def test_one_429_leaves_the_models_other_new_batches_for_later_ticks():
     env.api.create_errors = [quota_429(retry_delay=100.0), quota_429(retry_delay=100.0)]
     job = env.submit(6, per_batch=2)  # three intents
     assert (calls.creates, env.api.uploads) == (1, 1)  # the submitter stopped at the first 429
-    summary = env.tick()  # the first waits; the second gets the other 429; the third is held
-    assert (summary["backing_off"], calls.creates, env.api.uploads) == (3, 2, 2)
+    summary = env.tick()  # the first is not due; the second gets the other 429; the third is held
+    assert (summary["seen"], summary["backing_off"], calls.creates, env.api.uploads) == (2, 2, 2, 2)
     summary = env.tick()  # the third's turn
     assert (summary["submitted"], calls.creates, env.api.created) == (1, 3, 1)
     env.clock.advance(100.0)
@@ -126,6 +126,6 @@ def test_a_429_at_upload_backs_off_the_same_way():
     job = env.submit(2)
     (intent,) = env.store.intents_of_job(job.job_id)
     assert intent.state is IntentState.PENDING and intent.next_attempt_at == pytest.approx(env.clock.now() + 20)
-    assert env.tick()["backing_off"] == 1 and env.api.uploads == 0
+    assert env.tick()["seen"] == 0 and env.api.uploads == 0  # not due before the wait is over
     env.clock.advance(20.0)
     assert env.tick()["submitted"] == 1

@@ -12,7 +12,14 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore.common import _BATCH_LIMIT, COUNT_SHARDS, data_of, take_lease, update_if_leased
+from adapters.firestore.common import (
+    _BATCH_LIMIT,
+    COUNT_SHARDS,
+    compare_and_set,
+    data_of,
+    take_lease,
+    update_if_leased,
+)
 from core.item_counts import add_deltas, count_deltas
 from core.models import ACTIVE_INTENT_STATES, BatchIntent, IntentState
 
@@ -22,6 +29,7 @@ class FirestoreBatchIntents:
 
     db: firestore.Client
     intents: Any  # the batches collection
+    _check_times_ready = False  # see _backfill_check_times
 
     def _items(self, job_id: str) -> Any:
         raise NotImplementedError
@@ -61,6 +69,45 @@ class FirestoreBatchIntents:
         states = [s.value for s in ACTIVE_INTENT_STATES]
         query = self.intents.where(filter=FieldFilter("state", "in", states)).limit(limit)
         return [BatchIntent.from_dict(data_of(s)) for s in query.stream()]
+
+    def due_intents(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[BatchIntent]:
+        # One range filter, ordered by its own field and then by id (which every index ends
+        # with), so the single-field index on next_check_at serves it: no composite index.
+        # Finished intents hold null there, which a range on numbers never matches.
+        self._backfill_check_times()
+        query = (self.intents.where(filter=FieldFilter("next_check_at", "<=", now))
+                 .order_by("next_check_at").order_by("__name__"))
+        if after is not None:
+            query = query.start_after({"next_check_at": after[0], "__name__": after[1]})
+        return [BatchIntent.from_dict(data_of(s)) for s in query.limit(limit).stream()]
+
+    def release_intent(self, intent_id: str, owner: str, next_check_at: float) -> bool:
+        def decide(data: dict | None) -> dict | None:
+            if data is None or data.get("lease_owner") != owner:
+                return None
+            due = {} if data["state"] == IntentState.FINISHED.value else {"next_check_at": next_check_at}
+            return {"lease_owner": None, "lease_expires_at": None, **due}
+
+        return compare_and_set(self.db, self.intents.document(intent_id), decide)
+
+    def _backfill_check_times(self) -> None:
+        """Intents recorded before next_check_at existed are invisible to due_intents: give
+        the active ones theirs once per database (a marker document records that it was done;
+        a sweep cut short is simply run again by the next instance)."""
+        if self._check_times_ready:
+            return
+        marker = self.db.collection(f"{self.intents.id}_meta").document("next_check_at")
+        if not marker.get().exists:
+            states = [s.value for s in ACTIVE_INTENT_STATES]
+            for snap in self.intents.where(filter=FieldFilter("state", "in", states)).stream():
+                compare_and_set(self.db, snap.reference, lambda d: (
+                    {"next_check_at": d.get("updated_at") or d["created_at"]}
+                    if d is not None and d["state"] in states and d.get("next_check_at") is None else None))
+            try:
+                marker.create({"done_at": firestore.SERVER_TIMESTAMP})
+            except gexc.Conflict:
+                pass  # another instance finished the same sweep
+        self._check_times_ready = True
 
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         data = take_lease(self.db, self.intents.document(intent_id), owner, now, lease_seconds,

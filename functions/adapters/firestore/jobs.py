@@ -93,9 +93,27 @@ class FirestoreJobStore(FirestoreBatchIntents):
         return self._accepting_cas(job_id, lambda data: None if data["updated_at"] > idle_since else {
             "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
 
-    def accepting_jobs(self, limit: int) -> list[Job]:
-        query = self.jobs.where(filter=FieldFilter("status", "==", JobStatus.ACCEPTING.value)).limit(limit)
-        return [Job.from_dict(data_of(s)) for s in query.stream()]
+    def accepting_jobs(self, limit: int, idle_since: float | None = None) -> list[Job]:
+        return self._scan(FieldFilter("status", "==", JobStatus.ACCEPTING.value), limit,
+                          lambda job: idle_since is None or job.updated_at <= idle_since)
+
+    def _scan(self, equality: FieldFilter, limit: int, keep: Callable[[Job], bool], page: int = 100) -> list[Job]:
+        """Up to `limit` jobs matching one equality that `keep` accepts, read page by page in id
+        order (equality plus the id needs no composite index) until found or exhausted: a
+        filter Firestore cannot apply without a composite index is applied here, and the jobs
+        it drops never hide the ones behind them."""
+        found: list[Job] = []
+        after = None
+        while len(found) < limit:
+            query = self.jobs.where(filter=equality).order_by("__name__")
+            if after is not None:
+                query = query.start_after({"__name__": after})
+            snaps = list(query.limit(page).stream())
+            found += [job for job in (Job.from_dict(data_of(s)) for s in snaps) if keep(job)]
+            if len(snaps) < page:
+                break
+            after = snaps[-1].id
+        return found[:limit]
 
     def _accepting_cas(self, job_id: str, decide: Callable[[dict], dict | None]) -> bool:
         return compare_and_set(self.db, self.jobs.document(job_id), lambda data: (
@@ -105,10 +123,8 @@ class FirestoreJobStore(FirestoreBatchIntents):
         self.jobs.document(job_id).update({"published": True, "updated_at": now})
 
     def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
-        # Equality only, so no composite index is needed; the age filter is applied here.
-        query = self.jobs.where(filter=FieldFilter("published", "==", False)).limit(limit)
-        jobs = [Job.from_dict(data_of(s)) for s in query.stream()]
-        return [j for j in jobs if j.created_at < older_than]
+        return self._scan(FieldFilter("published", "==", False), limit,
+                          lambda job: job.created_at < older_than and job.status is not JobStatus.ACCEPTING)
 
     def get_item(self, job_id: str, key: str) -> Item | None:
         snap = self._items(job_id).document(key).get()

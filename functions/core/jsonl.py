@@ -51,10 +51,9 @@ class EncodedImage:
         data = self.data
         try:
             if isinstance(data, str):
-                data = data.replace("-", "+").replace("_", "/")
-            elif b"-" in data or b"_" in data:
-                data = data.translate(_URLSAFE)
-            raw = base64.b64decode(data, validate=True)
+                raw = base64.b64decode(data.replace("-", "+").replace("_", "/"), validate=True)
+            else:
+                raw = _b64decode(data.translate(_URLSAFE) if b"-" in data or b"_" in data else data)
         except (binascii.Error, ValueError) as e:
             # A 200 the model spoiled: another attempt usually answers well (retryable).
             raise MalformedResponse(f"the model returned image data that is not base64: {e}") from None
@@ -63,6 +62,24 @@ class EncodedImage:
 
 
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def _b64decode(data: bytes) -> bytes:
+    """base64.b64decode(data, validate=True), about a quarter cheaper for well-formed data.
+
+    The lenient decoder skips what is not base64, so a result of exactly the length that the
+    input's size and padding call for means there was nothing to skip: the input was canonical
+    base64 and the strict decoder would have returned the same bytes. Anything else is decided
+    by the strict decoder itself. (tests/unit/test_jsonl_scan.py compares the two on mutated input.)"""
+    if len(data) % 4 == 0:
+        try:
+            raw = binascii.a2b_base64(data)
+        except binascii.Error:
+            raw = b""  # its own message would differ from the strict decoder's
+        pad = 2 if data.endswith(b"==") else 1 if data.endswith(b"=") else 0
+        if len(raw) == len(data) // 4 * 3 - pad:
+            return raw
+    return binascii.a2b_base64(data, strict_mode=True)
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,30 @@ def test_a_spoiled_image_is_found_at_decode_not_at_scan():
     assert result.has_image and result.error is None
     decoded = result.decoded()
     assert not decoded.has_image and "not base64" in decoded.error.reason and decoded.error.retryable
+
+
+def test_the_fast_base64_decode_answers_as_the_strict_one():
+    import binascii
+    import random
+
+    def outcome(decode, data):
+        try:
+            return decode(data)
+        except binascii.Error:
+            return "error"
+
+    rng = random.Random(7)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    odd = b"=\n !-_.\x00\xff\"\\" * 3
+    for _ in range(20_000):
+        data = bytearray(base64.b64encode(rng.randbytes(rng.randint(0, 9))))
+        for _ in range(rng.randint(0, 3)):  # insert, replace or delete a character
+            at, char, op = rng.randint(0, len(data)), rng.choice(alphabet + odd), rng.random()
+            if op < 0.4:
+                data.insert(at, char)
+            elif data and op < 0.7:
+                data[min(at, len(data) - 1)] = char
+            elif data:
+                del data[min(at, len(data) - 1)]
+        data = bytes(data)
+        assert outcome(jsonl._b64decode, data) == outcome(lambda d: binascii.a2b_base64(d, strict_mode=True), data), data

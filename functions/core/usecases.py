@@ -36,6 +36,7 @@ from core.ports import (
     BatchStore, Clock, EventOutbox, IdempotencyStore, ImageSink, JobStore, WorkQueue,
 )
 from core.tenants import visible
+from core.transitions import AcceptAbandoned, Cancelled, DeadLettered, Requeued, Touched
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def redrive_stuck_items(
         for it in items:
             if it.state is ItemState.QUEUED:
                 # Touched, so the next tick does not publish it again before a worker could.
-                store.requeue_item(job_id, it.key, ItemState.QUEUED, {"updated_at": now})
+                store.requeue_item(job_id, it.key, ItemState.QUEUED, Touched(now))
             summary[it.state.value] += 1
         log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
     return summary
@@ -363,8 +364,7 @@ def _fail_accept(job: Job, items: list[Item], deps: AcceptRecovery, idle_since: 
     if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):
         return False  # a resent request resumed it meanwhile
     for it in items:  # nothing ran them: the job never left accepting
-        store.requeue_item(job.job_id, it.key, ItemState.QUEUED,
-                           {"state": ItemState.FAILED.value, "error": error, "updated_at": clock.now()})
+        store.requeue_item(job.job_id, it.key, ItemState.QUEUED, AcceptAbandoned(clock.now(), error))
     if accounting is not None:
         accounting.add({acct.RELEASED_USD: accounting.prices.estimate(job.lane, job.item_count)},
                        job_id=job.job_id, lane=job.lane.value)
@@ -567,8 +567,7 @@ def cancel_job(
             if item.state is ItemState.QUEUED:
                 owner = f"cancel-{job_id}"
                 if store.claim_item(job_id, item.key, owner, clock.now(), 60):
-                    store.finish_item(job_id, item.key, owner,
-                                      _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
+                    store.finish_item(job_id, item.key, owner, Cancelled(clock.now(), error="job cancelled"))
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
     return get_job_status(job_id, store=store, page_size=1, events=events)
 
@@ -609,11 +608,9 @@ def retry_job(
     requeued_interactive: list[str] = []
     requeued_batch: list[str] = []
     for it in dead:
-        updates = {"state": ItemState.QUEUED.value, "attempts": 0, "lease_owner": None, "lease_expires_at": None,
-                   "updated_at": now, "error": f"retried after: {it.error}" if it.error else None}
-        if it.lane == Lane.BATCH.value:
-            updates.update(pooled_at=now, batch_intent=None)
-        if store.requeue_item(job_id, it.key, ItemState.DEAD_LETTERED, updates):
+        requeued = Requeued(now, error=f"retried after: {it.error}" if it.error else None,
+                            to_pool=it.lane == Lane.BATCH.value)
+        if store.requeue_item(job_id, it.key, ItemState.DEAD_LETTERED, requeued):
             (requeued_batch if it.lane == Lane.BATCH.value else requeued_interactive).append(it.key)
     if interactive:
         queue.publish_items(job_id, requeued_interactive)
@@ -651,8 +648,7 @@ def dead_letter_item(job_id: str, key: str, deliveries: int | None, deps: DeadLe
         return current is None or current.terminal
     tries = f" after {deliveries} deliveries" if deliveries else ""
     last = f"; last error: {item.error}" if item.error else ""
-    store.finish_item(job_id, key, owner, _finished(
-        ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
+    store.finish_item(job_id, key, owner, DeadLettered(clock.now(), f"Pub/Sub gave up on the message{tries}{last}"))
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
                 extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
                        "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this
@@ -737,8 +733,3 @@ def compose_prompt(item: Item) -> str:
     if item.domain:
         return f"{item.prompt}\n\nDomain: {item.domain}"
     return item.prompt
-
-
-def _finished(state: ItemState, now: float, **fields) -> dict:
-    return {"state": state.value, "lease_owner": None, "lease_expires_at": None,
-            "updated_at": now, **fields}

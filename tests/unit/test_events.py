@@ -16,7 +16,7 @@ from core.models import ItemSpec, ItemState, JobSpec, JobStatus
 from core.worker import process_item
 from tests.fakes import (
     FakeClock, InMemoryEventPublisher, InMemoryEventStore, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue,
-    ScriptedWebhookSender, worker_deps,
+    ScriptedWebhookSender, ended, worker_deps,
 )
 
 KEY = bytes(range(32))
@@ -50,7 +50,7 @@ class Env:
     def finish(self, job_id, key, state=ItemState.SUCCEEDED):
         """Give an item a terminal state directly, as a worker does before it finalizes."""
         self.store.claim_item(job_id, key, "w", self.clock.now(), 60)
-        self.store.finish_item(job_id, key, "w", {"state": state.value, "lease_owner": None})
+        self.store.finish_item(job_id, key, "w", ended(state, self.clock.now()))
 
     def finalize(self, job_id, events="default"):
         return usecases.finalize_job_if_done(job_id, store=self.store, clock=self.clock, sink=self.sink,
@@ -160,7 +160,7 @@ def test_a_cancelled_job_emits_its_event_once_its_running_items_have_ended(env):
 
     assert status["status"] == "cancelled" and status["events"] == []  # k0 is still running
     assert env.event_store.events == {}
-    env.store.finish_item(job.job_id, "k0", "busy-worker", {"state": "succeeded", "lease_owner": None})
+    env.store.finish_item(job.job_id, "k0", "busy-worker", ended(ItemState.SUCCEEDED, env.clock.now()))
     env.finalize(job.job_id)
     event = env.event(job.job_id)
     data = json.loads(event.body)["data"]

@@ -10,7 +10,8 @@ drift apart, and the contract tests could only catch a drift they happen to exer
 
 A field set to None in an `as_fields()` result is written as null; a field left out is kept
 as stored. Where a kind leaves a field alone in some cases (say an error only when there is
-one), its docstring says so.
+one), its docstring says so. An item change's `state` is the state it leaves the item in (None:
+unchanged), which the batch lane's usage counters read.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.routing import Map, Rule
 
 import wiring
-from core import errors, submitting, usecases
+from core import errors, jobs, submitting
+from core.stats import get_stats
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
@@ -170,8 +171,8 @@ def _submit(request, caller: Caller):
     sub = _submission(request, caller, job_request, body)
     try:
         if dry_run:
-            return _dry_run_answer(sub, submitting.plan(sub, _route_deps()))
-        job, replayed = submitting.submit(sub, _submit_deps())
+            return _dry_run_answer(sub, submitting.plan(sub, wiring.route_deps()))
+        job, replayed = submitting.submit(sub, wiring.submit_deps())
     except _SUBMIT_ERRORS as e:
         raise _submit_error(e) from e
     return _accepted_answer(job, replayed, caller)
@@ -191,7 +192,7 @@ def _job_request(body) -> JobRequest:
     except pydantic.ValidationError as e:
         fields = error_fields(e)
         raise ApiError(400, "invalid_request", f"{len(fields)} problem(s) in the request", fields) from e
-    if problems := model_problems(job_request, wiring.catalog(), s.default_model):
+    if problems := model_problems(job_request, wiring.deps().catalog, s.default_model):
         raise ApiError(400, "invalid_request", f"{len(problems)} problem(s) with the job's model", problems)
     return job_request
 
@@ -218,30 +219,10 @@ def _submission(request, caller: Caller, job_request: JobRequest, body: dict) ->
     return dataclasses.replace(sub, key_id=key_id, body_sha256=submitting.body_sha256(body))
 
 
-def _route_deps() -> submitting.RouteDeps:
-    s = wiring.settings()
-    return submitting.RouteDeps(
-        breaker=wiring.breaker(), accounting=wiring.accounting(), catalog=wiring.catalog(),
-        model_halts=wiring.model_halts(), interactive_threshold=s.interactive_threshold,
-        batch_available=s.batch_lane_enabled,
-    )
-
-
-def _submit_deps() -> submitting.SubmitDeps:
-    s = wiring.settings()
-    return submitting.SubmitDeps(
-        route=_route_deps(), store=wiring.job_store(), queue=wiring.work_queue(), clock=wiring.clock(),
-        idempotency=wiring.idempotency_store(), batch=wiring.batch_lane(),
-        batch_max_requests=s.batch_items_per_batch, batch_submit_budget=s.batch_submit_budget_seconds,
-        idempotency_ttl_seconds=s.idempotency_ttl_seconds,
-        idempotency_takeover_seconds=s.idempotency_takeover_seconds,
-    )
-
-
 def _dry_run_answer(sub: submitting.Submission, route):
     return json_response({"dry_run": True, "lane": route.lane.value, "item_count": len(sub.spec.items),
                           "estimated_cost_usd": route.estimated_cost_usd, "reason": route.reason,
-                          "breaker": wiring.breaker().view().state.value, "model": sub.model})
+                          "breaker": wiring.deps().breaker.view().state.value, "model": sub.model})
 
 
 def _accepted_answer(job, replayed: bool, caller: Caller):
@@ -265,12 +246,12 @@ def _submit_error(e: errors.DomainError) -> ApiError:
     if isinstance(e, errors.ModelHalted):
         return ApiError(503, "model_halted", str(e))
     if isinstance(e, errors.LaneUnavailable):
-        halted = wiring.breaker().halted()
+        halted = wiring.deps().breaker.halted()
         retry_after = {"Retry-After": _seconds_until(halted.retry_at)} if halted and halted.retry_at else None
         return ApiError(503, "lane_unavailable", str(e), headers=retry_after)
     if isinstance(e, errors.BudgetExceeded):
         return ApiError(429, "budget_exceeded", f"{e}; the budget resets at midnight Pacific",
-                        headers={"Retry-After": _seconds_until(wiring.accounting().resets_at())})
+                        headers={"Retry-After": _seconds_until(wiring.deps().accounting.resets_at())})
     if isinstance(e, errors.IdempotencyMismatch):
         return ApiError(422, "idempotency_key_reused", str(e),
                         [{"field": IDEMPOTENCY_HEADER, "problem": "already used with another body"}])
@@ -278,25 +259,22 @@ def _submit_error(e: errors.DomainError) -> ApiError:
 
 
 def _seconds_until(epoch: float) -> str:
-    return str(max(1, math.ceil(epoch - wiring.clock().now())))
+    return str(max(1, math.ceil(epoch - wiring.deps().clock.now())))
 
 
 def _stats(request, caller: Caller):
-    pool = wiring.pool_store()
-    s = wiring.settings()
-    models = models_section(wiring.catalog(), wiring.model_halts(), wiring.clock().now(), s.default_model,
-                            s.model_shutdown_warning_days)
-    body = usecases.get_stats(accounting=wiring.accounting(), breaker=wiring.breaker(),
-                              pool_size=pool.count() if pool is not None else None, tenant=caller.scope,
-                              models=models)
+    d, s = wiring.deps(), wiring.settings()
+    models = models_section(d.catalog, d.model_halts, d.clock.now(), s.default_model, s.model_shutdown_warning_days)
+    body = get_stats(accounting=d.accounting, breaker=d.breaker, pool_size=d.pool.count() if d.pool is not None else None,
+                     tenant=caller.scope, models=models)
     return json_response({"tenant": caller.tenant, "admin": caller.admin, **body})
 
 
 def _retry(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
-        body = usecases.retry_job(job_id, store=wiring.job_store(), queue=wiring.work_queue(),
-                                  pool=wiring.pool_store(), clock=wiring.clock(), tenant=caller.scope)
+        d = wiring.deps()
+        body = jobs.retry_job(job_id, store=d.store, queue=d.queue, pool=d.pool, clock=d.clock, tenant=caller.scope)
     except (errors.NotFound, errors.Conflict) as e:
         raise _lookup_error(e) from e
     return json_response(body, 202, {"Location": f"/v1/jobs/{job_id}"})
@@ -306,11 +284,8 @@ def _status(request, caller: Caller, job_id: str):
     page_size, page_token = _paging(request)
     _check_job_id(job_id)
     try:
-        body = usecases.get_job_status(
-            job_id, store=wiring.job_store(), page_size=page_size, page_token=page_token,
-            batches=wiring.job_store(), prices=wiring.accounting().prices, events=wiring.job_events(),
-            tenant=caller.scope,
-        )
+        body = jobs.get_job_status(job_id, wiring.status_deps(), page_size=page_size, page_token=page_token,
+                                   tenant=caller.scope)
     except errors.NotFound as e:
         raise _lookup_error(e) from e
     return json_response(body)
@@ -332,8 +307,8 @@ def _paging(request) -> tuple[int, str | None]:
 def _cancel(request, caller: Caller, job_id: str):
     _check_job_id(job_id)
     try:
-        body = usecases.cancel_job(job_id, store=wiring.job_store(), clock=wiring.clock(), sink=wiring.image_sink(),
-                                   events=wiring.job_events(), tenant=caller.scope)
+        d = wiring.deps()
+        body = jobs.cancel_job(job_id, store=d.store, clock=d.clock, sink=d.sink, events=d.events, tenant=caller.scope)
     except (errors.NotFound, errors.Conflict) as e:
         raise _lookup_error(e) from e
     log.info("cancelled job %s", job_id, extra={"job_id": job_id})

@@ -1,7 +1,10 @@
 """The composition root: SDK clients and adapters, built lazily and once per instance.
 
-Nothing is built at import time: the SDKs read the emulator variables when a client is
-constructed, and an instance of one function never pays for another function's clients.
+deps() is the one place the entry points take their collaborators from: every client and
+adapter, built at its first call (or by the warm-up) and cached. Nothing is built at import
+time: the SDKs read the emulator variables when a client is constructed. The per-role
+objects (worker_deps(), poller_deps(), submit_deps(), ...) are derived from deps() and the
+settings at each call; they build nothing. Tests build a Deps of fakes in one call.
 """
 from __future__ import annotations
 
@@ -14,10 +17,27 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from config import Settings, get_settings
 from core.clock import SystemClock
 from core.ratelimit import RateLimit, SlotRateLimiter
+
+if TYPE_CHECKING:
+    from core.accounting import Accounting
+    from core.batches import BatchLane
+    from core.breaker import CircuitBreaker
+    from core.catalog import Catalog
+    from core.events import CompletionEvents
+    from core.jobs import StatusDeps
+    from core.model_halts import ModelHalts
+    from core.model_watch import ModelWatch
+    from core.poller import PollerDeps, PollerPolicy
+    from core.pool import PoolStore
+    from core.ports import BatchStore, Clock, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
+    from core.submitting import RouteDeps, SubmitDeps
+    from core.worker import WorkerDeps, WorkerLimits
 
 
 def settings() -> Settings:
@@ -149,34 +169,25 @@ def model_watch():
 def batch_lane():
     """The batch lane, or None when it is switched off (BATCH_LANE_ENABLED=false)."""
     from adapters.gemini_batches import GeminiBatchApi
-    from core import usecases
-    from core.batches import BatchLane
+    from core.batches import BatchLane, BatchLaneDeps, BatchLimits
 
     s = settings()
     if not s.batch_lane_enabled:
         return None
     key = s.gemini_api_key.get_secret_value() if s.gemini_api_key else None
-    return BatchLane(
-        store=job_store(),
-        jobs=job_store(),
-        api=GeminiBatchApi(genai_client(), key),
-        sink=image_sink(),
-        clock=clock(),
+    deps = BatchLaneDeps(
+        store=job_store(), jobs=job_store(), api=GeminiBatchApi(genai_client(), key), sink=image_sink(), clock=clock(),
+        catalog=catalog(), events=job_events(), accounting=accounting(), model_halts=model_halts(),
+    )
+    return BatchLane(deps, BatchLimits(
         lease_seconds=s.batch_lease_seconds,
         max_attempts=s.batch_max_attempts,
         checkpoint_lines=s.batch_checkpoint_lines,
         quota_backoff_seconds=s.batch_quota_backoff_seconds,
         upload_concurrency=s.batch_upload_concurrency,
-        accounting=accounting(),
-        model_halts=model_halts(),
         accept_abandon_seconds=s.accept_abandon_seconds,
         running_deadline_seconds=s.batch_running_deadline_seconds or None,
-        image_size_for=catalog().image_size_for,
-        compose_prompt=usecases.compose_prompt,
-        finalize_job=lambda job_id: usecases.finalize_job_if_done(
-            job_id, store=job_store(), clock=clock(), sink=image_sink(), events=job_events()
-        ),
-    )
+    ))
 
 
 def rate_limit(s: Settings) -> RateLimit:
@@ -263,7 +274,7 @@ def prices(s: Settings):
 def _tenant_of_job(job_id: str) -> str | None:
     from core.tenants import tenant_of_job
 
-    job = job_store().get_job(job_id)
+    job = deps().store.get_job(job_id)
     return tenant_of_job(job.tenant) if job is not None else None
 
 
@@ -307,18 +318,20 @@ def job_events():
     from adapters.firestore.events import FirestoreEventStore
     from adapters.pubsub_events import PubSubEventPublisher
     from adapters.webhook_sender import HttpWebhookSender
-    from core.events import CompletionEvents, DeliveryPolicy
+    from core.events import CompletionEvents, DeliveryPolicy, EventDeps
 
     s = settings()
     publisher = pubsub_publisher()
     return CompletionEvents(
-        store=FirestoreEventStore(firestore_client(), retention_days=s.records_retention_days),
-        publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
-                                       timeout=s.webhook_timeout_seconds),
-        webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),
-        clock=clock(),
-        secret=s.webhook_key(),
-        policy=DeliveryPolicy(
+        EventDeps(
+            store=FirestoreEventStore(firestore_client(), retention_days=s.records_retention_days),
+            publisher=PubSubEventPublisher(publisher, publisher.topic_path(s.google_cloud_project, s.events_topic),
+                                           timeout=s.webhook_timeout_seconds),
+            webhooks=HttpWebhookSender(timeout=s.webhook_timeout_seconds, allow_private=s.webhook_allow_insecure),
+            clock=clock(),
+            secret=s.webhook_key(),
+        ),
+        DeliveryPolicy(
             max_attempts=s.webhook_max_attempts,
             backoff_base=s.webhook_backoff_base_seconds,
             backoff_max=s.webhook_backoff_max_seconds,
@@ -328,43 +341,80 @@ def job_events():
     )
 
 
-@functools.cache
-def worker_deps():
-    """Everything the interactive worker needs (core/worker.py), built once per instance."""
-    from core.pool import NoPool
-    from core.worker import WorkerDeps
+# --- the one composition root ---------------------------------------------------------------
 
-    pool = pool_store()  # None with the batch lane off: nothing would flush a pool
-    return WorkerDeps(
-        store=job_store(), generator=image_generator(), sink=image_sink(), limiter=rate_limiter(), clock=clock(),
-        breaker=breaker(), pool=pool if pool is not None else NoPool(), batch_lane=pool is not None,
-        accounting=accounting(), events=job_events(), catalog=catalog(), model_halts=model_halts(),
-        limits=worker_limits(settings()),
+
+@dataclass(frozen=True)
+class Deps:
+    """Every collaborator the three entry points use. `batch_lane` and `pool` are None with the
+    batch lane off; `dead_letters` (adapters.pubsub_queue.PubSubDeadLetters: pull and ack) is
+    None without a dead-letter subscription. `batches` is `store`: the same Firestore adapter."""
+    clock: Clock
+    store: JobStore
+    batches: BatchStore
+    queue: WorkQueue
+    sink: ImageSink
+    generator: ImageGenerator
+    limiter: RateLimiter
+    breaker: CircuitBreaker
+    accounting: Accounting
+    catalog: Catalog
+    model_halts: ModelHalts
+    model_watch: ModelWatch
+    events: CompletionEvents
+    idempotency: IdempotencyStore
+    batch_lane: BatchLane | None
+    pool: PoolStore | None
+    dead_letters: Any
+
+
+@functools.cache
+def deps() -> Deps:
+    """This instance's collaborators, built once (each client once, shared by its adapters)."""
+    store = job_store()
+    return Deps(
+        clock=clock(), store=store, batches=store, queue=work_queue(), sink=image_sink(), generator=image_generator(),
+        limiter=rate_limiter(), breaker=breaker(), accounting=accounting(), catalog=catalog(),
+        model_halts=model_halts(), model_watch=model_watch(), events=job_events(), idempotency=idempotency_store(),
+        batch_lane=batch_lane(), pool=pool_store(), dead_letters=dead_letters(),
     )
 
 
-def worker_limits(s: Settings):
+def worker_deps() -> WorkerDeps:
+    """What the interactive worker needs (core/worker.py), with the limits of the settings."""
+    from core.pool import NoPool
+    from core.worker import WorkerDeps
+
+    d = deps()
+    return WorkerDeps(
+        store=d.store, generator=d.generator, sink=d.sink, limiter=d.limiter, clock=d.clock, breaker=d.breaker,
+        pool=d.pool if d.pool is not None else NoPool(),  # None with the batch lane off: nothing would flush it
+        batch_lane=d.pool is not None, accounting=d.accounting, events=d.events, catalog=d.catalog,
+        model_halts=d.model_halts, limits=worker_limits(settings()),
+    )
+
+
+def worker_limits(s: Settings) -> WorkerLimits:
     from core.worker import WorkerLimits
 
     return WorkerLimits(max_attempts=s.max_attempts, max_wait=s.max_wait_seconds, lease_seconds=s.lease_seconds,
                         upload_budget=s.upload_budget_seconds)
 
 
-@functools.cache
-def poller_deps():
-    """What a poller tick works with (core/poller.py), built once per instance."""
+def poller_deps() -> PollerDeps:
+    """What a poller tick works with (core/poller.py)."""
     from adapters.pubsub_queue import decode_work_message
     from core.poller import PollerDeps
 
+    d = deps()
     return PollerDeps(
-        store=job_store(), queue=work_queue(), clock=clock(), sink=image_sink(), events=job_events(),
-        accounting=accounting(), model_watch=model_watch(), model_halts=model_halts(), decode=decode_work_message,
-        dead_letters=dead_letters(), batches=job_store() if batch_lane() else None, pool=pool_store(),
-        batch_lane=batch_lane(),
+        store=d.store, queue=d.queue, clock=d.clock, sink=d.sink, events=d.events, accounting=d.accounting,
+        model_watch=d.model_watch, model_halts=d.model_halts, decode=decode_work_message,
+        dead_letters=d.dead_letters, batches=d.batches if d.batch_lane else None, pool=d.pool, batch_lane=d.batch_lane,
     )
 
 
-def poller_policy():
+def poller_policy() -> PollerPolicy:
     from core.poller import PollerPolicy
 
     s = settings()
@@ -377,12 +427,39 @@ def poller_policy():
     )
 
 
-# What each entry point's first request would otherwise build: clients, and the adapters over them.
-_WARM_UP = {
-    "pubsub_worker": ("worker_deps",),
-    "http_api": ("job_store", "work_queue", "idempotency_store", "accounting", "batch_lane"),
-    "scheduled_poller": ("poller_deps",),
-}
+def route_deps() -> RouteDeps:
+    """What choosing a lane reads (core/submitting.py), also for the dry run."""
+    from core.submitting import RouteDeps
+
+    d, s = deps(), settings()
+    return RouteDeps(
+        interactive_threshold=s.interactive_threshold, batch_available=s.batch_lane_enabled, breaker=d.breaker,
+        accounting=d.accounting, catalog=d.catalog, model_halts=d.model_halts,
+    )
+
+
+def submit_deps() -> SubmitDeps:
+    from core.submitting import SubmitDeps
+
+    d, s = deps(), settings()
+    return SubmitDeps(
+        route=route_deps(), store=d.store, queue=d.queue, clock=d.clock, idempotency=d.idempotency,
+        batch=d.batch_lane, batch_max_requests=s.batch_items_per_batch,
+        batch_submit_budget=s.batch_submit_budget_seconds, idempotency_ttl_seconds=s.idempotency_ttl_seconds,
+        idempotency_takeover_seconds=s.idempotency_takeover_seconds,
+    )
+
+
+def status_deps() -> StatusDeps:
+    from core.jobs import StatusDeps
+
+    d = deps()
+    return StatusDeps(store=d.store, batches=d.batches, prices=d.accounting.prices, events=d.events)
+
+
+# What each entry point's first request would otherwise build: deps(), every client and adapter
+# (one instance serves one function, but they share most clients, and the rest cost little).
+_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps",), "scheduled_poller": ("deps",)}
 # The modules those import: most of the cost (about 1.5 s of the 2 s).
 _WARM_UP_MODULES = (
     "google.cloud.firestore", "google.cloud.storage", "google.cloud.pubsub_v1", "google.genai",

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from core.backoff import backoff_seconds
+from core.catalog import Catalog
 from core.errors import (
     GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
@@ -30,7 +33,9 @@ from core.models import (
     IntentState,
     object_name,
 )
-from core.ports import BatchApi, BatchStore, Clock, ImageSink, JobStore
+from core.jobs import finalize_job_if_done
+from core.ports import BatchApi, BatchStore, Clock, EventOutbox, ImageSink, JobStore
+from core.prompts import compose_prompt
 from core.transitions import (
     BatchCancelled, BatchDeadLettered, BatchErrorNoted, BatchFailed, BatchRecorded, BatchSucceeded, GeminiStateSeen,
     IngestProgress, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentChange, IntentFinished,
@@ -105,45 +110,52 @@ class _Pause(Exception):
     """Raised inside the results stream when the time budget is spent."""
 
 
+@dataclass(frozen=True)
+class BatchLaneDeps:
+    """The batch lane's collaborators. `catalog` gives each request its imageSize; `events`
+    (None: none recorded) gets a finished job's job.completed event."""
+    store: BatchStore
+    jobs: JobStore
+    api: BatchApi
+    sink: ImageSink
+    clock: Clock
+    catalog: Catalog
+    events: EventOutbox | None = None
+    accounting: Any = None  # core.accounting.Accounting, or None: usage is not counted
+    model_halts: Any = None  # core.model_halts.ModelHalts, or None: a 404 is an error like others
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    lease_seconds: float
+    max_attempts: int
+    max_submit_failures: int = 3
+    checkpoint_lines: int = 200
+    quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS
+    upload_concurrency: int = 4
+    accept_abandon_seconds: float = 600.0
+    running_deadline_seconds: float | None = None  # None: rely on Gemini's expiry
+
+
 class BatchLane:
     """The batch lane's collaborators and limits, built once per instance by wiring."""
 
-    def __init__(
-        self,
-        *,
-        store: BatchStore,
-        jobs: JobStore,
-        api: BatchApi,
-        sink: ImageSink,
-        clock: Clock,
-        lease_seconds: float,
-        max_attempts: int,
-        max_submit_failures: int = 3,
-        checkpoint_lines: int = 200,
-        quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS,
-        upload_concurrency: int = 4,
-        image_size_for: Callable[[str, str], str | None],
-        compose_prompt: Callable[[Item], str],
-        finalize_job: Callable[[str], object],
-        accounting=None,
-        model_halts=None,
-        accept_abandon_seconds: float = 600.0,
-        running_deadline_seconds: float | None = None,
-    ) -> None:
-        self.store, self.jobs, self.api, self.sink, self.clock = store, jobs, api, sink, clock
-        self.lease_seconds = lease_seconds
-        self.max_attempts = max_attempts
-        self.max_submit_failures = max_submit_failures
-        self.checkpoint_lines = checkpoint_lines
-        self.quota_backoff_seconds = quota_backoff_seconds
-        self.upload_concurrency = upload_concurrency
-        self.image_size_for = image_size_for
-        self.compose_prompt = compose_prompt
-        self.finalize_job = finalize_job
-        self.accounting = accounting  # core.accounting.Accounting, or None: usage is not counted
-        self.model_halts = model_halts  # core.model_halts.ModelHalts, or None: a 404 is an error like others
-        self.accept_abandon_seconds = accept_abandon_seconds
-        self.running_deadline_seconds = running_deadline_seconds  # None: rely on Gemini's expiry
+    def __init__(self, deps: BatchLaneDeps, limits: BatchLimits) -> None:
+        self.store, self.jobs, self.api, self.sink, self.clock = deps.store, deps.jobs, deps.api, deps.sink, deps.clock
+        self.catalog, self.events = deps.catalog, deps.events
+        self.accounting, self.model_halts = deps.accounting, deps.model_halts
+        self.lease_seconds = limits.lease_seconds
+        self.max_attempts = limits.max_attempts
+        self.max_submit_failures = limits.max_submit_failures
+        self.checkpoint_lines = limits.checkpoint_lines
+        self.quota_backoff_seconds = limits.quota_backoff_seconds
+        self.upload_concurrency = limits.upload_concurrency
+        self.accept_abandon_seconds = limits.accept_abandon_seconds
+        self.running_deadline_seconds = limits.running_deadline_seconds
+
+    def finalize_job(self, job_id: str) -> None:
+        """Every path that ends an item here finalizes its job, as the worker does."""
+        finalize_job_if_done(job_id, store=self.jobs, clock=self.clock, sink=self.sink, events=self.events)
 
     # --- submission ------------------------------------------------------------------------
 
@@ -236,7 +248,7 @@ class BatchLane:
 
     def _upload(self, intent: BatchIntent, owner: str, items: Sequence[Item]) -> str:
         data = b"".join(
-            request_line(it.key, self.compose_prompt(it), it.aspect_ratio, self.image_size_for(intent.model, it.quality))
+            request_line(it.key, compose_prompt(it), it.aspect_ratio, self.catalog.image_size_for(intent.model, it.quality))
             for it in items
         )
         # An input file left behind that cannot be reused goes before a new one is uploaded.

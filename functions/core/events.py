@@ -262,25 +262,27 @@ def deliver_due_events(deps: Delivery, owner: str, deadline: float | None = None
     return summary
 
 
+@dataclass(frozen=True)
+class EventDeps:
+    """Where completion events are kept (the outbox), sent (the events topic, each job's
+    webhook) and signed with (`secret`: None, webhooks are refused unsigned)."""
+    store: EventStore
+    publisher: EventPublisher
+    webhooks: WebhookSender
+    clock: Clock
+    secret: bytes | None = None
+
+
 class CompletionEvents:
     """The EventOutbox finalize_job_if_done is given, with what delivery needs, built once per
     instance by wiring. Recording delivers once at once (best effort, bounded by the webhook
     timeout), so webhooks arrive promptly; the poller retries whatever is still due."""
 
     def __init__(
-        self,
-        *,
-        store: EventStore,
-        publisher: EventPublisher,
-        webhooks: WebhookSender,
-        clock: Clock,
-        secret: bytes | None,
-        policy: DeliveryPolicy,
-        owner_prefix: str = "inline",
-        deliver_inline: bool = True,
+        self, deps: EventDeps, policy: DeliveryPolicy, *, owner_prefix: str = "inline", deliver_inline: bool = True,
     ) -> None:
-        self.store, self.publisher, self.webhooks, self.clock = store, publisher, webhooks, clock
-        self.secret, self.policy = secret, policy
+        self.store, self.publisher, self.webhooks, self.clock = deps.store, deps.publisher, deps.webhooks, deps.clock
+        self.secret, self.policy = deps.secret, policy
         self.owner_prefix, self.deliver_inline = owner_prefix, deliver_inline
 
     # --- EventOutbox -----------------------------------------------------------------------

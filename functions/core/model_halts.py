@@ -18,6 +18,10 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from core.jobs import _all_items
+from core.models import ItemState, Lane
+from core.ports import JobStore, WorkQueue
+
 log = logging.getLogger(__name__)
 
 
@@ -109,3 +113,39 @@ class ModelHalts:
         with self._lock:
             self._cached = None
         return written
+
+
+# --- resuming a restored model's work ---------------------------------------------------
+
+
+def models_in_use(*, store: JobStore, default: str, limit: int = 100) -> set[str]:
+    """The default model and those of running jobs: what the poller's models.get check watches."""
+    return {default} | {job.model for job in store.running_jobs(limit)}
+
+
+def resume_restored_models(*, model_halts: ModelHalts, store: JobStore, queue: WorkQueue) -> dict[str, int]:
+    """Publish the parked items of every model whose halt was lifted, then mark it resumed.
+    The mark comes last, so a poller that dies half-way leaves it for the next tick
+    (duplicates are harmless: the worker skips a finished or leased item)."""
+    done = {}
+    for model in model_halts.pending_resumes():
+        done[model] = resume_model(model, store=store, queue=queue)
+        model_halts.resumed(model)
+    return done
+
+
+def resume_model(model: str, *, store: JobStore, queue: WorkQueue, limit: int = 1000) -> int:
+    """Publish the model's interactive jobs' waiting items again: the parked ones (queued) and
+    those a worker holds right now (running: it may be parking them as we read)."""
+    published = 0
+    for job in store.running_jobs(limit):
+        if job.model != model or job.lane is not Lane.INTERACTIVE:
+            continue
+        keys = [it.key for it in _all_items(store, job.job_id)
+                if it.state in (ItemState.QUEUED, ItemState.RUNNING) and it.lane != Lane.BATCH.value]
+        if keys:
+            queue.publish_items(job.job_id, keys)
+            published += len(keys)
+    if published:
+        log.info("model %s is back: republished %d waiting items", model, published, extra={"model": model})
+    return published

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core import usecases
+from core import dead_letters, redrive
+from core.accepting import AcceptRecovery, recover_abandoned_accepts
 from core.accounting import Accounting
 from core.batches import BatchLane
 from core.events import CompletionEvents
-from core.model_halts import ModelHalts
+from core.jobs import Finalizing
+from core.model_halts import ModelHalts, models_in_use, resume_restored_models
 from core.model_watch import ModelWatch
 from core.pool import FlushRule, PoolStore, flush_pool
 from core.ports import BatchStore, Clock, ImageSink, JobStore, WorkQueue
@@ -68,9 +70,9 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
     start = deps.clock.now()
     deadline = start + policy.budget_seconds
     summary: dict[str, Any] = {
-        "republished_jobs": usecases.reconcile_unpublished(
+        "republished_jobs": redrive.reconcile_unpublished(
             store=deps.store, queue=deps.queue, clock=deps.clock, grace_seconds=policy.republish_grace_seconds),
-        "stuck_items": usecases.redrive_stuck_items(
+        "stuck_items": redrive.redrive_stuck_items(
             store=deps.store, queue=deps.queue, clock=deps.clock,
             lease_grace_seconds=policy.stuck_lease_grace_seconds, queued_after_seconds=policy.stuck_queued_seconds),
         "events": deps.events.deliver_due(owner, deadline=deps.clock.now() + policy.budget_seconds * policy.events_share),
@@ -80,16 +82,16 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
     }
     # After the batches, so these take none of their budget: an abandoned accept is minutes
     # old, and a restored model's held intents go at the next tick (its parked items now).
-    summary["abandoned_accepts"] = usecases.recover_abandoned_accepts(usecases.AcceptRecovery(
+    summary["abandoned_accepts"] = recover_abandoned_accepts(AcceptRecovery(
         store=deps.store, batches=deps.batches, queue=deps.queue, clock=deps.clock,
         sink=deps.sink, events=deps.events, accounting=deps.accounting,
         max_requests=policy.batch_items_per_batch), abandon_seconds=policy.accept_abandon_seconds)
     summary["models"] = deps.model_watch.tick(
-        lambda: usecases.models_in_use(store=deps.store, default=policy.default_model))
-    summary["resumed"] = usecases.resume_restored_models(
+        lambda: models_in_use(store=deps.store, default=policy.default_model))
+    summary["resumed"] = resume_restored_models(
         model_halts=deps.model_halts, store=deps.store, queue=deps.queue)
-    summary["finalized_jobs"] = usecases.finalize_stalled_jobs(
-        store=deps.store, clock=deps.clock, sink=deps.sink, events=deps.events, deadline=deadline)
+    summary["finalized_jobs"] = redrive.finalize_stalled_jobs(
+        Finalizing(store=deps.store, clock=deps.clock, sink=deps.sink, events=deps.events), deadline=deadline)
     log.info("poller tick: republished %d jobs, dead letters %s, pool %s, batches %s, events %s",
              len(summary["republished_jobs"]), summary["dead_letters"], summary["pool"], summary["batches"],
              summary["events"], extra=summary)
@@ -99,9 +101,9 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
 def _drain_dead_letters(deps: PollerDeps, owner: str) -> dict[str, int]:
     if deps.dead_letters is None:
         return {}
-    settling = usecases.DeadLettering(store=deps.store, clock=deps.clock, sink=deps.sink, owner=owner,
+    settling = dead_letters.DeadLettering(store=deps.store, clock=deps.clock, sink=deps.sink, owner=owner,
                                       events=deps.events)
-    return usecases.drain_dead_letters(deps.dead_letters, settling=settling, decode=deps.decode)
+    return dead_letters.drain_dead_letters(deps.dead_letters, settling=settling, decode=deps.decode)
 
 
 def _flush_pool(deps: PollerDeps, policy: PollerPolicy) -> dict[str, int]:

@@ -51,6 +51,9 @@ class PoolStore(Protocol):
     def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
         """Set the item's batch_intent if it is a queued, pooled item with none yet."""
 
+    def count(self) -> int:
+        """How many entries wait (GET /v1/stats)."""
+
 
 class NoPool:
     """The pool when the batch lane is off: the worker diverts nothing (nothing would flush it)."""
@@ -66,6 +69,9 @@ class NoPool:
 
     def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
         return False
+
+    def count(self) -> int:
+        return 0
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,8 @@ class PriceList(Protocol):
 class UsageMeter(Protocol):
     """The daily usage counters (core/accounting.py), as the worker adds to them."""
 
-    prices: PriceList
+    @property
+    def prices(self) -> PriceList: ...  # read-only, so Accounting's Prices satisfies it
 
     def add(self, deltas: dict[str, float], quota_id: str | None = None, **context) -> None: ...
 

@@ -51,10 +51,11 @@ from core.ports import (
     RateLimiter,
     UsageMeter,
 )
+from core.jobs import finalize_job_if_done
+from core.prompts import compose_prompt
 from core.transitions import (
     Cancelled, DeadLettered, Diverted, EarlierImageRecorded, Ending, Failed, HandedBack, LeaseRenewed, Succeeded,
 )
-from core.usecases import compose_prompt, finalize_job_if_done
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class WorkerLimits:
 
 @dataclass(frozen=True)
 class WorkerDeps:
-    """Everything process_item needs; wiring.worker_deps() builds it once per instance."""
+    """Everything process_item needs; wiring.worker_deps() takes it from wiring.deps(), built once per instance."""
 
     store: JobStore
     generator: ImageGenerator

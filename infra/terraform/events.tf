@@ -59,7 +59,7 @@ resource "google_secret_manager_secret" "webhook_secret" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# IAM: the three functions finalize jobs (core/usecases.finalize_job_if_done: the worker after
+# IAM: the three functions finalize jobs (core/jobs.py finalize_job_if_done: the worker after
 # an item, the poller for batches and for retries, the API on a cancel), so each publishes
 # events and signs webhooks. Granted on the one topic and the one secret.
 # ---------------------------------------------------------------------------------------------

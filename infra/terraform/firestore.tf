@@ -191,7 +191,7 @@ resource "google_firestore_field" "item_count_expiry" {
   depends_on = [google_firestore_field.usage_shard_expiry]
 }
 
-# The poller's sweep of stuck interactive items (usecases.redrive_stuck_items): a query over
+# The poller's sweep of stuck interactive items (core/redrive.py redrive_stuck_items): a query over
 # the items of every job (collection group "items") with equalities on lane and state and a
 # range on lease_expires_at or updated_at. Collection-group scope and several fields need
 # composite indexes: automatic single-field indexes are collection-scoped only

@@ -67,7 +67,7 @@ resource "google_project_iam_member" "poller_firestore" {
 # ---------------------------------------------------------------------------------------------
 # Cloud Storage: objectCreator + objectViewer on the images bucket, nothing else. Every write is
 # GcsImageSink._create, an upload with if_generation_match=0 (create only): the API writes the
-# manifest of a job it cancels (usecases.cancel_job), the worker images and manifests, the
+# manifest of a job it cancels (core/jobs.py cancel_job), the worker images and manifests, the
 # poller ingested images and manifests. A duplicate delivery or a retry after a crash uploads
 # to a name that already exists. Cloud Storage lists storage.objects.delete beside
 # storage.objects.create for an upload over an existing name
@@ -118,7 +118,7 @@ resource "google_storage_bucket_iam_member" "poller_images_read" {
 
 # ---------------------------------------------------------------------------------------------
 # Pub/Sub: the API publishes a job's items; the poller republishes jobs whose publishing was
-# interrupted (usecases.reconcile_unpublished). The worker never publishes.
+# interrupted (core/redrive.py reconcile_unpublished). The worker never publishes.
 # ---------------------------------------------------------------------------------------------
 
 resource "google_pubsub_topic_iam_member" "api_publisher" {

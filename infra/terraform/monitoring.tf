@@ -45,7 +45,7 @@ locals {
   metric_types = time_sleep.log_metrics_visible.triggers
 }
 
-# usecases.process_item: a WARNING "quota exceeded (...)" with jsonPayload.quota_id, one line
+# core/worker.py process_item: a WARNING "quota exceeded (...)" with jsonPayload.quota_id, one line
 # per 429 from Gemini. A few are expected (the limiter aims just under the quota);
 # a stream of them means RATE_LIMIT_* is above the project's real quota.
 resource "google_logging_metric" "worker_quota_exceeded" {

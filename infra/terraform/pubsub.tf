@@ -114,7 +114,7 @@ resource "google_pubsub_subscription_iam_member" "worker_push_subscriber" {
   member       = "serviceAccount:${google_project_service_identity.pubsub.email}"
 }
 
-# The poller consumes the dead letters (usecases.drain_dead_letters): pull and ack on this one
+# The poller consumes the dead letters (core/dead_letters.py drain_dead_letters): pull and ack on this one
 # subscription only.
 resource "google_pubsub_subscription_iam_member" "poller_dead_letter_subscriber" {
   subscription = google_pubsub_subscription.dead_letter.id

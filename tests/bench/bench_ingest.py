@@ -105,7 +105,7 @@ def accept_10k(stack, label: str) -> float:
 
 def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
     import wiring
-    from core import usecases
+    from core import jobs, submitting
     from core.models import ItemSpec, JobSpec
 
     base = stack.url("gemini")
@@ -115,8 +115,10 @@ def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
                                                      "batch": {"pending_seconds": 0, "running_seconds": 0}},
                   timeout=10).raise_for_status()
     spec = JobSpec(tuple(ItemSpec(key=f"i{n:06d}", prompt="a studio photo of a chair") for n in range(lines)), "batch")
-    job = usecases.submit_job(spec, store=wiring.job_store(), queue=None, clock=wiring.clock(), model=MODEL,
-                              interactive_threshold=10, batch=wiring.batch_lane(), batch_max_requests=lines)
+    deps = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=True),
+                                 store=wiring.job_store(), queue=None, clock=wiring.clock(), batch=wiring.batch_lane(),
+                                 batch_max_requests=lines)
+    job = submitting.submit_job(submitting.Submission(spec, MODEL), deps)
     (intent,) = wiring.job_store().intents_of_job(job.job_id)
     api = wiring.batch_lane().api
     while (info := api.get_batch(intent.gemini_batch)).output_file is None:
@@ -127,7 +129,7 @@ def ingest_size(stack, size_mb: int, line_bytes: int) -> None:
     env = stack.env()
     baseline = run_child(env, "--child-baseline", "--file", info.output_file, "--prefix", job.job_id)
     poller = run_child(env, "--child-poller")
-    status = usecases.get_job_status(job.job_id, store=wiring.job_store(), page_size=1)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(wiring.job_store()), page_size=1)
     for name, r in (("baseline: download whole file, then parse", baseline), ("poller: streamed, checkpointed", poller)):
         print(f"  {mb:7.0f} MB  {name:<42} {mb / r['elapsed']:6.1f} MB/s  peak RSS {r['peak_rss']:6.0f} MB "
               f"(after imports {r['rss_before']:4.0f} MB)", flush=True)

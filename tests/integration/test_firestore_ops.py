@@ -147,7 +147,7 @@ def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore
     from google.cloud import firestore
 
     from adapters.firestore.jobs import FirestoreJobStore
-    from core import usecases
+    from core import jobs
     from core.models import ItemState
     from tests.fakes import ended
     from tests.integration.test_contracts import make_job
@@ -162,7 +162,7 @@ def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore
     store.finish_item(job.job_id, "k2", "w", ended(ItemState.FAILED, 210.0))
 
     before = ops.counts()
-    status = usecases.get_job_status(job.job_id, store=store, page_size=10, batches=store)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(store, batches=store), page_size=10)
     used = ops.counts() - before
 
     assert status["counts"]["succeeded"] == 1 and status["counts"]["running"] == 1

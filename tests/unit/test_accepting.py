@@ -1,12 +1,12 @@
 """Accepting a job: poller ticks that land mid-accept, submitters that die mid-accept, and the
-Idempotency-Key resend that resumes them (core/accepting.py, usecases.submit_job)."""
+Idempotency-Key resend that resumes them (core/accepting.py, submitting.submit_job)."""
 import pytest
 
-from core import usecases
+from core import accepting, jobs, redrive, submitting
 from core.accounting import RELEASED_USD, RESERVED_USD, Accounting
 from core.errors import Conflict, InProgress
-from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from tests.fakes import InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryJobStore, InMemoryWorkQueue
+from core.models import IntentState, ItemState, JobStatus, Lane
+from tests.fakes import InMemoryCounterStore, InMemoryJobStore
 from tests.unit.test_batches import Env as BatchEnv
 
 ABANDON = 600.0
@@ -52,34 +52,24 @@ class RecordingOutbox:
 
 
 class Env(BatchEnv):
+    interactive_threshold = 3
+
     def __init__(self, **kw):
-        super().__init__(**kw)
-        self.store = HookedStore()
-        self.lane.store = self.lane.jobs = self.store
-        self.queue = InMemoryWorkQueue()
         self.outbox = RecordingOutbox()
+        super().__init__(store=HookedStore(), events=self.outbox, **kw)
         self.counters = InMemoryCounterStore()
         self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
-        self.idempotency = InMemoryIdempotencyStore()
-        self.lane.finalize_job = lambda job_id: usecases.finalize_job_if_done(
-            job_id, store=self.store, clock=self.clock, sink=self.sink, events=self.outbox)
-
-    def spec(self, n, lane="batch"):
-        return JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
 
     def submit(self, n=5, per_batch=100, lane="batch", **kw):
-        return usecases.submit_job(self.spec(n, lane), store=self.store, queue=self.queue, clock=self.clock,
-                                   model="gemini-2.5-flash-image", interactive_threshold=3, batch=self.lane,
-                                   batch_max_requests=per_batch, owner="api", accounting=self.accounting, **kw)
+        sub = submitting.Submission(self.spec(n, lane), self.model)
+        return submitting.submit_job(sub, self.submit_deps(batch=self.lane, batch_max_requests=per_batch), **kw)
 
     def submit_once(self, n=5, per_batch=100, lane="batch"):
-        return usecases.submit_once(
-            self.spec(n, lane), key_id="key", body_sha256="h", idempotency=self.idempotency, store=self.store,
-            clock=self.clock, takeover_seconds=120,
-            submit=lambda make_id, resume: self.submit(n, per_batch, lane, make_id=make_id, resume=resume))
+        sub = submitting.Submission(self.spec(n, lane), self.model, key_id="key", body_sha256="h")
+        return submitting.submit_once(sub, self.submit_deps(batch=self.lane, batch_max_requests=per_batch))
 
     def recover(self, per_batch=100):
-        return usecases.recover_abandoned_accepts(usecases.AcceptRecovery(
+        return accepting.recover_abandoned_accepts(accepting.AcceptRecovery(
             store=self.store, batches=self.store, queue=self.queue, clock=self.clock, sink=self.sink,
             events=self.outbox, accounting=self.accounting, max_requests=per_batch), abandon_seconds=ABANDON)
 
@@ -107,7 +97,7 @@ def test_a_tick_while_the_api_accepts_leaves_the_job_alone():
 
     def tick_now(job_id):
         summaries.append(env.tick())
-        assert usecases.finalize_job_if_done(job_id, store=env.store, clock=env.clock, sink=env.sink,
+        assert jobs.finalize_job_if_done(job_id, store=env.store, clock=env.clock, sink=env.sink,
                                              events=env.outbox) is None
         summaries.append(env.recover())  # too young to be abandoned
 
@@ -125,13 +115,13 @@ def test_a_tick_while_the_api_accepts_leaves_the_job_alone():
 
 def test_finalizing_a_missing_or_accepting_job_does_nothing():
     env = Env()
-    assert usecases.finalize_job_if_done("nope", store=env.store, clock=env.clock, sink=env.sink,
+    assert jobs.finalize_job_if_done("nope", store=env.store, clock=env.clock, sink=env.sink,
                                          events=env.outbox) is None
     env.store.die_after_items = 0
     with pytest.raises(Died):
         env.submit(3)
     job = env.the_job()
-    assert usecases.finalize_job_if_done(job.job_id, store=env.store, clock=env.clock, sink=env.sink,
+    assert jobs.finalize_job_if_done(job.job_id, store=env.store, clock=env.clock, sink=env.sink,
                                          events=env.outbox) is None
     assert env.the_job().status is JobStatus.ACCEPTING and not env.sink.objects and not env.outbox.recorded
 
@@ -153,7 +143,7 @@ def test_unpublished_accepting_interactive_jobs_are_not_republished():
     with pytest.raises(Died):
         env.submit(2, lane="interactive")
     env.clock.advance(120)
-    assert usecases.reconcile_unpublished(store=env.store, queue=env.queue, clock=env.clock) == []
+    assert redrive.reconcile_unpublished(store=env.store, queue=env.queue, clock=env.clock) == []
     assert env.queue.messages == []
 
 
@@ -163,7 +153,7 @@ def test_cancelling_an_accepting_job_is_refused():
     with pytest.raises(Died):
         env.submit(3)
     with pytest.raises(Conflict, match="still being accepted"):
-        usecases.cancel_job(env.the_job().job_id, store=env.store, clock=env.clock)
+        jobs.cancel_job(env.the_job().job_id, store=env.store, clock=env.clock)
 
 
 # --- the poller finishes or fails an abandoned accept -------------------------------------------
@@ -215,7 +205,7 @@ def test_an_abandoned_job_missing_items_fails_with_a_clear_error_manifest_and_ev
     assert {it.state for it in env.store.list_items(job.job_id, None, 10)} == {ItemState.FAILED}
     assert [j.job_id for j, _ in env.outbox.recorded] == [job.job_id]
     assert env.counter(RELEASED_USD) == env.counter(RESERVED_USD) > 0
-    status = usecases.get_job_status(job.job_id, store=env.store)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store))
     assert status["status"] == "failed" and status["error"] == failed.error
     assert env.recover() == {"completed": [], "failed": []}  # once
 

@@ -5,34 +5,33 @@ import logging
 import pytest
 
 from catalog import load as load_catalog
-from core import usecases
-from core.batches import BatchLane, normalise_state, plan_intents
+from core import jobs, submitting
+from core.batches import BatchLane, BatchLaneDeps, BatchLimits, normalise_state
 from core.models import IntentState, ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from tests.fakes import FakeBatchApi, FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue
+from tests.fakes import FakeBatchApi, FakeClock
+from tests.unit.conftest import Env as UseCaseEnv
 
 FAR = 1e12  # a deadline that never comes
 
 
-class Env:
-    def __init__(self, lease=60.0, max_attempts=3, checkpoint_lines=2):
-        self.store = InMemoryJobStore()
+class Env(UseCaseEnv):
+    """The batch lane over the shared fakes (tests/unit/conftest.py), with a fake Batch API."""
+
+    def __init__(self, lease=60.0, max_attempts=3, checkpoint_lines=2, store=None, events=None):
+        super().__init__()
+        self.store = store or self.store
         self.api = FakeBatchApi()
-        self.sink = InMemoryImageSink()
-        self.clock = FakeClock()
         self.lane = BatchLane(
-            store=self.store, jobs=self.store, api=self.api, sink=self.sink, clock=self.clock,
-            lease_seconds=lease, max_attempts=max_attempts, checkpoint_lines=checkpoint_lines,
-            image_size_for=load_catalog().image_size_for, compose_prompt=usecases.compose_prompt,
-            finalize_job=lambda job_id: usecases.finalize_job_if_done(
-                job_id, store=self.store, clock=self.clock, sink=self.sink),
+            BatchLaneDeps(store=self.store, jobs=self.store, api=self.api, sink=self.sink, clock=self.clock,
+                          catalog=load_catalog(), events=events),
+            BatchLimits(lease_seconds=lease, max_attempts=max_attempts, checkpoint_lines=checkpoint_lines),
         )
 
     def submit(self, n=5, per_batch=100, **kw):
         spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}", aspect_ratio="16:9" if i == 0 else "1:1")
                              for i in range(n)), "batch")
-        return usecases.submit_job(spec, store=self.store, queue=InMemoryWorkQueue(), clock=self.clock,
-                                   model="gemini-2.5-flash-image", interactive_threshold=10, batch=self.lane,
-                                   batch_max_requests=per_batch, owner="api", **kw)
+        deps = self.submit_deps(batch=self.lane, batch_max_requests=per_batch)
+        return submitting.submit_job(submitting.Submission(spec, self.model), deps, **kw)
 
     def tick(self, owner="poller", deadline=FAR):
         return self.lane.reconcile(owner, deadline)
@@ -240,7 +239,7 @@ def test_cancelling_a_batch_job_cancels_its_gemini_batch():
     env = Env()
     job = env.submit(3)
     (name,) = env.api.batches
-    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink)
+    status = jobs.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink)
     assert status["status"] == "cancelled"
     assert env.tick()["cancelled"] == 1
     assert env.api.cancelled == [name]

@@ -5,7 +5,7 @@ import json
 import logging
 
 import wiring
-from core import usecases
+from core import dead_letters
 from core.errors import TransientError
 from core.models import ItemState
 from tests.unit.test_entrypoints import api, fakes, post_job, push, worker  # noqa: F401 (fixtures)
@@ -36,6 +36,6 @@ def test_draining_the_dead_letter_topic_logs_each_item(env, caplog):  # noqa: F8
     source = DeadLetters([("a0", msg("k0"), {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}),
                           ("a1", msg("k1"), {})])
     with caplog.at_level(logging.WARNING):
-        usecases.drain_dead_letters(source, settling=usecases.DeadLettering(
+        dead_letters.drain_dead_letters(source, settling=dead_letters.DeadLettering(
             store=env.store, clock=env.clock, sink=env.sink, owner="poller"), decode=decode)
     assert sorted(dead_letter_lines(caplog)) == [(job.job_id, "k0", "interactive"), (job.job_id, "k1", "interactive")]

@@ -9,7 +9,6 @@ import pytest
 import wiring
 from catalog import load as load_catalog
 from core.errors import TransientError
-from core.worker import WorkerDeps
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
     FakeBatchApi, ScriptedImageGenerator, InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
@@ -20,6 +19,52 @@ SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
+class Fakes:
+    """The fakes behind the entry points; deps() is wiring.Deps built from them as they are
+    now, so a test may swap one (fakes.accounting = ...) and the next request uses it."""
+
+    def __init__(self):
+        from core.accounting import Accounting, DailyLimits
+        from core.batches import BatchLane, BatchLaneDeps, BatchLimits
+        from core.breaker import BreakerPolicy, CircuitBreaker
+        from core.events import CompletionEvents, DeliveryPolicy, EventDeps
+        from core.model_halts import ModelHalts
+        from core.model_watch import ModelWatch
+        from tests.fakes import (
+            FakeModelsApi, InMemoryEventPublisher, InMemoryEventStore, InMemoryModelHaltStore, ScriptedWebhookSender,
+        )
+
+        self.store, self.queue, self.sink = InMemoryJobStore(), InMemoryWorkQueue(), InMemoryImageSink()
+        self.generator, self.clock = ScriptedImageGenerator(), FakeClock()
+        self.breaker = CircuitBreaker(InMemoryBreakerStore(), self.clock, BreakerPolicy(threshold=3, cooldown_seconds=60))
+        self.counters = InMemoryCounterStore()
+        self.accounting = Accounting(store=self.counters, clock=self.clock, prices=wiring.prices(wiring.settings()),
+                                     limits=DailyLimits())
+        self.pool = InMemoryPoolStore(self.store)
+        self.idempotency = InMemoryIdempotencyStore()
+        self.model_halts = ModelHalts(InMemoryModelHaltStore(), self.clock)
+        self.models_api = FakeModelsApi(load_catalog().models)
+        self.model_watch = ModelWatch(api=self.models_api, halts=self.model_halts, catalog=load_catalog(),
+                                      clock=self.clock)
+        self.events = CompletionEvents(EventDeps(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
+                                                 webhooks=ScriptedWebhookSender(), clock=self.clock), DeliveryPolicy())
+        self.batch_api = FakeBatchApi()
+        self.lane = BatchLane(
+            BatchLaneDeps(store=self.store, jobs=self.store, api=self.batch_api, sink=self.sink, clock=self.clock,
+                          catalog=load_catalog(), events=self.events, model_halts=self.model_halts),
+            BatchLimits(lease_seconds=60, max_attempts=3))
+
+    def deps(self) -> wiring.Deps:
+        lane_on = wiring.settings().batch_lane_enabled  # as wiring builds them: None with the lane off
+        return wiring.Deps(
+            clock=self.clock, store=self.store, batches=self.store, queue=self.queue, sink=self.sink,
+            generator=self.generator, limiter=NoLimiter(), breaker=self.breaker, accounting=self.accounting,
+            catalog=wiring.catalog(), model_halts=self.model_halts, model_watch=self.model_watch, events=self.events,
+            idempotency=self.idempotency, batch_lane=self.lane if lane_on else None,
+            pool=self.pool if lane_on else None, dead_letters=None,
+        )
+
+
 @pytest.fixture
 def fakes(monkeypatch):
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-unit")
@@ -27,68 +72,10 @@ def fakes(monkeypatch):
     monkeypatch.setenv("MAX_ITEMS_PER_JOB", "20")
     monkeypatch.setenv("MAX_PROMPT_CHARS", "50")
     wiring.get_settings.cache_clear()
-
-    class Fakes:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-        clock = FakeClock()
-
     f = Fakes()
-    f.batch_api = FakeBatchApi()
-    from core import usecases
-    from core.batches import BatchLane
-
-    f.lane = BatchLane(
-        store=f.store, jobs=f.store, api=f.batch_api, sink=f.sink, clock=f.clock, lease_seconds=60,
-        max_attempts=3, image_size_for=load_catalog().image_size_for, compose_prompt=usecases.compose_prompt,
-        finalize_job=lambda job_id: usecases.finalize_job_if_done(job_id, store=f.store, clock=f.clock, sink=f.sink),
-    )
-    monkeypatch.setattr(wiring, "batch_lane", lambda: f.lane if wiring.settings().batch_lane_enabled else None)
-    monkeypatch.setattr(wiring, "job_store", lambda: f.store)
-    monkeypatch.setattr(wiring, "work_queue", lambda: f.queue)
-    monkeypatch.setattr(wiring, "image_sink", lambda: f.sink)
-    monkeypatch.setattr(wiring, "clock", lambda: f.clock)
-    from core.accounting import Accounting, DailyLimits
-    from core.breaker import BreakerPolicy, CircuitBreaker
-
-    f.breaker = CircuitBreaker(InMemoryBreakerStore(), f.clock, BreakerPolicy(threshold=3, cooldown_seconds=60))
-    f.counters = InMemoryCounterStore()
-    f.accounting = Accounting(store=f.counters, clock=f.clock, prices=wiring.prices(wiring.settings()),
-                              limits=DailyLimits())
-    f.pool = InMemoryPoolStore(f.store)
-    f.idempotency = InMemoryIdempotencyStore()
-    monkeypatch.setattr(wiring, "breaker", lambda: f.breaker)
-    monkeypatch.setattr(wiring, "accounting", lambda: f.accounting)
-    monkeypatch.setattr(wiring, "pool_store", lambda: f.pool)
-    monkeypatch.setattr(wiring, "idempotency_store", lambda: f.idempotency)
-    monkeypatch.setattr(wiring, "dead_letters", lambda: None)
-    from core.model_halts import ModelHalts
-    from core.model_watch import ModelWatch
-    from tests.fakes import FakeModelsApi, InMemoryModelHaltStore
-
-    f.model_halts = ModelHalts(InMemoryModelHaltStore(), f.clock)
-    f.models_api = FakeModelsApi(load_catalog().models)
-    f.model_watch = ModelWatch(api=f.models_api, halts=f.model_halts, catalog=load_catalog(), clock=f.clock)
-    f.lane.model_halts = f.model_halts
-    monkeypatch.setattr(wiring, "model_halts", lambda: f.model_halts)
-    monkeypatch.setattr(wiring, "model_watch", lambda: f.model_watch)
-    from core.events import CompletionEvents, DeliveryPolicy
-    from tests.fakes import InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender
-
-    f.events = CompletionEvents(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
-                                webhooks=ScriptedWebhookSender(), clock=f.clock, secret=None, policy=DeliveryPolicy())
-    monkeypatch.setattr(wiring, "job_events", lambda: f.events)
-    # Built at each delivery, so a test may swap one of the fakes; the limits follow the settings.
-    monkeypatch.setattr(wiring, "worker_deps", lambda: WorkerDeps(
-        store=f.store, generator=f.generator, sink=f.sink, limiter=NoLimiter(), clock=f.clock, breaker=f.breaker,
-        pool=f.pool, accounting=f.accounting, events=f.events, catalog=wiring.catalog(), model_halts=f.model_halts,
-        limits=wiring.worker_limits(wiring.settings()), batch_lane=True))
-    wiring.poller_deps.cache_clear()  # built from the factories above at the first tick
+    monkeypatch.setattr(wiring, "deps", f.deps)
     yield f
     wiring.get_settings.cache_clear()
-    wiring.poller_deps.cache_clear()
 
 
 @pytest.fixture
@@ -294,7 +281,6 @@ def test_a_job_over_the_daily_budget_is_a_429_with_retry_after(api, fakes, monke
     from core.accounting import Accounting, DailyLimits
 
     fakes.accounting = Accounting(store=fakes.counters, clock=fakes.clock, limits=DailyLimits(budget_usd=0.01))
-    monkeypatch.setattr(wiring, "accounting", lambda: fakes.accounting)
     r = post_job(api, {"requests": [{"prompt": "a"}], "lane": "interactive"})
     assert r.status_code == 429 and r.get_json()["error"]["reason"] == "budget_exceeded"
     assert 0 < int(r.headers["Retry-After"]) <= 25 * 3600

@@ -7,7 +7,6 @@ import functions_framework
 import pytest
 
 import wiring
-from core import usecases
 from core.errors import DeliveryFailed
 from tests.unit.test_entrypoints import SOURCE, api, fakes, post_job, push, worker  # noqa: F401 - fixtures
 
@@ -104,8 +103,6 @@ def test_the_poller_retries_due_events_and_reports_them(api, worker, signed):
 
 
 def test_a_batch_job_emits_its_event_when_the_poller_finishes_it(api, signed):
-    signed.lane.finalize_job = lambda job_id: usecases.finalize_job_if_done(  # as wiring.batch_lane builds it
-        job_id, store=signed.store, clock=signed.clock, sink=signed.sink, events=wiring.job_events())
     poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()
     body = {"requests": [{"prompt": f"p{i}"} for i in range(12)], "callback_url": "https://hooks.example.com/x"}
     job_id = post_job(api, body).get_json()["job_id"]

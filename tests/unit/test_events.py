@@ -6,46 +6,38 @@ import logging
 
 import pytest
 
-from core import usecases
+from core import jobs, submitting
 from core.errors import DeliveryFailed
 from core.events import (
-    CompletionEvents, Delivery, DeliveryPolicy, EventState, backoff_seconds, completion_event_id, deliver_due_events,
-    deliver_event,
+    CompletionEvents, Delivery, DeliveryPolicy, EventDeps, EventState, backoff_seconds, completion_event_id,
+    deliver_due_events, deliver_event,
 )
-from core.models import ItemSpec, ItemState, JobSpec, JobStatus
-from core.worker import process_item
+from core.models import ItemState, JobStatus
 from tests.fakes import (
-    FakeClock, InMemoryEventPublisher, InMemoryEventStore, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue,
-    ScriptedWebhookSender, ended, worker_deps,
+    InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender, ended,
 )
+from tests.unit.conftest import Env as UseCaseEnv
 
 KEY = bytes(range(32))
 URL = "https://hooks.example.com/imagefleet"
 POLICY = DeliveryPolicy(max_attempts=4, backoff_base=30.0, backoff_max=3600.0, lease_seconds=60.0)
 
 
-class Env:
+class Env(UseCaseEnv):
+    """The use cases with a completion-event outbox and its delivery (the webhook scripted)."""
+
     def __init__(self, secret=KEY, webhook_script=(), policy=POLICY):
-        self.store = InMemoryJobStore()
-        self.queue = InMemoryWorkQueue()
-        self.clock = FakeClock()
-        self.sink = InMemoryImageSink()
+        super().__init__()
         self.event_store = InMemoryEventStore()
         self.publisher = InMemoryEventPublisher()
         self.webhooks = ScriptedWebhookSender(webhook_script)
-        self.events = CompletionEvents(store=self.event_store, publisher=self.publisher, webhooks=self.webhooks,
-                                       clock=self.clock, secret=secret, policy=policy)
+        self.events = CompletionEvents(EventDeps(store=self.event_store, publisher=self.publisher,
+                                                 webhooks=self.webhooks, clock=self.clock, secret=secret), policy)
         self.policy = policy
 
     def submit(self, n=2, callback_url=URL):
-        spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), "auto", callback_url)
-        return usecases.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock,
-                                   model="gemini-2.5-flash-image", interactive_threshold=10)
-
-    def process(self, job_id, key, generator=None):
-        deps = worker_deps(store=self.store, generator=generator, sink=self.sink, clock=self.clock,
-                           events=self.events)
-        return process_item(deps, job_id, key, "w1")
+        spec = self.spec(n, callback_url=callback_url)
+        return submitting.submit_job(submitting.Submission(spec, self.model), self.submit_deps())
 
     def finish(self, job_id, key, state=ItemState.SUCCEEDED):
         """Give an item a terminal state directly, as a worker does before it finalizes."""
@@ -53,7 +45,7 @@ class Env:
         self.store.finish_item(job_id, key, "w", ended(state, self.clock.now()))
 
     def finalize(self, job_id, events="default"):
-        return usecases.finalize_job_if_done(job_id, store=self.store, clock=self.clock, sink=self.sink,
+        return jobs.finalize_job_if_done(job_id, store=self.store, clock=self.clock, sink=self.sink,
                                              events=self.events if events == "default" else events)
 
     def event(self, job_id, round_=1):
@@ -128,8 +120,8 @@ def test_a_crash_between_the_status_and_the_event_is_repaired_by_the_next_finali
         def record_completion(self, job, counts):
             raise SystemExit("killed between complete_job and the outbox write")
 
-    crashing = CrashingOutbox(store=env.event_store, publisher=env.publisher, webhooks=env.webhooks,
-                              clock=env.clock, secret=KEY, policy=POLICY)
+    crashing = CrashingOutbox(EventDeps(store=env.event_store, publisher=env.publisher, webhooks=env.webhooks,
+                                        clock=env.clock, secret=KEY), POLICY)
     with pytest.raises(SystemExit):
         env.finalize(job.job_id, events=crashing)
     assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED
@@ -156,7 +148,7 @@ def test_a_cancelled_job_emits_its_event_once_its_running_items_have_ended(env):
     job = env.submit(3)
     env.store.claim_item(job.job_id, "k0", "busy-worker", env.clock.now(), 120)  # with the model
 
-    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
+    status = jobs.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
 
     assert status["status"] == "cancelled" and status["events"] == []  # k0 is still running
     assert env.event_store.events == {}
@@ -171,7 +163,7 @@ def test_a_cancelled_job_emits_its_event_once_its_running_items_have_ended(env):
 def test_a_job_whose_items_were_all_queued_emits_its_event_on_cancel(env):
     job = env.submit(2)
 
-    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
+    status = jobs.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink, events=env.events)
 
     assert [e["state"] for e in status["events"]] == ["delivered"]
     assert json.loads(env.webhooks.requests[0][1])["data"]["status"] == "cancelled"
@@ -194,7 +186,7 @@ def test_the_status_shows_the_events(env):
     env.finish(job.job_id, "k0")
     env.finalize(job.job_id)
 
-    status = usecases.get_job_status(job.job_id, store=env.store, events=env.events)
+    status = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store, events=env.events))
 
     assert status["events"] == [{"event_id": f"{job.job_id}.completed.r1", "type": "job.completed",
                                  "state": "delivered", "attempts": 1, "last_error": None,

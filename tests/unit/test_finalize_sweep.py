@@ -1,5 +1,5 @@
 """The poller's sweep of running jobs with no work left: within the tick's deadline, fairly."""
-from core import usecases
+from core import jobs, redrive
 from core.models import Item, ItemState, Job, JobStatus, Lane
 from tests.fakes import FakeClock, InMemoryImageSink, InMemoryJobStore, ended
 
@@ -31,7 +31,7 @@ def stalled_jobs(store, n: int) -> list[str]:
 
 
 def sweep(store, clock, **kw):
-    return usecases.finalize_stalled_jobs(store=store, clock=clock, sink=InMemoryImageSink(), **kw)
+    return redrive.finalize_stalled_jobs(jobs.Finalizing(store, clock, InMemoryImageSink()), **kw)
 
 
 def test_the_sweep_stops_when_the_ticks_deadline_passes():
@@ -58,7 +58,7 @@ def test_ticks_cut_short_by_their_deadline_together_reach_every_job(monkeypatch)
     store = SlowStore(clock)
     ids = stalled_jobs(store, 10)
     starts = iter([ids[4], ids[9], ids[1], "", ids[6], ids[3]])
-    monkeypatch.setattr(usecases, "new_job_id", lambda: next(starts))
+    monkeypatch.setattr(jobs, "new_job_id", lambda: next(starts))
     done = []
     for _ in range(6):
         done += sweep(store, clock, deadline=clock.now() + 3.5)

@@ -8,7 +8,7 @@ import pytest
 
 import catalog as catalog_file
 import schemas
-from core import usecases
+from core import jobs, model_halts, submitting
 from core.accounting import Accounting, Prices
 from core.errors import InvalidRequest, ModelHalted, ModelUnavailable, TransientError
 from core.model_halts import ModelHalts
@@ -17,7 +17,7 @@ from core.models import ItemSpec, ItemState, JobSpec, Lane
 from core.worker import process_item
 from tests.fakes import (
     FakeClock, FakeModelsApi, InMemoryCounterStore, InMemoryImageSink, InMemoryJobStore, InMemoryModelHaltStore,
-    InMemoryWorkQueue, NoLimiter, ScriptedImageGenerator, worker_deps,
+    InMemoryWorkQueue, NoLimiter, worker_deps,
 )
 
 CATALOG = catalog_file.load()
@@ -98,30 +98,12 @@ def test_prices_come_from_the_model_and_size_and_an_override_wins():
 
 
 @pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-        halts = ModelHalts(InMemoryModelHaltStore(), clock)
-        accounting = Accounting(store=InMemoryCounterStore(), clock=clock, prices=Prices(catalog=CATALOG))
-
-        def submit(self, n=2, model=DEFAULT, quality="standard"):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}", quality=quality) for i in range(n)))
-            return usecases.submit_job(spec, store=self.store, queue=self.queue, clock=self.clock, model=model,
-                                       interactive_threshold=10, catalog=CATALOG, model_halts=self.halts,
-                                       accounting=self.accounting)
-
-        def process(self, job_id, key, max_attempts=3):
-            return process_item(self.deps(max_attempts=max_attempts), job_id, key, "w1")
-
-        def deps(self, **given):
-            return worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
-                               catalog=CATALOG, model_halts=self.halts, accounting=self.accounting, **given)
-
-    return Env()
+def env(env):
+    """With the catalog, per-model halts and usage accounting at the catalog's prices."""
+    env.model, env.catalog = DEFAULT, CATALOG
+    env.halts = ModelHalts(InMemoryModelHaltStore(), env.clock)
+    env.accounting = Accounting(store=InMemoryCounterStore(), clock=env.clock, prices=Prices(catalog=CATALOG))
+    return env
 
 
 def test_a_job_runs_on_its_own_model_at_the_catalog_size_and_price(env):
@@ -141,7 +123,7 @@ def test_the_limiter_is_asked_for_the_images_own_price(env):
             costs.append(cost)
 
     job = env.submit(1, model="gemini-3-pro-image", quality="high")
-    process_item(env.deps(limiter=Recording()), job.job_id, "k0", "w1")
+    process_item(env.worker_deps(limiter=Recording()), job.job_id, "k0", "w1")
     assert costs == [CATALOG.spec("gemini-3-pro-image").price("2K", batch=False)]
 
 
@@ -154,7 +136,7 @@ def test_a_missing_model_halts_it_and_its_items_wait_without_spending_attempts(e
     assert first.ack and first.state == "queued" and "parked" in first.reason
     assert [r for r in caplog.records if getattr(r, "alert", None) == "model_halted"]
     second = env.process(job.job_id, "k1")  # parked before the model is called again
-    assert second.ack and env.generator.calls == ["p0"]
+    assert second.ack and env.generator.calls == ["prompt 0"]
     for key in ("k0", "k1"):
         item = env.store.get_item(job.job_id, key)
         assert item.state is ItemState.QUEUED and item.attempts == 0 and item.lease_owner is None
@@ -240,11 +222,11 @@ def test_a_restored_model_gets_its_parked_items_published_again_once(env):
     other = env.submit(1, model="gemini-3-pro-image")
     env.process(other.job_id, "k0")  # done: nothing to resume
     env.queue.messages.clear()
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
     env.halts.clear(DEFAULT, "back")
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 3}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 3}
     assert sorted(k for j, k in env.queue.messages if j == job.job_id) == ["k0", "k1", "k2"]
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {}
 
 
 def test_a_poller_that_dies_mid_resume_leaves_it_for_the_next_tick(env):
@@ -254,9 +236,9 @@ def test_a_poller_that_dies_mid_resume_leaves_it_for_the_next_tick(env):
     env.halts.clear(DEFAULT, "back")
     env.queue.fail_after = 0
     with pytest.raises(ConnectionError):
-        usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
+        model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
     env.queue.fail_after = None
-    assert usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 2}
+    assert model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue) == {DEFAULT: 2}
 
 
 def test_an_item_held_while_the_halt_is_lifted_is_published_too(env):
@@ -266,7 +248,7 @@ def test_an_item_held_while_the_halt_is_lifted_is_published_too(env):
     env.store.set_job_running(job.job_id, env.clock.now())  # as process_item does after its claim
     env.halts.clear(DEFAULT, "back")
     env.queue.messages.clear()
-    usecases.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
+    model_halts.resume_restored_models(model_halts=env.halts, store=env.store, queue=env.queue)
     assert env.queue.messages == [(job.job_id, "k0")]
 
 
@@ -283,20 +265,20 @@ def test_a_broken_store_costs_the_watch_its_tick_not_the_poller():
 
 
 def test_a_batch_intent_of_a_halted_model_is_held_until_the_model_is_back():
-    from core.batches import BatchLane
+    from core.batches import BatchLane, BatchLaneDeps, BatchLimits
     from tests.fakes import FakeBatchApi
 
     store, clock, sink = InMemoryJobStore(), FakeClock(), InMemoryImageSink()
     halts = ModelHalts(InMemoryModelHaltStore(), clock)
     api = FakeBatchApi()
-    lane = BatchLane(store=store, jobs=store, api=api, sink=sink, clock=clock, lease_seconds=60, max_attempts=3,
-                     image_size_for=CATALOG.image_size_for, compose_prompt=usecases.compose_prompt,
-                     finalize_job=lambda job_id: None, model_halts=halts)
+    lane = BatchLane(BatchLaneDeps(store=store, jobs=store, api=api, sink=sink, clock=clock, catalog=CATALOG,
+                                   model_halts=halts), BatchLimits(lease_seconds=60, max_attempts=3))
     spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"p{i}") for i in range(2)), "batch")
     halts.halt(DEFAULT, "404 models/x is not found", source="batch")
-    job = usecases.submit_job(spec, store=store, queue=InMemoryWorkQueue(), clock=clock, model=DEFAULT,
-                              interactive_threshold=10, batch=lane, catalog=CATALOG,
-                              batch_submit_budget=0)  # the intents are left to the poller
+    route = submitting.RouteDeps(interactive_threshold=10, batch_available=True, catalog=CATALOG)
+    deps = submitting.SubmitDeps(route=route, store=store, queue=InMemoryWorkQueue(), clock=clock, batch=lane,
+                                 batch_submit_budget=0)  # the intents are left to the poller
+    job = submitting.submit_job(submitting.Submission(spec, DEFAULT), deps)
     (intent,) = store.intents_of_job(job.job_id)
     assert lane.reconcile("poller", deadline=clock.now() + 60)["held"] == 1
     assert store.get_intent(intent.intent_id).state.value in ("pending", "creating")
@@ -310,7 +292,7 @@ def test_an_item_parked_after_its_job_was_cancelled_is_handed_back_to_be_cancell
     original = env.generator.generate
 
     def cancel_during_the_call(*args, **kwargs):
-        usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)  # the item is running: skipped
+        jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)  # the item is running: skipped
         return original(*args, **kwargs)
 
     env.generator.generate = cancel_during_the_call

@@ -6,20 +6,18 @@ import logging
 import pytest
 
 from core import accounting as acct
-from core import usecases
-from core.accounting import Accounting, DailyLimits, Prices
+from core import dead_letters, jobs, redrive, submitting
+from core.accounting import Accounting, DailyLimits
 from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.errors import (
     BudgetExceeded, Conflict, IdempotencyMismatch, InProgress, LaneUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from core.worker import process_item
 from core.pool import FlushRule, flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
 from core.routing import Headroom, choose_lane
 from tests.fakes import (
-    FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryImageSink,
-    InMemoryJobStore, InMemoryPoolStore, InMemoryWorkQueue, ScriptedImageGenerator, ended, worker_deps,
+    InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore, ended,
 )
 
 PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel"
@@ -33,40 +31,17 @@ def quota(per_day=False, delay=0.5):
 
 
 @pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-        breaker_store = InMemoryBreakerStore()
-        counters = InMemoryCounterStore()
-        idempotency = InMemoryIdempotencyStore()
-
-        def __init__(self):
-            self.pool = InMemoryPoolStore(self.store)
-            self.breaker = CircuitBreaker(self.breaker_store, self.clock, BreakerPolicy(
-                threshold=3, cooldown_seconds=60, halt_seconds=600, probe_seconds=120, cache_seconds=0))
-            self.accounting = Accounting(store=self.counters, clock=self.clock, cache_seconds=0)
-
-        def submit(self, n=3, lane="auto", **kw):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            return usecases.submit_job(
-                spec, store=self.store, queue=self.queue, clock=self.clock, model="gemini-2.5-flash-image",
-                interactive_threshold=10, breaker=self.breaker, accounting=self.accounting, **kw)
-
-        def process(self, job_id, key, owner="w1", max_attempts=3):
-            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
-                               breaker=self.breaker, pool=self.pool, accounting=self.accounting,
-                               max_attempts=max_attempts)
-            return process_item(deps, job_id, key, owner)
-
-        def flush(self, flush_items=100, max_age=300):
-            return flush_pool(pool=self.pool, jobs=self.store, batches=self.store, clock=self.clock,
-                              rule=FlushRule(flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000))
-
-    return Env()
+def env(env):
+    """With a breaker, usage accounting and the pending-batch pool."""
+    env.breaker_store, env.counters = InMemoryBreakerStore(), InMemoryCounterStore()
+    env.pool = InMemoryPoolStore(env.store)
+    env.breaker = CircuitBreaker(env.breaker_store, env.clock, BreakerPolicy(
+        threshold=3, cooldown_seconds=60, halt_seconds=600, probe_seconds=120, cache_seconds=0))
+    env.accounting = Accounting(store=env.counters, clock=env.clock, cache_seconds=0)
+    env.flush = lambda flush_items=100, max_age=300: flush_pool(
+        pool=env.pool, jobs=env.store, batches=env.store, clock=env.clock,
+        rule=FlushRule(flush_items=flush_items, max_age_seconds=max_age, max_batch_items=1000))
+    return env
 
 
 # --- the quota day ---------------------------------------------------------------------------
@@ -221,8 +196,8 @@ def test_a_per_day_429_diverts_the_item_and_the_next_ones_without_calling_the_mo
     assert sorted(k for _, k in env.pool.entries) == ["k0", "k1"]
     # New auto jobs go to batch while the breaker is open.
     spec = JobSpec((ItemSpec("a", "p"),))
-    route = usecases.plan_route(spec, interactive_threshold=10, batch_available=True, breaker=env.breaker,
-                                accounting=env.accounting)
+    route = submitting.plan_route(spec, submitting.RouteDeps(interactive_threshold=10, batch_available=True,
+                                                             breaker=env.breaker, accounting=env.accounting))
     assert route.lane is Lane.BATCH and "breaker open" in route.reason
 
 
@@ -310,7 +285,7 @@ def test_a_flush_that_died_after_reserving_is_finished_by_the_next_without_a_sec
 
 def test_pool_entries_of_cancelled_items_are_dropped_after_a_grace(env):
     job = divert_all(env, 1)
-    usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)
+    jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)
     assert env.flush(flush_items=1)["dropped"] == 0
     env.clock.advance(61)
     assert env.flush(flush_items=1)["dropped"] == 1 and env.store.intents_of_job(job.job_id) == []
@@ -329,33 +304,32 @@ def test_retry_requeues_dead_lettered_items_in_a_new_round_with_a_new_manifest(e
     env.process(job.job_id, "k1")
     assert env.store.get_job(job.job_id).status is JobStatus.PARTIALLY_SUCCEEDED
     env.queue.messages.clear()
-    body = usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    body = jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     assert body["requeued"] == 1 and body["round"] == 2 and body["status"] == "running"
     assert env.queue.messages == [(job.job_id, "k0")]
     with pytest.raises(Conflict, match="no dead-lettered items"):
-        usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+        jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     env.process(job.job_id, "k0")
     final = env.store.get_job(job.job_id)
     assert final.status is JobStatus.SUCCEEDED and final.manifest_uri.endswith(f"{job.job_id}/manifest-r2.jsonl")
 
 
 def test_retry_of_an_unknown_or_cancelled_job(env):
-    with pytest.raises(usecases.NotFound):
-        usecases.retry_job("nope", store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    with pytest.raises(jobs.NotFound):
+        jobs.retry_job("nope", store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     job = env.submit(1)
-    usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)
+    jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)
     with pytest.raises(Conflict, match="cancelled"):
-        usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+        jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
 
 
 # --- Idempotency-Key -------------------------------------------------------------------------
 
 
 def submit_once(env, key="k", body="h1"):
-    return usecases.submit_once(
-        JobSpec((ItemSpec("a", "p"),)), key_id=key, body_sha256=body, idempotency=env.idempotency,
-        store=env.store, clock=env.clock, submit=lambda make_id, resume: env.submit(1, make_id=make_id, resume=resume),
-        takeover_seconds=120)
+    sub = submitting.Submission(JobSpec((ItemSpec("a", "p"),)), "gemini-2.5-flash-image", key_id=key,
+                                body_sha256=body)
+    return submitting.submit_once(sub, env.submit_deps())
 
 
 def test_the_same_idempotency_key_returns_the_same_job(env):
@@ -406,7 +380,7 @@ def test_dead_letters_end_their_items_with_the_last_error(env):
     msg = lambda k: json.dumps({"job_id": job.job_id, "item_key": k}).encode()
     source = DeadLetters([("a0", msg("k0"), {"CloudPubSubDeadLetterSourceDeliveryCount": "5"}),
                           ("a1", msg("k1"), {}), ("a2", b"garbage", {})])
-    summary = usecases.drain_dead_letters(source, settling=usecases.DeadLettering(
+    summary = dead_letters.drain_dead_letters(source, settling=dead_letters.DeadLettering(
         store=env.store, clock=env.clock, sink=env.sink, owner="poller"), decode=decode)
     assert summary == {"settled": 1, "unreadable": 1, "deferred": 1}
     assert source.acked == ["a0", "a2"]
@@ -423,7 +397,7 @@ def test_a_running_job_whose_last_finisher_died_is_finalized_by_the_poller(env):
     env.store.set_job_running(job.job_id, env.clock.now())
     other = env.submit(1)
     env.store.set_job_running(other.job_id, env.clock.now())  # still has work
-    assert usecases.finalize_stalled_jobs(store=env.store, clock=env.clock, sink=env.sink) == [job.job_id]
+    assert redrive.finalize_stalled_jobs(jobs.Finalizing(env.store, env.clock, env.sink)) == [job.job_id]
     assert env.store.get_job(job.job_id).status is JobStatus.FAILED
     assert env.store.get_job(other.job_id).status is JobStatus.RUNNING
 
@@ -435,7 +409,7 @@ def test_retried_batch_items_are_flushed_at_the_next_tick(env):
     for key in intent.keys:  # the batch gave up on them
         env.store.items[job.job_id][key].update(state="dead_lettered")
     published = len(env.queue.messages)
-    body = usecases.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
+    body = jobs.retry_job(job.job_id, store=env.store, queue=env.queue, pool=env.pool, clock=env.clock)
     assert body["requeued_batch"] == 2 and len(env.queue.messages) == published  # batch items: no messages
     summary = env.flush(flush_items=100, max_age=300)  # neither big nor old: urgent
     assert summary["flushed"] == 2 and len(env.store.intents_of_job(job.job_id)) == 2

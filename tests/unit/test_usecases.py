@@ -4,43 +4,17 @@ import json
 
 import pytest
 
-from core import usecases
+from core import jobs, redrive
 from core.errors import (
     Conflict,
     ContentRefused, InvalidRequest, LaneUnavailable, NotFound, PermissionDenied, QuotaExceeded,
     RateLimited, TransientError,
 )
-from core.models import ItemSpec, ItemState, JobSpec, JobStatus, Lane
-from core.worker import process_item
+from core.models import ItemState, JobStatus, Lane
 from tests.fakes import (
-    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
-    ScriptedImageGenerator, tiny_png, worker_deps,
+    NoLimiter,
+    tiny_png,
 )
-
-
-@pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        queue = InMemoryWorkQueue()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        limiter = NoLimiter()
-        generator = ScriptedImageGenerator()
-
-        def submit(self, n=3, lane="auto", **kw):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)), lane)
-            return usecases.submit_job(
-                spec, store=self.store, queue=self.queue, clock=self.clock,
-                model="gemini-2.5-flash-image", interactive_threshold=10, **kw,
-            )
-
-        def process(self, job_id, key, owner="w1", max_attempts=3, max_wait=30.0):
-            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, limiter=self.limiter,
-                               clock=self.clock, max_attempts=max_attempts, max_wait=max_wait)
-            return process_item(deps, job_id, key, owner)
-
-    return Env()
 
 
 def test_submit_records_the_job_and_publishes_one_message_per_item(env):
@@ -68,9 +42,9 @@ def test_a_publish_failure_leaves_the_job_unpublished_and_the_poller_finishes_it
     (job_id,) = env.store.jobs
     assert not env.store.get_job(job_id).published
     env.queue.fail_after = None
-    assert usecases.reconcile_unpublished(store=env.store, queue=env.queue, clock=env.clock) == []
+    assert redrive.reconcile_unpublished(store=env.store, queue=env.queue, clock=env.clock) == []
     env.clock.advance(61)
-    assert usecases.reconcile_unpublished(store=env.store, queue=env.queue, clock=env.clock) == [job_id]
+    assert redrive.reconcile_unpublished(store=env.store, queue=env.queue, clock=env.clock) == [job_id]
     assert [k for j, k in env.queue.messages if j == job_id].count("k2") == 1
     assert env.store.get_job(job_id).published
 
@@ -116,15 +90,15 @@ def test_a_finisher_that_died_before_finalizing_is_covered_by_the_next_delivery(
 def test_cancel_drops_queued_items_and_keeps_finished_ones(env):
     job = env.submit(3)
     env.process(job.job_id, "k0")
-    status = usecases.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink)
+    status = jobs.cancel_job(job.job_id, store=env.store, clock=env.clock, sink=env.sink)
     assert status["status"] == "cancelled"
     assert status["counts"]["succeeded"] == 1 and status["counts"]["cancelled"] == 2
     assert env.process(job.job_id, "k1").ack  # the message still in flight is dropped
     assert len(env.generator.calls) == 1
     with pytest.raises(Conflict):
-        usecases.cancel_job(job.job_id, store=env.store, clock=env.clock)
+        jobs.cancel_job(job.job_id, store=env.store, clock=env.clock)
     with pytest.raises(NotFound):
-        usecases.cancel_job("missing", store=env.store, clock=env.clock)
+        jobs.cancel_job("missing", store=env.store, clock=env.clock)
 
 
 def test_duplicate_delivery_of_a_finished_item_is_skipped(env):
@@ -235,13 +209,13 @@ def test_unknown_items_and_jobs_are_acked_not_retried_forever(env):
 def test_status_reports_counts_and_paginates(env):
     job = env.submit(5)
     env.process(job.job_id, "k0")
-    page = usecases.get_job_status(job.job_id, store=env.store, page_size=2)
+    page = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store), page_size=2)
     assert page["counts"]["succeeded"] == 1 and page["counts"]["queued"] == 4
     assert [i["key"] for i in page["items"]] == ["k0", "k1"]
-    page2 = usecases.get_job_status(job.job_id, store=env.store, page_size=2, page_token=page["next_page_token"])
+    page2 = jobs.get_job_status(job.job_id, jobs.StatusDeps(env.store), page_size=2, page_token=page["next_page_token"])
     assert [i["key"] for i in page2["items"]] == ["k2", "k3"]
     with pytest.raises(NotFound):
-        usecases.get_job_status("missing", store=env.store)
+        jobs.get_job_status("missing", jobs.StatusDeps(env.store))
 
 
 @pytest.mark.parametrize("counts,expected", [
@@ -252,5 +226,5 @@ def test_status_reports_counts_and_paginates(env):
     ({ItemState.SUCCEEDED: 2, ItemState.RUNNING: 1}, None),
 ])
 def test_job_status_from_counts(counts, expected):
-    assert usecases.job_status_from_counts(counts) is expected
+    assert jobs.job_status_from_counts(counts) is expected
 

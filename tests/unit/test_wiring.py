@@ -6,9 +6,10 @@ import pytest
 import wiring
 from core.pool import NoPool
 
-WORKER_FACTORIES = ("job_store", "image_generator", "image_sink", "rate_limiter", "clock", "breaker", "accounting",
-                    "job_events", "catalog", "model_halts")
-CACHED = (wiring.get_settings, wiring.worker_deps, wiring.job_events)  # before any test replaces one
+FACTORIES = ("clock", "job_store", "work_queue", "image_sink", "image_generator", "rate_limiter", "breaker",
+             "accounting", "catalog", "model_halts", "model_watch", "job_events", "idempotency_store", "batch_lane",
+             "pool_store", "dead_letters")
+CACHED = (wiring.get_settings, wiring.deps, wiring.job_events)  # before any test replaces one
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def settings(monkeypatch):
 
 @pytest.fixture
 def built(monkeypatch, settings):
-    """Each factory the worker needs, replaced by one that counts its calls."""
+    """Each factory deps() calls, replaced by one that counts its calls."""
     calls = collections.Counter()
 
     def counting(name, value):
@@ -34,18 +35,26 @@ def built(monkeypatch, settings):
             return value
         return factory
 
-    for name in WORKER_FACTORIES:
+    for name in FACTORIES:
         monkeypatch.setattr(wiring, name, counting(name, object()))
-    monkeypatch.setattr(wiring, "pool_store", counting("pool_store", object()))
     return calls
 
 
-def test_the_worker_deps_are_built_once_per_instance(built):
-    first = wiring.worker_deps()
-    assert wiring.worker_deps() is first
-    assert built == {name: 1 for name in (*WORKER_FACTORIES, "pool_store")}
-    assert first.batch_lane and not isinstance(first.pool, NoPool)
-    assert first.limits.max_attempts == 7  # from the settings
+def test_the_deps_are_built_once_per_instance(built):
+    first = wiring.deps()
+    assert wiring.deps() is first
+    assert built == {name: 1 for name in FACTORIES}
+    assert first.batches is first.store
+
+
+def test_the_per_role_deps_come_from_the_one_deps_and_build_nothing(built):
+    worker = wiring.worker_deps()
+    poller = wiring.poller_deps()
+    assert worker.store is poller.store is wiring.deps().store and worker.events is poller.events
+    assert wiring.submit_deps().batch is poller.batch_lane is wiring.deps().batch_lane
+    assert built == {name: 1 for name in FACTORIES}
+    assert worker.batch_lane and not isinstance(worker.pool, NoPool)
+    assert worker.limits.max_attempts == 7  # from the settings
 
 
 def test_without_the_batch_lane_the_worker_gets_a_pool_that_takes_nothing(built, monkeypatch):

@@ -8,40 +8,22 @@ import io
 import pytest
 from PIL import Image
 
-from core import usecases
+from core import redrive
 from core.errors import MalformedResponse
-from core.models import ItemSpec, ItemState, JobSpec, JobStatus, StoredImage
+from core.models import ItemState, JobStatus, StoredImage
 from core.transitions import LeaseRenewed
-from core.worker import process_item
 from tests.fakes import (
-    FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, ScriptedImageGenerator, tiny_png, worker_deps,
+    InMemoryWorkQueue, tiny_png,
 )
 
 LEASE = 120
 
 
 @pytest.fixture
-def env():
-    class Env:
-        store = InMemoryJobStore()
-        clock = FakeClock()
-        sink = InMemoryImageSink()
-        generator = ScriptedImageGenerator()
-
-        def submit(self, n=1):
-            spec = JobSpec(tuple(ItemSpec(key=f"k{i}", prompt=f"prompt {i}") for i in range(n)))
-            return usecases.submit_job(spec, store=self.store, queue=InMemoryWorkQueue(), clock=self.clock,
-                                       model="gemini-3-pro-image-preview", interactive_threshold=10)
-
-        def process(self, job_id, key="k0", owner="w1", max_attempts=3, upload_budget=60.0):
-            deps = worker_deps(store=self.store, generator=self.generator, sink=self.sink, clock=self.clock,
-                               max_attempts=max_attempts, lease_seconds=LEASE, upload_budget=upload_budget)
-            return process_item(deps, job_id, key, owner)
-
-        def item(self, job_id, key="k0"):
-            return self.store.get_item(job_id, key)
-
-    return Env()
+def env(env):
+    env.model = "gemini-3-pro-image-preview"
+    env.limits = {"lease_seconds": LEASE}
+    return env
 
 
 def jpeg(size=(40, 30)) -> bytes:
@@ -207,7 +189,7 @@ def test_a_duplicate_delivery_costs_one_listing_and_no_call(env):
 
 
 def sweep(env, queue, **kw):
-    return usecases.redrive_stuck_items(store=env.store, queue=queue, clock=env.clock,
+    return redrive.redrive_stuck_items(store=env.store, queue=queue, clock=env.clock,
                                         lease_grace_seconds=kw.get("grace", 30), queued_after_seconds=600)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.models import BatchIntent, ItemState
+from core.models import BatchIntent
 from core.ports import BatchStore, JobStore
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,3 @@ def _create_intent(batches: BatchStore, jobs: JobStore, job_id: str, intent_id: 
     if batches.create_intent(intent):
         log.info("job %s: %d diverted items go into batch intent %s", job_id, len(keys), intent_id,
                  extra={"job_id": job_id, "lane": "batch"})
-
-
-def divert_updates(now: float) -> dict:
-    """The item's fields when the breaker moves it to the batch lane (its lease is released)."""
-    return {"state": ItemState.QUEUED.value, "lane": "batch", "pooled_at": now, "batch_intent": None,
-            "lease_owner": None, "lease_expires_at": None, "updated_at": now}

@@ -1,10 +1,12 @@
 """The collaborators the use cases need, as Protocols. Adapters implement them; fakes live in core.fakes."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.models import BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
+from core.transitions import EventAttempt, IntentChange, ItemChange
 
 if TYPE_CHECKING:  # core.events uses these ports in its own annotations
     from core.breaker import BreakerView, Decision
@@ -16,6 +18,11 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+    def wait(self, wake: threading.Condition, woken: Callable[[], bool], seconds: float) -> None:
+        """Wait up to `seconds` for `woken()` to hold, checked under `wake` (the caller does not
+        hold it) when it is notified. A clock whose time only moves by sleeping (tests) sleeps
+        the whole `seconds` instead."""
 
 
 class JobStore(Protocol):
@@ -71,8 +78,8 @@ class JobStore(Protocol):
         Returns the claimed item, or None when the item is terminal or leased by someone else
         (the returned value says which via get_item)."""
 
-    def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
-        """Apply updates to the item if owner still holds its lease. Returns False otherwise."""
+    def finish_item(self, job_id: str, key: str, owner: str, change: ItemChange) -> bool:
+        """Apply the change to the item if owner still holds its lease. Returns False otherwise."""
 
     def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
         """Set a terminal status unless the job already has one."""
@@ -92,8 +99,8 @@ class JobStore(Protocol):
         """Jobs in status running, in job id order; with `after`, only those whose id is greater
         (equality and the id order: no composite index)."""
 
-    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
-        """Apply updates only if the item is still in state `expected`."""
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, change: ItemChange) -> bool:
+        """Apply the change only if the item is still in state `expected`."""
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]: ...
 
@@ -168,11 +175,11 @@ class BatchStore(Protocol):
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         """Lease an unfinished intent unless someone else holds a live lease on it."""
 
-    def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
-        """Apply updates if owner still holds the lease."""
+    def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
+        """Apply the change if owner still holds the lease."""
 
-    def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
-        """Atomically update the intent (if owner holds the lease) and the job's items."""
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
+        """Atomically change the intent (if owner holds the lease) and the job's items, by key."""
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]: ...
 
@@ -243,8 +250,8 @@ class EventStore(Protocol):
     def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float) -> Event | None:
         """Lease a pending, due event unless someone else holds a live lease on it."""
 
-    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
-        """Apply updates if owner still holds the lease."""
+    def update_event(self, event_id: str, owner: str, attempt: EventAttempt) -> bool:
+        """Record the attempt if owner still holds the lease."""
 
 
 class EventPublisher(Protocol):

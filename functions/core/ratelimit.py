@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from core.backoff import backoff_seconds
-from core.clock import SystemClock
 from core.errors import RateLimited
 from core.ports import Clock
 
@@ -374,14 +373,8 @@ class SlotRateLimiter:
         return lease_id, now + self.lease_ttl
 
     def _pause(self, seconds: float) -> None:
-        """Sleep, but wake up at once when a release in this instance hands a lease over. With
-        an injected clock (tests) time only moves through clock.sleep."""
-        if not isinstance(self.clock, SystemClock):
-            self.clock.sleep(seconds)
-            return
-        with self._handover:
-            if not self._idle_leases:
-                self._handover.wait(seconds)
+        """Sleep, but wake up at once when a release in this instance hands a lease over."""
+        self.clock.wait(self._handover, lambda: bool(self._idle_leases), seconds)
 
 
 def lease_poll_delay(tries: int) -> float:

@@ -11,6 +11,7 @@ from PIL import Image
 from core import redrive
 from core.errors import MalformedResponse
 from core.models import ItemState, JobStatus, StoredImage
+from core.transitions import LeaseRenewed
 from tests.fakes import (
     InMemoryWorkQueue, tiny_png,
 )
@@ -135,10 +136,10 @@ def test_the_lease_is_renewed_while_the_upload_waits_for_storage(env):
     leases = []
     real_finish = env.store.finish_item
 
-    def spy(job_id, key, owner, updates):
-        if set(updates) == {"lease_expires_at"}:
-            leases.append((env.clock.now(), updates["lease_expires_at"]))
-        return real_finish(job_id, key, owner, updates)
+    def spy(job_id, key, owner, change):
+        if isinstance(change, LeaseRenewed):
+            leases.append((env.clock.now(), change.until))
+        return real_finish(job_id, key, owner, change)
 
     env.store.finish_item = spy
     assert env.process(job.job_id).ack

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.routing import Map, Rule
 
 import wiring
-from core import errors, submitting, usecases
+from core import errors, gemini_webhooks, submitting, usecases
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
 from openapi import API_KEY_HEADER, build_openapi
@@ -35,6 +35,7 @@ _ROUTES = Map(
         Rule("/v1/jobs/<job_id>:retry", endpoint="retry", methods=["POST"]),
         Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
         Rule("/v1/jobs/<job_id>", endpoint="cancel", methods=["DELETE"]),
+        Rule("/v1/gemini/webhooks", endpoint="gemini_webhook", methods=["POST"]),
     ],
     strict_slashes=False,
 )
@@ -346,12 +347,45 @@ def _lookup_error(e: errors.NotFound | errors.Conflict) -> ApiError:
     return ApiError(409, "conflict", str(e))
 
 
+def _gemini_webhook(request):
+    """A Gemini batch webhook (core/gemini_webhooks.py): 401 unless signed with our secret and
+    fresh; 200 for every genuine event, ours or not, repeated or not (Gemini retries anything
+    else for a day); 503 when the nudge cannot be recorded, so that Gemini delivers it again."""
+    s = wiring.settings()
+    key = s.gemini_webhook_key()
+    if key is None:
+        raise ApiError(404, "not_found", "Gemini webhooks are not configured here")
+    body = read_body(request.stream, 64 * 1024)  # thin payloads: a pointer and a status
+    if body is None:
+        raise ApiError(413, "body_too_large", "a Gemini webhook is a few hundred bytes")
+    try:
+        webhook_id = gemini_webhooks.verify(key, request.headers, body, now=wiring.clock().now(),
+                                            tolerance_seconds=s.gemini_webhook_tolerance_seconds)
+    except gemini_webhooks.WebhookRejected as e:
+        log.warning("Gemini webhook refused: %s", e)
+        raise ApiError(401, "unauthenticated", str(e)) from None
+    try:
+        event = gemini_webhooks.read_event(webhook_id, body)
+    except ValueError as e:  # signed by Gemini but unreadable: a retry would bring the same
+        log.error("Gemini webhook %s unreadable, acknowledged: %s", webhook_id, e, extra={"webhook_id": webhook_id})
+        return json_response({"outcome": "unreadable"})
+    try:
+        outcome = gemini_webhooks.on_batch_event(event, batches=wiring.job_store(), nudges=wiring.batch_nudges(),
+                                                 clock=wiring.clock())
+    except errors.DeliveryFailed as e:
+        raise ApiError(503, "unavailable", f"could not start the batch's ingest: {e}") from None
+    log.info("Gemini webhook %s %s %s: %s", webhook_id, event.type, event.batch_name, outcome,
+             extra={"webhook_id": webhook_id, "state": outcome})
+    return json_response({"outcome": outcome})
+
+
 def _check_job_id(job_id: str) -> None:
     # Job ids are ours (uuid hex): anything else cannot name a job, and never reaches a query.
     if not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
         raise ApiError(404, "not_found", f"job {_excerpt(job_id)} not found")
 
 
-_PUBLIC = {"healthz", "openapi"}
+# The Gemini webhook's authentication is its signature, not an API key.
+_PUBLIC = {"healthz", "openapi", "gemini_webhook"}
 _HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel,
-             "stats": _stats, "retry": _retry}
+             "stats": _stats, "retry": _retry, "gemini_webhook": _gemini_webhook}

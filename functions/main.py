@@ -16,8 +16,10 @@ from werkzeug.exceptions import NotFound as RouteNotFound, ServiceUnavailable
 import http_api as api
 import logs
 import wiring
+from adapters.pubsub_nudges import decode_nudge
 from adapters.pubsub_queue import decode_work_message
 from core import worker
+from core.gemini_webhooks import reconcile_nudged
 from core.poller import poll_once
 
 logs.configure()
@@ -69,4 +71,25 @@ def scheduled_poller(request):
         return api.error_response(api.ApiError(405, "method_not_allowed", "the poller runs on POST only"),
                                   {"Allow": "POST"})
     wiring.wait_for_warm_up()
+    envelope = request.get_json(silent=True)
+    if isinstance(envelope, dict) and "message" in envelope:
+        return _nudged(envelope["message"])  # the batch-nudges push subscription, not the scheduler
     return api.json_response(poll_once(wiring.poller_deps(), wiring.poller_policy(), wiring.instance_id()))
+
+
+def _nudged(message):
+    """One nudge (a Gemini webhook said this intent's batch ended): reconcile it now. Always
+    200: an unreadable nudge can never succeed, and a failed reconcile is the next tick's."""
+    try:
+        intent_id = decode_nudge(base64.b64decode((message or {}).get("data") or b""))
+    except ValueError as e:
+        log.error("dropping unreadable nudge: %s", e)
+        return api.json_response({"nudge": "unreadable"})
+    lane = wiring.batch_lane()
+    if lane is None:
+        return api.json_response({"nudge": "no batch lane"})
+    owner = f"nudge-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
+    deadline = wiring.clock().now() + wiring.settings().poller_budget_seconds
+    outcome = reconcile_nudged(lane, wiring.batch_nudges(), intent_id, owner, deadline)
+    log.info("nudged intent %s: %s", intent_id, outcome, extra={"batch_intent": intent_id, "state": outcome})
+    return api.json_response({"nudge": outcome})

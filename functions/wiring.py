@@ -75,6 +75,16 @@ def work_queue():
 
 
 @functools.cache
+def batch_nudges():
+    """The batch-nudges topic (core/gemini_webhooks.py): a Gemini webhook's intent, reconciled now."""
+    from adapters.pubsub_nudges import PubSubBatchNudges
+
+    publisher = pubsub_publisher()
+    s = settings()
+    return PubSubBatchNudges(publisher, publisher.topic_path(s.google_cloud_project, s.batch_nudges_topic))
+
+
+@functools.cache
 def image_sink():
     from google.cloud import storage
 

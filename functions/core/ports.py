@@ -168,6 +168,13 @@ class BatchStore(Protocol):
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         """Lease an unfinished intent unless someone else holds a live lease on it."""
 
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        """The intent whose Gemini batch is `batch_name` ("batches/<id>"), if any."""
+
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        """Set an unfinished intent's next_check_at (whoever holds its lease); False when it is
+        finished or missing."""
+
     def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
         """Apply updates if owner still holds the lease."""
 

@@ -35,7 +35,6 @@ _ROUTES = Map(
         Rule("/v1/jobs/<job_id>:retry", endpoint="retry", methods=["POST"]),
         Rule("/v1/jobs/<job_id>", endpoint="status", methods=["GET"]),
         Rule("/v1/jobs/<job_id>", endpoint="cancel", methods=["DELETE"]),
-        Rule("/v1/gemini/webhooks", endpoint="gemini_webhook", methods=["POST"]),
     ],
     strict_slashes=False,
 )
@@ -347,6 +346,16 @@ def _lookup_error(e: errors.NotFound | errors.Conflict) -> ApiError:
     return ApiError(409, "conflict", str(e))
 
 
+def gemini_webhook(request):
+    """main.gemini_webhook: one Gemini batch webhook, answered JSON whatever happens."""
+    if request.method != "POST":
+        return error_response(ApiError(405, "method_not_allowed", "Gemini webhooks are POSTed"), {"Allow": "POST"})
+    try:
+        return _gemini_webhook(request)
+    except ApiError as e:
+        return error_response(e)
+
+
 def _gemini_webhook(request):
     """A Gemini batch webhook (core/gemini_webhooks.py): 401 unless signed with our secret and
     fresh; 200 for every genuine event, ours or not, repeated or not (Gemini retries anything
@@ -385,7 +394,6 @@ def _check_job_id(job_id: str) -> None:
         raise ApiError(404, "not_found", f"job {_excerpt(job_id)} not found")
 
 
-# The Gemini webhook's authentication is its signature, not an API key.
-_PUBLIC = {"healthz", "openapi", "gemini_webhook"}
+_PUBLIC = {"healthz", "openapi"}
 _HANDLERS = {"healthz": _healthz, "openapi": _openapi, "submit": _submit, "status": _status, "cancel": _cancel,
-             "stats": _stats, "retry": _retry, "gemini_webhook": _gemini_webhook}
+             "stats": _stats, "retry": _retry}

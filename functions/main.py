@@ -2,7 +2,9 @@
 
   http_api          the public HTTP API (jobs in, status out)
   pubsub_worker     one Pub/Sub message = one image, delivered as a CloudEvent
-  scheduled_poller  called by Cloud Scheduler: reconciles work that needs a nudge
+  scheduled_poller  called by Cloud Scheduler: reconciles work that needs a nudge; also pushed
+                    one batch at a time by the batch-nudges subscription
+  gemini_webhook    Gemini's batch webhooks: public, authenticated by their signature
 """
 from __future__ import annotations
 
@@ -75,6 +77,15 @@ def scheduled_poller(request):
     if isinstance(envelope, dict) and "message" in envelope:
         return _nudged(envelope["message"])  # the batch-nudges push subscription, not the scheduler
     return api.json_response(poll_once(wiring.poller_deps(), wiring.poller_policy(), wiring.instance_id()))
+
+
+@functions_framework.http
+def gemini_webhook(request):
+    """Gemini POSTs batch events here (core/gemini_webhooks.py). A function of its own: Gemini
+    sends no Google identity token, so this one is public, and its signature check is its
+    authentication; the API and the poller stay behind IAM."""
+    wiring.wait_for_warm_up()
+    return api.gemini_webhook(request)
 
 
 def _nudged(message):

@@ -70,7 +70,8 @@ LOCAL_GEMINI_API_KEY = "local-dev-key-not-a-secret"
 GEMINI_WEBHOOK_EVENTS = ("batch.succeeded", "batch.failed", "batch.expired")
 
 # Which functions-framework target each function process serves.
-FUNCTION_TARGETS = {"api": "http_api", "worker": "pubsub_worker", "poller": "scheduled_poller"}
+FUNCTION_TARGETS = {"api": "http_api", "worker": "pubsub_worker", "poller": "scheduled_poller",
+                    "webhooks": "gemini_webhook"}
 EMULATORS = ("firestore", "pubsub", "gcs", "gemini")
 
 # Variables that could point a child at a real project or real credentials. Children get a
@@ -108,6 +109,7 @@ class Ports:
     api: int = 8080
     worker: int = 8081
     poller: int = 8082
+    webhooks: int = 8083
     gemini: int = 8500
     firestore: int = 8681
     pubsub: int = 8682
@@ -117,6 +119,7 @@ class Ports:
         "api": "API_PORT",
         "worker": "WORKER_PORT",
         "poller": "POLLER_PORT",
+        "webhooks": "GEMINI_WEBHOOK_PORT",
         "gemini": "GEMINI_EMULATOR_PORT",
         "firestore": "FIRESTORE_EMULATOR_PORT",
         "pubsub": "PUBSUB_EMULATOR_PORT",
@@ -449,7 +452,8 @@ class Stack:
         self.webhook_secret = generate_webhook_secret() if webhooks else None
         # Gemini's batch webhooks (docs/gemini-webhooks.md): registered with the emulator at
         # start, as tools/register_gemini_webhook.py does once in the cloud; the secret it
-        # returns goes to the API, the nudges it leads to are pushed to the poller.
+        # returns goes to the gemini_webhook function, the nudges it publishes are pushed to
+        # the poller.
         self.gemini_webhooks = gemini_webhooks and gemini and functions
         self.gemini_webhook_secret: str | None = None
         self.nudges_topic = nudges_topic
@@ -551,7 +555,7 @@ class Stack:
         env["WARM_UP_CLIENTS"] = "true"  # as in the cloud: clients built when the process starts
         if name == "api" and self.api_key:
             env["API_KEYS"] = self.api_key
-        if name == "api" and self.gemini_webhook_secret:
+        if name == "webhooks" and self.gemini_webhook_secret:
             env["GEMINI_WEBHOOK_SECRET"] = self.gemini_webhook_secret
         env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription
         if name == "worker" and self.worker_threads:
@@ -831,7 +835,7 @@ class Stack:
         """The static webhook for batch ends, pointed at this stack's API; its signing secret
         (returned by this call only)."""
         body = json.dumps({"name": "imagefleet-local", "subscribed_events": list(GEMINI_WEBHOOK_EVENTS),
-                           "uri": f"{self.url('api')}/v1/gemini/webhooks"}).encode()
+                           "uri": f"{self.url('webhooks')}/"}).encode()
         req = urllib.request.Request(f"{self.url('gemini')}/v1/webhooks", data=body, method="POST",
                                      headers={"Content-Type": "application/json",
                                               "x-goog-api-key": LOCAL_GEMINI_API_KEY})

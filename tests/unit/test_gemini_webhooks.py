@@ -161,27 +161,37 @@ def with_secret(fakes, monkeypatch):
     return fakes
 
 
-def send(api, body=BODY, **kw):
-    return api.post("/v1/gemini/webhooks", data=body, headers=headers(body, **kw), content_type="application/json")
+@pytest.fixture
+def receiver(fakes):
+    return functions_framework.create_app("gemini_webhook", SOURCE, "http").test_client()
 
 
-def test_the_route_is_off_without_a_secret(api):
-    assert send(api).status_code == 404
+def send(receiver, body=BODY, **kw):
+    return receiver.post("/", data=body, headers=headers(body, **kw), content_type="application/json")
 
 
-def test_the_route_answers_401_with_a_json_error_to_a_bad_signature(api, with_secret):
-    r = send(api, key=b"z" * 32)
+def test_the_receiver_is_off_without_a_secret(receiver):
+    assert send(receiver).status_code == 404
+
+
+def test_the_receiver_answers_post_only(receiver, with_secret):
+    r = receiver.get("/")
+    assert r.status_code == 405 and r.get_json()["error"]["reason"] == "method_not_allowed"
+
+
+def test_the_receiver_answers_401_with_a_json_error_to_a_bad_signature(receiver, with_secret):
+    r = send(receiver, key=b"z" * 32)
     assert r.status_code == 401 and r.get_json()["error"]["reason"] == "unauthenticated"
     assert with_secret.nudges.sent == []
 
 
-def test_a_webhook_then_its_nudge_ingest_a_batch_without_a_tick(api, with_secret):
+def test_a_webhook_then_its_nudge_ingest_a_batch_without_a_tick(api, receiver, with_secret):
     r = post_job(api, {"requests": [{"prompt": f"p{i}"} for i in range(12)]})
     job_id = r.get_json()["job_id"]
     (batch_name,) = with_secret.batch_api.batches
     with_secret.batch_api.finish(batch_name)
     body = json.dumps({"type": "batch.succeeded", "data": {"id": batch_name}}).encode()
-    r = send(api, body)
+    r = send(receiver, body)
     assert r.status_code == 200 and r.get_json() == {"outcome": "nudged"}
     (intent_id,) = with_secret.nudges.sent
     poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()

@@ -169,3 +169,25 @@ def test_webhook_config_uris_replace_the_registered_ones_and_carry_user_metadata
 def test_a_malformed_webhook_config_is_a_400(client):
     with pytest.raises(errors.ClientError):
         batch(client, webhook_config={"uris": ["ftp://x"]})
+
+
+def test_the_registration_tool_prints_only_the_secret_and_refuses_a_second_registration(emulator, admin):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GEMINI_API_KEY": "key-a", "GOOGLE_GEMINI_BASE_URL": emulator.base_url}
+    tool = str(__import__("pathlib").Path(__file__).parents[2] / "tools" / "register_gemini_webhook.py")
+    argv = [sys.executable, tool, "--uri", "https://example.com/hook"]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert len(decode_gemini_secret(first.stdout)) == 32 and "registered" in first.stderr
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and again.stdout == "" and "--replace" in again.stderr
+    replaced = subprocess.run(argv + ["--replace"], env=env, capture_output=True, text=True, timeout=60)
+    assert replaced.returncode == 0 and replaced.stdout != first.stdout
+    client = genai.Client(api_key="key-a", http_options=types.HttpOptions(base_url=emulator.base_url))
+    hooks = client.webhooks.list().webhooks
+    assert [(w.uri, w.subscribed_events) for w in hooks] == [
+        ("https://example.com/hook", ["batch.succeeded", "batch.failed", "batch.expired"])]
+    client.webhooks.delete(id=hooks[0].id)

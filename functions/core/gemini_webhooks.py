@@ -108,8 +108,8 @@ def read_event(webhook_id: str, body: bytes) -> BatchEvent:
     event = json.loads(body)
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ValueError("the event has no type")
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    ident = data.get("id") or data.get("name")
+    data = event.get("data")
+    ident = (data.get("id") or data.get("name")) if isinstance(data, dict) else None
     if not isinstance(ident, str) or not ident.strip("/"):
         return BatchEvent(webhook_id, event["type"], None)
     name = ident if ident.startswith("batches/") else f"batches/{ident}"

@@ -67,6 +67,7 @@ def on_batch_end(state: EmulatorState, record: batch_jobs.BatchRecord) -> None:
         data["user_metadata"] = dynamic["user_metadata"]
     body = json.dumps({"type": event, "version": "v1", "timestamp": rfc3339(state.wall(record.ended or state.clock())),
                        "data": data}, separators=(",", ":")).encode()
+    targets: list[tuple[str, str | None]]
     if dynamic.get("uris"):
         targets = [(uri, None) for uri in dynamic["uris"]]
     else:

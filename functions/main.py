@@ -89,8 +89,9 @@ def gemini_webhook(request):
 
 
 def _nudged(message):
-    """One nudge (a Gemini webhook said this intent's batch ended): reconcile it now. Always
-    200: an unreadable nudge can never succeed, and a failed reconcile is the next tick's."""
+    """One nudge (a Gemini webhook said this intent's batch ended): reconcile it now. 200 but
+    for a busy intent (503: pushed again later): an unreadable nudge can never succeed, and a
+    failed reconcile is the next tick's."""
     try:
         intent_id = decode_nudge(base64.b64decode((message or {}).get("data") or b""))
     except ValueError as e:
@@ -103,4 +104,6 @@ def _nudged(message):
     deadline = wiring.clock().now() + wiring.settings().poller_budget_seconds
     outcome = reconcile_nudged(lane, wiring.batch_nudges(), intent_id, owner, deadline)
     log.info("nudged intent %s: %s", intent_id, outcome, extra={"batch_intent": intent_id, "state": outcome})
+    if outcome == "busy":  # Pub/Sub pushes it again after its back-off, when the lease is likely free
+        raise RetryLater(f"intent {intent_id} is being worked on")
     return api.json_response({"nudge": outcome})

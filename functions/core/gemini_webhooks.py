@@ -138,8 +138,15 @@ def on_batch_event(event: BatchEvent, *, batches: BatchStore, nudges: BatchNudge
 def reconcile_nudged(lane: BatchLane, nudges: BatchNudges, intent_id: str, owner: str, deadline: float) -> str:
     """A nudge, delivered to the poller: reconcile that one intent now. An ingest that ran out
     of budget (checkpointed) nudges itself again, so a webhook-started ingest does not wait
-    for the next scheduled tick to go on."""
+    for the next scheduled tick to go on. "busy" when the intent is unfinished but could not be
+    worked on (another holds its lease, or its job is still being accepted): a tick holding it
+    may have asked batches.get just before the batch ended, so the caller hands the nudge back
+    for a later delivery rather than drop it."""
     outcome = lane.reconcile_intent(intent_id, owner, deadline)
     if outcome == "paused":
         nudges.nudge(intent_id)
+    if outcome == "skipped":
+        current = lane.store.get_intent(intent_id)
+        if current is not None and current.state is not IntentState.FINISHED:
+            return "busy"
     return outcome

@@ -157,9 +157,9 @@ resource "google_service_account_iam_member" "nudge_push_token_creator" {
 
 # The poller answers a nudge after reconciling its intent (at most POLLER_BUDGET_SECONDS of
 # ingest, then it checkpoints and nudges itself again): the ack deadline outlasts that, so a
-# nudge is not pushed a second time while the first runs (a second one would find the intent
-# leased and skip). The poller runs one request at a time; a push it cannot take yet is
-# retried with back-off, and the scheduled tick meets the intent anyway.
+# nudge is not pushed a second time while the first runs. A nudge that finds the intent leased
+# is answered 503 and pushed again after the back-off below; the poller runs one request at a
+# time, so a push it cannot take yet is retried the same way, and the ticks meet the intent anyway.
 resource "google_pubsub_subscription" "batch_nudges_push" {
   name  = "${var.name_prefix}-batch-nudges-push"
   topic = google_pubsub_topic.batch_nudges.id

@@ -146,6 +146,15 @@ def test_a_nudge_ingests_the_batch_and_a_finished_intent_is_left_alone():
     assert nudges.sent == []
 
 
+def test_a_nudge_that_meets_a_lease_is_busy_and_handed_back():
+    env, nudges = Env(), Nudges()
+    intent = submitted(env)
+    env.api.finish(intent.gemini_batch)
+    env.store.claim_intent(intent.intent_id, "a-tick", now=env.clock.now(), lease_seconds=60)
+    assert gw.reconcile_nudged(env.lane, nudges, intent.intent_id, "nudge", deadline=1e12) == "busy"
+    assert env.store.get_intent(intent.intent_id).lease_owner == "a-tick"
+
+
 # --- through the entry points ----------------------------------------------------------------
 
 
@@ -200,3 +209,13 @@ def test_a_webhook_then_its_nudge_ingest_a_batch_without_a_tick(api, receiver, w
     assert poller.post("/", json=push).get_json() == {"nudge": "ingested"}
     assert api.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
     assert poller.post("/", json={"message": {"data": "bm90IGpzb24="}}).get_json() == {"nudge": "unreadable"}
+    assert poller.post("/", json=push).get_json() == {"nudge": "skipped"}  # finished: acknowledged
+
+
+def test_a_busy_nudge_is_a_503_so_that_pubsub_pushes_it_again(api, with_secret):
+    post_job(api, {"requests": [{"prompt": f"p{i}"} for i in range(12)]})
+    (intent,) = [i for i in with_secret.store.intents.values()]
+    with_secret.store.claim_intent(intent["intent_id"], "a-tick", now=with_secret.clock.now(), lease_seconds=60)
+    poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()
+    data = base64.b64encode(json.dumps({"intent_id": intent["intent_id"]}).encode()).decode()
+    assert poller.post("/", json={"message": {"data": data}}).status_code == 503

@@ -37,7 +37,8 @@ def test_a_batch_job_completes_on_the_webhook_alone(stack, bucket):
         "manifest_uri") and s, f"job {job_id} completed by the webhook\n{process_log(stack, 'poller')}")
 
     assert_settled(status, bucket)
-    sent = [d for d in deliveries(stack) if d["batch"] == batch]
+    sent = wait_until(stack, lambda: (found := [d for d in deliveries(stack) if d["batch"] == batch]) and all(
+        d["status"] == "delivered" for d in found) and found, "both deliveries acknowledged")
     assert [(d["type"], d["status"], d["signed"]) for d in sent] == [("batch.succeeded", "delivered", True)] * 2
     assert len({d["webhook_id"] for d in sent}) == 1  # the same event twice, both acknowledged
     assert all(d["attempts"] == [200] for d in sent)

@@ -421,9 +421,10 @@ def test_retrying_a_refused_batch_create_leaves_no_input_files_behind(stack, db,
     [waiting] = job_status(stack, job_id)["batches"]
     assert (waiting["state"], waiting["gemini_batch"]) == ("creating", None)  # 429 from batches.create
     assert waiting["error"].startswith("429")
-    for _ in range(3):  # the poller waits, or tries again and is refused: a wait either way, not an error
+    for _ in range(3):  # not due yet, or due, tried again and refused: a wait either way, not an error
         summary = tick(stack)
-        assert (summary["backing_off"], summary["submitted"]) == (1, 0), summary
+        assert summary["running"] == 1, summary  # the blocker
+        assert summary["seen"] - 1 == summary["backing_off"] <= 1 and summary["submitted"] == 0, summary
     configure_gemini(stack, {"batch": {"running_seconds": 0.5, "max_concurrent_batches": 100}})
     [slot] = job_status(stack, blocker)["batches"]
     force_batch(stack, slot["gemini_batch"], SUCCEEDED)
@@ -449,12 +450,13 @@ def test_a_429_on_batch_create_waits_its_retry_delay_and_the_job_is_billed_once(
     assert before + 3600 <= doc["next_attempt_at"] <= after + 3600  # the answer's retryDelay
     for _ in range(4):
         summary = tick(stack)
-        assert (summary["backing_off"], summary["submitted"]) == (1, 0), summary
+        assert (summary["seen"], summary["submitted"]) == (0, 0), summary  # not due before the hour
     calls = gemini_stats(stack)["requests_by_endpoint"]
     assert (calls["batches.create"], calls.get("batches.list", 0)) == (1, 0), calls
     assert gemini_stats(stack)["files"]["uploaded"] == 1
     # The hour has passed, as far as the intent knows.
-    db.collection("batches").document(intent).update({"next_attempt_at": time.time() - 1})
+    db.collection("batches").document(intent).update({"next_attempt_at": time.time() - 1,
+                                                      "next_check_at": time.time() - 1})
 
     status, ticks = tick_until_settled(stack, job_id)
 

@@ -275,6 +275,18 @@ class InMemoryJobStore:
                 d["next_check_at"] = next_check_at
             return True
 
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        found = [d for d in self.intents.values() if d.get("gemini_batch") == batch_name]
+        return BatchIntent.from_dict(copy.deepcopy(found[0])) if found else None
+
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        with self.lock:
+            d = self.intents.get(intent_id)
+            if d is None or d["state"] == IntentState.FINISHED.value:
+                return False
+            d["next_check_at"] = next_check_at
+            return True
+
     def claim_intent(self, intent_id, owner, now, lease_seconds) -> BatchIntent | None:
         with self.lock:
             d = self.intents.get(intent_id)
@@ -896,3 +908,13 @@ def worker_deps(**given):
         "model_halts": NoModelHalts(), "batch_lane": "pool" in given,
     }
     return WorkerDeps(**{**defaults, **given}, limits=WorkerLimits(**limits))
+
+
+class InMemoryBatchNudges:
+    """BatchNudges: the intents nudged, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def nudge(self, intent_id: str) -> None:
+        self.sent.append(intent_id)

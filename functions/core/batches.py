@@ -340,6 +340,14 @@ class BatchLane:
             after = (candidates[-1].next_check_at or 0.0, candidates[-1].intent_id)
         return summary
 
+    def reconcile_intent(self, intent_id: str, owner: str, deadline: float) -> str:
+        """Move one intent forward now, as a tick would (a nudge from Gemini's webhook): under
+        its lease, so a tick that meets it skips it, and vice versa."""
+        candidate = self.store.get_intent(intent_id)
+        if candidate is None or candidate.state is IntentState.FINISHED:
+            return "skipped"
+        return self._visit(candidate, owner, deadline, set())
+
     def _visit(self, candidate: BatchIntent, owner: str, deadline: float, refused_models: set[str]) -> str:
         if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
             # Not even a lease: a write per tick per waiting intent would buy nothing. The

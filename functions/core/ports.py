@@ -175,6 +175,13 @@ class BatchStore(Protocol):
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         """Lease an unfinished intent unless someone else holds a live lease on it."""
 
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        """The intent whose Gemini batch is `batch_name` ("batches/<id>"), if any."""
+
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        """Set an unfinished intent's next_check_at (whoever holds its lease); False when it is
+        finished or missing."""
+
     def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
         """Apply the change if owner still holds the lease."""
 
@@ -318,3 +325,8 @@ class UsageMeter(Protocol):
                           size: str | None = None) -> dict[str, float]: ...
 
     def diverted(self, model: str | None = None, size: str | None = None) -> dict[str, float]: ...
+
+
+class BatchNudges(Protocol):
+    def nudge(self, intent_id: str) -> None:
+        """Ask for one intent's reconcile now (a Pub/Sub message the poller is pushed)."""

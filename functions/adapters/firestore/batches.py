@@ -91,6 +91,20 @@ class FirestoreBatchIntents:
 
         return compare_and_set(self.db, self.intents.document(intent_id), decide)
 
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        # Equality on one field: its single-field index serves it. A resubmitted intent's
+        # successor has its own batch, so one name is at most one intent.
+        query = self.intents.where(filter=FieldFilter("gemini_batch", "==", batch_name)).limit(1)
+        found = [BatchIntent.from_dict(data_of(s)) for s in query.stream()]
+        return found[0] if found else None
+
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        # Whoever holds the lease keeps it: its release sets next_check_at again, and the
+        # nudged reconcile that meets the lease simply skips.
+        return compare_and_set(self.db, self.intents.document(intent_id), lambda d: (
+            {"next_check_at": next_check_at}
+            if d is not None and d["state"] != IntentState.FINISHED.value else None))
+
     def _backfill_check_times(self) -> None:
         """Intents recorded before next_check_at existed are invisible to due_intents: give
         the active ones theirs once per database (a marker document records that it was done;

@@ -2,7 +2,7 @@
 an intent by its Gemini batch, and making it due ahead of every other."""
 from __future__ import annotations
 
-from core.models import IntentState
+from core.transitions import BatchRecorded, IntentFinished
 from tests.integration.test_contracts import job_store, make_intents, make_job  # noqa: F401 - fixture
 
 
@@ -14,8 +14,7 @@ def test_an_intent_is_found_by_its_batch_and_made_due_first(job_store):  # noqa:
     first, second, third = (i.intent_id for i in intents)
     for n, intent_id in enumerate((first, second)):
         job_store.claim_intent(intent_id, "p", now=150.0, lease_seconds=60)
-        assert job_store.update_intent(intent_id, "p", {"gemini_batch": f"batches/b{n}",
-                                                        "state": IntentState.SUBMITTED.value})
+        assert job_store.update_intent(intent_id, "p", BatchRecorded(150.0, f"batches/b{n}", "JOB_STATE_PENDING"))
         assert job_store.release_intent(intent_id, "p", next_check_at=150.0)
     assert job_store.intent_of_batch("batches/b1").intent_id == second
     assert job_store.intent_of_batch("batches/none") is None
@@ -26,7 +25,7 @@ def test_an_intent_is_found_by_its_batch_and_made_due_first(job_store):  # noqa:
     assert job_store.get_intent(second).lease_owner == "holder"
 
     job_store.claim_intent(first, "p", now=170.0, lease_seconds=60)
-    assert job_store.update_intent(first, "p", {"state": IntentState.FINISHED.value, "next_check_at": None})
+    assert job_store.update_intent(first, "p", IntentFinished(170.0, "succeeded"))
     assert not job_store.make_due(first, 0.0)
     assert not job_store.make_due("no-such-intent", 0.0)
     assert first not in [i.intent_id for i in job_store.due_intents(now=200.0, limit=3)]

@@ -140,13 +140,13 @@ class InMemoryJobStore:
         unfinished = {ItemState.QUEUED.value, ItemState.RUNNING.value}
         return any(d["state"] in unfinished for d in self.items.get(job_id, {}).values())
 
-    def claim_item(self, job_id, key, owner, now, lease_seconds) -> Item | None:
+    def claim_item(self, job_id, key, owner, now, lease_seconds, lane=None) -> Item | None:
         with self.lock:
             d = self.items.get(job_id, {}).get(key)
             if d is None:
                 return None
             item = Item.from_dict(copy.deepcopy(d))
-            if item.terminal:
+            if item.terminal or (lane is not None and item.lane != lane):
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
                 return None

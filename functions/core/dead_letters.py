@@ -34,7 +34,7 @@ def dead_letter_item(job_id: str, key: str, deliveries: int | None, deps: DeadLe
     item = store.get_item(job_id, key)
     if item is None or item.terminal or item.lane == Lane.BATCH.value:
         return True  # nothing to do: finished, unknown, or the batch lane owns it now
-    if store.claim_item(job_id, key, owner, clock.now(), deps.lease_seconds) is None:
+    if store.claim_item(job_id, key, owner, clock.now(), deps.lease_seconds, lane=Lane.INTERACTIVE.value) is None:
         current = store.get_item(job_id, key)
         return current is None or current.terminal
     tries = f" after {deliveries} deliveries" if deliveries else ""

@@ -71,12 +71,14 @@ class JobStore(Protocol):
         """True while any item is queued or running (cheaper than count_items)."""
 
     def claim_item(
-        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float, lane: str | None = None
     ) -> Item | None:
-        """Atomically move a queued (or lease-expired running) item to running under owner's lease.
+        """Atomically move a queued (or lease-expired running) item to running under owner's lease;
+        with `lane`, only an item still in that lane (checked in the same atomic step, so a
+        delivery that read the item just before another diverted it cannot then claim it).
 
-        Returns the claimed item, or None when the item is terminal or leased by someone else
-        (the returned value says which via get_item)."""
+        Returns the claimed item, or None when the item is terminal, leased by someone else or
+        in another lane (get_item says which)."""
 
     def finish_item(self, job_id: str, key: str, owner: str, change: ItemChange) -> bool:
         """Apply the change to the item if owner still holds its lease. Returns False otherwise."""

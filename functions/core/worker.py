@@ -180,11 +180,16 @@ def _claim(run: _Delivery) -> ItemOutcome | None:
         if store.claim_item(job.job_id, key, run.owner, run.started, lease_seconds) is None:
             return _ack(ItemState.CANCELLED.value, "job cancelled")
         return _end(run, Cancelled(run.deps.clock.now()), "job cancelled")
-    claimed = store.claim_item(job.job_id, key, run.owner, run.started, lease_seconds)
+    # Only while the item is still the interactive lane's: another delivery of it may have
+    # diverted it to the batch lane since this one read it, and then a send here would buy
+    # the image a second time.
+    claimed = store.claim_item(job.job_id, key, run.owner, run.started, lease_seconds, lane=Lane.INTERACTIVE.value)
     if claimed is None:
         current = store.get_item(job.job_id, key)
         if current is None or current.terminal:
             return _ack(current.state.value if current else "unknown", "already finished")
+        if current.lane == Lane.BATCH.value:
+            return _ack(current.state.value, "in the batch lane")
         return _retry("leased by another delivery", current.state.value)
     run.item = claimed
     if job.status is JobStatus.QUEUED:

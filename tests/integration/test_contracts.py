@@ -117,6 +117,19 @@ def test_unpublished_jobs_and_mark_published(job_store):
     assert job_store.get_job(job.job_id).published
 
 
+def test_a_claim_for_one_lane_refuses_an_item_moved_to_the_other(job_store):
+    from core.transitions import Diverted
+
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    job_store.claim_item(job.job_id, "k0", "a", now=200.0, lease_seconds=60)
+    assert job_store.finish_item(job.job_id, "k0", "a", Diverted(201.0))
+    assert job_store.claim_item(job.job_id, "k0", "b", now=202.0, lease_seconds=60, lane="interactive") is None
+    item = job_store.get_item(job.job_id, "k0")
+    assert (item.lane, item.state, item.lease_owner) == ("batch", ItemState.QUEUED, None)
+    assert job_store.claim_item(job.job_id, "k0", "c", now=203.0, lease_seconds=60, lane="batch").lease_owner == "c"
+
+
 def test_claim_is_exclusive_until_the_lease_expires(job_store):
     job, items = make_job(1)
     job_store.create_job(job, items)

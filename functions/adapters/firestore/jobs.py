@@ -194,7 +194,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
             batch.set(self._counts(job_id).document(str(shard)), update, merge=True)
 
     def claim_item(
-        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float, lane: str | None = None
     ) -> Item | None:
         claimed: list[Item] = []
 
@@ -202,7 +202,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
             if data is None:
                 return None
             item = Item.from_dict(data)
-            if item.terminal:
+            if item.terminal or (lane is not None and item.lane != lane):
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
                 return None

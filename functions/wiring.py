@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from core.model_halts import ModelHalts
     from core.model_watch import ModelWatch
     from core.poller import PollerDeps, PollerPolicy
-    from core.pool import PoolStore
+    from core.ports import PoolStore
     from core.ports import (
         BatchNudges, BatchStore, Clock, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
     )

@@ -21,8 +21,9 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
+from core.ports import BreakerStore
 from core.quota_day import next_reset
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ class Decision(str, enum.Enum):
     SEND = "send"  # go ahead
     DIVERT = "divert"  # quota is exhausted: move the item to the batch lane
     HOLD = "hold"  # the lane is halted: hand the message back, do not fail over
-
-
-class BreakerStore(Protocol):
-    def read(self) -> dict | None: ...
-
-    def compare_and_set(self, decide: Callable[[dict | None], dict | None]) -> bool:
-        """Write decide(current) unless someone wrote in between; False if declined or lost."""
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 from core.accounting import Prices
 from core.errors import Conflict, NotFound
-from core.models import TERMINAL_JOB_STATUSES, Item, ItemState, Job, JobStatus, Lane
-from core.pool import PoolEntry, PoolStore
-from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.models import TERMINAL_JOB_STATUSES, Item, ItemState, Job, JobStatus, Lane, PoolEntry
+from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, PoolStore, WorkQueue
 from core.tenants import visible
 from core.transitions import Cancelled, Requeued
 

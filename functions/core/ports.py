@@ -5,7 +5,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.models import BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
+from core.models import (
+    BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, PoolEntry, SlotBlock, StoredImage,
+)
 from core.transitions import EventAttempt, IntentChange, ItemChange
 
 if TYPE_CHECKING:  # core.events uses these ports in its own annotations
@@ -332,3 +334,72 @@ class UsageMeter(Protocol):
 class BatchNudges(Protocol):
     def nudge(self, intent_id: str) -> None:
         """Ask for one intent's reconcile now (a Pub/Sub message the poller is pushed)."""
+
+
+class CounterStore(Protocol):
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
+            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
+        """Add the deltas to the day's counters (atomically per call, never read-modify-write)."""
+
+    def read(self, day: str) -> dict:
+        """The day's totals: {name: value, ..., "quota_errors_by_id": {quotaId: n},
+        "by_tenant": {tenant: {name: value}}}."""
+
+
+class BreakerStore(Protocol):
+    def read(self) -> dict | None: ...
+
+    def compare_and_set(self, decide: Callable[[dict | None], dict | None]) -> bool:
+        """Write decide(current) unless someone wrote in between; False if declined or lost."""
+
+
+class ModelHaltStore(Protocol):
+    def read_all(self) -> dict[str, dict]:
+        """{model id: record} of every model ever halted (cleared ones have halted=False)."""
+
+    def compare_and_set(self, model: str, decide: Callable[[dict | None], dict | None]) -> bool:
+        """Write decide(current) to the model's record unless someone wrote in between."""
+
+
+class ModelsApi(Protocol):
+    def get_model(self, model: str) -> dict | None:
+        """The model as models.get describes it, or None when Gemini answers 404 for it."""
+
+
+class PoolStore(Protocol):
+    def add(self, entry: PoolEntry) -> None:
+        """Create-only: an existing entry is left as it is."""
+
+    def oldest(self, limit: int) -> list[PoolEntry]:
+        """Entries in pooled_at order."""
+
+    def remove(self, entries: Sequence[PoolEntry]) -> None: ...
+
+    def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
+        """Set the item's batch_intent if it is a queued, pooled item with none yet."""
+
+    def count(self) -> int:
+        """How many entries wait (GET /v1/stats)."""
+
+
+class SlotStore(Protocol):
+    def blocked_until(self) -> float: ...
+
+    def push_blocked_until(self, until: float) -> None:
+        """Move blocked_until forward (never back)."""
+
+    def last_block(self) -> SlotBlock | None:
+        """The block with the highest seq, or None."""
+
+    def try_claim_block(self, block: SlotBlock, owner: str, expire_at: float) -> bool:
+        """Create block `block.seq` if absent. True when this call created it."""
+
+    def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
+        """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
+
+    def release_lease(self, lease_id: str, owner: str) -> None: ...
+
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        """Record `amount` spent at `now` if the spend recorded in (now - window, now] plus
+        `amount` stays within `limit`: None. Otherwise record nothing and return the seconds
+        until enough of that spend has left the window."""

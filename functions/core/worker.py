@@ -36,10 +36,10 @@ from core.models import (
     Job,
     JobStatus,
     Lane,
+    PoolEntry,
     StoredImage,
     object_name,
 )
-from core.pool import PoolEntry, PoolStore
 from core.ports import (
     Breaker,
     Clock,
@@ -48,6 +48,7 @@ from core.ports import (
     ImageSink,
     JobStore,
     ModelHaltRegistry,
+    PoolStore,
     RateLimiter,
     UsageMeter,
 )

@@ -186,7 +186,7 @@ def test_large_jobs_are_written_in_several_batches(job_store):
 
 
 def test_blocks_are_create_only_and_the_last_one_is_found(slot_store):
-    from core.ratelimit import SlotBlock
+    from core.models import SlotBlock
 
     assert slot_store.last_block() is None
     assert slot_store.try_claim_block(SlotBlock(0, 1000, 4), "a", 5000.0)

@@ -9,7 +9,7 @@ import pytest
 
 from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.models import ItemState, JobStatus
-from core.pool import PoolEntry
+from core.models import PoolEntry
 from core.transitions import BatchSucceeded, Diverted, Requeued
 from tests.fakes import (
     FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryPoolStore, ended,

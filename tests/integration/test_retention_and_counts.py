@@ -11,7 +11,7 @@ import pytest
 
 from core.item_counts import shard_of
 from core.models import ItemState, JobStatus
-from core.pool import PoolEntry
+from core.models import PoolEntry
 from core.retention import DAY_SECONDS, day_expire_at
 from core.transitions import BatchFailed, BatchSucceeded, IngestProgress, ItemChange, Requeued
 from tests.fakes import ended

@@ -10,6 +10,7 @@ import functools
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.gemini_webhooks import decode_gemini_secret
 from core.tenants import Caller, parse_api_keys
 from core.webhooks import decode_secret
 
@@ -201,6 +202,18 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="longest wait between attempts")
     webhook_max_attempts: int = Field(8, ge=1, description="attempts before an event is marked failed")
 
+    # Gemini's batch webhooks, received (core/gemini_webhooks.py, docs/gemini-webhooks.md)
+    gemini_webhook_secret: SecretStr | None = Field(
+        None, description="the signing secret (whsec_...) that Gemini returned once when the static webhook was "
+        "registered (tools/register_gemini_webhook.py); in the cloud from Secret Manager; unset = "
+        "POST /v1/gemini/webhooks answers 404 and batches are found by polling alone",
+    )
+    gemini_webhook_tolerance_seconds: float = Field(
+        300.0, gt=0, description="accepted distance between a Gemini webhook's timestamp and our clock (replays)")
+    batch_nudges_topic: str = Field(
+        "imagefleet-batch-nudges", description="Topic whose push subscription makes scheduled_poller reconcile "
+        "one batch at once (published on a Gemini webhook)")
+
     @model_validator(mode="after")
     def _webhook_secret_is_usable(self) -> Settings:
         self.webhook_key()  # refuses to start with a malformed secret rather than fail each send
@@ -211,6 +224,17 @@ class Settings(BaseSettings):
         if self.webhook_secret is None or not self.webhook_secret.get_secret_value().strip():
             return None
         return decode_secret(self.webhook_secret.get_secret_value())
+
+    def gemini_webhook_key(self) -> bytes | None:
+        """The Gemini webhook secret's key bytes, or None when unset (an empty value counts as unset)."""
+        if self.gemini_webhook_secret is None or not self.gemini_webhook_secret.get_secret_value().strip():
+            return None
+        return decode_gemini_secret(self.gemini_webhook_secret.get_secret_value())
+
+    @model_validator(mode="after")
+    def _gemini_webhook_secret_is_usable(self) -> Settings:
+        self.gemini_webhook_key()  # refuses to start with a malformed secret rather than 401 every event
+        return self
 
     @property
     def event_lease_seconds(self) -> float:

@@ -2,6 +2,7 @@
 mapping of domain errors to JSON answers. Each handler parses, calls one use case, answers."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hmac
 import json
@@ -11,11 +12,12 @@ import uuid
 
 import flask
 import pydantic
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound, ServiceUnavailable
 from werkzeug.routing import Map, Rule
 
 import wiring
-from core import errors, jobs, submitting
+from adapters.pubsub_nudges import decode_nudge
+from core import errors, gemini_webhooks, jobs, submitting
 from core.stats import get_stats
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
@@ -330,6 +332,74 @@ def _lookup_error(e: errors.NotFound | errors.Conflict) -> ApiError:
     if isinstance(e, errors.NotFound):
         return ApiError(404, "not_found", str(e))
     return ApiError(409, "conflict", str(e))
+
+
+def gemini_webhook(request):
+    """main.gemini_webhook: one Gemini batch webhook, answered JSON whatever happens."""
+    if request.method != "POST":
+        return error_response(ApiError(405, "method_not_allowed", "Gemini webhooks are POSTed"), {"Allow": "POST"})
+    try:
+        return _gemini_webhook(request)
+    except ApiError as e:
+        return error_response(e)
+
+
+def _gemini_webhook(request):
+    """A Gemini batch webhook (core/gemini_webhooks.py): 401 unless signed with our secret and
+    fresh; 200 for every genuine event, ours or not, repeated or not (Gemini retries anything
+    else for a day); 503 when the nudge cannot be recorded, so that Gemini delivers it again."""
+    s = wiring.settings()
+    key = s.gemini_webhook_key()
+    if key is None:
+        raise ApiError(404, "not_found", "Gemini webhooks are not configured here")
+    body = read_body(request.stream, 64 * 1024)  # thin payloads: a pointer and a status
+    if body is None:
+        raise ApiError(413, "body_too_large", "a Gemini webhook is a few hundred bytes")
+    try:
+        webhook_id = gemini_webhooks.verify(key, request.headers, body, now=wiring.deps().clock.now(),
+                                            tolerance_seconds=s.gemini_webhook_tolerance_seconds)
+    except gemini_webhooks.WebhookRejected as e:
+        log.warning("Gemini webhook refused: %s", e)
+        raise ApiError(401, "unauthenticated", str(e)) from None
+    try:
+        event = gemini_webhooks.read_event(webhook_id, body)
+    except ValueError as e:  # signed by Gemini but unreadable: a retry would bring the same
+        log.error("Gemini webhook %s unreadable, acknowledged: %s", webhook_id, e, extra={"webhook_id": webhook_id})
+        return json_response({"outcome": "unreadable"})
+    try:
+        d = wiring.deps()
+        outcome = gemini_webhooks.on_batch_event(event, batches=d.batches, nudges=d.nudges, clock=d.clock)
+    except errors.DeliveryFailed as e:
+        raise ApiError(503, "unavailable", f"could not start the batch's ingest: {e}") from None
+    log.info("Gemini webhook %s %s %s: %s", webhook_id, event.type, event.batch_name, outcome,
+             extra={"webhook_id": webhook_id, "state": outcome})
+    return json_response({"outcome": outcome})
+
+
+class RetryLater(ServiceUnavailable):
+    """Raised to answer 503, so that Pub/Sub redelivers the message. An HTTP exception, not a
+    crash: Flask answers it without logging an ERROR traceback for a routine hand-back."""
+
+
+def poller_nudge(message: dict):
+    """main.scheduled_poller, pushed one nudge (a Gemini webhook said this intent's batch
+    ended): reconcile it now. 200 but for a busy intent (503: pushed again later): an
+    unreadable nudge can never succeed, and a failed reconcile is the next tick's."""
+    try:
+        intent_id = decode_nudge(base64.b64decode((message or {}).get("data") or b""))
+    except ValueError as e:
+        log.error("dropping unreadable nudge: %s", e)
+        return json_response({"nudge": "unreadable"})
+    d = wiring.deps()
+    if d.batch_lane is None:
+        return json_response({"nudge": "no batch lane"})
+    owner = f"nudge-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
+    deadline = d.clock.now() + wiring.settings().poller_budget_seconds
+    outcome = gemini_webhooks.reconcile_nudged(d.batch_lane, d.nudges, intent_id, owner, deadline)
+    log.info("nudged intent %s: %s", intent_id, outcome, extra={"batch_intent": intent_id, "state": outcome})
+    if outcome == "busy":  # Pub/Sub pushes it again after its back-off, when the lease is likely free
+        raise RetryLater(f"intent {intent_id} is being worked on")
+    return json_response({"nudge": outcome})
 
 
 def _check_job_id(job_id: str) -> None:

@@ -2,7 +2,9 @@
 
   http_api          the public HTTP API (jobs in, status out)
   pubsub_worker     one Pub/Sub message = one image, delivered as a CloudEvent
-  scheduled_poller  called by Cloud Scheduler: reconciles work that needs a nudge
+  scheduled_poller  called by Cloud Scheduler: reconciles work that needs a nudge; also pushed
+                    one batch at a time by the batch-nudges subscription
+  gemini_webhook    Gemini's batch webhooks: public, authenticated by their signature
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 import uuid
 
 import functions_framework
-from werkzeug.exceptions import NotFound as RouteNotFound, ServiceUnavailable
+from werkzeug.exceptions import NotFound as RouteNotFound
 
 import http_api as api
 import logs
@@ -35,11 +37,6 @@ def http_api(request):
 functions_framework.errorhandler(RouteNotFound)(api.framework_not_found)  # not an entry point
 
 
-class RetryLater(ServiceUnavailable):
-    """Raised to answer 503, so that Pub/Sub redelivers the message. An HTTP exception, not a
-    crash: Flask answers it without logging an ERROR traceback for a routine hand-back."""
-
-
 @functions_framework.cloud_event
 def pubsub_worker(cloud_event):
     wiring.wait_for_warm_up()
@@ -56,7 +53,7 @@ def pubsub_worker(cloud_event):
     if not outcome.ack:
         log.warning("item %s/%s handed back to Pub/Sub: %s", job_id, key, outcome.reason,
                     extra={"job_id": job_id, "item_key": key, "lane": "interactive", "state": outcome.state})
-        raise RetryLater(f"{job_id}/{key}: {outcome.reason}")
+        raise api.RetryLater(f"{job_id}/{key}: {outcome.reason}")
     log.info("item %s/%s: %s %s", job_id, key, outcome.state, outcome.reason,
              extra={"job_id": job_id, "item_key": key, "lane": "interactive", "state": outcome.state})
 
@@ -69,4 +66,16 @@ def scheduled_poller(request):
         return api.error_response(api.ApiError(405, "method_not_allowed", "the poller runs on POST only"),
                                   {"Allow": "POST"})
     wiring.wait_for_warm_up()
+    envelope = request.get_json(silent=True)
+    if isinstance(envelope, dict) and "message" in envelope:
+        return api.poller_nudge(envelope["message"])  # the batch-nudges push subscription, not the scheduler
     return api.json_response(poll_once(wiring.poller_deps(), wiring.poller_policy(), wiring.instance_id()))
+
+
+@functions_framework.http
+def gemini_webhook(request):
+    """Gemini POSTs batch events here (core/gemini_webhooks.py). A function of its own: Gemini
+    sends no Google identity token, so this one is public, and its signature check is its
+    authentication; the API and the poller stay behind IAM."""
+    wiring.wait_for_warm_up()
+    return api.gemini_webhook(request)

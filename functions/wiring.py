@@ -34,8 +34,10 @@ if TYPE_CHECKING:
     from core.model_halts import ModelHalts
     from core.model_watch import ModelWatch
     from core.poller import PollerDeps, PollerPolicy
-    from core.pool import PoolStore
-    from core.ports import BatchStore, Clock, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue
+    from core.ports import PoolStore
+    from core.ports import (
+        BatchNudges, BatchStore, Clock, IdempotencyStore, ImageGenerator, ImageSink, JobStore, RateLimiter, WorkQueue,
+    )
     from core.submitting import RouteDeps, SubmitDeps
     from core.worker import WorkerDeps, WorkerLimits
 
@@ -92,6 +94,16 @@ def work_queue():
     publisher = pubsub_publisher()
     s = settings()
     return PubSubWorkQueue(publisher, publisher.topic_path(s.google_cloud_project, s.work_topic))
+
+
+@functools.cache
+def batch_nudges():
+    """The batch-nudges topic (core/gemini_webhooks.py): a Gemini webhook's intent, reconciled now."""
+    from adapters.pubsub_nudges import PubSubBatchNudges
+
+    publisher = pubsub_publisher()
+    s = settings()
+    return PubSubBatchNudges(publisher, publisher.topic_path(s.google_cloud_project, s.batch_nudges_topic))
 
 
 @functools.cache
@@ -347,7 +359,7 @@ def job_events():
 
 @dataclass(frozen=True)
 class Deps:
-    """Every collaborator the three entry points use. `batch_lane` and `pool` are None with the
+    """Every collaborator the entry points use. `batch_lane` and `pool` are None with the
     batch lane off; `dead_letters` (adapters.pubsub_queue.PubSubDeadLetters: pull and ack) is
     None without a dead-letter subscription. `batches` is `store`: the same Firestore adapter."""
     clock: Clock
@@ -367,6 +379,7 @@ class Deps:
     batch_lane: BatchLane | None
     pool: PoolStore | None
     dead_letters: Any
+    nudges: BatchNudges
 
 
 @functools.cache
@@ -377,7 +390,7 @@ def deps() -> Deps:
         clock=clock(), store=store, batches=store, queue=work_queue(), sink=image_sink(), generator=image_generator(),
         limiter=rate_limiter(), breaker=breaker(), accounting=accounting(), catalog=catalog(),
         model_halts=model_halts(), model_watch=model_watch(), events=job_events(), idempotency=idempotency_store(),
-        batch_lane=batch_lane(), pool=pool_store(), dead_letters=dead_letters(),
+        batch_lane=batch_lane(), pool=pool_store(), dead_letters=dead_letters(), nudges=batch_nudges(),
     )
 
 
@@ -460,13 +473,15 @@ def status_deps() -> StatusDeps:
 
 # What each entry point's first request would otherwise build: deps(), every client and adapter
 # (one instance serves one function, but they share most clients, and the rest cost little).
-_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps",), "scheduled_poller": ("deps",)}
+_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps",), "scheduled_poller": ("deps",),
+            "gemini_webhook": ("deps",)}
 # The modules those import: most of the cost (about 1.5 s of the 2 s).
 _WARM_UP_MODULES = (
     "google.cloud.firestore", "google.cloud.storage", "google.cloud.pubsub_v1", "google.genai",
     "adapters.firestore.jobs", "adapters.firestore.ratelimit", "adapters.firestore.events", "adapters.gcs_sink",
     "adapters.gemini_generator",
     "adapters.gemini_batches", "adapters.pubsub_queue", "adapters.pubsub_events", "adapters.webhook_sender",
+    "adapters.pubsub_nudges",
 )
 _warm_up_thread: threading.Thread | None = None
 

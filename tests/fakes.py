@@ -5,13 +5,31 @@ import base64
 import copy
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
     StoredImage, TERMINAL_JOB_STATUSES,
 )
+from core.transitions import (
+    Cancelled, DeadLettered, EventAttempt, Ending, Failed, IntentChange, ItemChange, Succeeded,
+)
+
+
+def ended(state: ItemState, at: float) -> Ending:
+    """The change a worker would end an item with in `state`, for tests that need an item
+    finished without running it."""
+    if state is ItemState.SUCCEEDED:
+        return Succeeded(at, "gs://test-bucket/image.png", {}, attempts=1, quota_retries=0, finish_reason="STOP",
+                         output_tokens=None)
+    if state is ItemState.FAILED:
+        return Failed(at, "refused", attempts=1, quota_retries=0)
+    if state is ItemState.DEAD_LETTERED:
+        return DeadLettered(at, "gave up", attempts=1, quota_retries=0)
+    if state is ItemState.CANCELLED:
+        return Cancelled(at)
+    raise ValueError(f"{state} is not terminal")
 
 
 class FakeClock:
@@ -31,6 +49,10 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
+
+    def wait(self, wake: threading.Condition, woken: Callable[[], bool], seconds: float) -> None:
+        """Nobody else moves this time, so a wait lasts its whole length: sleep it."""
+        self.sleep(seconds)
 
 
 class InMemoryJobStore:
@@ -118,13 +140,13 @@ class InMemoryJobStore:
         unfinished = {ItemState.QUEUED.value, ItemState.RUNNING.value}
         return any(d["state"] in unfinished for d in self.items.get(job_id, {}).values())
 
-    def claim_item(self, job_id, key, owner, now, lease_seconds) -> Item | None:
+    def claim_item(self, job_id, key, owner, now, lease_seconds, lane=None) -> Item | None:
         with self.lock:
             d = self.items.get(job_id, {}).get(key)
             if d is None:
                 return None
             item = Item.from_dict(copy.deepcopy(d))
-            if item.terminal:
+            if item.terminal or (lane is not None and item.lane != lane):
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
                 return None
@@ -132,12 +154,12 @@ class InMemoryJobStore:
                      lease_expires_at=now + lease_seconds, updated_at=now)
             return Item.from_dict(copy.deepcopy(d))
 
-    def finish_item(self, job_id, key, owner, updates) -> bool:
+    def finish_item(self, job_id: str, key: str, owner: str, change: ItemChange) -> bool:
         with self.lock:
             d = self.items.get(job_id, {}).get(key)
             if d is None or d.get("lease_owner") != owner:
                 return False
-            d.update(copy.deepcopy(updates))
+            d.update(copy.deepcopy(change.as_fields()))
             return True
 
     def set_job_running(self, job_id: str, now: float) -> None:
@@ -185,12 +207,12 @@ class InMemoryJobStore:
         found.sort(key=lambda d: d[field])
         return [Item.from_dict(copy.deepcopy(d)) for d in found[:limit]]
 
-    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, change: ItemChange) -> bool:
         with self.lock:
             d = self.items.get(job_id, {}).get(key)
             if d is None or d["state"] != expected.value:
                 return False
-            d.update(copy.deepcopy(updates))
+            d.update(copy.deepcopy(change.as_fields()))
             return True
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]:
@@ -253,6 +275,18 @@ class InMemoryJobStore:
                 d["next_check_at"] = next_check_at
             return True
 
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        found = [d for d in self.intents.values() if d.get("gemini_batch") == batch_name]
+        return BatchIntent.from_dict(copy.deepcopy(found[0])) if found else None
+
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        with self.lock:
+            d = self.intents.get(intent_id)
+            if d is None or d["state"] == IntentState.FINISHED.value:
+                return False
+            d["next_check_at"] = next_check_at
+            return True
+
     def claim_intent(self, intent_id, owner, now, lease_seconds) -> BatchIntent | None:
         with self.lock:
             d = self.intents.get(intent_id)
@@ -263,23 +297,23 @@ class InMemoryJobStore:
             d.update(lease_owner=owner, lease_expires_at=now + lease_seconds)
             return BatchIntent.from_dict(copy.deepcopy(d))
 
-    def update_intent(self, intent_id, owner, updates) -> bool:
+    def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
         with self.lock:
             d = self.intents.get(intent_id)
             if d is None or d.get("lease_owner") != owner:
                 return False
-            d.update(copy.deepcopy(updates))
+            d.update(copy.deepcopy(change.as_fields()))
             return True
 
-    def checkpoint(self, intent_id, owner, intent_updates, item_updates) -> bool:
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
         with self.lock:
             d = self.intents.get(intent_id)
             if d is None or d.get("lease_owner") != owner:
                 return False
-            d.update(copy.deepcopy(intent_updates))
+            d.update(copy.deepcopy(change.as_fields()))
             items = self.items[d["job_id"]]
-            for key, updates in item_updates.items():
-                items[key].update(copy.deepcopy(updates))
+            for key, result in results.items():
+                items[key].update(copy.deepcopy(result.as_fields()))
             return True
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
@@ -702,12 +736,12 @@ class InMemoryEventStore:
             d.update(lease_owner=owner, lease_expires_at=now + lease_seconds)
             return self._event.from_dict(copy.deepcopy(d))
 
-    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
+    def update_event(self, event_id: str, owner: str, attempt: EventAttempt) -> bool:
         with self.lock:
             d = self.events.get(event_id)
             if d is None or d.get("lease_owner") != owner:
                 return False
-            d.update(copy.deepcopy(updates))
+            d.update(copy.deepcopy(attempt.as_fields()))
             return True
 
 
@@ -876,3 +910,13 @@ def worker_deps(**given):
         "model_halts": NoModelHalts(), "batch_lane": "pool" in given,
     }
     return WorkerDeps(**{**defaults, **given}, limits=WorkerLimits(**limits))
+
+
+class InMemoryBatchNudges:
+    """BatchNudges: the intents nudged, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def nudge(self, intent_id: str) -> None:
+        self.sent.append(intent_id)

@@ -20,6 +20,7 @@ from core.batches import plan_intents
 from core.jobs import _all_items, finalize_job_if_done
 from core.models import BatchIntent, Item, ItemState, Job, Lane
 from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.transitions import AcceptAbandoned
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,7 @@ def _fail_accept(job: Job, items: list[Item], deps: AcceptRecovery, idle_since: 
     if not store.fail_accepting(job.job_id, error, clock.now(), idle_since):
         return False  # a resent request resumed it meanwhile
     for it in items:  # nothing ran them: the job never left accepting
-        store.requeue_item(job.job_id, it.key, ItemState.QUEUED,
-                           {"state": ItemState.FAILED.value, "error": error, "updated_at": clock.now()})
+        store.requeue_item(job.job_id, it.key, ItemState.QUEUED, AcceptAbandoned(clock.now(), error))
     if accounting is not None:
         accounting.add({acct.RELEASED_USD: accounting.prices.estimate(job.lane, job.item_count)},
                        job_id=job.job_id, lane=job.lane.value)

@@ -16,10 +16,9 @@ import re
 import threading
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Protocol
 
 from core.catalog import Catalog
-from core.ports import Clock
+from core.ports import Clock, CounterStore
 from core.models import Lane
 from core.quota_day import next_reset, quota_day
 
@@ -54,16 +53,6 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
 def quota_counter(quota_id: str | None) -> str:
     """A quotaId as a counter name: the API's ids are CamelCase words; anything else is squashed."""
     return _SAFE_ID.sub("_", quota_id or "unknown")[:100]
-
-
-class CounterStore(Protocol):
-    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
-            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
-        """Add the deltas to the day's counters (atomically per call, never read-modify-write)."""
-
-    def read(self, day: str) -> dict:
-        """The day's totals: {name: value, ..., "quota_errors_by_id": {quotaId: n},
-        "by_tenant": {tenant: {name: value}}}."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,11 @@ from core.models import (
 from core.jobs import finalize_job_if_done
 from core.ports import BatchApi, BatchStore, Clock, EventOutbox, ImageSink, JobStore
 from core.prompts import compose_prompt
+from core.transitions import (
+    BatchCancelled, BatchDeadLettered, BatchErrorNoted, BatchFailed, BatchRecorded, BatchSucceeded, GeminiStateSeen,
+    IngestProgress, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentChange, IntentFinished,
+    ItemChange, QuotaBackOff, ResultsUnreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +198,7 @@ class BatchLane:
         log.warning("intent %s: Gemini refused the batch for quota (%d in a row); next try in %.0f s: %s",
                     intent.intent_id, waits, delay, error.reason,
                     extra={"job_id": intent.job_id, "batch_intent": intent.intent_id, "alert": "batch_quota"})
-        self._update(intent, owner, next_attempt_at=until, quota_waits=waits, error=error.reason)
+        self._update(intent, owner, QuotaBackOff(self.clock.now(), until, waits, error.reason))
         intent.next_attempt_at, intent.quota_waits, intent.error = until, waits, error.reason
         return intent
 
@@ -217,7 +222,7 @@ class BatchLane:
             info = self.api.create_batch(intent.model, input_file, display_name=intent.intent_id)
         except PermissionDenied:
             # The Files API answers 403 for a file that is gone: the next try uploads anew.
-            self._update(intent, owner, input_file=None, input_uploaded_at=None)
+            self._update(intent, owner, InputDropped(self.clock.now()))
             raise
         except ModelUnavailable as e:
             # The model is gone: halt it (its intents wait, nothing fails) and let the caller log.
@@ -250,8 +255,7 @@ class BatchLane:
         self._delete_quietly(intent.input_file)
         intent.input_file = None
         input_file = self.api.upload_jsonl(data, display_name=intent.intent_id)
-        self._update(intent, owner, state=IntentState.CREATING.value, input_file=input_file,
-                     input_uploaded_at=self.clock.now(), key_fingerprint=self.api.key_fingerprint())
+        self._update(intent, owner, InputUploaded(self.clock.now(), input_file, self.api.key_fingerprint()))
         intent.input_file = input_file
         return input_file
 
@@ -269,18 +273,16 @@ class BatchLane:
         if failures < self.max_submit_failures:
             # A refused input is not reused: the next try uploads it again.
             self._delete_quietly(intent.input_file)
-            self._update(intent, owner, submit_failures=failures, error=error.reason,
-                         input_file=None, input_uploaded_at=None)
+            self._update(intent, owner, InputRefused(self.clock.now(), failures, error.reason))
             intent.submit_failures, intent.error = failures, error.reason
             return intent
         self._delete_quietly(intent.input_file)
         now = self.clock.now()
         reason = f"batch input refused {failures} times: {error.reason}"
-        updates = {it.key: {"state": ItemState.FAILED.value, "error": reason, "lane": "batch",
-                            "attempts": intent.attempt, "updated_at": now} for it in items}
-        fields = {**self._finished_fields(reason), "submit_failures": failures, "error": error.reason}
-        if self.store.checkpoint(intent.intent_id, owner, fields, updates):
-            self._count(intent, [ItemState.FAILED.value] * len(updates))
+        failed: dict[str, ItemChange] = {it.key: BatchFailed(now, reason, intent.attempt) for it in items}
+        finished = IntentFinished(self.clock.now(), reason, submit_failures=failures, error=error.reason)
+        if self.store.checkpoint(intent.intent_id, owner, finished, failed):
+            self._count(intent, list(failed.values()))
         self.finalize_job(intent.job_id)
         return intent
 
@@ -307,8 +309,7 @@ class BatchLane:
             log.warning("could not delete %s: %s", name, e)
 
     def _record_submitted(self, intent: BatchIntent, owner: str, name: str, state: str) -> BatchIntent:
-        self._update(intent, owner, state=IntentState.SUBMITTED.value, gemini_batch=name,
-                     gemini_state=normalise_state(state), submitted_at=self.clock.now())
+        self._update(intent, owner, BatchRecorded(self.clock.now(), name, normalise_state(state)))
         self.jobs.set_job_running(intent.job_id, self.clock.now())
         intent.state, intent.gemini_batch, intent.gemini_state = IntentState.SUBMITTED, name, normalise_state(state)
         return intent
@@ -338,6 +339,14 @@ class BatchLane:
                 break
             after = (candidates[-1].next_check_at or 0.0, candidates[-1].intent_id)
         return summary
+
+    def reconcile_intent(self, intent_id: str, owner: str, deadline: float) -> str:
+        """Move one intent forward now, as a tick would (a nudge from Gemini's webhook): under
+        its lease, so a tick that meets it skips it, and vice versa."""
+        candidate = self.store.get_intent(intent_id)
+        if candidate is None or candidate.state is IntentState.FINISHED:
+            return "skipped"
+        return self._visit(candidate, owner, deadline, set())
 
     def _visit(self, candidate: BatchIntent, owner: str, deadline: float, refused_models: set[str]) -> str:
         if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
@@ -392,9 +401,9 @@ class BatchLane:
                 info = self._cancel_overdue(intent, info)
             state = normalise_state(info.state)
             if state != intent.gemini_state:
-                self._update(intent, owner, gemini_state=state)
+                self._update(intent, owner, GeminiStateSeen(self.clock.now(), state))
             if state == "BATCH_STATE_SUCCEEDED":
-                self._update(intent, owner, state=IntentState.INGESTING.value, output_file=info.output_file)
+                self._update(intent, owner, IngestStarted(self.clock.now(), info.output_file))
                 intent.state, intent.output_file = IntentState.INGESTING, info.output_file
             elif state in TERMINAL_BATCH_STATES:
                 self._resubmit(intent, owner, f"batch ended {state}" + (" past the local deadline" if overdue else ""))
@@ -434,9 +443,8 @@ class BatchLane:
             self._delete_quietly(intent.output_file)
         now = self.clock.now()
         unfinished = self._unfinished(intent)
-        updates = {it.key: {"state": ItemState.CANCELLED.value, "error": error, "updated_at": now}
-                   for it in unfinished}
-        self.store.checkpoint(intent.intent_id, owner, self._finished_fields("cancelled"), updates)
+        cancelled: dict[str, ItemChange] = {it.key: BatchCancelled(now, error) for it in unfinished}
+        self.store.checkpoint(intent.intent_id, owner, IntentFinished(self.clock.now(), "cancelled"), cancelled)
         self.finalize_job(intent.job_id)
         return "cancelled"
 
@@ -490,12 +498,12 @@ class BatchLane:
         log.warning("intent %s: results file %s unreadable (%d in a row): %s",
                     intent.intent_id, intent.output_file, failures, error)
         if failures < _RESULTS_ERRORS_BEFORE_RESUBMIT:
-            self._update(intent, owner, results_errors=failures)
+            self._update(intent, owner, ResultsUnreadable(self.clock.now(), failures))
             return "results_unavailable"
         self._resubmit(intent, owner, "the results file is gone", outcome="results file gone")
         return "resubmitted"
 
-    def _line_updates(self, intent: BatchIntent, result) -> dict:
+    def _line_updates(self, intent: BatchIntent, result) -> ItemChange:
         result = result.decoded()  # on an upload worker: the base64 decode is the costly part
         now = self.clock.now()
         error: GenerationError | None = result.error
@@ -515,15 +523,13 @@ class BatchLane:
                 # An object that already existed is what the item keeps: record its facts.
                 if not stored.created and stored.facts:
                     facts = stored.facts
-                return {"state": ItemState.SUCCEEDED.value, "gcs_uri": stored.uri, "finish_reason": image.finish_reason,
-                        "output_tokens": image.output_tokens, "attempts": intent.attempt, "error": None,
-                        "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now, **facts}
+                return BatchSucceeded(now, intent.intent_id, intent.attempt, stored.uri, facts,
+                                      image.finish_reason, image.output_tokens)
         if error is None:  # a decoded line has an image or an error
             raise ValueError(f"intent {intent.intent_id}: result line {result.key!r} has neither image nor error")
         if error.retryable:
-            return {"error": error.reason, "attempts": intent.attempt, "updated_at": now}
-        return {"state": ItemState.FAILED.value, "error": error.reason, "attempts": intent.attempt,
-                "lane": "batch", "batch_intent": intent.intent_id, "updated_at": now}
+            return BatchErrorNoted(now, error.reason, intent.attempt)
+        return BatchFailed(now, error.reason, intent.attempt, intent_id=intent.intent_id)
 
     # --- resubmission ----------------------------------------------------------------------
 
@@ -531,7 +537,7 @@ class BatchLane:
         """Give the intent's unfinished items a new batch, or dead-letter them past the limit."""
         now = self.clock.now()
         unfinished = self._unfinished(intent)
-        updates: dict[str, dict] = {}
+        ended: dict[str, BatchDeadLettered] = {}
         if unfinished and intent.attempt < self.max_attempts:
             retry = BatchIntent(
                 intent_id=retry_intent_id(intent), job_id=intent.job_id, model=intent.model,
@@ -541,32 +547,31 @@ class BatchLane:
                 log.warning("intent %s: %d items go to %s (%s)", intent.intent_id, len(unfinished), retry.intent_id, reason)
         else:
             for it in unfinished:
-                updates[it.key] = {"state": ItemState.DEAD_LETTERED.value, "updated_at": now,
-                                   "error": f"gave up after {intent.attempt} batch attempts: {it.error or reason}",
-                                   "lane": "batch", "attempts": intent.attempt}
-        if self.store.checkpoint(intent.intent_id, owner, self._finished_fields(outcome or reason), updates):
-            self._count(intent, [u["state"] for u in updates.values()])
-            for key, fields in updates.items():  # one line per item: the dead-letter metric counts them
-                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, fields["error"],
+                ended[it.key] = BatchDeadLettered(
+                    now, f"gave up after {intent.attempt} batch attempts: {it.error or reason}", intent.attempt)
+        if self.store.checkpoint(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome or reason), ended):
+            self._count(intent, list(ended.values()))
+            for key, dead in ended.items():  # one line per item: the dead-letter metric counts them
+                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, dead.error,
                             extra={"job_id": intent.job_id, "item_key": key, "lane": "batch",
                                    "state": ItemState.DEAD_LETTERED.value})
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _count(self, intent: BatchIntent, states: list[str | None]) -> None:
+    def _count(self, intent: BatchIntent, changes: Sequence[ItemChange]) -> None:
         """Add a checkpoint's outcomes to the day's usage counters (never fails the ingest)."""
         if self.accounting is None:
             return
         from core import accounting as acct
 
         deltas: dict[str, float] = {}
-        for state in states:
-            if state == ItemState.SUCCEEDED.value:
+        for change in changes:
+            if change.state is ItemState.SUCCEEDED:
                 part = self.accounting.image_produced("batch", intent.model)
-            elif state == ItemState.FAILED.value:
+            elif change.state is ItemState.FAILED:
                 part = self.accounting.item_unsuccessful("batch", acct.FAILED, intent.model)
-            elif state == ItemState.DEAD_LETTERED.value:
+            elif change.state is ItemState.DEAD_LETTERED:
                 part = self.accounting.item_unsuccessful("batch", acct.DEAD_LETTERED, intent.model)
             else:
                 continue
@@ -581,17 +586,12 @@ class BatchLane:
     def _unfinished(self, intent: BatchIntent) -> list[Item]:
         return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
 
-    def _finished_fields(self, outcome: str) -> dict:
-        now = self.clock.now()
-        return {"state": IntentState.FINISHED.value, "outcome": outcome, "finished_at": now, "updated_at": now,
-                "next_check_at": None}
-
     def _finish(self, intent: BatchIntent, owner: str, outcome: str) -> None:
-        self.store.update_intent(intent.intent_id, owner, self._finished_fields(outcome))
+        self.store.update_intent(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome))
         self.finalize_job(intent.job_id)
 
-    def _update(self, intent: BatchIntent, owner: str, **fields) -> None:
-        if not self.store.update_intent(intent.intent_id, owner, {**fields, "updated_at": self.clock.now()}):
+    def _update(self, intent: BatchIntent, owner: str, change: IntentChange) -> None:
+        if not self.store.update_intent(intent.intent_id, owner, change):
             raise LostLease(f"lost the lease on intent {intent.intent_id}")
 
     def _release(self, intent: BatchIntent, owner: str) -> None:
@@ -640,7 +640,7 @@ class _Ingestion:
         self.lines = intent.lines_done if self.start else 0
         self.bytes_done = self.start
         self.splitter: LineSplitter | None = None
-        self.pending: dict[str, dict] = {}
+        self.pending: dict[str, ItemChange] = {}
         self.in_flight: list[tuple[str, Future]] = []
         # Image lines admitted before their image was decoded and checked, with what their key
         # had settled before: a spoiled image is the retryable error it turns out to be.
@@ -675,7 +675,7 @@ class _Ingestion:
         if entry is None:
             return
         future, before = entry
-        if future.result().get("state") == ItemState.SUCCEEDED.value:
+        if future.result().state is ItemState.SUCCEEDED:
             return
         if before is None:
             self.settled.pop(key, None)
@@ -689,10 +689,10 @@ class _Ingestion:
         the background unless `wait`; the next flush first waits for it (and raises LostLease
         if it failed), so checkpoints land in order and a pause or the end waits for the last."""
         self.drain()
-        fields = {"lines_done": self.lines, "bytes_done": self.bytes_done, "updated_at": self.lane.clock.now()}
+        progress = IngestProgress(self.lane.clock.now(), self.lines, self.bytes_done)
         updates, self.pending = self.pending, {}
         self.settle()
-        self.commit = self.committer.submit(self.checkpoint, fields, updates)
+        self.commit = self.committer.submit(self.checkpoint, progress, updates)
         if wait:
             self.settle()
 
@@ -701,14 +701,14 @@ class _Ingestion:
         if commit is not None:
             commit.result()
 
-    def checkpoint(self, fields: dict, updates: dict[str, dict]) -> None:
+    def checkpoint(self, progress: IngestProgress, updates: dict[str, ItemChange]) -> None:
         intent, lane = self.intent, self.lane
-        if not lane.store.checkpoint(intent.intent_id, self.owner, fields, updates):
+        if not lane.store.checkpoint(intent.intent_id, self.owner, progress, updates):
             raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
         # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
-        lane._count(intent, [u.get("state") for u in updates.values()])
+        lane._count(intent, list(updates.values()))
 
-    def upload(self, result) -> dict:
+    def upload(self, result) -> ItemChange:
         try:
             return self.lane._line_updates(self.intent, result)
         finally:

@@ -21,8 +21,9 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
+from core.ports import BreakerStore
 from core.quota_day import next_reset
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ class Decision(str, enum.Enum):
     SEND = "send"  # go ahead
     DIVERT = "divert"  # quota is exhausted: move the item to the batch lane
     HOLD = "hold"  # the lane is halted: hand the message back, do not fail over
-
-
-class BreakerStore(Protocol):
-    def read(self) -> dict | None: ...
-
-    def compare_and_set(self, decide: Callable[[dict | None], dict | None]) -> bool:
-        """Write decide(current) unless someone wrote in between; False if declined or lost."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +186,7 @@ class CircuitBreaker:
         def decide(d):
             cur = BreakerView.from_dict(d)
             if cur.state is BreakerState.CLOSED:
-                return {"consecutive_failures": 0, "updated_at": now} if cur.consecutive_failures else None
+                return _Change({"consecutive_failures": 0, "updated_at": now}) if cur.consecutive_failures else None
             if cur.state is BreakerState.HALF_OPEN and cur.probe_owner == owner:
                 return self._transition(cur, BreakerState.CLOSED, now, "probe succeeded", consecutive_failures=0)
             return None  # a request sent before the breaker opened does not close it
@@ -209,7 +203,7 @@ class CircuitBreaker:
             if per_day:
                 until = next_reset(now)
                 if cur.state is BreakerState.OPEN and (cur.retry_at or 0) >= until:
-                    return {"consecutive_failures": failures, "updated_at": now}
+                    return _Change({"consecutive_failures": failures, "updated_at": now})
                 return self._transition(cur, BreakerState.OPEN, now, f"{what}: daily quota exhausted",
                                         consecutive_failures=failures, retry_at=until)
             if cur.state is BreakerState.HALF_OPEN and cur.probe_owner == owner:
@@ -219,7 +213,7 @@ class CircuitBreaker:
                 return self._transition(cur, BreakerState.OPEN, now,
                                         f"{failures} consecutive quota failures: {what}",
                                         consecutive_failures=failures, retry_at=now + self.cooldown_seconds)
-            return {"consecutive_failures": failures, "updated_at": now}
+            return _Change({"consecutive_failures": failures, "updated_at": now})
 
         self._write(decide)
 
@@ -239,7 +233,7 @@ class CircuitBreaker:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _transition(self, cur: BreakerView, to: BreakerState, now: float, reason: str, **fields) -> dict:
+    def _transition(self, cur: BreakerView, to: BreakerState, now: float, reason: str, **fields) -> _Change:
         history = list(cur.transitions)[-(_HISTORY - 1):]
         history.append({"at": now, "from": cur.state.value, "to": to.value, "reason": reason})
         update: dict[str, Any] = {
@@ -255,24 +249,38 @@ class CircuitBreaker:
         # Every transition is logged; halting is an ERROR (the alert), opening a WARNING.
         severity = logging.ERROR if to is BreakerState.HALTED else (
             logging.WARNING if to is BreakerState.OPEN else logging.INFO)
-        update["_log"] = (severity, cur.state.value, to.value, reason)
-        return update
+        return _Change(update, _Logged(severity, cur.state.value, to.value, reason))
 
-    def _write(self, decide) -> bool:
-        logged: list = []
+    def _write(self, decide: Callable[[dict | None], _Change | None]) -> bool:
+        # The store may call decide again after losing a race: what is logged is the change
+        # of its last call, the one written.
+        last: list[_Change] = []
 
-        def wrapped(d):
-            update = decide(d)
-            if update is None:
-                return None
-            logged[:] = [update.pop("_log", None)]
-            return update
+        def fields(d: dict | None) -> dict | None:
+            change = decide(d)
+            last[:] = [change] if change is not None else []
+            return change.fields if change is not None else None
 
-        written = self.store.compare_and_set(wrapped)
+        written = self.store.compare_and_set(fields)
         with self._lock:
             self._cached = None  # our next read sees what we (or the winner) wrote
-        if written and logged and logged[0]:
-            severity, frm, to, reason = logged[0]
-            log.log(severity, "circuit breaker %s -> %s: %s", frm, to, reason,
-                    extra={"breaker_from": frm, "breaker_to": to, "alert": f"breaker_{to}"})
+        if written and last and (note := last[0].logged) is not None:
+            log.log(note.severity, "circuit breaker %s -> %s: %s", note.frm, note.to, note.reason,
+                    extra={"breaker_from": note.frm, "breaker_to": note.to, "alert": f"breaker_{note.to}"})
         return written
+
+
+@dataclass(frozen=True)
+class _Logged:
+    """A transition's log line: halting is an ERROR (the alert), opening a WARNING."""
+    severity: int
+    frm: str
+    to: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What one decide() writes to the breaker document, and the line to log once it is written."""
+    fields: dict[str, Any]
+    logged: _Logged | None = None

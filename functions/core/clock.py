@@ -1,5 +1,7 @@
 """The real clock. Tests inject a fake one so limiter and retry logic never sleep."""
+import threading
 import time
+from collections.abc import Callable
 
 
 class SystemClock:
@@ -9,3 +11,7 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def wait(self, wake: threading.Condition, woken: Callable[[], bool], seconds: float) -> None:
+        with wake:
+            wake.wait_for(woken, timeout=max(0.0, seconds))

@@ -5,9 +5,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.jobs import _finished, finalize_job_if_done
+from core.jobs import finalize_job_if_done
 from core.models import ItemState, Lane
 from core.ports import Clock, EventOutbox, ImageSink, JobStore
+from core.transitions import DeadLettered
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,12 @@ def dead_letter_item(job_id: str, key: str, deliveries: int | None, deps: DeadLe
     item = store.get_item(job_id, key)
     if item is None or item.terminal or item.lane == Lane.BATCH.value:
         return True  # nothing to do: finished, unknown, or the batch lane owns it now
-    if store.claim_item(job_id, key, owner, clock.now(), deps.lease_seconds) is None:
+    if store.claim_item(job_id, key, owner, clock.now(), deps.lease_seconds, lane=Lane.INTERACTIVE.value) is None:
         current = store.get_item(job_id, key)
         return current is None or current.terminal
     tries = f" after {deliveries} deliveries" if deliveries else ""
     last = f"; last error: {item.error}" if item.error else ""
-    store.finish_item(job_id, key, owner, _finished(
-        ItemState.DEAD_LETTERED, clock.now(), error=f"Pub/Sub gave up on the message{tries}{last}"))
+    store.finish_item(job_id, key, owner, DeadLettered(clock.now(), f"Pub/Sub gave up on the message{tries}{last}"))
     log.warning("item %s/%s dead-lettered by Pub/Sub%s", job_id, key, tries,
                 extra={"job_id": job_id, "item_key": key, "lane": Lane.INTERACTIVE.value,
                        "state": ItemState.DEAD_LETTERED.value})  # the dead-letter metric counts this

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from core.backoff import backoff_seconds
 from core.errors import DeliveryFailed
 from core.models import ItemState, Job
+from core.transitions import EventAttempt
 from core.webhooks import signed_headers
 
 if TYPE_CHECKING:
@@ -177,9 +178,8 @@ def deliver_event(event_id: str, owner: str, deps: Delivery) -> str:
         _post_webhook(event, deps.webhooks, clock, deps.secret, attempt)
     attempts = event.attempts + 1
     now = clock.now()
-    attempt.updates.update(attempts=attempts, lease_owner=None, lease_expires_at=None, updated_at=now)
-    outcome = _record_outcome(event, attempt, attempts, now, policy, deps.rand)
-    if not store.update_event(event_id, owner, attempt.updates):
+    outcome, record = _record_outcome(event, attempt, attempts, now, policy, deps.rand)
+    if not store.update_event(event_id, owner, record):
         # Our lease ran out and another deliverer took the event over: its record wins.
         log.warning("event %s: lost the lease before recording attempt %d", event_id, attempts)
         return "skipped"
@@ -188,8 +188,9 @@ def deliver_event(event_id: str, owner: str, deps: Delivery) -> str:
 
 @dataclass
 class _Attempt:
-    """What one delivery attempt did: the fields to record and the errors met."""
-    updates: dict[str, Any] = field(default_factory=dict)
+    """What one delivery attempt did: the channels it delivered on and the errors met."""
+    pubsub_done: bool = False
+    webhook_done: bool = False
     errors: list[str] = field(default_factory=list)
     retry_after: float | None = None
     permanent: bool = False
@@ -199,7 +200,7 @@ def _publish(event: Event, publisher: EventPublisher, attempt: _Attempt) -> None
     try:
         publisher.publish_event(event.body.encode(), {"type": event.type, "job_id": event.job_id,
                                                       "event_id": event.event_id})
-        attempt.updates["pubsub_done"] = True
+        attempt.pubsub_done = True
     except DeliveryFailed as e:
         attempt.errors.append(f"pubsub: {e.reason}")
 
@@ -207,7 +208,7 @@ def _publish(event: Event, publisher: EventPublisher, attempt: _Attempt) -> None
 def _post_webhook(event: Event, webhooks: WebhookSender, clock: Clock, secret: bytes | None,
                   attempt: _Attempt) -> None:
     if not event.callback_url:
-        attempt.updates["webhook_done"] = True
+        attempt.webhook_done = True
     elif secret is None:
         # Never sent unsigned. Submit refuses callback URLs without a secret, so this is a
         # deployment that lost its secret after the job was accepted.
@@ -216,34 +217,32 @@ def _post_webhook(event: Event, webhooks: WebhookSender, clock: Clock, secret: b
         headers = signed_headers(secret, event.event_id, int(clock.now()), event.body)
         try:
             webhooks.post(event.callback_url, event.body.encode(), headers)
-            attempt.updates["webhook_done"] = True
+            attempt.webhook_done = True
         except DeliveryFailed as e:
             attempt.errors.append(f"webhook: {e.reason}")
             attempt.retry_after, attempt.permanent = e.retry_after, e.permanent
 
 
 def _record_outcome(event: Event, attempt: _Attempt, attempts: int, now: float, policy: DeliveryPolicy,
-                    rand: Callable[[], float]) -> str:
-    """Delivered, retrying (when, after a backoff) or failed for good, in attempt.updates."""
-    updates, event_id = attempt.updates, event.event_id
+                    rand: Callable[[], float]) -> tuple[str, EventAttempt]:
+    """Delivered, retrying (when, after a backoff) or failed for good, and the attempt's record."""
+    event_id = event.event_id
+    channels = (attempt.pubsub_done, attempt.webhook_done)
     if not attempt.errors:
-        updates.update(state=EventState.DELIVERED.value, delivered_at=now, next_attempt_at=None, last_error=None)
         log.info("event %s delivered (attempt %d)", event_id, attempts)
-        return "delivered"
+        return "delivered", EventAttempt(now, attempts, EventState.DELIVERED, *channels)
     last_error = "; ".join(attempt.errors)[:_MAX_ERROR_CHARS]
-    updates["last_error"] = last_error
     if attempt.permanent or attempts >= policy.max_attempts:
-        updates.update(state=EventState.FAILED.value, next_attempt_at=None)
         log.error("event %s failed for good after %d attempts (callback host %s): %s",
                   event_id, attempts, _host(event.callback_url), last_error)
-        return "failed"
+        return "failed", EventAttempt(now, attempts, EventState.FAILED, *channels, last_error=last_error)
     delay = backoff_seconds(attempts, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
     if attempt.retry_after is not None:
         delay = max(delay, min(attempt.retry_after, policy.backoff_max))
-    updates["next_attempt_at"] = now + delay
     log.warning("event %s attempt %d failed (callback host %s): %s; next in %.1fs",
                 event_id, attempts, _host(event.callback_url), last_error, delay)
-    return "retrying"
+    return "retrying", EventAttempt(now, attempts, EventState.PENDING, *channels, last_error=last_error,
+                                    next_attempt_at=now + delay)
 
 
 def deliver_due_events(deps: Delivery, owner: str, deadline: float | None = None, limit: int = 50) -> dict[str, int]:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from core.accounting import Prices
 from core.errors import Conflict, NotFound
-from core.models import TERMINAL_JOB_STATUSES, Item, ItemState, Job, JobStatus, Lane
-from core.pool import PoolEntry, PoolStore
-from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.models import TERMINAL_JOB_STATUSES, Item, ItemState, Job, JobStatus, Lane, PoolEntry
+from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, PoolStore, WorkQueue
 from core.tenants import visible
+from core.transitions import Cancelled, Requeued
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,7 @@ def cancel_job(
             if item.state is ItemState.QUEUED:
                 owner = f"cancel-{job_id}"
                 if store.claim_item(job_id, item.key, owner, clock.now(), 60):
-                    store.finish_item(job_id, item.key, owner,
-                                      _finished(ItemState.CANCELLED, clock.now(), error="job cancelled"))
+                    store.finish_item(job_id, item.key, owner, Cancelled(clock.now(), error="job cancelled"))
         finalize_job_if_done(job_id, store=store, clock=clock, sink=sink, events=events)
     return get_job_status(job_id, StatusDeps(store, events=events), page_size=1)
 
@@ -245,11 +244,9 @@ def retry_job(
     requeued_interactive: list[str] = []
     requeued_batch: list[str] = []
     for it in dead:
-        updates = {"state": ItemState.QUEUED.value, "attempts": 0, "lease_owner": None, "lease_expires_at": None,
-                   "updated_at": now, "error": f"retried after: {it.error}" if it.error else None}
-        if it.lane == Lane.BATCH.value:
-            updates.update(pooled_at=now, batch_intent=None)
-        if store.requeue_item(job_id, it.key, ItemState.DEAD_LETTERED, updates):
+        requeued = Requeued(now, error=f"retried after: {it.error}" if it.error else None,
+                            to_pool=it.lane == Lane.BATCH.value)
+        if store.requeue_item(job_id, it.key, ItemState.DEAD_LETTERED, requeued):
             (requeued_batch if it.lane == Lane.BATCH.value else requeued_interactive).append(it.key)
     if interactive:
         queue.publish_items(job_id, requeued_interactive)
@@ -259,11 +256,3 @@ def retry_job(
     return {"job_id": job_id, "round": job.round, "status": job.status.value,
             "requeued": len(requeued_interactive) + len(requeued_batch),
             "requeued_interactive": len(requeued_interactive), "requeued_batch": len(requeued_batch)}
-
-
-# --- shared with the finishers (core/worker.py, core/dead_letters.py) -------------------------
-
-
-def _finished(state: ItemState, now: float, **fields) -> dict:
-    return {"state": state.value, "lease_owner": None, "lease_expires_at": None,
-            "updated_at": now, **fields}

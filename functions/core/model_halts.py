@@ -16,21 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol
 
 from core.jobs import _all_items
 from core.models import ItemState, Lane
-from core.ports import JobStore, WorkQueue
+from core.ports import JobStore, ModelHaltStore, WorkQueue
 
 log = logging.getLogger(__name__)
-
-
-class ModelHaltStore(Protocol):
-    def read_all(self) -> dict[str, dict]:
-        """{model id: record} of every model ever halted (cleared ones have halted=False)."""
-
-    def compare_and_set(self, model: str, decide: Callable[[dict | None], dict | None]) -> bool:
-        """Write decide(current) to the model's record unless someone wrote in between."""
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from core.catalog import Catalog
 from core.errors import GenerationError
 from core.model_halts import ModelHalts
+from core.ports import ModelsApi
 
 log = logging.getLogger(__name__)
-
-
-class ModelsApi(Protocol):
-    def get_model(self, model: str) -> dict | None:
-        """The model as models.get describes it, or None when Gemini answers 404 for it."""
 
 
 class ModelWatch:

@@ -316,3 +316,26 @@ class BatchInfo:
     state: str  # BATCH_STATE_* (JOB_STATE_* is normalised to it)
     display_name: str | None = None
     output_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """An item waiting in the pending-batch pool (core/pool.py)."""
+
+    job_id: str
+    key: str
+    pooled_at: float
+    urgent: bool = False  # flush at the next tick, whatever the pool's size and age (:retry)
+
+
+@dataclass(frozen=True)
+class SlotBlock:
+    """Block `seq` of the rate limiter's chain (core/ratelimit.py): slots start .. start + size - 1."""
+
+    seq: int
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size

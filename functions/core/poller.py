@@ -20,8 +20,8 @@ from core.events import CompletionEvents
 from core.jobs import Finalizing
 from core.model_halts import ModelHalts, models_in_use, resume_restored_models
 from core.model_watch import ModelWatch
-from core.pool import FlushRule, PoolStore, flush_pool
-from core.ports import BatchStore, Clock, ImageSink, JobStore, WorkQueue
+from core.pool import FlushRule, flush_pool
+from core.ports import BatchStore, Clock, ImageSink, JobStore, PoolStore, WorkQueue
 
 log = logging.getLogger("imagefleet")
 

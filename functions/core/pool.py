@@ -21,38 +21,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from core.models import BatchIntent, ItemState
-from core.ports import BatchStore, JobStore
+from core.models import BatchIntent, PoolEntry
+from core.ports import BatchStore, JobStore, PoolStore
 
 log = logging.getLogger(__name__)
 
 _ENTRY_GRACE_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class PoolEntry:
-    job_id: str
-    key: str
-    pooled_at: float
-    urgent: bool = False  # flush at the next tick, whatever the pool's size and age (:retry)
-
-
-class PoolStore(Protocol):
-    def add(self, entry: PoolEntry) -> None:
-        """Create-only: an existing entry is left as it is."""
-
-    def oldest(self, limit: int) -> list[PoolEntry]:
-        """Entries in pooled_at order."""
-
-    def remove(self, entries: Sequence[PoolEntry]) -> None: ...
-
-    def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
-        """Set the item's batch_intent if it is a queued, pooled item with none yet."""
-
-    def count(self) -> int:
-        """How many entries wait (GET /v1/stats)."""
 
 
 class NoPool:
@@ -163,9 +138,3 @@ def _create_intent(batches: BatchStore, jobs: JobStore, job_id: str, intent_id: 
     if batches.create_intent(intent):
         log.info("job %s: %d diverted items go into batch intent %s", job_id, len(keys), intent_id,
                  extra={"job_id": job_id, "lane": "batch"})
-
-
-def divert_updates(now: float) -> dict:
-    """The item's fields when the breaker moves it to the batch lane (its lease is released)."""
-    return {"state": ItemState.QUEUED.value, "lane": "batch", "pooled_at": now, "batch_intent": None,
-            "lease_owner": None, "lease_expires_at": None, "updated_at": now}

@@ -1,10 +1,14 @@
 """The collaborators the use cases need, as Protocols. Adapters implement them; fakes live in core.fakes."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.models import BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, StoredImage
+from core.models import (
+    BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, PoolEntry, SlotBlock, StoredImage,
+)
+from core.transitions import EventAttempt, IntentChange, ItemChange
 
 if TYPE_CHECKING:  # core.events uses these ports in its own annotations
     from core.breaker import BreakerView, Decision
@@ -16,6 +20,11 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+    def wait(self, wake: threading.Condition, woken: Callable[[], bool], seconds: float) -> None:
+        """Wait up to `seconds` for `woken()` to hold, checked under `wake` (the caller does not
+        hold it) when it is notified. A clock whose time only moves by sleeping (tests) sleeps
+        the whole `seconds` instead."""
 
 
 class JobStore(Protocol):
@@ -64,15 +73,17 @@ class JobStore(Protocol):
         """True while any item is queued or running (cheaper than count_items)."""
 
     def claim_item(
-        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float, lane: str | None = None
     ) -> Item | None:
-        """Atomically move a queued (or lease-expired running) item to running under owner's lease.
+        """Atomically move a queued (or lease-expired running) item to running under owner's lease;
+        with `lane`, only an item still in that lane (checked in the same atomic step, so a
+        delivery that read the item just before another diverted it cannot then claim it).
 
-        Returns the claimed item, or None when the item is terminal or leased by someone else
-        (the returned value says which via get_item)."""
+        Returns the claimed item, or None when the item is terminal, leased by someone else or
+        in another lane (get_item says which)."""
 
-    def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
-        """Apply updates to the item if owner still holds its lease. Returns False otherwise."""
+    def finish_item(self, job_id: str, key: str, owner: str, change: ItemChange) -> bool:
+        """Apply the change to the item if owner still holds its lease. Returns False otherwise."""
 
     def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
         """Set a terminal status unless the job already has one."""
@@ -92,8 +103,8 @@ class JobStore(Protocol):
         """Jobs in status running, in job id order; with `after`, only those whose id is greater
         (equality and the id order: no composite index)."""
 
-    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
-        """Apply updates only if the item is still in state `expected`."""
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, change: ItemChange) -> bool:
+        """Apply the change only if the item is still in state `expected`."""
 
     def count_succeeded_by_lane(self, job_id: str) -> dict[str, int]: ...
 
@@ -168,11 +179,18 @@ class BatchStore(Protocol):
     def claim_intent(self, intent_id: str, owner: str, now: float, lease_seconds: float) -> BatchIntent | None:
         """Lease an unfinished intent unless someone else holds a live lease on it."""
 
-    def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
-        """Apply updates if owner still holds the lease."""
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        """The intent whose Gemini batch is `batch_name` ("batches/<id>"), if any."""
 
-    def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
-        """Atomically update the intent (if owner holds the lease) and the job's items."""
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        """Set an unfinished intent's next_check_at (whoever holds its lease); False when it is
+        finished or missing."""
+
+    def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
+        """Apply the change if owner still holds the lease."""
+
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
+        """Atomically change the intent (if owner holds the lease) and the job's items, by key."""
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]: ...
 
@@ -244,8 +262,8 @@ class EventStore(Protocol):
     def claim_event(self, event_id: str, owner: str, now: float, lease_seconds: float) -> Event | None:
         """Lease a pending, due event unless someone else holds a live lease on it."""
 
-    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
-        """Apply updates if owner still holds the lease."""
+    def update_event(self, event_id: str, owner: str, attempt: EventAttempt) -> bool:
+        """Record the attempt if owner still holds the lease."""
 
 
 class EventPublisher(Protocol):
@@ -312,3 +330,77 @@ class UsageMeter(Protocol):
                           size: str | None = None) -> dict[str, float]: ...
 
     def diverted(self, model: str | None = None, size: str | None = None) -> dict[str, float]: ...
+
+
+class BatchNudges(Protocol):
+    def nudge(self, intent_id: str) -> None:
+        """Ask for one intent's reconcile now (a Pub/Sub message the poller is pushed)."""
+
+
+class CounterStore(Protocol):
+    def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,
+            by_tenant: dict[str, dict[str, float]] | None = None) -> None:
+        """Add the deltas to the day's counters (atomically per call, never read-modify-write)."""
+
+    def read(self, day: str) -> dict:
+        """The day's totals: {name: value, ..., "quota_errors_by_id": {quotaId: n},
+        "by_tenant": {tenant: {name: value}}}."""
+
+
+class BreakerStore(Protocol):
+    def read(self) -> dict | None: ...
+
+    def compare_and_set(self, decide: Callable[[dict | None], dict | None]) -> bool:
+        """Write decide(current) unless someone wrote in between; False if declined or lost."""
+
+
+class ModelHaltStore(Protocol):
+    def read_all(self) -> dict[str, dict]:
+        """{model id: record} of every model ever halted (cleared ones have halted=False)."""
+
+    def compare_and_set(self, model: str, decide: Callable[[dict | None], dict | None]) -> bool:
+        """Write decide(current) to the model's record unless someone wrote in between."""
+
+
+class ModelsApi(Protocol):
+    def get_model(self, model: str) -> dict | None:
+        """The model as models.get describes it, or None when Gemini answers 404 for it."""
+
+
+class PoolStore(Protocol):
+    def add(self, entry: PoolEntry) -> None:
+        """Create-only: an existing entry is left as it is."""
+
+    def oldest(self, limit: int) -> list[PoolEntry]:
+        """Entries in pooled_at order."""
+
+    def remove(self, entries: Sequence[PoolEntry]) -> None: ...
+
+    def reserve_item(self, job_id: str, key: str, intent_id: str) -> bool:
+        """Set the item's batch_intent if it is a queued, pooled item with none yet."""
+
+    def count(self) -> int:
+        """How many entries wait (GET /v1/stats)."""
+
+
+class SlotStore(Protocol):
+    def blocked_until(self) -> float: ...
+
+    def push_blocked_until(self, until: float) -> None:
+        """Move blocked_until forward (never back)."""
+
+    def last_block(self) -> SlotBlock | None:
+        """The block with the highest seq, or None."""
+
+    def try_claim_block(self, block: SlotBlock, owner: str, expire_at: float) -> bool:
+        """Create block `block.seq` if absent. True when this call created it."""
+
+    def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
+        """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
+
+    def release_lease(self, lease_id: str, owner: str) -> None: ...
+
+    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
+        """Record `amount` spent at `now` if the spend recorded in (now - window, now] plus
+        `amount` stays within `limit`: None. Otherwise record nothing and return the seconds
+        until enough of that spend has left the window."""

@@ -54,12 +54,11 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
 
 from core.backoff import backoff_seconds
-from core.clock import SystemClock
 from core.errors import RateLimited
-from core.ports import Clock
+from core.models import SlotBlock
+from core.ports import Clock, SlotStore
 
 # A block spans at most about this long: one write per second per busy instance, whatever
 # the rate; a push-back or a lull wastes at most this much of an instance's own sends.
@@ -121,42 +120,6 @@ class RateLimit:
     def lateness(self) -> float:
         """How late a send may go before it gives its slot up: half of what the margin tolerates."""
         return self.window_seconds * (1.0 / self.safety - 1.0) / 2.0
-
-
-@dataclass(frozen=True)
-class SlotBlock:
-    """Block `seq` of the chain: slots start .. start + size - 1."""
-
-    seq: int
-    start: int
-    size: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
-
-
-class SlotStore(Protocol):
-    def blocked_until(self) -> float: ...
-
-    def push_blocked_until(self, until: float) -> None:
-        """Move blocked_until forward (never back)."""
-
-    def last_block(self) -> SlotBlock | None:
-        """The block with the highest seq, or None."""
-
-    def try_claim_block(self, block: SlotBlock, owner: str, expire_at: float) -> bool:
-        """Create block `block.seq` if absent. True when this call created it."""
-
-    def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
-        """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
-
-    def release_lease(self, lease_id: str, owner: str) -> None: ...
-
-    def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:
-        """Record `amount` spent at `now` if the spend recorded in (now - window, now] plus
-        `amount` stays within `limit`: None. Otherwise record nothing and return the seconds
-        until enough of that spend has left the window."""
 
 
 class SlotRateLimiter:
@@ -374,14 +337,8 @@ class SlotRateLimiter:
         return lease_id, now + self.lease_ttl
 
     def _pause(self, seconds: float) -> None:
-        """Sleep, but wake up at once when a release in this instance hands a lease over. With
-        an injected clock (tests) time only moves through clock.sleep."""
-        if not isinstance(self.clock, SystemClock):
-            self.clock.sleep(seconds)
-            return
-        with self._handover:
-            if not self._idle_leases:
-                self._handover.wait(seconds)
+        """Sleep, but wake up at once when a release in this instance hands a lease over."""
+        self.clock.wait(self._handover, lambda: bool(self._idle_leases), seconds)
 
 
 def lease_poll_delay(tries: int) -> float:

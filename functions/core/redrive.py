@@ -9,6 +9,7 @@ from core import jobs
 from core.jobs import Finalizing, _all_items, finalize_job_if_done
 from core.models import Item, ItemState, Lane
 from core.ports import Clock, JobStore, WorkQueue
+from core.transitions import Touched
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def redrive_stuck_items(
         for it in items:
             if it.state is ItemState.QUEUED:
                 # Touched, so the next tick does not publish it again before a worker could.
-                store.requeue_item(job_id, it.key, ItemState.QUEUED, {"updated_at": now})
+                store.requeue_item(job_id, it.key, ItemState.QUEUED, Touched(now))
             summary[it.state.value] += 1
         log.warning("republished %d stuck items of job %s", len(items), job_id, extra={"job_id": job_id})
     return summary

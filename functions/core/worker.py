@@ -36,10 +36,10 @@ from core.models import (
     Job,
     JobStatus,
     Lane,
+    PoolEntry,
     StoredImage,
     object_name,
 )
-from core.pool import PoolEntry, PoolStore, divert_updates
 from core.ports import (
     Breaker,
     Clock,
@@ -48,11 +48,15 @@ from core.ports import (
     ImageSink,
     JobStore,
     ModelHaltRegistry,
+    PoolStore,
     RateLimiter,
     UsageMeter,
 )
-from core.jobs import _finished, finalize_job_if_done
+from core.jobs import finalize_job_if_done
 from core.prompts import compose_prompt
+from core.transitions import (
+    Cancelled, DeadLettered, Diverted, EarlierImageRecorded, Ending, Failed, HandedBack, LeaseRenewed, Succeeded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +180,17 @@ def _claim(run: _Delivery) -> ItemOutcome | None:
     if job.status in TERMINAL_JOB_STATUSES:  # cancelled while the message was in flight
         if store.claim_item(job.job_id, key, run.owner, run.started, lease_seconds) is None:
             return _ack(ItemState.CANCELLED.value, "job cancelled")
-        return _end(run, ItemState.CANCELLED, "job cancelled", error="job cancelled")
-    claimed = store.claim_item(job.job_id, key, run.owner, run.started, lease_seconds)
+        return _end(run, Cancelled(run.deps.clock.now()), "job cancelled")
+    # Only while the item is still the interactive lane's: another delivery of it may have
+    # diverted it to the batch lane since this one read it, and then a send here would buy
+    # the image a second time.
+    claimed = store.claim_item(job.job_id, key, run.owner, run.started, lease_seconds, lane=Lane.INTERACTIVE.value)
     if claimed is None:
         current = store.get_item(job.job_id, key)
         if current is None or current.terminal:
             return _ack(current.state.value if current else "unknown", "already finished")
+        if current.lane == Lane.BATCH.value:
+            return _ack(current.state.value, "in the batch lane")
         return _retry("leased by another delivery", current.state.value)
     run.item = claimed
     if job.status is JobStatus.QUEUED:
@@ -199,8 +208,9 @@ def _record_earlier_image(run: _Delivery) -> ItemOutcome | None:
         if (earlier := run.deps.sink.find_image(f"{item.job_id}/{item.key}", IMAGE_EXTENSIONS)) is not None:
             log.warning("item %s/%s: recording the image an earlier attempt stored", item.job_id, item.key,
                         extra=run.context)
-            return _end(run, ItemState.SUCCEEDED, "stored by an earlier attempt", attempts=item.attempts + 1,
-                        quota_retries=item.quota_retries, gcs_uri=earlier.uri, error=None, **(earlier.facts or {}))
+            return _end(run, EarlierImageRecorded(run.deps.clock.now(), earlier.uri, earlier.facts or {},
+                                                  attempts=item.attempts + 1, quota_retries=item.quota_retries),
+                        "stored by an earlier attempt")
     except StorageUnavailable as e:  # nothing was billed: not the item's fault, no attempt counted
         _requeue(run, error=e.args[0])
         return _retry(f"storage unavailable: {e}")
@@ -291,7 +301,7 @@ def _blocked(run: _Delivery, decision: Decision) -> ItemOutcome | None:
 def _divert(run: _Delivery, why: str) -> ItemOutcome:
     deps, job_id, key = run.deps, run.item.job_id, run.item.key
     now = deps.clock.now()
-    deps.store.finish_item(job_id, key, run.owner, divert_updates(now))
+    deps.store.finish_item(job_id, key, run.owner, Diverted(now))
     deps.pool.add(PoolEntry(job_id, key, now))
     _count(run, deps.accounting.diverted(run.job.model, run.size))
     log.info("item %s/%s diverted to the batch lane: %s", job_id, key, why, extra=run.context)
@@ -332,8 +342,8 @@ def _generation_failed(run: _Delivery, e: GenerationError) -> ItemOutcome:
         deps.breaker.on_success(run.owner)  # the quota let the request through
         _count(run, {acct.REQUESTS: 1, **deps.accounting.item_unsuccessful(Lane.INTERACTIVE, acct.FAILED,
                                                                           run.job.model, run.size)})
-        return _end(run, ItemState.FAILED, e.reason, error=e.reason, attempts=item.attempts + 1,
-                    quota_retries=item.quota_retries)
+        return _end(run, Failed(deps.clock.now(), e.reason, attempts=item.attempts + 1,
+                                quota_retries=item.quota_retries), e.reason)
     if isinstance(e, PermissionDenied):
         _count(run, {acct.REQUESTS: 1, acct.PERMISSION_ERRORS: 1})
         # Not the item's fault and not fixed by another lane: halt, hand back, alert.
@@ -363,11 +373,9 @@ def _record(run: _Delivery, image: GeneratedImage, facts: dict) -> ItemOutcome:
         # Another attempt stored it first: the item records that object, not our bytes.
         log.info("object for %s/%s already existed; keeping it", job.job_id, item.key, extra=run.context)
         facts = stored.facts or facts
-    return _end(
-        run, ItemState.SUCCEEDED, attempts=item.attempts + 1, quota_retries=item.quota_retries,
-        gcs_uri=stored.uri, finish_reason=image.finish_reason, output_tokens=image.output_tokens,
-        error=None, **facts,
-    )
+    return _end(run, Succeeded(deps.clock.now(), stored.uri, facts, attempts=item.attempts + 1,
+                               quota_retries=item.quota_retries, finish_reason=image.finish_reason,
+                               output_tokens=image.output_tokens))
 
 
 def _store_leased(run: _Delivery, name: str, data: bytes, content_type: str, metadata: dict) -> StoredImage:
@@ -382,7 +390,7 @@ def _store_leased(run: _Delivery, name: str, data: bytes, content_type: str, met
     give_up = clock.now() + limits.upload_budget
     while True:
         if not deps.store.finish_item(item.job_id, item.key, run.owner,
-                                      {"lease_expires_at": clock.now() + limits.lease_seconds}):
+                                      LeaseRenewed(clock.now() + limits.lease_seconds)):
             log.warning("item %s/%s: lease lost before the upload", item.job_id, item.key)
         try:
             return deps.sink.put_image(name, data, content_type, metadata)
@@ -393,11 +401,12 @@ def _store_leased(run: _Delivery, name: str, data: bytes, content_type: str, met
             clock.sleep(min(_UPLOAD_PAUSE_SECONDS, max(0.0, give_up - clock.now())))
 
 
-def _end(run: _Delivery, state: ItemState, reason: str = "", **fields) -> ItemOutcome:
+def _end(run: _Delivery, change: Ending, reason: str = "") -> ItemOutcome:
     """Give the item its terminal state (we hold its lease), finish the job if it was the last
     one, and ack the message."""
     deps, job_id = run.deps, run.job.job_id
-    if not deps.store.finish_item(job_id, run.item.key, run.owner, _finished(state, deps.clock.now(), **fields)):
+    state = change.state
+    if not deps.store.finish_item(job_id, run.item.key, run.owner, change):
         # Another delivery holds the item now (our lease expired): it decides. Whatever we
         # stored is found by its first step, so this never leads to a second generation.
         return _retry(f"lease lost before the commit ({state.value})", ItemState.RUNNING.value)
@@ -411,8 +420,8 @@ def _attempt_failed(run: _Delivery, e: GenerationError) -> ItemOutcome:
     attempts = item.attempts + 1
     if attempts >= run.deps.limits.max_attempts:
         _count(run, run.dead_deltas or {})
-        return _end(run, ItemState.DEAD_LETTERED, e.reason, error=f"gave up after {attempts} attempts: {e.reason}",
-                    attempts=attempts, quota_retries=item.quota_retries)
+        return _end(run, DeadLettered(run.deps.clock.now(), f"gave up after {attempts} attempts: {e.reason}",
+                                      attempts=attempts, quota_retries=item.quota_retries), e.reason)
     item.attempts = attempts
     _requeue(run, error=e.reason)
     return _retry(e.reason)
@@ -437,17 +446,8 @@ def _park_for_model(run: _Delivery, reason: str) -> ItemOutcome:
 def _requeue(run: _Delivery, error: str | None) -> None:
     """Give the item back (lease released) so the next delivery can claim it at once."""
     item = run.item
-    updates = {
-        "state": ItemState.QUEUED.value,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "attempts": item.attempts,
-        "quota_retries": item.quota_retries,
-        "updated_at": run.deps.clock.now(),
-    }
-    if error is not None:
-        updates["error"] = error
-    run.deps.store.finish_item(item.job_id, item.key, run.owner, updates)
+    run.deps.store.finish_item(item.job_id, item.key, run.owner,
+                               HandedBack(run.deps.clock.now(), item.attempts, item.quota_retries, error))
 
 
 def _count(run: _Delivery, deltas: dict, quota_id: str | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from infra.gemini_emulator import admin, batches, errors, files, generate, models
+from infra.gemini_emulator import admin, batches, errors, files, generate, models, webhooks
 from infra.gemini_emulator.auth import authenticate
 from infra.gemini_emulator.routing import ADMIN_PREFIX, Handler, is_public
 from infra.gemini_emulator.state import STATE_KEY, EmulatorState
@@ -73,6 +73,7 @@ def create_app(
     models.setup_routes(app)
     files.setup_routes(app)
     batches.setup_routes(app)
+    webhooks.setup_routes(app)
     admin.setup_routes(app)
 
     async def _close(_: web.Application) -> None:

@@ -83,6 +83,7 @@ class BatchRecord:
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: concurrent.futures.Future[None] | None = None
     discarded: bool = False  # cancelled, deleted, reset: the worker must throw its output away
+    webhook_config: dict[str, Any] | None = None  # {"uris": [...], "user_metadata": {...}} from create
 
     def __post_init__(self) -> None:
         self.updated = self.updated or self.created

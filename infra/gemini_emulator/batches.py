@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.gemini_emulator import batch_jobs, batch_runner, errors, models
+from infra.gemini_emulator import batch_jobs, batch_runner, errors, models, webhooks
 from infra.gemini_emulator.auth import API_KEY
 from infra.gemini_emulator.batch_jobs import BatchRecord, BatchStore
 from infra.gemini_emulator.faults import choose_batch_outcome
@@ -68,6 +68,7 @@ def _end(state: EmulatorState, record: BatchRecord, batch_state: str) -> None:
 
 
 def _on_terminal(state: EmulatorState, record: BatchRecord) -> None:
+    webhooks.on_batch_end(state, record)
     if record.state != batch_jobs.SUCCEEDED:
         batch_jobs.discard(record)  # nothing is delivered for a failed, cancelled or expired batch
         return
@@ -123,6 +124,7 @@ async def create_batch(request: web.Request) -> web.Response:
     display_name = batch.get("display_name")
     if display_name is not None and not isinstance(display_name, str):
         raise errors.invalid_argument("* GenerateContentBatch.display_name: expected a string")
+    webhook_config = _webhook_config(batch.get("webhook_config"))
     input_config = batch.get("input_config")
     if not isinstance(input_config, dict) or ("file_name" in input_config) == ("requests" in input_config):
         raise errors.invalid_argument(
@@ -192,10 +194,26 @@ async def create_batch(request: web.Request) -> web.Response:
             input_file=input_file,
         )
         record.input_tokens = tokens
+        record.webhook_config = webhook_config
         record.input_link = input_path
         body = batch_jobs.operation(record, state.wall)
         record.worker = state.batch_executor.submit(_work, state, store, record, spec, source)
     return json_response(body)
+
+
+def _webhook_config(value: Any) -> dict[str, Any] | None:
+    """GenerateContentBatch.webhook_config as the SDK sends it (types.WebhookConfig): uris
+    replace the registered webhooks for this batch; user_metadata comes back in its events."""
+    if value is None:
+        return None
+    uris = value.get("uris") if isinstance(value, dict) else None
+    metadata = value.get("user_metadata") if isinstance(value, dict) else None
+    if (not isinstance(value, dict) or (uris is not None and not (
+            isinstance(uris, list) and all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in uris)))
+            or (metadata is not None and not isinstance(metadata, dict))):
+        raise errors.invalid_argument("* GenerateContentBatch.webhook_config: uris is a list of http(s) URIs, "
+                                      "user_metadata an object")
+    return {"uris": uris or [], "user_metadata": metadata}
 
 
 def _scripted_refusal(state: EmulatorState) -> errors.ApiError | None:

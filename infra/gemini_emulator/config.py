@@ -67,6 +67,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # contains the substring, the file repeats that line, or adds an error line for the key
         "repeat_key_rules": [],
     },
+    # Batch webhooks (webhooks.py). Gemini retries for 24 h; here the window stands for that.
+    "webhooks": {
+        "poll_seconds": 0.1,  # how often ended batches are looked for and due deliveries sent
+        "timeout_seconds": 5.0,  # one delivery attempt
+        "retry_base_seconds": 0.5,  # wait after the first failed attempt, doubling per attempt
+        "retry_max_seconds": 5.0,
+        "retry_window_seconds": 120.0,  # stands for the real 24 h; then the delivery is failed
+        "drop": False,  # faults: queue nothing (recorded as dropped)
+        "duplicate": False,  # deliver each event twice, with the same webhook-id
+        "delay_seconds": 0.0,  # first attempt this long after the batch ended
+        "bad_signature": False,  # sign with a key nobody has
+    },
 }
 
 
@@ -159,6 +171,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_faults(cfg["faults"])
     _validate_files(cfg["files"])
     _validate_batch(cfg["batch"])
+    _validate_webhooks(cfg["webhooks"])
 
 
 def _validate_quotas(quotas: Any) -> None:
@@ -254,6 +267,19 @@ def _validate_batch(batch: Any) -> None:
 
 REPEATS = ("duplicate", "error")
 CREATE_OUTCOMES = ("ok", "429", "429_retry")
+
+
+def _validate_webhooks(hooks: Any) -> None:
+    if not isinstance(hooks, dict):
+        raise ConfigError("webhooks: expected an object")
+    _check_keys(hooks, DEFAULT_CONFIG["webhooks"], "webhooks")
+    for key in ("poll_seconds", "timeout_seconds", "retry_base_seconds", "retry_max_seconds"):
+        _number(hooks[key], f"webhooks.{key}", exclusive=True)
+    for key in ("retry_window_seconds", "delay_seconds"):
+        _number(hooks[key], f"webhooks.{key}")
+    for key in ("drop", "duplicate", "bad_signature"):
+        if not isinstance(hooks[key], bool):
+            raise ConfigError(f"webhooks.{key}: expected true or false")
 
 
 def _validate_contains_rules(rules: Any, path: str, value_key: str, allowed: tuple[str, ...]) -> None:

@@ -28,6 +28,7 @@ from infra.gemini_emulator.config import apply_patch, initial_config
 from infra.gemini_emulator.filestore import FileStore
 from infra.gemini_emulator.quota import QuotaEngine
 from infra.gemini_emulator.stats import Stats
+from infra.gemini_emulator.webhook_store import Registry
 
 Clock = Callable[[], float]
 
@@ -64,6 +65,7 @@ class EmulatorState:
         self.batch_executor = concurrent.futures.ThreadPoolExecutor(BATCH_WORKERS, thread_name_prefix="gemini-emu-batch")
         self.files = FileStore(self.data_dir)
         self.batches = BatchStore()
+        self.webhooks = Registry()  # registrations outlive reset(): they are the project's setup
         self._reset_runtime(self.startup_config)
 
     def wall(self, clock_time: float) -> float:
@@ -106,6 +108,7 @@ class EmulatorState:
         """Forget all usage, stats and logs; restore the startup config unless ``keep_config``."""
         with self.lock:
             self._reset_runtime(self.config if keep_config else self.startup_config)
+            self.webhooks.clear_deliveries()
             return copy.deepcopy(self.config)
 
     def config_snapshot(self) -> dict[str, Any]:

@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,12 @@ FUNCTIONS_DIR = REPO_ROOT / "functions"
 DEFAULT_PROJECT = "demo-imagefleet"
 # Any non-empty key is valid for our Gemini emulator; the name says it can't be a real one.
 LOCAL_GEMINI_API_KEY = "local-dev-key-not-a-secret"
+# What the static Gemini webhook subscribes to (functions/core/gemini_webhooks.py SUBSCRIBED_EVENTS).
+GEMINI_WEBHOOK_EVENTS = ("batch.succeeded", "batch.failed", "batch.expired")
 
 # Which functions-framework target each function process serves.
-FUNCTION_TARGETS = {"api": "http_api", "worker": "pubsub_worker", "poller": "scheduled_poller"}
+FUNCTION_TARGETS = {"api": "http_api", "worker": "pubsub_worker", "poller": "scheduled_poller",
+                    "webhooks": "gemini_webhook"}
 EMULATORS = ("firestore", "pubsub", "gcs", "gemini")
 
 # Variables that could point a child at a real project or real credentials. Children get a
@@ -105,6 +109,7 @@ class Ports:
     api: int = 8080
     worker: int = 8081
     poller: int = 8082
+    webhooks: int = 8083
     gemini: int = 8500
     firestore: int = 8681
     pubsub: int = 8682
@@ -114,6 +119,7 @@ class Ports:
         "api": "API_PORT",
         "worker": "WORKER_PORT",
         "poller": "POLLER_PORT",
+        "webhooks": "GEMINI_WEBHOOK_PORT",
         "gemini": "GEMINI_EMULATOR_PORT",
         "firestore": "FIRESTORE_EMULATOR_PORT",
         "pubsub": "PUBSUB_EMULATOR_PORT",
@@ -412,6 +418,8 @@ class Stack:
         work_topic: str = "imagefleet-work",
         events_topic: str = "imagefleet-events",
         webhooks: bool = True,
+        gemini_webhooks: bool = True,
+        nudges_topic: str = "imagefleet-batch-nudges",
         ack_deadline: int = 120,
         delivery: str = "push",
         relay_concurrency: int = 8,
@@ -442,6 +450,13 @@ class Stack:
         # private callback URLs, so a receiver on 127.0.0.1 works. webhooks=False: no secret, so
         # every callback_url is refused (the fuzzer's stack must never call the URLs it invents).
         self.webhook_secret = generate_webhook_secret() if webhooks else None
+        # Gemini's batch webhooks (docs/gemini-webhooks.md): registered with the emulator at
+        # start, as tools/register_gemini_webhook.py does once in the cloud; the secret it
+        # returns goes to the gemini_webhook function, the nudges it publishes are pushed to
+        # the poller.
+        self.gemini_webhooks = gemini_webhooks and gemini and functions
+        self.gemini_webhook_secret: str | None = None
+        self.nudges_topic = nudges_topic
         self.ack_deadline = ack_deadline
         if delivery not in ("push", "relay"):
             raise StackError(f"delivery is 'push' or 'relay', not {delivery!r}")
@@ -498,6 +513,10 @@ class Stack:
         return f"{self.work_topic}-push-dead"
 
     @property
+    def nudges_topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.nudges_topic}"
+
+    @property
     def push_endpoint(self) -> str:
         # The topic in the path makes functions-framework set the CloudEvent source to
         # //pubsub.googleapis.com/projects/P/topics/T, as Eventarc's does.
@@ -513,6 +532,7 @@ class Stack:
             "IMAGES_BUCKET": self.images_bucket,
             "WORK_TOPIC": self.work_topic,
             "EVENTS_TOPIC": self.events_topic,
+            "BATCH_NUDGES_TOPIC": self.nudges_topic,
         }
         if self.gemini:
             env["GOOGLE_GEMINI_BASE_URL"] = self.url("gemini")
@@ -535,6 +555,8 @@ class Stack:
         env["WARM_UP_CLIENTS"] = "true"  # as in the cloud: clients built when the process starts
         if name == "api" and self.api_key:
             env["API_KEYS"] = self.api_key
+        if name == "webhooks" and self.gemini_webhook_secret:
+            env["GEMINI_WEBHOOK_SECRET"] = self.gemini_webhook_secret
         env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription
         if name == "worker" and self.worker_threads:
             env["THREADS"] = str(self.worker_threads)  # read by functions-framework's gunicorn
@@ -579,6 +601,9 @@ class Stack:
             self._create_topic(self.topic_path)
             self._create_dead_letter_topic()
             self._create_topic(self.events_topic_path)
+            self._create_topic(self.nudges_topic_path)
+            if self.gemini_webhooks:
+                self.gemini_webhook_secret = self._register_gemini_webhook()
             self._rest("PUT", f"{self.url('pubsub')}/v1/{self.events_subscription_path}",
                        {"topic": self.events_topic_path}, ok=(200, 409))
             if self.functions:
@@ -588,6 +613,7 @@ class Stack:
                     self._create_push_subscription()
                 else:
                     self._start_relay()
+                self._create_nudges_subscription()
                 if self.scheduler_interval:
                     self._start_scheduler()
             return self
@@ -795,6 +821,26 @@ class Stack:
             body["deadLetterPolicy"] = {"deadLetterTopic": self.dead_letter_topic_path,
                                         "maxDeliveryAttempts": self.dead_letter_max_attempts}
         self._rest("PUT", f"{self.url('pubsub')}/v1/{self.push_subscription_path}", body, ok=(200, 409))
+
+    def _create_nudges_subscription(self) -> None:
+        # Pushes the poller, as the cloud's batch-nudges subscription does (infra/terraform/nudges.tf).
+        body = {"topic": self.nudges_topic_path, "pushConfig": {"pushEndpoint": f"{self.url('poller')}/"},
+                "ackDeadlineSeconds": self.ack_deadline,
+                "retryPolicy": {"minimumBackoff": f"{self.retry_min_backoff}s",
+                                "maximumBackoff": f"{self.retry_max_backoff}s"}}
+        self._rest("PUT", f"{self.url('pubsub')}/v1/projects/{self.project}/subscriptions/{self.nudges_topic}-push",
+                   body, ok=(200, 409))
+
+    def _register_gemini_webhook(self) -> str:
+        """The static webhook for batch ends, pointed at this stack's API; its signing secret
+        (returned by this call only)."""
+        body = json.dumps({"name": "imagefleet-local", "subscribed_events": list(GEMINI_WEBHOOK_EVENTS),
+                           "uri": f"{self.url('webhooks')}/"}).encode()
+        req = urllib.request.Request(f"{self.url('gemini')}/v1/webhooks", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "x-goog-api-key": LOCAL_GEMINI_API_KEY})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())["new_signing_secret"]
 
     def _start_relay(self) -> None:
         # A pull subscription drained by the relay's threads instead of the emulator's push

@@ -288,5 +288,6 @@ resource "time_sleep" "grants_propagated" {
     worker_webhook_secret  = google_secret_manager_secret_iam_member.worker_webhook_secret.id
     poller_webhook_secret  = google_secret_manager_secret_iam_member.poller_webhook_secret.id
     api_keys               = join(",", google_secret_manager_secret_iam_member.api_keys[*].id)
+    gemini_webhook_secret  = google_secret_manager_secret_iam_member.gemini_webhook_secret.id
   }
 }

@@ -18,6 +18,11 @@ output "poller_url" {
   value       = google_cloudfunctions2_function.poller.service_config[0].uri
 }
 
+output "gemini_webhook_url" {
+  description = "URL of gemini_webhook: the uri registered with Gemini (tools/register_gemini_webhook.py)."
+  value       = google_cloudfunctions2_function.gemini_webhook.service_config[0].uri
+}
+
 output "images_bucket" {
   description = "Bucket of the images and manifests: gs://<bucket>/<job_id>/<key>.png."
   value       = google_storage_bucket.images.name

@@ -591,3 +591,15 @@ variable "webhook_max_attempts" {
   description = "WEBHOOK_MAX_ATTEMPTS: delivery attempts before an event is marked failed (logged at ERROR)."
   default     = 8
 }
+
+variable "gemini_webhook_max_instances" {
+  type        = number
+  description = "Most instances of gemini_webhook (one Gemini batch event per request, answered in milliseconds)."
+  default     = 3
+}
+
+variable "gemini_webhook_tolerance_seconds" {
+  type        = number
+  description = "GEMINI_WEBHOOK_TOLERANCE_SECONDS: accepted distance between a Gemini webhook's timestamp and the clock (replay window)."
+  default     = 300
+}

@@ -75,6 +75,10 @@ def stack_gemini_config() -> dict:
         "quotas": {MODEL: {"rpm": RATE_LIMIT, "ipm": RATE_LIMIT, "concurrent": 4}},
         "faults": {"hang_seconds": 10},  # > GEMINI_TIMEOUT_SECONDS: the worker gives up first
         "batch": {"pending_seconds": 0.2, "running_seconds": 0.5},  # a batch is done in 0.7 s
+        # The stack registers Gemini's batch webhook, but its events are dropped unless a test
+        # turns them on (tests/e2e/test_gemini_webhooks.py): the other batch tests drive the
+        # poller by hand and count its ticks.
+        "webhooks": {"drop": True, "poll_seconds": 0.05, "retry_base_seconds": 0.2, "retry_max_seconds": 1.0},
     }
 
 

@@ -14,17 +14,18 @@ import uuid
 import pytest
 
 from core.models import Item, ItemState, Job, JobStatus, Lane
+from core.transitions import BatchFailed, BatchRecorded, BatchSucceeded, IngestProgress, IntentFinished
 from PIL import Image
 
-from tests.fakes import InMemoryImageSink, InMemoryJobStore, InMemorySlotStore, tiny_png
+from tests.fakes import InMemoryImageSink, InMemoryJobStore, InMemorySlotStore, ended, tiny_png
 
 
-def make_job(n: int = 3, job_id: str | None = None) -> tuple[Job, list[Item]]:
+def make_job(n: int = 3, job_id: str | None = None, lane: str | None = None) -> tuple[Job, list[Item]]:
     job_id = job_id or uuid.uuid4().hex
     job = Job(job_id=job_id, lane=Lane.INTERACTIVE, status=JobStatus.QUEUED, model="m",
               item_count=n, created_at=100.0, updated_at=100.0)
     items = [Item(job_id=job_id, key=f"k{i}", index=i, prompt=f"p{i}", aspect_ratio="1:1",
-                  domain=None, quality="standard", updated_at=100.0) for i in range(n)]
+                  domain=None, quality="standard", lane=lane, updated_at=100.0) for i in range(n)]
     return job, items
 
 
@@ -100,9 +101,9 @@ def test_unfinished_items_tracks_queued_and_running(job_store):
     for key in ("k0", "k1"):
         job_store.claim_item(job.job_id, key, "w", now=200.0, lease_seconds=60)
     assert job_store.has_unfinished_items(job.job_id)
-    job_store.finish_item(job.job_id, "k0", "w", {"state": "failed", "lease_owner": None})
+    job_store.finish_item(job.job_id, "k0", "w", ended(ItemState.FAILED, 210.0))
     assert job_store.has_unfinished_items(job.job_id)
-    job_store.finish_item(job.job_id, "k1", "w", {"state": "succeeded", "lease_owner": None})
+    job_store.finish_item(job.job_id, "k1", "w", ended(ItemState.SUCCEEDED, 210.0))
     assert not job_store.has_unfinished_items(job.job_id)
 
 
@@ -116,6 +117,19 @@ def test_unpublished_jobs_and_mark_published(job_store):
     assert job_store.get_job(job.job_id).published
 
 
+def test_a_claim_for_one_lane_refuses_an_item_moved_to_the_other(job_store):
+    from core.transitions import Diverted
+
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    job_store.claim_item(job.job_id, "k0", "a", now=200.0, lease_seconds=60)
+    assert job_store.finish_item(job.job_id, "k0", "a", Diverted(201.0))
+    assert job_store.claim_item(job.job_id, "k0", "b", now=202.0, lease_seconds=60, lane="interactive") is None
+    item = job_store.get_item(job.job_id, "k0")
+    assert (item.lane, item.state, item.lease_owner) == ("batch", ItemState.QUEUED, None)
+    assert job_store.claim_item(job.job_id, "k0", "c", now=203.0, lease_seconds=60, lane="batch").lease_owner == "c"
+
+
 def test_claim_is_exclusive_until_the_lease_expires(job_store):
     job, items = make_job(1)
     job_store.create_job(job, items)
@@ -125,8 +139,8 @@ def test_claim_is_exclusive_until_the_lease_expires(job_store):
     again = job_store.claim_item(job.job_id, "k0", "b", now=261.0, lease_seconds=60)
     assert again.lease_owner == "b"
     # The old owner lost its lease: its late write must not land.
-    assert not job_store.finish_item(job.job_id, "k0", "a", {"state": "succeeded"})
-    assert job_store.finish_item(job.job_id, "k0", "b", {"state": "succeeded", "lease_owner": None})
+    assert not job_store.finish_item(job.job_id, "k0", "a", ended(ItemState.SUCCEEDED, 262.0))
+    assert job_store.finish_item(job.job_id, "k0", "b", ended(ItemState.SUCCEEDED, 262.0))
     assert job_store.get_item(job.job_id, "k0").state is ItemState.SUCCEEDED
     assert job_store.claim_item(job.job_id, "k0", "c", now=999.0, lease_seconds=60) is None
     assert job_store.claim_item(job.job_id, "missing", "c", now=999.0, lease_seconds=60) is None
@@ -172,7 +186,7 @@ def test_large_jobs_are_written_in_several_batches(job_store):
 
 
 def test_blocks_are_create_only_and_the_last_one_is_found(slot_store):
-    from core.ratelimit import SlotBlock
+    from core.models import SlotBlock
 
     assert slot_store.last_block() is None
     assert slot_store.try_claim_block(SlotBlock(0, 1000, 4), "a", 5000.0)
@@ -495,16 +509,19 @@ def test_intent_leases_and_conditional_updates(job_store):
     claimed = job_store.claim_intent(intent.intent_id, "a", now=200.0, lease_seconds=60)
     assert claimed.lease_owner == "a" and claimed.keys == ["k0", "k1"]
     assert job_store.claim_intent(intent.intent_id, "b", now=230.0, lease_seconds=60) is None
-    assert not job_store.update_intent(intent.intent_id, "b", {"gemini_batch": "batches/x"})
-    assert job_store.update_intent(intent.intent_id, "a", {"gemini_batch": "batches/x", "state": "submitted"})
+    submitted = BatchRecorded(231.0, "batches/x", "BATCH_STATE_PENDING")
+    assert not job_store.update_intent(intent.intent_id, "b", submitted)
+    assert job_store.update_intent(intent.intent_id, "a", submitted)
     assert job_store.claim_intent(intent.intent_id, "b", now=261.0, lease_seconds=60).gemini_batch == "batches/x"
     # a's lease is gone: its checkpoint must not land, b's must, items and intent together
-    assert not job_store.checkpoint(intent.intent_id, "a", {"lines_done": 9}, {"k0": {"state": "failed"}})
-    assert job_store.checkpoint(intent.intent_id, "b", {"lines_done": 1},
-                                {"k0": {"state": "succeeded", "gcs_uri": "gs://b/k0.png"}})
+    assert not job_store.checkpoint(intent.intent_id, "a", IngestProgress(262.0, 9),
+                                    {"k0": BatchFailed(262.0, "refused", 1, intent.intent_id)})
+    image = BatchSucceeded(262.0, intent.intent_id, 1, "gs://b/k0.png", {}, "STOP", None)
+    assert job_store.checkpoint(intent.intent_id, "b", IngestProgress(262.0, 1), {"k0": image})
     assert job_store.get_intent(intent.intent_id).lines_done == 1
     assert job_store.get_item(job.job_id, "k0").gcs_uri == "gs://b/k0.png"
-    assert job_store.checkpoint(intent.intent_id, "b", {"state": IntentState.FINISHED.value}, {})
+    assert job_store.get_intent(intent.intent_id).state is IntentState.SUBMITTED
+    assert job_store.checkpoint(intent.intent_id, "b", IntentFinished(263.0, "succeeded"), {})
     assert job_store.active_intents(10) == []
     assert job_store.claim_intent(intent.intent_id, "c", now=999.0, lease_seconds=60) is None
 
@@ -528,14 +545,14 @@ def test_due_intents_come_longest_due_first_page_by_page(job_store):
 
 
 def test_a_finished_intent_is_never_due_again(job_store):
-    from core.models import IntentState
+    from core.transitions import IntentFinished
 
     job, _ = make_job(2)
     items, (intent,) = make_intents(job)
     job_store.create_job(job, items)
     job_store.create_intents([intent])
     job_store.claim_intent(intent.intent_id, "p", now=150.0, lease_seconds=60)
-    job_store.update_intent(intent.intent_id, "p", {"state": IntentState.FINISHED.value, "next_check_at": None})
+    assert job_store.update_intent(intent.intent_id, "p", IntentFinished(155.0, "succeeded"))
     assert job_store.release_intent(intent.intent_id, "p", next_check_at=160.0)  # the lease goes back...
     assert job_store.due_intents(now=1e12, limit=10) == []  # ...but it is not due again
     assert job_store.get_intent(intent.intent_id).lease_owner is None
@@ -547,8 +564,9 @@ def test_checkpoints_larger_than_one_firestore_batch(job_store):
     job_store.create_job(job, items)
     job_store.create_intents([intent])
     job_store.claim_intent(intent.intent_id, "a", now=200.0, lease_seconds=60)
-    updates = {f"k{i}": {"state": "succeeded"} for i in range(1200)}
-    assert job_store.checkpoint(intent.intent_id, "a", {"lines_done": 1200}, updates)
+    results = {f"k{i}": BatchSucceeded(201.0, intent.intent_id, 1, f"gs://b/k{i}.png", {}, "STOP", None)
+               for i in range(1200)}
+    assert job_store.checkpoint(intent.intent_id, "a", IngestProgress(201.0, 1200), results)
     assert job_store.count_items(job.job_id)[ItemState.SUCCEEDED] == 1200
 
 

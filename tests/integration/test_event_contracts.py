@@ -11,6 +11,7 @@ import pytest
 
 from core.errors import DeliveryFailed
 from core.events import Event, EventState
+from core.transitions import EventAttempt
 from tests.fakes import InMemoryEventStore
 
 
@@ -53,8 +54,7 @@ def test_due_events_are_the_pending_ones_whose_time_has_come_oldest_first(event_
     done = make_event("done", due=50.0)
     event_store.create_event(done)
     claimed = event_store.claim_event(done.event_id, "a", now=150.0, lease_seconds=60)
-    assert event_store.update_event(done.event_id, "a", {"state": EventState.DELIVERED.value,
-                                                         "next_attempt_at": None, "lease_owner": None})
+    assert event_store.update_event(done.event_id, "a", EventAttempt(150.0, 1, EventState.DELIVERED, True, True))
 
     assert claimed.lease_owner == "a"
     assert [e.job_id for e in event_store.due_events(now=300.0, limit=10)] == ["early", "middle", "late"]
@@ -72,9 +72,10 @@ def test_a_claim_is_exclusive_until_its_lease_expires_and_only_its_owner_may_upd
     assert event_store.claim_event(event.event_id, "b", now=159.0, lease_seconds=60) is None
     assert event_store.claim_event(event.event_id, "b", now=161.0, lease_seconds=60).lease_owner == "b"
     # a's lease is gone: its late record must not land; b's must.
-    assert not event_store.update_event(event.event_id, "a", {"attempts": 9})
-    assert event_store.update_event(event.event_id, "b", {"attempts": 1, "pubsub_done": True, "lease_owner": None,
-                                                          "next_attempt_at": 500.0})
+    assert not event_store.update_event(event.event_id, "a", EventAttempt(162.0, 9, EventState.PENDING))
+    assert event_store.update_event(event.event_id, "b", EventAttempt(162.0, 1, EventState.PENDING, pubsub_done=True,
+                                                                      last_error="webhook: 503",
+                                                                      next_attempt_at=500.0))
     stored = event_store.get_event(event.event_id)
     assert (stored.attempts, stored.pubsub_done, stored.lease_owner, stored.next_attempt_at) == (1, True, None, 500.0)
     assert event_store.claim_event("missing", "c", now=999.0, lease_seconds=60) is None
@@ -85,7 +86,7 @@ def test_finished_events_cannot_be_claimed(event_store):
         event = make_event(due=100.0)
         event_store.create_event(event)
         event_store.claim_event(event.event_id, "a", now=100.0, lease_seconds=60)
-        event_store.update_event(event.event_id, "a", {"state": state.value, "lease_owner": None})
+        event_store.update_event(event.event_id, "a", EventAttempt(101.0, 1, state, last_error="gone"))
 
         assert event_store.claim_event(event.event_id, "b", now=1000.0, lease_seconds=60) is None
 

@@ -149,6 +149,7 @@ def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore
     from adapters.firestore.jobs import FirestoreJobStore
     from core import jobs
     from core.models import ItemState
+    from tests.fakes import ended
     from tests.integration.test_contracts import make_job
 
     ops = FirestoreOps()
@@ -157,8 +158,8 @@ def test_a_status_read_costs_the_same_few_reads_whatever_the_jobs_size(firestore
     store.create_job(job, job_items)
     for key in ("k1", "k2", "k3"):
         store.claim_item(job.job_id, key, "w", 200.0, 60)
-    store.finish_item(job.job_id, "k1", "w", {"state": ItemState.SUCCEEDED.value, "lane": "interactive"})
-    store.finish_item(job.job_id, "k2", "w", {"state": ItemState.FAILED.value})
+    store.finish_item(job.job_id, "k1", "w", ended(ItemState.SUCCEEDED, 210.0))
+    store.finish_item(job.job_id, "k2", "w", ended(ItemState.FAILED, 210.0))
 
     before = ops.counts()
     status = jobs.get_job_status(job.job_id, jobs.StatusDeps(store, batches=store), page_size=10)

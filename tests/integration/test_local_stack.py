@@ -128,6 +128,11 @@ def pubsub_worker(cloud_event):
 @functions_framework.http
 def scheduled_poller(request):
     return "ok"
+
+
+@functions_framework.http
+def gemini_webhook(request):
+    return "ok"
 '''
 
 

@@ -9,9 +9,10 @@ import pytest
 
 from core.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Decision
 from core.models import ItemState, JobStatus
-from core.pool import PoolEntry
+from core.models import PoolEntry
+from core.transitions import BatchSucceeded, Diverted, Requeued
 from tests.fakes import (
-    FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryPoolStore,
+    FakeClock, InMemoryBreakerStore, InMemoryCounterStore, InMemoryIdempotencyStore, InMemoryPoolStore, ended,
 )
 from tests.integration.test_contracts import job_store, make_job  # noqa: F401 (fixture)
 
@@ -134,8 +135,7 @@ def test_pool_entries_and_item_reservation(job_store):  # noqa: F811
     job_store.create_job(job, items)
     for it in items[:2]:
         assert job_store.claim_item(job.job_id, it.key, "w", 100.0, 60)
-        job_store.finish_item(job.job_id, it.key, "w", {"state": "queued", "lane": "batch", "pooled_at": 100.0 + it.index,
-                                                        "lease_owner": None})
+        job_store.finish_item(job.job_id, it.key, "w", Diverted(100.0 + it.index))
         pool.add(PoolEntry(job.job_id, it.key, 100.0 + it.index))
     pool.add(PoolEntry(job.job_id, "k0", 999.0, urgent=True))  # create-only: the first entry stays
     pool.add(PoolEntry(job.job_id, "k2", 102.0, urgent=True))
@@ -154,17 +154,19 @@ def test_pool_entries_and_item_reservation(job_store):  # noqa: F811
 def test_reopen_requeue_and_lane_counts(job_store):  # noqa: F811
     job, items = make_job(2)
     job_store.create_job(job, items)
-    for key, state, lane in (("k0", "succeeded", "batch"), ("k1", "dead_lettered", "interactive")):
-        job_store.claim_item(job.job_id, key, "w", 100.0, 60)
-        job_store.finish_item(job.job_id, key, "w", {"state": state, "lane": lane, "lease_owner": None})
+    job_store.claim_item(job.job_id, "k0", "w", 100.0, 60)
+    job_store.finish_item(job.job_id, "k0", "w", BatchSucceeded(110.0, "intent-1", 1, "gs://b/k0.png", {}, "STOP", None))
+    job_store.claim_item(job.job_id, "k1", "w", 100.0, 60)
+    job_store.finish_item(job.job_id, "k1", "w", ended(ItemState.DEAD_LETTERED, 110.0))
     job_store.complete_job(job.job_id, JobStatus.PARTIALLY_SUCCEEDED, 200.0, manifest_uri="gs://b/m")
     assert job_store.count_succeeded_by_lane(job.job_id) == {"batch": 1}
     reopened = job_store.reopen_job(job.job_id, 300.0)
     assert (reopened.status, reopened.round, reopened.manifest_uri) == (JobStatus.RUNNING, 2, None)
     assert job_store.reopen_job(job.job_id, 301.0).round == 2  # running: left as it is
     assert [j.job_id for j in job_store.running_jobs(10)] == [job.job_id]
-    assert job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
-    assert not job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": "queued"})
+    assert job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, Requeued(301.0, "retried after: x"))
+    assert not job_store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, Requeued(301.0, "retried after: x"))
+    assert job_store.get_item(job.job_id, "k1").state is ItemState.QUEUED
     job_store.mark_unpublished(job.job_id, 302.0)
     assert not job_store.get_job(job.job_id).published
 

@@ -11,8 +11,10 @@ import pytest
 
 from core.item_counts import shard_of
 from core.models import ItemState, JobStatus
-from core.pool import PoolEntry
+from core.models import PoolEntry
 from core.retention import DAY_SECONDS, day_expire_at
+from core.transitions import BatchFailed, BatchSucceeded, IngestProgress, ItemChange, Requeued
+from tests.fakes import ended
 from tests.integration.test_contracts import make_intents, make_job
 
 DAYS = 7
@@ -95,17 +97,18 @@ def test_counts_follow_claims_finishes_and_requeues_and_ignore_repeats(store):
     assert store.count_items(job.job_id)[ItemState.QUEUED] == 6
     assert store.claim_item(job.job_id, "k0", "w", 200.0, 60)
     assert store.claim_item(job.job_id, "k0", "w2", 300.0, 60)  # a redelivery after the lease ran out
-    done = {"state": ItemState.SUCCEEDED.value, "lane": "interactive", "lease_owner": "w2"}
+    # A change that keeps the lease (as a batch result does), so that it can land twice.
+    done = BatchSucceeded(300.0, "intent-1", 1, "gs://b/k0.png", {}, "STOP", None)
     assert store.finish_item(job.job_id, "k0", "w2", done)
     assert store.finish_item(job.job_id, "k0", "w2", done)  # the same finish again: counts once
     assert store.claim_item(job.job_id, "k1", "w", 200.0, 60)
-    assert store.finish_item(job.job_id, "k1", "w", {"state": ItemState.DEAD_LETTERED.value})
-    assert store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": ItemState.QUEUED.value})
-    assert not store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, {"state": ItemState.QUEUED.value})
+    assert store.finish_item(job.job_id, "k1", "w", ended(ItemState.DEAD_LETTERED, 210.0))
+    assert store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, Requeued(220.0, None))
+    assert not store.requeue_item(job.job_id, "k1", ItemState.DEAD_LETTERED, Requeued(220.0, None))
     assert_counts_match_queries(store, job.job_id)
     counts = store.count_items(job.job_id)
     assert (counts[ItemState.QUEUED], counts[ItemState.SUCCEEDED], counts[ItemState.RUNNING]) == (5, 1, 0)
-    assert store.count_succeeded_by_lane(job.job_id) == {"interactive": 1}
+    assert store.count_succeeded_by_lane(job.job_id) == {"batch": 1}
 
 
 def test_a_checkpoint_written_twice_counts_its_items_once(store):
@@ -114,14 +117,16 @@ def test_a_checkpoint_written_twice_counts_its_items_once(store):
     store.create_job(job, items)
     store.create_intents(intents)
     store.claim_intent(intents[0].intent_id, "poller", 100.0, 60)
-    results = {f"k{i}": {"state": ItemState.SUCCEEDED.value if i else ItemState.FAILED.value, "lane": "batch"}
-               for i in range(4)}
-    assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 4}, results)
+    intent_id = intents[0].intent_id
+    results: dict[str, ItemChange] = {
+        f"k{i}": BatchSucceeded(200.0, intent_id, 1, f"gs://b/k{i}.png", {}, "STOP", None) if i
+        else BatchFailed(200.0, "refused", 1, intent_id) for i in range(4)}
+    assert store.checkpoint(intent_id, "poller", IngestProgress(200.0, 4), results)
     # Again: a poller that died before it could note the first one.
-    assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 4}, results)
+    assert store.checkpoint(intent_id, "poller", IngestProgress(200.0, 4), results)
     assert_counts_match_queries(store, job.job_id)
     assert store.count_succeeded_by_lane(job.job_id) == {"batch": 3}
-    assert not store.checkpoint(intents[0].intent_id, "someone-else", {"lines_done": 4}, results)
+    assert not store.checkpoint(intent_id, "someone-else", IngestProgress(200.0, 4), results)
 
 
 def test_a_checkpoint_past_one_firestore_batch_counts_every_item(store):
@@ -130,21 +135,22 @@ def test_a_checkpoint_past_one_firestore_batch_counts_every_item(store):
     store.create_job(job, items)
     store.create_intents(intents)
     store.claim_intent(intents[0].intent_id, "poller", 100.0, 60)
-    results = {it.key: {"state": ItemState.SUCCEEDED.value, "lane": "batch"} for it in items}
-    assert store.checkpoint(intents[0].intent_id, "poller", {"lines_done": 700}, results)
+    results = {it.key: BatchSucceeded(200.0, intents[0].intent_id, 1, f"gs://b/{it.key}.png", {}, "STOP", None)
+               for it in items}
+    assert store.checkpoint(intents[0].intent_id, "poller", IngestProgress(200.0, 700), results)
     assert_counts_match_queries(store, job.job_id)
     assert store.count_items(job.job_id)[ItemState.SUCCEEDED] == 700
 
 
 def test_concurrent_finishers_of_one_job_lose_no_count(store):
-    job, items = make_job(24)
+    job, items = make_job(24, lane="interactive")
     store.create_job(job, items)
     assert len({shard_of(it.key, 4) for it in items}) > 1  # the changes spread over shards
 
     def work(keys):
         for key in keys:
             store.claim_item(job.job_id, key, f"w-{key}", 200.0, 60)
-            store.finish_item(job.job_id, key, f"w-{key}", {"state": ItemState.SUCCEEDED.value, "lane": "interactive"})
+            store.finish_item(job.job_id, key, f"w-{key}", ended(ItemState.SUCCEEDED, 210.0))
 
     keys = [it.key for it in items]
     threads = [threading.Thread(target=work, args=(keys[i::6],)) for i in range(6)]
@@ -159,7 +165,7 @@ def test_concurrent_finishers_of_one_job_lose_no_count(store):
 def test_a_job_written_before_counts_were_kept_is_counted_by_queries(store, client):
     from google.cloud import firestore
 
-    job, items = make_job(3)
+    job, items = make_job(3, lane="interactive")
     store.create_job(job, items)
     counts = client.collection("jobs").document(job.job_id).collection("item_counts")
     for doc in counts.stream():
@@ -167,7 +173,7 @@ def test_a_job_written_before_counts_were_kept_is_counted_by_queries(store, clie
     for doc in client.collection("jobs").document(job.job_id).collection("items").stream():
         doc.reference.update({"count_shard": firestore.DELETE_FIELD})
     store.claim_item(job.job_id, "k0", "w", 200.0, 60)
-    store.finish_item(job.job_id, "k0", "w", {"state": ItemState.SUCCEEDED.value, "lane": "interactive"})
+    store.finish_item(job.job_id, "k0", "w", ended(ItemState.SUCCEEDED, 210.0))
     assert not store._count_shards(job.job_id)  # nothing counted for an item without a shard
     counts = store.count_items(job.job_id)
     assert (counts[ItemState.QUEUED], counts[ItemState.SUCCEEDED]) == (2, 1)

@@ -108,9 +108,9 @@ def test_a_checkpoint_refused_for_a_lost_lease_stops_the_ingest():
     real = env.store.checkpoint
     calls = []
 
-    def refuse_the_second(intent_id, owner, fields, updates):
-        calls.append(fields.get("lines_done"))
-        return real(intent_id, owner, fields, updates) if len(calls) < 2 else False
+    def refuse_the_second(intent_id, owner, progress, updates):
+        calls.append(progress)
+        return real(intent_id, owner, progress, updates) if len(calls) < 2 else False
 
     env.store.checkpoint = refuse_the_second
     assert env.tick()["errors"] == 1  # LostLease, from the background commit, ends the run

@@ -12,7 +12,7 @@ from core.errors import TransientError
 from tests.fakes import (
     FakeClock, InMemoryImageSink, InMemoryJobStore, InMemoryWorkQueue, NoLimiter,
     FakeBatchApi, ScriptedImageGenerator, InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
-    InMemoryIdempotencyStore,
+    InMemoryBatchNudges, InMemoryIdempotencyStore,
 )
 
 SOURCE = str(pathlib.Path(__file__).parents[2] / "functions" / "main.py")
@@ -49,6 +49,7 @@ class Fakes:
         self.events = CompletionEvents(EventDeps(store=InMemoryEventStore(), publisher=InMemoryEventPublisher(),
                                                  webhooks=ScriptedWebhookSender(), clock=self.clock), DeliveryPolicy())
         self.batch_api = FakeBatchApi()
+        self.nudges = InMemoryBatchNudges()
         self.lane = BatchLane(
             BatchLaneDeps(store=self.store, jobs=self.store, api=self.batch_api, sink=self.sink, clock=self.clock,
                           catalog=load_catalog(), events=self.events, model_halts=self.model_halts),
@@ -61,7 +62,7 @@ class Fakes:
             generator=self.generator, limiter=NoLimiter(), breaker=self.breaker, accounting=self.accounting,
             catalog=wiring.catalog(), model_halts=self.model_halts, model_watch=self.model_watch, events=self.events,
             idempotency=self.idempotency, batch_lane=self.lane if lane_on else None,
-            pool=self.pool if lane_on else None, dead_letters=None,
+            pool=self.pool if lane_on else None, dead_letters=None, nudges=self.nudges,
         )
 
 

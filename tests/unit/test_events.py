@@ -14,7 +14,7 @@ from core.events import (
 )
 from core.models import ItemState, JobStatus
 from tests.fakes import (
-    InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender,
+    InMemoryEventPublisher, InMemoryEventStore, ScriptedWebhookSender, ended,
 )
 from tests.unit.conftest import Env as UseCaseEnv
 
@@ -42,7 +42,7 @@ class Env(UseCaseEnv):
     def finish(self, job_id, key, state=ItemState.SUCCEEDED):
         """Give an item a terminal state directly, as a worker does before it finalizes."""
         self.store.claim_item(job_id, key, "w", self.clock.now(), 60)
-        self.store.finish_item(job_id, key, "w", {"state": state.value, "lease_owner": None})
+        self.store.finish_item(job_id, key, "w", ended(state, self.clock.now()))
 
     def finalize(self, job_id, events="default"):
         return jobs.finalize_job_if_done(job_id, store=self.store, clock=self.clock, sink=self.sink,
@@ -152,7 +152,7 @@ def test_a_cancelled_job_emits_its_event_once_its_running_items_have_ended(env):
 
     assert status["status"] == "cancelled" and status["events"] == []  # k0 is still running
     assert env.event_store.events == {}
-    env.store.finish_item(job.job_id, "k0", "busy-worker", {"state": "succeeded", "lease_owner": None})
+    env.store.finish_item(job.job_id, "k0", "busy-worker", ended(ItemState.SUCCEEDED, env.clock.now()))
     env.finalize(job.job_id)
     event = env.event(job.job_id)
     data = json.loads(event.body)["data"]

@@ -1,7 +1,7 @@
 """The poller's sweep of running jobs with no work left: within the tick's deadline, fairly."""
 from core import jobs, redrive
-from core.models import Item, Job, JobStatus, Lane
-from tests.fakes import FakeClock, InMemoryImageSink, InMemoryJobStore
+from core.models import Item, ItemState, Job, JobStatus, Lane
+from tests.fakes import FakeClock, InMemoryImageSink, InMemoryJobStore, ended
 
 
 class SlowStore(InMemoryJobStore):
@@ -25,7 +25,7 @@ def stalled_jobs(store, n: int) -> list[str]:
         store.create_job(job, [Item(job_id=job_id, key="k0", index=0, prompt="p", aspect_ratio="1:1",
                                     domain=None, quality="standard", updated_at=100.0)])
         store.claim_item(job_id, "k0", "w", 100.0, 60)
-        store.finish_item(job_id, "k0", "w", {"state": "failed", "lease_owner": None})
+        store.finish_item(job_id, "k0", "w", ended(ItemState.FAILED, 100.0))
         store.set_job_running(job_id, 100.0)
     return ids
 

@@ -23,7 +23,7 @@ def test_a_port_that_is_not_a_number_is_named():
 def test_free_ports_are_distinct():
     ports = Ports.free().as_dict().values()
 
-    assert len(set(ports)) == len(ports) == 7
+    assert len(set(ports)) == len(ports) == 8
 
 
 def test_only_demo_projects_are_accepted(tmp_path):

@@ -17,7 +17,7 @@ from core.pool import FlushRule, flush_pool
 from core.quota_day import PACIFIC, next_reset, quota_day
 from core.routing import Headroom, choose_lane
 from tests.fakes import (
-    InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore,
+    InMemoryBreakerStore, InMemoryCounterStore, InMemoryPoolStore, ended,
 )
 
 PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel"
@@ -393,7 +393,7 @@ def test_a_running_job_whose_last_finisher_died_is_finalized_by_the_poller(env):
     job = env.submit(2)
     for key in ("k0", "k1"):  # both items finished, but nobody finalized the job
         env.store.claim_item(job.job_id, key, "w", env.clock.now(), 60)
-        env.store.finish_item(job.job_id, key, "w", {"state": "failed", "lease_owner": None})
+        env.store.finish_item(job.job_id, key, "w", ended(ItemState.FAILED, env.clock.now()))
     env.store.set_job_running(job.job_id, env.clock.now())
     other = env.submit(1)
     env.store.set_job_running(other.job_id, env.clock.now())  # still has work

@@ -193,6 +193,9 @@ class _FleetClock:
         target = self.shared.t + max(0.0, seconds) + self.rng.uniform(0, self.stall)
         self.shared.t = max(self.shared.t, target)
 
+    def wait(self, wake, woken, seconds: float) -> None:
+        self.sleep(seconds)
+
 
 def max_in_any_window(times: list[float], window: float) -> int:
     times = sorted(times)

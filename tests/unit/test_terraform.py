@@ -123,6 +123,15 @@ def entry_points_in_main() -> dict[str, str]:
     return found
 
 
+# The public receiver of Gemini's webhooks (gemini_webhooks.tf): no Gemini key, no events, no
+# images; the tests about the three functions that do the work leave it out.
+RECEIVER = "gemini_webhook"
+
+
+def app_functions() -> dict[str, dict]:
+    return {n: f for n, f in functions().items() if n != RECEIVER}
+
+
 def function_named(entry_point: str) -> tuple[str, dict]:
     [(name, body)] = [(n, f) for n, f in functions().items()
                       if f["build_config"][0]["entry_point"] == entry_point]
@@ -136,7 +145,7 @@ def test_every_entry_point_of_main_py_is_deployed_once_and_nothing_else():
     deployed = [f["build_config"][0]["entry_point"] for f in functions().values()]
 
     assert sorted(deployed) == sorted(in_main)
-    assert set(in_main) == {"http_api", "pubsub_worker", "scheduled_poller"}
+    assert set(in_main) == {"http_api", "pubsub_worker", "scheduled_poller", "gemini_webhook"}
     assert {f["build_config"][0]["runtime"] for f in functions().values()} == {"python311"}
 
 
@@ -191,7 +200,7 @@ def test_gunicorn_threads_match_the_request_concurrency():
 
 @pytest.mark.parametrize("key, secret", [("GEMINI_API_KEY", "gemini_api_key"), ("WEBHOOK_SECRET", "webhook_secret")])
 def test_the_secrets_come_from_secret_manager_on_every_function(key, secret):
-    for name, function in functions().items():
+    for name, function in app_functions().items():
         secrets = {s["key"]: s for s in function["service_config"][0]["secret_environment_variables"]}
         assert set(secrets) == {"GEMINI_API_KEY", "WEBHOOK_SECRET"}, name
         assert refers_to(secrets[key]["secret"], "google_secret_manager_secret", secret), name
@@ -221,7 +230,7 @@ def test_the_default_variables_make_valid_settings():
 def test_the_push_subscription_reads_the_work_topic_and_dead_letters():
     env = locals_()["app_env"]
     [work_topic] = re.findall(r"google_pubsub_topic\.(\w+)\.name", env["WORK_TOPIC"])
-    [sub] = [s for s in resources()["google_pubsub_subscription"].values() if "push_config" in s]
+    sub = resources()["google_pubsub_subscription"]["worker_push"]
     [policy] = sub["dead_letter_policy"]
 
     assert refers_to(sub["topic"], "google_pubsub_topic", work_topic)
@@ -265,7 +274,13 @@ def test_iam_is_granted_member_by_member_and_never_to_everyone():
     members = [m["member"] for t in iam_types for m in resources()[t].values()]
 
     assert iam_types and all(t.endswith("_iam_member") for t in iam_types), iam_types
-    assert not {"allUsers", "allAuthenticatedUsers"} & set(members)
+    public = [(t, n) for t in iam_types for n, m in resources()[t].items()
+              if m["member"] in ("allUsers", "allAuthenticatedUsers")]
+    # One exception: Gemini's webhooks carry no Google identity; their signature is checked in code.
+    assert public == [("google_cloud_run_service_iam_member", "gemini_webhook_public")]
+    invoker = resources()["google_cloud_run_service_iam_member"]["gemini_webhook_public"]
+    assert refers_to(invoker["service"], "google_cloudfunctions2_function", RECEIVER)
+    assert invoker["role"] == "roles/run.invoker"
     # The one member list that comes from outside refuses them too.
     [check] = variables()["api_invoker_members"]["validation"]
     assert "allUsers" in check["condition"] and "allAuthenticatedUsers" in check["condition"]
@@ -283,7 +298,7 @@ def test_project_level_grants_are_the_few_that_have_no_narrower_level():
 
 def test_each_function_runs_as_its_own_service_account():
     accounts = [f["service_config"][0]["service_account_email"] for f in functions().values()]
-    assert len(set(accounts)) == len(accounts) == 3
+    assert len(set(accounts)) == len(accounts) == 4
     assert all(re.fullmatch(r"\$\{google_service_account\.\w+\.email\}", a) for a in accounts)
 
 
@@ -297,7 +312,7 @@ def test_no_secret_value_can_land_in_the_state():
 
 def test_every_function_publishes_events_to_the_events_topic():
     topics = resources()["google_pubsub_topic_iam_member"].values()
-    for name, function in functions().items():
+    for name, function in app_functions().items():
         assert refers_to(env_of(function)["EVENTS_TOPIC"], "google_pubsub_topic", "events"), name
         assert "WEBHOOK_ALLOW_INSECURE" not in env_of(function), name  # http and private hosts: local only
         account = re.fullmatch(r"\$\{google_service_account\.(\w+)\.email\}",
@@ -391,7 +406,7 @@ def test_every_function_depends_on_the_grant_of_every_secret_it_reads():
     for name, function in functions().items():
         account = account_of(function)
         mounted = secrets_mounted(function)
-        assert {"gemini_api_key", "webhook_secret"} <= mounted, name
+        assert ({"gemini_api_key", "webhook_secret"} <= mounted) == (name != RECEIVER), name
         for secret in mounted:
             [grant] = [g for g, m in grants.items()
                        if refers_to(m["secret_id"], "google_secret_manager_secret", secret)
@@ -408,6 +423,7 @@ def test_the_api_keys_secret_is_mounted_and_granted_only_with_require_api_keys()
     assert resources()["google_secret_manager_secret_iam_member"]["api_keys"]["count"] == "${var.require_api_keys ? 1 : 0}"
     for name, function in functions().items():
         assert ("api_keys" in secrets_mounted(function)) == (name == "api"), name
+        assert ("gemini_webhook_secret" in secrets_mounted(function)) == (name == RECEIVER), name
 
 
 def test_every_function_depends_on_its_build_grants_and_the_apis():
@@ -532,7 +548,7 @@ def test_builds_read_the_function_sources_and_nothing_else():
 def test_every_writer_can_read_back_an_existing_object_and_delete_none():
     images = [m for m in resources()["google_storage_bucket_iam_member"].values()
               if refers_to(m["bucket"], "google_storage_bucket", "images")]
-    for name, function in functions().items():
+    for name, function in app_functions().items():
         account = account_of(function)
         roles = {m["role"] for m in images if refers_to(m["member"], "google_service_account", account)}
         # create (if_generation_match=0) and get (the metadata of an object that already exists)
@@ -635,7 +651,7 @@ def test_the_error_metric_counts_our_errors_but_not_the_request_log_of_a_hand_ba
 def test_the_dead_letter_metric_counts_state_lines_from_every_function():
     from core.models import ItemState
 
-    for function in functions():
+    for function in app_functions():
         line = log_entry(function, severity="WARNING", jsonPayload={"state": ItemState.DEAD_LETTERED.value})
         assert counted("items_dead_lettered", line), function
     assert not counted("items_dead_lettered", log_entry("worker", severity="INFO", jsonPayload={"state": "succeeded"}))
@@ -801,3 +817,48 @@ def test_the_model_and_prices_follow_the_catalog_unless_set():
     assert variables()["price_batch_image_usd"].get("default") is None
     assert "models.json" in locals_()["model_catalog"] and catalog.load().default_model
     assert "GEMINI_MODEL" not in locals_()["app_env"]  # unset when null, so the catalog's default applies
+
+
+# --- Gemini's batch webhooks ----------------------------------------------------------------------
+
+
+def grants_of(account: str) -> set[tuple[str, str, str]]:
+    """(kind, resource it is granted on, role) of every grant to one service account."""
+    found = set()
+    for kind, grants in resources().items():
+        for name, m in grants.items():
+            if kind.endswith("_iam_member") and refers_to(m["member"], "google_service_account", account):
+                target = next((m[k] for k in ("secret_id", "topic", "service", "service_account_id", "subscription",
+                                              "bucket", "project") if k in m), "")
+                found.add((kind, target, m["role"]))
+    return found
+
+
+def test_the_receiver_reads_its_secret_the_intents_and_publishes_nudges_nothing_more():
+    name, receiver = function_named("gemini_webhook")
+    assert name == RECEIVER and secrets_mounted(receiver) == {"gemini_webhook_secret"}
+    assert "GEMINI_WEBHOOK_SECRET" not in env_of(receiver)
+    assert refers_to(locals_()["app_env"]["BATCH_NUDGES_TOPIC"], "google_pubsub_topic", "batch_nudges")
+    roles = {(kind, role) for kind, _, role in grants_of(account_of(receiver))}
+    assert roles == {("google_project_iam_member", "roles/datastore.user"),
+                     ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
+                     ("google_pubsub_topic_iam_member", "roles/pubsub.publisher")}
+    for kind, target, _ in grants_of(account_of(receiver)):
+        if kind == "google_pubsub_topic_iam_member":
+            assert refers_to(target, "google_pubsub_topic", "batch_nudges")
+        if kind == "google_secret_manager_secret_iam_member":
+            assert refers_to(target, "google_secret_manager_secret", "gemini_webhook_secret")
+
+
+def test_nudges_are_pushed_to_the_poller_by_an_identity_that_may_only_invoke_it():
+    poller, _ = function_named("scheduled_poller")
+    sub = resources()["google_pubsub_subscription"]["batch_nudges_push"]
+    push = sub["push_config"][0]
+    assert refers_to(sub["topic"], "google_pubsub_topic", "batch_nudges")
+    assert refers_to(push["push_endpoint"], "google_cloudfunctions2_function", poller)
+    assert refers_to(push["oidc_token"][0]["audience"], "google_cloudfunctions2_function", poller)
+    account = re.search(r"google_service_account\.(\w+)\.", push["oidc_token"][0]["service_account_email"]).group(1)
+    assert account not in {account_of(f) for f in functions().values()}
+    assert {(kind, role) for kind, _, role in grants_of(account)} == {
+        ("google_cloud_run_service_iam_member", "roles/run.invoker")}
+    assert sub["expiration_policy"][0]["ttl"] == ""

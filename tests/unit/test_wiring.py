@@ -8,7 +8,7 @@ from core.pool import NoPool
 
 FACTORIES = ("clock", "job_store", "work_queue", "image_sink", "image_generator", "rate_limiter", "breaker",
              "accounting", "catalog", "model_halts", "model_watch", "job_events", "idempotency_store", "batch_lane",
-             "pool_store", "dead_letters")
+             "pool_store", "dead_letters", "batch_nudges")
 CACHED = (wiring.get_settings, wiring.deps, wiring.job_events)  # before any test replaces one
 
 

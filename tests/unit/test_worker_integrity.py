@@ -11,6 +11,7 @@ from PIL import Image
 from core import redrive
 from core.errors import MalformedResponse
 from core.models import ItemState, JobStatus, StoredImage
+from core.transitions import LeaseRenewed
 from tests.fakes import (
     InMemoryWorkQueue, tiny_png,
 )
@@ -135,10 +136,10 @@ def test_the_lease_is_renewed_while_the_upload_waits_for_storage(env):
     leases = []
     real_finish = env.store.finish_item
 
-    def spy(job_id, key, owner, updates):
-        if set(updates) == {"lease_expires_at"}:
-            leases.append((env.clock.now(), updates["lease_expires_at"]))
-        return real_finish(job_id, key, owner, updates)
+    def spy(job_id, key, owner, change):
+        if isinstance(change, LeaseRenewed):
+            leases.append((env.clock.now(), change.until))
+        return real_finish(job_id, key, owner, change)
 
     env.store.finish_item = spy
     assert env.process(job.job_id).ack
@@ -221,3 +222,24 @@ def test_the_sweep_leaves_unpublished_jobs_to_reconcile_unpublished(env):
     env.store.mark_unpublished(job.job_id, env.clock.now())
     env.clock.advance(601)
     assert sweep(env, InMemoryWorkQueue()) == {"running": 0, "queued": 0}
+
+
+def test_a_delivery_that_read_the_item_before_another_diverted_it_does_not_send_it(env):
+    """Two deliveries of one message: the first diverts the item to the batch lane between the
+    second's read and its claim. The claim checks the lane in the same atomic step, so the
+    second acks without a send: the batch lane's image is the only one bought."""
+    job = env.submit()
+    claim = env.store.claim_item
+
+    def diverted_meanwhile(job_id, key, owner, now, lease_seconds, lane=None):
+        with env.store.lock:
+            env.store.items[job_id][key].update(lane="batch", state="queued", pooled_at=now,
+                                                lease_owner=None, lease_expires_at=None)
+        return claim(job_id, key, owner, now, lease_seconds, lane)
+
+    env.store.claim_item = diverted_meanwhile
+    outcome = env.process(job.job_id)
+    assert outcome.ack and "batch lane" in outcome.reason
+    assert env.generator.calls == []
+    item = env.item(job.job_id)
+    assert (item.lane, item.state, item.lease_owner) == ("batch", ItemState.QUEUED, None)

@@ -5,7 +5,7 @@ job's items in one atomic batch, so the two share the client and the items' help
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -22,6 +22,7 @@ from adapters.firestore.common import (
 )
 from core.item_counts import add_deltas, count_deltas
 from core.models import ACTIVE_INTENT_STATES, BatchIntent, IntentState
+from core.transitions import IntentChange, ItemChange
 
 
 class FirestoreBatchIntents:
@@ -90,6 +91,20 @@ class FirestoreBatchIntents:
 
         return compare_and_set(self.db, self.intents.document(intent_id), decide)
 
+    def intent_of_batch(self, batch_name: str) -> BatchIntent | None:
+        # Equality on one field: its single-field index serves it. A resubmitted intent's
+        # successor has its own batch, so one name is at most one intent.
+        query = self.intents.where(filter=FieldFilter("gemini_batch", "==", batch_name)).limit(1)
+        found = [BatchIntent.from_dict(data_of(s)) for s in query.stream()]
+        return found[0] if found else None
+
+    def make_due(self, intent_id: str, next_check_at: float) -> bool:
+        # Whoever holds the lease keeps it: its release sets next_check_at again, and the
+        # nudged reconcile that meets the lease simply skips.
+        return compare_and_set(self.db, self.intents.document(intent_id), lambda d: (
+            {"next_check_at": next_check_at}
+            if d is not None and d["state"] != IntentState.FINISHED.value else None))
+
     def _backfill_check_times(self) -> None:
         """Intents recorded before next_check_at existed are invisible to due_intents: give
         the active ones theirs once per database (a marker document records that it was done;
@@ -114,13 +129,15 @@ class FirestoreBatchIntents:
                           eligible=lambda d: d["state"] != IntentState.FINISHED.value)
         return BatchIntent.from_dict(data) if data else None
 
-    def update_intent(self, intent_id: str, owner: str, updates: dict) -> bool:
-        return update_if_leased(self.db, self.intents.document(intent_id), owner, updates)
+    def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
+        return update_if_leased(self.db, self.intents.document(intent_id), owner, change.as_fields())
 
-    def checkpoint(self, intent_id: str, owner: str, intent_updates: dict, item_updates: dict[str, dict]) -> bool:
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
         """Item updates and the intent's progress in one atomic batch (split past 500 writes,
         the intent going in the last one), conditional on the lease; the items' counts move in
         the same batches, from the items as read, each write conditional on that version."""
+        intent_updates = change.as_fields()
+        item_updates = {key: result.as_fields() for key, result in results.items()}
         for _ in range(5):
             done = self._try_checkpoint(intent_id, owner, intent_updates, item_updates)
             if done is not None:

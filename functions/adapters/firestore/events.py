@@ -14,6 +14,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from adapters.firestore.common import _ts, data_of, take_lease, update_if_leased
 from core.events import Event, EventState
 from core.retention import expire_at
+from core.transitions import EventAttempt
 
 
 class FirestoreEventStore:
@@ -53,5 +54,5 @@ class FirestoreEventStore:
         data = take_lease(self.db, self.events.document(event_id), owner, now, lease_seconds, eligible=due)
         return Event.from_dict(data) if data else None
 
-    def update_event(self, event_id: str, owner: str, updates: dict) -> bool:
-        return update_if_leased(self.db, self.events.document(event_id), owner, updates)
+    def update_event(self, event_id: str, owner: str, attempt: EventAttempt) -> bool:
+        return update_if_leased(self.db, self.events.document(event_id), owner, attempt.as_fields())

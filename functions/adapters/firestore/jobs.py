@@ -24,6 +24,7 @@ from core.models import (
 )
 from core.errors import NotFound
 from core.retention import expire_at
+from core.transitions import ItemChange
 
 _PARALLEL_COMMITS = 8
 
@@ -193,7 +194,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
             batch.set(self._counts(job_id).document(str(shard)), update, merge=True)
 
     def claim_item(
-        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float
+        self, job_id: str, key: str, owner: str, now: float, lease_seconds: float, lane: str | None = None
     ) -> Item | None:
         claimed: list[Item] = []
 
@@ -201,7 +202,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
             if data is None:
                 return None
             item = Item.from_dict(data)
-            if item.terminal:
+            if item.terminal or (lane is not None and item.lane != lane):
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
                 return None
@@ -216,9 +217,10 @@ class FirestoreJobStore(FirestoreBatchIntents):
 
         return claimed[0] if self._change_item(job_id, key, decide) else None
 
-    def finish_item(self, job_id: str, key: str, owner: str, updates: dict) -> bool:
+    def finish_item(self, job_id: str, key: str, owner: str, change: ItemChange) -> bool:
+        fields = change.as_fields()
         return self._change_item(job_id, key, lambda data: (
-            updates if data is not None and data.get("lease_owner") == owner else None))
+            fields if data is not None and data.get("lease_owner") == owner else None))
 
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, allowed_from={JobStatus.QUEUED})
@@ -283,9 +285,11 @@ class FirestoreJobStore(FirestoreBatchIntents):
     def mark_unpublished(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": False, "updated_at": now})
 
-    def requeue_item(self, job_id: str, key: str, expected: ItemState, updates: dict) -> bool:
+    def requeue_item(self, job_id: str, key: str, expected: ItemState, change: ItemChange) -> bool:
+        fields = change.as_fields()
+
         def decide(data: dict | None) -> dict | None:
-            return updates if data is not None and data.get("state") == expected.value else None
+            return fields if data is not None and data.get("state") == expected.value else None
 
         return self._change_item(job_id, key, decide)
 

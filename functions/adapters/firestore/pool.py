@@ -31,7 +31,7 @@ class FirestorePoolStore:
             pass
 
     def oldest(self, limit: int) -> list:
-        from core.pool import PoolEntry
+        from core.models import PoolEntry
 
         query = self.entries.order_by("pooled_at").limit(limit)
         return [PoolEntry(d["job_id"], d["key"], d["pooled_at"], bool(d.get("urgent")))

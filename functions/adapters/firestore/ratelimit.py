@@ -13,7 +13,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from adapters.firestore.common import _ts, compare_and_set, data_of
-from core.ratelimit import SlotBlock, spend_after
+from core.models import SlotBlock
+from core.ratelimit import spend_after
 
 _log = logging.getLogger(__name__)
 # Free leases one lease query returns: a few, so that contending instances can pick different ones.

@@ -288,7 +288,9 @@ def main() -> int:
     from infra.local import Ports, Stack
 
     function_env = {"BATCH_MAX_REQUESTS": "1000"}
-    with Stack(ports=Ports.free(), project="demo-imagefleet-bench", functions=True, function_env=function_env) as stack:
+    # No Gemini webhooks: their nudge would have the stack's poller ingest each file before the runs.
+    with Stack(ports=Ports.free(), project="demo-imagefleet-bench", functions=True, function_env=function_env,
+               gemini_webhooks=False) as stack:
         os.environ.update(stack.env())
         os.environ.update(function_env)
         if not args.no_accept:

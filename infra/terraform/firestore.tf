@@ -4,10 +4,11 @@
 #
 # Every query the functions make (functions/adapters/firestore/) is one equality or
 # `in` filter, or one order_by, on a single field of one collection (items by state or by
-# index, jobs by published, batches by job_id or state, slots by seq, leases by an expires_at
+# index, jobs by published or status in id order, batches by job_id, state, gemini_batch or a
+# next_check_at range in next_check_at then id order, slots by seq, leases by an expires_at
 # range, events by job_id or by a next_attempt_at range; adapters/firestore/events.py), which
-# Firestore's automatic single-field indexes answer; except the poller's sweep of stuck items
-# (items_stale_* below).
+# Firestore's automatic single-field indexes answer (every index ends with the document id);
+# except the poller's sweep of stuck items (items_stale_* below).
 resource "google_firestore_database" "main" {
   project     = var.project_id
   name        = "(default)"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
 from core.models import (
-    ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus,
+    ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus, Lane,
     StoredImage, TERMINAL_JOB_STATUSES,
 )
 from core.transitions import (
@@ -146,7 +146,7 @@ class InMemoryJobStore:
             if d is None:
                 return None
             item = Item.from_dict(copy.deepcopy(d))
-            if item.terminal or (lane is not None and item.lane != lane):
+            if item.terminal or (lane is not None and (item.lane or Lane.INTERACTIVE.value) != lane):
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
                 return None

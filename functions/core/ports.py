@@ -77,7 +77,8 @@ class JobStore(Protocol):
     ) -> Item | None:
         """Atomically move a queued (or lease-expired running) item to running under owner's lease;
         with `lane`, only an item still in that lane (checked in the same atomic step, so a
-        delivery that read the item just before another diverted it cannot then claim it).
+        delivery that read the item just before another diverted it cannot then claim it); an
+        item that records no lane is the interactive lane's.
 
         Returns the claimed item, or None when the item is terminal, leased by someone else or
         in another lane (get_item says which)."""

@@ -121,8 +121,9 @@ def test_a_claim_for_one_lane_refuses_an_item_moved_to_the_other(job_store):
     from core.transitions import Diverted
 
     job, items = make_job(1)
+    assert items[0].lane is None  # an item that records no lane is the interactive lane's
     job_store.create_job(job, items)
-    job_store.claim_item(job.job_id, "k0", "a", now=200.0, lease_seconds=60)
+    assert job_store.claim_item(job.job_id, "k0", "a", now=200.0, lease_seconds=60, lane="interactive")
     assert job_store.finish_item(job.job_id, "k0", "a", Diverted(201.0))
     assert job_store.claim_item(job.job_id, "k0", "b", now=202.0, lease_seconds=60, lane="interactive") is None
     item = job_store.get_item(job.job_id, "k0")

@@ -20,6 +20,7 @@ from core.models import (
     ItemState,
     Job,
     JobStatus,
+    Lane,
     TERMINAL_JOB_STATUSES,
 )
 from core.errors import NotFound
@@ -202,7 +203,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
             if data is None:
                 return None
             item = Item.from_dict(data)
-            if item.terminal or (lane is not None and item.lane != lane):
+            if item.terminal or (lane is not None and (item.lane or Lane.INTERACTIVE.value) != lane):
                 return None
             if item.state is ItemState.RUNNING and (item.lease_expires_at or 0) > now:
                 return None

@@ -157,3 +157,15 @@ def test_source_format_from_the_object_name():
 def test_resuming_a_csv_needs_its_header():
     with pytest.raises(ValueError, match="header"):
         lines_of(CSV[40:], "csv", start=40)
+
+
+@pytest.mark.parametrize("line", [
+    '{"prompt": "a"}', '{"prompt": " padded ", "domain": "  "}', '{"prompt": "a", "key": null}',
+    '{"prompt": "a", "key": ""}', '{"prompt": "a", "quality": null, "aspect_ratio": "4:3"}',
+    '{"prompt": "a", "prompt": "b"}', '{"prompt": "a\\ud800"}', '{"prompt": "a\\u0007"}', '{"prompt": "a\tb"}',
+    '{"prompt": "a", "domain": NaN}', '{"prompt": "a"} x', '"bare"', '{"prompt": "a", "key": "K-1"}\r\n',
+    '{"prompt": 5}', '{"prompt": "é", "domain": "d", "quality": "high"}', '[' * 5000,
+])
+def test_the_one_pass_parse_agrees_with_the_cli_like_one(line):
+    context = {"max_prompt_chars": 4000}
+    assert sources._json_item(line, 7, context) == sources._json_value(line, 7, context)

@@ -16,8 +16,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from imagefleet import contact_sheet, download as dl, inputs, watch
-from imagefleet.client import DEFAULT_API, ApiClient, ApiError, ClientError
+from imagefleet import contact_sheet, download as dl, inputs, upload, watch
+from imagefleet.client import DEFAULT_API, ApiClient, ApiError, ClientError, job_body
 
 EXIT_CODES = {
     0: "done: the command worked (with --wait: every item succeeded)",
@@ -158,6 +158,13 @@ def submit(
                         "default: the deployment's", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the route and estimated cost; submit nothing")] = False,
+    source_bucket: Annotated[Optional[str], typer.Option(
+        "--source-bucket", envvar=upload.SOURCE_BUCKET_ENV, show_envvar=True, show_default=False,
+        help="gs://BUCKET[/PREFIX]: a file too big for one request (over 10,000 prompts or 10 MiB) is uploaded "
+             "there and the API reads it from there")] = None,
+    on_bad_line: Annotated[Optional[Literal["skip", "fail"]], typer.Option(
+        "--on-bad-line", help="An uploaded file's line the API refuses: skip it, or fail the job "
+                              "[default: the API's]", show_default=False)] = None,
     wait: Annotated[bool, typer.Option(
         "--wait", "-w", help="Follow the job to its end, then download it")] = False,
     out: OutOption = None,
@@ -177,8 +184,14 @@ def submit(
     prompts = inputs.apply_defaults(prompts, aspect_ratio=aspect_ratio, quality=quality, domain=domain)
     items = [p.item for p in prompts]
     client = _client(ctx, api, api_key)
+    too_big = not upload.fits_one_request(job_body(items, lane, model))
+    if too_big and dry_run:
+        raise UsageProblem(f"{_plural(len(items), 'prompt')} do not fit one request; --dry-run needs a smaller file")
     try:
-        if dry_run:
+        if too_big:
+            accepted = _submit_source(client, prompts, source_bucket, project, lane=lane, model=model,
+                                      on_bad_line=on_bad_line)
+        elif dry_run:
             plan = client.dry_run(items, lane, model)
         else:
             accepted = client.submit(items, lane, idempotency_key=str(uuid.uuid4()), model=model)
@@ -207,6 +220,19 @@ def submit(
         typer.echo(f"Follow it:  imagefleet status {job_id}\nFetch it:   imagefleet download {job_id}")
         return
     raise typer.Exit(_wait_and_download(client, job_id, out, project, interval, wait_timeout))
+
+
+def _submit_source(client: ApiClient, prompts: list[inputs.Prompt], source_bucket: str | None,
+                   project: str | None, **options: str | None) -> dict:
+    """Upload the prompts (as JSONL, each on its file's line) and submit the job by its gs:// URI."""
+    if not source_bucket:
+        raise UsageProblem(
+            f"{_plural(len(prompts), 'prompt')} do not fit one request (at most {upload.MAX_BODY_ITEMS:,} prompts "
+            f"and {upload.MAX_BODY_BYTES // (1024 * 1024)} MiB): pass --source-bucket gs://BUCKET[/PREFIX] "
+            f"(or set {upload.SOURCE_BUCKET_ENV}) to upload the file to Cloud Storage and submit it from there")
+    uri = upload.upload(upload.render_jsonl(prompts), upload.parse_destination(source_bucket), project)
+    typer.echo(f"Uploaded the prompts to {uri}", err=True)
+    return client.submit_source(uri, idempotency_key=str(uuid.uuid4()), **options)  # type: ignore[arg-type]
 
 
 def _located(exc: ApiError, prompts: list[inputs.Prompt]) -> ApiError:

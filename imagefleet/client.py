@@ -182,12 +182,24 @@ class ApiClient:
         # Sent again after a lost answer, or while the server still handles an earlier send of
         # this key (ApiRetry): the same key, so the server answers with the job it recorded.
         key = idempotency_key or str(uuid.uuid4())
-        return self._call("POST", "/v1/jobs", json=_job_body(items, lane, model),
+        return self._call("POST", "/v1/jobs", json=job_body(items, lane, model),
                           headers={"Idempotency-Key": key}, retry=True)
+
+    def submit_source(self, uri: str, *, lane: str = "auto", model: str | None = None,
+                      on_bad_line: str | None = None, idempotency_key: str | None = None) -> dict:
+        """POST /v1/jobs with a `source` (a gs:// JSONL or CSV file the API reads) instead of
+        `requests`; retried with its Idempotency-Key as submit is."""
+        body: dict[str, Any] = {"source": uri, "lane": lane}
+        if model:
+            body["model"] = model
+        if on_bad_line:
+            body["on_bad_line"] = on_bad_line
+        return self._call("POST", "/v1/jobs", json=body,
+                          headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())}, retry=True)
 
     def dry_run(self, items: list[dict], lane: str = "auto", model: str | None = None) -> dict:
         """POST /v1/jobs?dry_run=true: the route and estimated cost; nothing is submitted."""
-        return self._call("POST", "/v1/jobs", json=_job_body(items, lane, model),
+        return self._call("POST", "/v1/jobs", json=job_body(items, lane, model),
                           params={"dry_run": "true"}, retry=True)
 
     def job(self, job_id: str, *, page_size: int = 100, page_token: str | None = None) -> dict:
@@ -243,7 +255,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _job_body(items: list[dict], lane: str, model: str | None) -> dict:
+def job_body(items: list[dict], lane: str, model: str | None) -> dict:
     """The POST /v1/jobs body; no `model` key unless one was chosen (the server's default)."""
     body = {"requests": items, "lane": lane}
     if model:

@@ -62,6 +62,7 @@ class Prompt:
 
     item: dict
     source: str  # "prompts.csv line 5"
+    line: int = 0  # that line's number (a CSV row's last line); 0: not from a file
 
 
 def detect_format(path: str, given: str | None = None) -> str:
@@ -127,7 +128,7 @@ def _parse_txt(text: str, name: str) -> list[Prompt]:
         if line.strip():
             where = f"{name} line {number}"
             _check_item(item := {"prompt": line.strip()}, where)
-            prompts.append(Prompt(item, where))
+            prompts.append(Prompt(item, where, number))
     return prompts
 
 
@@ -145,7 +146,7 @@ def _parse_jsonl(text: str, name: str) -> list[Prompt]:
             value = {"prompt": value}  # a line that is just a JSON string is a prompt
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a JSON object with a \"prompt\", got {type(value).__name__}")
-        prompts.append(Prompt(_item(value, where), where))
+        prompts.append(Prompt(_item(value, where), where, number))
     return prompts
 
 
@@ -174,7 +175,7 @@ def _parse_csv(text: str, name: str) -> list[Prompt]:
                 raise InputError(f"{where}: {len(row)} cells, but the header has {len(columns)} columns "
                                  "(quote a prompt that holds a comma)")
             values = {col: cell for col, cell in zip(columns, row, strict=False) if col and cell.strip()}
-            prompts.append(Prompt(_item(values, where), where))
+            prompts.append(Prompt(_item(values, where), where, reader.line_num))
     except csv.Error as exc:
         raise InputError(f"{name} line {reader.line_num}: {exc}") from None
     return prompts
@@ -234,4 +235,4 @@ def apply_defaults(prompts: list[Prompt], **defaults: str | None) -> list[Prompt
     given = {k: v for k, v in defaults.items() if v}
     if not given:
         return prompts
-    return [Prompt({**given, **p.item}, p.source) for p in prompts]
+    return [Prompt({**given, **p.item}, p.source, p.line) for p in prompts]

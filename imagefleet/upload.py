@@ -94,15 +94,28 @@ def upload(data: bytes, dest: Destination, project: str | None = None) -> str:
 
 
 def _create_once(blob, data: bytes, uri: str, gexc) -> None:
-    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - GCS's own checksum field
-    if blob.exists():
-        blob.reload()
-        if blob.md5_hash != md5:
-            # Someone wrote other bytes under this content's name: never submit them as ours.
-            raise UploadError(f"{uri} exists with other content than the file's; delete it or use another prefix")
+    if _same_object_there(blob, data, uri, gexc):
         return
     try:
         # if_generation_match=0: create only, so a retry after a lost answer cannot write twice.
         blob.upload_from_string(data, content_type="application/jsonl", if_generation_match=0)
     except gexc.PreconditionFailed:
-        _create_once(blob, data, uri, gexc)  # another upload of the same file won the race
+        _same_object_there(blob, data, uri, gexc)  # another upload of the same file won the race
+
+
+def _same_object_there(blob, data: bytes, uri: str, gexc) -> bool:
+    """True when the object is there with these bytes. An uploader holding only
+    roles/storage.objectCreator may not read objects (no storage.objects.get:
+    https://cloud.google.com/storage/docs/access-control/iam-roles): then it cannot tell, and
+    the create-only upload decides (412: there already)."""
+    try:
+        if not blob.exists():
+            return False
+        blob.reload()
+    except gexc.Forbidden:
+        return False
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - GCS's own checksum field
+    if blob.md5_hash != md5:
+        # Someone wrote other bytes under this content's name: never submit them as ours.
+        raise UploadError(f"{uri} exists with other content than the file's; delete it or use another prefix")
+    return True

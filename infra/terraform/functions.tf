@@ -69,6 +69,7 @@ locals {
   app_env = {
     GOOGLE_CLOUD_PROJECT        = var.project_id
     IMAGES_BUCKET               = google_storage_bucket.images.name
+    SOURCE_BUCKETS              = join(",", concat([google_storage_bucket.job_sources.name], var.extra_source_buckets))
     WORK_TOPIC                  = google_pubsub_topic.work.name
     GEMINI_TIMEOUT_SECONDS      = var.gemini_timeout_seconds
     RATE_LIMIT_REQUESTS         = local.rate_limit_requests

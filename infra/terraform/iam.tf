@@ -116,6 +116,31 @@ resource "google_storage_bucket_iam_member" "poller_images_read" {
   member = "serviceAccount:${google_service_account.poller.email}"
 }
 
+# Job sources: the API reads an object's generation and size when it accepts a job with a
+# `source`, the poller reads the file while it expands the job. objectViewer (get and list) on
+# that one bucket; the worker never reads sources. Callers upload with objectCreator only: it
+# holds neither storage.objects.get nor storage.objects.list
+# (https://cloud.google.com/storage/docs/access-control/iam-roles), so a caller can neither read
+# nor find another caller's prompt file (an object's name is the sha256 of its content).
+resource "google_storage_bucket_iam_member" "api_job_sources" {
+  bucket = google_storage_bucket.job_sources.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.api.email}"
+}
+
+resource "google_storage_bucket_iam_member" "poller_job_sources" {
+  bucket = google_storage_bucket.job_sources.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.poller.email}"
+}
+
+resource "google_storage_bucket_iam_member" "job_source_uploaders" {
+  for_each = toset(var.job_source_uploaders)
+  bucket   = google_storage_bucket.job_sources.name
+  role     = "roles/storage.objectCreator"
+  member   = each.value
+}
+
 # ---------------------------------------------------------------------------------------------
 # Pub/Sub: the API publishes a job's items; the poller republishes jobs whose publishing was
 # interrupted (core/redrive.py reconcile_unpublished). The worker never publishes.
@@ -289,5 +314,7 @@ resource "time_sleep" "grants_propagated" {
     poller_webhook_secret  = google_secret_manager_secret_iam_member.poller_webhook_secret.id
     api_keys               = join(",", google_secret_manager_secret_iam_member.api_keys[*].id)
     gemini_webhook_secret  = google_secret_manager_secret_iam_member.gemini_webhook_secret.id
+    api_job_sources        = google_storage_bucket_iam_member.api_job_sources.id
+    poller_job_sources     = google_storage_bucket_iam_member.poller_job_sources.id
   }
 }

@@ -28,6 +28,16 @@ output "images_bucket" {
   value       = google_storage_bucket.images.name
 }
 
+output "job_sources_bucket" {
+  description = "Bucket for prompt files too big for one request: imagefleet submit --source-bucket gs://<bucket>."
+  value       = google_storage_bucket.job_sources.name
+}
+
+output "source_reader_accounts" {
+  description = "Service accounts that read job sources: grant them roles/storage.objectViewer on a bucket listed in extra_source_buckets."
+  value       = [google_service_account.api.email, google_service_account.poller.email]
+}
+
 output "work_topic" {
   description = "Topic of the interactive lane."
   value       = google_pubsub_topic.work.name

@@ -61,3 +61,42 @@ resource "google_storage_bucket" "source" {
 
   depends_on = [google_project_service.this]
 }
+
+# Job sources: prompt files too big for one request, uploaded by the CLI under the sha256 of
+# their content and read by the functions (POST /v1/jobs {"source": "gs://..."}). The only bucket
+# in SOURCE_BUCKETS unless var.extra_source_buckets adds the callers' own.
+resource "google_storage_bucket" "job_sources" {
+  #checkov:skip=CKV_GCP_62:Object access is audited with Cloud Audit Logs (Data Access, a project-wide setting), not a legacy usage-log bucket.
+  #checkov:skip=CKV_GCP_78:Uploads are create-only under the sha256 of their content, so no object is ever overwritten; a job reads the generation it was accepted with.
+  name     = "${var.project_id}-${var.name_prefix}-job-sources"
+  location = var.region
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = false
+  }
+
+  # An upload is read while its job expands (minutes): keep it a few days, then let it go.
+  lifecycle_rule {
+    condition {
+      age = var.job_sources_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 1
+    }
+    action {
+      type = "AbortIncompleteMultipartUpload"
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

@@ -603,3 +603,26 @@ variable "gemini_webhook_tolerance_seconds" {
   description = "GEMINI_WEBHOOK_TOLERANCE_SECONDS: accepted distance between a Gemini webhook's timestamp and the clock (replay window)."
   default     = 300
 }
+
+variable "job_sources_retention_days" {
+  type        = number
+  description = "Prompt files uploaded to the job sources bucket are deleted this many days after upload (a job reads its file while it expands, within minutes of its accept)."
+  default     = 7
+
+  validation {
+    condition     = var.job_sources_retention_days >= 1
+    error_message = "job_sources_retention_days is at least 1."
+  }
+}
+
+variable "extra_source_buckets" {
+  type        = list(string)
+  description = "Callers' own buckets a job's source may also name (SOURCE_BUCKETS). Their owners grant roles/storage.objectViewer to the accounts in the source_reader_accounts output; never list a bucket whose readers differ from the API's callers."
+  default     = []
+}
+
+variable "job_source_uploaders" {
+  type        = list(string)
+  description = "Members (user:..., group:..., serviceAccount:...) that may upload prompt files to the job sources bucket: roles/storage.objectCreator only, so no one lists or reads another caller's files."
+  default     = []
+}

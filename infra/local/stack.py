@@ -444,6 +444,8 @@ class Stack:
         self.extra_function_env = dict(function_env or {})
         self.worker_threads = worker_threads
         self.images_bucket = images_bucket or f"{project}-images"
+        # Where the CLI uploads prompt files too big for one request; SOURCE_BUCKETS allows it.
+        self.sources_bucket = f"{project}-job-sources"
         self.work_topic = work_topic
         self.events_topic = events_topic
         # The functions sign webhooks with this (a fresh one per stack) and accept http:// and
@@ -530,6 +532,8 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports.pubsub}",
             "STORAGE_EMULATOR_HOST": self.url("gcs"),
             "IMAGES_BUCKET": self.images_bucket,
+            "SOURCE_BUCKETS": self.sources_bucket,
+            "IMAGEFLEET_SOURCE_BUCKET": f"gs://{self.sources_bucket}",  # what the imagefleet CLI reads
             "WORK_TOPIC": self.work_topic,
             "EVENTS_TOPIC": self.events_topic,
             "BATCH_NUDGES_TOPIC": self.nudges_topic,
@@ -796,8 +800,8 @@ class Stack:
         return json.loads(data) if data.strip() else {}
 
     def _create_bucket(self) -> None:
-        self._rest("POST", f"{self.url('gcs')}/storage/v1/b?project={self.project}",
-                   {"name": self.images_bucket}, ok=(200, 409))
+        for name in (self.images_bucket, self.sources_bucket):
+            self._rest("POST", f"{self.url('gcs')}/storage/v1/b?project={self.project}", {"name": name}, ok=(200, 409))
 
     def _create_topic(self, topic_path: str) -> None:
         self._rest("PUT", f"{self.url('pubsub')}/v1/{topic_path}", {}, ok=(200, 409))

@@ -75,3 +75,29 @@ def test_a_missing_bucket_is_one_error_line(emulators, api, tmp_path, monkeypatc
     result = CliRunner().invoke(app, ["submit", str(path), "--api", api.url,
                                       "--source-bucket", f"gs://no-such-{uuid.uuid4().hex[:8]}"])
     assert result.exit_code == 1 and "no such bucket" in result.output and api.requests == []
+
+
+def test_the_local_stacks_sources_bucket_takes_the_upload_and_the_functions_may_read_it(emulators, api, tmp_path,
+                                                                                         monkeypatch):
+    """The stack sets IMAGEFLEET_SOURCE_BUCKET for the CLI and SOURCE_BUCKETS for the functions:
+    what the CLI uploads, the functions' reader accepts and reads back line for line."""
+    from google.cloud import storage
+
+    from adapters.gcs_sources import GcsSources
+    from config import Settings
+
+    monkeypatch.setattr(upload, "MAX_BODY_ITEMS", 1)
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,key\n"A fox, asleep",fox\n\nA cat,\n')
+
+    result = CliRunner().invoke(app, ["submit", str(path), "--api", api.url])
+
+    assert result.exit_code == 0, result.output
+    uri = json.loads(api.requests[0]["body"])["source"]
+    assert uri.startswith(os.environ["IMAGEFLEET_SOURCE_BUCKET"] + "/")
+    settings = Settings()
+    reader = GcsSources(storage.Client(project=settings.google_cloud_project), settings.source_buckets.split(","))
+    obj = reader.stat(uri)
+    lines = [line for line in sources.read_lines(reader.chunks(obj), "jsonl") if not line.blank]
+    assert [(line.number, line.item.key, line.item.prompt) for line in lines] == [
+        (2, "fox", "A fox, asleep"), (4, "item-00001", "A cat")]

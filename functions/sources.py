@@ -96,25 +96,27 @@ def read_header(chunks: Iterable[bytes]) -> tuple[list[str], int]:
 
 def _physical_lines(chunks: Iterable[bytes], start: int, number: int) -> Iterator[tuple[int, int, bytes | None]]:
     """(number, end, bytes with their line end), or None for bytes past LINE_LIMIT (dropped)."""
-    pending, offset, skipping = b"", start, False
+    buf, offset, skipping = bytearray(), start, False  # offset: where buf[0] is in the file
     for chunk in chunks:
-        if not chunk:
-            continue
-        buf = pending + chunk if pending else chunk
+        # buf holds no line end but perhaps a last \r: scan the new bytes only (tiny chunks
+        # must not make a long line quadratic).
+        scan = max(len(buf) - 1, 0)
+        buf += chunk
         pos = 0
-        # pending holds no line end but perhaps a last \r: scan from there on only.
-        for match in _BREAK.finditer(buf, max(len(pending) - 1, 0)):
-            if match.end() == len(buf) and buf[-1:] == b"\r":
+        for match in _BREAK.finditer(buf, scan):
+            if match.end() == len(buf) and buf[-1] == 0x0D:
                 break  # maybe the first half of a \r\n: wait for the next chunk
-            yield number, offset + match.end(), None if skipping else _first(buf[pos:match.end()], offset + pos)
+            yield number, offset + match.end(), None if skipping else _first(bytes(buf[pos:match.end()]), offset + pos)
             number, pos, skipping = number + 1, match.end(), False
-        pending, offset = buf[pos:], offset + pos
-        if len(pending) > LINE_LIMIT:  # drop it; keep a last \r that may pair with a \n to come
-            keep = 1 if pending.endswith(b"\r") else 0
-            offset += len(pending) - keep
-            pending, skipping = pending[len(pending) - keep:], True
-    if pending or skipping:
-        yield number, offset + len(pending), None if skipping else _first(pending, offset)
+        del buf[:pos]
+        offset += pos
+        if len(buf) > LINE_LIMIT:  # drop it; keep a last \r that may pair with a \n to come
+            keep = 1 if buf.endswith(b"\r") else 0
+            offset += len(buf) - keep
+            del buf[:len(buf) - keep]
+            skipping = True
+    if buf or skipping:
+        yield number, offset + len(buf), None if skipping else _first(bytes(buf), offset)
 
 
 def _first(line: bytes, offset: int) -> bytes | None:
@@ -187,6 +189,8 @@ def _json_value(text: str, index: int, context: dict) -> tuple[ItemSpec | None, 
         return None, f"not valid JSON: {exc.msg} (column {exc.colno})"
     except RecursionError:
         return None, "not valid JSON: nested too deep"
+    except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        return None, "not valid JSON: a number too long to read"
     if isinstance(value, str):
         value = {"prompt": value}  # a line that is just a JSON string is a prompt, as in the CLI
     if not isinstance(value, dict):
@@ -207,7 +211,10 @@ def _header(lines: Iterator[tuple[int, int, bytes | None]]) -> tuple[list[str], 
         raise SourceFormatError(f"line 1: {error}")
     if _quote_open(text):
         raise SourceFormatError("line 1: the header row must be one line (a quote is never closed)")
-    row = next(csv.reader([text]), [])
+    try:
+        row = next(csv.reader([text]), [])
+    except csv.Error as exc:
+        raise SourceFormatError(f"line 1: not a CSV row: {exc}") from None
     columns = [cell.strip().lower() for cell in row]
     if "prompt" not in columns:
         raise SourceFormatError(f"line 1: the header row has no \"prompt\" column (columns: {', '.join(FIELDS)})")

@@ -103,8 +103,10 @@ class GcsSources:
         while pos < obj.size:
             last = min(pos + chunk_size, obj.size) - 1
             data = self._range(blob, obj, pos, last)
-            if not data:
-                raise SourceError(f"{_shown(obj.uri)}: ended at byte {pos}, before its size ({obj.size})")
+            if not data or len(data) > last - pos + 1:
+                # More than asked: the range was ignored (its Content-Encoding was set to gzip
+                # after the accept, say); fewer than none: the object is shorter than its size.
+                raise SourceError(f"{_shown(obj.uri)}: bytes {pos}-{last} answered with {len(data)} bytes")
             pos += len(data)
             yield data
 

@@ -5,6 +5,7 @@ import json
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import sources
 from imagefleet import inputs
@@ -169,3 +170,33 @@ def test_resuming_a_csv_needs_its_header():
 def test_the_one_pass_parse_agrees_with_the_cli_like_one(line):
     context = {"max_prompt_chars": 4000}
     assert sources._json_item(line, 7, context) == sources._json_value(line, 7, context)
+
+
+def test_a_number_too_long_for_python_is_a_refused_line_not_a_crash():
+    got = lines_of(b'{"prompt": ' + b"1" * 5000 + b'}\n{"prompt": "next"}\n', "jsonl")
+    assert got[0].error == "not valid JSON: a number too long to read" and got[1].item.prompt == "next"
+
+
+PIECES = [b'{"prompt": "a"}', b'{"prompt": "b", "key": "k"}', b'"s"', b"[1]", b"{", b'"', b",", b"prompt",
+          b"\xe2\x98\x83", b"\xff", b"\r", b"\n", b"\r\n", b" ", b"x" * 66000, b'"q,\nr"', b"\xef\xbb\xbf",
+          b"\x00", b'{"prompt": 1' + b"1" * 4400 + b"}"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30), st.sampled_from(["jsonl", "csv"]),
+       st.sampled_from([1, 2, 5, 4096, 70001]))
+def test_any_bytes_give_lines_that_resume_exactly_and_never_raise_but_for_a_csv_header(pieces, fmt, size):
+    data = b"prompt,key\n" + b"".join(pieces) if fmt == "csv" else b"".join(pieces)
+    try:
+        header = read_header([data])[0] if fmt == "csv" else None
+        whole = lines_of(data, fmt, size)
+    except SourceFormatError:
+        assert fmt == "csv"
+        return
+    assert [line.end for line in whole] == sorted({line.end for line in whole})
+    assert not whole or whole[-1].end == len(data)
+    for i in range(0, len(whole), 3):
+        line = whole[i]
+        rest = lines_of(data[line.end:], fmt, size, start=line.end, first_number=line.number + 1,
+                        first_index=line.next_index, header=header)
+        assert rest == whole[i + 1:]

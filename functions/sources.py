@@ -79,10 +79,10 @@ def read_lines(chunks: Iterable[bytes], fmt: str, *, start: int = 0, first_numbe
         return _jsonl(lines, first_index, context)
     if fmt != "csv":
         raise ValueError(f"unknown source format {fmt!r}")
-    if header is None:
-        if start != 0:
-            raise ValueError("resuming a CSV source needs its header (read_header)")
+    if start == 0:  # line 1 is the header, whether or not the caller read it already
         header, _ = _header(lines)
+    elif header is None:
+        raise ValueError("resuming a CSV source needs its header (read_header)")
     return _csv(lines, header, first_index, context)
 
 

@@ -200,3 +200,7 @@ def test_any_bytes_give_lines_that_resume_exactly_and_never_raise_but_for_a_csv_
         rest = lines_of(data[line.end:], fmt, size, start=line.end, first_number=line.number + 1,
                         first_index=line.next_index, header=header)
         assert rest == whole[i + 1:]
+
+
+def test_a_csv_read_from_the_start_takes_line_1_as_its_header_even_when_given_one():
+    assert lines_of(CSV, "csv", header=["prompt", "key", "aspect_ratio"]) == lines_of(CSV, "csv")

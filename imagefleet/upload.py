@@ -62,7 +62,9 @@ def render_jsonl(prompts: list[inputs.Prompt]) -> bytes:
     for p in prompts:
         line = p.line if p.line > len(out) else len(out) + 1
         out += [""] * (line - len(out) - 1)
-        out.append(json.dumps(p.item, ensure_ascii=False, separators=(",", ":")))
+        # ASCII escapes: a lone surrogate in a field the CLI does not check (quality, say) stays
+        # writable, and the API refuses it as it would in a request body.
+        out.append(json.dumps(p.item, separators=(",", ":")))
     return ("\n".join(out) + "\n").encode()
 
 

@@ -75,3 +75,11 @@ def test_a_source_submit_sends_the_uri_and_options_with_an_idempotency_key(serve
     assert json.loads(request["body"]) == {"source": "gs://b/p.jsonl", "lane": "batch", "model": "m",
                                            "on_bad_line": "fail"}
     assert request["headers"]["Idempotency-Key"] == "k-1"
+
+
+def test_an_unchecked_field_with_a_lone_surrogate_is_uploaded_and_refused_by_the_api_rules():
+    prompts = inputs.parse_prompts('{"prompt": "caf\\u00e9", "quality": "\\ud800"}\n', "jsonl")
+    [line] = sources.read_lines([upload.render_jsonl(prompts)], "jsonl")
+    assert line.item is None and line.error.startswith("quality:")
+    [ok] = sources.read_lines([upload.render_jsonl(inputs.parse_prompts('{"prompt": "café"}', "jsonl"))], "jsonl")
+    assert ok.item.prompt == "café"

@@ -89,7 +89,11 @@ def upload(data: bytes, dest: Destination, project: str | None = None) -> str:
     except gexc.NotFound:
         raise UploadError(f"gs://{dest.bucket}: no such bucket") from None
     except gexc.Forbidden as exc:
-        raise UploadError(f"{uri}: not allowed to write it ({exc.message})") from None
+        # Also what an uploader without storage.objects.get may be told for a create over an
+        # existing name (https://cloud.google.com/storage/docs/request-preconditions): say both.
+        raise UploadError(f"{uri}: refused ({exc.message}); uploading needs roles/storage.objectCreator on the "
+                          "bucket, and uploading the same file again may also need roles/storage.objectViewer"
+                          ) from None
     except gexc.GoogleAPICallError as exc:
         raise UploadError(f"{uri}: the upload failed: {exc.message}") from None
     return uri

@@ -83,3 +83,34 @@ def test_an_unchecked_field_with_a_lone_surrogate_is_uploaded_and_refused_by_the
     assert line.item is None and line.error.startswith("quality:")
     [ok] = sources.read_lines([upload.render_jsonl(inputs.parse_prompts('{"prompt": "café"}', "jsonl"))], "jsonl")
     assert ok.item.prompt == "café"
+
+
+class CreatorOnlyBlob:
+    """A blob as an uploader holding only roles/storage.objectCreator sees it: no reads; a
+    create over an existing name is refused by its precondition."""
+
+    def __init__(self, there: bool) -> None:
+        self.there, self.uploads = there, 0
+
+    def exists(self):
+        from google.api_core import exceptions as gexc
+
+        raise gexc.Forbidden("no storage.objects.get")
+
+    def upload_from_string(self, data, content_type, if_generation_match):
+        from google.api_core import exceptions as gexc
+
+        assert if_generation_match == 0
+        self.uploads += 1
+        if self.there:
+            raise gexc.PreconditionFailed("exists")
+        self.there = True
+
+
+@pytest.mark.parametrize("there", [False, True])
+def test_an_uploader_that_may_not_read_uploads_create_only_and_takes_a_412_as_already_there(there):
+    from google.api_core import exceptions as gexc
+
+    blob = CreatorOnlyBlob(there)
+    upload._create_once(blob, b"data", "gs://b/x.jsonl", gexc)
+    assert blob.there and blob.uploads == 1

@@ -1,16 +1,16 @@
 """Finished batches ingested as tasks of their own: one scheduled tick finds three batches
 succeeded, publishes one nudge each and returns; the batch-nudges push subscription brings each
 nudge back to the poller (functions-framework serves them on threads of their own, as the cloud
-gives each its own instance), and the three ingests run at the same time. No further tick is
+gives each its own instance), and the ingests run at the same time. No further tick is
 called: an ingest longer than its slice (POLLER_BUDGET_SECONDS, 4 s here) goes on by the nudge
 it publishes itself.
 
 Concurrency is observed, not timed: the poller's Cloud Storage link is held shut, so each ingest
-stops at its first image upload, holding its intent's lease; one Firestore read that finds all
-three intents leased by three different nudge deliveries at once is the proof."""
+stops at its first image upload, holding its intent's lease; one Firestore read that finds two
+intents leased by two different nudge deliveries at once is the proof (two: the emulator's
+limit of pushes in flight per subscription; the third nudge waits for one of them)."""
 from __future__ import annotations
 
-import signal
 import socket
 import threading
 
@@ -22,6 +22,9 @@ from tests.e2e.helpers import (
 )
 
 JOBS = 3
+# The Pub/Sub emulator pushes at most 2 messages of a subscription at once (infra/local/stack.py);
+# in the cloud each push has an instance of its own, up to poller_max_instances.
+PUSHES_IN_FLIGHT = 2
 ITEMS = 12  # above INTERACTIVE_THRESHOLD: each job is one batch
 
 
@@ -108,18 +111,18 @@ def leased_by_nudges(db, job_ids: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.timeout(180)
-def test_one_tick_hands_three_finished_batches_to_three_concurrent_ingests(stack, db, bucket, held_gcs):
+def test_one_tick_hands_finished_batches_to_concurrent_ingests(stack, db, bucket, held_gcs):
     job_ids = [submit(stack, [{"key": f"k{i:02d}", "prompt": f"a harbour {j}, take {i}"} for i in range(ITEMS)])
                for j in range(JOBS)]
     wait_until(stack, lambda: len(found := gemini_batches(stack)) == JOBS and all(
-        b["state"] == "BATCH_STATE_SUCCEEDED" for b in found), "three batches succeeded at Gemini")
+        b["state"] == "BATCH_STATE_SUCCEEDED" for b in found), "the batches succeeded at Gemini")
 
     summary = tick(stack)
 
     assert summary["ingest_requested"] == JOBS and summary["ingested"] == 0, summary
-    owners = wait_until(stack, lambda: len(o := leased_by_nudges(db, job_ids)) == JOBS and o,
-                        f"three intents leased by nudges at once\n{process_log(stack, 'poller')}", timeout=60)
-    assert len(set(owners.values())) == JOBS  # three deliveries, each holding its own intent
+    owners = wait_until(stack, lambda: len(o := leased_by_nudges(db, job_ids)) >= PUSHES_IN_FLIGHT and o,
+                        f"intents leased by nudges at once\n{process_log(stack, 'poller')}", timeout=60)
+    assert len(set(owners.values())) == len(owners)  # one delivery per intent, at the same time
     held_gcs.open()
     for job_id in job_ids:  # no tick from here: the nudges (and their renudges) finish the work
         status = wait_until(stack, lambda: (s := job_status(stack, job_id))["status"] == "succeeded"

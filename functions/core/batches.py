@@ -449,6 +449,8 @@ class BatchLane:
         """Publish the nudge that ingests the intent (after its lease is released, so the push
         does not find it held). A publish that fails after the request was recorded is made
         again by a tick once the grace period is over. Whether it was published."""
+        if self.nudges is None:
+            return False
         try:
             self.nudges.nudge(intent.intent_id)
         except DeliveryFailed as e:

@@ -125,7 +125,7 @@ def test_one_tick_hands_finished_batches_to_concurrent_ingests(stack, db, bucket
     assert len(set(owners.values())) == len(owners)  # one delivery per intent, at the same time
     held_gcs.open()
     for job_id in job_ids:  # no tick from here: the nudges (and their renudges) finish the work
-        status = wait_until(stack, lambda: (s := job_status(stack, job_id))["status"] == "succeeded"
+        status = wait_until(stack, lambda job_id=job_id: (s := job_status(stack, job_id))["status"] == "succeeded"
                             and s["manifest_uri"] and all(b["state"] == "finished" for b in s["batches"]) and s,
                             f"job {job_id} ingested by its nudges\n{process_log(stack, 'poller')}", timeout=90)
         assert_settled(status, bucket)

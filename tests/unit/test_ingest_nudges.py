@@ -1,5 +1,10 @@
 """A tick decides which finished batches are due for ingest and publishes one nudge each; the
 nudge's push (core/gemini_webhooks.reconcile_nudged) ingests under the intent's lease."""
+import base64
+import json
+
+import functions_framework
+
 from core import gemini_webhooks as gw
 from core.batches import BatchLane, BatchLaneDeps, BatchLimits
 from catalog import load as load_catalog
@@ -7,6 +12,7 @@ from core.errors import DeliveryFailed
 from core.models import IntentState, JobStatus
 from tests.fakes import FakeClock, InMemoryBatchNudges
 from tests.unit.test_batches import Env
+from tests.unit.test_entrypoints import SOURCE, api, fakes, post_job  # noqa: F401 (fixtures)
 
 GRACE = 300.0
 
@@ -138,3 +144,26 @@ def test_a_nudge_that_cannot_be_published_is_ingested_inline_by_the_tick():
     summary = env.tick()
     assert summary["ingested"] == 1 and summary["ingest_requested"] == 0
     assert env.store.get_job(job.job_id).status is JobStatus.SUCCEEDED
+
+
+# --- through the entry points ----------------------------------------------------------------
+
+def test_the_scheduled_tick_publishes_and_the_pushed_nudge_ingests(api, fakes):  # noqa: F811
+    fakes.lane = BatchLane(
+        BatchLaneDeps(store=fakes.store, jobs=fakes.store, api=fakes.batch_api, sink=fakes.sink, clock=fakes.clock,
+                      catalog=load_catalog(), events=fakes.events, nudges=fakes.nudges),
+        BatchLimits(lease_seconds=60, max_attempts=3))
+    job_id = post_job(api, {"requests": [{"prompt": f"p{i}"} for i in range(12)]}).get_json()["job_id"]
+    (batch_name,) = fakes.batch_api.batches
+    fakes.batch_api.finish(batch_name)
+    poller = functions_framework.create_app("scheduled_poller", SOURCE, "http").test_client()
+
+    tick = poller.post("/", json={}).get_json()["batches"]
+
+    assert tick["ingest_requested"] == 1 and tick["ingested"] == 0
+    assert api.get(f"/v1/jobs/{job_id}").get_json()["status"] == "running"
+    (intent_id,) = fakes.nudges.sent
+    push = {"message": {"data": base64.b64encode(json.dumps({"intent_id": intent_id}).encode()).decode(),
+                        "messageId": "1"}, "subscription": "projects/p/subscriptions/s"}
+    assert poller.post("/", json=push).get_json() == {"nudge": "ingested"}
+    assert api.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"

@@ -217,7 +217,11 @@ class Settings(BaseSettings):
         300.0, gt=0, description="accepted distance between a Gemini webhook's timestamp and our clock (replays)")
     batch_nudges_topic: str = Field(
         "imagefleet-batch-nudges", description="Topic whose push subscription makes scheduled_poller reconcile "
-        "one batch at once (published on a Gemini webhook)")
+        "one batch at once (published on a Gemini webhook, and by a tick for each finished batch to ingest); "
+        "empty = no nudges: a tick ingests finished batches itself, one after another")
+    batch_ingest_nudge_grace_seconds: float = Field(
+        300.0, gt=0, description="a tick publishes no second ingest nudge for a batch within this long of the "
+        "first (a lost nudge is published again after it)")
 
     @model_validator(mode="after")
     def _webhook_secret_is_usable(self) -> Settings:

@@ -101,8 +101,12 @@ def batch_nudges():
     """The batch-nudges topic (core/gemini_webhooks.py): a Gemini webhook's intent, reconciled now."""
     from adapters.pubsub_nudges import PubSubBatchNudges
 
-    publisher = pubsub_publisher()
     s = settings()
+    if not s.batch_nudges_topic:
+        from core.gemini_webhooks import NoNudges
+
+        return NoNudges()
+    publisher = pubsub_publisher()
     return PubSubBatchNudges(publisher, publisher.topic_path(s.google_cloud_project, s.batch_nudges_topic))
 
 
@@ -201,6 +205,7 @@ def batch_lane():
         store=job_store(), jobs=job_store(), sink=image_sink(), clock=clock(),
         api=GeminiBatchApi(genai_client(), key, download_timeout_seconds=s.gemini_download_timeout_seconds),
         catalog=catalog(), events=job_events(), accounting=accounting(), model_halts=model_halts(),
+        nudges=batch_nudges() if s.batch_nudges_topic else None,  # None: the tick ingests inline
     )
     return BatchLane(deps, BatchLimits(
         lease_seconds=s.batch_lease_seconds,
@@ -210,6 +215,7 @@ def batch_lane():
         upload_concurrency=s.batch_upload_concurrency,
         accept_abandon_seconds=s.accept_abandon_seconds,
         running_deadline_seconds=s.batch_running_deadline_seconds or None,
+        ingest_nudge_grace_seconds=s.batch_ingest_nudge_grace_seconds,
     ))
 
 

@@ -384,6 +384,15 @@ class InMemoryImageSink:
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
         return self.put_image(name, data, "application/jsonl", {})
 
+    def compose(self, name: str, sources: Sequence[str]) -> StoredImage:
+        if len(sources) > 32:
+            raise ValueError(f"compose takes at most 32 sources, not {len(sources)}")
+        data = b"".join(self.objects[source][0] for source in sources)  # KeyError, as GCS's 404
+        return self.put_manifest(name, data)
+
+    def existing_uri(self, name: str) -> str | None:
+        return f"gs://{self.bucket}/{name}" if name in self.objects else None
+
 
 class ScriptedImageGenerator:
     """Answers each call with the next scripted outcome: a GenerationError to raise, or 'ok'."""

@@ -19,7 +19,7 @@ from typing import Any
 from core.backoff import backoff_seconds
 from core.catalog import Catalog
 from core.errors import (
-    GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
+    DeliveryFailed, GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
 from core import images
 from core.jsonl import LineSplitter, image_facts, request_line, scan_result_line, stored_metadata
@@ -34,11 +34,11 @@ from core.models import (
     object_name,
 )
 from core.jobs import finalize_job_if_done
-from core.ports import BatchApi, BatchStore, Clock, EventOutbox, ImageSink, JobStore
+from core.ports import BatchApi, BatchNudges, BatchStore, Clock, EventOutbox, ImageSink, JobStore
 from core.prompts import compose_prompt
 from core.transitions import (
     BatchCancelled, BatchDeadLettered, BatchErrorNoted, BatchFailed, BatchRecorded, BatchSucceeded, GeminiStateSeen,
-    IngestProgress, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentChange, IntentFinished,
+    IngestProgress, IngestRequested, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentChange, IntentFinished,
     ItemChange, QuotaBackOff, ResultsUnreadable,
 )
 
@@ -123,6 +123,9 @@ class BatchLaneDeps:
     events: EventOutbox | None = None
     accounting: Any = None  # core.accounting.Accounting, or None: usage is not counted
     model_halts: Any = None  # core.model_halts.ModelHalts, or None: a 404 is an error like others
+    # Where a tick sends a finished batch's ingest (the batch-nudges topic, pushed back to the
+    # poller one intent per request); None: the tick ingests inline.
+    nudges: BatchNudges | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ class BatchLimits:
     upload_concurrency: int = 4
     accept_abandon_seconds: float = 600.0
     running_deadline_seconds: float | None = None  # None: rely on Gemini's expiry
+    # A tick publishes no second ingest nudge for an intent within this long of the first: the
+    # nudge is queued, retried (503 while busy) or its ingest is under way. Past it, a nudge
+    # that was lost is published again.
+    ingest_nudge_grace_seconds: float = 300.0
 
 
 class BatchLane:
@@ -143,7 +150,7 @@ class BatchLane:
     def __init__(self, deps: BatchLaneDeps, limits: BatchLimits) -> None:
         self.store, self.jobs, self.api, self.sink, self.clock = deps.store, deps.jobs, deps.api, deps.sink, deps.clock
         self.catalog, self.events = deps.catalog, deps.events
-        self.accounting, self.model_halts = deps.accounting, deps.model_halts
+        self.accounting, self.model_halts, self.nudges = deps.accounting, deps.model_halts, deps.nudges
         self.lease_seconds = limits.lease_seconds
         self.max_attempts = limits.max_attempts
         self.max_submit_failures = limits.max_submit_failures
@@ -152,6 +159,7 @@ class BatchLane:
         self.upload_concurrency = limits.upload_concurrency
         self.accept_abandon_seconds = limits.accept_abandon_seconds
         self.running_deadline_seconds = limits.running_deadline_seconds
+        self.ingest_nudge_grace_seconds = limits.ingest_nudge_grace_seconds
 
     def finalize_job(self, job_id: str) -> None:
         """Every path that ends an item here finalizes its job, as the worker does."""
@@ -323,7 +331,7 @@ class BatchLane:
         however many are active, every intent gets its turn."""
         summary = {"seen": 0, "skipped": 0, "submitted": 0, "held": 0, "backing_off": 0, "running": 0,
                    "ingested": 0, "paused": 0, "resubmitted": 0, "cancelled": 0, "results_unavailable": 0,
-                   "errors": 0}
+                   "errors": 0, "ingest_requested": 0, "ingest_pending": 0}
         refused_models: set[str] = set()  # models whose create got a 429 in this tick
         # Due as of the tick's start: an intent released during the tick is due later than
         # this, so no page returns it twice.
@@ -334,7 +342,11 @@ class BatchLane:
                 if self.clock.now() >= deadline:
                     break
                 summary["seen"] += 1
-                summary[self._visit(candidate, owner, deadline, refused_models)] += 1
+                outcome = self._visit(candidate, owner, deadline, refused_models, ingest_here=self.nudges is None)
+                if outcome == "ingest_requested" and not self._publish_ingest(candidate):
+                    # Pub/Sub is unreachable: ingest inline, as without nudges, rather than not at all.
+                    outcome = self._visit(candidate, owner, deadline, refused_models, ingest_here=True)
+                summary[outcome] += 1
             if len(candidates) < page:
                 break
             after = (candidates[-1].next_check_at or 0.0, candidates[-1].intent_id)
@@ -346,9 +358,18 @@ class BatchLane:
         candidate = self.store.get_intent(intent_id)
         if candidate is None or candidate.state is IntentState.FINISHED:
             return "skipped"
-        return self._visit(candidate, owner, deadline, set())
+        outcome = self._visit(candidate, owner, deadline, set(), ingest_here=True)
+        if outcome == "paused" and self.nudges is not None:
+            # Recorded before the lease was released; published after it, so the nudge does not
+            # find the intent still leased.
+            self._publish_ingest(candidate)
+            return "renudged"
+        return outcome
 
-    def _visit(self, candidate: BatchIntent, owner: str, deadline: float, refused_models: set[str]) -> str:
+    def _visit(self, candidate: BatchIntent, owner: str, deadline: float, refused_models: set[str],
+               ingest_here: bool) -> str:
+        if not ingest_here and self._ingest_requested_lately(candidate):
+            return "ingest_pending"  # its nudge is queued or being handled: not even a lease
         if self.waiting(candidate) or (candidate.model in refused_models and self._unsubmitted(candidate)):
             # Not even a lease: a write per tick per waiting intent would buy nothing. The
             # batch quotas are per model or per project, so after one 429 the model's other
@@ -359,7 +380,7 @@ class BatchLane:
             return "skipped"  # another poller holds it (or it finished since the query)
         outcome = "errors"
         try:
-            outcome = self._reconcile_one(intent, owner, deadline)
+            outcome = self._reconcile_one(intent, owner, deadline, ingest_here)
             if outcome == "backing_off":
                 refused_models.add(intent.model)
         except Exception:  # noqa: BLE001 - one bad batch must not starve the others
@@ -368,7 +389,7 @@ class BatchLane:
             self._release(intent, owner)
         return outcome
 
-    def _reconcile_one(self, intent: BatchIntent, owner: str, deadline: float) -> str:
+    def _reconcile_one(self, intent: BatchIntent, owner: str, deadline: float, ingest_here: bool = True) -> str:
         job = self.jobs.get_job(intent.job_id)
         if job is None or job.status is JobStatus.ACCEPTING:
             # Its submitter is still writing the job (or died doing so, and the poller's
@@ -410,7 +431,33 @@ class BatchLane:
                 return "resubmitted"
             else:
                 return "running"
-        return self._ingest(intent, owner, deadline)
+        if not ingest_here:
+            # The tick only decides: the ingest runs in its own request (a nudge, pushed back to
+            # the poller), so ten finished batches ingest at once and the tick goes on.
+            self._update(intent, owner, IngestRequested(self.clock.now()))
+            return "ingest_requested"
+        outcome = self._ingest(intent, owner, deadline)
+        if outcome == "paused" and self.nudges is not None:
+            self._update(intent, owner, IngestRequested(self.clock.now()))
+        return outcome
+
+    def _ingest_requested_lately(self, intent: BatchIntent) -> bool:
+        return (intent.state is IntentState.INGESTING and intent.ingest_requested_at is not None
+                and self.clock.now() - intent.ingest_requested_at < self.ingest_nudge_grace_seconds)
+
+    def _publish_ingest(self, intent: BatchIntent) -> bool:
+        """Publish the nudge that ingests the intent (after its lease is released, so the push
+        does not find it held). A publish that fails after the request was recorded is made
+        again by a tick once the grace period is over. Whether it was published."""
+        if self.nudges is None:
+            return False
+        try:
+            self.nudges.nudge(intent.intent_id)
+        except DeliveryFailed as e:
+            log.warning("intent %s: could not publish its ingest nudge: %s", intent.intent_id, e,
+                        extra={"job_id": intent.job_id, "batch_intent": intent.intent_id})
+            return False
+        return True
 
     def _past_deadline(self, intent: BatchIntent) -> bool:
         if self.running_deadline_seconds is None:

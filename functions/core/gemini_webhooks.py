@@ -129,6 +129,14 @@ def on_batch_event(event: BatchEvent, *, batches: BatchStore, nudges: BatchNudge
     return "nudged"
 
 
+class NoNudges:
+    """BatchNudges when no nudge topic is configured: the event has made its intent due at
+    once, and the next scheduled tick reconciles it."""
+
+    def nudge(self, intent_id: str) -> None:
+        log.info("intent %s: no nudge topic; the next tick reconciles it", intent_id)
+
+
 def reconcile_nudged(lane: BatchLane, nudges: BatchNudges, intent_id: str, owner: str, deadline: float) -> str:
     """A nudge, delivered to the poller: reconcile that one intent now. An ingest that ran out
     of budget (checkpointed) nudges itself again, so a webhook-started ingest does not wait
@@ -137,7 +145,7 @@ def reconcile_nudged(lane: BatchLane, nudges: BatchNudges, intent_id: str, owner
     may have asked batches.get just before the batch ended, so the caller hands the nudge back
     for a later delivery rather than drop it."""
     outcome = lane.reconcile_intent(intent_id, owner, deadline)
-    if outcome == "paused":
+    if outcome == "paused":  # a lane with nudges of its own has published the next one ("renudged")
         nudges.nudge(intent_id)
     if outcome == "skipped":
         current = lane.store.get_intent(intent_id)

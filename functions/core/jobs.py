@@ -2,13 +2,13 @@
 and retry. Every finisher (worker, batch lane, dead letters, the poller's sweeps) ends here."""
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass
 
 from core.accounting import Prices
 from core.errors import Conflict, NotFound
+from core.manifests import write_manifest
 from core.models import TERMINAL_JOB_STATUSES, Item, ItemState, Job, JobStatus, Lane, PoolEntry
 from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, PoolStore, WorkQueue
 from core.tenants import visible
@@ -150,7 +150,7 @@ def finalize_job_if_done(
     manifest_uri = None
     if sink is not None:
         name = manifest_name(job_id, job.round)
-        manifest_uri = sink.put_manifest(name, build_manifest(_all_items(store, job_id))).uri
+        manifest_uri = write_manifest(name, job_id, store=store, sink=sink)
     store.complete_job(job_id, status, clock.now(), manifest_uri=manifest_uri)
     if events is not None:
         _record_completion(store.get_job(job_id), store, events)  # as stored: another finisher may have won
@@ -171,18 +171,6 @@ def _record_completion(job: Job | None, store: JobStore, events: EventOutbox | N
 def manifest_name(job_id: str, round: int = 1) -> str:
     """Create-only, so a job re-opened by :retry writes its next manifest beside the first."""
     return f"{job_id}/manifest.jsonl" if round <= 1 else f"{job_id}/manifest-r{round}.jsonl"
-
-
-def build_manifest(items: list[Item]) -> bytes:
-    """One JSON line per item: where its image is and what it is."""
-    lines = []
-    for it in items:
-        lines.append(json.dumps({
-            "key": it.key, "prompt": it.prompt, "state": it.state.value, "gcs_uri": it.gcs_uri, "sha256": it.sha256,
-            "bytes": it.bytes, "format": it.format, "width": it.width, "height": it.height, "finish_reason": it.finish_reason,
-            "output_tokens": it.output_tokens, "lane": it.lane, "attempts": it.attempts, "error": it.error,
-        }, separators=(",", ":")))
-    return ("\n".join(lines) + "\n").encode()
 
 
 # --- cancel and retry ----------------------------------------------------------------------

@@ -265,6 +265,9 @@ class BatchIntent:
     # When a poller tick should look at it next: ticks take the longest-due first, so however
     # many intents are active each gets its turn. Set while active, None once finished.
     next_check_at: float | None = None
+    # When a tick last published a nudge for this intent's ingest (None: never): it publishes
+    # no other until a grace period has passed.
+    ingest_requested_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.next_check_at is None and self.state in ACTIVE_INTENT_STATES:

@@ -135,6 +135,13 @@ class ImageSink(Protocol):
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
         """Create a JSONL object only if absent."""
 
+    def compose(self, name: str, sources: Sequence[str]) -> StoredImage:
+        """Create the JSONL object `name` only if absent, as the concatenation of `sources` (at
+        most 32) in order."""
+
+    def existing_uri(self, name: str) -> str | None:
+        """The URI of the object `name`, or None when there is none."""
+
 
 class ImageGenerator(Protocol):
     def generate(self, prompt: str, aspect_ratio: str, image_size: str | None,

@@ -378,6 +378,16 @@ class IngestProgress:
 
 
 @dataclass(frozen=True)
+class IngestRequested:
+    """A nudge was published for the intent's ingest: a tick publishes no other before the
+    grace period is over (a lost nudge is published again after it)."""
+    at: float
+
+    def as_fields(self) -> dict[str, Any]:
+        return {"ingest_requested_at": self.at, "updated_at": self.at}
+
+
+@dataclass(frozen=True)
 class ResultsUnreadable:
     """The results file could not be read, `failures` ticks in a row."""
     at: float
@@ -409,7 +419,7 @@ class IntentFinished:
 
 IntentChange = Union[
     QuotaBackOff, InputUploaded, InputDropped, InputRefused, BatchRecorded, GeminiStateSeen,
-    IngestStarted, IngestProgress, ResultsUnreadable, IntentFinished,
+    IngestStarted, IngestProgress, IngestRequested, ResultsUnreadable, IntentFinished,
 ]
 
 

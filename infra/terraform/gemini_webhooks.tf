@@ -155,11 +155,15 @@ resource "google_service_account_iam_member" "nudge_push_token_creator" {
   member             = "serviceAccount:${google_project_service_identity.pubsub.email}"
 }
 
+# Nudges come from Gemini's webhooks and from the ticks: a tick that finds a batch succeeded
+# publishes one instead of ingesting it, so each ingest is a request of its own, on an instance
+# of its own (max_instance_request_concurrency = 1, up to poller_max_instances at once).
 # The poller answers a nudge after reconciling its intent (at most POLLER_BUDGET_SECONDS of
 # ingest, then it checkpoints and nudges itself again): the ack deadline outlasts that, so a
 # nudge is not pushed a second time while the first runs. A nudge that finds the intent leased
-# is answered 503 and pushed again after the back-off below; the poller runs one request at a
-# time, so a push it cannot take yet is retried the same way, and the ticks meet the intent anyway.
+# is answered 503 and pushed again after the back-off below, as is a push that finds every
+# instance busy. No dead-letter topic: a nudge is retried until the topic's retention drops it,
+# and a tick publishes the ingest's nudge again once BATCH_INGEST_NUDGE_GRACE_SECONDS have passed.
 resource "google_pubsub_subscription" "batch_nudges_push" {
   name  = "${var.name_prefix}-batch-nudges-push"
   topic = google_pubsub_topic.batch_nudges.id
@@ -183,6 +187,13 @@ resource "google_pubsub_subscription" "batch_nudges_push" {
 
   expiration_policy {
     ttl = ""
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.poller_budget_seconds < min(600, var.poller_timeout_seconds)
+      error_message = "An ingest slice (poller_budget_seconds) must end within the nudges' ack deadline (at most 600 s)."
+    }
   }
 
   depends_on = [

@@ -32,6 +32,19 @@ resource "google_storage_bucket" "images" {
     }
   }
 
+  # The parts a long manifest is composed from (functions/core/manifests.py): the functions
+  # may not delete objects, so the parts expire here, a day after the manifest was written.
+  # matches_prefix: https://cloud.google.com/java/docs/reference/google-cloud-storage/latest/com.google.storage.v2.Bucket.Lifecycle.Rule.Condition.Builder
+  lifecycle_rule {
+    condition {
+      age            = 1
+      matches_prefix = ["_manifest-parts/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   depends_on = [google_project_service.this]
 }
 

@@ -365,8 +365,8 @@ variable "poller_time_zone" {
 
 variable "poller_max_instances" {
   type        = number
-  description = "Most instances of scheduled_poller. Cloud Scheduler never overlaps two ticks (scheduler.tf), so one is enough; the leases keep a second caller safe."
-  default     = 1
+  description = "Most instances of scheduled_poller. Cloud Scheduler never overlaps two ticks (scheduler.tf), but each finished batch is ingested by a nudge pushed to an instance of its own (one request per instance): this many batches ingest at once, plus the tick; a push past it is retried by Pub/Sub. The leases keep any two callers safe."
+  default     = 10
 
   validation {
     condition     = var.poller_max_instances >= 1

@@ -4,6 +4,11 @@ happy path, per-line failures, batches that end without results, two pollers at 
 poller killed mid-ingest, a poller out of budget, a crash between creating a batch and
 recording it, a cancel, a job split into several batches, and a results file that is gone.
 
+The poller here runs without a nudge topic (BATCH_NUDGES_TOPIC empty), so each tick ingests
+what it finds finished itself, as every deployment did before nudges: a hand-called tick is
+then the whole ingest, and its summary says what it did. The nudged ingest (the default) is
+tests/e2e/test_ingest_nudges.py.
+
 This module versions the bucket, so that an image written twice would show as a second
 generation of its object. The e2e stack has no scheduler thread, but a (re)started poller's
 readiness probe (a GET) is itself one tick."""
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 
 import io
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +52,19 @@ def versioned_bucket(local_stack):
         yield
     finally:
         set_bucket_versioning(local_stack, False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def inline_ingest(local_stack):
+    """The poller without a nudge topic, for this module: set on the stack, so the processes
+    the tests restart keep it."""
+    local_stack.extra_function_env["BATCH_NUDGES_TOPIC"] = ""
+    local_stack.restart("poller", signal.SIGTERM)
+    try:
+        yield
+    finally:
+        del local_stack.extra_function_env["BATCH_NUDGES_TOPIC"]
+        local_stack.restart("poller", signal.SIGTERM)
 
 
 @pytest.fixture

@@ -570,9 +570,27 @@ def test_a_tick_ends_before_the_scheduler_starts_the_next_one():
     assert tail >= 2 * default("webhook_timeout_seconds")
     conditions = [p["condition"] for p in job["lifecycle"][0]["precondition"]]
     assert any("var.poller_budget_seconds + var.poller_tail_seconds" in c for c in conditions)
-    # Ticks never overlap, so one instance serving one call at a time is enough.
-    assert default("poller_max_instances") == 1
+    # Ticks never overlap; each call (a tick or one batch's ingest nudge) has an instance to
+    # itself, and enough instances let several finished batches ingest at once beside a tick.
+    assert default("poller_max_instances") >= 4
     assert config["max_instance_request_concurrency"] == 1
+
+
+def test_an_ingest_slice_ends_within_the_nudges_ack_deadline():
+    sub = resources()["google_pubsub_subscription"]["batch_nudges_push"]
+    assert sub["push_config"][0]["push_endpoint"].startswith("${google_cloudfunctions2_function.poller")
+    deadline = min(600, default("poller_timeout_seconds"))
+    assert sub["ack_deadline_seconds"] == "${min(600, var.poller_timeout_seconds)}"
+    assert default("poller_budget_seconds") < deadline
+    conditions = [p["condition"] for p in sub["lifecycle"][0]["precondition"]]
+    assert any("var.poller_budget_seconds < min(600, var.poller_timeout_seconds)" in c for c in conditions)
+    assert sub["retry_policy"][0]["minimum_backoff"]  # a busy intent's 503 is retried, spaced out
+
+
+def test_manifest_parts_expire_by_a_lifecycle_rule():
+    images = resources()["google_storage_bucket"]["images"]
+    rules = [r["condition"][0] for r in images["lifecycle_rule"] if r["action"][0]["type"] == "Delete"]
+    assert any(c.get("matches_prefix") == ["_manifest-parts/"] and c["age"] == 1 for c in rules)
 
 
 def test_no_comment_says_that_ticks_overlap():

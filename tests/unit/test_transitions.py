@@ -7,7 +7,7 @@ from core.models import ItemState
 from core.transitions import (
     AcceptAbandoned, BatchCancelled, BatchDeadLettered, BatchErrorNoted, BatchFailed, BatchRecorded, BatchSucceeded,
     Cancelled, DeadLettered, Diverted, EarlierImageRecorded, EventAttempt, Failed, GeminiStateSeen, HandedBack,
-    IngestProgress, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentFinished,
+    IngestProgress, IngestRequested, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentFinished,
     LeaseRenewed, QuotaBackOff, Requeued, ResultsUnreadable, Succeeded, Touched,
 )
 
@@ -81,6 +81,7 @@ INTENT_CHANGES = [
     (GeminiStateSeen(5.0, "BATCH_STATE_RUNNING"), {"gemini_state": "BATCH_STATE_RUNNING", "updated_at": 5.0}),
     (IngestStarted(5.0, "files/out"), {"state": "ingesting", "output_file": "files/out", "updated_at": 5.0}),
     (IngestProgress(5.0, 200, 4096), {"lines_done": 200, "bytes_done": 4096, "updated_at": 5.0}),
+    (IngestRequested(5.0), {"ingest_requested_at": 5.0, "updated_at": 5.0}),
     (ResultsUnreadable(5.0, 2), {"results_errors": 2, "updated_at": 5.0}),
     (IntentFinished(5.0, "succeeded"),
      {"state": "finished", "outcome": "succeeded", "finished_at": 5.0, "updated_at": 5.0, "next_check_at": None}),

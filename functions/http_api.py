@@ -16,8 +16,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.routing import Map, Rule
 
 import wiring
-from adapters.pubsub_nudges import decode_nudge
-from core import errors, gemini_webhooks, jobs, submitting
+from adapters.pubsub_nudges import decode_expand, decode_nudge
+from core import errors, expanding, gemini_webhooks, jobs, submitting
 from core.stats import get_stats
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
@@ -386,10 +386,14 @@ def poller_nudge(message: dict):
     ended): reconcile it now. 200 but for a busy intent (503: pushed again later): an
     unreadable nudge can never succeed, and a failed reconcile is the next tick's."""
     try:
-        intent_id = decode_nudge(base64.b64decode((message or {}).get("data") or b""))
+        data = base64.b64decode((message or {}).get("data") or b"")
+        job_id = decode_expand(data)
+        intent_id = decode_nudge(data) if job_id is None else ""
     except ValueError as e:
         log.error("dropping unreadable nudge: %s", e)
         return json_response({"nudge": "unreadable"})
+    if job_id is not None:
+        return expand_nudge(job_id)
     d = wiring.deps()
     if d.batch_lane is None:
         return json_response({"nudge": "no batch lane"})
@@ -400,6 +404,24 @@ def poller_nudge(message: dict):
     if outcome == "busy":  # Pub/Sub pushes it again after its back-off, when the lease is likely free
         raise RetryLater(f"intent {intent_id} is being worked on")
     return json_response({"nudge": outcome})
+
+
+def expand_nudge(job_id: str):
+    """Expand an accepted job for a while (core/expanding.py). When its budget runs out, the
+    continuation is published before this push is answered: a failed publish answers 503, so
+    Pub/Sub pushes this one again and it carries on from the checkpoint. Busy (another holds
+    the lease), lost, done, failed, gone: 200, nothing more to do here (an expander that died is
+    the poller's to resume once its lease runs out)."""
+    d, s = wiring.deps(), wiring.settings()
+    owner = f"expand-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
+    outcome = expanding.expand_job(job_id, owner, wiring.expand_deps(), d.clock.now() + s.expand_budget_seconds)
+    log.info("expanding job %s: %s", job_id, outcome, extra={"job_id": job_id, "state": outcome})
+    if outcome == "continue":
+        try:
+            d.nudges.expand(job_id)
+        except errors.DeliveryFailed as e:
+            raise RetryLater(f"job {job_id}: could not publish the expansion's continuation: {e}") from None
+    return json_response({"expand": outcome})
 
 
 def _check_job_id(job_id: str) -> None:

@@ -944,10 +944,14 @@ def worker_deps(**given):
 
 
 class InMemoryBatchNudges:
-    """BatchNudges: the intents nudged, in order."""
+    """BatchNudges: the intents nudged, in order; and the jobs whose expansion was asked for."""
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.expansions: list[str] = []
 
     def nudge(self, intent_id: str) -> None:
         self.sent.append(intent_id)
+
+    def expand(self, job_id: str) -> None:
+        self.expansions.append(job_id)

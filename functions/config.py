@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     google_cloud_project: str = Field(description="Project of Firestore, Pub/Sub and GCS")
     images_bucket: str = Field(description="Bucket that receives the generated images")
     work_topic: str = Field("imagefleet-work", description="Topic of the interactive lane")
+    # The functions' service account reads buckets a caller must not (the images bucket holds every
+    # tenant's images): a job's source file is read only from a bucket listed here.
+    source_buckets: str = Field(
+        "", description="comma-separated buckets a job's `source` (gs://bucket/object) may name; "
+        "Terraform sets its sources bucket; empty = no job may read a source")
 
     api_keys: SecretStr | None = Field(
         None,

@@ -132,6 +132,16 @@ def image_sink():
     return _KillAfterUpload(sink) if s.test_kill_after_upload else sink
 
 
+@functools.cache
+def gcs_sources():
+    from google.cloud import storage
+
+    from adapters.gcs_sources import GcsSources
+
+    s = settings()
+    return GcsSources(storage.Client(project=s.google_cloud_project), s.source_buckets.split(","))
+
+
 class _KillAfterUpload:
     """TEST ONLY (TEST_KILL_AFTER_UPLOAD): dies like a crashed instance right after an image
     object is created, before anything is committed. gunicorn starts a new worker process."""

@@ -194,6 +194,10 @@ def _job_request(body) -> JobRequest:
     """The body as a JobRequest whose model the catalog knows, or a 400 naming each problem."""
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object", "(body)", "expected an object")
+    if "requests" in body and "source" in body:
+        raise _invalid("requests and source are mutually exclusive", "source", "not allowed with requests")
+    if "requests" not in body and "source" not in body:
+        raise _invalid("give the images as requests, or a gs:// file as source", "requests", "Field required")
     s = wiring.settings()
     try:
         job_request = JobRequest.model_validate(
@@ -219,7 +223,8 @@ def _dry_run(request) -> bool:
 def _submission(request, caller: Caller, job_request: JobRequest, body: dict) -> submitting.Submission:
     spec = dataclasses.replace(job_request.to_spec(), tenant=caller.tenant)
     sub = submitting.Submission(spec=spec, model=job_request.model or wiring.settings().default_model,
-                                owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}")
+                                owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
+                                source=_source_ref(job_request))
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return sub
@@ -229,6 +234,25 @@ def _submission(request, caller: Caller, job_request: JobRequest, body: dict) ->
         raise _invalid(f"{IDEMPOTENCY_HEADER} {message}", IDEMPOTENCY_HEADER, problem)
     key_id = submitting.idempotency_key_id(caller.tenant, request.headers.get(API_KEY_HEADER, ""), key)
     return dataclasses.replace(sub, key_id=key_id, body_sha256=submitting.body_sha256(body))
+
+
+def _source_ref(job_request: JobRequest) -> submitting.SourceRef | None:
+    """The `source` object as it is now (one metadata read: its generation pins what is read),
+    or a 400 naming the field when it is malformed, not allowed, missing or unreadable."""
+    if job_request.source is None:
+        return None
+    from adapters.gcs_sources import SourceError
+    from sources import source_format
+
+    try:
+        obj = wiring.gcs_sources().stat(job_request.source)
+    except SourceError as e:
+        raise _invalid(f"the source cannot be used: {e}", "source", str(e)) from None
+    except errors.StorageUnavailable as e:
+        raise ApiError(503, "unavailable", f"Cloud Storage did not answer; retry: {e}",
+                       headers={"Retry-After": "5"}) from None
+    return submitting.SourceRef(uri=obj.uri, generation=obj.generation, size=obj.size,
+                                format=source_format(obj.name), on_bad_line=job_request.on_bad_line)
 
 
 def _dry_run_answer(sub: submitting.Submission, route):

@@ -32,7 +32,7 @@ from core import accounting as acct
 from core.accounting import Accounting
 from core.batches import plan_intents
 from core.errors import DomainError
-from core.jobs import finalize_job_if_done
+from core.jobs import expansion_progress, finalize_job_if_done
 from core.models import Item, ItemSpec, ItemState, Job, JobStatus, Lane
 from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
 from core.transitions import AcceptAbandoned
@@ -113,8 +113,7 @@ class Expansion:
 
     def progress(self) -> dict:
         """What the status API shows of it."""
-        return {"lines_read": self.lines, "items_created": self.items, "bad_line_count": self.bad_lines,
-                "bad_lines": [dict(s) for s in self.bad_samples]}
+        return expansion_progress(self.to_dict())
 
 
 class SourceLines(Protocol):

@@ -62,6 +62,7 @@ class SourceRef:
     """A caller's gs:// object as read at accept: expanded at that generation, never another."""
     uri: str
     generation: int
+    size: int
     format: str  # "jsonl" | "csv"
     on_bad_line: str = "skip"
 
@@ -103,6 +104,8 @@ def body_sha256(body: object) -> str:
 
 def plan(sub: Submission, deps: RouteDeps) -> routing.Route:
     """The dry run: the lane the job would take now, why, and its cost. Nothing is written."""
+    if sub.source is not None:
+        return source_route(sub, deps)
     return plan_route(sub.spec, deps, sub.model)
 
 
@@ -182,7 +185,7 @@ def submit_job(
     fails or crashes is created by the next poller tick."""
     store, clock = deps.store, deps.clock
     job_id = make_id()
-    if deps.staging is not None and deps.nudges is not None:
+    if sub.source is not None or deps.staging is not None:
         return _accept_staged(sub, deps, job_id, resume)
     existing = store.get_job(job_id) if resume else None
     if existing is not None and (existing.status is not JobStatus.ACCEPTING
@@ -218,7 +221,8 @@ def _accept_staged(sub: Submission, deps: SubmitDeps, job_id: str, resume: bool)
     else:
         route = source_route(sub, deps.route)
         src = sub.source
-        expansion = Expansion(src.uri, src.generation, src.format, src.on_bad_line, sub.spec.requested_lane)
+        expansion = Expansion(src.uri, src.generation, src.format, src.on_bad_line, sub.spec.requested_lane,
+                              size=src.size)
     job = _new_job(job_id, route, sub.model, clock.now(), sub.spec)
     job.expansion = expansion.to_dict()
     accounting = deps.route.accounting

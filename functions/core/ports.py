@@ -153,9 +153,9 @@ class ImageSink(Protocol):
 
 
 class StagedSources(Protocol):
-    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int, int]:
         """Create the object only if absent (an existing one, an earlier attempt's with the
-        same body, is kept): its gs:// uri and generation."""
+        same body, is kept): its gs:// uri, generation and size."""
 
 
 class ImageGenerator(Protocol):

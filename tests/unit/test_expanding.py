@@ -22,10 +22,10 @@ class MemorySources:
         self.objects: dict[str, tuple[int, bytes]] = {}
         self.chunk = chunk
 
-    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int, int]:
         uri = f"gs://test-bucket/{name}"
         self.objects.setdefault(uri, (len(self.objects) + 1, data))
-        return uri, self.objects[uri][0]
+        return uri, self.objects[uri][0], len(self.objects[uri][1])
 
     def lines(self, exp: Expansion):
         generation, data = self.objects.get(exp.source_uri, (None, b""))
@@ -219,7 +219,7 @@ def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume
     clock, store = FakeClock(), KillingStore()
     sources = MemorySources()
     lines = [*specs(12), ItemSpec(key="item-00003", prompt="again"), *specs(3, start=12)]
-    uri, generation = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(lines))
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(lines))
     job = _accepting_job(store, clock, Expansion(uri, generation))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
                       lease_seconds=60, ramp=Ramp(1e9))
@@ -237,7 +237,7 @@ def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume
 def test_a_bad_line_with_on_bad_line_fail_fails_the_job_and_its_items():
     clock, store, sources = FakeClock(), InMemoryJobStore(), MemorySources()
     data = expanding.staged_jsonl(specs(3)) + b"not json\n" + expanding.staged_jsonl(specs(2, start=3))
-    uri, generation = sources.put_staged("_accepted/j1.jsonl", data)
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", data)
     job = _accepting_job(store, clock, Expansion(uri, generation, on_bad_line="fail"))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=2,
                       ramp=Ramp(1e9))
@@ -251,7 +251,7 @@ def test_a_bad_line_with_on_bad_line_fail_fails_the_job_and_its_items():
 def test_bad_lines_are_skipped_and_counted_with_the_first_few_kept():
     clock, store, sources = FakeClock(), InMemoryJobStore(), MemorySources()
     data = b"".join(expanding.staged_jsonl(specs(1, start=i)) + b"{bad\n" for i in range(30))
-    uri, generation = sources.put_staged("_accepted/j1.jsonl", data)
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", data)
     job = _accepting_job(store, clock, Expansion(uri, generation))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=4,
                       ramp=Ramp(1e9), max_bad_samples=5)

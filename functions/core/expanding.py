@@ -288,7 +288,7 @@ def _new_items(job: Job, exp: Expansion, chunk: list[Line], store: JobStore,
     the same index is this chunk's own, written by an attempt that died before its checkpoint.
     So no key set is kept in memory: the store is the memory."""
     specs = [(line.number, line.item) for line in chunk if line.item is not None]
-    stored = {it.key: it.index for it in store.get_items(job.job_id, [spec.key for _, spec in specs])}
+    stored = store.item_indexes(job.job_id, [spec.key for _, spec in specs])
     items: list[Item] = []
     duplicates: list[tuple[int, str]] = []
     seen: set[str] = set()
@@ -314,13 +314,14 @@ def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps) -> str:
     if exp.items == 0:
         return _fail(job, owner, deps, "the source holds no item to generate"
                      + (f" ({exp.bad_lines} line(s) refused)" if exp.bad_lines else ""))
+    from_source = exp.format != STAGED_FORMAT  # a body's count and estimate were known at accept
     estimate = job.estimated_cost_usd
-    if job.item_count != exp.items and accounting is not None:
+    if from_source and accounting is not None:
         estimate = accounting.prices.estimate(job.lane, exp.items, job.model)
     done = replace(exp, owner=None, lease_until=0.0)
     if not store.finish_expansion(job.job_id, owner, done.to_dict(), exp.items, estimate, clock.now()):
         return "lost"
-    if accounting is not None and job.item_count != exp.items:
+    if accounting is not None and from_source:
         # A source job's count is known only now: it is reserved now (a crash just before
         # reserves nothing, the safe side for the caller; the daily budget still caps spend).
         accounting.reserve(job.lane, exp.items, cost=estimate, job_id=job.job_id)

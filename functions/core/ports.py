@@ -61,6 +61,9 @@ class JobStore(Protocol):
         """Lease the expansion of an accepting job (unless another holds a live lease on it):
         the job as leased, or None."""
 
+    def item_indexes(self, job_id: str, keys: Sequence[str]) -> dict[str, int]:
+        """The index of each of these items that exists (a job written by its expansion only)."""
+
     def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
         """Store the job's expansion record (a checkpoint) while owner holds its lease."""
 

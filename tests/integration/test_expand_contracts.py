@@ -169,3 +169,10 @@ def test_an_expansion_on_firestore_killed_half_way_resumes_to_exactly_the_source
     done = firestore_store.get_job(job.job_id)
     assert done.status is JobStatus.QUEUED and done.published and done.item_count == 30
     assert sorted(k for _, k in deps.queue.messages) == [f"item-{i:05d}" for i in range(30)]
+
+
+def test_item_indexes_name_the_items_that_exist(job_store):
+    job, items = make_job(4)
+    job_store.create_job(job, items[:3])
+    assert job_store.item_indexes(job.job_id, ["k2", "k3", "k0", "k2"]) == {"k2": 2, "k0": 0}
+    assert job_store.item_indexes(job.job_id, []) == {}

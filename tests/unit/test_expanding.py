@@ -3,6 +3,7 @@ document, expanded in checkpointed chunks, resumed after a kill at any point, pa
 ramp, and failed cleanly when its source cannot be used."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -295,3 +296,37 @@ def _accepting_job(store, clock, expansion: Expansion):
               created_at=clock.now(), updated_at=clock.now(), expansion=expansion.to_dict())
     store.create_job_doc(job)
     return job
+
+
+def test_a_body_is_reserved_once_at_accept_and_a_source_once_its_count_is_known():
+    from core.accounting import RELEASED_USD, RESERVED_USD, Accounting, DailyLimits
+    from core.models import Job, Lane
+    from tests.fakes import InMemoryCounterStore
+
+    clock = FakeClock()
+    accounting = Accounting(store=InMemoryCounterStore(), clock=clock, limits=DailyLimits())
+    job, deps, _ = setup(8)
+    deps = dataclasses.replace(deps, accounting=accounting)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert accounting.totals(fresh=True).get(RESERVED_USD, 0) == 0  # the body's was made at accept
+
+    sources = MemorySources()
+    data = expanding.staged_jsonl(specs(5))
+    uri, generation, size = sources.put_staged("in/p.jsonl", data)
+    source_job = Job(job_id="s1", lane=Lane.BATCH, status=JobStatus.ACCEPTING, model="m", item_count=0,
+                     created_at=clock.now(), updated_at=clock.now(),
+                     expansion=Expansion(uri, generation, "staged-as-jsonl", size=size).to_dict())
+    deps.store.create_job_doc(source_job)
+
+    class AsCallerFile(MemorySources):
+        def lines(self, exp):
+            return super().lines(dataclasses.replace(exp, format=expanding.STAGED_FORMAT))
+
+    reading = AsCallerFile()
+    reading.objects = sources.objects
+    deps = dataclasses.replace(deps, sources=reading)
+    assert run_to_end("s1", deps) == ["done"]
+    after = deps.store.get_job("s1")
+    assert after.item_count == 5 and after.estimated_cost_usd == accounting.prices.estimate(Lane.BATCH, 5, "m") > 0
+    assert accounting.totals(fresh=True)[RESERVED_USD] == pytest.approx(after.estimated_cost_usd)
+    assert accounting.totals(fresh=True).get(RELEASED_USD, 0) == 0

@@ -151,6 +151,11 @@ class FirestoreJobStore(FirestoreBatchIntents):
         ok = compare_and_set(self.db, self.jobs.document(job_id), decide)
         return Job.from_dict(leased[0]) if ok and leased else None
 
+    def item_indexes(self, job_id: str, keys: Sequence[str]) -> dict[str, int]:
+        # One read per key, no fallback to bare-key ids: an expanded job's items all have hashed ids.
+        refs = [self._item_doc(job_id, k) for k in dict.fromkeys(keys)]
+        return {s.get("key"): s.get("index") for s in self.db.get_all(refs) if s.exists} if refs else {}
+
     def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
         return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
 

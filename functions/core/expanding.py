@@ -173,6 +173,8 @@ def staged_lines(chunks: Iterable[bytes], *, start: int = 0, first_number: int =
 
 
 def _staged_line(raw: bytes, number: int, end: int) -> Line:
+    if not raw.strip():
+        return Line(number, end, None)  # blank: neither an item nor refused
     try:
         return Line(number, end, ItemSpec(**json.loads(raw)))
     except (ValueError, TypeError) as e:
@@ -241,18 +243,20 @@ def _expand_chunks(job: Job, saved: list[Expansion], owner: str, deps: ExpandDep
 
 
 def _take(lines: Iterator[Line], size: int) -> tuple[list[Line], list[Line], Line | None, bool]:
-    """Up to `size` lines with an item, the refused lines among them, the last line read, and
+    """The next chunk: its lines with an item and its refused lines (`size` of them at most
+    together, so a file of bad lines is held a chunk at a time too), the last line read (a
+    chunk ends after `8 * size` lines, blank ones included, so its time stays bounded), and
     whether the source ended."""
     good: list[Line] = []
     bad: list[Line] = []
     last = None
-    for line in lines:
+    for read, line in enumerate(lines, 1):
         last = line
         if line.item is not None:
             good.append(line)
         elif line.error is not None:
             bad.append(line)
-        if len(good) >= size:
+        if len(good) + len(bad) >= size or read >= 8 * size:
             return good, bad, last, False
     return good, bad, last, True
 

@@ -330,3 +330,19 @@ def test_a_body_is_reserved_once_at_accept_and_a_source_once_its_count_is_known(
     assert after.item_count == 5 and after.estimated_cost_usd == accounting.prices.estimate(Lane.BATCH, 5, "m") > 0
     assert accounting.totals(fresh=True)[RESERVED_USD] == pytest.approx(after.estimated_cost_usd)
     assert accounting.totals(fresh=True).get(RELEASED_USD, 0) == 0
+
+
+def test_a_file_of_bad_and_blank_lines_is_read_a_bounded_chunk_at_a_time():
+    clock, store, sources = FakeClock(), KillingStore(), MemorySources()
+    data = b"{bad\n" * 50 + b"\n" * 100 + expanding.staged_jsonl(specs(2))
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", data)
+    job = _accepting_job(store, clock, Expansion(uri, generation))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=4,
+                      ramp=Ramp(1e9), max_bad_samples=3)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    exp = Expansion.from_dict(store.get_job(job.job_id).expansion)
+    assert (exp.items, exp.bad_lines, exp.lines) == (2, 50, 152)
+    # 12 chunks of 4 refused lines; then 2 refused and 30 blank (32 lines read); 32 blank twice;
+    # the last 6 blank and the 2 items
+    assert exp.chunks == 16
+    assert [s["line"] for s in exp.bad_samples] == [1, 2, 3]

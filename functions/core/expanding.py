@@ -34,7 +34,7 @@ from core.batches import plan_intents
 from core.errors import DomainError
 from core.jobs import expansion_progress, finalize_job_if_done
 from core.models import Item, ItemSpec, ItemState, Job, JobStatus, Lane
-from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.ports import BatchNudges, BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
 from core.transitions import AcceptAbandoned
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class ExpandDeps:
     accounting: Accounting | None = None
     sink: ImageSink | None = None
     events: EventOutbox | None = None
+    intent_nudges: BatchNudges | None = None  # batch lane: the job's intents are created at once, not at a tick
     ramp: Ramp = field(default_factory=Ramp)
     chunk_items: int = 500
     lease_seconds: float = 120.0
@@ -331,6 +332,8 @@ def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps) -> str:
         accounting.reserve(job.lane, exp.items, cost=estimate, job_id=job.job_id)
     if job.lane is Lane.INTERACTIVE:
         _publish_all(job.job_id, deps)
+    else:
+        _nudge_intents(job.job_id, deps)
     log.info("job %s expanded: %d items, %d line(s) refused", job.job_id, exp.items, exp.bad_lines,
              extra={"job_id": job.job_id})
     return "done"
@@ -345,6 +348,19 @@ def _publish_all(job_id: str, deps: ExpandDeps, page: int = 500) -> None:
             break
         after = items[-1].index
     deps.store.mark_published(job_id, deps.clock.now())
+
+
+def _nudge_intents(job_id: str, deps: ExpandDeps) -> None:
+    """Ask the poller to create the job's batches now (each nudge reconciles one intent); any
+    not nudged are created by the next tick anyway."""
+    if deps.intent_nudges is None or deps.batches is None:
+        return
+    for intent in deps.batches.intents_of_job(job_id):
+        try:
+            deps.intent_nudges.nudge(intent.intent_id)
+        except DomainError as e:
+            log.warning("job %s: batches left to the next poller tick (%s)", job_id, e)
+            return
 
 
 def _fail(job: Job, owner: str, deps: ExpandDeps, error: str) -> str:

@@ -88,11 +88,18 @@ class FakeIntents:
     def __init__(self) -> None:
         self.intents: dict = {}
         self.creates = 0
+        self.nudged: list[str] = []
 
     def create_intents(self, intents) -> None:
         for intent in intents:
             self.creates += 1
             self.intents.setdefault(intent.intent_id, intent)
+
+    def intents_of_job(self, job_id: str):
+        return sorted((i for i in self.intents.values() if i.job_id == job_id), key=lambda i: i.intent_id)
+
+    def nudge(self, intent_id: str) -> None:
+        self.nudged.append(intent_id)
 
 
 def specs(n: int, start: int = 0) -> tuple[ItemSpec, ...]:
@@ -109,7 +116,8 @@ def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ram
     job = submitting.submit_job(submitting.Submission(spec=JobSpec(items=specs(n), requested_lane=lane),
                                                       model="m"), submit)
     deps = ExpandDeps(store=store, sources=sources, queue=queue, clock=clock,
-                      batches=intents if lane == "batch" else None, chunk_items=chunk_items, ramp=ramp,
+                      batches=intents if lane == "batch" else None, intent_nudges=intents, chunk_items=chunk_items,
+                      ramp=ramp,
                       lease_seconds=60, batch_max_requests=4)
     return job, deps, submit
 
@@ -198,6 +206,7 @@ def test_a_kill_at_any_checkpoint_boundary_resumes_to_exactly_the_source(lane, m
         keys = [k for intent in deps.batches.intents.values() for k in intent.keys]
         assert sorted(keys) == [f"item-{i:05d}" for i in range(25)]  # each item in exactly one intent
         assert all(len(i.keys) <= 4 for i in deps.batches.intents.values())
+        assert deps.batches.nudged == sorted(deps.batches.intents)  # created at once, not at a tick
     else:
         assert Counter(k for _, k in deps.queue.messages) == Counter(f"item-{i:05d}" for i in range(25))
 

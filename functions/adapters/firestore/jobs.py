@@ -219,12 +219,13 @@ class FirestoreJobStore(FirestoreBatchIntents):
         """compare_and_set for an item, its counter shard moved in the same atomic batch: the
         item's write is conditional on the version read, and the counts move by what changed
         between that version and the new one, so a repeated change moves nothing twice."""
-        found = self._item_snaps(job_id, [key]).get(key)
-        if found is None:
+        snap = self._item_snaps(job_id, [key]).get(key)
+        if snap is None:
             return False
-        ref = found.reference
-        for _ in range(attempts):
-            snap = ref.get()
+        ref = snap.reference
+        for attempt in range(attempts):
+            if attempt:
+                snap = ref.get()  # the first attempt's read is the lookup's
             before = snap.to_dict() if snap.exists else None
             updates = decide(before)
             if updates is None or before is None:

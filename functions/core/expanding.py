@@ -276,7 +276,7 @@ def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], l
     store.create_items(job.job_id, items, job_created_at=job.created_at)
     if deps.batches is not None and job.lane is Lane.BATCH and items:
         deps.batches.create_intents(plan_intents(job, items, max_requests=deps.batch_max_requests, now=now,
-                                                 series=f"e{exp.chunks:07d}."))
+                                                 series=_series(exp.chunks)))
     started = exp.started_at or now
     samples = [{"line": n, "reason": r} for n, r in refused][: max(0, deps.max_bad_samples - len(exp.bad_samples))]
     return replace(
@@ -284,6 +284,13 @@ def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], l
         bad_lines=exp.bad_lines + len(refused), bad_samples=exp.bad_samples + tuple(samples), started_at=started,
         next_write_at=now + len(items) / deps.ramp.rate(now - started),
     )
+
+
+def _series(chunk: int) -> str:
+    """The intent ids' series of a chunk: the first chunk's intents are named as a job's intents
+    always were ("{job}-b000-a1", ...), the later ones by their chunk ("{job}-e0000001.000-a1"),
+    so no two chunks can name one intent and the ids sort in the chunks' order."""
+    return "b" if chunk == 0 else f"e{chunk:07d}."
 
 
 def _new_items(job: Job, exp: Expansion, chunk: list[Line], store: JobStore,

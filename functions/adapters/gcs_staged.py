@@ -60,6 +60,7 @@ class GcsStagedSources:
         if expansion.format == "csv":
             header, after = sources.read_header(reader.chunks(obj, 0, 64 * 1024))
             start, first_number = max(start, after), max(first_number, 2)
-        yield from sources.read_lines(
-            reader.chunks(obj, start, self.chunk_size), expansion.format, start=start, first_number=first_number,
-            header=header, max_prompt_chars=self.max_prompt_chars, first_index=expansion.line_index)
+        for line in sources.read_lines(
+                reader.chunks(obj, start, self.chunk_size), expansion.format, start=start, first_number=first_number,
+                header=header, max_prompt_chars=self.max_prompt_chars, first_index=expansion.line_index):
+            yield Line(line.number, line.end, line.item, line.error, line.index)

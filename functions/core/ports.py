@@ -362,6 +362,9 @@ class BatchNudges(Protocol):
     def nudge(self, intent_id: str) -> None:
         """Ask for one intent's reconcile now (a Pub/Sub message the poller is pushed)."""
 
+    def expand(self, job_id: str) -> None:
+        """Ask for one accepted job's expansion (core/expanding.py), on the same topic."""
+
 
 class CounterStore(Protocol):
     def add(self, day: str, deltas: dict[str, float], by_quota_id: dict[str, int] | None = None,

@@ -106,7 +106,7 @@ def specs(n: int, start: int = 0) -> tuple[ItemSpec, ...]:
     return tuple(ItemSpec(key=f"item-{i:05d}", prompt=f"prompt {i}") for i in range(start, start + n))
 
 
-def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ramp = Ramp(1e9)):
+def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ramp | None = None):
     clock, store, queue, sources, nudges = FakeClock(), KillingStore(), InMemoryWorkQueue(), MemorySources(), Nudges()
     store.clock = clock
     intents = FakeIntents()
@@ -117,7 +117,7 @@ def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ram
                                                       model="m"), submit)
     deps = ExpandDeps(store=store, sources=sources, queue=queue, clock=clock,
                       batches=intents if lane == "batch" else None, intent_nudges=intents, chunk_items=chunk_items,
-                      ramp=ramp,
+                      ramp=ramp or Ramp(1e9),
                       lease_seconds=60, batch_max_requests=4)
     return job, deps, submit
 
@@ -217,7 +217,7 @@ def test_the_ramp_paces_the_writes_and_grows_on_schedule():
     assert run_to_end(job.job_id, deps) == ["done"]
     writes = deps.store.writes
     start = writes[0][0]
-    for (t0, n), (t1, _) in zip(writes, writes[1:]):
+    for (t0, n), (t1, _) in zip(writes, writes[1:], strict=False):
         # each chunk waited for the previous one at the rate of its time: never a burst
         assert t1 - t0 >= n / ramp.rate(t0 - start) - 1e-9
     assert sum(n for _, n in writes) == 100

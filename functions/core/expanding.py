@@ -154,8 +154,12 @@ class _Refused(Exception):
 
 
 def staged_jsonl(items: Sequence[ItemSpec]) -> bytes:
-    """A validated body's items, one JSON object a line, in order (keys filled in)."""
-    return b"".join(json.dumps(asdict(s), separators=(",", ":")).encode() + b"\n" for s in items)
+    """A validated body's items, one JSON object a line, in order (keys filled in). The fields
+    are spelled out: dataclasses.asdict costs more than the JSON itself on 100,000 items."""
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    return "".join(
+        encode({"key": s.key, "prompt": s.prompt, "aspect_ratio": s.aspect_ratio, "domain": s.domain,
+                "quality": s.quality}) + "\n" for s in items).encode()
 
 
 def staged_lines(chunks: Iterable[bytes], *, start: int = 0, first_number: int = 1) -> Iterator[Line]:

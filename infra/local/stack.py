@@ -562,6 +562,9 @@ class Stack:
         if name == "webhooks" and self.gemini_webhook_secret:
             env["GEMINI_WEBHOOK_SECRET"] = self.gemini_webhook_secret
         env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription
+        # Firestore's ramp (500 writes/s to start, core/expanding.py) is the cloud's; the emulator
+        # has no such limit, and a local 10,000-prompt job should not take 20 s to expand.
+        env["EXPAND_RAMP_START_PER_SECOND"] = "20000"
         if name == "worker" and self.worker_threads:
             env["THREADS"] = str(self.worker_threads)  # read by functions-framework's gunicorn
         if self.webhook_secret:

@@ -40,6 +40,7 @@ def log_if_changed(ops: FirestoreOps, logged: OpCounts) -> OpCounts:
     counts = ops.counts()
     if counts != logged:
         log.info("firestore ops so far: %d reads, %d writes, %d deletes", counts.reads, counts.writes,
-                 counts.deletes, extra={"firestore_ops": {"pid": os.getpid(), "reads": counts.reads,
-                                                          "writes": counts.writes, "deletes": counts.deletes}})
+                 counts.deletes, extra={"firestore_ops": {
+                     "pid": os.getpid(), "reads": counts.reads, "writes": counts.writes, "deletes": counts.deletes,
+                     "by_collection": {f"{c}.{kind}": n for (c, kind), n in sorted(ops.by_collection().items())}}})
     return counts

@@ -21,8 +21,10 @@ def test_the_totals_are_logged_with_the_pid_when_they_change(caplog):
     ops_log.log_if_changed(ops, seen)
 
     assert logged_totals(caplog) == [
-        {"pid": os.getpid(), "reads": 3, "writes": 2, "deletes": 0},
-        {"pid": os.getpid(), "reads": 3, "writes": 2, "deletes": 1},
+        {"pid": os.getpid(), "reads": 3, "writes": 2, "deletes": 0,
+         "by_collection": {"items.reads": 3, "items.writes": 2}},
+        {"pid": os.getpid(), "reads": 3, "writes": 2, "deletes": 1,
+         "by_collection": {"items.reads": 3, "items.writes": 2, "jobs.deletes": 1}},
     ]
 
 

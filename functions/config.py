@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     google_cloud_project: str = Field(description="Project of Firestore, Pub/Sub and GCS")
     images_bucket: str = Field(description="Bucket that receives the generated images")
     work_topic: str = Field("imagefleet-work", description="Topic of the interactive lane")
+    # The functions' service account reads buckets a caller must not (the images bucket holds every
+    # tenant's images): a job's source file is read only from a bucket listed here.
+    source_buckets: str = Field(
+        "", description="comma-separated buckets a job's `source` (gs://bucket/object) may name; "
+        "Terraform sets its sources bucket; empty = no job may read a source")
 
     api_keys: SecretStr | None = Field(
         None,
@@ -55,7 +60,11 @@ class Settings(BaseSettings):
         10, ge=1, description="auto jobs of at least this many items go to the batch lane")
     batch_lane_enabled: bool = Field(
         True, description="false answers batch-lane jobs with 503 lane_unavailable")
-    max_items_per_job: int = Field(10_000, ge=1, description="most requests in one job")
+    max_items_per_job: int = Field(
+        100_000, ge=1, description="most requests in one job's body (MAX_BODY_BYTES binds first when the prompts "
+        "average over about 100 bytes)")
+    max_items_per_source: int = Field(
+        1_000_000, ge=1, description="most items one job reads from a gs:// source file")
     max_prompt_chars: int = Field(4_000, ge=1, description="longest prompt, in characters")
     max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="largest request body (10 MiB), with or without a Content-Length")
@@ -154,6 +163,25 @@ class Settings(BaseSettings):
         600.0, gt=0, description="a job still accepting this long after its submitter last wrote it is completed "
         "(all items recorded) or failed by the poller; longer than IDEMPOTENCY_TAKEOVER_SECONDS"
     )
+
+    # Background expansion of accepted jobs (core/expanding.py). Firestore's ramp for a new key
+    # range: start at 500 operations/s and grow by half every 5 minutes
+    # (https://cloud.google.com/firestore/docs/best-practices#ramping_up_traffic).
+    expand_budget_seconds: float = Field(
+        60.0, gt=0, description="one expansion call writes items for this long, then hands the rest to a "
+        "continuation message (keep it under the poller's timeout)")
+    expand_lease_seconds: float = Field(
+        180.0, gt=0, description="how long an expansion call owns its job's expansion; must exceed "
+        "EXPAND_BUDGET_SECONDS; a job whose lease ran out is resumed by the next poller tick")
+    expand_chunk_items: int = Field(
+        500, ge=1, le=5000, description="items written per expansion checkpoint")
+    expand_ramp_start_per_second: float = Field(
+        500.0, gt=0, description="item writes per second at the start of a job's expansion (Firestore's ramp: "
+        "500; the local stack sets more, the emulator has no such limit)")
+    expand_ramp_growth: float = Field(
+        1.5, ge=1.0, description="factor the expansion's write rate grows by every EXPAND_RAMP_PERIOD_SECONDS")
+    expand_ramp_period_seconds: float = Field(
+        300.0, gt=0, description="seconds between two steps of the expansion's write rate")
 
     dead_letter_subscription: str | None = Field(
         None, description="pull subscription on the work topic's dead-letter topic; the poller drains it"
@@ -267,6 +295,12 @@ class Settings(BaseSettings):
         # poller only finishes or fails one that nobody resumed.
         if self.accept_abandon_seconds <= self.idempotency_takeover_seconds:
             raise ValueError("ACCEPT_ABANDON_SECONDS must be longer than IDEMPOTENCY_TAKEOVER_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _expansion_lease_outlives_budget(self) -> Settings:
+        if self.expand_lease_seconds <= self.expand_budget_seconds:
+            raise ValueError("EXPAND_LEASE_SECONDS must be longer than EXPAND_BUDGET_SECONDS")
         return self
 
     @model_validator(mode="after")

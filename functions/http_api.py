@@ -16,8 +16,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.routing import Map, Rule
 
 import wiring
-from adapters.pubsub_nudges import decode_nudge
-from core import errors, gemini_webhooks, jobs, submitting
+from adapters.pubsub_nudges import decode_expand, decode_nudge
+from core import errors, expanding, gemini_webhooks, jobs, submitting
 from core.stats import get_stats
 from core.model_watch import models_section
 from core.tenants import LOCAL, Caller
@@ -194,6 +194,10 @@ def _job_request(body) -> JobRequest:
     """The body as a JobRequest whose model the catalog knows, or a 400 naming each problem."""
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object", "(body)", "expected an object")
+    if "requests" in body and "source" in body:
+        raise _invalid("requests and source are mutually exclusive", "source", "not allowed with requests")
+    if "requests" not in body and "source" not in body:
+        raise _invalid("give the images as requests, or a gs:// file as source", "requests", "Field required")
     s = wiring.settings()
     try:
         job_request = JobRequest.model_validate(
@@ -219,7 +223,8 @@ def _dry_run(request) -> bool:
 def _submission(request, caller: Caller, job_request: JobRequest, body: dict) -> submitting.Submission:
     spec = dataclasses.replace(job_request.to_spec(), tenant=caller.tenant)
     sub = submitting.Submission(spec=spec, model=job_request.model or wiring.settings().default_model,
-                                owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}")
+                                owner=f"api-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}",
+                                source=_source_ref(job_request))
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return sub
@@ -229,6 +234,25 @@ def _submission(request, caller: Caller, job_request: JobRequest, body: dict) ->
         raise _invalid(f"{IDEMPOTENCY_HEADER} {message}", IDEMPOTENCY_HEADER, problem)
     key_id = submitting.idempotency_key_id(caller.tenant, request.headers.get(API_KEY_HEADER, ""), key)
     return dataclasses.replace(sub, key_id=key_id, body_sha256=submitting.body_sha256(body))
+
+
+def _source_ref(job_request: JobRequest) -> submitting.SourceRef | None:
+    """The `source` object as it is now (one metadata read: its generation pins what is read),
+    or a 400 naming the field when it is malformed, not allowed, missing or unreadable."""
+    if job_request.source is None:
+        return None
+    from adapters.gcs_sources import SourceError
+    from sources import source_format
+
+    try:
+        obj = wiring.gcs_sources().stat(job_request.source)
+    except SourceError as e:
+        raise _invalid(f"the source cannot be used: {e}", "source", str(e)) from None
+    except errors.StorageUnavailable as e:
+        raise ApiError(503, "unavailable", f"Cloud Storage did not answer; retry: {e}",
+                       headers={"Retry-After": "5"}) from None
+    return submitting.SourceRef(uri=obj.uri, generation=obj.generation, size=obj.size,
+                                format=source_format(obj.name), on_bad_line=job_request.on_bad_line)
 
 
 def _dry_run_answer(sub: submitting.Submission, route):
@@ -386,10 +410,14 @@ def poller_nudge(message: dict):
     ended): reconcile it now. 200 but for a busy intent (503: pushed again later): an
     unreadable nudge can never succeed, and a failed reconcile is the next tick's."""
     try:
-        intent_id = decode_nudge(base64.b64decode((message or {}).get("data") or b""))
+        data = base64.b64decode((message or {}).get("data") or b"")
+        job_id = decode_expand(data)
+        intent_id = decode_nudge(data) if job_id is None else ""
     except ValueError as e:
         log.error("dropping unreadable nudge: %s", e)
         return json_response({"nudge": "unreadable"})
+    if job_id is not None:
+        return expand_nudge(job_id)
     d = wiring.deps()
     if d.batch_lane is None:
         return json_response({"nudge": "no batch lane"})
@@ -400,6 +428,24 @@ def poller_nudge(message: dict):
     if outcome == "busy":  # Pub/Sub pushes it again after its back-off, when the lease is likely free
         raise RetryLater(f"intent {intent_id} is being worked on")
     return json_response({"nudge": outcome})
+
+
+def expand_nudge(job_id: str):
+    """Expand an accepted job for a while (core/expanding.py). When its budget runs out, the
+    continuation is published before this push is answered: a failed publish answers 503, so
+    Pub/Sub pushes this one again and it carries on from the checkpoint. Busy (another holds
+    the lease), lost, done, failed, gone: 200, nothing more to do here (an expander that died is
+    the poller's to resume once its lease runs out)."""
+    d, s = wiring.deps(), wiring.settings()
+    owner = f"expand-{wiring.instance_id()}-{uuid.uuid4().hex[:8]}"
+    outcome = expanding.expand_job(job_id, owner, wiring.expand_deps(), d.clock.now() + s.expand_budget_seconds)
+    log.info("expanding job %s: %s", job_id, outcome, extra={"job_id": job_id, "state": outcome})
+    if outcome == "continue":
+        try:
+            d.nudges.expand(job_id)
+        except errors.DeliveryFailed as e:
+            raise RetryLater(f"job {job_id}: could not publish the expansion's continuation: {e}") from None
+    return json_response({"expand": outcome})
 
 
 def _check_job_id(job_id: str) -> None:

@@ -72,9 +72,21 @@ class ItemRequest(BaseModel):
 
 
 class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # One of the two, never both: the contract says so as the handler does.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["requests"]}, {"required": ["source"]}]})
 
-    requests: list[ItemRequest] = Field(min_length=1, description="One entry per image")
+    requests: list[ItemRequest] | None = Field(
+        None, min_length=1, description="One entry per image; or give `source` instead")
+    source: str | None = Field(
+        None, max_length=1100, pattern=r"^gs://",
+        description="Instead of `requests`: a gs://bucket/object.jsonl (or .ndjson, .csv) file, one image a "
+                    "line with the fields of `requests`, in a bucket this deployment allows (SOURCE_BUCKETS). "
+                    "It is read at the generation it has when the job is accepted. `auto` takes the batch lane "
+                    "when there is one; the cost is estimated and reserved once the file is read")
+    on_bad_line: Literal["skip", "fail"] = Field(
+        "skip", description="With `source`: skip a line that is refused (reported in the job's `expansion`), "
+                            "or fail the whole job at the first one")
     lane: Literal["auto", "interactive", "batch"] = "auto"
     model: str | None = Field(
         None, max_length=100,
@@ -103,11 +115,17 @@ class JobRequest(BaseModel):
 
     @field_validator("requests")
     @classmethod
-    def _count(cls, value: list[ItemRequest], info: ValidationInfo) -> list[ItemRequest]:
-        limit = (info.context or {}).get("max_items_per_job", 10_000)
-        if len(value) > limit:
+    def _count(cls, value: list[ItemRequest] | None, info: ValidationInfo) -> list[ItemRequest] | None:
+        limit = (info.context or {}).get("max_items_per_job", 100_000)
+        if value is not None and len(value) > limit:
             raise ValueError(f"{len(value)} requests; the limit per job is {limit}")
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobRequest:
+        if (self.requests is None) == (self.source is None):
+            raise ValueError("give either requests or source (one of the two)")
+        return self
 
     @model_validator(mode="after")
     def _unique_keys(self) -> JobRequest:
@@ -124,7 +142,7 @@ class JobRequest(BaseModel):
         return self
 
     def item_keys(self) -> list[str]:
-        return [r.key or f"item-{i:05d}" for i, r in enumerate(self.requests)]
+        return [r.key or f"item-{i:05d}" for i, r in enumerate(self.requests or ())]
 
     def to_spec(self) -> JobSpec:
         return JobSpec(
@@ -133,7 +151,7 @@ class JobRequest(BaseModel):
                     key=key, prompt=r.prompt, aspect_ratio=r.aspect_ratio,
                     domain=r.domain, quality=r.quality,
                 )
-                for key, r in zip(self.item_keys(), self.requests, strict=True)
+                for key, r in zip(self.item_keys(), self.requests or (), strict=True)
             ),
             requested_lane=self.lane,
             callback_url=self.callback_url,
@@ -148,7 +166,7 @@ def model_problems(job: JobRequest, catalog, default_model: str) -> list[dict]:
     if spec is None:
         return [{"field": "model", "problem": f"unknown model {model!r}; allowed: {', '.join(catalog.models)}"}]
     out = []
-    for i, r in enumerate(job.requests):
+    for i, r in enumerate(job.requests or ()):
         for field, problem in spec.problems(r.aspect_ratio, r.quality):
             out.append({"field": f"requests[{i}].{field}", "problem": problem})
             if len(out) >= 20:  # enough to show the pattern; a 10,000-item job need not list every one
@@ -254,6 +272,21 @@ class JobStatusResponse(Response):
     estimated_cost_usd: float | None
     actual_cost_usd: float = Field(description="Succeeded items x the price of the lane each ran in")
     events: list[EventStatus] = Field(description="The job's completion events and their delivery")
+    expansion: ExpansionProgress | None = Field(
+        None, description="How far the job's source (its body, or its gs:// file) has been read into items; "
+                          "the job is accepting until it is all read")
+
+
+class BadLine(Response):
+    line: int = Field(description="1-based line number in the source (a CSV's header is line 1)")
+    reason: str
+
+
+class ExpansionProgress(Response):
+    lines_read: int
+    items_created: int
+    bad_line_count: int = Field(description="Lines refused (skipped, or the one that failed the job)")
+    bad_lines: list[BadLine] = Field(description="The first refused lines")
 
 
 class EventStatus(Response):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from core.breaker import CircuitBreaker
     from core.catalog import Catalog
     from core.events import CompletionEvents
+    from core.expanding import ExpandDeps
     from core.jobs import StatusDeps
     from core.model_halts import ModelHalts
     from core.model_watch import ModelWatch
@@ -112,6 +113,19 @@ def batch_nudges():
 
 
 @functools.cache
+def staged_sources():
+    """Accepted jobs' sources (core/expanding.py): bodies staged in the images bucket, under a
+    prefix no item object can have, and the ranged reads of any source."""
+    from google.cloud import storage
+
+    from adapters.gcs_staged import GcsStagedSources
+
+    s = settings()
+    return GcsStagedSources(storage.Client(project=s.google_cloud_project), s.images_bucket,
+                            max_prompt_chars=s.max_prompt_chars)
+
+
+@functools.cache
 def image_sink():
     from google.cloud import storage
 
@@ -121,6 +135,16 @@ def image_sink():
     sink = GcsImageSink(storage.Client(project=s.google_cloud_project), s.images_bucket,
                         upload_seconds=s.upload_try_seconds)
     return _KillAfterUpload(sink) if s.test_kill_after_upload else sink
+
+
+@functools.cache
+def gcs_sources():
+    from google.cloud import storage
+
+    from adapters.gcs_sources import GcsSources
+
+    s = settings()
+    return GcsSources(storage.Client(project=s.google_cloud_project), s.source_buckets.split(","))
 
 
 class _KillAfterUpload:
@@ -430,6 +454,7 @@ def poller_deps() -> PollerDeps:
         store=d.store, queue=d.queue, clock=d.clock, sink=d.sink, events=d.events, accounting=d.accounting,
         model_watch=d.model_watch, model_halts=d.model_halts, decode=decode_work_message,
         dead_letters=d.dead_letters, batches=d.batches if d.batch_lane else None, pool=d.pool, batch_lane=d.batch_lane,
+        nudges=d.nudges,
     )
 
 
@@ -465,7 +490,21 @@ def submit_deps() -> SubmitDeps:
         route=route_deps(), store=d.store, queue=d.queue, clock=d.clock, idempotency=d.idempotency,
         batch=d.batch_lane, batch_max_requests=s.batch_items_per_batch,
         batch_submit_budget=s.batch_submit_budget_seconds, idempotency_ttl_seconds=s.idempotency_ttl_seconds,
-        idempotency_takeover_seconds=s.idempotency_takeover_seconds,
+        idempotency_takeover_seconds=s.idempotency_takeover_seconds, staging=staged_sources(), nudges=d.nudges,
+    )
+
+
+def expand_deps() -> ExpandDeps:
+    """What expanding an accepted job needs (core/expanding.py)."""
+    from core.expanding import ExpandDeps, Ramp
+
+    d, s = deps(), settings()
+    return ExpandDeps(
+        store=d.store, sources=staged_sources(), queue=d.queue, clock=d.clock,
+        batches=d.batches if d.batch_lane else None, accounting=d.accounting, sink=d.sink, events=d.events,
+        ramp=Ramp(s.expand_ramp_start_per_second, s.expand_ramp_growth, s.expand_ramp_period_seconds),
+        chunk_items=s.expand_chunk_items, lease_seconds=s.expand_lease_seconds,
+        batch_max_requests=s.batch_items_per_batch, max_items=s.max_items_per_source,
     )
 
 
@@ -478,7 +517,8 @@ def status_deps() -> StatusDeps:
 
 # What each entry point's first request would otherwise build: deps(), every client and adapter
 # (one instance serves one function, but they share most clients, and the rest cost little).
-_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps",), "scheduled_poller": ("deps",),
+_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps", "staged_sources"),
+            "scheduled_poller": ("deps", "staged_sources"),
             "gemini_webhook": ("deps",)}
 # The modules those import: most of the cost (about 1.5 s of the 2 s).
 _WARM_UP_MODULES = (

@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from core import expanding
 from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus, Lane,
@@ -111,6 +112,36 @@ class InMemoryJobStore:
             if updates is None:
                 return False
             d.update(updates)
+            return True
+
+    def claim_expansion(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job | None:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            updates = expanding.claim_updates(copy.deepcopy(d), owner, now, lease_seconds)
+            if d is None or updates is None:
+                return None
+            d.update(copy.deepcopy(updates))
+            return Job.from_dict(copy.deepcopy(d))
+
+    def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
+        return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
+
+    def finish_expansion(self, job_id, owner, expansion, item_count, estimated_cost_usd, now) -> bool:
+        return self._holder_cas(job_id, owner, {
+            "expansion": expansion, "status": JobStatus.QUEUED.value, "item_count": item_count,
+            "estimated_cost_usd": estimated_cost_usd, "updated_at": now})
+
+    def fail_expansion(self, job_id: str, owner: str, error: str, now: float) -> bool:
+        return self._holder_cas(job_id, owner, {
+            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+
+    def _holder_cas(self, job_id: str, owner: str, updates: dict) -> bool:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            decided = expanding.holder_updates(d, owner, updates)
+            if d is None or decided is None:
+                return False
+            d.update(copy.deepcopy(decided))
             return True
 
     def mark_published(self, job_id: str, now: float) -> None:
@@ -913,10 +944,14 @@ def worker_deps(**given):
 
 
 class InMemoryBatchNudges:
-    """BatchNudges: the intents nudged, in order."""
+    """BatchNudges: the intents nudged, in order; and the jobs whose expansion was asked for."""
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.expansions: list[str] = []
 
     def nudge(self, intent_id: str) -> None:
         self.sent.append(intent_id)
+
+    def expand(self, job_id: str) -> None:
+        self.expansions.append(job_id)

@@ -86,6 +86,8 @@ def recover_abandoned_accepts(
     done: dict[str, list[str]] = {"completed": [], "failed": []}
     idle_since = deps.clock.now() - abandon_seconds
     for job in deps.store.accepting_jobs(limit, idle_since=idle_since):  # younger: its submitter may be alive
+        if job.expansion is not None:
+            continue  # expanded in the background: core.expanding.resume_expansions resumes it
         items = _all_items(deps.store, job.job_id)
         if len(items) == job.item_count:
             if _complete_accept(job, items, deps):

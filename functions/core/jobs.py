@@ -75,7 +75,15 @@ def get_job_status(
         "estimated_cost_usd": job.estimated_cost_usd,
         "actual_cost_usd": _actual_cost(store, job, deps.prices or Prices(), counts),
         "events": events.events_of_job(job_id) if events else [],
+        **({"expansion": expansion_progress(job.expansion)} if job.expansion else {}),
     }
+
+
+def expansion_progress(expansion: dict) -> dict:
+    """What the status shows of a job's expansion record (core/expanding.py)."""
+    return {"lines_read": expansion.get("lines", 0), "items_created": expansion.get("items", 0),
+            "bad_line_count": expansion.get("bad_lines", 0),
+            "bad_lines": [dict(s) for s in expansion.get("bad_samples") or ()]}
 
 
 def _job_of_tenant(store: JobStore, job_id: str, tenant: str | None) -> Job:

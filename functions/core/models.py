@@ -100,6 +100,9 @@ class Job:
         """Failed before it was ever queued: whatever its abandoned submitter wrote must not run."""
         return self.status is JobStatus.FAILED and self.error is not None
     tenant: str | None = None  # who submitted it; None: stored before tenants, i.e. "default"
+    # While accepting: where its source is and how far it was expanded (core/expanding.py).
+    # None for a job accepted with all its items at once (before background expansion).
+    expansion: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +122,7 @@ class Job:
             "round": self.round,
             "error": self.error,
             "tenant": self.tenant,
+            "expansion": self.expansion,
         }
 
     @classmethod
@@ -140,6 +144,7 @@ class Job:
             round=d.get("round", 1),
             error=d.get("error"),
             tenant=d.get("tenant"),
+            expansion=d.get("expansion"),
         )
 
 

@@ -17,6 +17,7 @@ from core.accepting import AcceptRecovery, recover_abandoned_accepts
 from core.accounting import Accounting
 from core.batches import BatchLane
 from core.events import CompletionEvents
+from core.expanding import ExpandNudges, resume_expansions
 from core.jobs import Finalizing
 from core.model_halts import ModelHalts, models_in_use, resume_restored_models
 from core.model_watch import ModelWatch
@@ -62,6 +63,7 @@ class PollerDeps:
     batches: BatchStore | None = None
     pool: PoolStore | None = None
     batch_lane: BatchLane | None = None
+    nudges: ExpandNudges | None = None  # resumes accepted jobs' expansions (core/expanding.py)
 
 
 def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str, Any]:
@@ -86,6 +88,8 @@ def poll_once(deps: PollerDeps, policy: PollerPolicy, instance: str) -> dict[str
         store=deps.store, batches=deps.batches, queue=deps.queue, clock=deps.clock,
         sink=deps.sink, events=deps.events, accounting=deps.accounting,
         max_requests=policy.batch_items_per_batch), abandon_seconds=policy.accept_abandon_seconds)
+    if deps.nudges is not None:
+        summary["expansions_resumed"] = resume_expansions(store=deps.store, nudges=deps.nudges, clock=deps.clock)
     summary["models"] = deps.model_watch.tick(
         lambda: models_in_use(store=deps.store, default=policy.default_model))
     summary["resumed"] = resume_restored_models(

@@ -55,6 +55,22 @@ class JobStore(Protocol):
         """Up to `limit` jobs in status accepting, untouched since `idle_since` when given: every
         accepting job is looked at (in id order, page by page), so young ones never hide old."""
 
+    # --- expanding an accepted job in the background (core/expanding.py) ---
+
+    def claim_expansion(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job | None:
+        """Lease the expansion of an accepting job (unless another holds a live lease on it):
+        the job as leased, or None."""
+
+    def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
+        """Store the job's expansion record (a checkpoint) while owner holds its lease."""
+
+    def finish_expansion(self, job_id: str, owner: str, expansion: dict, item_count: int,
+                         estimated_cost_usd: float | None, now: float) -> bool:
+        """accepting -> queued with the final count, while owner holds the expansion's lease."""
+
+    def fail_expansion(self, job_id: str, owner: str, error: str, now: float) -> bool:
+        """accepting -> failed with `error`, while owner holds the expansion's lease."""
+
     def mark_published(self, job_id: str, now: float) -> None: ...
 
     def unpublished_jobs(self, older_than: float, limit: int) -> list[Job]:
@@ -134,6 +150,12 @@ class ImageSink(Protocol):
 
     def put_manifest(self, name: str, data: bytes) -> StoredImage:
         """Create a JSONL object only if absent."""
+
+
+class StagedSources(Protocol):
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+        """Create the object only if absent (an existing one, an earlier attempt's with the
+        same body, is kept): its gs:// uri and generation."""
 
 
 class ImageGenerator(Protocol):

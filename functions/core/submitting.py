@@ -9,15 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import accepting, routing
+from core.expanding import STAGED_FORMAT, STAGED_PREFIX, ExpandNudges, Expansion, staged_jsonl
 from core.accounting import Accounting, Prices
 from core.batches import BatchLane
 from core.breaker import CircuitBreaker
 from core.catalog import Catalog
 from core.model_halts import ModelHalts
-from core.errors import IdempotencyMismatch, InProgress, LaneUnavailable, ModelHalted
+from core.errors import DeliveryFailed, IdempotencyMismatch, InProgress, LaneUnavailable, ModelHalted
 from core.jobs import new_job_id
 from core.models import Item, Job, JobSpec, JobStatus, Lane
-from core.ports import Clock, IdempotencyStore, JobStore, WorkQueue
+from core.ports import Clock, IdempotencyStore, JobStore, StagedSources, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class RouteDeps:
 @dataclass(frozen=True)
 class SubmitDeps:
     """What a submission writes with. `batch` is None when the batch lane is off; `idempotency`
-    is needed only by a request that carries an Idempotency-Key."""
+    is needed only by a request that carries an Idempotency-Key. With `staging` and `nudges`
+    a job is accepted in constant time and expanded in the background (core/expanding.py);
+    without them (tests of the synchronous accept) its items are written before the answer."""
     route: RouteDeps
     store: JobStore
     queue: WorkQueue
@@ -50,17 +53,31 @@ class SubmitDeps:
     batch_submit_budget: float = 5.0
     idempotency_ttl_seconds: float = 86_400.0
     idempotency_takeover_seconds: float = 120.0
+    staging: StagedSources | None = None
+    nudges: ExpandNudges | None = None
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """A caller's gs:// object as read at accept: expanded at that generation, never another."""
+    uri: str
+    generation: int
+    size: int
+    format: str  # "jsonl" | "csv"
+    on_bad_line: str = "skip"
 
 
 @dataclass(frozen=True)
 class Submission:
     """One validated request: the job, its model, who submits it (`owner`, for leases) and,
-    with an Idempotency-Key, the scoped key's id and the body's hash."""
+    with an Idempotency-Key, the scoped key's id and the body's hash. A `source` job has no
+    items in its spec: they are read from the source in the background."""
     spec: JobSpec
     model: str
     owner: str = "api"
     key_id: str | None = None
     body_sha256: str = ""
+    source: SourceRef | None = None
 
 
 def idempotency_key_problem(key: str) -> str | None:
@@ -87,6 +104,8 @@ def body_sha256(body: object) -> str:
 
 def plan(sub: Submission, deps: RouteDeps) -> routing.Route:
     """The dry run: the lane the job would take now, why, and its cost. Nothing is written."""
+    if sub.source is not None:
+        return source_route(sub, deps)
     return plan_route(sub.spec, deps, sub.model)
 
 
@@ -102,14 +121,8 @@ def submit(sub: Submission, deps: SubmitDeps) -> tuple[Job, bool]:
 
 def plan_route(spec: JobSpec, deps: RouteDeps, model: str | None = None) -> routing.Route:
     """The lane a job would take now, and why, and what it would cost (also the dry run)."""
-    breaker, accounting, model_halts = deps.breaker, deps.accounting, deps.model_halts
-    if model and model_halts is not None and (model_halt := model_halts.halted(model)) is not None:
-        raise ModelHalted(model, model_halt.reason)
-    if breaker is not None and (halted := breaker.halted()) is not None:
-        raise LaneUnavailable(
-            f"image generation is halted: {halted.reason}; no lane is used (batch shares the "
-            f"project and its billing) until an operator fixes it or a probe succeeds"
-        )
+    breaker, accounting = deps.breaker, deps.accounting
+    _check_open(deps, model)
     return routing.choose_lane(
         len(spec.items),
         spec.requested_lane,
@@ -121,6 +134,18 @@ def plan_route(spec: JobSpec, deps: RouteDeps, model: str | None = None) -> rout
             sizes=_sizes(spec, model, deps.catalog),
         ),
     )
+
+
+def _check_open(deps: RouteDeps, model: str | None) -> None:
+    """ModelHalted or LaneUnavailable when no job may be accepted for this model now."""
+    breaker, model_halts = deps.breaker, deps.model_halts
+    if model and model_halts is not None and (model_halt := model_halts.halted(model)) is not None:
+        raise ModelHalted(model, model_halt.reason)
+    if breaker is not None and (halted := breaker.halted()) is not None:
+        raise LaneUnavailable(
+            f"image generation is halted: {halted.reason}; no lane is used (batch shares the "
+            f"project and its billing) until an operator fixes it or a probe succeeds"
+        )
 
 
 def _headroom(breaker: CircuitBreaker | None, accounting: Accounting | None) -> routing.Headroom:
@@ -160,6 +185,8 @@ def submit_job(
     fails or crashes is created by the next poller tick."""
     store, clock = deps.store, deps.clock
     job_id = make_id()
+    if sub.source is not None or deps.staging is not None:
+        return _accept_staged(sub, deps, job_id, resume)
     existing = store.get_job(job_id) if resume else None
     if existing is not None and (existing.status is not JobStatus.ACCEPTING
                                  or not store.touch_accepting(job_id, clock.now())):
@@ -174,6 +201,62 @@ def submit_job(
         # Reserved before the job exists: a crash in between over-reserves (safe), never under.
         accounting.reserve(job.lane, len(items), cost=job.estimated_cost_usd, job_id=job.job_id)
     return _accept(job, items, sub.owner, deps)
+
+
+def _accept_staged(sub: Submission, deps: SubmitDeps, job_id: str, resume: bool) -> Job:
+    """Accept in constant time: store the request (a body's items as JSONL, create-only; a
+    source is only referenced), reserve, write the ONE job document (accepting, with its
+    expansion record) and ask for its expansion. The job document is the last write, so a
+    takeover that finds it has nothing left to do; a lost nudge is the poller's next tick's."""
+    store, clock = deps.store, deps.clock
+    existing = store.get_job(job_id) if resume else None
+    if existing is not None:
+        return existing
+    if sub.source is None:
+        route = plan_route(sub.spec, deps.route, sub.model)
+        if deps.staging is None:
+            raise RuntimeError("a staged accept needs somewhere to stage the body")
+        uri, generation = deps.staging.put_staged(f"{STAGED_PREFIX}{job_id}.jsonl", staged_jsonl(sub.spec.items))
+        expansion = Expansion(uri, generation, STAGED_FORMAT, requested_lane=sub.spec.requested_lane)
+    else:
+        route = source_route(sub, deps.route)
+        src = sub.source
+        expansion = Expansion(src.uri, src.generation, src.format, src.on_bad_line, sub.spec.requested_lane,
+                              size=src.size)
+    job = _new_job(job_id, route, sub.model, clock.now(), sub.spec)
+    job.expansion = expansion.to_dict()
+    accounting = deps.route.accounting
+    if accounting is not None and sub.source is None:
+        # Reserved before the job exists: a crash in between over-reserves (safe), never under.
+        accounting.reserve(job.lane, job.item_count, cost=job.estimated_cost_usd, job_id=job_id)
+    if not store.create_job_doc(job):
+        return store.get_job(job_id) or job  # a takeover wrote it meanwhile
+    _nudge(job_id, deps.nudges)
+    return job
+
+
+def _nudge(job_id: str, nudges: ExpandNudges | None) -> None:
+    try:
+        if nudges is not None:
+            nudges.expand(job_id)
+    except DeliveryFailed as e:  # the job is stored: the poller's next tick starts its expansion
+        log.warning("job %s: could not ask for its expansion (%s); the poller will", job_id, e)
+
+
+def source_route(sub: Submission, deps: RouteDeps) -> routing.Route:
+    """A source job's lane, chosen before its size is known: the one asked for, and for `auto`
+    the batch lane when this deployment has one (a file is rarely small), else interactive.
+    Its estimate and reservation wait for the count (core/expanding.py)."""
+    _check_open(deps, sub.model)
+    lane = sub.spec.requested_lane
+    if lane == "auto":
+        lane = Lane.BATCH.value if deps.batch_available else Lane.INTERACTIVE.value
+        reason = f"a source file: auto takes the {lane} lane (the size is known once it is read)"
+    else:
+        reason = f"lane={lane} was requested"
+    if lane == Lane.BATCH.value and not deps.batch_available:
+        raise LaneUnavailable("the batch lane is not deployed: use lane=interactive for this source")
+    return routing.Route(Lane(lane), reason, 0.0)
 
 
 def _accept(job: Job, items: list[Item], owner: str, deps: SubmitDeps) -> Job:
@@ -288,8 +371,8 @@ def _resend(
             "this Idempotency-Key was used with a different request body; use a new key for a new job"
         )
     job = deps.store.get_job(record["job_id"])
-    if job is not None and job.status is not JobStatus.ACCEPTING:
-        return job, True
+    if job is not None and (job.status is not JobStatus.ACCEPTING or job.expansion is not None):
+        return job, True  # an expanding job's document is its accept's last write: it is accepted
     started_at = record.get("started_at", 0)
     if now - started_at < deps.idempotency_takeover_seconds or not idempotency.take_over(key_id, started_at, now):
         raise InProgress("a request with this Idempotency-Key is still being processed; retry shortly")

@@ -134,6 +134,14 @@ resource "google_pubsub_topic_iam_member" "poller_nudges_publisher" {
   member = "serviceAccount:${google_service_account.poller.email}"
 }
 
+# The API publishes one nudge per accepted job: its expansion (core/expanding.py) runs in the
+# poller, pushed by the same subscription; the poller nudges itself to carry an expansion on.
+resource "google_pubsub_topic_iam_member" "api_nudges_publisher" {
+  topic  = google_pubsub_topic.batch_nudges.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.api.email}"
+}
+
 # The push identity of the nudges: it may invoke the poller and nothing else.
 resource "google_service_account" "nudge_push" {
   account_id   = "${var.name_prefix}-nudge-push"

@@ -152,7 +152,8 @@ def objects(bucket, job_id: str) -> dict[str, Any]:
 
 
 def item_docs(db, job_id: str) -> dict[str, dict]:
-    return {s.id: s.to_dict() for s in db.collection("jobs").document(job_id).collection("items").stream()}
+    # By key: item document ids carry a hash prefix (adapters.firestore.common.item_doc_id).
+    return {s.get("key"): s.to_dict() for s in db.collection("jobs").document(job_id).collection("items").stream()}
 
 
 def manifest(bucket, job_id: str) -> list[dict]:

@@ -35,6 +35,9 @@ class FirestoreBatchIntents:
     def _items(self, job_id: str) -> Any:
         raise NotImplementedError
 
+    def _item_snaps(self, job_id: str, keys: Sequence[str]) -> dict:
+        raise NotImplementedError
+
     def _expire(self, start: float) -> dt.datetime:
         raise NotImplementedError
 
@@ -153,9 +156,7 @@ class FirestoreBatchIntents:
         if not snap.exists or snap.get("lease_owner") != owner:
             return False
         job_id = snap.get("job_id")
-        items_ref = self._items(job_id)
-        refs = [items_ref.document(k) for k in item_updates]
-        found = {s.id: s for s in self.db.get_all(refs) if s.exists} if refs else {}
+        found = self._item_snaps(job_id, list(item_updates))
         missing = [k for k in item_updates if k not in found]
         if missing:
             raise gexc.NotFound(f"items {missing[:5]} of job {job_id} do not exist")
@@ -170,7 +171,7 @@ class FirestoreBatchIntents:
                 deltas: dict = {}
                 for key in chunk:
                     before, updates = data_of(found[key]), item_updates[key]
-                    batch.update(items_ref.document(key), updates,
+                    batch.update(found[key].reference, updates,
                                  option=self.db.write_option(last_update_time=found[key].update_time))
                     moved = count_deltas(before, {**before, **updates})
                     add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)

@@ -5,6 +5,7 @@ Owns no collection.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,19 @@ _BATCH_LIMIT = 500
 # job to about two images a second sustained, more in bursts, and a status read costs four
 # reads. Jobs remember nothing of this number: changing it orphans the counts of existing jobs.
 COUNT_SHARDS = 4
+
+
+def item_doc_id(job_id: str, key: str) -> str:
+    """The document id of a job's item: a short hash of the job and the key, then the key.
+
+    Keys are often sequential (item-00000, item-00001, ...), and Firestore advises against
+    monotonically increasing document ids, which concentrate writes on one key range
+    (https://cloud.google.com/firestore/docs/best-practices, "Document IDs" and "Hotspots"):
+    the hash prefix spreads a job's items over the key space. The key stays whole in the id (so
+    ids never collide) and in the document's `key` field, which is what everything shows.
+    Every read or write of an item by its key goes through this function (items written before
+    it existed have the bare key as their id: FirestoreJobStore falls back to that on a miss)."""
+    return f"{hashlib.sha256(f'{job_id}/{key}'.encode()).hexdigest()[:8]}-{key}"
 
 
 def data_of(snap) -> dict[str, Any]:

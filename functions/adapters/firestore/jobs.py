@@ -13,7 +13,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from adapters.firestore.batches import FirestoreBatchIntents
-from adapters.firestore.common import _BATCH_LIMIT, COUNT_SHARDS, _ts, compare_and_set, data_of
+from adapters.firestore.common import _BATCH_LIMIT, COUNT_SHARDS, _ts, compare_and_set, data_of, item_doc_id
+from core import expanding
 from core.item_counts import add_deltas, count_deltas, shard_of, totals
 from core.models import (
     Item,
@@ -43,7 +44,25 @@ class FirestoreJobStore(FirestoreBatchIntents):
 
     def item_ref(self, job_id: str, key: str) -> firestore.DocumentReference:
         """An item's document, for the pool's reservation of it (a field no count depends on)."""
-        return self._items(job_id).document(key)
+        snap = self._item_snaps(job_id, [key]).get(key)
+        return snap.reference if snap is not None else self._item_doc(job_id, key)
+
+    def _item_doc(self, job_id: str, key: str) -> firestore.DocumentReference:
+        return self._items(job_id).document(item_doc_id(job_id, key))
+
+    def _item_snaps(self, job_id: str, keys: Sequence[str]) -> dict:
+        """The existing items' snapshots by key, read in one call; an item written before the
+        hashed ids (item_doc_id) is found under its bare key, with a second read for the misses."""
+        if not keys:
+            return {}
+        by_id = {item_doc_id(job_id, k): k for k in keys}
+        found = {by_id[s.id]: s for s in self.db.get_all([self._items(job_id).document(i) for i in by_id])
+                 if s.exists}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            refs = [self._items(job_id).document(k) for k in missing]
+            found.update({s.id: s for s in self.db.get_all(refs) if s.exists})
+        return found
 
     def _counts(self, job_id: str):
         return self.jobs.document(job_id).collection("item_counts")
@@ -82,7 +101,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
         for item in items:
             data = {**item.to_dict(), "count_shard": shard_of(item.key, COUNT_SHARDS),
                     "expire_at": self._expire(item.updated_at if job_created_at is None else job_created_at)}
-            docs.append((items_ref.document(item.key), data))
+            docs.append((items_ref.document(item_doc_id(job_id, item.key)), data))
         self._write_all(docs, keep_existing=keep_existing, counted=job_id)
 
     def finish_accepting(self, job_id: str, now: float) -> bool:
@@ -121,6 +140,35 @@ class FirestoreJobStore(FirestoreBatchIntents):
         return compare_and_set(self.db, self.jobs.document(job_id), lambda data: (
             decide(data) if data is not None and data["status"] == JobStatus.ACCEPTING.value else None))
 
+    def claim_expansion(self, job_id: str, owner: str, now: float, lease_seconds: float) -> Job | None:
+        leased: list[dict] = []
+
+        def decide(data: dict | None) -> dict | None:
+            updates = expanding.claim_updates(data, owner, now, lease_seconds)
+            leased[:] = [{**(data or {}), **updates}] if updates is not None else []
+            return updates
+
+        ok = compare_and_set(self.db, self.jobs.document(job_id), decide)
+        return Job.from_dict(leased[0]) if ok and leased else None
+
+    def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
+        return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
+
+    def finish_expansion(self, job_id: str, owner: str, expansion: dict, item_count: int,
+                         estimated_cost_usd: float | None, now: float) -> bool:
+        return self._holder_cas(job_id, owner, {
+            "expansion": expansion, "status": JobStatus.QUEUED.value, "item_count": item_count,
+            "estimated_cost_usd": estimated_cost_usd, "updated_at": now})
+
+    def fail_expansion(self, job_id: str, owner: str, error: str, now: float) -> bool:
+        return self._holder_cas(job_id, owner, {
+            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+
+    def _holder_cas(self, job_id: str, owner: str, updates: dict) -> bool:
+        """A write to an accepting job whose expansion `owner` holds (core.expanding.holder_updates)."""
+        return compare_and_set(self.db, self.jobs.document(job_id),
+                               lambda data: expanding.holder_updates(data, owner, updates))
+
     def mark_published(self, job_id: str, now: float) -> None:
         self.jobs.document(job_id).update({"published": True, "updated_at": now})
 
@@ -129,8 +177,8 @@ class FirestoreJobStore(FirestoreBatchIntents):
                           lambda job: job.created_at < older_than and job.status is not JobStatus.ACCEPTING)
 
     def get_item(self, job_id: str, key: str) -> Item | None:
-        snap = self._items(job_id).document(key).get()
-        return Item.from_dict(data_of(snap)) if snap.exists else None
+        snap = self._item_snaps(job_id, [key]).get(key)
+        return Item.from_dict(data_of(snap)) if snap is not None else None
 
     def list_items(self, job_id: str, start_after_index: int | None, limit: int) -> list[Item]:
         query = self._items(job_id).order_by("index")
@@ -166,7 +214,10 @@ class FirestoreJobStore(FirestoreBatchIntents):
         """compare_and_set for an item, its counter shard moved in the same atomic batch: the
         item's write is conditional on the version read, and the counts move by what changed
         between that version and the new one, so a repeated change moves nothing twice."""
-        ref = self._items(job_id).document(key)
+        found = self._item_snaps(job_id, [key]).get(key)
+        if found is None:
+            return False
+        ref = found.reference
         for _ in range(attempts):
             snap = ref.get()
             before = snap.to_dict() if snap.exists else None
@@ -317,8 +368,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
         return compare_and_set(self.db, self.jobs.document(job_id), decide)
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
-        refs = [self._items(job_id).document(k) for k in keys]
-        found = {s.id: Item.from_dict(data_of(s)) for s in self.db.get_all(refs) if s.exists}
+        found = {k: Item.from_dict(data_of(s)) for k, s in self._item_snaps(job_id, list(dict.fromkeys(keys))).items()}
         return [found[k] for k in keys if k in found]
 
     def _write_all(self, docs: list, keep_existing: bool = False, counted: str | None = None) -> None:

@@ -1,0 +1,408 @@
+"""Expanding an accepted job in the background: its source read line by line into items.
+
+POST /v1/jobs answers once the request is stored (a body's items as a JSONL object, or the
+caller's gs:// object pinned to its generation) and ONE job document is written in status
+`accepting`, with an `expansion` record: where the source is, how far it was read, and a lease.
+A message to the poller (and, failing that, the poller's next tick) then runs expand_job:
+
+- it takes the expansion's lease (owner + lease_until) by compare-and-set, so two deliveries
+  never expand one job at once, and a holder that died is replaced once its lease ran out;
+- it reads the source from the checkpoint (byte offset, line number, items written), creates
+  the items create-only in fixed chunks, and after each chunk saves the checkpoint, still
+  under its lease: a SIGKILL between the writes and the checkpoint repeats that chunk, which
+  writes the same items (same keys, same indexes) and the same batch intents (ids from the
+  chunk's number), so nothing is doubled;
+- it paces the item writes to Firestore's ramp (Ramp), and stops at its time budget, leaving
+  the rest to a continuation message;
+- at the end of the source it moves the job accepting -> queued (interactive: then publishes
+  the items, as a body job always did).
+
+A source that vanished or cannot be read, or a bad line with on_bad_line "fail", ends the job
+`failed` with the reason (its items never run; its reservation is released).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
+
+from core import accounting as acct
+from core.accounting import Accounting
+from core.batches import plan_intents
+from core.errors import DomainError
+from core.jobs import expansion_progress, finalize_job_if_done
+from core.models import Item, ItemSpec, ItemState, Job, JobStatus, Lane
+from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.transitions import AcceptAbandoned
+
+log = logging.getLogger(__name__)
+
+# The object names of staged bodies: item objects are "{job_id}/{key}.{ext}" with a hex job id,
+# so no item can ever be written under this prefix.
+STAGED_PREFIX = "_accepted/"
+STAGED_FORMAT = "staged"  # our own canonical JSONL: one ItemSpec a line, keys filled in
+
+
+class SourceUnavailable(DomainError):
+    """The source object is gone, or changed generation, or cannot be read: the job cannot go on."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a source (the shape of sources.SourceLine): `end` is the byte offset just
+    past it, `item` None when it is refused (`error` says why) or blank (no error)."""
+    number: int
+    end: int
+    item: ItemSpec | None
+    error: str | None = None
+    index: int = 0  # the line's position among non-blank lines (names a line without a key)
+
+    @property
+    def next_index(self) -> int:
+        """The index of the line after this one (a blank line takes none)."""
+        return self.index if self.item is None and self.error is None else self.index + 1
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """Firestore's advice for a new key range: start at no more than 500 operations a second and
+    grow by at most half every 5 minutes ("500/50/5",
+    https://cloud.google.com/firestore/docs/best-practices#ramping_up_traffic)."""
+    start_per_second: float = 500.0
+    growth: float = 1.5
+    period_seconds: float = 300.0
+
+    def rate(self, elapsed: float) -> float:
+        steps = min(int(max(0.0, elapsed) // self.period_seconds), 60)
+        return self.start_per_second * self.growth ** steps
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The `expansion` record of an accepting job's document."""
+    source_uri: str  # gs://bucket/name
+    generation: int  # the object's generation read at accept: an overwrite cannot mix two files
+    format: str = STAGED_FORMAT  # "staged" | "jsonl" | "csv"
+    on_bad_line: str = "skip"  # "skip" | "fail"
+    requested_lane: str = "auto"
+    size: int = 0  # the object's size at that generation
+    offset: int = 0  # bytes read (and written as items) so far: resume here
+    lines: int = 0  # the last line number read
+    line_index: int = 0  # the next line's index among non-blank lines (sources.read_lines' first_index)
+    items: int = 0  # items created: the next item's index
+    chunks: int = 0  # chunks checkpointed: the next chunk's number names its intents
+    bad_lines: int = 0
+    bad_samples: tuple[dict, ...] = ()  # the first ones: {"line": n, "reason": "..."}
+    started_at: float = 0.0  # when the first chunk was written: the ramp counts from here
+    next_write_at: float = 0.0  # the ramp's pace: no chunk before this
+    owner: str | None = None
+    lease_until: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bad_samples"] = [dict(s) for s in self.bad_samples]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Expansion:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["bad_samples"] = tuple(dict(s) for s in known.get("bad_samples") or ())
+        return cls(**known)
+
+    def progress(self) -> dict:
+        """What the status API shows of it."""
+        return expansion_progress(self.to_dict())
+
+
+class SourceLines(Protocol):
+    def lines(self, expansion: Expansion) -> Iterator[Line]:
+        """The source's lines from expansion.offset, numbered from expansion.lines + 1 (the
+        generation it names, never another). SourceUnavailable when it cannot be read."""
+
+
+class ExpandNudges(Protocol):
+    def expand(self, job_id: str) -> None:
+        """Ask for expand_job(job_id) soon. DeliveryFailed when the message was not taken."""
+
+
+@dataclass(frozen=True)
+class ExpandDeps:
+    store: JobStore
+    sources: SourceLines
+    queue: WorkQueue
+    clock: Clock
+    batches: BatchStore | None = None
+    accounting: Accounting | None = None
+    sink: ImageSink | None = None
+    events: EventOutbox | None = None
+    ramp: Ramp = field(default_factory=Ramp)
+    chunk_items: int = 500
+    lease_seconds: float = 120.0
+    batch_max_requests: int = 1000
+    max_items: int = 1_000_000
+    max_bad_samples: int = 20
+
+
+class _Refused(Exception):
+    """The job cannot be expanded: it ends failed with this message."""
+
+
+# --- the canonical JSONL of a staged body ---------------------------------------------------
+
+
+def staged_jsonl(items: Sequence[ItemSpec]) -> bytes:
+    """A validated body's items, one JSON object a line, in order (keys filled in)."""
+    return b"".join(json.dumps(asdict(s), separators=(",", ":")).encode() + b"\n" for s in items)
+
+
+def staged_lines(chunks: Iterable[bytes], *, start: int = 0, first_number: int = 1) -> Iterator[Line]:
+    """The lines of a staged body read from byte `start` (chunks begin there). A line that does
+    not parse was not written by staged_jsonl: it is reported, not guessed at."""
+    offset, number, rest = start, first_number, b""
+    for chunk in chunks:
+        rest += chunk
+        *whole, rest = rest.split(b"\n")
+        for raw in whole:
+            offset += len(raw) + 1
+            yield _staged_line(raw, number, offset)
+            number += 1
+    if rest:
+        yield _staged_line(rest, number, offset + len(rest))
+
+
+def _staged_line(raw: bytes, number: int, end: int) -> Line:
+    try:
+        return Line(number, end, ItemSpec(**json.loads(raw)))
+    except (ValueError, TypeError) as e:
+        return Line(number, end, None, f"unreadable staged line: {e}"[:200])
+
+
+# --- expanding -----------------------------------------------------------------------------
+
+
+def expand_job(job_id: str, owner: str, deps: ExpandDeps, deadline: float) -> str:
+    """Expand what is left of the job until `deadline`: "done" (queued), "continue" (the budget
+    ran out: the caller hands the rest to a continuation message), "failed", "busy" (another
+    holds the lease), "lost" (the lease was taken over meanwhile) or "gone" (not accepting)."""
+    store, clock = deps.store, deps.clock
+    job = store.claim_expansion(job_id, owner, clock.now(), deps.lease_seconds)
+    if job is None:
+        current = store.get_job(job_id)
+        return "busy" if current is not None and current.status is JobStatus.ACCEPTING else "gone"
+    saved = [Expansion.from_dict(job.expansion or {})]  # the last checkpoint written
+    try:
+        finished = _expand_chunks(job, saved, owner, deps, deadline)
+    except SourceUnavailable as e:
+        return _fail(job, owner, deps, f"the job's source cannot be read: {e}")
+    except _Refused as e:
+        return _fail(job, owner, deps, str(e))
+    except _LeaseLost:
+        return "lost"
+    except Exception:
+        # Unexpected (Firestore or Cloud Storage unavailable): give the lease back, so that the
+        # message's redelivery can carry on at once, and let the caller answer 5xx.
+        _release(job_id, owner, saved[0], deps)
+        raise
+    if not finished:
+        return "continue" if _release(job_id, owner, saved[0], deps) else "lost"
+    return _finish(job, saved[0], owner, deps)
+
+
+def _release(job_id: str, owner: str, exp: Expansion, deps: ExpandDeps) -> bool:
+    released = replace(exp, owner=None, lease_until=0.0)
+    return deps.store.save_expansion(job_id, owner, released.to_dict(), deps.clock.now())
+
+
+class _LeaseLost(Exception):
+    """Another expander took the lease (ours ran out): it goes on from our last checkpoint."""
+
+
+def _expand_chunks(job: Job, saved: list[Expansion], owner: str, deps: ExpandDeps, deadline: float) -> bool:
+    """Write chunks until the source ends (True) or the budget does (False); saved[0] is kept
+    at the last checkpoint written."""
+    clock = deps.clock
+    lines = deps.sources.lines(saved[0])
+    while True:
+        exp = saved[0]
+        if max(clock.now(), exp.next_write_at) >= deadline:
+            return False
+        clock.sleep(max(0.0, exp.next_write_at - clock.now()))  # the ramp's pace
+        chunk, bad, last, ended = _take(lines, deps.chunk_items)
+        if last is None:
+            return True
+        exp = _write_chunk(job, exp, chunk, bad, last, deps)
+        if not deps.store.save_expansion(job.job_id, owner, exp.to_dict(), clock.now()):
+            raise _LeaseLost()
+        saved[0] = exp
+        if ended:
+            return True
+
+
+def _take(lines: Iterator[Line], size: int) -> tuple[list[Line], list[Line], Line | None, bool]:
+    """Up to `size` lines with an item, the refused lines among them, the last line read, and
+    whether the source ended."""
+    good: list[Line] = []
+    bad: list[Line] = []
+    last = None
+    for line in lines:
+        last = line
+        if line.item is not None:
+            good.append(line)
+        elif line.error is not None:
+            bad.append(line)
+        if len(good) >= size:
+            return good, bad, last, False
+    return good, bad, last, True
+
+
+def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], last: Line,
+                 deps: ExpandDeps) -> Expansion:
+    """Create the chunk's items (and, batch lane, its intents); the checkpoint after it."""
+    store, now = deps.store, deps.clock.now()
+    items, duplicates = _new_items(job, exp, chunk, store, now)
+    refused = sorted([(line.number, line.error or "") for line in bad] + duplicates)
+    if refused and exp.on_bad_line == "fail":
+        number, reason = refused[0]
+        raise _Refused(f"line {number} of the source is refused ({reason}) and on_bad_line is \"fail\"")
+    if exp.items + len(items) > deps.max_items:
+        raise _Refused(f"the source holds more than {deps.max_items} items, the most one job takes")
+    store.create_items(job.job_id, items, job_created_at=job.created_at)
+    if deps.batches is not None and job.lane is Lane.BATCH and items:
+        deps.batches.create_intents(plan_intents(job, items, max_requests=deps.batch_max_requests, now=now,
+                                                 series=f"e{exp.chunks:07d}."))
+    started = exp.started_at or now
+    samples = [{"line": n, "reason": r} for n, r in refused][: max(0, deps.max_bad_samples - len(exp.bad_samples))]
+    return replace(
+        exp, offset=last.end, lines=last.number, line_index=last.next_index, items=exp.items + len(items), chunks=exp.chunks + 1,
+        bad_lines=exp.bad_lines + len(refused), bad_samples=exp.bad_samples + tuple(samples), started_at=started,
+        next_write_at=now + len(items) / deps.ramp.rate(now - started),
+    )
+
+
+def _new_items(job: Job, exp: Expansion, chunk: list[Line], store: JobStore,
+               now: float) -> tuple[list[Item], list[tuple[int, str]]]:
+    """The chunk's items, indexed after the items before them, and the lines refused as
+    duplicates. A key already stored under another index came from an earlier line; one under
+    the same index is this chunk's own, written by an attempt that died before its checkpoint.
+    So no key set is kept in memory: the store is the memory."""
+    specs = [(line.number, line.item) for line in chunk if line.item is not None]
+    stored = {it.key: it.index for it in store.get_items(job.job_id, [spec.key for _, spec in specs])}
+    items: list[Item] = []
+    duplicates: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for number, spec in specs:
+        index = exp.items + len(items)
+        if spec.key in seen or stored.get(spec.key, index) != index:
+            duplicates.append((number, f"duplicate key {spec.key!r}: an earlier line has it"))
+            continue
+        seen.add(spec.key)
+        items.append(Item(job_id=job.job_id, key=spec.key, index=index, prompt=spec.prompt,
+                          aspect_ratio=spec.aspect_ratio, domain=spec.domain, quality=spec.quality,
+                          lane=job.lane.value, updated_at=now))
+    return items, duplicates
+
+
+# --- the end ---------------------------------------------------------------------------------
+
+
+def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps) -> str:
+    """accepting -> queued, the count known; a source job's cost reserved now; interactive:
+    publish (published stays False until done, so reconcile_unpublished finishes a crash)."""
+    store, clock, accounting = deps.store, deps.clock, deps.accounting
+    if exp.items == 0:
+        return _fail(job, owner, deps, "the source holds no item to generate"
+                     + (f" ({exp.bad_lines} line(s) refused)" if exp.bad_lines else ""))
+    estimate = job.estimated_cost_usd
+    if job.item_count != exp.items and accounting is not None:
+        estimate = accounting.prices.estimate(job.lane, exp.items, job.model)
+    done = replace(exp, owner=None, lease_until=0.0)
+    if not store.finish_expansion(job.job_id, owner, done.to_dict(), exp.items, estimate, clock.now()):
+        return "lost"
+    if accounting is not None and job.item_count != exp.items:
+        # A source job's count is known only now: it is reserved now (a crash just before
+        # reserves nothing, the safe side for the caller; the daily budget still caps spend).
+        accounting.reserve(job.lane, exp.items, cost=estimate, job_id=job.job_id)
+    if job.lane is Lane.INTERACTIVE:
+        _publish_all(job.job_id, deps)
+    log.info("job %s expanded: %d items, %d line(s) refused", job.job_id, exp.items, exp.bad_lines,
+             extra={"job_id": job.job_id})
+    return "done"
+
+
+def _publish_all(job_id: str, deps: ExpandDeps, page: int = 500) -> None:
+    after = None
+    while True:
+        items = deps.store.list_items(job_id, after, page)
+        deps.queue.publish_items(job_id, [it.key for it in items if not it.terminal])
+        if len(items) < page:
+            break
+        after = items[-1].index
+    deps.store.mark_published(job_id, deps.clock.now())
+
+
+def _fail(job: Job, owner: str, deps: ExpandDeps, error: str) -> str:
+    """The job ends failed: its written items are failed too (nothing ran them: the job never
+    left accepting), the reservation made at accept is released, its completion recorded."""
+    store, clock, accounting = deps.store, deps.clock, deps.accounting
+    if not store.fail_expansion(job.job_id, owner, error, clock.now()):
+        return "lost"
+    after = None
+    while True:
+        items = store.list_items(job.job_id, after, 500)
+        for it in items:
+            store.requeue_item(job.job_id, it.key, ItemState.QUEUED, AcceptAbandoned(clock.now(), error))
+        if len(items) < 500:
+            break
+        after = items[-1].index
+    if accounting is not None and job.estimated_cost_usd:
+        accounting.add({acct.RELEASED_USD: job.estimated_cost_usd}, job_id=job.job_id, lane=job.lane.value)
+    log.error("job %s: %s", job.job_id, error, extra={"job_id": job.job_id})
+    finalize_job_if_done(job.job_id, store=store, clock=clock, sink=deps.sink, events=deps.events)
+    return "failed"
+
+
+# --- the poller's part -----------------------------------------------------------------------
+
+
+def resume_expansions(*, store: JobStore, nudges: ExpandNudges, clock: Clock, limit: int = 50) -> list[str]:
+    """Nudge every accepting job whose expansion nobody holds (its lease ran out: the expander
+    died, or its continuation message was lost). A duplicate nudge is harmless: the lease lets
+    one expander in, and the other finds it busy."""
+    now = clock.now()
+    nudged = []
+    for job in store.accepting_jobs(limit * 4):
+        exp = job.expansion
+        if exp is None or (exp.get("lease_until") or 0) > now:
+            continue
+        try:
+            nudges.expand(job.job_id)
+        except DomainError as e:
+            log.warning("could not nudge the expansion of job %s: %s", job.job_id, e)
+            continue
+        nudged.append(job.job_id)
+        if len(nudged) >= limit:
+            break
+    return nudged
+
+
+# --- the expansion's lease, as the stores apply it to a job document --------------------------
+
+
+def claim_updates(data: dict | None, owner: str, now: float, lease_seconds: float) -> dict | None:
+    """The job document's updates that lease its expansion to `owner`, or None when it is not an
+    accepting job with an expansion, or another holds a live lease on it."""
+    if data is None or data.get("status") != JobStatus.ACCEPTING.value or not data.get("expansion"):
+        return None
+    exp = data["expansion"]
+    if exp.get("owner") not in (None, owner) and (exp.get("lease_until") or 0) > now:
+        return None
+    return {"expansion": {**exp, "owner": owner, "lease_until": now + lease_seconds}, "updated_at": now}
+
+
+def holder_updates(data: dict | None, owner: str, updates: dict) -> dict | None:
+    """`updates` if the document is an accepting job whose expansion `owner` holds, else None."""
+    if data is None or data.get("status") != JobStatus.ACCEPTING.value:
+        return None
+    return updates if (data.get("expansion") or {}).get("owner") == owner else None

@@ -1,0 +1,297 @@
+"""core/expanding.py with the in-memory fakes and a fake clock: a job accepted with one
+document, expanded in checkpointed chunks, resumed after a kill at any point, paced by the
+ramp, and failed cleanly when its source cannot be used."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from core import expanding, submitting
+from core.errors import DeliveryFailed
+from core.expanding import ExpandDeps, Expansion, Ramp, SourceUnavailable, staged_lines
+from core.models import ItemSpec, ItemState, JobSpec, JobStatus
+from tests.fakes import FakeClock, InMemoryIdempotencyStore, InMemoryJobStore, InMemoryWorkQueue
+
+
+class MemorySources:
+    """Staged bodies (StagedSources) and their reading (SourceLines), by gs:// uri, in memory.
+    `chunk` splits the reads anywhere, as ranged reads do."""
+
+    def __init__(self, chunk: int = 7) -> None:
+        self.objects: dict[str, tuple[int, bytes]] = {}
+        self.chunk = chunk
+
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+        uri = f"gs://test-bucket/{name}"
+        self.objects.setdefault(uri, (len(self.objects) + 1, data))
+        return uri, self.objects[uri][0]
+
+    def lines(self, exp: Expansion):
+        generation, data = self.objects.get(exp.source_uri, (None, b""))
+        if generation != exp.generation:
+            raise SourceUnavailable(f"{exp.source_uri} generation {exp.generation} is gone")
+        rest = data[exp.offset:]
+        chunks = [rest[i:i + self.chunk] for i in range(0, len(rest), self.chunk)]
+        return staged_lines(chunks, start=exp.offset, first_number=exp.lines + 1)
+
+
+class Nudges:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.fail = False
+
+    def expand(self, job_id: str) -> None:
+        if self.fail:
+            raise DeliveryFailed("the topic is down")
+        self.sent.append(job_id)
+
+
+class Killed(BaseException):
+    """A SIGKILL: nothing after it runs."""
+
+
+class KillingStore(InMemoryJobStore):
+    """Dies at the n-th call of one method, before or after it takes effect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kill_at: tuple[str, int, bool] | None = None  # (method, nth call, after it)
+        self.calls: Counter = Counter()
+        self.writes: list[tuple[float, int]] = []  # (clock time, items) of each create_items
+        self.clock: FakeClock | None = None
+
+    def _maybe_kill(self, method: str, after: bool) -> None:
+        if self.kill_at and self.kill_at[0] == method and self.kill_at[2] is after \
+                and self.calls[method] == self.kill_at[1]:
+            self.kill_at = None
+            raise Killed(method)
+
+    def create_items(self, job_id, items, job_created_at=None):
+        self.calls["create_items"] += 1
+        self._maybe_kill("create_items", False)
+        if self.clock is not None:
+            self.writes.append((self.clock.now(), len(items)))
+        super().create_items(job_id, items, job_created_at)
+        self._maybe_kill("create_items", True)
+
+    def save_expansion(self, job_id, owner, expansion, now):
+        self.calls["save_expansion"] += 1
+        self._maybe_kill("save_expansion", False)
+        done = super().save_expansion(job_id, owner, expansion, now)
+        self._maybe_kill("save_expansion", True)
+        return done
+
+
+class FakeIntents:
+    def __init__(self) -> None:
+        self.intents: dict = {}
+        self.creates = 0
+
+    def create_intents(self, intents) -> None:
+        for intent in intents:
+            self.creates += 1
+            self.intents.setdefault(intent.intent_id, intent)
+
+
+def specs(n: int, start: int = 0) -> tuple[ItemSpec, ...]:
+    return tuple(ItemSpec(key=f"item-{i:05d}", prompt=f"prompt {i}") for i in range(start, start + n))
+
+
+def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ramp = Ramp(1e9)):
+    clock, store, queue, sources, nudges = FakeClock(), KillingStore(), InMemoryWorkQueue(), MemorySources(), Nudges()
+    store.clock = clock
+    intents = FakeIntents()
+    route = submitting.RouteDeps(interactive_threshold=10**9, batch_available=True)
+    submit = submitting.SubmitDeps(route=route, store=store, queue=queue, clock=clock,
+                                   idempotency=InMemoryIdempotencyStore(), staging=sources, nudges=nudges)
+    job = submitting.submit_job(submitting.Submission(spec=JobSpec(items=specs(n), requested_lane=lane),
+                                                      model="m"), submit)
+    deps = ExpandDeps(store=store, sources=sources, queue=queue, clock=clock,
+                      batches=intents if lane == "batch" else None, chunk_items=chunk_items, ramp=ramp,
+                      lease_seconds=60, batch_max_requests=4)
+    return job, deps, submit
+
+
+def run_to_end(job_id: str, deps: ExpandDeps, budget: float = 1e6) -> list[str]:
+    outcomes = []
+    for n in range(1000):
+        outcome = expanding.expand_job(job_id, f"owner-{n}", deps, deps.clock.now() + budget)
+        outcomes.append(outcome)
+        if outcome != "continue":
+            return outcomes
+    raise AssertionError("expansion never ended")
+
+
+def stored_items(store: InMemoryJobStore, job_id: str) -> list[tuple[int, str]]:
+    return sorted((d["index"], d["key"]) for d in store.items.get(job_id, {}).values())
+
+
+def test_a_job_is_accepted_with_one_document_and_no_item():
+    job, deps, submit = setup(25)
+    assert job.status is JobStatus.ACCEPTING and job.item_count == 25
+    assert deps.store.items[job.job_id] == {}
+    assert submit.nudges.sent == [job.job_id]
+    exp = Expansion.from_dict(deps.store.get_job(job.job_id).expansion)
+    assert exp.source_uri == f"gs://test-bucket/_accepted/{job.job_id}.jsonl"
+    staged = deps.sources.objects[exp.source_uri][1]
+    assert [line.item for line in staged_lines([staged])] == list(specs(25))
+
+
+def test_a_lost_nudge_still_accepts_the_job_and_the_poller_resumes_it():
+    clock, store, sources, nudges = FakeClock(), InMemoryJobStore(), MemorySources(), Nudges()
+    nudges.fail = True
+    submit = submitting.SubmitDeps(route=submitting.RouteDeps(interactive_threshold=10, batch_available=True),
+                                   store=store, queue=InMemoryWorkQueue(), clock=clock, staging=sources, nudges=nudges)
+    job = submitting.submit_job(submitting.Submission(spec=JobSpec(items=specs(3)), model="m"), submit)
+    assert store.get_job(job.job_id).status is JobStatus.ACCEPTING
+    nudges.fail = False
+    assert expanding.resume_expansions(store=store, nudges=nudges, clock=clock) == [job.job_id]
+
+
+def test_expansion_writes_every_item_in_order_then_queues_and_publishes():
+    job, deps, _ = setup(25)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert stored_items(deps.store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
+    after = deps.store.get_job(job.job_id)
+    assert after.status is JobStatus.QUEUED and after.item_count == 25 and after.published
+    assert sorted(k for _, k in deps.queue.messages) == [f"item-{i:05d}" for i in range(25)]
+    assert Expansion.from_dict(after.expansion).progress() == {
+        "lines_read": 25, "items_created": 25, "bad_line_count": 0, "bad_lines": []}
+
+
+def test_a_second_expander_finds_the_lease_taken_until_it_runs_out():
+    job, deps, _ = setup(25)
+    assert deps.store.claim_expansion(job.job_id, "first", deps.clock.now(), 60) is not None
+    assert expanding.expand_job(job.job_id, "second", deps, deps.clock.now() + 10) == "busy"
+    deps.clock.advance(61)
+    assert expanding.expand_job(job.job_id, "second", deps, deps.clock.now() + 10) == "done"
+
+
+def test_the_budget_hands_over_to_a_continuation_with_the_lease_released():
+    job, deps, _ = setup(25, ramp=Ramp(10.0))  # 10 items a chunk at 10/s: a second a chunk
+    assert expanding.expand_job(job.job_id, "a", deps, deps.clock.now() + 1.5) == "continue"
+    exp = Expansion.from_dict(deps.store.get_job(job.job_id).expansion)
+    assert (exp.items, exp.owner, exp.lease_until) == (20, None, 0.0)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert len(stored_items(deps.store, job.job_id)) == 25
+
+
+@pytest.mark.parametrize("lane", ["interactive", "batch"])
+@pytest.mark.parametrize("method", ["create_items", "save_expansion"])
+@pytest.mark.parametrize("after", [False, True])
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_kill_at_any_checkpoint_boundary_resumes_to_exactly_the_source(lane, method, after, nth):
+    job, deps, _ = setup(25, lane=lane)
+    deps.store.kill_at = (method, nth, after)
+    with pytest.raises(Killed):
+        expanding.expand_job(job.job_id, "killed", deps, deps.clock.now() + 1e6)
+    assert expanding.expand_job(job.job_id, "next", deps, deps.clock.now() + 1e6) == "busy"  # its lease holds
+    deps.clock.advance(deps.lease_seconds + 1)
+    assert expanding.resume_expansions(store=deps.store, nudges=Nudges(), clock=deps.clock) == [job.job_id]
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert stored_items(deps.store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
+    after_job = deps.store.get_job(job.job_id)
+    assert after_job.status is JobStatus.QUEUED and after_job.item_count == 25
+    if lane == "batch":
+        keys = [k for intent in deps.batches.intents.values() for k in intent.keys]
+        assert sorted(keys) == [f"item-{i:05d}" for i in range(25)]  # each item in exactly one intent
+        assert all(len(i.keys) <= 4 for i in deps.batches.intents.values())
+    else:
+        assert Counter(k for _, k in deps.queue.messages) == Counter(f"item-{i:05d}" for i in range(25))
+
+
+def test_the_ramp_paces_the_writes_and_grows_on_schedule():
+    ramp = Ramp(start_per_second=10.0, growth=1.5, period_seconds=4.0)
+    job, deps, _ = setup(100, ramp=ramp)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    writes = deps.store.writes
+    start = writes[0][0]
+    for (t0, n), (t1, _) in zip(writes, writes[1:]):
+        # each chunk waited for the previous one at the rate of its time: never a burst
+        assert t1 - t0 >= n / ramp.rate(t0 - start) - 1e-9
+    assert sum(n for _, n in writes) == 100
+    # chunks of 10: one a second at 10/s for the first 4 s, then one every 2/3 s at 15/s
+    assert [round(t - start, 3) for t, _ in writes] == [0, 1, 2, 3, 4, 4.667, 5.333, 6, 6.667, 7.333]
+
+
+def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume():
+    clock, store = FakeClock(), KillingStore()
+    sources = MemorySources()
+    lines = [*specs(12), ItemSpec(key="item-00003", prompt="again"), *specs(3, start=12)]
+    uri, generation = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(lines))
+    job = _accepting_job(store, clock, Expansion(uri, generation))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
+                      lease_seconds=60, ramp=Ramp(1e9))
+    store.kill_at = ("save_expansion", 2, False)  # the chunk with the duplicate dies before its checkpoint
+    with pytest.raises(Killed):
+        expanding.expand_job(job.job_id, "a", deps, clock.now() + 100)
+    clock.advance(61)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert [k for _, k in stored_items(store, job.job_id)] == [f"item-{i:05d}" for i in range(15)]
+    exp = Expansion.from_dict(store.get_job(job.job_id).expansion)
+    assert exp.bad_lines == 1 and exp.bad_samples[0]["line"] == 13
+    assert "duplicate key 'item-00003'" in exp.bad_samples[0]["reason"]
+
+
+def test_a_bad_line_with_on_bad_line_fail_fails_the_job_and_its_items():
+    clock, store, sources = FakeClock(), InMemoryJobStore(), MemorySources()
+    data = expanding.staged_jsonl(specs(3)) + b"not json\n" + expanding.staged_jsonl(specs(2, start=3))
+    uri, generation = sources.put_staged("_accepted/j1.jsonl", data)
+    job = _accepting_job(store, clock, Expansion(uri, generation, on_bad_line="fail"))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=2,
+                      ramp=Ramp(1e9))
+    assert run_to_end(job.job_id, deps) == ["failed"]
+    after = store.get_job(job.job_id)
+    assert after.status is JobStatus.FAILED and "line 4" in after.error and '"fail"' in after.error
+    assert {d["state"] for d in store.items[job.job_id].values()} == {ItemState.FAILED.value}
+    assert deps.queue.messages == []
+
+
+def test_bad_lines_are_skipped_and_counted_with_the_first_few_kept():
+    clock, store, sources = FakeClock(), InMemoryJobStore(), MemorySources()
+    data = b"".join(expanding.staged_jsonl(specs(1, start=i)) + b"{bad\n" for i in range(30))
+    uri, generation = sources.put_staged("_accepted/j1.jsonl", data)
+    job = _accepting_job(store, clock, Expansion(uri, generation))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=4,
+                      ramp=Ramp(1e9), max_bad_samples=5)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    exp = Expansion.from_dict(store.get_job(job.job_id).expansion)
+    assert (exp.items, exp.bad_lines) == (30, 30)
+    assert [s["line"] for s in exp.bad_samples] == [2, 4, 6, 8, 10]
+    assert store.get_job(job.job_id).item_count == 30
+
+
+def test_a_vanished_source_fails_the_job_with_its_reason():
+    job2, deps2, _ = setup(25)
+    deps2.sources.objects.clear()
+    assert run_to_end(job2.job_id, deps2) == ["failed"]
+    after = deps2.store.get_job(job2.job_id)
+    assert after.status is JobStatus.FAILED and "cannot be read" in after.error and "generation" in after.error
+
+
+def test_the_poller_nudges_only_expansions_nobody_holds():
+    job, deps, _ = setup(5)
+    deps.store.claim_expansion(job.job_id, "alive", deps.clock.now(), 60)
+    nudges = Nudges()
+    assert expanding.resume_expansions(store=deps.store, nudges=nudges, clock=deps.clock) == []
+    deps.clock.advance(61)
+    assert expanding.resume_expansions(store=deps.store, nudges=nudges, clock=deps.clock) == [job.job_id]
+
+
+def test_an_idempotent_replay_returns_the_accepting_job():
+    job, deps, submit = setup(5)
+    sub = submitting.Submission(spec=JobSpec(items=specs(5)), model="m", key_id="k1", body_sha256="h")
+    first, replayed = submitting.submit(sub, submit)
+    assert not replayed and first.status is JobStatus.ACCEPTING
+    again, replayed = submitting.submit(sub, submit)
+    assert replayed and again.job_id == first.job_id
+
+
+def _accepting_job(store, clock, expansion: Expansion):
+    from core.models import Job, Lane
+
+    job = Job(job_id="j1", lane=Lane.INTERACTIVE, status=JobStatus.ACCEPTING, model="m", item_count=0,
+              created_at=clock.now(), updated_at=clock.now(), expansion=expansion.to_dict())
+    store.create_job_doc(job)
+    return job

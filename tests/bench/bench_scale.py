@@ -269,23 +269,30 @@ def run_images(stack, args, source: str) -> tuple[list[tuple[str, str]], list[st
     counts = [job_status(stack, job)["counts"] for job in sub["jobs"]]
     succeeded = sum(c["succeeded"] for c in counts)
     objects, lost, duplicated = lost_and_duplicated(stack, sub["keys"])
-    if lost or duplicated:
+    if duplicated or (lost and done is not None):
         failures.append(f"{lost} lost, {duplicated} duplicated")
-    items_at = accepted + (expand or float("nan"))
-    images_at = items_at + (done or float("nan"))
+    items_at = accepted + (expand if expand is not None else args.timeout)
+    images_at = items_at + (done if done is not None else args.timeout)
+    # Per image: of the images made, when the phase timed out before the last.
+    images = args.prompts if done is not None else max(objects, 1)
     rows = [
         ("prompts", f"{args.prompts:,} ({source}, {len(sub['jobs'])} job(s))"),
         ("time to 202", f"{accepted:.2f} s"),
-        ("every item exists", f"{items_at:.1f} s after submit ({args.prompts / items_at:,.0f} items/s)"),
-        ("every image in GCS", f"{images_at:.1f} s after submit ({args.prompts / images_at:,.0f} images/s)"),
-        ("images", f"{succeeded:,} succeeded, {objects:,} objects, {lost} lost, {duplicated} duplicated"),
+        ("every item exists", ("timed out: " if expand is None else "")
+         + f"{items_at:.1f} s after submit ({args.prompts / items_at:,.0f} items/s)"),
+        ("every image in GCS", f"{images_at:.1f} s after submit ({args.prompts / images_at:,.0f} images/s)"
+         if done is not None else f"timed out: {objects:,} images {images_at:.0f} s after submit "
+         f"({objects / (images_at - items_at):,.1f} images/s after every item existed)"),
+        ("images", f"{succeeded:,} succeeded, {objects:,} objects, "
+         + (f"{lost} lost" if done is not None else f"{lost:,} not made yet (lost not judged)")
+         + f", {duplicated} duplicated"),
     ]
     rows += [(f"peak RSS {name}", f"{mb:,.0f} MB") for name, mb in rss.items()]
     total = {k: sum(o[k] for o in ops.values()) for k in ("reads", "writes", "deletes")}
     for name, o in (*ops.items(), ("total", total)):
         rows.append((f"Firestore {name}", f"{o['reads']:,} reads, {o['writes']:,} writes; per image "
-                     f"{o['reads'] / args.prompts:.2f} reads, {o['writes'] / args.prompts:.2f} writes"))
-    return rows + by_collection_rows(ops, args.prompts), failures, sub
+                     f"{o['reads'] / images:.2f} reads, {o['writes'] / images:.2f} writes"))
+    return rows + by_collection_rows(ops, images), failures, sub
 
 
 def minus(after: dict[str, dict], before: dict[str, dict]) -> dict[str, dict]:

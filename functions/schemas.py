@@ -210,9 +210,9 @@ class JobAccepted(Response):
     job_id: str
     lane: Lane
     status: JobStatus = Field(
-        description="queued for a new job; the job's current status when an Idempotency-Key replays it "
-        "(accepting: its items are still being recorded)")
-    item_count: int
+        description="accepting for a new job (its items are written in the background; its status shows "
+        "`expansion`); the job's current status when an Idempotency-Key replays it")
+    item_count: int = Field(description="The body's requests; 0 for a `source` job (known once the file is read)")
     status_url: str = Field(description="Relative URL of the job's status")
     route_reason: str | None = Field(description="Why the job took its lane")
     estimated_cost_usd: float | None = Field(description="Each item at its model's price for its size in the lane")

@@ -123,6 +123,10 @@ class InMemoryJobStore:
             d.update(copy.deepcopy(updates))
             return Job.from_dict(copy.deepcopy(d))
 
+    def item_indexes(self, job_id: str, keys) -> dict[str, int]:
+        found = self.items.get(job_id, {})
+        return {k: found[k]["index"] for k in keys if k in found}
+
     def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
         return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
 

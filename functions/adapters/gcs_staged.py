@@ -1,6 +1,6 @@
-"""Cloud Storage for accepted jobs' sources: a body's items staged as JSONL (create-only) and
-the ranged reads that expand any source, staged or the caller's, at the generation pinned at
-accept (core/expanding.py)."""
+"""Cloud Storage for accepted jobs' sources: a body's items staged as JSONL (create-only), and
+any source, staged or the caller's, read back from a checkpoint in ranges of the generation
+pinned at accept (adapters/gcs_sources.py), as lines (core/expanding.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,15 +9,9 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+import sources
+from adapters.gcs_sources import GcsSources, SourceError, SourceObject, parse_uri
 from core.expanding import STAGED_FORMAT, Expansion, Line, SourceUnavailable, staged_lines
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    """("bucket", "name") of "gs://bucket/name"; ValueError for anything else."""
-    bucket, sep, name = uri.removeprefix("gs://").partition("/")
-    if not uri.startswith("gs://") or not bucket or not sep or not name:
-        raise ValueError(f"not a gs://bucket/object uri: {uri[:100]!r}")
-    return bucket, name
 
 
 class GcsStagedSources:
@@ -31,7 +25,7 @@ class GcsStagedSources:
         self.max_prompt_chars = max_prompt_chars
         self.chunk_size = chunk_size
 
-    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int, int]:
         blob = self.bucket.blob(name)
         try:
             # if_generation_match=0: create only if absent. A resent request (Idempotency-Key
@@ -42,51 +36,31 @@ class GcsStagedSources:
             blob = self.bucket.get_blob(name)
             if blob is None:
                 raise
-        return f"gs://{self.bucket.name}/{name}", int(blob.generation)
+        return f"gs://{self.bucket.name}/{name}", int(blob.generation), int(blob.size or len(data))
 
     def lines(self, expansion: Expansion) -> Iterator[Line]:
-        if expansion.format == STAGED_FORMAT:
-            chunks = self.chunks(expansion.source_uri, expansion.generation, expansion.offset)
-            return staged_lines(chunks, start=expansion.offset, first_number=expansion.lines + 1)
-        return self._caller_lines(expansion)
-
-    def _caller_lines(self, expansion: Expansion) -> Iterator[Line]:
-        """A caller's file from the checkpoint, parsed by the sources module. A CSV's header is
-        read again each time (one small ranged read): the checkpoint keeps offsets only."""
-        import sources
-        from adapters.gcs_sources import GcsSources, SourceError, SourceObject
-
-        bucket, name = split_uri(expansion.source_uri)
+        """The source's lines from the checkpoint, read in ranges of the pinned generation (an
+        object replaced or deleted since the accept is a SourceUnavailable, never another file)."""
+        bucket, name = parse_uri(expansion.source_uri)
         obj = SourceObject(bucket=bucket, name=name, generation=expansion.generation, size=expansion.size)
         reader = GcsSources(self.client, ())  # the bucket was allowed at accept; reads check nothing more
-        start, header, first_number = expansion.offset, None, expansion.lines + 1
         try:
-            if expansion.format == "csv":
-                header, after = sources.read_header(reader.chunks(obj, 0))
-                start, first_number = max(start, after), max(first_number, 2)
-            yield from sources.read_lines(
-                reader.chunks(obj, start, self.chunk_size), expansion.format, start=start, first_number=first_number,
-                header=header, max_prompt_chars=self.max_prompt_chars, first_index=expansion.line_index)
+            if expansion.format == STAGED_FORMAT:
+                yield from staged_lines(reader.chunks(obj, expansion.offset, self.chunk_size),
+                                        start=expansion.offset, first_number=expansion.lines + 1)
+            else:
+                yield from self._caller_lines(reader, obj, expansion)
         except (SourceError, sources.SourceFormatError) as e:
             raise SourceUnavailable(str(e)) from None
 
-    def chunks(self, uri: str, generation: int, start: int) -> Iterator[bytes]:
-        """The object's bytes from `start`, in ranged reads of that generation only: an object
-        overwritten or deleted since the accept raises SourceUnavailable (a 404 for the
-        generation), it never mixes two files."""
-        bucket, name = split_uri(uri)
-        blob = self.client.bucket(bucket).blob(name, generation=generation)
-        offset = start
-        while True:
-            try:
-                data = blob.download_as_bytes(start=offset, end=offset + self.chunk_size - 1, retry=DEFAULT_RETRY)
-            except gexc.RequestRangeNotSatisfiable:
-                return  # the end of the object (GCS answers 416 for a range that starts past it)
-            except (gexc.NotFound, gexc.Forbidden) as e:
-                raise SourceUnavailable(f"{uri} (generation {generation}): {type(e).__name__}") from None
-            if not data:
-                return
-            yield data
-            offset += len(data)
-            if len(data) < self.chunk_size:
-                return
+    def _caller_lines(self, reader: GcsSources, obj: SourceObject, expansion: Expansion) -> Iterator[Line]:
+        """A caller's file, parsed by the sources module. A CSV's header is read again each time
+        (one small ranged read): the checkpoint keeps offsets only."""
+        start, header, first_number = expansion.offset, None, expansion.lines + 1
+        if expansion.format == "csv":
+            header, after = sources.read_header(reader.chunks(obj, 0, 64 * 1024))
+            start, first_number = max(start, after), max(first_number, 2)
+        for line in sources.read_lines(
+                reader.chunks(obj, start, self.chunk_size), expansion.format, start=start, first_number=first_number,
+                header=header, max_prompt_chars=self.max_prompt_chars, first_index=expansion.line_index):
+            yield Line(line.number, line.end, line.item, line.error, line.index)

@@ -34,7 +34,7 @@ from core.batches import plan_intents
 from core.errors import DomainError
 from core.jobs import expansion_progress, finalize_job_if_done
 from core.models import Item, ItemSpec, ItemState, Job, JobStatus, Lane
-from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
+from core.ports import BatchNudges, BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
 from core.transitions import AcceptAbandoned
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class ExpandDeps:
     accounting: Accounting | None = None
     sink: ImageSink | None = None
     events: EventOutbox | None = None
+    intent_nudges: BatchNudges | None = None  # batch lane: the job's intents are created at once, not at a tick
     ramp: Ramp = field(default_factory=Ramp)
     chunk_items: int = 500
     lease_seconds: float = 120.0
@@ -173,6 +174,8 @@ def staged_lines(chunks: Iterable[bytes], *, start: int = 0, first_number: int =
 
 
 def _staged_line(raw: bytes, number: int, end: int) -> Line:
+    if not raw.strip():
+        return Line(number, end, None)  # blank: neither an item nor refused
     try:
         return Line(number, end, ItemSpec(**json.loads(raw)))
     except (ValueError, TypeError) as e:
@@ -241,18 +244,20 @@ def _expand_chunks(job: Job, saved: list[Expansion], owner: str, deps: ExpandDep
 
 
 def _take(lines: Iterator[Line], size: int) -> tuple[list[Line], list[Line], Line | None, bool]:
-    """Up to `size` lines with an item, the refused lines among them, the last line read, and
+    """The next chunk: its lines with an item and its refused lines (`size` of them at most
+    together, so a file of bad lines is held a chunk at a time too), the last line read (a
+    chunk ends after `8 * size` lines, blank ones included, so its time stays bounded), and
     whether the source ended."""
     good: list[Line] = []
     bad: list[Line] = []
     last = None
-    for line in lines:
+    for read, line in enumerate(lines, 1):
         last = line
         if line.item is not None:
             good.append(line)
         elif line.error is not None:
             bad.append(line)
-        if len(good) >= size:
+        if len(good) + len(bad) >= size or read >= 8 * size:
             return good, bad, last, False
     return good, bad, last, True
 
@@ -271,7 +276,7 @@ def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], l
     store.create_items(job.job_id, items, job_created_at=job.created_at)
     if deps.batches is not None and job.lane is Lane.BATCH and items:
         deps.batches.create_intents(plan_intents(job, items, max_requests=deps.batch_max_requests, now=now,
-                                                 series=f"e{exp.chunks:07d}."))
+                                                 series=_series(exp.chunks)))
     started = exp.started_at or now
     samples = [{"line": n, "reason": r} for n, r in refused][: max(0, deps.max_bad_samples - len(exp.bad_samples))]
     return replace(
@@ -281,6 +286,13 @@ def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], l
     )
 
 
+def _series(chunk: int) -> str:
+    """The intent ids' series of a chunk: the first chunk's intents are named as a job's intents
+    always were ("{job}-b000-a1", ...), the later ones by their chunk ("{job}-e0000001.000-a1"),
+    so no two chunks can name one intent and the ids sort in the chunks' order."""
+    return "b" if chunk == 0 else f"e{chunk:07d}."
+
+
 def _new_items(job: Job, exp: Expansion, chunk: list[Line], store: JobStore,
                now: float) -> tuple[list[Item], list[tuple[int, str]]]:
     """The chunk's items, indexed after the items before them, and the lines refused as
@@ -288,7 +300,7 @@ def _new_items(job: Job, exp: Expansion, chunk: list[Line], store: JobStore,
     the same index is this chunk's own, written by an attempt that died before its checkpoint.
     So no key set is kept in memory: the store is the memory."""
     specs = [(line.number, line.item) for line in chunk if line.item is not None]
-    stored = {it.key: it.index for it in store.get_items(job.job_id, [spec.key for _, spec in specs])}
+    stored = store.item_indexes(job.job_id, [spec.key for _, spec in specs])
     items: list[Item] = []
     duplicates: list[tuple[int, str]] = []
     seen: set[str] = set()
@@ -314,18 +326,21 @@ def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps) -> str:
     if exp.items == 0:
         return _fail(job, owner, deps, "the source holds no item to generate"
                      + (f" ({exp.bad_lines} line(s) refused)" if exp.bad_lines else ""))
+    from_source = exp.format != STAGED_FORMAT  # a body's count and estimate were known at accept
     estimate = job.estimated_cost_usd
-    if job.item_count != exp.items and accounting is not None:
+    if from_source and accounting is not None:
         estimate = accounting.prices.estimate(job.lane, exp.items, job.model)
     done = replace(exp, owner=None, lease_until=0.0)
     if not store.finish_expansion(job.job_id, owner, done.to_dict(), exp.items, estimate, clock.now()):
         return "lost"
-    if accounting is not None and job.item_count != exp.items:
+    if accounting is not None and from_source:
         # A source job's count is known only now: it is reserved now (a crash just before
         # reserves nothing, the safe side for the caller; the daily budget still caps spend).
         accounting.reserve(job.lane, exp.items, cost=estimate, job_id=job.job_id)
     if job.lane is Lane.INTERACTIVE:
         _publish_all(job.job_id, deps)
+    else:
+        _nudge_intents(job.job_id, deps)
     log.info("job %s expanded: %d items, %d line(s) refused", job.job_id, exp.items, exp.bad_lines,
              extra={"job_id": job.job_id})
     return "done"
@@ -340,6 +355,19 @@ def _publish_all(job_id: str, deps: ExpandDeps, page: int = 500) -> None:
             break
         after = items[-1].index
     deps.store.mark_published(job_id, deps.clock.now())
+
+
+def _nudge_intents(job_id: str, deps: ExpandDeps) -> None:
+    """Ask the poller to create the job's batches now (each nudge reconciles one intent); any
+    not nudged are created by the next tick anyway."""
+    if deps.intent_nudges is None or deps.batches is None:
+        return
+    for intent in deps.batches.intents_of_job(job_id):
+        try:
+            deps.intent_nudges.nudge(intent.intent_id)
+        except DomainError as e:
+            log.warning("job %s: batches left to the next poller tick (%s)", job_id, e)
+            return
 
 
 def _fail(job: Job, owner: str, deps: ExpandDeps, error: str) -> str:

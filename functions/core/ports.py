@@ -61,6 +61,9 @@ class JobStore(Protocol):
         """Lease the expansion of an accepting job (unless another holds a live lease on it):
         the job as leased, or None."""
 
+    def item_indexes(self, job_id: str, keys: Sequence[str]) -> dict[str, int]:
+        """The index of each of these items that exists (a job written by its expansion only)."""
+
     def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
         """Store the job's expansion record (a checkpoint) while owner holds its lease."""
 
@@ -153,9 +156,9 @@ class ImageSink(Protocol):
 
 
 class StagedSources(Protocol):
-    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int, int]:
         """Create the object only if absent (an existing one, an earlier attempt's with the
-        same body, is kept): its gs:// uri and generation."""
+        same body, is kept): its gs:// uri, generation and size."""
 
 
 class ImageGenerator(Protocol):
@@ -358,6 +361,9 @@ class UsageMeter(Protocol):
 class BatchNudges(Protocol):
     def nudge(self, intent_id: str) -> None:
         """Ask for one intent's reconcile now (a Pub/Sub message the poller is pushed)."""
+
+    def expand(self, job_id: str) -> None:
+        """Ask for one accepted job's expansion (core/expanding.py), on the same topic."""
 
 
 class CounterStore(Protocol):

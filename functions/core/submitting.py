@@ -216,8 +216,9 @@ def _accept_staged(sub: Submission, deps: SubmitDeps, job_id: str, resume: bool)
         route = plan_route(sub.spec, deps.route, sub.model)
         if deps.staging is None:
             raise RuntimeError("a staged accept needs somewhere to stage the body")
-        uri, generation = deps.staging.put_staged(f"{STAGED_PREFIX}{job_id}.jsonl", staged_jsonl(sub.spec.items))
-        expansion = Expansion(uri, generation, STAGED_FORMAT, requested_lane=sub.spec.requested_lane)
+        uri, generation, size = deps.staging.put_staged(f"{STAGED_PREFIX}{job_id}.jsonl",
+                                                        staged_jsonl(sub.spec.items))
+        expansion = Expansion(uri, generation, STAGED_FORMAT, requested_lane=sub.spec.requested_lane, size=size)
     else:
         route = source_route(sub, deps.route)
         src = sub.source

@@ -444,6 +444,9 @@ class Stack:
         self.extra_function_env = dict(function_env or {})
         self.worker_threads = worker_threads
         self.images_bucket = images_bucket or f"{project}-images"
+        # Where a job's `source` files may be read from (SOURCE_BUCKETS): a bucket of its own, never
+        # the images bucket, which holds every tenant's images.
+        self.sources_bucket = f"{project}-sources"
         self.work_topic = work_topic
         self.events_topic = events_topic
         # The functions sign webhooks with this (a fresh one per stack) and accept http:// and
@@ -530,6 +533,7 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports.pubsub}",
             "STORAGE_EMULATOR_HOST": self.url("gcs"),
             "IMAGES_BUCKET": self.images_bucket,
+            "SOURCES_BUCKET": self.sources_bucket,
             "WORK_TOPIC": self.work_topic,
             "EVENTS_TOPIC": self.events_topic,
             "BATCH_NUDGES_TOPIC": self.nudges_topic,
@@ -558,6 +562,10 @@ class Stack:
         if name == "webhooks" and self.gemini_webhook_secret:
             env["GEMINI_WEBHOOK_SECRET"] = self.gemini_webhook_secret
         env["DEAD_LETTER_SUBSCRIPTION"] = self.dead_letter_subscription
+        env["SOURCE_BUCKETS"] = self.sources_bucket
+        # Firestore's ramp (500 writes/s to start, core/expanding.py) is the cloud's; the emulator
+        # has no such limit, and a local 10,000-prompt job should not take 20 s to expand.
+        env["EXPAND_RAMP_START_PER_SECOND"] = "20000"
         if name == "worker" and self.worker_threads:
             env["THREADS"] = str(self.worker_threads)  # read by functions-framework's gunicorn
         if self.webhook_secret:
@@ -796,8 +804,9 @@ class Stack:
         return json.loads(data) if data.strip() else {}
 
     def _create_bucket(self) -> None:
-        self._rest("POST", f"{self.url('gcs')}/storage/v1/b?project={self.project}",
-                   {"name": self.images_bucket}, ok=(200, 409))
+        for bucket in (self.images_bucket, self.sources_bucket):
+            self._rest("POST", f"{self.url('gcs')}/storage/v1/b?project={self.project}",
+                       {"name": bucket}, ok=(200, 409))
 
     def _create_topic(self, topic_path: str) -> None:
         self._rest("PUT", f"{self.url('pubsub')}/v1/{topic_path}", {}, ok=(200, 409))

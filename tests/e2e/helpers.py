@@ -44,10 +44,18 @@ def post_job(stack: Stack, items: list[dict], **fields: Any) -> requests.Respons
 
 
 def submit(stack: Stack, items: list[dict], **fields: Any) -> str:
-    """Submit a job that must be accepted; its id."""
+    """Submit a job that must be accepted; its id, once its items are all written (the API
+    answers while the job is still `accepting`, and expands it in the background)."""
     r = post_job(stack, items, **fields)
     assert r.status_code == 202, f"{r.status_code} {r.text}"
-    return r.json()["job_id"]
+    return expanded(stack, r.json()["job_id"])
+
+
+def expanded(stack: Stack, job_id: str, timeout: float = 30.0) -> str:
+    """Wait until the job has left `accepting` (its background expansion is over); its id."""
+    wait_until(stack, lambda: job_status(stack, job_id)["status"] != "accepting", f"job {job_id} expanded",
+               timeout=timeout)
+    return job_id
 
 
 def job_status(stack: Stack, job_id: str) -> dict:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import requests
 
 from tests.e2e.helpers import (
-    HTTP_TIMEOUT, assert_settled, configure_gemini, job_status, post_job, process_log, tick_until_settled, wait_until,
+    HTTP_TIMEOUT, assert_settled, configure_gemini, expanded, job_status, post_job, process_log, tick_until_settled,
+    wait_until,
 )
 
 ITEMS = [{"key": f"k{i:02d}", "prompt": f"a lighthouse, take {i}"} for i in range(12)]
@@ -23,8 +24,10 @@ def deliveries(stack) -> list[dict]:
 def batch_job(stack) -> tuple[str, str]:
     r = post_job(stack, ITEMS)
     assert r.status_code == 202 and r.json()["lane"] == "batch", r.text
-    job_id = r.json()["job_id"]
-    [intent] = job_status(stack, job_id)["batches"]
+    job_id = expanded(stack, r.json()["job_id"])
+    # The expansion nudges its intent to the poller, which creates the batch.
+    [intent] = wait_until(stack, lambda: [b for b in job_status(stack, job_id)["batches"] if b["gemini_batch"]],
+                          "the batch created")
     return job_id, intent["gemini_batch"]
 
 

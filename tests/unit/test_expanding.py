@@ -3,6 +3,7 @@ document, expanded in checkpointed chunks, resumed after a kill at any point, pa
 ramp, and failed cleanly when its source cannot be used."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -22,10 +23,10 @@ class MemorySources:
         self.objects: dict[str, tuple[int, bytes]] = {}
         self.chunk = chunk
 
-    def put_staged(self, name: str, data: bytes) -> tuple[str, int]:
+    def put_staged(self, name: str, data: bytes) -> tuple[str, int, int]:
         uri = f"gs://test-bucket/{name}"
         self.objects.setdefault(uri, (len(self.objects) + 1, data))
-        return uri, self.objects[uri][0]
+        return uri, self.objects[uri][0], len(self.objects[uri][1])
 
     def lines(self, exp: Expansion):
         generation, data = self.objects.get(exp.source_uri, (None, b""))
@@ -87,18 +88,25 @@ class FakeIntents:
     def __init__(self) -> None:
         self.intents: dict = {}
         self.creates = 0
+        self.nudged: list[str] = []
 
     def create_intents(self, intents) -> None:
         for intent in intents:
             self.creates += 1
             self.intents.setdefault(intent.intent_id, intent)
 
+    def intents_of_job(self, job_id: str):
+        return sorted((i for i in self.intents.values() if i.job_id == job_id), key=lambda i: i.intent_id)
+
+    def nudge(self, intent_id: str) -> None:
+        self.nudged.append(intent_id)
+
 
 def specs(n: int, start: int = 0) -> tuple[ItemSpec, ...]:
     return tuple(ItemSpec(key=f"item-{i:05d}", prompt=f"prompt {i}") for i in range(start, start + n))
 
 
-def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ramp = Ramp(1e9)):
+def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ramp | None = None):
     clock, store, queue, sources, nudges = FakeClock(), KillingStore(), InMemoryWorkQueue(), MemorySources(), Nudges()
     store.clock = clock
     intents = FakeIntents()
@@ -108,7 +116,8 @@ def setup(n: int, *, lane: str = "interactive", chunk_items: int = 10, ramp: Ram
     job = submitting.submit_job(submitting.Submission(spec=JobSpec(items=specs(n), requested_lane=lane),
                                                       model="m"), submit)
     deps = ExpandDeps(store=store, sources=sources, queue=queue, clock=clock,
-                      batches=intents if lane == "batch" else None, chunk_items=chunk_items, ramp=ramp,
+                      batches=intents if lane == "batch" else None, intent_nudges=intents, chunk_items=chunk_items,
+                      ramp=ramp or Ramp(1e9),
                       lease_seconds=60, batch_max_requests=4)
     return job, deps, submit
 
@@ -197,6 +206,7 @@ def test_a_kill_at_any_checkpoint_boundary_resumes_to_exactly_the_source(lane, m
         keys = [k for intent in deps.batches.intents.values() for k in intent.keys]
         assert sorted(keys) == [f"item-{i:05d}" for i in range(25)]  # each item in exactly one intent
         assert all(len(i.keys) <= 4 for i in deps.batches.intents.values())
+        assert deps.batches.nudged == sorted(deps.batches.intents)  # created at once, not at a tick
     else:
         assert Counter(k for _, k in deps.queue.messages) == Counter(f"item-{i:05d}" for i in range(25))
 
@@ -207,7 +217,7 @@ def test_the_ramp_paces_the_writes_and_grows_on_schedule():
     assert run_to_end(job.job_id, deps) == ["done"]
     writes = deps.store.writes
     start = writes[0][0]
-    for (t0, n), (t1, _) in zip(writes, writes[1:]):
+    for (t0, n), (t1, _) in zip(writes, writes[1:], strict=False):
         # each chunk waited for the previous one at the rate of its time: never a burst
         assert t1 - t0 >= n / ramp.rate(t0 - start) - 1e-9
     assert sum(n for _, n in writes) == 100
@@ -219,7 +229,7 @@ def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume
     clock, store = FakeClock(), KillingStore()
     sources = MemorySources()
     lines = [*specs(12), ItemSpec(key="item-00003", prompt="again"), *specs(3, start=12)]
-    uri, generation = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(lines))
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(lines))
     job = _accepting_job(store, clock, Expansion(uri, generation))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
                       lease_seconds=60, ramp=Ramp(1e9))
@@ -237,7 +247,7 @@ def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume
 def test_a_bad_line_with_on_bad_line_fail_fails_the_job_and_its_items():
     clock, store, sources = FakeClock(), InMemoryJobStore(), MemorySources()
     data = expanding.staged_jsonl(specs(3)) + b"not json\n" + expanding.staged_jsonl(specs(2, start=3))
-    uri, generation = sources.put_staged("_accepted/j1.jsonl", data)
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", data)
     job = _accepting_job(store, clock, Expansion(uri, generation, on_bad_line="fail"))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=2,
                       ramp=Ramp(1e9))
@@ -251,7 +261,7 @@ def test_a_bad_line_with_on_bad_line_fail_fails_the_job_and_its_items():
 def test_bad_lines_are_skipped_and_counted_with_the_first_few_kept():
     clock, store, sources = FakeClock(), InMemoryJobStore(), MemorySources()
     data = b"".join(expanding.staged_jsonl(specs(1, start=i)) + b"{bad\n" for i in range(30))
-    uri, generation = sources.put_staged("_accepted/j1.jsonl", data)
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", data)
     job = _accepting_job(store, clock, Expansion(uri, generation))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=4,
                       ramp=Ramp(1e9), max_bad_samples=5)
@@ -295,3 +305,53 @@ def _accepting_job(store, clock, expansion: Expansion):
               created_at=clock.now(), updated_at=clock.now(), expansion=expansion.to_dict())
     store.create_job_doc(job)
     return job
+
+
+def test_a_body_is_reserved_once_at_accept_and_a_source_once_its_count_is_known():
+    from core.accounting import RELEASED_USD, RESERVED_USD, Accounting, DailyLimits
+    from core.models import Job, Lane
+    from tests.fakes import InMemoryCounterStore
+
+    clock = FakeClock()
+    accounting = Accounting(store=InMemoryCounterStore(), clock=clock, limits=DailyLimits())
+    job, deps, _ = setup(8)
+    deps = dataclasses.replace(deps, accounting=accounting)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert accounting.totals(fresh=True).get(RESERVED_USD, 0) == 0  # the body's was made at accept
+
+    sources = MemorySources()
+    data = expanding.staged_jsonl(specs(5))
+    uri, generation, size = sources.put_staged("in/p.jsonl", data)
+    source_job = Job(job_id="s1", lane=Lane.BATCH, status=JobStatus.ACCEPTING, model="m", item_count=0,
+                     created_at=clock.now(), updated_at=clock.now(),
+                     expansion=Expansion(uri, generation, "staged-as-jsonl", size=size).to_dict())
+    deps.store.create_job_doc(source_job)
+
+    class AsCallerFile(MemorySources):
+        def lines(self, exp):
+            return super().lines(dataclasses.replace(exp, format=expanding.STAGED_FORMAT))
+
+    reading = AsCallerFile()
+    reading.objects = sources.objects
+    deps = dataclasses.replace(deps, sources=reading)
+    assert run_to_end("s1", deps) == ["done"]
+    after = deps.store.get_job("s1")
+    assert after.item_count == 5 and after.estimated_cost_usd == accounting.prices.estimate(Lane.BATCH, 5, "m") > 0
+    assert accounting.totals(fresh=True)[RESERVED_USD] == pytest.approx(after.estimated_cost_usd)
+    assert accounting.totals(fresh=True).get(RELEASED_USD, 0) == 0
+
+
+def test_a_file_of_bad_and_blank_lines_is_read_a_bounded_chunk_at_a_time():
+    clock, store, sources = FakeClock(), KillingStore(), MemorySources()
+    data = b"{bad\n" * 50 + b"\n" * 100 + expanding.staged_jsonl(specs(2))
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", data)
+    job = _accepting_job(store, clock, Expansion(uri, generation))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=4,
+                      ramp=Ramp(1e9), max_bad_samples=3)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    exp = Expansion.from_dict(store.get_job(job.job_id).expansion)
+    assert (exp.items, exp.bad_lines, exp.lines) == (2, 50, 152)
+    # 12 chunks of 4 refused lines; then 2 refused and 30 blank (32 lines read); 32 blank twice;
+    # the last 6 blank and the 2 items
+    assert exp.chunks == 16
+    assert [s["line"] for s in exp.bad_samples] == [1, 2, 3]

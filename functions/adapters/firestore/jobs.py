@@ -151,6 +151,11 @@ class FirestoreJobStore(FirestoreBatchIntents):
         ok = compare_and_set(self.db, self.jobs.document(job_id), decide)
         return Job.from_dict(leased[0]) if ok and leased else None
 
+    def item_indexes(self, job_id: str, keys: Sequence[str]) -> dict[str, int]:
+        # One read per key, no fallback to bare-key ids: an expanded job's items all have hashed ids.
+        refs = [self._item_doc(job_id, k) for k in dict.fromkeys(keys)]
+        return {s.get("key"): s.get("index") for s in self.db.get_all(refs) if s.exists} if refs else {}
+
     def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
         return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
 
@@ -214,12 +219,13 @@ class FirestoreJobStore(FirestoreBatchIntents):
         """compare_and_set for an item, its counter shard moved in the same atomic batch: the
         item's write is conditional on the version read, and the counts move by what changed
         between that version and the new one, so a repeated change moves nothing twice."""
-        found = self._item_snaps(job_id, [key]).get(key)
-        if found is None:
+        snap = self._item_snaps(job_id, [key]).get(key)
+        if snap is None:
             return False
-        ref = found.reference
-        for _ in range(attempts):
-            snap = ref.get()
+        ref = snap.reference
+        for attempt in range(attempts):
+            if attempt:
+                snap = ref.get()  # the first attempt's read is the lookup's
             before = snap.to_dict() if snap.exists else None
             updates = decide(before)
             if updates is None or before is None:

@@ -60,7 +60,6 @@ def stack_settings(args) -> tuple[dict, dict]:
         "BATCH_EXPECTED_IMAGE_BYTES": "10000",
         "FIRESTORE_OPS_LOG_SECONDS": str(OPS_LOG_SECONDS),
         "MAX_ITEMS_PER_JOB": str(args.max_items) if args.max_items else "",
-        "SOURCE_BUCKETS": OWN_SOURCES_BUCKET,  # unless the stack sets its own (ignored by functions without)
         # Firestore's ramp (500 writes/s, +50% every 5 min) paces a real database's new key range; the
         # emulator has none, so the bench measures the pipeline, and docs/benchmarks.md the ramp's cost.
         "EXPAND_RAMP_START_PER_SECOND": "1000000",
@@ -74,25 +73,13 @@ def stack_settings(args) -> tuple[dict, dict]:
 
 
 PROJECT = "demo-imagefleet-bench"
-OWN_SOURCES_BUCKET = f"{PROJECT}-sources"  # when the stack makes none of its own
-
-
-def functions_read_sources() -> bool:
-    """Whether these functions accept {"source": "gs://..."} jobs."""
-    return (ROOT / "functions" / "sources.py").exists()
 
 
 def sources_bucket(stack) -> str | None:
-    """The bucket the functions read gs:// sources from (None: they read none): the stack's own,
-    or one the bench creates and names in SOURCE_BUCKETS."""
-    if not functions_read_sources():
+    """The bucket the functions read gs:// sources from (None: they read none)."""
+    if not (ROOT / "functions" / "sources.py").exists():
         return None
-    bucket = getattr(stack, "sources_bucket", None)
-    if bucket:
-        return bucket
-    requests.post(f"{stack.url('gcs')}/storage/v1/b?project={stack.project}", json={"name": OWN_SOURCES_BUCKET},
-                  timeout=30)  # 409 when it exists
-    return OWN_SOURCES_BUCKET
+    return getattr(stack, "sources_bucket", None)
 
 
 def upload_source(stack, count: int, prefix: str) -> str:

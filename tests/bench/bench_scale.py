@@ -335,14 +335,21 @@ def curve_how(size: int, source: str) -> str:
     return source if source == "gcs" and size >= 10_000 else "body"
 
 
+def cancel(stack, jobs: list[str], timeout: float) -> None:
+    """Cancel the jobs and wait until they are: their items are cancelled in the background, and
+    that work must not land on the next job's figures."""
+    for job in jobs:
+        requests.delete(f"{stack.url('api')}/v1/jobs/{job}", timeout=600)
+    wait_for(stack, jobs, lambda s: s["status"] in TERMINAL and not s["counts"]["queued"], timeout, "cancel")
+
+
 def warm_up(stack, source: str, max_items: int) -> None:
     """One untimed job of each kind, cancelled: the first request of a kind builds clients and
     reads settings, which would otherwise land on the curve's smallest size."""
     for how in {"body", source}:
         sub = submit(stack, 10, f"w{how}-", how, max_items)
         wait_for(stack, sub["jobs"], lambda s: s["status"] != "accepting", 300, "warm-up")
-        for job in sub["jobs"]:
-            requests.delete(f"{stack.url('api')}/v1/jobs/{job}", timeout=600)
+        cancel(stack, sub["jobs"], 300)
 
 
 def run_curve(stack, args, source: str, sizes: list[int]) -> list[tuple]:
@@ -358,8 +365,7 @@ def run_curve(stack, args, source: str, sizes: list[int]) -> list[tuple]:
             continue
         sub = submit(stack, size, f"c{size}-", how, args.max_items_effective)
         expand = wait_for(stack, sub["jobs"], lambda s: s["status"] != "accepting", args.timeout, "curve items")
-        for job in sub["jobs"]:
-            requests.delete(f"{stack.url('api')}/v1/jobs/{job}", timeout=600)
+        cancel(stack, sub["jobs"], args.timeout)
         rows.append((size, how, sub["to_202"], "items timed out" if expand is None
                      else f"items exist {expand:.1f} s after the 202"))
         print(f"  curve {size:>7,} ({how}): 202 after {sub['to_202']:.2f} s", flush=True)

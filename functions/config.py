@@ -174,7 +174,8 @@ class Settings(BaseSettings):
         180.0, gt=0, description="how long an expansion call owns its job's expansion; must exceed "
         "EXPAND_BUDGET_SECONDS; a job whose lease ran out is resumed by the next poller tick")
     expand_chunk_items: int = Field(
-        500, ge=1, le=5000, description="items written per expansion checkpoint")
+        500, ge=1, le=5000, description="items written per expansion checkpoint (a batch job's chunk is at least "
+        "one batch, BATCH_MAX_REQUESTS)")
     expand_ramp_start_per_second: float = Field(
         500.0, gt=0, description="item writes per second at the start of a job's expansion (Firestore's ramp: "
         "500; the local stack sets more, the emulator has no such limit)")

@@ -227,12 +227,15 @@ def _expand_chunks(job: Job, saved: list[Expansion], owner: str, deps: ExpandDep
     at the last checkpoint written."""
     clock = deps.clock
     lines = deps.sources.lines(saved[0])
+    # A batch job's chunk is at least a whole batch, so that its batches are as full as when the
+    # API planned them from the whole job (a chunk's intents are planned from its items alone).
+    size = max(deps.chunk_items, deps.batch_max_requests) if job.lane is Lane.BATCH else deps.chunk_items
     while True:
         exp = saved[0]
         if max(clock.now(), exp.next_write_at) >= deadline:
             return False
         clock.sleep(max(0.0, exp.next_write_at - clock.now()))  # the ramp's pace
-        chunk, bad, last, ended = _take(lines, deps.chunk_items)
+        chunk, bad, last, ended = _take(lines, size)
         if last is None:
             return True
         exp = _write_chunk(job, exp, chunk, bad, last, deps)

@@ -205,6 +205,8 @@ def test_a_kill_at_any_checkpoint_boundary_resumes_to_exactly_the_source(lane, m
     if lane == "batch":
         keys = [k for intent in deps.batches.intents.values() for k in intent.keys]
         assert sorted(keys) == [f"item-{i:05d}" for i in range(25)]  # each item in exactly one intent
+        # chunks of 10, 10 and 5 items: batches of 4, 4, 2; 4, 4, 2; 4, 1
+        assert sorted(len(i.keys) for i in deps.batches.intents.values()) == [1, 2, 2, 4, 4, 4, 4, 4]
         assert all(len(i.keys) <= 4 for i in deps.batches.intents.values())
         assert deps.batches.nudged == sorted(deps.batches.intents)  # created at once, not at a tick
     else:

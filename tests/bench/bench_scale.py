@@ -335,12 +335,14 @@ def curve_how(size: int, source: str) -> str:
     return source if source == "gcs" and size >= 10_000 else "body"
 
 
-def cancel(stack, jobs: list[str], timeout: float) -> None:
-    """Cancel the jobs and wait until they are: their items are cancelled in the background, and
-    that work must not land on the next job's figures."""
+def cancel(stack, jobs: list[str], timeout: float, settle: bool = True) -> None:
+    """Cancel the jobs and wait until they are; with `settle`, also until no item is queued: the
+    items are cancelled in the background, and that work must not land on the next job's figures
+    (items of a batch still at Gemini stay queued until it ends: no settling with --no-images)."""
     for job in jobs:
         requests.delete(f"{stack.url('api')}/v1/jobs/{job}", timeout=600)
-    wait_for(stack, jobs, lambda s: s["status"] in TERMINAL and not s["counts"]["queued"], timeout, "cancel")
+    wait_for(stack, jobs, lambda s: s["status"] in TERMINAL and not (settle and s["counts"]["queued"]),
+             timeout, "cancel")
 
 
 def warm_up(stack, source: str, max_items: int) -> None:
@@ -349,7 +351,7 @@ def warm_up(stack, source: str, max_items: int) -> None:
     for how in {"body", source}:
         sub = submit(stack, 10, f"w{how}-", how, max_items)
         wait_for(stack, sub["jobs"], lambda s: s["status"] != "accepting", 300, "warm-up")
-        cancel(stack, sub["jobs"], 300)
+        cancel(stack, sub["jobs"], 300, settle=False)
 
 
 def run_curve(stack, args, source: str, sizes: list[int]) -> list[tuple]:

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest smoke-live docs lock lint clean distclean
+.PHONY: help venv up demo check test unit integration e2e chaos bench bench-interactive bench-ingest bench-scale smoke-live docs lock lint clean distclean
 
 help: ## list the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-interactive: venv ## interactive lane at 10, 60, 300 and 1,000 requests/mi
 
 bench-ingest: venv ## batch lane: accepting 10,000 prompts; ingesting 200 MB and 1 GB results files
 	$(PY) tests/bench/bench_ingest.py $(ARGS)
+
+bench-scale: venv ## one 100,000-prompt job through the whole local stack: time to 202, to every item, to every image; peak RSS; Firestore ops per image; lost, duplicated; the acceptance curve (ARGS=--check, --prompts N, --no-images)
+	$(PY) tests/bench/bench_scale.py $(ARGS)
 
 smoke-live: venv ## two images (SMOKE_BATCH=1: and a two-line batch) against the REAL Gemini API with GEMINI_API_KEY; costs money; never in CI
 	$(PY) tools/smoke_live.py

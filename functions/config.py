@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     warm_up_clients: bool = Field(
         False, description="build this function's SDK clients on a background thread when the instance starts, "
         "not on its first request (wiring.start_warm_up)")
+    firestore_ops_log_seconds: float | None = Field(
+        None, gt=0, description="log this instance's Firestore reads, writes and deletes so far at most this often "
+        "(when they changed; ops_log.py); unset = never; benchmarks read the figures from the logs")
 
     # Worker behaviour
     max_attempts: int = Field(5, ge=1, description="attempts before an item is dead-lettered")

@@ -62,7 +62,12 @@ def firestore_ops():
     """The running count of this instance's Firestore reads, writes and deletes (docs/cost.md)."""
     from adapters.firestore.ops import FirestoreOps
 
-    return FirestoreOps()
+    ops = FirestoreOps()
+    if settings().firestore_ops_log_seconds:
+        import ops_log
+
+        ops_log.start(ops, settings().firestore_ops_log_seconds)
+    return ops
 
 
 @functools.cache

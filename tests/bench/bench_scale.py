@@ -132,20 +132,40 @@ def submit(stack, count: int, prefix: str, source: str, max_items: int) -> dict:
     return {"jobs": jobs, "to_202": sum(posts), "keys": keys, "posts": posts}
 
 
-def job_status(stack, job: str) -> dict:
-    response = requests.get(f"{stack.url('api')}/v1/jobs/{job}?page_size=1", timeout=120)
-    response.raise_for_status()
-    return response.json()
+SLOWEST_STATUS_READ = [0.0]  # seconds: the slowest GET /v1/jobs/{id} of the run, reported at the end
+
+
+def job_status(stack, job: str) -> dict | None:
+    """The job's status; None when the read failed or took over 300 s (reported, then polled
+    again: a slow read is a finding, not the end of the run)."""
+    started = time.monotonic()
+    try:
+        response = requests.get(f"{stack.url('api')}/v1/jobs/{job}?page_size=1", timeout=300)
+        response.raise_for_status()
+        return response.json()
+    except requests.RequestException as e:
+        print(f"  ... status read of job {job} failed after {time.monotonic() - started:.0f}s: {e}", flush=True)
+        return None
+    finally:
+        SLOWEST_STATUS_READ[0] = max(SLOWEST_STATUS_READ[0], time.monotonic() - started)
+
+
+def settled_status(stack, job: str) -> dict:
+    """The job's status, read again until a read succeeds (each failure is printed)."""
+    while (status := job_status(stack, job)) is None:
+        time.sleep(1.0)
+    return status
 
 
 def wait_for(stack, jobs: list[str], done, timeout: float, label: str) -> float | None:
     """Seconds until done(status) holds for every job (polled every second), None on timeout."""
     start, last_print, pending = time.monotonic(), 0.0, list(jobs)
     while pending:
-        statuses = {job: job_status(stack, job) for job in pending}
-        pending = [job for job, status in statuses.items() if not done(status)]
+        read = {job: job_status(stack, job) for job in pending}
+        statuses = {job: status for job, status in read.items() if status is not None}
+        pending = [job for job in pending if job not in statuses or not done(statuses[job])]
         now = time.monotonic()
-        if now - last_print >= 15 and pending:
+        if now - last_print >= 15 and pending and statuses and pending[0] in statuses:
             counts = {k: sum(s["counts"][k] for s in statuses.values()) for k in ("queued", "succeeded", "failed")}
             items = sum((s.get("expansion") or {}).get("items_created", s["item_count"]) for s in statuses.values())
             print(f"  ... {label}: {now - start:.0f}s, {len(pending)} job(s) left, {statuses[pending[0]]['status']}; "
@@ -253,7 +273,7 @@ def run_images(stack, args, source: str) -> tuple[list[tuple[str, str]], list[st
         failures.append("images: timed out")
     ops = minus(settled_ops(stack), before)
     rss = {name: group_peak_rss_mb(stack, name) for name in (*FUNCTIONS, "firestore") if name in stack.processes}
-    counts = [job_status(stack, job)["counts"] for job in sub["jobs"]]
+    counts = [settled_status(stack, job)["counts"] for job in sub["jobs"]]
     succeeded = sum(c["succeeded"] for c in counts)
     objects, lost, duplicated = lost_and_duplicated(stack, sub["keys"])
     if duplicated or (lost and done is not None):
@@ -312,7 +332,7 @@ def run_no_images(stack, args) -> tuple[list[tuple[str, str]], list[str]]:
     print(f"  202 after {sub['to_202']:.2f}s", flush=True)
     expand = wait_for(stack, sub["jobs"], lambda s: s["status"] != "accepting", args.timeout, "items")
     waited = time.monotonic() - start
-    status = job_status(stack, sub["jobs"][0])
+    status = settled_status(stack, sub["jobs"][0])
     created = (status.get("expansion") or {}).get("items_created", status["item_count"])
     rss = {name: group_peak_rss_mb(stack, name) for name in (*FUNCTIONS, "firestore") if name in stack.processes}
     ops = settled_ops(stack)
@@ -328,6 +348,7 @@ def run_no_images(stack, args) -> tuple[list[tuple[str, str]], list[str]]:
     ]
     rows += [(f"peak RSS {name}", f"{mb:,.0f} MB") for name, mb in rss.items()]
     rows += [(f"Firestore {name}", f"{o['reads']:,} reads, {o['writes']:,} writes") for name, o in ops.items()]
+    rows.append(("slowest status read", f"{SLOWEST_STATUS_READ[0]:.1f} s"))
     return rows, failures
 
 

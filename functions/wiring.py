@@ -453,14 +453,21 @@ def worker_limits(s: Settings) -> WorkerLimits:
 def poller_deps() -> PollerDeps:
     """What a poller tick works with (core/poller.py)."""
     from adapters.pubsub_queue import decode_work_message
+    from core.expanding import ExpandNudges
     from core.poller import PollerDeps
 
-    d = deps()
+    d, s = deps(), settings()
+    nudges: ExpandNudges = d.nudges
+    if not s.batch_nudges_topic:  # nothing would push an expansion: the tick runs it
+        from core.expanding import InlineExpansions
+
+        owner = f"tick-{instance_id()}-{uuid.uuid4().hex[:8]}"
+        nudges = InlineExpansions(expand_deps(), owner, d.clock.now() + s.expand_budget_seconds)
     return PollerDeps(
         store=d.store, queue=d.queue, clock=d.clock, sink=d.sink, events=d.events, accounting=d.accounting,
         model_watch=d.model_watch, model_halts=d.model_halts, decode=decode_work_message,
         dead_letters=d.dead_letters, batches=d.batches if d.batch_lane else None, pool=d.pool, batch_lane=d.batch_lane,
-        nudges=d.nudges,
+        nudges=nudges,
     )
 
 

@@ -422,6 +422,21 @@ def resume_expansions(*, store: JobStore, nudges: ExpandNudges, clock: Clock, li
     return nudged
 
 
+@dataclass(frozen=True)
+class InlineExpansions:
+    """ExpandNudges for a poller with no nudge topic: the tick that would nudge a job's expansion
+    runs it itself until `deadline` (the tick's), and a later tick carries on from its checkpoint.
+    Without this, a deployment without the topic would accept jobs that nothing ever expands."""
+    deps: ExpandDeps
+    owner: str
+    deadline: float
+
+    def expand(self, job_id: str) -> None:
+        if self.deps.clock.now() < self.deadline:
+            outcome = expand_job(job_id, self.owner, self.deps, self.deadline)
+            log.info("expanding job %s in the tick: %s", job_id, outcome, extra={"job_id": job_id, "state": outcome})
+
+
 # --- the expansion's lease, as the stores apply it to a job document --------------------------
 
 

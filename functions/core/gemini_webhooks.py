@@ -136,6 +136,10 @@ class NoNudges:
     def nudge(self, intent_id: str) -> None:
         log.info("intent %s: no nudge topic; the next tick reconciles it", intent_id)
 
+    def expand(self, job_id: str) -> None:
+        # The poller's tick expands accepting jobs itself when it has no topic (wiring.poller_deps).
+        log.info("job %s: no nudge topic; the next tick expands it", job_id)
+
 
 def reconcile_nudged(lane: BatchLane, nudges: BatchNudges, intent_id: str, owner: str, deadline: float) -> str:
     """A nudge, delivered to the poller: reconcile that one intent now. An ingest that ran out

@@ -442,6 +442,8 @@ class Stack:
         self.gemini, self.gemini_config, self.functions = gemini, gemini_config, functions
         self.functions_dir = Path(functions_dir).resolve()
         self.extra_function_env = dict(function_env or {})
+        # Over extra_function_env, for one function only (by name: "api", "poller", ...).
+        self.function_env_of: dict[str, dict[str, str]] = {}
         self.worker_threads = worker_threads
         self.images_bucket = images_bucket or f"{project}-images"
         # Where the CLI uploads prompt files too big for one request; SOURCE_BUCKETS allows it.
@@ -571,6 +573,7 @@ class Stack:
             env["WEBHOOK_SECRET"] = self.webhook_secret
             env["WEBHOOK_ALLOW_INSECURE"] = "true"
         env.update(self.extra_function_env)
+        env.update(self.function_env_of.get(name, {}))
         return env
 
     def _base_child_env(self) -> dict[str, str]:

@@ -56,14 +56,14 @@ def versioned_bucket(local_stack):
 
 @pytest.fixture(scope="module", autouse=True)
 def inline_ingest(local_stack):
-    """The poller without a nudge topic, for this module: set on the stack, so the processes
-    the tests restart keep it."""
-    local_stack.extra_function_env["BATCH_NUDGES_TOPIC"] = ""
+    """The poller without a nudge topic, for this module (the API keeps its topic, so accepted
+    jobs are still expanded at once): set on the stack, so a poller a test restarts keeps it."""
+    local_stack.function_env_of["poller"] = {"BATCH_NUDGES_TOPIC": ""}
     local_stack.restart("poller", signal.SIGTERM)
     try:
         yield
     finally:
-        del local_stack.extra_function_env["BATCH_NUDGES_TOPIC"]
+        del local_stack.function_env_of["poller"]
         local_stack.restart("poller", signal.SIGTERM)
 
 
@@ -118,16 +118,27 @@ def large_job(stack) -> tuple[str, dict]:
     return job_id, batch
 
 
+def ticking(stack, predicate):
+    """`predicate`, with one poller call before each try: this module's poller has no nudge
+    topic, so the batches a job's expansion planned are created by a tick, as Cloud Scheduler's
+    would. The call's summary is not checked (a refused create counts as an error there)."""
+    def step():
+        r = requests.post(f"{stack.url('poller')}/", json={}, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        return predicate()
+    return step
+
+
 def created(status: dict) -> dict | None:
     """The status once every batch of the job is created at Gemini."""
     return status if status["batches"] and all(b["gemini_batch"] for b in status["batches"]) else None
 
 
 def batches_tried(stack, job_id: str) -> list[dict]:
-    """The job's batches once the poller has tried to create each (the expansion nudges them
-    to it when the job is queued): created, or refused with an error."""
-    return wait_until(stack, lambda: (batches := job_status(stack, job_id)["batches"]) and all(
-        b["gemini_batch"] or b["error"] for b in batches) and batches, f"job {job_id}'s batches tried")
+    """The job's batches once the poller has tried to create each (the expansion plans them, a
+    tick creates them here): created, or refused with an error."""
+    return wait_until(stack, ticking(stack, lambda: (batches := job_status(stack, job_id)["batches"]) and all(
+        b["gemini_batch"] or b["error"] for b in batches) and batches), f"job {job_id}'s batches tried")
 
 
 # --- scenarios -------------------------------------------------------------------------------
@@ -141,9 +152,9 @@ def test_twelve_prompts_go_through_one_gemini_batch_into_twelve_pngs(stack, db, 
     assert r.status_code == 202, r.text
     assert (r.json()["lane"], r.json()["item_count"]) == ("batch", 12)  # auto, >= INTERACTIVE_THRESHOLD
     job_id = expanded(stack, r.json()["job_id"])
-    # Its one intent is planned while its items are written, and nudged to the poller, which
-    # creates the batch at once.
-    accepted = wait_until(stack, lambda: created(job_status(stack, job_id)), "the batch created")
+    # Its one intent is planned while its items are written; the poller's tick creates the batch
+    # (with a nudge topic, the expansion's nudge would, at once).
+    accepted = wait_until(stack, ticking(stack, lambda: created(job_status(stack, job_id))), "the batch created")
     [intent] = accepted["batches"]
     assert (intent["intent_id"], intent["state"], intent["attempt"], intent["items"]) == \
         (intent_id(job_id), "submitted", 1, 12)
@@ -374,9 +385,10 @@ def test_a_batch_created_before_a_crash_is_found_not_created_again(stack, db, bu
     configure_gemini(stack, {"models": ["no-such-model"]})
     keys = [f"o-{i}" for i in range(4)]
     job_id = submit(stack, [{"key": k, "prompt": f"an orphaned picture {k}"} for k in keys], lane="batch")
-    # The expansion nudges the intent to the poller, whose create is the one that fails.
-    [intent] = wait_until(stack, lambda: [b for b in job_status(stack, job_id)["batches"] if b["state"] == "creating"],
-                          "the intent uploaded and its create refused")
+    # The expansion plans the intent; the tick's create is the one that fails.
+    [intent] = wait_until(stack, ticking(stack, lambda: [
+        b for b in job_status(stack, job_id)["batches"] if b["state"] == "creating"]),  # after a tick's create
+        "the intent uploaded and its create refused")
     assert intent["gemini_batch"] is None
     doc = db.collection("batches").document(intent["intent_id"]).get().to_dict()
     # The create that "went through" before the crash: the same input, the intent id as name.

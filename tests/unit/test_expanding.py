@@ -357,3 +357,19 @@ def test_a_file_of_bad_and_blank_lines_is_read_a_bounded_chunk_at_a_time():
     # the last 6 blank and the 2 items
     assert exp.chunks == 16
     assert [s["line"] for s in exp.bad_samples] == [1, 2, 3]
+
+
+def test_without_a_nudge_topic_the_tick_expands_the_job_itself_and_the_next_tick_goes_on():
+    job, deps, _ = setup(25, chunk_items=10)
+    # At 10 items a second (the fake clock waits out the ramp), a tick with 1.5 s left writes
+    # part of the job and stops at its deadline.
+    slow = dataclasses.replace(deps, ramp=Ramp(10.0))
+    first = expanding.InlineExpansions(slow, "tick-1", slow.clock.now() + 1.5)
+    assert expanding.resume_expansions(store=slow.store, nudges=first, clock=slow.clock) == [job.job_id]
+    part = len(stored_items(slow.store, job.job_id))
+    assert 0 < part < 25 and slow.store.get_job(job.job_id).status is JobStatus.ACCEPTING
+    # The tick released its lease on the way out: the next one carries on at once.
+    later = expanding.InlineExpansions(deps, "tick-2", deps.clock.now() + 1e6)
+    assert expanding.resume_expansions(store=deps.store, nudges=later, clock=deps.clock) == [job.job_id]
+    assert stored_items(deps.store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
+    assert deps.store.get_job(job.job_id).status is JobStatus.QUEUED

@@ -29,12 +29,13 @@ ITEMS = 12  # above INTERACTIVE_THRESHOLD: each job is one batch
 
 
 class HeldLink:
-    """A TCP proxy to `upstream` that holds every connection (accepted, nothing forwarded)
-    until open() is called."""
+    """A TCP proxy to `upstream` that forwards until shut() and holds everything from then on
+    (new connections accepted, nothing forwarded, pooled ones too) until open() is called."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.gate = threading.Event()
+        self.gate.set()
         self.held = 0
         self._sockets: list[socket.socket] = []
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -43,6 +44,9 @@ class HeldLink:
 
     def open(self) -> None:
         self.gate.set()
+
+    def shut(self) -> None:
+        self.gate.clear()
 
     def close(self) -> None:
         self.gate.set()
@@ -73,10 +77,10 @@ class HeldLink:
         for source, sink in ((client, server), (server, client)):
             threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65_536):
+                self.gate.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -90,7 +94,8 @@ class HeldLink:
 
 @pytest.fixture
 def held_gcs(stack):
-    """The poller's Cloud Storage behind a HeldLink, shut until the test opens it."""
+    """The poller's Cloud Storage behind a HeldLink, open until the test shuts it (the poller
+    reads the jobs' staged bodies from it while it expands them)."""
     link = HeldLink(("127.0.0.1", stack.ports.gcs))
     try:
         with functions_env(stack, ["poller"], {"STORAGE_EMULATOR_HOST": f"http://{link.address}"}):
@@ -116,6 +121,7 @@ def test_one_tick_hands_finished_batches_to_concurrent_ingests(stack, db, bucket
                for j in range(JOBS)]
     wait_until(stack, lambda: len(found := gemini_batches(stack)) == JOBS and all(
         b["state"] == "BATCH_STATE_SUCCEEDED" for b in found), "the batches succeeded at Gemini")
+    held_gcs.shut()
 
     summary = tick(stack)
 

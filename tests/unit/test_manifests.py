@@ -154,8 +154,8 @@ def peak_of_finalize(n):
 
 
 def test_finalize_memory_does_not_grow_with_the_number_of_items():
-    small, large = peak_of_finalize(5_000), peak_of_finalize(50_000)
-    print(f"finalize peak: 5,000 items {small / 2**20:.2f} MiB, 50,000 items {large / 2**20:.2f} MiB")
-    # The whole manifest of 50,000 items is ~15 MiB, and the list of items behind it more: a
+    small, large = peak_of_finalize(2_000), peak_of_finalize(20_000)
+    print(f"finalize peak: 2,000 items {small / 2**20:.2f} MiB, 20,000 items {large / 2**20:.2f} MiB")
+    # The whole manifest of 20,000 items is ~6 MiB, and the list of items behind it more: a
     # tenfold job may not cost more than the small one plus a page's slack.
     assert large < small * 1.5

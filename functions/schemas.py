@@ -265,7 +265,10 @@ class JobStatusResponse(Response):
     counts: ItemCounts
     items: list[ItemStatus]
     next_page_token: str | None
-    batches: list[BatchStatus]
+    batches: list[BatchStatus] = Field(description="Up to 100 of the job's Gemini batches, in id order")
+    batch_count: int = Field(0, description="How many batches the job has")
+    batches_next_page_token: str | None = Field(
+        None, description="Pass as batches_page_token for the next page of batches; null on the last")
     round: int = Field(description="1, plus one per :retry that re-opened the finished job")
     route_reason: str | None
     error: str | None = Field(description="Why the job failed as a whole (the API stopped while accepting it)")

@@ -81,11 +81,11 @@ def test_an_expansion_that_died_half_way_is_resumed_by_the_poller(stack, db):
     saves = []
 
     class DiesAfterOneCheckpoint(FirestoreJobStore):
-        def save_expansion(self, job_id, owner, expansion, now):
-            saves.append(expansion["items"])
+        def update_expansion(self, job_id, owner, change):
+            saves.append(change.expansion["items"])
             if len(saves) == 2:
                 raise Killed()
-            return super().save_expansion(job_id, owner, expansion, now)
+            return super().update_expansion(job_id, owner, change)
 
     dying = DiesAfterOneCheckpoint(store.db)
     deps = expanding.ExpandDeps(store=dying, sources=staging, queue=InMemoryWorkQueue(), clock=clock,

@@ -26,7 +26,7 @@ from core.models import (
 )
 from core.errors import NotFound
 from core.retention import expire_at
-from core.transitions import ItemChange
+from core.transitions import ExpansionChange, ItemChange
 
 _PARALLEL_COMMITS = 8
 
@@ -156,18 +156,8 @@ class FirestoreJobStore(FirestoreBatchIntents):
         refs = [self._item_doc(job_id, k) for k in dict.fromkeys(keys)]
         return {s.get("key"): s.get("index") for s in self.db.get_all(refs) if s.exists} if refs else {}
 
-    def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
-        return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
-
-    def finish_expansion(self, job_id: str, owner: str, expansion: dict, item_count: int,
-                         estimated_cost_usd: float | None, now: float) -> bool:
-        return self._holder_cas(job_id, owner, {
-            "expansion": expansion, "status": JobStatus.QUEUED.value, "item_count": item_count,
-            "estimated_cost_usd": estimated_cost_usd, "updated_at": now})
-
-    def fail_expansion(self, job_id: str, owner: str, error: str, now: float) -> bool:
-        return self._holder_cas(job_id, owner, {
-            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+    def update_expansion(self, job_id: str, owner: str, change: ExpansionChange) -> bool:
+        return self._holder_cas(job_id, owner, change.as_fields())
 
     def _holder_cas(self, job_id: str, owner: str, updates: dict) -> bool:
         """A write to an accepting job whose expansion `owner` holds (core.expanding.holder_updates)."""

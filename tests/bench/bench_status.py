@@ -28,7 +28,8 @@ def write_job(store, n: int, now: float):
               item_count=n, created_at=now, updated_at=now)
     store.create_job_doc(job)
     for start in range(0, n, KEYS_PER_INTENT):
-        items = [Item(job_id=job.job_id, key=f"k{i:07d}", index=i, prompt=f"catalogue image {i}",
+        items = [Item(job_id=job.job_id, key=f"k{i:07d}", index=i, prompt=f"catalogue image {i}", aspect_ratio="1:1",
+                      domain=None, quality="standard",
                       lane="batch", updated_at=now) for i in range(start, min(n, start + KEYS_PER_INTENT))]
         store.create_items(job.job_id, items, job_created_at=now)
         store.create_intents(plan_intents(job, items, max_requests=KEYS_PER_INTENT, now=now,

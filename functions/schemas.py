@@ -290,6 +290,9 @@ class ExpansionProgress(Response):
     items_created: int
     bad_line_count: int = Field(description="Lines refused (skipped, or the one that failed the job)")
     bad_lines: list[BadLine] = Field(description="The first refused lines")
+    failed_attempts: int = Field(0, description="Attempts in a row that failed without writing a chunk; at "
+                                                "EXPAND_MAX_ATTEMPTS the job fails")
+    last_error: str | None = Field(None, description="The last failed attempt's error")
 
 
 class EventStatus(Response):

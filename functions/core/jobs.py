@@ -112,7 +112,8 @@ def expansion_progress(expansion: dict) -> dict:
     """What the status shows of a job's expansion record (core/expanding.py)."""
     return {"lines_read": expansion.get("lines", 0), "items_created": expansion.get("items", 0),
             "bad_line_count": expansion.get("bad_lines", 0),
-            "bad_lines": [dict(s) for s in expansion.get("bad_samples") or ()]}
+            "bad_lines": [dict(s) for s in expansion.get("bad_samples") or ()],
+            "failed_attempts": expansion.get("failed_attempts", 0), "last_error": expansion.get("last_error")}
 
 
 def _job_of_tenant(store: JobStore, job_id: str, tenant: str | None) -> Job:

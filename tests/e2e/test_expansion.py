@@ -20,7 +20,8 @@ def test_a_body_job_is_answered_while_accepting_and_then_completes(stack, db):
     assert (accepted["status"], accepted["item_count"]) == ("accepting", 4)
     status = wait_for_job(stack, accepted["job_id"])
     assert status["status"] == "succeeded" and status["counts"]["succeeded"] == 4
-    assert status["expansion"] == {"lines_read": 4, "items_created": 4, "bad_line_count": 0, "bad_lines": []}
+    assert status["expansion"] == {"lines_read": 4, "items_created": 4, "bad_line_count": 0, "bad_lines": [],
+                                   "failed_attempts": 0, "last_error": None}
     assert [it["key"] for it in status["items"]] == [f"item-{i:05d}" for i in range(4)]
 
 

@@ -173,7 +173,8 @@ def test_expansion_writes_every_item_in_order_then_queues_and_publishes():
     assert after.status is JobStatus.QUEUED and after.item_count == 25 and after.published
     assert sorted(k for _, k in deps.queue.messages) == [f"item-{i:05d}" for i in range(25)]
     assert Expansion.from_dict(after.expansion).progress() == {
-        "lines_read": 25, "items_created": 25, "bad_line_count": 0, "bad_lines": []}
+        "lines_read": 25, "items_created": 25, "bad_line_count": 0, "bad_lines": [],
+        "failed_attempts": 0, "last_error": None}
 
 
 def test_a_second_expander_finds_the_lease_taken_until_it_runs_out():

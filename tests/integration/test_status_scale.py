@@ -11,6 +11,7 @@ import pytest
 from adapters.firestore.ops import FirestoreOps, OpCounts, count_ops
 from core import jobs
 from core.models import BatchIntent, Job, JobStatus, Lane
+from tests.integration.test_contracts import job_store  # noqa: F401 - the contract fixture (fake and Firestore)
 
 
 class _CountingBytes:
@@ -106,3 +107,19 @@ def test_an_intent_written_before_key_count_is_counted_from_its_keys(counted):
     page = store.intent_page(job.job_id, None, 10)
 
     assert [i.public()["items"] for i in page] == [7, 7]
+
+
+def test_intents_are_paged_with_or_without_their_keys(job_store):  # noqa: F811 - the contract fixture
+    job = batch_job(job_store, 5, 3)
+    other = batch_job(job_store, 2, 1)  # another job's intents are never in the page
+    ids = sorted(i.intent_id for i in job_store.intents_of_job(job.job_id))
+
+    first = job_store.intent_page(job.job_id, None, 2)
+    rest = job_store.intent_page(job.job_id, first[-1].intent_id, 10)
+    whole = job_store.intent_page(job.job_id, ids[0], 1, with_keys=True)
+
+    assert [i.intent_id for i in first + rest] == ids
+    assert all(i.keys == [] and i.key_count == 3 and i.public()["items"] == 3 for i in first + rest)
+    assert [(i.intent_id, len(i.keys)) for i in whole] == [(ids[1], 3)]
+    assert (job_store.count_intents(job.job_id), job_store.count_intents(other.job_id)) == (5, 2)
+    assert job_store.intent_page("nobody", None, 10) == [] and job_store.count_intents("nobody") == 0

@@ -176,6 +176,11 @@ class FirestoreJobStore(FirestoreBatchIntents):
         return Item.from_dict(data_of(snap)) if snap is not None else None
 
     def list_items(self, job_id: str, start_after_index: int | None, limit: int) -> list[Item]:
+        # Firestore serves this from the single-field index on `index`: its cost follows the page,
+        # not the job (https://firebase.google.com/docs/firestore/query-data/index-overview, "An
+        # index behind every query"). The emulator has no such index: every query over a job's
+        # items, whatever its shape (ordered or not, a range, an equality, a cursor), takes time
+        # in proportion to the job's items, while reads by id do not (tests/bench/bench_status.py).
         query = self._items(job_id).order_by("index")
         if start_after_index is not None:
             query = query.start_after({"index": start_after_index})

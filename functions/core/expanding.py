@@ -18,7 +18,10 @@ A message to the poller (and, failing that, the poller's next tick) then runs ex
   the items, as a body job always did).
 
 A source that vanished or cannot be read, or a bad line with on_bad_line "fail", ends the job
-`failed` with the reason (its items never run; its reservation is released).
+`failed` with the reason (its items never run; its reservation is released). So do max_attempts
+attempts in a row that fail unexpectedly without writing a chunk (each counted in the record, the
+next one after a back-off): nothing retries an expansion for ever. Once the job has left
+accepting, its staged body is deleted (never a caller's source).
 """
 from __future__ import annotations
 

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         1.5, ge=1.0, description="factor the expansion's write rate grows by every EXPAND_RAMP_PERIOD_SECONDS")
     expand_ramp_period_seconds: float = Field(
         300.0, gt=0, description="seconds between two steps of the expansion's write rate")
+    expand_max_attempts: int = Field(
+        20, ge=1, description="expansion attempts in a row that fail without writing a chunk (Firestore or Cloud "
+        "Storage unavailable, an unreadable record) before the job ends failed with the last error; the attempts "
+        "are spaced by a back-off doubling from 5 s up to EXPAND_LEASE_SECONDS (20: about 45 minutes)")
 
     dead_letter_subscription: str | None = Field(
         None, description="pull subscription on the work topic's dead-letter topic; the poller drains it"

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import uuid
 
 import flask
@@ -319,10 +320,11 @@ def _retry(request, caller: Caller, job_id: str):
 
 def _status(request, caller: Caller, job_id: str):
     page_size, page_token = _paging(request)
+    batches_token = _batches_paging(request)
     _check_job_id(job_id)
     try:
         body = jobs.get_job_status(job_id, wiring.status_deps(), page_size=page_size, page_token=page_token,
-                                   tenant=caller.scope)
+                                   tenant=caller.scope, batches_page_token=batches_token)
     except errors.NotFound as e:
         raise _lookup_error(e) from e
     return model_response(schemas.JobStatusResponse, body)
@@ -339,6 +341,17 @@ def _paging(request) -> tuple[int, str | None]:
     if page_token is not None and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 9):
         raise _invalid("page_token is not one this API issued", "page_token", "invalid")
     return page_size, page_token
+
+
+_BATCH_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def _batches_paging(request) -> str | None:
+    """batches_page_token: an intent id, as batches_next_page_token gave it."""
+    token = request.args.get("batches_page_token")
+    if token is not None and not _BATCH_TOKEN.fullmatch(token):
+        raise _invalid("batches_page_token is not one this API issued", "batches_page_token", "invalid")
+    return token
 
 
 def _cancel(request, caller: Caller, job_id: str):

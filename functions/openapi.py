@@ -149,6 +149,9 @@ def _get_job() -> dict:
              "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
             {"name": "page_token", "in": "query", "required": False,
              "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"}},
+            {"name": "batches_page_token", "in": "query", "required": False,
+             "description": "batches_next_page_token of the previous status: the next page of its batches",
+             "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"}},
         ],
         "responses": {
             "200": _ok("JobStatusResponse", "The job"),

@@ -265,7 +265,10 @@ class JobStatusResponse(Response):
     counts: ItemCounts
     items: list[ItemStatus]
     next_page_token: str | None
-    batches: list[BatchStatus]
+    batches: list[BatchStatus] = Field(description="Up to 100 of the job's Gemini batches, in id order")
+    batch_count: int = Field(0, description="How many batches the job has")
+    batches_next_page_token: str | None = Field(
+        None, description="Pass as batches_page_token for the next page of batches; null on the last")
     round: int = Field(description="1, plus one per :retry that re-opened the finished job")
     route_reason: str | None
     error: str | None = Field(description="Why the job failed as a whole (the API stopped while accepting it)")
@@ -287,6 +290,9 @@ class ExpansionProgress(Response):
     items_created: int
     bad_line_count: int = Field(description="Lines refused (skipped, or the one that failed the job)")
     bad_lines: list[BadLine] = Field(description="The first refused lines")
+    failed_attempts: int = Field(0, description="Attempts in a row that failed without writing a chunk; at "
+                                                "EXPAND_MAX_ATTEMPTS the job fails")
+    last_error: str | None = Field(None, description="The last failed attempt's error")
 
 
 class EventStatus(Response):

@@ -512,13 +512,15 @@ def expand_deps() -> ExpandDeps:
     from core.expanding import ExpandDeps, Ramp
 
     d, s = deps(), settings()
+    staged = staged_sources()
     return ExpandDeps(
-        store=d.store, sources=staged_sources(), queue=d.queue, clock=d.clock,
+        store=d.store, sources=staged, staged=staged, queue=d.queue, clock=d.clock,
         batches=d.batches if d.batch_lane else None, accounting=d.accounting, sink=d.sink, events=d.events,
         intent_nudges=d.nudges if d.batch_lane else None,
         ramp=Ramp(s.expand_ramp_start_per_second, s.expand_ramp_growth, s.expand_ramp_period_seconds),
         chunk_items=s.expand_chunk_items, lease_seconds=s.expand_lease_seconds,
         batch_max_requests=s.batch_items_per_batch, max_items=s.max_items_per_source,
+        max_attempts=s.expand_max_attempts,
     )
 
 

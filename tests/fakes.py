@@ -14,7 +14,7 @@ from core.models import (
     StoredImage, TERMINAL_JOB_STATUSES,
 )
 from core.transitions import (
-    Cancelled, DeadLettered, EventAttempt, Ending, Failed, IntentChange, ItemChange, Succeeded,
+    Cancelled, DeadLettered, EventAttempt, Ending, ExpansionChange, Failed, IntentChange, ItemChange, Succeeded,
 )
 
 
@@ -127,17 +127,8 @@ class InMemoryJobStore:
         found = self.items.get(job_id, {})
         return {k: found[k]["index"] for k in keys if k in found}
 
-    def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
-        return self._holder_cas(job_id, owner, {"expansion": expansion, "updated_at": now})
-
-    def finish_expansion(self, job_id, owner, expansion, item_count, estimated_cost_usd, now) -> bool:
-        return self._holder_cas(job_id, owner, {
-            "expansion": expansion, "status": JobStatus.QUEUED.value, "item_count": item_count,
-            "estimated_cost_usd": estimated_cost_usd, "updated_at": now})
-
-    def fail_expansion(self, job_id: str, owner: str, error: str, now: float) -> bool:
-        return self._holder_cas(job_id, owner, {
-            "status": JobStatus.FAILED.value, "error": error, "updated_at": now, "finished_at": now})
+    def update_expansion(self, job_id: str, owner: str, change: ExpansionChange) -> bool:
+        return self._holder_cas(job_id, owner, change.as_fields())
 
     def _holder_cas(self, job_id: str, owner: str, updates: dict) -> bool:
         with self.lock:
@@ -286,6 +277,14 @@ class InMemoryJobStore:
     def intents_of_job(self, job_id: str) -> list[BatchIntent]:
         found = [BatchIntent.from_dict(copy.deepcopy(d)) for d in self.intents.values() if d["job_id"] == job_id]
         return sorted(found, key=lambda i: i.intent_id)
+
+    def intent_page(self, job_id: str, after: str | None, limit: int, *, with_keys: bool = False) -> list[BatchIntent]:
+        ids = sorted(i for i, d in self.intents.items() if d["job_id"] == job_id and (after is None or i > after))
+        page = [copy.deepcopy(self.intents[i]) for i in ids[:limit]]
+        return [BatchIntent.from_dict(d if with_keys else {**d, "keys": []}) for d in page]
+
+    def count_intents(self, job_id: str) -> int:
+        return sum(1 for d in self.intents.values() if d["job_id"] == job_id)
 
     def active_intents(self, limit: int) -> list[BatchIntent]:
         active = {s.value for s in ACTIVE_INTENT_STATES}

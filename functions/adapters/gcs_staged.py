@@ -11,6 +11,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 import sources
 from adapters.gcs_sources import GcsSources, SourceError, SourceObject, parse_uri
+from core.errors import StorageUnavailable
 from core.expanding import STAGED_FORMAT, Expansion, Line, SourceUnavailable, staged_lines
 
 
@@ -37,6 +38,16 @@ class GcsStagedSources:
             if blob is None:
                 raise
         return f"gs://{self.bucket.name}/{name}", int(blob.generation), int(blob.size or len(data))
+
+    def delete_staged(self, source_uri: str, generation: int) -> None:
+        bucket, name = parse_uri(source_uri)
+        try:
+            # That generation only: whatever else may have the name is not ours to delete.
+            self.client.bucket(bucket).blob(name).delete(if_generation_match=generation, retry=DEFAULT_RETRY)
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            pass  # deleted already (a repeated end), or not that generation any more
+        except gexc.GoogleAPIError as e:
+            raise StorageUnavailable(f"could not delete {source_uri}: {e}") from None
 
     def lines(self, expansion: Expansion) -> Iterator[Line]:
         """The source's lines from the checkpoint, read in ranges of the pinned generation (an

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from core import accounting as acct
 from core.accounting import Accounting
 from core.batches import plan_intents
-from core.jobs import _all_items, finalize_job_if_done
+from core.jobs import _all_items, finalize_job_if_done, iter_intents
 from core.models import BatchIntent, Item, ItemState, Job, Lane
 from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
 from core.transitions import AcceptAbandoned
@@ -49,7 +49,7 @@ def record_job(
     store.create_items(job.job_id, items, job_created_at=job.created_at)  # they expire with the job
     if intents is None:
         return []
-    existing = [i for i in intents.intents_of_job(job.job_id) if i.attempt == 1]
+    existing = [i for i in iter_intents(intents, job.job_id, with_keys=True) if i.attempt == 1]
     missing = plan_missing_intents(job, items, existing, max_requests=max_requests, now=now)
     intents.create_intents(missing)
     return sorted([*existing, *missing], key=lambda i: i.intent_id)

@@ -18,7 +18,10 @@ A message to the poller (and, failing that, the poller's next tick) then runs ex
   the items, as a body job always did).
 
 A source that vanished or cannot be read, or a bad line with on_bad_line "fail", ends the job
-`failed` with the reason (its items never run; its reservation is released).
+`failed` with the reason (its items never run; its reservation is released). So do max_attempts
+attempts in a row that fail unexpectedly without writing a chunk (each counted in the record, the
+next one after a back-off): nothing retries an expansion for ever. Once the job has left
+accepting, its staged body is deleted (never a caller's source).
 """
 from __future__ import annotations
 
@@ -32,10 +35,10 @@ from core import accounting as acct
 from core.accounting import Accounting
 from core.batches import plan_intents
 from core.errors import DomainError
-from core.jobs import expansion_progress, finalize_job_if_done
+from core.jobs import expansion_progress, finalize_job_if_done, iter_intents
 from core.models import Item, ItemSpec, ItemState, Job, JobStatus, Lane
 from core.ports import BatchNudges, BatchStore, Clock, EventOutbox, ImageSink, JobStore, WorkQueue
-from core.transitions import AcceptAbandoned
+from core.transitions import AcceptAbandoned, ExpansionFailed, ExpansionFinished, ExpansionSaved
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ class Expansion:
     next_write_at: float = 0.0  # the ramp's pace: no chunk before this
     owner: str | None = None
     lease_until: float = 0.0
+    failed_attempts: int = 0  # attempts in a row that raised before writing a chunk (see expand_job)
+    last_error: str | None = None  # the last one's error
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -122,6 +127,12 @@ class SourceLines(Protocol):
         generation it names, never another). SourceUnavailable when it cannot be read."""
 
 
+class StagedBodies(Protocol):
+    def delete_staged(self, source_uri: str, generation: int) -> None:
+        """Delete a staged body (that generation only); one already gone is no error.
+        StorageUnavailable when Cloud Storage did not answer."""
+
+
 class ExpandNudges(Protocol):
     def expand(self, job_id: str) -> None:
         """Ask for expand_job(job_id) soon. DeliveryFailed when the message was not taken."""
@@ -138,12 +149,14 @@ class ExpandDeps:
     sink: ImageSink | None = None
     events: EventOutbox | None = None
     intent_nudges: BatchNudges | None = None  # batch lane: the job's intents are created at once, not at a tick
+    staged: StagedBodies | None = None  # deletes a body once its job has left accepting
     ramp: Ramp = field(default_factory=Ramp)
     chunk_items: int = 500
     lease_seconds: float = 120.0
     batch_max_requests: int = 1000
     max_items: int = 1_000_000
     max_bad_samples: int = 20
+    max_attempts: int = 20  # attempts in a row without progress before the job fails (EXPAND_MAX_ATTEMPTS)
 
 
 class _Refused(Exception):
@@ -196,8 +209,7 @@ def expand_job(job_id: str, owner: str, deps: ExpandDeps, deadline: float) -> st
     store, clock = deps.store, deps.clock
     job = store.claim_expansion(job_id, owner, clock.now(), deps.lease_seconds)
     if job is None:
-        current = store.get_job(job_id)
-        return "busy" if current is not None and current.status is JobStatus.ACCEPTING else "gone"
+        return _not_claimed(job_id, deps)
     saved = [Expansion.from_dict(job.expansion or {})]  # the last checkpoint written
     try:
         finished = _expand_chunks(job, saved, owner, deps, deadline)
@@ -207,19 +219,51 @@ def expand_job(job_id: str, owner: str, deps: ExpandDeps, deadline: float) -> st
         return _fail(job, owner, deps, str(e))
     except _LeaseLost:
         return "lost"
-    except Exception:
-        # Unexpected (Firestore or Cloud Storage unavailable): give the lease back, so that the
-        # message's redelivery can carry on at once, and let the caller answer 5xx.
-        _release(job_id, owner, saved[0], deps)
-        raise
+    except Exception as e:
+        return _failed_attempt(job, owner, saved[0], deps, e)
     if not finished:
         return "continue" if _release(job_id, owner, saved[0], deps) else "lost"
     return _finish(job, saved[0], owner, deps)
 
 
+def _not_claimed(job_id: str, deps: ExpandDeps) -> str:
+    """ "busy" when another holds the lease, else "gone". A job gone from accepting whose staged
+    body is still there lost its expander between the end and the delete: delete it now."""
+    current = deps.store.get_job(job_id)
+    if current is not None and current.status is JobStatus.ACCEPTING:
+        return "busy"
+    if current is not None and current.expansion:
+        _drop_staged(job_id, Expansion.from_dict(current.expansion), deps)
+    return "gone"
+
+
+def _failed_attempt(job: Job, owner: str, exp: Expansion, deps: ExpandDeps, error: Exception) -> str:
+    """An unexpected error (Firestore or Cloud Storage unavailable, a bug): raised again for the
+    caller to answer 5xx. An attempt that wrote a chunk first gives the lease back, so that the
+    redelivery carries on at once. One that wrote nothing is counted in the record, and keeps
+    the lease for a back-off that doubles up to the lease's length (a redelivery meanwhile finds
+    it busy; the poller's tick resumes it after): a transient outage is retried for a while, and
+    after max_attempts in a row the job ends failed with the error, where a message that can
+    never succeed would otherwise be retried by Pub/Sub and the ticks for ever."""
+    message = f"{type(error).__name__}: {error}"[:500]
+    log.warning("job %s: expansion attempt failed: %s", job.job_id, message, extra={"job_id": job.job_id})
+    if exp.chunks > Expansion.from_dict(job.expansion or {}).chunks:
+        _release(job.job_id, owner, replace(exp, last_error=message), deps)
+        raise error
+    attempts = exp.failed_attempts + 1
+    if attempts >= deps.max_attempts:
+        return _fail(job, owner, deps, f"the expansion failed {attempts} times in a row without progress; "
+                                       f"the last error: {message}")
+    now = deps.clock.now()
+    backoff = min(deps.lease_seconds, 5.0 * 2 ** (attempts - 1))
+    counted = replace(exp, failed_attempts=attempts, last_error=message, lease_until=now + backoff)
+    deps.store.update_expansion(job.job_id, owner, ExpansionSaved(now, counted.to_dict()))
+    raise error
+
+
 def _release(job_id: str, owner: str, exp: Expansion, deps: ExpandDeps) -> bool:
     released = replace(exp, owner=None, lease_until=0.0)
-    return deps.store.save_expansion(job_id, owner, released.to_dict(), deps.clock.now())
+    return deps.store.update_expansion(job_id, owner, ExpansionSaved(deps.clock.now(), released.to_dict()))
 
 
 class _LeaseLost(Exception):
@@ -243,7 +287,7 @@ def _expand_chunks(job: Job, saved: list[Expansion], owner: str, deps: ExpandDep
         if last is None:
             return True
         exp = _write_chunk(job, exp, chunk, bad, last, deps)
-        if not deps.store.save_expansion(job.job_id, owner, exp.to_dict(), clock.now()):
+        if not deps.store.update_expansion(job.job_id, owner, ExpansionSaved(clock.now(), exp.to_dict())):
             raise _LeaseLost()
         saved[0] = exp
         if ended:
@@ -289,6 +333,7 @@ def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], l
     return replace(
         exp, offset=last.end, lines=last.number, line_index=last.next_index, items=exp.items + len(items), chunks=exp.chunks + 1,
         bad_lines=exp.bad_lines + len(refused), bad_samples=exp.bad_samples + tuple(samples), started_at=started,
+        failed_attempts=0,  # progress: only attempts in a row that write nothing count
         next_write_at=now + len(items) / deps.ramp.rate(now - started),
     )
 
@@ -338,8 +383,9 @@ def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps) -> str:
     if from_source and accounting is not None:
         estimate = accounting.prices.estimate(job.lane, exp.items, job.model)
     done = replace(exp, owner=None, lease_until=0.0)
-    if not store.finish_expansion(job.job_id, owner, done.to_dict(), exp.items, estimate, clock.now()):
+    if not store.update_expansion(job.job_id, owner, ExpansionFinished(clock.now(), done.to_dict(), exp.items, estimate)):
         return "lost"
+    _drop_staged(job.job_id, exp, deps)
     if accounting is not None and from_source:
         # A source job's count is known only now: it is reserved now (a crash just before
         # reserves nothing, the safe side for the caller; the daily budget still caps spend).
@@ -369,7 +415,7 @@ def _nudge_intents(job_id: str, deps: ExpandDeps) -> None:
     not nudged are created by the next tick anyway."""
     if deps.intent_nudges is None or deps.batches is None:
         return
-    for intent in deps.batches.intents_of_job(job_id):
+    for intent in iter_intents(deps.batches, job_id):  # a page at a time, without their keys
         try:
             deps.intent_nudges.nudge(intent.intent_id)
         except DomainError as e:
@@ -381,8 +427,9 @@ def _fail(job: Job, owner: str, deps: ExpandDeps, error: str) -> str:
     """The job ends failed: its written items are failed too (nothing ran them: the job never
     left accepting), the reservation made at accept is released, its completion recorded."""
     store, clock, accounting = deps.store, deps.clock, deps.accounting
-    if not store.fail_expansion(job.job_id, owner, error, clock.now()):
+    if not store.update_expansion(job.job_id, owner, ExpansionFailed(clock.now(), error)):
         return "lost"
+    _drop_staged(job.job_id, Expansion.from_dict(job.expansion or {}), deps)
     after = None
     while True:
         items = store.list_items(job.job_id, after, 500)
@@ -396,6 +443,25 @@ def _fail(job: Job, owner: str, deps: ExpandDeps, error: str) -> str:
     log.error("job %s: %s", job.job_id, error, extra={"job_id": job.job_id})
     finalize_job_if_done(job.job_id, store=store, clock=clock, sink=deps.sink, events=deps.events)
     return "failed"
+
+
+def _drop_staged(job_id: str, exp: Expansion, deps: ExpandDeps) -> None:
+    """Delete the job's staged body once the job has left accepting for good: it is read by
+    nothing else. Best effort: one left behind (a failed delete, a kill just before it) is
+    deleted by the bucket's lifecycle rule on the prefix (infra/terraform/storage.tf). A caller's
+    `source` is never deleted: only our own format, under our own prefix."""
+    if deps.staged is None or exp.format != STAGED_FORMAT or not _is_staged(exp.source_uri):
+        return
+    try:
+        deps.staged.delete_staged(exp.source_uri, exp.generation)
+    except DomainError as e:
+        log.warning("job %s: its staged body is left to the lifecycle rule (%s)", job_id, e, extra={"job_id": job_id})
+
+
+def _is_staged(uri: str) -> bool:
+    """gs://bucket/_accepted/... : a body we staged (submitting.py names them so)."""
+    _, _, rest = uri.removeprefix("gs://").partition("/")
+    return uri.startswith("gs://") and rest.startswith(STAGED_PREFIX)
 
 
 # --- the poller's part -----------------------------------------------------------------------

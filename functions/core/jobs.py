@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from core.accounting import Prices
 from core.errors import Conflict, NotFound
 from core.manifests import write_manifest
-from core.models import TERMINAL_JOB_STATUSES, Item, ItemState, Job, JobStatus, Lane, PoolEntry
+from core.models import TERMINAL_JOB_STATUSES, BatchIntent, Item, ItemState, Job, JobStatus, Lane, PoolEntry
 from core.ports import BatchStore, Clock, EventOutbox, ImageSink, JobStore, PoolStore, WorkQueue
 from core.tenants import visible
 from core.transitions import Cancelled, Requeued
@@ -45,8 +46,14 @@ class StatusDeps:
     events: EventOutbox | None = None
 
 
+# The batches a status shows at once; the rest are paged with batches_page_token. A
+# million-item job has hundreds of batches: listing them all made its status grow with it.
+BATCH_PAGE_SIZE = 100
+
+
 def get_job_status(
     job_id: str, deps: StatusDeps, *, page_size: int = 100, page_token: str | None = None, tenant: str | None = None,
+    batches_page_token: str | None = None,
 ) -> dict:
     store, batches, events = deps.store, deps.batches, deps.events
     job = _job_of_tenant(store, job_id, tenant)
@@ -67,8 +74,7 @@ def get_job_status(
         "counts": {state.value: counts.get(state, 0) for state in ItemState},
         "items": [it.public() for it in items],
         "next_page_token": next_token,
-        # A job's items may reach batches without the job being a batch job (diverted, retried).
-        "batches": [i.public() for i in batches.intents_of_job(job_id)] if batches else [],
+        **_batch_page(job_id, batches, batches_page_token),
         "round": job.round,
         "route_reason": job.route_reason,
         "error": job.error,
@@ -79,11 +85,35 @@ def get_job_status(
     }
 
 
+def _batch_page(job_id: str, batches: BatchStore | None, after: str | None) -> dict:
+    """A page of the job's batches, read without their keys, and how many there are. A job's
+    items may reach batches without the job being a batch job (diverted, retried)."""
+    if batches is None:
+        return {"batches": [], "batch_count": 0, "batches_next_page_token": None}
+    page = batches.intent_page(job_id, after or None, BATCH_PAGE_SIZE)
+    count = batches.count_intents(job_id) if page or after else 0
+    next_token = page[-1].intent_id if len(page) == BATCH_PAGE_SIZE else None
+    return {"batches": [i.public() for i in page], "batch_count": count, "batches_next_page_token": next_token}
+
+
+def iter_intents(batches: BatchStore, job_id: str, *, with_keys: bool = False, page: int = 100) -> Iterator[BatchIntent]:
+    """Every intent of the job, read a page at a time: a million-item job's hundreds of
+    intents (and their keys) are never all held at once."""
+    after = None
+    while True:
+        intents = batches.intent_page(job_id, after, page, with_keys=with_keys)
+        yield from intents
+        if len(intents) < page:
+            return
+        after = intents[-1].intent_id
+
+
 def expansion_progress(expansion: dict) -> dict:
     """What the status shows of a job's expansion record (core/expanding.py)."""
     return {"lines_read": expansion.get("lines", 0), "items_created": expansion.get("items", 0),
             "bad_line_count": expansion.get("bad_lines", 0),
-            "bad_lines": [dict(s) for s in expansion.get("bad_samples") or ()]}
+            "bad_lines": [dict(s) for s in expansion.get("bad_samples") or ()],
+            "failed_attempts": expansion.get("failed_attempts", 0), "last_error": expansion.get("last_error")}
 
 
 def _job_of_tenant(store: JobStore, job_id: str, tenant: str | None) -> Job:

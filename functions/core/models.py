@@ -273,10 +273,15 @@ class BatchIntent:
     # When a tick last published a nudge for this intent's ingest (None: never): it publishes
     # no other until a grace period has passed.
     ingest_requested_at: float | None = None
+    # len(keys), stored beside them so that a job's status can show it without reading the keys
+    # (BatchStore.intent_page). None: stored before it was kept, or read without keys.
+    key_count: int | None = None
 
     def __post_init__(self) -> None:
         if self.next_check_at is None and self.state in ACTIVE_INTENT_STATES:
             self.next_check_at = self.created_at
+        if self.keys:  # the keys, when read, are the truth
+            self.key_count = len(self.keys)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -309,7 +314,7 @@ class BatchIntent:
             "gemini_batch": self.gemini_batch,
             "gemini_state": self.gemini_state,
             "attempt": self.attempt,
-            "items": len(self.keys),
+            "items": self.key_count if self.key_count is not None else len(self.keys),
             "outcome": self.outcome,
             "error": self.error,
             "submit_failures": self.submit_failures,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.models import (
     BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, PoolEntry, SlotBlock, StoredImage,
 )
-from core.transitions import EventAttempt, IntentChange, ItemChange
+from core.transitions import EventAttempt, ExpansionChange, IntentChange, ItemChange
 
 if TYPE_CHECKING:  # core.events uses these ports in its own annotations
     from core.breaker import BreakerView, Decision
@@ -64,15 +64,9 @@ class JobStore(Protocol):
     def item_indexes(self, job_id: str, keys: Sequence[str]) -> dict[str, int]:
         """The index of each of these items that exists (a job written by its expansion only)."""
 
-    def save_expansion(self, job_id: str, owner: str, expansion: dict, now: float) -> bool:
-        """Store the job's expansion record (a checkpoint) while owner holds its lease."""
-
-    def finish_expansion(self, job_id: str, owner: str, expansion: dict, item_count: int,
-                         estimated_cost_usd: float | None, now: float) -> bool:
-        """accepting -> queued with the final count, while owner holds the expansion's lease."""
-
-    def fail_expansion(self, job_id: str, owner: str, error: str, now: float) -> bool:
-        """accepting -> failed with `error`, while owner holds the expansion's lease."""
+    def update_expansion(self, job_id: str, owner: str, change: ExpansionChange) -> bool:
+        """Apply an expansion change (a checkpoint, queued, failed: core/transitions.py) to an
+        accepting job whose expansion owner holds; False when it is not (lost or finished)."""
 
     def mark_published(self, job_id: str, now: float) -> None: ...
 
@@ -199,6 +193,13 @@ class BatchStore(Protocol):
     def get_intent(self, intent_id: str) -> BatchIntent | None: ...
 
     def intents_of_job(self, job_id: str) -> list[BatchIntent]: ...
+
+    def intent_page(self, job_id: str, after: str | None, limit: int, *, with_keys: bool = False) -> list[BatchIntent]:
+        """Up to `limit` of the job's intents in id order, after the intent id `after`. Without
+        keys (keys empty, key_count set) unless asked: a page costs the same whatever the size
+        of its batches."""
+
+    def count_intents(self, job_id: str) -> int: ...
 
     def active_intents(self, limit: int) -> list[BatchIntent]: ...
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
-from core.models import IntentState, ItemState, Lane
+from core.models import IntentState, ItemState, JobStatus, Lane
 
 if TYPE_CHECKING:  # core.events imports this module
     from core.events import EventState
@@ -455,3 +455,44 @@ class EventAttempt:
         else:
             fields.update(last_error=self.last_error, next_attempt_at=self.next_attempt_at)
         return fields
+
+
+# --- a job's background expansion, under its lease (JobStore.update_expansion) ----------------
+
+
+@dataclass(frozen=True)
+class ExpansionSaved:
+    """A checkpoint of the expansion record (core.expanding.Expansion.to_dict), or the lease
+    given back with it; the job stays accepting."""
+    at: float
+    expansion: Mapping[str, Any]
+
+    def as_fields(self) -> dict[str, Any]:
+        return {"expansion": dict(self.expansion), "updated_at": self.at}
+
+
+@dataclass(frozen=True)
+class ExpansionFinished:
+    """accepting -> queued: every item is written, the count is known (and, for a caller's
+    source, the estimate)."""
+    at: float
+    expansion: Mapping[str, Any]
+    item_count: int
+    estimated_cost_usd: float | None
+
+    def as_fields(self) -> dict[str, Any]:
+        return {"expansion": dict(self.expansion), "status": JobStatus.QUEUED.value, "item_count": self.item_count,
+                "estimated_cost_usd": self.estimated_cost_usd, "updated_at": self.at}
+
+
+@dataclass(frozen=True)
+class ExpansionFailed:
+    """accepting -> failed with the reason; the expansion record is left as it was."""
+    at: float
+    error: str
+
+    def as_fields(self) -> dict[str, Any]:
+        return {"status": JobStatus.FAILED.value, "error": self.error, "updated_at": self.at, "finished_at": self.at}
+
+
+ExpansionChange = Union[ExpansionSaved, ExpansionFinished, ExpansionFailed]

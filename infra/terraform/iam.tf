@@ -116,6 +116,24 @@ resource "google_storage_bucket_iam_member" "poller_images_read" {
   member = "serviceAccount:${google_service_account.poller.email}"
 }
 
+# The one delete: the poller, which expands accepted jobs, deletes a job's staged body
+# (_accepted/{job_id}.jsonl, core/expanding.py) once the job has left accepting. The condition
+# names that prefix only, so no image or manifest can be deleted
+# (https://cloud.google.com/storage/docs/samples/storage-add-bucket-conditional-iam-binding;
+# the bucket has uniform bucket-level access, which IAM conditions require:
+# https://cloud.google.com/storage/docs/access-control/iam#conditions). A body left behind is
+# deleted by the bucket's lifecycle rule on the same prefix (storage.tf).
+resource "google_storage_bucket_iam_member" "poller_staged_delete" {
+  bucket = google_storage_bucket.images.name
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.poller.email}"
+  condition {
+    title       = "staged-bodies-only"
+    description = "Objects under _accepted/ only: the staged bodies of accepted jobs"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.images.name}/objects/_accepted/\")"
+  }
+}
+
 # Job sources: the API reads an object's generation and size when it accepts a job with a
 # `source`, the poller reads the file while it expands the job. objectViewer (get and list) on
 # that one bucket; the worker never reads sources. Callers upload with objectCreator only: it

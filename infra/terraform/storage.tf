@@ -45,6 +45,21 @@ resource "google_storage_bucket" "images" {
     }
   }
 
+  # Staged request bodies (_accepted/{job_id}.jsonl, functions/core/expanding.py): the poller
+  # deletes each once its job has left accepting; this deletes any it could not (a kill just
+  # before the delete, a failed call). Its age must exceed the longest expansion: a million
+  # items at Firestore's 500/s ramp take under an hour, and one that cannot progress fails
+  # after EXPAND_MAX_ATTEMPTS (about 45 minutes); the default, 7 days, is far beyond both.
+  lifecycle_rule {
+    condition {
+      age            = var.staged_bodies_retention_days
+      matches_prefix = ["_accepted/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   depends_on = [google_project_service.this]
 }
 

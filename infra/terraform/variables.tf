@@ -418,6 +418,17 @@ variable "images_retention_days" {
   }
 }
 
+variable "staged_bodies_retention_days" {
+  type        = number
+  description = "Staged request bodies (_accepted/ in the images bucket) left behind by an expansion are deleted this many days after they were written; far longer than any expansion."
+  default     = 7
+
+  validation {
+    condition     = var.staged_bodies_retention_days >= 2
+    error_message = "staged_bodies_retention_days is at least 2: an expansion must never lose its source."
+  }
+}
+
 variable "records_retention_days" {
   type        = number
   description = "RECORDS_RETENTION_DAYS: Firestore records (jobs, items, batch intents, events, pool entries, usage shards) get an expire_at this many days out, and TTL policies delete them then. Keep it equal to images_retention_days, so a job's record and its images go together."

@@ -20,7 +20,8 @@ def test_a_body_job_is_answered_while_accepting_and_then_completes(stack, db):
     assert (accepted["status"], accepted["item_count"]) == ("accepting", 4)
     status = wait_for_job(stack, accepted["job_id"])
     assert status["status"] == "succeeded" and status["counts"]["succeeded"] == 4
-    assert status["expansion"] == {"lines_read": 4, "items_created": 4, "bad_line_count": 0, "bad_lines": []}
+    assert status["expansion"] == {"lines_read": 4, "items_created": 4, "bad_line_count": 0, "bad_lines": [],
+                                   "failed_attempts": 0, "last_error": None}
     assert [it["key"] for it in status["items"]] == [f"item-{i:05d}" for i in range(4)]
 
 
@@ -81,11 +82,11 @@ def test_an_expansion_that_died_half_way_is_resumed_by_the_poller(stack, db):
     saves = []
 
     class DiesAfterOneCheckpoint(FirestoreJobStore):
-        def save_expansion(self, job_id, owner, expansion, now):
-            saves.append(expansion["items"])
+        def update_expansion(self, job_id, owner, change):
+            saves.append(change.expansion["items"])
             if len(saves) == 2:
                 raise Killed()
-            return super().save_expansion(job_id, owner, expansion, now)
+            return super().update_expansion(job_id, owner, change)
 
     dying = DiesAfterOneCheckpoint(store.db)
     deps = expanding.ExpandDeps(store=dying, sources=staging, queue=InMemoryWorkQueue(), clock=clock,

@@ -12,6 +12,7 @@ import pytest
 
 from core import expanding
 from core.expanding import ExpandDeps, Expansion, Ramp, SourceUnavailable
+from core.transitions import ExpansionFailed, ExpansionFinished, ExpansionSaved
 from core.models import ItemSpec, JobStatus
 from tests.fakes import FakeClock, InMemoryWorkQueue
 from tests.integration.test_contracts import job_store, make_job  # noqa: F401 - the store fixture
@@ -33,7 +34,7 @@ def test_the_expansion_lease_lets_one_holder_in_until_it_runs_out(job_store):
     assert job_store.claim_expansion(job.job_id, "b", 159.0, 60) is None
     assert job_store.claim_expansion(job.job_id, "a", 159.0, 60) is not None  # its own: renewed
     assert job_store.claim_expansion(job.job_id, "b", 220.0, 60) is not None  # ran out: taken over
-    assert not job_store.save_expansion(job.job_id, "a", {**leased.expansion, "items": 5}, 221.0)
+    assert not job_store.update_expansion(job.job_id, "a", ExpansionSaved(221.0, {**leased.expansion, "items": 5}))
     assert job_store.get_job(job.job_id).expansion["items"] == 0
     assert job_store.claim_expansion("missing", "a", 100.0, 60) is None
 
@@ -42,21 +43,21 @@ def test_checkpoints_and_the_end_are_written_by_the_holder_only(job_store):
     job, _ = accepting_job()
     job_store.create_job_doc(job)
     held = job_store.claim_expansion(job.job_id, "a", 100.0, 60).expansion
-    assert job_store.save_expansion(job.job_id, "a", {**held, "items": 3, "offset": 99}, 101.0)
+    assert job_store.update_expansion(job.job_id, "a", ExpansionSaved(101.0, {**held, "items": 3, "offset": 99}))
     assert job_store.get_job(job.job_id).expansion["offset"] == 99
-    assert not job_store.finish_expansion(job.job_id, "b", held, 3, 0.1, 102.0)
-    assert job_store.finish_expansion(job.job_id, "a", {**held, "owner": None}, 3, 0.12, 102.0)
+    assert not job_store.update_expansion(job.job_id, "b", ExpansionFinished(102.0, held, 3, 0.1))
+    assert job_store.update_expansion(job.job_id, "a", ExpansionFinished(102.0, {**held, "owner": None}, 3, 0.12))
     done = job_store.get_job(job.job_id)
     assert (done.status, done.item_count, done.estimated_cost_usd) == (JobStatus.QUEUED, 3, 0.12)
-    assert not job_store.save_expansion(job.job_id, "a", held, 103.0)  # not accepting any more
-    assert not job_store.fail_expansion(job.job_id, "a", "late", 103.0)
+    assert not job_store.update_expansion(job.job_id, "a", ExpansionSaved(103.0, held))  # not accepting any more
+    assert not job_store.update_expansion(job.job_id, "a", ExpansionFailed(103.0, "late"))
 
 
 def test_a_failed_expansion_ends_the_job_with_its_error(job_store):
     job, _ = accepting_job()
     job_store.create_job_doc(job)
     job_store.claim_expansion(job.job_id, "a", 100.0, 60)
-    assert job_store.fail_expansion(job.job_id, "a", "the source is gone", 101.0)
+    assert job_store.update_expansion(job.job_id, "a", ExpansionFailed(101.0, "the source is gone"))
     failed = job_store.get_job(job.job_id)
     assert failed.status is JobStatus.FAILED and failed.error == "the source is gone" and failed.accept_failed
 
@@ -149,18 +150,18 @@ def test_an_expansion_on_firestore_killed_half_way_resumes_to_exactly_the_source
     deps = ExpandDeps(store=firestore_store, sources=stage, queue=InMemoryWorkQueue(), clock=clock, chunk_items=7,
                       lease_seconds=60, ramp=Ramp(1e9))
     saves = []
-    real_save = firestore_store.save_expansion
+    real_update = firestore_store.update_expansion
 
-    def dies_at_the_third(job_id, owner, expansion, now):
-        saves.append(expansion["items"])
+    def dies_at_the_third(job_id, owner, change):
+        saves.append(change.expansion["items"])
         if len(saves) == 3:
             raise Killed()
-        return real_save(job_id, owner, expansion, now)
+        return real_update(job_id, owner, change)
 
-    firestore_store.save_expansion = dies_at_the_third
+    firestore_store.update_expansion = dies_at_the_third
     with pytest.raises(Killed):
         expanding.expand_job(job.job_id, "first", deps, clock.now() + 100)
-    del firestore_store.save_expansion
+    del firestore_store.update_expansion
     clock.advance(61)
     assert expanding.expand_job(job.job_id, "second", deps, clock.now() + 100) == "done"
     items = firestore_store.list_items(job.job_id, None, 100)

@@ -7,10 +7,12 @@ import dataclasses
 import pytest
 
 from core.events import EventState
+from core.expanding import Expansion
+from core.models import JobStatus
 from core.transitions import EventAttempt, HandedBack, IngestProgress, QuotaBackOff
 from tests.integration.test_contracts import job_store, make_intents, make_job  # noqa: F401 (fixture)
 from tests.integration.test_event_contracts import event_store, make_event  # noqa: F401 (fixture)
-from tests.unit.test_transitions import INTENT_CHANGES, ITEM_CHANGES
+from tests.unit.test_transitions import EXPANSION_CHANGES, INTENT_CHANGES, ITEM_CHANGES
 
 
 def _stored(record) -> dict:
@@ -66,6 +68,21 @@ def test_an_intent_change_writes_its_fields_and_keeps_the_rest(job_store, change
     assert job_store.update_intent(intent.intent_id, "poller", change)
 
     _assert_changed_only(before, _stored(job_store.get_intent(intent.intent_id)), fields)
+
+
+@pytest.mark.parametrize("change, fields", EXPANSION_CHANGES, ids=lambda v: type(v).__name__ if not isinstance(v, dict) else "")
+def test_an_expansion_change_writes_its_fields_and_keeps_the_rest(job_store, change, fields):  # noqa: F811
+    job, _ = make_job(3)
+    job.status, job.error = JobStatus.ACCEPTING, None
+    job.expansion = Expansion("gs://b/_accepted/j.jsonl", 7, items=2).to_dict()
+    job_store.create_job_doc(job)
+    job_store.claim_expansion(job.job_id, "a", 1.0, 60)
+    before = _stored(job_store.get_job(job.job_id))
+
+    assert job_store.update_expansion(job.job_id, "a", change)
+
+    _assert_changed_only(before, _stored(job_store.get_job(job.job_id)), fields)
+    assert not job_store.update_expansion(job.job_id, "b", change)  # another's lease: nothing written
 
 
 @pytest.mark.parametrize("attempt", [

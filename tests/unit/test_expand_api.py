@@ -45,8 +45,10 @@ def test_a_body_is_answered_accepting_then_expanded_by_its_nudge(api, poller, st
     assert answer.status_code == 200 and answer.get_json() == {"expand": "done"}
     status = api.get(body["status_url"]).get_json()
     assert status["status"] == "queued" and status["expansion"] == {
-        "lines_read": 5, "items_created": 5, "bad_line_count": 0, "bad_lines": []}
+        "lines_read": 5, "items_created": 5, "bad_line_count": 0, "bad_lines": [],
+        "failed_attempts": 0, "last_error": None}
     assert [k for _, k in staged.queue.messages] == [f"item-{i:05d}" for i in range(5)]
+    assert staged.staged.objects == {}  # the staged body is deleted once the job is queued
 
 
 def test_a_continuation_that_cannot_be_published_is_answered_503(api, poller, staged, monkeypatch):

@@ -28,6 +28,10 @@ class MemorySources:
         self.objects.setdefault(uri, (len(self.objects) + 1, data))
         return uri, self.objects[uri][0], len(self.objects[uri][1])
 
+    def delete_staged(self, uri: str, generation: int) -> None:
+        if self.objects.get(uri, (None,))[0] == generation:
+            del self.objects[uri]
+
     def lines(self, exp: Expansion):
         generation, data = self.objects.get(exp.source_uri, (None, b""))
         if generation != exp.generation:
@@ -76,11 +80,11 @@ class KillingStore(InMemoryJobStore):
         super().create_items(job_id, items, job_created_at)
         self._maybe_kill("create_items", True)
 
-    def save_expansion(self, job_id, owner, expansion, now):
-        self.calls["save_expansion"] += 1
-        self._maybe_kill("save_expansion", False)
-        done = super().save_expansion(job_id, owner, expansion, now)
-        self._maybe_kill("save_expansion", True)
+    def update_expansion(self, job_id, owner, change):
+        self.calls["update_expansion"] += 1
+        self._maybe_kill("update_expansion", False)
+        done = super().update_expansion(job_id, owner, change)
+        self._maybe_kill("update_expansion", True)
         return done
 
 
@@ -97,6 +101,9 @@ class FakeIntents:
 
     def intents_of_job(self, job_id: str):
         return sorted((i for i in self.intents.values() if i.job_id == job_id), key=lambda i: i.intent_id)
+
+    def intent_page(self, job_id: str, after, limit: int, *, with_keys: bool = False):
+        return [i for i in self.intents_of_job(job_id) if after is None or i.intent_id > after][:limit]
 
     def nudge(self, intent_id: str) -> None:
         self.nudged.append(intent_id)
@@ -166,7 +173,8 @@ def test_expansion_writes_every_item_in_order_then_queues_and_publishes():
     assert after.status is JobStatus.QUEUED and after.item_count == 25 and after.published
     assert sorted(k for _, k in deps.queue.messages) == [f"item-{i:05d}" for i in range(25)]
     assert Expansion.from_dict(after.expansion).progress() == {
-        "lines_read": 25, "items_created": 25, "bad_line_count": 0, "bad_lines": []}
+        "lines_read": 25, "items_created": 25, "bad_line_count": 0, "bad_lines": [],
+        "failed_attempts": 0, "last_error": None}
 
 
 def test_a_second_expander_finds_the_lease_taken_until_it_runs_out():
@@ -187,7 +195,7 @@ def test_the_budget_hands_over_to_a_continuation_with_the_lease_released():
 
 
 @pytest.mark.parametrize("lane", ["interactive", "batch"])
-@pytest.mark.parametrize("method", ["create_items", "save_expansion"])
+@pytest.mark.parametrize("method", ["create_items", "update_expansion"])
 @pytest.mark.parametrize("after", [False, True])
 @pytest.mark.parametrize("nth", [1, 2, 3])
 def test_a_kill_at_any_checkpoint_boundary_resumes_to_exactly_the_source(lane, method, after, nth):
@@ -235,7 +243,7 @@ def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume
     job = _accepting_job(store, clock, Expansion(uri, generation))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
                       lease_seconds=60, ramp=Ramp(1e9))
-    store.kill_at = ("save_expansion", 2, False)  # the chunk with the duplicate dies before its checkpoint
+    store.kill_at = ("update_expansion", 2, False)  # the chunk with the duplicate dies before its checkpoint
     with pytest.raises(Killed):
         expanding.expand_job(job.job_id, "a", deps, clock.now() + 100)
     clock.advance(61)

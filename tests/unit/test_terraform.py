@@ -547,13 +547,34 @@ def test_builds_read_the_function_sources_and_nothing_else():
 
 def test_every_writer_can_read_back_an_existing_object_and_delete_none():
     images = [m for m in resources()["google_storage_bucket_iam_member"].values()
-              if refers_to(m["bucket"], "google_storage_bucket", "images")]
+              if refers_to(m["bucket"], "google_storage_bucket", "images") and not m.get("condition")]
     for name, function in app_functions().items():
         account = account_of(function)
         roles = {m["role"] for m in images if refers_to(m["member"], "google_service_account", account)}
         # create (if_generation_match=0) and get (the metadata of an object that already exists)
         assert roles == {"roles/storage.objectCreator", "roles/storage.objectViewer"}, name
     assert {m["role"] for m in images} == {"roles/storage.objectCreator", "roles/storage.objectViewer"}
+
+
+def test_only_the_poller_deletes_and_only_staged_bodies():
+    conditional = [m for m in resources()["google_storage_bucket_iam_member"].values()
+                   if refers_to(m["bucket"], "google_storage_bucket", "images") and m.get("condition")]
+    [grant] = conditional
+    assert refers_to(grant["member"], "google_service_account", "poller")
+    [condition] = grant["condition"]
+    from core.expanding import STAGED_PREFIX
+
+    prefix = f"projects/_/buckets/${{google_storage_bucket.images.name}}/objects/{STAGED_PREFIX}"
+    assert condition["expression"] == f'resource.name.startsWith("{prefix}")'
+
+
+def test_staged_bodies_left_behind_expire_long_after_any_expansion():
+    images = resources()["google_storage_bucket"]["images"]
+    rules = [r["condition"][0] for r in images["lifecycle_rule"] if r["action"][0]["type"] == "Delete"]
+    from core.expanding import STAGED_PREFIX  # where submitting.py stages bodies
+
+    [rule] = [c for c in rules if c.get("matches_prefix") == [STAGED_PREFIX]]
+    assert rule["age"] == "${var.staged_bodies_retention_days}" and default("staged_bodies_retention_days") >= 7
 
 
 # --- the poller's schedule ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from core.events import EventState
 from core.models import ItemState
 from core.transitions import (
     AcceptAbandoned, BatchCancelled, BatchDeadLettered, BatchErrorNoted, BatchFailed, BatchRecorded, BatchSucceeded,
-    Cancelled, DeadLettered, Diverted, EarlierImageRecorded, EventAttempt, Failed, GeminiStateSeen, HandedBack,
+    Cancelled, DeadLettered, Diverted, EarlierImageRecorded, EventAttempt, ExpansionFailed, ExpansionFinished,
+    ExpansionSaved, Failed, GeminiStateSeen, HandedBack,
     IngestProgress, IngestRequested, IngestStarted, InputDropped, InputRefused, InputUploaded, IntentFinished,
     LeaseRenewed, QuotaBackOff, Requeued, ResultsUnreadable, Succeeded, Touched,
 )
@@ -93,6 +94,22 @@ INTENT_CHANGES = [
 
 @pytest.mark.parametrize("change, fields", INTENT_CHANGES, ids=lambda v: type(v).__name__ if not isinstance(v, dict) else "")
 def test_each_intent_change_writes_exactly_its_fields(change, fields):
+    assert change.as_fields() == fields
+
+
+EXPANSION = {"source_uri": "gs://b/_accepted/j.jsonl", "generation": 7, "items": 12, "owner": "a", "lease_until": 9.0}
+EXPANSION_CHANGES = [
+    (ExpansionSaved(5.0, EXPANSION), {"expansion": EXPANSION, "updated_at": 5.0}),
+    (ExpansionFinished(5.0, {**EXPANSION, "owner": None}, 12, 0.48),
+     {"expansion": {**EXPANSION, "owner": None}, "status": "queued", "item_count": 12, "estimated_cost_usd": 0.48,
+      "updated_at": 5.0}),
+    (ExpansionFailed(5.0, "the source is gone"),
+     {"status": "failed", "error": "the source is gone", "updated_at": 5.0, "finished_at": 5.0}),
+]
+
+
+@pytest.mark.parametrize("change, fields", EXPANSION_CHANGES, ids=lambda v: type(v).__name__ if not isinstance(v, dict) else "")
+def test_each_expansion_change_writes_exactly_its_fields(change, fields):
     assert change.as_fields() == fields
 
 

@@ -25,6 +25,18 @@ from core.models import ACTIVE_INTENT_STATES, BatchIntent, IntentState
 from core.transitions import IntentChange, ItemChange
 
 
+# What a job's status reads of its intents: every field but the keys.
+_SUMMARY_FIELDS = [f for f in BatchIntent.__dataclass_fields__ if f != "keys"]
+
+
+def _get(snap, field: str):
+    """A snapshot's field, None when the document has none (DocumentSnapshot.get raises KeyError)."""
+    try:
+        return snap.get(field)
+    except KeyError:
+        return None
+
+
 class FirestoreBatchIntents:
     """The BatchStore half of FirestoreJobStore. What it uses of the job half:"""
 
@@ -68,6 +80,34 @@ class FirestoreBatchIntents:
     def intents_of_job(self, job_id: str) -> list[BatchIntent]:
         query = self.intents.where(filter=FieldFilter("job_id", "==", job_id))
         return sorted((BatchIntent.from_dict(data_of(s)) for s in query.stream()), key=lambda i: i.intent_id)
+
+    def intent_page(self, job_id: str, after: str | None, limit: int, *, with_keys: bool = False) -> list[BatchIntent]:
+        # Equality on job_id ordered by id: the single-field index serves it, no composite
+        # index. Without keys, a field mask leaves out the intent's biggest field (up to
+        # BATCH_MAX_REQUESTS keys) so that the page costs the same for a job of any size
+        # (https://cloud.google.com/firestore/docs/query-data/queries#query_operators ,
+        # "select": https://cloud.google.com/python/docs/reference/firestore/latest/query).
+        query = self.intents.where(filter=FieldFilter("job_id", "==", job_id)).order_by("__name__")
+        if not with_keys:
+            query = query.select(_SUMMARY_FIELDS)
+        if after is not None:
+            query = query.start_after({"__name__": after})
+        snaps = list(query.limit(limit).stream())
+        if with_keys:
+            return [BatchIntent.from_dict(data_of(s)) for s in snaps]
+        return self._summaries(snaps)
+
+    def _summaries(self, snaps: list) -> list[BatchIntent]:
+        """The intents read without keys; one recorded before key_count was kept is read whole
+        (once: such intents belong to jobs older than the field)."""
+        legacy = [s.reference for s in snaps if _get(s, "key_count") is None]
+        whole = {s.id: s for s in self.db.get_all(legacy)} if legacy else {}
+        return [BatchIntent.from_dict(data_of(whole[s.id]) if s.id in whole else {**data_of(s), "keys": []})
+                for s in snaps]
+
+    def count_intents(self, job_id: str) -> int:
+        query = self.intents.where(filter=FieldFilter("job_id", "==", job_id))
+        return int(query.count().get()[0][0].value)
 
     def active_intents(self, limit: int) -> list[BatchIntent]:
         states = [s.value for s in ACTIVE_INTENT_STATES]

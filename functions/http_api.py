@@ -334,8 +334,8 @@ def _paging(request) -> tuple[int, str | None]:
     raw_size = request.args.get("page_size", "100")
     # ASCII digits only: int() also takes " 5", "+5", "1_0" and "٣".
     page_size = int(raw_size) if raw_size.isascii() and raw_size.isdigit() and len(raw_size) <= 3 else -1
-    if not 1 <= page_size <= 500:
-        raise _invalid("page_size must be an integer from 1 to 500", "page_size", "out of range")
+    if not 0 <= page_size <= 500:
+        raise _invalid("page_size must be an integer from 0 to 500", "page_size", "out of range")
     page_token = request.args.get("page_token")
     # An item index: ASCII digits that fit Firestore's int64 (str.isdigit() also takes "²").
     if page_token is not None and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 9):

@@ -146,7 +146,8 @@ def _get_job() -> dict:
         "parameters": [
             _job_id(),
             {"name": "page_size", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+             "description": "items per page; 0 answers the status and counts without items",
+             "schema": {"type": "integer", "minimum": 0, "maximum": 500, "default": 100}},
             {"name": "page_token", "in": "query", "required": False,
              "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"}},
             {"name": "batches_page_token", "in": "query", "required": False,

@@ -140,7 +140,7 @@ def job_status(stack, job: str) -> dict | None:
     again: a slow read is a finding, not the end of the run)."""
     started = time.monotonic()
     try:
-        response = requests.get(f"{stack.url('api')}/v1/jobs/{job}?page_size=1", timeout=300)
+        response = requests.get(f"{stack.url('api')}/v1/jobs/{job}?page_size=0", timeout=300)
         response.raise_for_status()
         return response.json()
     except requests.RequestException as e:

@@ -204,8 +204,16 @@ def test_status_of_unknown_job_and_bad_paging(api):
     assert api.get("/v1/jobs/doesnotexist").status_code == 404
     assert api.get("/v1/jobs/x..y").status_code == 404
     job_id = post_job(api, {"requests": [{"prompt": "a"}]}).get_json()["job_id"]
-    assert api.get(f"/v1/jobs/{job_id}?page_size=0").status_code == 400
+    assert api.get(f"/v1/jobs/{job_id}?page_size=501").status_code == 400
+    assert api.get(f"/v1/jobs/{job_id}?page_size=-1").status_code == 400
     assert api.get(f"/v1/jobs/{job_id}?page_token=abc").status_code == 400
+
+
+def test_status_with_page_size_zero_has_counts_and_no_items(api):
+    job_id = post_job(api, {"requests": [{"prompt": "a"}, {"prompt": "b"}]}).get_json()["job_id"]
+    body = api.get(f"/v1/jobs/{job_id}?page_size=0").get_json()
+    assert body["items"] == [] and body["next_page_token"] is None
+    assert sum(body["counts"].values()) == 2
 
 
 def test_healthz(api):

@@ -245,6 +245,7 @@ def rate_limit(s: Settings) -> RateLimit:
         window_seconds=s.rate_window_seconds,
         concurrency=s.rate_concurrency or None,
         safety=s.rate_safety,
+        spread=s.rate_spread,
         spend_usd_per_window=s.rate_limit_spend_usd or None,
         spend_window_seconds=s.rate_spend_window_seconds,
         # The worker passes each image's own price; this one is for a caller that passes none.

@@ -88,6 +88,9 @@ _BLOCK_SECONDS = 1.0
 # A block's history keeps at most this many runs; beyond, the two closest runs are merged into
 # one that overstates their times (safe), so a block document stays small.
 _HISTORY_RUNS = 64
+# A slot joins a run when the run predicts its time within this (float rounding of epoch
+# seconds); the rule adds it back, so a run that understates a time by this much still delays.
+_RUN_TOLERANCE = 0.001
 # Blocks are kept this long after their time; a TTL policy in Firestore deletes them later.
 _SLOT_RETENTION_SECONDS = 3600.0
 # How stale the cached blocked_until may get: the delay before a push-back reaches everyone.
@@ -414,7 +417,7 @@ def slot_times(history: tuple[Run, ...], start: int, size: int, earliest: float,
     for n in range(start, start + size):
         time = max(earliest, previous + spacing)
         if (older := _time_of(history, times, start, n - q)) is not None:
-            time = max(time, older + period)
+            time = max(time, older + period + (_RUN_TOLERANCE if n - q < start else 0.0))
         times.append(time)
         previous = time
     return times
@@ -445,7 +448,7 @@ def extend_history(history: tuple[Run, ...], start: int, times: list[float], q: 
     for n, time in enumerate(times, start):
         last = runs[-1] if runs else None
         if last and last[0] + last[1] == n and (
-                last[1] == 1 or math.isclose(last[2] + last[1] * last[3], time, rel_tol=0, abs_tol=1e-6)):
+                last[1] == 1 or abs(last[2] + last[1] * last[3] - time) <= _RUN_TOLERANCE):
             if last[1] == 1:
                 last[3] = time - last[2]
             last[1] += 1

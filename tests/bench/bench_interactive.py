@@ -45,6 +45,7 @@ import requests
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[2] / "functions")]
 
 from infra.local import Ports, Stack  # noqa: E402
+from infra.local.stack import StackError  # noqa: E402
 
 MODEL = "gemini-2.5-flash-image"
 TARGET_RATIO = 0.97
@@ -117,6 +118,20 @@ def wait_for_job(stack: Stack, job_id: str, images: int, start: float, timeout: 
 
 
 def run_quota(quota: int, args) -> dict:
+    for attempt in range(3):
+        try:
+            return run_quota_once(quota, args)
+        except StackError as e:
+            # Ports.free() finds free ports, but on a shared machine another process may bind
+            # one before our emulator does: start the stack again on other ports.
+            if attempt == 2:
+                raise
+            print(f"{quota}/min: the stack did not start ({str(e).splitlines()[0]}); starting it again",
+                  file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def run_quota_once(quota: int, args) -> dict:
     window = window_for(quota)
     rate = quota / window
     images = max(math.ceil(rate * args.seconds), math.ceil(1.5 * quota))

@@ -268,6 +268,11 @@ def rate_limiter() -> SlotRateLimiter:
     )
 
 
+def warm_rate_limiter() -> None:
+    """The limiter's first reads and lease documents, at the worker instance's start."""
+    rate_limiter().warm_up()
+
+
 @functools.cache
 def breaker():
     from adapters.firestore.breaker import FirestoreBreakerStore
@@ -532,7 +537,7 @@ def status_deps() -> StatusDeps:
 
 # What each entry point's first request would otherwise build: deps(), every client and adapter
 # (one instance serves one function, but they share most clients, and the rest cost little).
-_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps", "staged_sources"),
+_WARM_UP = {"pubsub_worker": ("deps", "warm_rate_limiter"), "http_api": ("deps", "staged_sources"),
             "scheduled_poller": ("deps", "staged_sources"),
             "gemini_webhook": ("deps",)}
 # The modules those import: most of the cost (about 1.5 s of the 2 s).

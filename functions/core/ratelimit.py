@@ -232,6 +232,16 @@ class SlotRateLimiter:
             self._next_store_ask = 0.0  # a lease is free in the store now: worth asking at once
         self.store.release_lease(taken[0], self._holder)
 
+    def warm_up(self) -> None:
+        """What the instance's first send would otherwise wait for, read or made at its start:
+        the chain's end (its first claim then needs no read unless another instance extended
+        the chain meanwhile) and the lease documents."""
+        tail = self.store.last_block()
+        with self._lock:
+            self._tail = self._tail or tail
+        if self.limit.concurrency:
+            self.store.prepare_leases(self.limit.concurrency)
+
     def push_back(self, until: float) -> None:
         self.store.push_blocked_until(until)
         with self._lock:  # this instance obeys at once; the others within _BLOCKED_REFRESH_SECONDS

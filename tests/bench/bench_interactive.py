@@ -121,9 +121,10 @@ def run_quota(quota: int, args) -> dict:
     for attempt in range(3):
         try:
             return run_quota_once(quota, args)
-        except StackError as e:
+        except (StackError, OSError) as e:
             # Ports.free() finds free ports, but on a shared machine another process may bind
-            # one before our emulator does: start the stack again on other ports.
+            # one before our emulator does, and an emulator can be too slow to answer under
+            # load: start the stack again on other ports.
             if attempt == 2:
                 raise
             print(f"{quota}/min: the stack did not start ({str(e).splitlines()[0]}); starting it again",

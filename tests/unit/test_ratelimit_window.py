@@ -129,3 +129,15 @@ def test_a_fleet_with_skew_stalls_and_push_backs_bursts_within_the_quota(seed):
     assert max_in_any_window(arrivals, limit.window_seconds) <= 20
     # ...and the bursts did fill windows: the rule is not met by sending too little.
     assert max_in_any_window(arrivals, limit.window_seconds) >= 15
+
+
+def test_warm_up_reads_the_chain_end_so_the_first_claim_needs_no_read():
+    store, clock = InMemorySlotStore(), FakeClock()
+    limit = RateLimit(requests_per_window=10, window_seconds=60)
+    SlotRateLimiter(limit, store, clock).acquire("elsewhere", 1)  # another instance's block
+    limiter = SlotRateLimiter(limit, store, clock)
+    limiter.warm_up()
+    reads = store.reads
+    limiter.acquire("first", 1e9)
+    assert store.reads - reads == 1  # blocked_until only, not the chain's end
+    assert len(store.blocks) == 2

@@ -80,6 +80,9 @@ class FirestoreSlotStore:
             "limiter_block_size": block.size, "limiter_reads": self.reads, "limiter_writes": self.writes})
         return True
 
+    def prepare_leases(self, capacity: int) -> None:
+        self._create_leases(capacity)
+
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         self._create_leases(capacity)
         with self._lease_lock:  # the threads of one instance would all race for the same few

@@ -59,7 +59,7 @@ def test_a_coarsened_history_only_delays(claims, q):
         coarse = chain(limit, claims)
     finally:
         ratelimit._HISTORY_RUNS = original
-    assert all(c >= e - 1e-9 for c, e in zip(coarse, exact))
+    assert all(c >= e - 1e-9 for c, e in zip(coarse, exact, strict=True))
 
 
 def test_the_history_keeps_only_the_last_quota_of_slots_in_few_runs():

@@ -167,6 +167,8 @@ def wait_for(stack, jobs: list[str], done, timeout: float, label: str) -> float 
         now = time.monotonic()
         if now - last_print >= 15 and pending and statuses and pending[0] in statuses:
             counts = {k: sum(s["counts"][k] for s in statuses.values()) for k in ("queued", "succeeded", "failed")}
+            counts.update({k: n for k in ("running", "dead_lettered", "cancelled")
+                           if (n := sum(s["counts"].get(k, 0) for s in statuses.values()))})
             items = sum((s.get("expansion") or {}).get("items_created", s["item_count"]) for s in statuses.values())
             print(f"  ... {label}: {now - start:.0f}s, {len(pending)} job(s) left, {statuses[pending[0]]['status']}; "
                   f"of theirs: {items:,} items created, {counts}", flush=True)
@@ -250,7 +252,27 @@ def lost_and_duplicated(stack, keys: list[tuple[str, str]]) -> tuple[int, int, i
             else:
                 stray += 1
     lost = len(expected) - len(found)
+    if lost:
+        explain_lost(stack, sorted(expected - set(found))[:5])
     return objects, lost, stray + sum(n - 1 for n in found.values())
+
+
+def explain_lost(stack, names: list[str]) -> None:
+    """Print what Firestore holds of each lost image's item, and which batch intents name it."""
+    from google.cloud import firestore
+
+    from adapters.firestore.common import item_doc_id
+
+    db = firestore.Client(project=stack.project)
+    for name in names:
+        job, key = name.split("/", 1)
+        items = db.collection("jobs").document(job).collection("items")
+        snap = items.document(item_doc_id(job, key)).get()
+        bare = items.document(key).get()
+        intents = [s.id for s in db.collection("batches").where("job_id", "==", job).stream()
+                   if key in (s.to_dict().get("keys") or [])]
+        item = snap.to_dict() if snap.exists else (bare.to_dict() if bare.exists else None)
+        print(f"  lost {name}: item {item!r:.600}; in intents {intents}", flush=True)
 
 
 # --- the runs -----------------------------------------------------------------------------

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from core.backoff import backoff_seconds
 from core.catalog import Catalog
+from core.checkpoints import Checkpointed
 from core.errors import (
     DeliveryFailed, GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
@@ -31,6 +32,7 @@ from core.models import (
     Job,
     JobStatus,
     IntentState,
+    TERMINAL_ITEM_STATES,
     object_name,
 )
 from core.jobs import finalize_job_if_done
@@ -289,8 +291,7 @@ class BatchLane:
         reason = f"batch input refused {failures} times: {error.reason}"
         failed: dict[str, ItemChange] = {it.key: BatchFailed(now, reason, intent.attempt) for it in items}
         finished = IntentFinished(self.clock.now(), reason, submit_failures=failures, error=error.reason)
-        if self.store.checkpoint(intent.intent_id, owner, finished, failed):
-            self._count(intent, list(failed.values()))
+        self._count(intent, failed, self.store.checkpoint(intent.intent_id, owner, finished, failed))
         self.finalize_job(intent.job_id)
         return intent
 
@@ -524,7 +525,7 @@ class BatchLane:
             run.close()
         self._delete_quietly(intent.output_file)
         intent.lines_done = run.lines
-        self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
+        self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded", known_ended=run.ended)
         return "ingested"
 
     def _settled(self, intent: BatchIntent) -> dict[str, str]:
@@ -580,10 +581,12 @@ class BatchLane:
 
     # --- resubmission ----------------------------------------------------------------------
 
-    def _resubmit(self, intent: BatchIntent, owner: str, reason: str, outcome: str | None = None) -> None:
-        """Give the intent's unfinished items a new batch, or dead-letter them past the limit."""
+    def _resubmit(self, intent: BatchIntent, owner: str, reason: str, outcome: str | None = None,
+                  known_ended: frozenset[str] | set[str] = frozenset()) -> None:
+        """Give the intent's unfinished items a new batch, or dead-letter them past the limit.
+        `known_ended`: keys the caller saw end (an ingest's checkpoints), not read again."""
         now = self.clock.now()
-        unfinished = self._unfinished(intent)
+        unfinished = self._unfinished(intent, known_ended)
         ended: dict[str, BatchDeadLettered] = {}
         if unfinished and intent.attempt < self.max_attempts:
             retry = BatchIntent(
@@ -596,24 +599,27 @@ class BatchLane:
             for it in unfinished:
                 ended[it.key] = BatchDeadLettered(
                     now, f"gave up after {intent.attempt} batch attempts: {it.error or reason}", intent.attempt)
-        if self.store.checkpoint(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome or reason), ended):
-            self._count(intent, list(ended.values()))
-            for key, dead in ended.items():  # one line per item: the dead-letter metric counts them
-                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, dead.error,
+        done = self.store.checkpoint(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome or reason), ended)
+        if done:
+            self._count(intent, ended, done)
+            for key in done.applied:  # one line per item: the dead-letter metric counts them
+                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, ended[key].error,
                             extra={"job_id": intent.job_id, "item_key": key, "lane": "batch",
                                    "state": ItemState.DEAD_LETTERED.value})
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _count(self, intent: BatchIntent, changes: Sequence[ItemChange]) -> None:
-        """Add a checkpoint's outcomes to the day's usage counters (never fails the ingest)."""
-        if self.accounting is None:
+    def _count(self, intent: BatchIntent, changes: Mapping[str, ItemChange], done: Checkpointed | None) -> None:
+        """Add the outcomes a checkpoint wrote to the day's usage counters (never fails the
+        ingest). A change the checkpoint left out (its item had a result) was counted when
+        that result was written, or is not ours to count."""
+        if self.accounting is None or not done:
             return
         from core import accounting as acct
 
         deltas: dict[str, float] = {}
-        for change in changes:
+        for change in (changes[key] for key in done.applied):
             if change.state is ItemState.SUCCEEDED:
                 part = self.accounting.image_produced("batch", intent.model)
             elif change.state is ItemState.FAILED:
@@ -630,8 +636,10 @@ class BatchLane:
     def _unsubmitted(intent: BatchIntent) -> bool:
         return intent.state in (IntentState.PENDING, IntentState.CREATING)
 
-    def _unfinished(self, intent: BatchIntent) -> list[Item]:
-        return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+    def _unfinished(self, intent: BatchIntent, ended: frozenset[str] | set[str] = frozenset()) -> list[Item]:
+        """The intent's items without a result, reading only those not known to have ended."""
+        keys = [k for k in intent.keys if k not in ended]
+        return [it for it in self.store.get_items(intent.job_id, keys) if not it.terminal] if keys else []
 
     def _finish(self, intent: BatchIntent, owner: str, outcome: str) -> None:
         self.store.update_intent(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome))
@@ -679,7 +687,12 @@ class _Ingestion:
     def __init__(self, lane: BatchLane, intent: BatchIntent, owner: str, deadline: float) -> None:
         self.lane, self.intent, self.owner, self.deadline = lane, intent, owner, deadline
         self.keys = set(intent.keys)
-        self.settled = lane._settled(intent)
+        # A fresh ingest reads no item up front: what an item already has is judged by each
+        # checkpoint on the item as it reads it (core/checkpoints.py). A resumed one reads the
+        # results its earlier slices wrote, so their repeated lines are not uploaded again.
+        self.settled = lane._settled(intent) if intent.lines_done else {}
+        # Keys with a result as of the last checkpoint: the end of the ingest reads only the rest.
+        self.ended: set[str] = set(self.settled)
         # A checkpoint that recorded its byte offset is resumed there (a ranged download), its
         # lines counted, not read again; one without it (an older run) re-reads the file and
         # skips its lines_done lines.
@@ -750,10 +763,12 @@ class _Ingestion:
 
     def checkpoint(self, progress: IngestProgress, updates: dict[str, ItemChange]) -> None:
         intent, lane = self.intent, self.lane
-        if not lane.store.checkpoint(intent.intent_id, self.owner, progress, updates):
+        done = lane.store.checkpoint(intent.intent_id, self.owner, progress, updates)
+        if not done:
             raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
-        # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
-        lane._count(intent, list(updates.values()))
+        # Counted after the checkpoint commits, and only what it wrote: counted once.
+        lane._count(intent, updates, done)
+        self.ended |= done.kept | {k for k in done.applied if updates[k].state in TERMINAL_ITEM_STATES}
 
     def upload(self, result) -> ItemChange:
         try:

@@ -20,6 +20,7 @@ from adapters.firestore.common import (
     take_lease,
     update_if_leased,
 )
+from core.checkpoints import Checkpointed, applies
 from core.item_counts import add_deltas, count_deltas
 from core.models import ACTIVE_INTENT_STATES, BatchIntent, IntentState
 from core.transitions import IntentChange, ItemChange
@@ -135,50 +136,57 @@ class FirestoreBatchIntents:
     def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
         return update_if_leased(self.db, self.intents.document(intent_id), owner, change.as_fields())
 
-    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange,
+                   results: Mapping[str, ItemChange]) -> Checkpointed | None:
         """Item updates and the intent's progress in one atomic batch (split past 500 writes,
         the intent going in the last one), conditional on the lease; the items' counts move in
-        the same batches, from the items as read, each write conditional on that version."""
+        the same batches, from the items as read, each write conditional on that version. An
+        item that already has a result keeps it (core/checkpoints.py): its change is not written."""
         intent_updates = change.as_fields()
-        item_updates = {key: result.as_fields() for key, result in results.items()}
+        applied: set[str] = set()  # by an earlier try's chunks that committed before a conflict
         for _ in range(5):
-            done = self._try_checkpoint(intent_id, owner, intent_updates, item_updates)
+            done = self._try_checkpoint(intent_id, owner, intent_updates, results, applied)
             if done is not None:
-                return done
-        return False
+                return Checkpointed(frozenset(applied), frozenset(set(results) - applied)) if done else None
+        return None
 
     def _try_checkpoint(self, intent_id: str, owner: str, intent_updates: dict,
-                        item_updates: dict[str, dict]) -> bool | None:
+                        results: Mapping[str, ItemChange], applied: set[str]) -> bool | None:
         """True when written, False when the lease is lost, None when something changed between
-        the reads and the write (try again)."""
+        the reads and the write (try again). Adds the keys it writes to `applied`. One read of
+        the intent and one batched read of the items (get_all), then one commit per 500 writes."""
         ref = self.intents.document(intent_id)
         snap = ref.get()
         if not snap.exists or snap.get("lease_owner") != owner:
             return False
         job_id = snap.get("job_id")
-        found = self._item_snaps(job_id, list(item_updates))
-        missing = [k for k in item_updates if k not in found]
+        found = self._item_snaps(job_id, list(results))
+        missing = [k for k in results if k not in found]
         if missing:
             raise gexc.NotFound(f"items {missing[:5]} of job {job_id} do not exist")
-        keys = list(item_updates)
+        keys = [k for k in results if applies(data_of(found[k]), results[k])]
         step = _BATCH_LIMIT - 1 - COUNT_SHARDS  # room for the counters and the intent in each batch
         chunks = [keys[i : i + step] for i in range(0, len(keys), step)] or [[]]
         try:
             for n, chunk in enumerate(chunks):
-                # Earlier chunks go alone: item results are idempotent, and after a crash they
-                # are written again (moving no count: the items read as already changed).
+                # Earlier chunks go alone: after a crash or a conflict their items read as
+                # having a result, and are left as they are (moving no count).
                 batch = self.db.batch()
-                deltas: dict = {}
-                for key in chunk:
-                    before, updates = data_of(found[key]), item_updates[key]
-                    batch.update(found[key].reference, updates,
-                                 option=self.db.write_option(last_update_time=found[key].update_time))
-                    moved = count_deltas(before, {**before, **updates})
-                    add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
-                self._move_counts(batch, job_id, deltas)
+                self._stage_items(batch, job_id, {k: found[k] for k in chunk}, results)
                 if n == len(chunks) - 1:
                     batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
                 batch.commit()
+                applied.update(chunk)
         except (gexc.FailedPrecondition, gexc.Conflict):
             return None
         return True
+
+    def _stage_items(self, batch, job_id: str, snaps: dict, results: Mapping[str, ItemChange]) -> None:
+        """Each item's update, conditional on the version read, and the counts it moves."""
+        deltas: dict = {}
+        for key, snap in snaps.items():
+            before, updates = data_of(snap), results[key].as_fields()
+            batch.update(snap.reference, updates, option=self.db.write_option(last_update_time=snap.update_time))
+            moved = count_deltas(before, {**before, **updates})
+            add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
+        self._move_counts(batch, job_id, deltas)

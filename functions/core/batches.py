@@ -135,7 +135,11 @@ class BatchLimits:
     lease_seconds: float
     max_attempts: int
     max_submit_failures: int = 3
-    checkpoint_lines: int = 200
+    # A checkpoint every checkpoint_lines result lines, or sooner once checkpoint_bytes of the
+    # results file have been read since the last: small images make large groups (fewer
+    # round trips and intent writes per image), large ones bound what a crash replays.
+    checkpoint_lines: int = 1000
+    checkpoint_bytes: int = 256 * 1024 * 1024
     quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS
     upload_concurrency: int = 4
     accept_abandon_seconds: float = 600.0
@@ -157,6 +161,7 @@ class BatchLane:
         self.max_attempts = limits.max_attempts
         self.max_submit_failures = limits.max_submit_failures
         self.checkpoint_lines = limits.checkpoint_lines
+        self.checkpoint_bytes = limits.checkpoint_bytes
         self.quota_backoff_seconds = limits.quota_backoff_seconds
         self.upload_concurrency = limits.upload_concurrency
         self.accept_abandon_seconds = limits.accept_abandon_seconds
@@ -699,6 +704,7 @@ class _Ingestion:
         self.start = intent.bytes_done if intent.lines_done and intent.bytes_done else 0
         self.lines = intent.lines_done if self.start else 0
         self.bytes_done = self.start
+        self.flushed_at = self.start  # bytes_done at the last checkpoint
         self.splitter: LineSplitter | None = None
         self.pending: dict[str, ItemChange] = {}
         self.in_flight: list[tuple[str, Future]] = []
@@ -750,6 +756,7 @@ class _Ingestion:
         if it failed), so checkpoints land in order and a pause or the end waits for the last."""
         self.drain()
         progress = IngestProgress(self.lane.clock.now(), self.lines, self.bytes_done)
+        self.flushed_at = self.bytes_done
         updates, self.pending = self.pending, {}
         self.settle()
         self.commit = self.committer.submit(self.checkpoint, progress, updates)
@@ -769,6 +776,11 @@ class _Ingestion:
         # Counted after the checkpoint commits, and only what it wrote: counted once.
         lane._count(intent, updates, done)
         self.ended |= done.kept | {k for k in done.applied if updates[k].state in TERMINAL_ITEM_STATES}
+
+    def due(self) -> bool:
+        lane = self.lane
+        return (len(self.pending) + len(self.in_flight) >= lane.checkpoint_lines
+                or self.bytes_done - self.flushed_at >= lane.checkpoint_bytes)
 
     def upload(self, result) -> ItemChange:
         try:
@@ -798,7 +810,7 @@ class _Ingestion:
                     self.unchecked[result.key] = (future, before)
         else:
             log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, self.lines, result.key)
-        if len(self.pending) + len(self.in_flight) >= self.lane.checkpoint_lines:
+        if self.due():
             self.flush()
         if self.lane.clock.now() >= self.deadline:
             self.flush(wait=True)

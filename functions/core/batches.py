@@ -533,19 +533,6 @@ class BatchLane:
         self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded", known_ended=run.ended)
         return "ingested"
 
-    def _settled(self, intent: BatchIntent) -> dict[str, str]:
-        """The intent's items that already have a result, as _admit reads them: "succeeded",
-        "failed" (refused in this very batch: a later image line still wins) or "ended"."""
-        settled = {}
-        for it in self.store.get_items(intent.job_id, intent.keys):
-            if it.state is ItemState.SUCCEEDED:
-                settled[it.key] = "succeeded"
-            elif it.state is ItemState.FAILED and it.batch_intent == intent.intent_id:
-                settled[it.key] = "failed"
-            elif it.terminal:
-                settled[it.key] = "ended"
-        return settled
-
     def _results_unavailable(self, intent: BatchIntent, owner: str, error: Exception) -> str:
         failures = intent.results_errors + 1
         log.warning("intent %s: results file %s unreadable (%d in a row): %s",
@@ -692,12 +679,13 @@ class _Ingestion:
     def __init__(self, lane: BatchLane, intent: BatchIntent, owner: str, deadline: float) -> None:
         self.lane, self.intent, self.owner, self.deadline = lane, intent, owner, deadline
         self.keys = set(intent.keys)
-        # A fresh ingest reads no item up front: what an item already has is judged by each
-        # checkpoint on the item as it reads it (core/checkpoints.py). A resumed one reads the
-        # results its earlier slices wrote, so their repeated lines are not uploaded again.
-        self.settled = lane._settled(intent) if intent.lines_done else {}
+        # What this run's lines settled, for repeated keys (_admit). No item is read up front,
+        # fresh or resumed (a slow ingest is resumed many times): what an item already has, from
+        # an earlier slice or another path, is judged by each checkpoint on the item as it reads
+        # it (core/checkpoints.py). A line repeated across slices costs a create-only upload.
+        self.settled: dict[str, str] = {}
         # Keys with a result as of the last checkpoint: the end of the ingest reads only the rest.
-        self.ended: set[str] = set(self.settled)
+        self.ended: set[str] = set()
         # A checkpoint that recorded its byte offset is resumed there (a ranged download), its
         # lines counted, not read again; one without it (an older run) re-reads the file and
         # skips its lines_done lines.

@@ -401,7 +401,7 @@ def test_a_line_for_an_item_that_ended_elsewhere_changes_nothing():
     assert env.store.count_items(job.job_id)[ItemState.SUCCEEDED] == 1
 
 
-def test_a_resumed_ingest_uploads_nothing_for_an_item_that_ended_elsewhere():
+def test_a_resumed_ingest_leaves_an_item_that_ended_elsewhere_as_it_is():
     env = Env(checkpoint_lines=100)
     job = env.submit(3)
     (name,) = env.api.batches
@@ -413,8 +413,11 @@ def test_a_resumed_ingest_uploads_nothing_for_an_item_that_ended_elsewhere():
     env.store.items[job.job_id]["k0"].update(state="succeeded", batch_intent=intent.intent_id)
     env.store.items[job.job_id]["k2"].update(state="cancelled", error="cancelled elsewhere")
     env.tick()
-    assert sorted(env.sink.objects) == [f"{job.job_id}/k1.png", f"{job.job_id}/manifest.jsonl"]
-    assert env.items(job)["k2"].state is ItemState.CANCELLED
+    items = env.items(job)
+    assert (items["k2"].state, items["k2"].error, items["k2"].gcs_uri) == (ItemState.CANCELLED, "cancelled elsewhere", None)
+    assert items["k1"].state is ItemState.SUCCEEDED
+    counts = env.store.count_items(job.job_id)
+    assert (counts[ItemState.SUCCEEDED], counts[ItemState.CANCELLED]) == (2, 1)
 
 
 # --- the local deadline of a batch that stays running ---------------------------------------------

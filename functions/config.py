@@ -146,7 +146,11 @@ class Settings(BaseSettings):
     batch_lease_seconds: float = Field(
         300.0, gt=0, description="how long a poller owns a batch; must exceed POLLER_BUDGET_SECONDS"
     )
-    batch_checkpoint_lines: int = Field(200, ge=1, description="result lines per checkpoint while ingesting")
+    batch_checkpoint_lines: int = Field(1000, ge=1, description="result lines per checkpoint while ingesting, at most")
+    batch_checkpoint_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="results-file bytes per checkpoint while ingesting, at most (a checkpoint "
+        "comes after BATCH_CHECKPOINT_LINES lines or this many bytes, whichever first)"
+    )
     batch_quota_backoff_seconds: float = Field(
         60.0, gt=0, description="first wait after a 429 on batch upload or create that gives no retryDelay; "
         "doubles per 429 in a row, up to 30 times this"

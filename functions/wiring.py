@@ -230,6 +230,7 @@ def batch_lane():
         lease_seconds=s.batch_lease_seconds,
         max_attempts=s.batch_max_attempts,
         checkpoint_lines=s.batch_checkpoint_lines,
+        checkpoint_bytes=s.batch_checkpoint_bytes,
         quota_backoff_seconds=s.batch_quota_backoff_seconds,
         upload_concurrency=s.batch_upload_concurrency,
         accept_abandon_seconds=s.accept_abandon_seconds,

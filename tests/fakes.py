@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from core import expanding
+from core.checkpoints import Checkpointed, applies
 from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus, Lane,
@@ -339,16 +340,21 @@ class InMemoryJobStore:
             d.update(copy.deepcopy(change.as_fields()))
             return True
 
-    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange,
+                   results: Mapping[str, ItemChange]) -> Checkpointed | None:
         with self.lock:
             d = self.intents.get(intent_id)
             if d is None or d.get("lease_owner") != owner:
-                return False
-            d.update(copy.deepcopy(change.as_fields()))
+                return None
             items = self.items[d["job_id"]]
-            for key, result in results.items():
-                items[key].update(copy.deepcopy(result.as_fields()))
-            return True
+            missing = [k for k in results if k not in items]
+            if missing:  # nothing is written, as Firestore's NotFound leaves it
+                raise KeyError(f"items {missing[:5]} do not exist")
+            d.update(copy.deepcopy(change.as_fields()))
+            applied = {key for key, result in results.items() if applies(items[key], result)}
+            for key in applied:
+                items[key].update(copy.deepcopy(results[key].as_fields()))
+            return Checkpointed(frozenset(applied), frozenset(set(results) - applied))
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]:
         items = self.items.get(job_id, {})

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from core.backoff import backoff_seconds
 from core.catalog import Catalog
+from core.checkpoints import Checkpointed
 from core.errors import (
     DeliveryFailed, GenerationError, InvalidRequest, MalformedResponse, ModelUnavailable, PermissionDenied, QuotaExceeded,
 )
@@ -31,6 +32,7 @@ from core.models import (
     Job,
     JobStatus,
     IntentState,
+    TERMINAL_ITEM_STATES,
     object_name,
 )
 from core.jobs import finalize_job_if_done
@@ -133,7 +135,11 @@ class BatchLimits:
     lease_seconds: float
     max_attempts: int
     max_submit_failures: int = 3
-    checkpoint_lines: int = 200
+    # A checkpoint every checkpoint_lines result lines, or sooner once checkpoint_bytes of the
+    # results file have been read since the last: small images make large groups (fewer
+    # round trips and intent writes per image), large ones bound what a crash replays.
+    checkpoint_lines: int = 1000
+    checkpoint_bytes: int = 256 * 1024 * 1024
     quota_backoff_seconds: float = QUOTA_BACKOFF_SECONDS
     upload_concurrency: int = 4
     accept_abandon_seconds: float = 600.0
@@ -155,6 +161,7 @@ class BatchLane:
         self.max_attempts = limits.max_attempts
         self.max_submit_failures = limits.max_submit_failures
         self.checkpoint_lines = limits.checkpoint_lines
+        self.checkpoint_bytes = limits.checkpoint_bytes
         self.quota_backoff_seconds = limits.quota_backoff_seconds
         self.upload_concurrency = limits.upload_concurrency
         self.accept_abandon_seconds = limits.accept_abandon_seconds
@@ -289,8 +296,7 @@ class BatchLane:
         reason = f"batch input refused {failures} times: {error.reason}"
         failed: dict[str, ItemChange] = {it.key: BatchFailed(now, reason, intent.attempt) for it in items}
         finished = IntentFinished(self.clock.now(), reason, submit_failures=failures, error=error.reason)
-        if self.store.checkpoint(intent.intent_id, owner, finished, failed):
-            self._count(intent, list(failed.values()))
+        self._count(intent, failed, self.store.checkpoint(intent.intent_id, owner, finished, failed))
         self.finalize_job(intent.job_id)
         return intent
 
@@ -524,21 +530,8 @@ class BatchLane:
             run.close()
         self._delete_quietly(intent.output_file)
         intent.lines_done = run.lines
-        self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded")
+        self._resubmit(intent, owner, "retryable error in the batch", outcome="succeeded", known_ended=run.ended)
         return "ingested"
-
-    def _settled(self, intent: BatchIntent) -> dict[str, str]:
-        """The intent's items that already have a result, as _admit reads them: "succeeded",
-        "failed" (refused in this very batch: a later image line still wins) or "ended"."""
-        settled = {}
-        for it in self.store.get_items(intent.job_id, intent.keys):
-            if it.state is ItemState.SUCCEEDED:
-                settled[it.key] = "succeeded"
-            elif it.state is ItemState.FAILED and it.batch_intent == intent.intent_id:
-                settled[it.key] = "failed"
-            elif it.terminal:
-                settled[it.key] = "ended"
-        return settled
 
     def _results_unavailable(self, intent: BatchIntent, owner: str, error: Exception) -> str:
         failures = intent.results_errors + 1
@@ -580,10 +573,12 @@ class BatchLane:
 
     # --- resubmission ----------------------------------------------------------------------
 
-    def _resubmit(self, intent: BatchIntent, owner: str, reason: str, outcome: str | None = None) -> None:
-        """Give the intent's unfinished items a new batch, or dead-letter them past the limit."""
+    def _resubmit(self, intent: BatchIntent, owner: str, reason: str, outcome: str | None = None,
+                  known_ended: frozenset[str] | set[str] = frozenset()) -> None:
+        """Give the intent's unfinished items a new batch, or dead-letter them past the limit.
+        `known_ended`: keys the caller saw end (an ingest's checkpoints), not read again."""
         now = self.clock.now()
-        unfinished = self._unfinished(intent)
+        unfinished = self._unfinished(intent, known_ended)
         ended: dict[str, BatchDeadLettered] = {}
         if unfinished and intent.attempt < self.max_attempts:
             retry = BatchIntent(
@@ -596,24 +591,27 @@ class BatchLane:
             for it in unfinished:
                 ended[it.key] = BatchDeadLettered(
                     now, f"gave up after {intent.attempt} batch attempts: {it.error or reason}", intent.attempt)
-        if self.store.checkpoint(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome or reason), ended):
-            self._count(intent, list(ended.values()))
-            for key, dead in ended.items():  # one line per item: the dead-letter metric counts them
-                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, dead.error,
+        done = self.store.checkpoint(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome or reason), ended)
+        if done:
+            self._count(intent, ended, done)
+            for key in done.applied:  # one line per item: the dead-letter metric counts them
+                log.warning("item %s/%s dead-lettered: %s", intent.job_id, key, ended[key].error,
                             extra={"job_id": intent.job_id, "item_key": key, "lane": "batch",
                                    "state": ItemState.DEAD_LETTERED.value})
         self.finalize_job(intent.job_id)
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _count(self, intent: BatchIntent, changes: Sequence[ItemChange]) -> None:
-        """Add a checkpoint's outcomes to the day's usage counters (never fails the ingest)."""
-        if self.accounting is None:
+    def _count(self, intent: BatchIntent, changes: Mapping[str, ItemChange], done: Checkpointed | None) -> None:
+        """Add the outcomes a checkpoint wrote to the day's usage counters (never fails the
+        ingest). A change the checkpoint left out (its item had a result) was counted when
+        that result was written, or is not ours to count."""
+        if self.accounting is None or not done:
             return
         from core import accounting as acct
 
         deltas: dict[str, float] = {}
-        for change in changes:
+        for change in (changes[key] for key in done.applied):
             if change.state is ItemState.SUCCEEDED:
                 part = self.accounting.image_produced("batch", intent.model)
             elif change.state is ItemState.FAILED:
@@ -630,8 +628,10 @@ class BatchLane:
     def _unsubmitted(intent: BatchIntent) -> bool:
         return intent.state in (IntentState.PENDING, IntentState.CREATING)
 
-    def _unfinished(self, intent: BatchIntent) -> list[Item]:
-        return [it for it in self.store.get_items(intent.job_id, intent.keys) if not it.terminal]
+    def _unfinished(self, intent: BatchIntent, ended: frozenset[str] | set[str] = frozenset()) -> list[Item]:
+        """The intent's items without a result, reading only those not known to have ended."""
+        keys = [k for k in intent.keys if k not in ended]
+        return [it for it in self.store.get_items(intent.job_id, keys) if not it.terminal] if keys else []
 
     def _finish(self, intent: BatchIntent, owner: str, outcome: str) -> None:
         self.store.update_intent(intent.intent_id, owner, IntentFinished(self.clock.now(), outcome))
@@ -679,13 +679,20 @@ class _Ingestion:
     def __init__(self, lane: BatchLane, intent: BatchIntent, owner: str, deadline: float) -> None:
         self.lane, self.intent, self.owner, self.deadline = lane, intent, owner, deadline
         self.keys = set(intent.keys)
-        self.settled = lane._settled(intent)
+        # What this run's lines settled, for repeated keys (_admit). No item is read up front,
+        # fresh or resumed (a slow ingest is resumed many times): what an item already has, from
+        # an earlier slice or another path, is judged by each checkpoint on the item as it reads
+        # it (core/checkpoints.py). A line repeated across slices costs a create-only upload.
+        self.settled: dict[str, str] = {}
+        # Keys with a result as of the last checkpoint: the end of the ingest reads only the rest.
+        self.ended: set[str] = set()
         # A checkpoint that recorded its byte offset is resumed there (a ranged download), its
         # lines counted, not read again; one without it (an older run) re-reads the file and
         # skips its lines_done lines.
         self.start = intent.bytes_done if intent.lines_done and intent.bytes_done else 0
         self.lines = intent.lines_done if self.start else 0
         self.bytes_done = self.start
+        self.flushed_at = self.start  # bytes_done at the last checkpoint
         self.splitter: LineSplitter | None = None
         self.pending: dict[str, ItemChange] = {}
         self.in_flight: list[tuple[str, Future]] = []
@@ -737,6 +744,7 @@ class _Ingestion:
         if it failed), so checkpoints land in order and a pause or the end waits for the last."""
         self.drain()
         progress = IngestProgress(self.lane.clock.now(), self.lines, self.bytes_done)
+        self.flushed_at = self.bytes_done
         updates, self.pending = self.pending, {}
         self.settle()
         self.commit = self.committer.submit(self.checkpoint, progress, updates)
@@ -750,10 +758,17 @@ class _Ingestion:
 
     def checkpoint(self, progress: IngestProgress, updates: dict[str, ItemChange]) -> None:
         intent, lane = self.intent, self.lane
-        if not lane.store.checkpoint(intent.intent_id, self.owner, progress, updates):
+        done = lane.store.checkpoint(intent.intent_id, self.owner, progress, updates)
+        if not done:
             raise LostLease(f"lost the lease on intent {intent.intent_id} while ingesting")
-        # Counted after the checkpoint commits: a line is checkpointed once, so counted once.
-        lane._count(intent, list(updates.values()))
+        # Counted after the checkpoint commits, and only what it wrote: counted once.
+        lane._count(intent, updates, done)
+        self.ended |= done.kept | {k for k in done.applied if updates[k].state in TERMINAL_ITEM_STATES}
+
+    def due(self) -> bool:
+        lane = self.lane
+        return (len(self.pending) + len(self.in_flight) >= lane.checkpoint_lines
+                or self.bytes_done - self.flushed_at >= lane.checkpoint_bytes)
 
     def upload(self, result) -> ItemChange:
         try:
@@ -783,7 +798,7 @@ class _Ingestion:
                     self.unchecked[result.key] = (future, before)
         else:
             log.warning("intent %s: result line %d has unknown key %r", intent.intent_id, self.lines, result.key)
-        if len(self.pending) + len(self.in_flight) >= self.lane.checkpoint_lines:
+        if self.due():
             self.flush()
         if self.lane.clock.now() >= self.deadline:
             self.flush(wait=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.models import (
     BatchInfo, BatchIntent, GeneratedImage, Item, ItemState, Job, JobStatus, PoolEntry, SlotBlock, StoredImage,
 )
+from core.checkpoints import Checkpointed
 from core.transitions import EventAttempt, ExpansionChange, IntentChange, ItemChange
 
 if TYPE_CHECKING:  # core.events uses these ports in its own annotations
@@ -223,8 +224,10 @@ class BatchStore(Protocol):
     def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
         """Apply the change if owner still holds the lease."""
 
-    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
-        """Atomically change the intent (if owner holds the lease) and the job's items, by key."""
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange,
+                   results: Mapping[str, ItemChange]) -> Checkpointed | None:
+        """Atomically change the intent (if owner holds the lease; None if not) and the job's
+        items, by key; an item that already has a result keeps it (core.checkpoints.applies)."""
 
     def get_items(self, job_id: str, keys: Sequence[str]) -> list[Item]: ...
 

@@ -101,6 +101,7 @@ locals {
     POOL_FLUSH_ITEMS            = var.pool_flush_items
     POOL_MAX_AGE_SECONDS        = var.pool_max_age_seconds
     BATCH_CHECKPOINT_LINES      = var.batch_checkpoint_lines
+    BATCH_CHECKPOINT_BYTES      = var.batch_checkpoint_bytes
     BATCH_UPLOAD_CONCURRENCY    = var.batch_upload_concurrency
     BATCH_NUDGES_TOPIC          = google_pubsub_topic.batch_nudges.name
   }

@@ -216,8 +216,14 @@ variable "batch_lease_seconds" {
 
 variable "batch_checkpoint_lines" {
   type        = number
-  description = "BATCH_CHECKPOINT_LINES: result lines per checkpoint while ingesting."
-  default     = 200
+  description = "BATCH_CHECKPOINT_LINES: result lines per checkpoint while ingesting, at most."
+  default     = 1000
+}
+
+variable "batch_checkpoint_bytes" {
+  type        = number
+  description = "BATCH_CHECKPOINT_BYTES: results-file bytes per checkpoint while ingesting, at most."
+  default     = 268435456
 }
 
 variable "batch_upload_concurrency" {

@@ -28,7 +28,7 @@ IMAGES = 50
 # breaker, model halts): a slower run pays them more often, hence their wider margin.
 CEILINGS = {
     "interactive": {"reads": 19.0, "writes": 11.3, "deletes": 0},
-    "batch": {"reads": 7.7, "writes": 2.9, "deletes": 0},
+    "batch": {"reads": 5.6, "writes": 2.9, "deletes": 0},
 }
 # A status read (GET /v1/jobs/{id}?page_size=10): the job, the counter shards read twice (by
 # state, and succeeded by lane for the cost), the page of items, the batch intents and the events.

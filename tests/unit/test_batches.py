@@ -388,6 +388,8 @@ def test_a_repeated_image_line_is_stored_once():
 
 
 def test_a_line_for_an_item_that_ended_elsewhere_changes_nothing():
+    # A fresh ingest reads no item before its first checkpoint: the checkpoint finds k0 ended
+    # and leaves it as it is (its image is stored create-only, and nothing points to it).
     env = Env()
     job = env.submit(2)
     (name,) = env.api.batches
@@ -395,7 +397,27 @@ def test_a_line_for_an_item_that_ended_elsewhere_changes_nothing():
     env.api.finish(name)
     env.tick()
     k0 = env.items(job)["k0"]
-    assert k0.state is ItemState.CANCELLED and f"{job.job_id}/k0.png" not in env.sink.objects
+    assert (k0.state, k0.error, k0.gcs_uri) == (ItemState.CANCELLED, "cancelled elsewhere", None)
+    assert env.store.count_items(job.job_id)[ItemState.SUCCEEDED] == 1
+
+
+def test_a_resumed_ingest_leaves_an_item_that_ended_elsewhere_as_it_is():
+    env = Env(checkpoint_lines=100)
+    job = env.submit(3)
+    (name,) = env.api.batches
+    env.api.finish(name)
+    intent = env.store.intents_of_job(job.job_id)[0]
+    # Resumed after a checkpoint of line 1 (k0), by skipping it; k2 ended meanwhile.
+    env.store.intents[intent.intent_id].update(state=IntentState.INGESTING.value, lines_done=1,
+                                               output_file=env.api.batches[name]["output_file"])
+    env.store.items[job.job_id]["k0"].update(state="succeeded", batch_intent=intent.intent_id)
+    env.store.items[job.job_id]["k2"].update(state="cancelled", error="cancelled elsewhere")
+    env.tick()
+    items = env.items(job)
+    assert (items["k2"].state, items["k2"].error, items["k2"].gcs_uri) == (ItemState.CANCELLED, "cancelled elsewhere", None)
+    assert items["k1"].state is ItemState.SUCCEEDED
+    counts = env.store.count_items(job.job_id)
+    assert (counts[ItemState.SUCCEEDED], counts[ItemState.CANCELLED]) == (2, 1)
 
 
 # --- the local deadline of a batch that stays running ---------------------------------------------

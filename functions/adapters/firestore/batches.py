@@ -5,6 +5,7 @@ job's items in one atomic batch, so the two share the client and the items' help
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,9 +21,12 @@ from adapters.firestore.common import (
     take_lease,
     update_if_leased,
 )
+from core.checkpoints import Checkpointed, applies
 from core.item_counts import add_deltas, count_deltas
 from core.models import ACTIVE_INTENT_STATES, BatchIntent, IntentState
 from core.transitions import IntentChange, ItemChange
+
+_PARALLEL_CHUNKS = 4  # a checkpoint's item commits in flight at once, before the intent's
 
 
 # What a job's status reads of its intents: every field but the keys.
@@ -175,50 +179,76 @@ class FirestoreBatchIntents:
     def update_intent(self, intent_id: str, owner: str, change: IntentChange) -> bool:
         return update_if_leased(self.db, self.intents.document(intent_id), owner, change.as_fields())
 
-    def checkpoint(self, intent_id: str, owner: str, change: IntentChange, results: Mapping[str, ItemChange]) -> bool:
+    def checkpoint(self, intent_id: str, owner: str, change: IntentChange,
+                   results: Mapping[str, ItemChange]) -> Checkpointed | None:
         """Item updates and the intent's progress in one atomic batch (split past 500 writes,
         the intent going in the last one), conditional on the lease; the items' counts move in
-        the same batches, from the items as read, each write conditional on that version."""
+        the same batches, from the items as read, each write conditional on that version. An
+        item that already has a result keeps it (core/checkpoints.py): its change is not written."""
         intent_updates = change.as_fields()
-        item_updates = {key: result.as_fields() for key, result in results.items()}
+        applied: set[str] = set()  # by an earlier try's chunks that committed before a conflict
         for _ in range(5):
-            done = self._try_checkpoint(intent_id, owner, intent_updates, item_updates)
+            done = self._try_checkpoint(intent_id, owner, intent_updates, results, applied)
             if done is not None:
-                return done
-        return False
+                return Checkpointed(frozenset(applied), frozenset(set(results) - applied)) if done else None
+        return None
 
     def _try_checkpoint(self, intent_id: str, owner: str, intent_updates: dict,
-                        item_updates: dict[str, dict]) -> bool | None:
+                        results: Mapping[str, ItemChange], applied: set[str]) -> bool | None:
         """True when written, False when the lease is lost, None when something changed between
-        the reads and the write (try again)."""
+        the reads and the write (try again). Adds the keys it writes to `applied`. One read of
+        the intent and one batched read of the items (get_all), then one commit per 500 writes
+        (those before the last side by side)."""
         ref = self.intents.document(intent_id)
         snap = ref.get()
         if not snap.exists or snap.get("lease_owner") != owner:
             return False
         job_id = snap.get("job_id")
-        found = self._item_snaps(job_id, list(item_updates))
-        missing = [k for k in item_updates if k not in found]
+        todo = [k for k in results if k not in applied]  # a retry reads only what is not written
+        found = self._item_snaps(job_id, todo)
+        missing = [k for k in todo if k not in found]
         if missing:
             raise gexc.NotFound(f"items {missing[:5]} of job {job_id} do not exist")
-        keys = list(item_updates)
+        keys = [k for k in todo if applies(data_of(found[k]), results[k])]
         step = _BATCH_LIMIT - 1 - COUNT_SHARDS  # room for the counters and the intent in each batch
-        chunks = [keys[i : i + step] for i in range(0, len(keys), step)] or [[]]
+        *earlier, last = [keys[i : i + step] for i in range(0, len(keys), step)] or [[]]
         try:
-            for n, chunk in enumerate(chunks):
-                # Earlier chunks go alone: item results are idempotent, and after a crash they
-                # are written again (moving no count: the items read as already changed).
-                batch = self.db.batch()
-                deltas: dict = {}
-                for key in chunk:
-                    before, updates = data_of(found[key]), item_updates[key]
-                    batch.update(found[key].reference, updates,
-                                 option=self.db.write_option(last_update_time=found[key].update_time))
-                    moved = count_deltas(before, {**before, **updates})
-                    add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
-                self._move_counts(batch, job_id, deltas)
-                if n == len(chunks) - 1:
-                    batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
-                batch.commit()
+            # Earlier chunks go alone, side by side: after a crash or a conflict their items read
+            # as having a result, and are left as they are (moving no count). The last carries
+            # the intent, so its progress lands only once every item before it has.
+            if earlier:
+                self._commit_earlier(job_id, found, results, earlier, applied)
+            batch = self.db.batch()
+            self._stage_items(batch, job_id, {k: found[k] for k in last}, results)
+            batch.update(ref, intent_updates, option=self.db.write_option(last_update_time=snap.update_time))
+            batch.commit()
+            applied.update(last)
         except (gexc.FailedPrecondition, gexc.Conflict):
             return None
         return True
+
+    def _commit_earlier(self, job_id: str, found: dict, results: Mapping[str, ItemChange],
+                        chunks: list[list[str]], applied: set[str]) -> None:
+        """Commit the chunks side by side; each one that lands adds its keys to `applied`, also
+        when another fails (whose error is raised once all are done)."""
+        def commit(chunk: list[str]) -> None:
+            batch = self.db.batch()
+            self._stage_items(batch, job_id, {k: found[k] for k in chunk}, results)
+            batch.commit()
+
+        with ThreadPoolExecutor(min(len(chunks), _PARALLEL_CHUNKS)) as pool:
+            futures = [(chunk, pool.submit(commit, chunk)) for chunk in chunks]
+        errors = [f.exception() for _, f in futures if f.exception() is not None]
+        applied.update(k for chunk, f in futures if f.exception() is None for k in chunk)
+        if errors:
+            raise errors[0]
+
+    def _stage_items(self, batch, job_id: str, snaps: dict, results: Mapping[str, ItemChange]) -> None:
+        """Each item's update, conditional on the version read, and the counts it moves."""
+        deltas: dict = {}
+        for key, snap in snaps.items():
+            before, updates = data_of(snap), results[key].as_fields()
+            batch.update(snap.reference, updates, option=self.db.write_option(last_update_time=snap.update_time))
+            moved = count_deltas(before, {**before, **updates})
+            add_deltas(deltas.setdefault(before.get("count_shard"), {}), moved)
+        self._move_counts(batch, job_id, deltas)

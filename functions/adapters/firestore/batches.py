@@ -238,7 +238,7 @@ class FirestoreBatchIntents:
 
         with ThreadPoolExecutor(min(len(chunks), _PARALLEL_CHUNKS)) as pool:
             futures = [(chunk, pool.submit(commit, chunk)) for chunk in chunks]
-        errors = [f.exception() for _, f in futures if f.exception() is not None]
+        errors = [e for _, f in futures if (e := f.exception()) is not None]
         applied.update(k for chunk, f in futures if f.exception() is None for k in chunk)
         if errors:
             raise errors[0]

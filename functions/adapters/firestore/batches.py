@@ -17,6 +17,7 @@ from adapters.firestore.common import (
     _BATCH_LIMIT,
     COUNT_SHARDS,
     compare_and_set,
+    create_only,
     data_of,
     take_lease,
     update_if_leased,
@@ -67,11 +68,7 @@ class FirestoreBatchIntents:
         return {**intent.to_dict(), "expire_at": self._expire(intent.created_at)}
 
     def create_intent(self, intent: BatchIntent) -> bool:
-        try:
-            self.intents.document(intent.intent_id).create(self._intent_doc(intent))
-            return True
-        except gexc.Conflict:
-            return False
+        return create_only(lambda: self.intents.document(intent.intent_id).create(self._intent_doc(intent)))
 
     def create_intents(self, intents: Sequence[BatchIntent]) -> None:
         self._write_all([(self.intents.document(i.intent_id), self._intent_doc(i)) for i in intents],

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,37 @@ _BATCH_LIMIT = 500
 # job to about two images a second sustained, more in bursts, and a status read costs four
 # reads. Jobs remember nothing of this number: changing it orphans the counts of existing jobs.
 COUNT_SHARDS = 4
+
+
+# A create-only write that Firestore aborts (contention) is tried this many times in all.
+_CREATE_TRIES = 6
+
+
+def create_only(commit: Callable[[], object], *, tries: int = _CREATE_TRIES,
+                sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Run a create-only write (`commit`): True when it wrote, False when a document it creates
+    already exists.
+
+    google.api_core maps both ALREADY_EXISTS and ABORTED to subclasses of `Conflict`, but they
+    mean opposite things: ALREADY_EXISTS, "some document that we attempted to create already
+    exists"; ABORTED, "the operation was aborted, typically due to a concurrency issue"
+    (https://firebase.google.com/docs/reference/android/com/google/firebase/firestore/FirebaseFirestoreException.Code),
+    so nothing was written. The client library does not retry an aborted commit (its Commit
+    retries only RESOURCE_EXHAUSTED and UNAVAILABLE). Taking an abort for "already there"
+    silently drops the document: a whole batch of a job's items, then each item alone, under
+    contention on their counter shards. So an abort is tried again, with a short jittered
+    back-off, and raised when it persists, never taken as success or as existence."""
+    for attempt in range(tries):
+        try:
+            commit()
+            return True
+        except gexc.AlreadyExists:
+            return False
+        except gexc.Aborted:
+            if attempt == tries - 1:
+                raise
+            sleep(random.uniform(0.5, 1.0) * 0.05 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def item_doc_id(job_id: str, key: str) -> str:

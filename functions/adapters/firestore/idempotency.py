@@ -1,10 +1,9 @@
 """Idempotency-Key records: idempotency/{key_id} (TTL on expire_at)."""
 from __future__ import annotations
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from adapters.firestore.common import _ts, compare_and_set
+from adapters.firestore.common import _ts, compare_and_set, create_only
 
 
 class FirestoreIdempotencyStore:
@@ -14,13 +13,11 @@ class FirestoreIdempotencyStore:
 
     def begin(self, key_id: str, record: dict) -> tuple[dict, bool]:
         ref = self.records.document(key_id)
-        try:
-            # expire_at as a timestamp: the TTL policy in Terraform deletes records after a day.
-            ref.create({**record, "expire_at": _ts(record["expires_at"])})
+        # expire_at as a timestamp: the TTL policy in Terraform deletes records after a day.
+        if create_only(lambda: ref.create({**record, "expire_at": _ts(record["expires_at"])})):
             return record, True
-        except gexc.Conflict:
-            snap = ref.get()
-            return (snap.to_dict() or {}), False
+        snap = ref.get()
+        return (snap.to_dict() or {}), False
 
     def take_over(self, key_id: str, started_at: float, now: float) -> bool:
         def decide(data: dict | None) -> dict | None:

@@ -13,7 +13,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from adapters.firestore.batches import FirestoreBatchIntents
-from adapters.firestore.common import _BATCH_LIMIT, COUNT_SHARDS, _ts, compare_and_set, data_of, item_doc_id
+from adapters.firestore.common import (
+    _BATCH_LIMIT, COUNT_SHARDS, _ts, compare_and_set, create_only, data_of, item_doc_id,
+)
 from core import expanding
 from core.item_counts import add_deltas, count_deltas, shard_of, totals
 from core.models import (
@@ -83,11 +85,7 @@ class FirestoreJobStore(FirestoreBatchIntents):
         return Job.from_dict(data_of(snap)) if snap.exists else None
 
     def create_job_doc(self, job: Job) -> bool:
-        try:
-            self.jobs.document(job.job_id).create(self._job_doc(job))
-            return True
-        except gexc.Conflict:
-            return False
+        return create_only(lambda: self.jobs.document(job.job_id).create(self._job_doc(job)))
 
     def create_items(self, job_id: str, items: Sequence[Item], job_created_at: float | None = None) -> None:
         self._create_items(job_id, items, job_created_at, keep_existing=True)
@@ -394,26 +392,25 @@ class FirestoreJobStore(FirestoreBatchIntents):
                 self._move_counts(batch, counted, deltas, expire=chunk[0][1]["expire_at"])
             return batch
 
-        def commit(chunk: list) -> None:
-            try:
-                creating(chunk).commit()
-            except gexc.Conflict:
-                if not keep_existing:
-                    raise
-                for one in chunk:
-                    try:
-                        creating([one]).commit()
-                    except gexc.Conflict:
-                        pass
+        def commit(chunk: list) -> bool:
+            return create_only(lambda: creating(chunk).commit())  # a new batch for each try
+
+        def commit_all(chunk: list) -> None:
+            if commit(chunk):
+                return
+            if not keep_existing:
+                raise gexc.AlreadyExists(f"{len(chunk)} documents, one of which exists")
+            for one in chunk:
+                commit([one])  # False: it exists, kept
 
         size = _BATCH_LIMIT - (COUNT_SHARDS if counted else 0)
         chunks = [docs[i : i + size] for i in range(0, len(docs), size)]
         if len(chunks) <= 1:
             for chunk in chunks:
-                commit(chunk)
+                commit_all(chunk)
             return
         with ThreadPoolExecutor(min(_PARALLEL_COMMITS, len(chunks))) as pool:
-            list(pool.map(commit, chunks))  # list(): re-raise the first failure
+            list(pool.map(commit_all, chunks))  # list(): re-raise the first failure
 
     def _transition(
         self, job_id: str, status: JobStatus, now: float,

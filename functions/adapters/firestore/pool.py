@@ -3,10 +3,9 @@ an item for a batch intent (the item's batch_intent field), on the item's docume
 """
 from __future__ import annotations
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from adapters.firestore.common import _BATCH_LIMIT, _ts, compare_and_set, data_of
+from adapters.firestore.common import _BATCH_LIMIT, _ts, compare_and_set, create_only, data_of
 from adapters.firestore.jobs import FirestoreJobStore
 from core.models import ItemState
 from core.retention import expire_at
@@ -23,12 +22,9 @@ class FirestorePoolStore:
         self.retention_days = retention_days
 
     def add(self, entry) -> None:
-        try:
-            self.entries.document(f"{entry.job_id}~{entry.key}").create(
-                {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at, "urgent": entry.urgent,
-                 "expire_at": _ts(expire_at(entry.pooled_at, self.retention_days))})
-        except gexc.Conflict:
-            pass
+        create_only(lambda: self.entries.document(f"{entry.job_id}~{entry.key}").create(
+            {"job_id": entry.job_id, "key": entry.key, "pooled_at": entry.pooled_at, "urgent": entry.urgent,
+             "expire_at": _ts(expire_at(entry.pooled_at, self.retention_days))}))  # False: pooled already
 
     def oldest(self, limit: int) -> list:
         from core.models import PoolEntry

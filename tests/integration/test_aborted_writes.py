@@ -112,3 +112,24 @@ class _Ref:
 
     def __getattr__(self, name):
         return getattr(self._ref, name)
+
+
+def test_an_aborted_event_create_is_tried_again(client, monkeypatch):
+    from adapters.firestore.events import FirestoreEventStore
+    from core.events import Event
+
+    outbox = FirestoreEventStore(client)
+    event = Event(event_id="job-1.done", type="job.finished", job_id="job-1", body="{}", created_at=1.0,
+                  next_attempt_at=1.0)
+    ref = outbox.events.document(event.event_id)
+    real_create, calls = ref.create, []
+
+    def create(data):
+        calls.append(1)
+        if len(calls) == 1:
+            raise gexc.Aborted("contention")
+        return real_create(data)
+
+    monkeypatch.setattr(type(outbox.events), "document", lambda self, _id: _Ref(ref, create))
+    assert outbox.create_event(event) is True and len(calls) == 2
+    assert outbox.create_event(event) is False

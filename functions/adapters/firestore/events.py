@@ -7,11 +7,10 @@ single-field indexes answer them and no composite index is needed.
 """
 from __future__ import annotations
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from adapters.firestore.common import _ts, data_of, take_lease, update_if_leased
+from adapters.firestore.common import _ts, create_only, data_of, take_lease, update_if_leased
 from core.events import Event, EventState
 from core.retention import expire_at
 from core.transitions import EventAttempt
@@ -26,11 +25,7 @@ class FirestoreEventStore:
     def create_event(self, event: Event) -> bool:
         # expire_at: the TTL policy on events deletes it RECORDS_RETENTION_DAYS after its creation.
         data = {**event.to_dict(), "expire_at": _ts(expire_at(event.created_at, self.retention_days))}
-        try:
-            self.events.document(event.event_id).create(data)
-            return True
-        except gexc.Conflict:  # AlreadyExists
-            return False
+        return create_only(lambda: self.events.document(event.event_id).create(data))
 
     def get_event(self, event_id: str) -> Event | None:
         snap = self.events.document(event_id).get()

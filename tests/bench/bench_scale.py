@@ -361,12 +361,16 @@ def run_no_images(stack, args) -> tuple[list[tuple[str, str]], list[str]]:
     failures = [] if expand is not None else ["items: timed out"]
     if expand is not None and status["item_count"] != args.prompts:
         failures.append(f"the job has {status['item_count']:,} items, not {args.prompts:,}")
+    counted = sum(status["counts"].values())  # the items' counter shards: one per item written
+    if expand is not None and counted != args.prompts:
+        failures.append(f"the job's item counts add up to {counted:,}, not {args.prompts:,}")
     rows = [
         ("prompts", f"{args.prompts:,} (gcs, no images)"),
         ("time to 202", f"{sub['to_202']:.2f} s"),
         ("expansion", f"timed out: {created:,} items in {waited:.0f} s ({created / waited:,.0f} items/s)"
          if expand is None else f"{expand:.1f} s after the 202 ({args.prompts / expand:,.0f} items/s); "
          f"job {status['status']}, {status['item_count']:,} items"),
+        ("items counted", f"{counted:,} ({', '.join(f'{k} {n:,}' for k, n in status['counts'].items() if n)})"),
     ]
     rows += [(f"peak RSS {name}", f"{mb:,.0f} MB") for name, mb in rss.items()]
     rows += [(f"Firestore {name}", f"{o['reads']:,} reads, {o['writes']:,} writes") for name, o in ops.items()]

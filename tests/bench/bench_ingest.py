@@ -8,7 +8,8 @@ is each one's own:
             no JSON parser, no image checks, no Firestore), each line's base64 found by two
             byte searches, decoded and uploaded create-only by as many threads as the poller
             uses, to the same GCS emulator
-  poller    our poller (scheduled_poller's code path): the file streamed line by line,
+  poller    our poller (the code path of the batch-nudges push that ingests a finished
+            batch, BatchLane.reconcile_intent): the file streamed line by line,
             images decoded, checked and written create-only, progress checkpointed to Firestore
 and prints MB/s and peak RSS for each, the poller's fraction of the ceiling and its ratio to
 the baseline. Run with `make bench-ingest`; `ARGS=--check` exits 1 when the poller is under
@@ -66,6 +67,17 @@ def child_poller(args) -> None:
 
     lane = wiring.batch_lane()
     wiring.poller_deps()  # clients built before timing, as the poller's warm-up does on a new instance
+    streamed = []  # (start, end) of each download: the rest of the poller's time is fixed per batch
+    stream_file = lane.api.stream_file
+
+    def timed_stream(*a, **kw):
+        began = time.monotonic()
+        try:
+            return stream_file(*a, **kw)
+        finally:
+            streamed.append((began, time.monotonic()))
+
+    lane.api.stream_file = timed_stream
     before = rss_mb()
     profile = os.environ.get("BENCH_INGEST_PROFILE")  # a path: cProfile of the poller's thread there
     if profile:
@@ -74,13 +86,15 @@ def child_poller(args) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     start, cpu = time.monotonic(), cpu_seconds()
-    summary = lane.reconcile("bench-poller", time.time() + 3600)
+    # What the batch-nudges push runs for a finished batch (the stack's topic is set, so a tick
+    # would only publish the nudge and the stack's own poller would ingest the file).
+    summary = lane.reconcile_intent(args.intent, "bench-poller", time.time() + 3600)
     elapsed, cpu = time.monotonic() - start, cpu_seconds() - cpu
     if profile:
         profiler.disable()
         profiler.dump_stats(profile)
     print(json.dumps({"elapsed": elapsed, "cpu": cpu, "rss_before": before, "peak_rss": peak_rss_mb(),
-                      "summary": summary}))
+                      "summary": summary, "streamed": sum(end - began for began, end in streamed)}))
 
 
 def child_baseline(args) -> None:
@@ -158,14 +172,20 @@ def child_ceiling(args) -> None:
 def run_child(stack_env: dict, timeout: float, *argv: str) -> dict:
     """One child's figures, or {"failed": reason} when it fails or outlasts `timeout`."""
     env = {**os.environ, **stack_env, "PYTHONPATH": f"{ROOT}:{ROOT / 'functions'}"}
+    command = [sys.executable, __file__, *argv]
+    spy = os.environ.get("BENCH_INGEST_PYSPY")  # a folder: a py-spy profile of every child's threads there
+    if spy:
+        out_file = Path(spy) / f"{argv[0].removeprefix('--child-')}-{time.monotonic_ns()}.txt"
+        command = [os.environ.get("PY_SPY", "py-spy"), "record", "--threads", "--idle", "--format", "raw",
+                   "--rate", "200", "--output", str(out_file), "--", *command]
     try:
-        out = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"failed": f"timed out after {timeout:.0f}s"}
     if out.returncode != 0:
         return {"failed": f"exit {out.returncode}: {out.stderr[-3000:]}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # The child's figures are its last JSON line (py-spy, when used, prints after it).
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def download_copy(name: str, path: Path) -> None:
@@ -227,7 +247,7 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
             "local": run_child(env, timeout, "--child-ceiling", "--local", str(local), "--prefix", f"l{job.job_id}"),
             "ceiling": run_child(env, timeout, "--child-ceiling", "--file", info.output_file, "--prefix", job.job_id),
         }
-    runs["poller"] = run_child(env, timeout, "--child-poller")
+    runs["poller"] = run_child(env, timeout, "--child-poller", "--intent", intent.intent_id)
     status = jobs.get_job_status(job.job_id, jobs.StatusDeps(wiring.job_store()), page_size=1)
     labels = {"baseline": "baseline: download whole, then parse", "local": "decode+upload of local lines",
               "ceiling": "ceiling: streamed, decode+upload", "poller": "poller: streamed, checkpointed"}
@@ -242,9 +262,15 @@ def ingest_size(stack, size_mb: int, line_bytes: int, timeout: float) -> dict:
               f"peak RSS {r['peak_rss']:5.0f} MB (after imports {r['rss_before']:4.0f} MB)", flush=True)
     succeeded = status["counts"]["succeeded"]
     print(f"           job {status['status']}: {succeeded}/{lines} images", flush=True)
+    if succeeded != lines and "summary" in runs["poller"]:
+        print(f"           poller tick: {runs['poller']['summary']}", flush=True)
     if succeeded != lines:
         failures.append(f"{mb:.0f} MB: {succeeded}/{lines} images")
     poller = runs["poller"]
+    if "mb_s" in poller and poller.get("streamed"):
+        print(f"           poller's download loop {mb / poller['streamed']:.1f} MB/s; "
+              f"{poller['elapsed'] - poller['streamed']:.2f}s outside it (the reads before, the last "
+              f"checkpoint, the job's finalisation)", flush=True)
     if "mb_s" in poller:
         if "mb_s" in runs["local"]:
             print(f"           poller / decode+upload of local lines: {poller['mb_s'] / runs['local']['mb_s']:.2f}",
@@ -274,6 +300,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed to one run")
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--intent", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_poller:
         child_poller(args)

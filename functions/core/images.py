@@ -71,6 +71,7 @@ def inspect(data: bytes) -> ImageFacts:
 def _png(data: bytes) -> tuple[int, int]:
     """Every chunk's length and CRC, from IHDR (first) to IEND."""
     pos, size, first = len(PNG_SIGNATURE), (0, 0), True  # size: set from IHDR, which comes first
+    view = memoryview(data)  # chunk bodies are CRC'd in place: an image-sized IDAT is not copied
     while True:
         if pos + 8 > len(data):
             raise BadImage("the model returned a truncated PNG (no IEND chunk)")
@@ -78,9 +79,10 @@ def _png(data: bytes) -> tuple[int, int]:
         end = pos + 8 + length + 4
         if end > len(data):
             raise BadImage(f"the model returned a truncated PNG (chunk {kind!r} runs past the end)")
-        body = data[pos + 8:pos + 8 + length]
+        body = view[pos + 8:pos + 8 + length]
         (crc,) = struct.unpack(">I", data[end - 4:end])
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+        # The CRC covers the type and the body: carried from one into the other.
+        if zlib.crc32(body, zlib.crc32(kind)) != crc:
             raise BadImage(f"the model returned a corrupt PNG (bad CRC in chunk {kind!r})")
         if first:
             if kind != b"IHDR" or length != 13:

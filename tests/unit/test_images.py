@@ -65,3 +65,20 @@ def test_facts_name_the_extension_and_content_type():
     facts = images.inspect(CASES["jpeg"])
     assert (facts.extension, facts.content_type) == ("jpg", "image/jpeg")
     assert set(facts.fields()) == {"format", "width", "height", "sha256", "bytes"}
+
+
+def test_a_png_chunk_crc_covers_its_type_as_well_as_its_body():
+    # The CRC is carried from the chunk's type into its body (checked in place, no copy): a
+    # renamed chunk with an intact body must still fail, and an intact text chunk must pass.
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", "a lighthouse")
+    out = io.BytesIO()
+    Image.new("RGB", (37, 21)).save(out, format="PNG", pnginfo=info)
+    data = out.getvalue()
+    assert images.inspect(data).format == "png"
+    renamed = data.replace(b"tEXtprompt", b"tEXTprompt", 1)
+    assert renamed != data
+    with pytest.raises(images.BadImage, match="bad CRC in chunk b'tEXT'"):
+        images.inspect(renamed)

@@ -63,3 +63,29 @@ def test_ticks_cut_short_by_their_deadline_together_reach_every_job(monkeypatch)
     for _ in range(6):
         done += sweep(store, clock, deadline=clock.now() + 3.5)
     assert sorted(done) == ids
+
+
+class QueryCountingStore(InMemoryJobStore):
+    """Counts the queries for an unfinished item (a scan of every item on the emulator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unfinished_queries = 0
+
+    def has_unfinished_items(self, job_id):
+        self.unfinished_queries += 1
+        return super().has_unfinished_items(job_id)
+
+
+def test_the_sweep_reads_the_counts_before_querying_for_an_unfinished_item():
+    clock = FakeClock()
+    store = QueryCountingStore()
+    done_ids = stalled_jobs(store, 2)
+    busy = Job(job_id="99" + "0" * 30, lane=Lane.INTERACTIVE, status=JobStatus.QUEUED, model="m",
+               item_count=1, created_at=100.0, updated_at=100.0)
+    store.create_job(busy, [Item(job_id=busy.job_id, key="k0", index=0, prompt="p", aspect_ratio="1:1",
+                                 domain=None, quality="standard", updated_at=100.0)])
+    store.set_job_running(busy.job_id, 100.0)
+    assert sweep(store, clock, start_after="") == done_ids
+    assert store.unfinished_queries == 2  # the finished jobs only: the busy one's counts sufficed
+    assert store.get_job(busy.job_id).status is JobStatus.RUNNING

@@ -81,12 +81,6 @@ class Settings(BaseSettings):
     rate_safety: float = Field(
         0.99, gt=0, lt=1, description="fraction of the quota aimed at, below 1: the rest absorbs late sends, "
         "clock skew and network jitter")
-    # Bursts: Google counts the Gemini API's RPM per window (core/ratelimit.py cites the pages).
-    rate_spread: float = Field(
-        0.05, gt=0, le=1, description="shortest spacing of sends, as a fraction of the even spacing "
-        "RATE_WINDOW_SECONDS / (quota * RATE_SAFETY): 1 spaces every send evenly (for a service that enforces "
-        "the quota as a steady rate); below 1 a window's quota may go out in a burst after an idle window, "
-        "never more than the quota in any window")
     # Spend-based limit (paid tiers): dollars per rolling window, shared by every instance.
     rate_limit_spend_usd: float | None = Field(
         None, ge=0, description="spend-based limit: dollars of expected cost per RATE_SPEND_WINDOW_SECONDS "

@@ -246,7 +246,6 @@ def rate_limit(s: Settings) -> RateLimit:
         window_seconds=s.rate_window_seconds,
         concurrency=s.rate_concurrency or None,
         safety=s.rate_safety,
-        spread=s.rate_spread,
         spend_usd_per_window=s.rate_limit_spend_usd or None,
         spend_window_seconds=s.rate_spend_window_seconds,
         # The worker passes each image's own price; this one is for a caller that passes none.
@@ -267,11 +266,6 @@ def rate_limiter() -> SlotRateLimiter:
         lease_ttl=s.lease_seconds,
         longest_hold=s.max_wait_seconds + s.gemini_timeout_seconds,
     )
-
-
-def warm_rate_limiter() -> None:
-    """The limiter's first reads and lease documents, at the worker instance's start."""
-    rate_limiter().warm_up()
 
 
 @functools.cache
@@ -540,7 +534,7 @@ def status_deps() -> StatusDeps:
 
 # What each entry point's first request would otherwise build: deps(), every client and adapter
 # (one instance serves one function, but they share most clients, and the rest cost little).
-_WARM_UP = {"pubsub_worker": ("deps", "warm_rate_limiter"), "http_api": ("deps", "staged_sources"),
+_WARM_UP = {"pubsub_worker": ("deps",), "http_api": ("deps", "staged_sources"),
             "scheduled_poller": ("deps", "staged_sources"),
             "gemini_webhook": ("deps",)}
 # The modules those import: most of the cost (about 1.5 s of the 2 s).

@@ -506,9 +506,6 @@ class InMemorySlotStore:
         """Every slot of every block, in order."""
         return sorted(s for b in self.blocks.values() for s in range(b.start, b.end))
 
-    def prepare_leases(self, capacity: int) -> None:
-        """Leases exist as soon as they are asked for here: nothing to prepare."""
-
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         with self.lock:
             for index in range(capacity):

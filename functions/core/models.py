@@ -343,17 +343,11 @@ class PoolEntry:
 
 @dataclass(frozen=True)
 class SlotBlock:
-    """Block `seq` of the rate limiter's chain (core/ratelimit.py): slots start .. start + size - 1.
-
-    `history` holds the send times of the chain's most recent slots up to this block's end
-    (its own included), as runs (first slot, count, time of the first, step): what the next
-    block needs to keep any window under the quota. Empty for a block of the older, evenly
-    spaced chain."""
+    """Block `seq` of the rate limiter's chain (core/ratelimit.py): slots start .. start + size - 1."""
 
     seq: int
     start: int
     size: int
-    history: tuple[tuple[int, int, float, float], ...] = ()
 
     @property
     def end(self) -> int:

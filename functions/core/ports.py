@@ -438,9 +438,6 @@ class SlotStore(Protocol):
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         """Take one of `capacity` concurrency leases that is free or expired; its id, or None."""
 
-    def prepare_leases(self, capacity: int) -> None:
-        """Make sure `capacity` leases exist, so that the first try_take_lease has nothing to create."""
-
     def release_lease(self, lease_id: str, owner: str) -> None: ...
 
     def try_spend(self, amount: float, limit: float, window: float, now: float) -> float | None:

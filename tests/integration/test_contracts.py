@@ -196,20 +196,6 @@ def test_blocks_are_create_only_and_the_last_one_is_found(slot_store):
     assert slot_store.last_block() == SlotBlock(1, 1004, 16)
 
 
-def test_prepared_leases_can_be_taken(slot_store):
-    slot_store.prepare_leases(2)
-    taken = [slot_store.try_take_lease(f"o{i}", capacity=2, now=10.0, ttl=30.0) for i in range(3)]
-    assert sorted(t for t in taken if t is not None) == ["0", "1"] and taken[2] is None
-
-
-def test_a_blocks_history_of_send_times_comes_back_as_written(slot_store):
-    from core.models import SlotBlock
-
-    history = ((990, 10, 1_800_000_000.25, 0.5), (1000, 4, 1_800_000_060.6, 0.0))
-    assert slot_store.try_claim_block(SlotBlock(0, 1000, 4, history), "a", 1_800_003_700.0)
-    assert slot_store.last_block() == SlotBlock(0, 1000, 4, history)
-
-
 def test_free_leases_are_found_by_one_query_and_taken_once(slot_store):
     taken = [slot_store.try_take_lease(f"o{i}", capacity=5, now=10.0, ttl=30.0) for i in range(6)]
     assert sorted(t for t in taken if t is not None) == ["0", "1", "2", "3", "4"] and taken[5] is None

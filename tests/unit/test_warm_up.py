@@ -22,9 +22,7 @@ def test_warm_up_builds_the_targets_clients(monkeypatch):
     finally:
         wiring.get_settings.cache_clear()
     assert built == list(wiring._WARM_UP["pubsub_worker"])
-    # The generator, the rate limiter and every other client of the instance; then the limiter's
-    # first reads and its lease documents.
-    assert built == ["deps", "warm_rate_limiter"]
+    assert built == ["deps"]  # the generator, the rate limiter and every other client of the instance
 
 
 def test_a_failed_warm_up_leaves_the_clients_to_the_first_request(monkeypatch, caplog):

@@ -58,11 +58,7 @@ class FirestoreSlotStore:
         self.reads += 1
         query = self.blocks.order_by("seq", direction=firestore.Query.DESCENDING).limit(1)
         for snap in query.stream():
-            data = data_of(snap)
-            # Firestore arrays cannot hold arrays: each run is a map.
-            history = tuple((int(r["first"]), int(r["count"]), float(r["t0"]), float(r["step"]))
-                            for r in data.get("history") or ())
-            return SlotBlock(seq=int(data["seq"]), start=int(data["start"]), size=int(data["size"]), history=history)
+            return SlotBlock(seq=int(snap.get("seq")), start=int(snap.get("start")), size=int(snap.get("size")))
         return None
 
     def try_claim_block(self, block: SlotBlock, owner: str, expire_at: float) -> bool:
@@ -71,7 +67,6 @@ class FirestoreSlotStore:
             # Zero-padded ids keep the documents in chain order in the console.
             self.blocks.document(f"{block.seq:015d}").create({
                 "seq": block.seq, "start": block.start, "size": block.size,
-                "history": [{"first": f, "count": c, "t0": t, "step": d} for f, c, t, d in block.history],
                 "owner": owner, "expire_at": _ts(expire_at),
             })
         except gexc.Conflict:
@@ -79,9 +74,6 @@ class FirestoreSlotStore:
         _log.info("rate limiter block claimed", extra={
             "limiter_block_size": block.size, "limiter_reads": self.reads, "limiter_writes": self.writes})
         return True
-
-    def prepare_leases(self, capacity: int) -> None:
-        self._create_leases(capacity)
 
     def try_take_lease(self, owner: str, capacity: int, now: float, ttl: float) -> str | None:
         self._create_leases(capacity)

@@ -87,11 +87,10 @@ def test_an_abort_that_persists_is_raised(store):
     assert store.count_items(job.job_id).get(ItemState.QUEUED, 0) == 0
 
 
-def test_an_aborted_intent_create_is_tried_again(store, client, monkeypatch):
-    job, _ = make_job(2)
-    _, intents = make_intents(job)
-    intent: BatchIntent = intents[0]
-    ref = store.intents.document(intent.intent_id)
+def abort_first_create(collection, doc_id: str, monkeypatch) -> list[int]:
+    """Make `collection.document(doc_id).create` raise ABORTED (writing nothing) on its first
+    call and create for real after; returns the list of calls, one entry per call."""
+    ref = collection.document(doc_id)
     real_create, calls = ref.create, []
 
     def create(data):
@@ -100,10 +99,8 @@ def test_an_aborted_intent_create_is_tried_again(store, client, monkeypatch):
             raise gexc.Aborted("contention")
         return real_create(data)
 
-    monkeypatch.setattr(type(store.intents), "document", lambda self, _id: _Ref(ref, create))
-    assert store.create_intent(intent) is True
-    assert client.collection("batches").document(intent.intent_id).get().exists
-    assert store.create_intent(intent) is False  # now it exists
+    monkeypatch.setattr(type(collection), "document", lambda self, _id: _Ref(ref, create))
+    return calls
 
 
 class _Ref:
@@ -114,6 +111,16 @@ class _Ref:
         return getattr(self._ref, name)
 
 
+def test_an_aborted_intent_create_is_tried_again(store, client, monkeypatch):
+    job, _ = make_job(2)
+    _, intents = make_intents(job)
+    intent: BatchIntent = intents[0]
+    calls = abort_first_create(store.intents, intent.intent_id, monkeypatch)
+    assert store.create_intent(intent) is True and len(calls) == 2
+    assert client.collection("batches").document(intent.intent_id).get().exists
+    assert store.create_intent(intent) is False  # now it exists
+
+
 def test_an_aborted_event_create_is_tried_again(client, monkeypatch):
     from adapters.firestore.events import FirestoreEventStore
     from core.events import Event
@@ -121,15 +128,6 @@ def test_an_aborted_event_create_is_tried_again(client, monkeypatch):
     outbox = FirestoreEventStore(client)
     event = Event(event_id="job-1.done", type="job.finished", job_id="job-1", body="{}", created_at=1.0,
                   next_attempt_at=1.0)
-    ref = outbox.events.document(event.event_id)
-    real_create, calls = ref.create, []
-
-    def create(data):
-        calls.append(1)
-        if len(calls) == 1:
-            raise gexc.Aborted("contention")
-        return real_create(data)
-
-    monkeypatch.setattr(type(outbox.events), "document", lambda self, _id: _Ref(ref, create))
+    calls = abort_first_create(outbox.events, event.event_id, monkeypatch)
     assert outbox.create_event(event) is True and len(calls) == 2
     assert outbox.create_event(event) is False

@@ -25,6 +25,11 @@ from core.ports import ImageSink, JobStore
 # client uploads in one request (a one-shot resumable upload above it is not create-only on
 # fake-gcs-server, infra/local/stack.py).
 PAGE_ITEMS = 250
+# Pages per store query: one query returns 8 parts' items (2,000 at most, ~50 MB at the ~25 kB
+# worst case), so a 100,000-item manifest costs 50 queries, not 400. Firestore serves each from
+# its index; the emulator scans the job's items for each, which made a 100,000-item manifest
+# take about 7 minutes a page at a time (docs/benchmarks.md).
+PAGES_PER_READ = 8
 # Sources per compose call: "There is a limit (currently 32) to the number of components that
 # can be composed in a single operation" (https://cloud.google.com/sdk/gcloud/reference/storage/objects/compose).
 COMPOSE_MAX_SOURCES = 32
@@ -41,7 +46,7 @@ def write_manifest(name: str, job_id: str, *, store: JobStore, sink: ImageSink, 
         return sink.put_manifest(name, build_manifest(first)).uri
     parts = [_put_part(sink, name, 0, first)]
     for number, items in enumerate(pages, start=1):
-        if items:  # a job whose size is a multiple of the page ends with an empty one
+        if items:  # a job whose size is a multiple of a read ends with an empty one
             parts.append(_put_part(sink, name, number, items))
     return _compose(sink, name, parts)
 
@@ -64,14 +69,16 @@ def part_name(manifest: str, number: int, level: int = 0) -> str:
 
 
 def _pages(store: JobStore, job_id: str, page: int) -> Iterator[list[Item]]:
-    """The job's items in index order, a page at a time (the last one may be empty)."""
-    after = None
+    """The job's items in index order, a page at a time (the first one may be empty), read
+    PAGES_PER_READ pages at a time."""
+    after, read = None, page * PAGES_PER_READ
     while True:
-        items = store.list_items(job_id, after, page)
-        yield items
-        if len(items) < page:
+        items = store.list_items(job_id, after, read)
+        for start in range(0, max(len(items), 1), page):
+            yield items[start:start + page]
+        if len(items) < read:
             return
-        after = items[-1].index
+        after, items = items[-1].index, []  # this read freed before the next is held
 
 
 def _put_part(sink: ImageSink, manifest: str, number: int, items: Sequence[Item]) -> str:

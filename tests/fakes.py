@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from core import expanding
 from core.checkpoints import Checkpointed, applies
 from core.errors import GenerationError, InvalidRequest, PermissionDenied, StorageUnavailable
+from core.jobs import finalizing_claim
 from core.models import (
     ACTIVE_INTENT_STATES, BatchInfo, BatchIntent, GeneratedImage, IntentState, Item, ItemState, Job, JobStatus, Lane,
     StoredImage, TERMINAL_JOB_STATUSES,
@@ -191,6 +192,15 @@ class InMemoryJobStore:
 
     def set_job_running(self, job_id: str, now: float) -> None:
         self._transition(job_id, JobStatus.RUNNING, now, {JobStatus.QUEUED})
+
+    def claim_finalizing(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
+        with self.lock:
+            d = self.jobs.get(job_id)
+            decided = finalizing_claim(d, owner, now, lease_seconds)
+            if d is None or decided is None:
+                return False
+            d.update(copy.deepcopy(decided))
+            return True
 
     def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
         with self.lock:

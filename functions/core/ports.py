@@ -108,6 +108,10 @@ class JobStore(Protocol):
 
     def set_job_running(self, job_id: str, now: float) -> None: ...
 
+    def claim_finalizing(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
+        """Take the job's finalizing lease (core.jobs.finalizing_claim); False while another
+        finalizer holds it."""
+
     def reopen_job(self, job_id: str, now: float) -> Job:
         """For :retry: a finished (not cancelled) job goes back to running in a new round,
         with no manifest; a queued or running one is left as it is. Returns the job after."""

@@ -586,6 +586,21 @@ def test_cancel_and_complete_with_a_manifest(job_store):
     assert not job_store.cancel_job(other.job_id, 140.0)
 
 
+def test_one_finalizer_at_a_time_per_round(job_store):
+    job, items = make_job(1)
+    job_store.create_job(job, items)
+    assert job_store.claim_finalizing(job.job_id, "f1", 100.0, 60.0)
+    assert not job_store.claim_finalizing(job.job_id, "f2", 159.0, 60.0)  # f1 holds it
+    assert job_store.claim_finalizing(job.job_id, "f1", 159.0, 60.0)  # its own, again
+    assert job_store.claim_finalizing(job.job_id, "f2", 219.5, 60.0)  # f1's ran out
+    assert job_store.claim_finalizing(job.job_id, "f2", 220.0, 0.0)  # given up: a lease ending now
+    assert job_store.claim_finalizing(job.job_id, "f3", 220.0, 60.0)
+    job_store.complete_job(job.job_id, JobStatus.SUCCEEDED, 221.0, manifest_uri="gs://b/j/manifest.jsonl")
+    job_store.reopen_job(job.job_id, 222.0)  # a retry's round is finalized anew
+    assert job_store.claim_finalizing(job.job_id, "f4", 223.0, 60.0)
+    assert not job_store.claim_finalizing("missing", "f1", 100.0, 60.0)
+
+
 def test_manifests_are_written_once(sink):
     name = f"{uuid.uuid4().hex}/manifest.jsonl"
     assert sink.put_manifest(name, b'{"key":"a"}\n').created

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from core import manifests
-from core.jobs import finalize_job_if_done, manifest_name
+from core.jobs import FINALIZE_LEASE_SECONDS, finalize_job_if_done, manifest_name
 from core.models import Item, ItemState, Job, JobStatus, Lane
 from tests.fakes import FakeClock, InMemoryImageSink, InMemoryJobStore
 
@@ -159,3 +159,51 @@ def test_finalize_memory_does_not_grow_with_the_number_of_items():
     # The whole manifest of 20,000 items is ~6 MiB, and the list of items behind it more: a
     # tenfold job may not cost more than the small one plus a page's slack.
     assert large < small * 1.5
+
+
+class CountingStore(PagedStore):
+    def list_items(self, job_id, start_after_index, limit):
+        self.__dict__.setdefault("reads", []).append(limit)
+        return super().list_items(job_id, start_after_index, limit)
+
+
+@pytest.mark.parametrize("n", [PAGE * manifests.PAGES_PER_READ, 5 * PAGE * manifests.PAGES_PER_READ + 1])
+def test_the_store_is_queried_once_per_pages_per_read_pages(n):
+    # On the emulator every query over a job's items scans all of them: a query per page made
+    # the manifest of 100,000 items take minutes.
+    store, sink = CountingStore(), InMemoryImageSink()
+    job_id = finished_job(store, n)
+    manifests.write_manifest("j1/manifest.jsonl", job_id, store=store, sink=sink, page=PAGE)
+    assert len(store.reads) == n // (PAGE * manifests.PAGES_PER_READ) + 1
+    assert sink.objects["j1/manifest.jsonl"][0] == whole_list_manifest(store, job_id)
+    parts = [name for name in sink.objects if name.startswith(manifests.PARTS_PREFIX) and "/0-" in name]
+    assert len(parts) == -(-n // PAGE)  # still one part per page
+
+
+class ReadCountingStore(PagedStore):
+    def list_items(self, job_id, start_after_index, limit):
+        self.__dict__["item_reads"] = self.__dict__.get("item_reads", 0) + 1
+        return super().list_items(job_id, start_after_index, limit)
+
+
+def test_a_second_finalizer_leaves_the_manifest_to_the_lease_holder_until_its_lease_runs_out():
+    # Every finisher that sees the job done, and every poller tick, would otherwise read all of
+    # its items again: five at once for a 100,000-item job on the local stack.
+    store, clock, sink = ReadCountingStore(), FakeClock(), InMemoryImageSink()
+    job_id = finished_job(store, 3 * manifests.PAGE_ITEMS)
+    assert store.claim_finalizing(job_id, "first", clock.now(), FINALIZE_LEASE_SECONDS)  # writing it now
+    assert finalize_job_if_done(job_id, store=store, clock=clock, sink=sink) is None
+    assert store.__dict__.get("item_reads", 0) == 0 and not sink.objects
+    clock.advance(FINALIZE_LEASE_SECONDS + 1)  # the first died mid-write: the sweep takes over
+    assert finalize_job_if_done(job_id, store=store, clock=clock, sink=sink) is JobStatus.SUCCEEDED
+    assert sink.objects[manifest_name(job_id)][0] == whole_list_manifest(store, job_id)
+
+
+def test_a_manifest_written_by_a_lease_holder_that_died_before_recording_it_is_recorded():
+    store, clock, sink = PagedStore(), FakeClock(), InMemoryImageSink()
+    job_id = finished_job(store, 2)
+    name = manifest_name(job_id)
+    sink.put_manifest(name, whole_list_manifest(store, job_id))
+    assert store.claim_finalizing(job_id, "died", clock.now(), FINALIZE_LEASE_SECONDS)
+    assert finalize_job_if_done(job_id, store=store, clock=clock, sink=sink) is JobStatus.SUCCEEDED
+    assert store.get_job(job_id).manifest_uri == f"gs://{sink.bucket}/{name}"

@@ -18,6 +18,7 @@ from adapters.firestore.common import (
 )
 from core import expanding
 from core.item_counts import add_deltas, count_deltas, shard_of, totals
+from core.jobs import finalizing_claim
 from core.models import (
     Item,
     ItemState,
@@ -290,6 +291,10 @@ class FirestoreJobStore(FirestoreBatchIntents):
             return None
 
         compare_and_set(self.db, self.jobs.document(job_id), decide)
+
+    def claim_finalizing(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
+        return compare_and_set(self.db, self.jobs.document(job_id),
+                               lambda data: finalizing_claim(data, owner, now, lease_seconds))
 
     def reopen_job(self, job_id: str, now: float) -> Job:
         def decide(data: dict | None) -> dict | None:

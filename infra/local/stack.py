@@ -414,6 +414,7 @@ class Stack:
         functions_dir: Path | str = FUNCTIONS_DIR,  # tests may point it at a throwaway main.py
         function_env: Mapping[str, str] | None = None,
         worker_threads: int | None = None,
+        gcs_backend: str = "memory",
         images_bucket: str | None = None,
         work_topic: str = "imagefleet-work",
         events_topic: str = "imagefleet-events",
@@ -445,6 +446,14 @@ class Stack:
         # Over extra_function_env, for one function only (by name: "api", "poller", ...).
         self.function_env_of: dict[str, dict[str, str]] = {}
         self.worker_threads = worker_threads
+        # fake-gcs-server's "memory" backend keeps object versions (the e2e tests version the
+        # bucket to see a second write of an image) but finds an object by a linear scan of
+        # the bucket (internal/backend/memory.go, findObject): writes fell from 363/s to 40/s
+        # between 5,000 and 30,000 objects. "filesystem" stays near 700/s (docs/benchmarks.md)
+        # and has no versioning: for stacks that hold many objects (bench-scale).
+        if gcs_backend not in ("memory", "filesystem"):
+            raise StackError(f"gcs_backend is 'memory' or 'filesystem', not {gcs_backend!r}")
+        self.gcs_backend = gcs_backend
         self.images_bucket = images_bucket or f"{project}-images"
         # Where the CLI uploads prompt files too big for one request; SOURCE_BUCKETS allows it.
         self.sources_bucket = f"{project}-job-sources"
@@ -600,7 +609,8 @@ class Stack:
             self._kill_leftovers()
             self.log_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "pubsub").mkdir(exist_ok=True)
-            # Every stack starts with empty buckets, as Firestore starts with no document.
+            # Every stack starts with empty buckets (filesystem backend), as Firestore starts
+            # with no document.
             shutil.rmtree(self.state_dir / "gcs", ignore_errors=True)
             self._install_handlers()
             wanted = [n for n in EMULATORS if n != "gemini" or self.gemini]
@@ -742,11 +752,7 @@ class Stack:
             ready = _http_ok(f"{self.url(name)}/", b"Ok")
         elif name == "gcs":
             url = self.url(name)
-            # The filesystem backend, not memory: the memory one finds an object by a linear
-            # scan of the bucket (internal/backend/memory.go, findObject), so each write slowed
-            # from 375/s to 95/s between 5,000 and 15,000 objects; on files it stayed at 600-700/s
-            # up to 40,000 (docs/benchmarks.md).
-            argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "filesystem",
+            argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", self.gcs_backend,
                     "-filesystem-root", str(self.state_dir / "gcs"), "-host", "127.0.0.1",
                     "-port", str(port), "-public-host", f"127.0.0.1:{port}", "-external-url", url,
                     "-log-level", "warn"]

@@ -484,8 +484,9 @@ def main() -> int:
     os.environ["JAVA_TOOL_OPTIONS"] = f"-Xmx{args.firestore_heap}"
     load_before = os.getloadavg()
     started = time.time()
+    # The filesystem backend: the memory one slows every write as the bucket fills (stack.py).
     with Stack(ports=Ports.free(), project=PROJECT, functions=True, function_env=function_env,
-               gemini_config=gemini, scheduler_interval=1.0, ack_deadline=600) as stack:
+               gemini_config=gemini, scheduler_interval=1.0, ack_deadline=600, gcs_backend="filesystem") as stack:
         os.environ.update(stack.env())
         source = args.source
         if source == "auto":

@@ -240,7 +240,8 @@ def test_duplicate_keys_are_refused_as_bad_lines_even_across_chunks_and_a_resume
     sources = MemorySources()
     lines = [*specs(12), ItemSpec(key="item-00003", prompt="again"), *specs(3, start=12)]
     uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(lines))
-    job = _accepting_job(store, clock, Expansion(uri, generation))
+    # A caller's JSONL source (a staged body's keys were checked unique at accept).
+    job = _accepting_job(store, clock, Expansion(uri, generation, format="jsonl"))
     deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
                       lease_seconds=60, ramp=Ramp(1e9))
     store.kill_at = ("update_expansion", 2, False)  # the chunk with the duplicate dies before its checkpoint
@@ -381,3 +382,28 @@ def test_without_a_nudge_topic_the_tick_expands_the_job_itself_and_the_next_tick
     assert expanding.resume_expansions(store=deps.store, nudges=later, clock=deps.clock) == [job.job_id]
     assert stored_items(deps.store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
     assert deps.store.get_job(job.job_id).status is JobStatus.QUEUED
+
+
+class IndexReadingStore(KillingStore):
+    def item_indexes(self, job_id, keys):
+        self.__dict__.setdefault("index_reads", []).append(len(keys))
+        return super().item_indexes(job_id, keys)
+
+
+# jsonl: a read per chunk, the chunk cut short by the kill read twice.
+@pytest.mark.parametrize("fmt, reads", [(expanding.STAGED_FORMAT, []), ("jsonl", [10, 10, 10, 5])])
+def test_a_staged_body_is_expanded_without_reading_its_items_first(fmt, reads):
+    clock, store, sources = FakeClock(), IndexReadingStore(), MemorySources()
+    store.clock = clock
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(specs(25)))
+    job = _accepting_job(store, clock, Expansion(uri, generation, format=fmt))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
+                      lease_seconds=60, ramp=Ramp(1e9))
+    store.kill_at = ("update_expansion", 2, False)  # a chunk written again after a kill
+    with pytest.raises(Killed):
+        expanding.expand_job(job.job_id, "a", deps, clock.now() + 100)
+    clock.advance(61)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert stored_items(store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
+    assert store.get_job(job.job_id).item_count == 25
+    assert store.__dict__.get("index_reads", []) == reads

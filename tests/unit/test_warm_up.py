@@ -22,7 +22,9 @@ def test_warm_up_builds_the_targets_clients(monkeypatch):
     finally:
         wiring.get_settings.cache_clear()
     assert built == list(wiring._WARM_UP["pubsub_worker"])
-    assert built == ["deps"]  # the generator, the rate limiter and every other client of the instance
+    # The generator, the rate limiter and every other client of the instance; then a first
+    # Firestore read, which opens the channel.
+    assert built == ["deps", "connect"]
 
 
 def test_a_failed_warm_up_leaves_the_clients_to_the_first_request(monkeypatch, caplog):

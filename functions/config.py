@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     # On in the cloud and in the local stack.
     warm_up_clients: bool = Field(
         False, description="build this function's SDK clients on a background thread when the instance starts, "
-        "not on its first request (wiring.start_warm_up)")
+        "not on its first request, and open the Firestore channel with one read (wiring.start_warm_up)")
     firestore_ops_log_seconds: float | None = Field(
         None, gt=0, description="log this instance's Firestore reads, writes and deletes so far at most this often "
         "(when they changed; ops_log.py); unset = never; benchmarks read the figures from the logs")

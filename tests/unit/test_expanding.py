@@ -407,3 +407,44 @@ def test_a_staged_body_is_expanded_without_reading_its_items_first(fmt, reads):
     assert stored_items(store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
     assert store.get_job(job.job_id).item_count == 25
     assert store.__dict__.get("index_reads", []) == reads
+
+
+class ListCountingStore(KillingStore):
+    def list_items(self, job_id, start_after_index, limit):
+        self.__dict__["lists"] = self.__dict__.get("lists", 0) + 1
+        return super().list_items(job_id, start_after_index, limit)
+
+
+def _interactive_job_with(store, n: int):
+    clock, sources = FakeClock(), MemorySources()
+    store.clock = clock
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(specs(n)))
+    job = _accepting_job(store, clock, Expansion(uri, generation))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
+                      lease_seconds=60, ramp=Ramp(1e9))
+    return job, deps
+
+
+@pytest.mark.parametrize("held, lists", [(1000, 0), (20, 1)])
+def test_an_interactive_job_expanded_in_one_attempt_publishes_the_keys_it_wrote(monkeypatch, held, lists):
+    # Reading the items back is a query a page (a scan of the job's items each on the emulator);
+    # past MAX_KEYS_HELD keys the expansion does read them back.
+    monkeypatch.setattr(expanding, "MAX_KEYS_HELD", held)
+    store = ListCountingStore()
+    job, deps = _interactive_job_with(store, 25)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert store.__dict__.get("lists", 0) == lists
+    assert sorted(k for _, k in deps.queue.messages) == [f"item-{i:05d}" for i in range(25)]
+    assert store.get_job(job.job_id).published
+
+
+def test_an_interactive_job_resumed_after_a_kill_reads_its_items_back_to_publish_them():
+    store = ListCountingStore()
+    job, deps = _interactive_job_with(store, 25)
+    store.kill_at = ("update_expansion", 2, True)  # the second checkpoint written, then killed
+    with pytest.raises(Killed):
+        expanding.expand_job(job.job_id, "a", deps, deps.clock.now() + 100)
+    deps.clock.advance(61)
+    assert run_to_end(job.job_id, deps) == ["done"]
+    assert store.__dict__.get("lists", 0) > 0  # the resumed attempt wrote only the last chunk
+    assert sorted(k for _, k in deps.queue.messages) == [f"item-{i:05d}" for i in range(25)]

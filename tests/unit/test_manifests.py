@@ -180,20 +180,14 @@ def test_the_store_is_queried_once_per_pages_per_read_pages(n):
     assert len(parts) == -(-n // PAGE)  # still one part per page
 
 
-class ReadCountingStore(PagedStore):
-    def list_items(self, job_id, start_after_index, limit):
-        self.__dict__["item_reads"] = self.__dict__.get("item_reads", 0) + 1
-        return super().list_items(job_id, start_after_index, limit)
-
-
 def test_a_second_finalizer_leaves_the_manifest_to_the_lease_holder_until_its_lease_runs_out():
     # Every finisher that sees the job done, and every poller tick, would otherwise read all of
     # its items again: five at once for a 100,000-item job on the local stack.
-    store, clock, sink = ReadCountingStore(), FakeClock(), InMemoryImageSink()
+    store, clock, sink = CountingStore(), FakeClock(), InMemoryImageSink()
     job_id = finished_job(store, 3 * manifests.PAGE_ITEMS)
     assert store.claim_finalizing(job_id, "first", clock.now(), FINALIZE_LEASE_SECONDS)  # writing it now
     assert finalize_job_if_done(job_id, store=store, clock=clock, sink=sink) is None
-    assert store.__dict__.get("item_reads", 0) == 0 and not sink.objects
+    assert not store.__dict__.get("reads") and not sink.objects
     clock.advance(FINALIZE_LEASE_SECONDS + 1)  # the first died mid-write: the sweep takes over
     assert finalize_job_if_done(job_id, store=store, clock=clock, sink=sink) is JobStatus.SUCCEEDED
     assert sink.objects[manifest_name(job_id)][0] == whole_list_manifest(store, job_id)

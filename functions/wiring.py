@@ -549,10 +549,11 @@ _warm_up_thread: threading.Thread | None = None
 
 
 def connect() -> None:
-    """Open the Firestore channel before the first request, with a read every function makes
-    anyway (the model halts): a client opens its channel on its first call, which took 0.7 s
-    of a new API instance's first POST /v1/jobs on the local stack (0.9 s against 0.05 s for
-    the next ones); in the cloud the first call also sets up TLS and fetches a token."""
+    """Open the Firestore channel before the first request, with one small read (the model
+    halts, which the API, the worker and the poller read anyway; the webhook function reads
+    batch intents, over the same channel): a client opens its channel on its first call, which
+    took 0.7 s of a new API instance's first POST /v1/jobs on the local stack (0.9 s against
+    0.05 s for the next ones); in the cloud the first call also sets up TLS and fetches a token."""
     model_halts().all(fresh=True)
 
 

@@ -133,9 +133,13 @@ class InMemoryJobStore:
         return self._holder_cas(job_id, owner, change.as_fields())
 
     def _holder_cas(self, job_id: str, owner: str, updates: dict) -> bool:
+        return self._job_cas(job_id, lambda d: expanding.holder_updates(d, owner, updates))
+
+    def _job_cas(self, job_id: str, decide) -> bool:
+        """The adapter's compare_and_set on a job document: decide(current) or nothing."""
         with self.lock:
             d = self.jobs.get(job_id)
-            decided = expanding.holder_updates(d, owner, updates)
+            decided = decide(d)
             if d is None or decided is None:
                 return False
             d.update(copy.deepcopy(decided))
@@ -194,13 +198,7 @@ class InMemoryJobStore:
         self._transition(job_id, JobStatus.RUNNING, now, {JobStatus.QUEUED})
 
     def claim_finalizing(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
-        with self.lock:
-            d = self.jobs.get(job_id)
-            decided = finalizing_claim(d, owner, now, lease_seconds)
-            if d is None or decided is None:
-                return False
-            d.update(copy.deepcopy(decided))
-            return True
+        return self._job_cas(job_id, lambda d: finalizing_claim(d, owner, now, lease_seconds))
 
     def complete_job(self, job_id: str, status: JobStatus, now: float, manifest_uri: str | None = None) -> None:
         with self.lock:

@@ -432,17 +432,15 @@ def _publish_all(job_id: str, deps: ExpandDeps, keys: list[str] | None = None, p
     """Publish the job's items that are not finished: `keys`, all of them, when given (nothing
     ran while the job was accepting), else read page by page from the store."""
     if keys is not None:
-        for start in range(0, len(keys), page):
-            deps.queue.publish_items(job_id, keys[start:start + page])
-        deps.store.mark_published(job_id, deps.clock.now())
-        return
-    after = None
-    while True:
-        items = deps.store.list_items(job_id, after, page)
-        deps.queue.publish_items(job_id, [it.key for it in items if not it.terminal])
-        if len(items) < page:
-            break
-        after = items[-1].index
+        deps.queue.publish_items(job_id, keys)
+    else:
+        after = None
+        while True:
+            items = deps.store.list_items(job_id, after, page)
+            deps.queue.publish_items(job_id, [it.key for it in items if not it.terminal])
+            if len(items) < page:
+                break
+            after = items[-1].index
     deps.store.mark_published(job_id, deps.clock.now())
 
 

@@ -69,7 +69,7 @@ def part_name(manifest: str, number: int, level: int = 0) -> str:
 
 
 def _pages(store: JobStore, job_id: str, page: int) -> Iterator[list[Item]]:
-    """The job's items in index order, a page at a time (the first one may be empty), read
+    """The job's items in index order, a page at a time (the last one may be empty), read
     PAGES_PER_READ pages at a time."""
     after, read = None, page * PAGES_PER_READ
     while True:

@@ -384,6 +384,17 @@ def test_without_a_nudge_topic_the_tick_expands_the_job_itself_and_the_next_tick
     assert deps.store.get_job(job.job_id).status is JobStatus.QUEUED
 
 
+def _interactive_job_with(store, n: int, fmt: str = expanding.STAGED_FORMAT):
+    """An accepting interactive job of n items read from a source in `fmt`, and its deps."""
+    clock, sources = FakeClock(), MemorySources()
+    store.clock = clock
+    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(specs(n)))
+    job = _accepting_job(store, clock, Expansion(uri, generation, format=fmt))
+    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
+                      lease_seconds=60, ramp=Ramp(1e9))
+    return job, deps
+
+
 class IndexReadingStore(KillingStore):
     def item_indexes(self, job_id, keys):
         self.__dict__.setdefault("index_reads", []).append(len(keys))
@@ -393,16 +404,12 @@ class IndexReadingStore(KillingStore):
 # jsonl: a read per chunk, the chunk cut short by the kill read twice.
 @pytest.mark.parametrize("fmt, reads", [(expanding.STAGED_FORMAT, []), ("jsonl", [10, 10, 10, 5])])
 def test_a_staged_body_is_expanded_without_reading_its_items_first(fmt, reads):
-    clock, store, sources = FakeClock(), IndexReadingStore(), MemorySources()
-    store.clock = clock
-    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(specs(25)))
-    job = _accepting_job(store, clock, Expansion(uri, generation, format=fmt))
-    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
-                      lease_seconds=60, ramp=Ramp(1e9))
+    store = IndexReadingStore()
+    job, deps = _interactive_job_with(store, 25, fmt)
     store.kill_at = ("update_expansion", 2, False)  # a chunk written again after a kill
     with pytest.raises(Killed):
-        expanding.expand_job(job.job_id, "a", deps, clock.now() + 100)
-    clock.advance(61)
+        expanding.expand_job(job.job_id, "a", deps, deps.clock.now() + 100)
+    deps.clock.advance(61)
     assert run_to_end(job.job_id, deps) == ["done"]
     assert stored_items(store, job.job_id) == [(i, f"item-{i:05d}") for i in range(25)]
     assert store.get_job(job.job_id).item_count == 25
@@ -413,16 +420,6 @@ class ListCountingStore(KillingStore):
     def list_items(self, job_id, start_after_index, limit):
         self.__dict__["lists"] = self.__dict__.get("lists", 0) + 1
         return super().list_items(job_id, start_after_index, limit)
-
-
-def _interactive_job_with(store, n: int):
-    clock, sources = FakeClock(), MemorySources()
-    store.clock = clock
-    uri, generation, _ = sources.put_staged("_accepted/j1.jsonl", expanding.staged_jsonl(specs(n)))
-    job = _accepting_job(store, clock, Expansion(uri, generation))
-    deps = ExpandDeps(store=store, sources=sources, queue=InMemoryWorkQueue(), clock=clock, chunk_items=10,
-                      lease_seconds=60, ramp=Ramp(1e9))
-    return job, deps
 
 
 @pytest.mark.parametrize("held, lists", [(1000, 0), (20, 1)])

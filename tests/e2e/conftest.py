@@ -63,6 +63,12 @@ def stack_function_env() -> dict[str, str]:
         "WEBHOOK_TIMEOUT_SECONDS": "3",
         # The poller's sweep republishes a running item 1 s after its lease expired.
         "STUCK_LEASE_GRACE_SECONDS": "1",
+        # ... and a queued item untouched for 20 s (900 s in a deployment: 15 windows, scaled
+        # here to the 2 s window). The Pub/Sub emulator's push sometimes never redelivers a
+        # message it was answered a nack for: in about one run in four of the 5xx-burst and
+        # dead-letter scenarios, an item nacked twice stayed queued with no further push in
+        # the emulator's log or the worker's. That is the loss this sweep exists for.
+        "STUCK_QUEUED_SECONDS": "20",
     }
 
 

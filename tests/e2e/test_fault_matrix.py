@@ -339,8 +339,9 @@ def test_dead_letters_from_pubsub_then_retry(stack, publisher):
     started = time.monotonic()
     configure_gemini(stack, prompt_rules(("picture 0", "500")))
     job_id = submit(stack, items("dlq", 3))
-    # The 500s dead-letter item 0 in the worker; items 1 and 2 succeed.
-    statuses = drive(stack, [job_id], ticks=False)
+    # The 500s dead-letter item 0 in the worker; items 1 and 2 succeed. The poller ticks, as
+    # Cloud Scheduler's would: its sweep republishes a message the emulator failed to redeliver.
+    statuses = drive(stack, [job_id])
     assert statuses[0]["counts"]["dead_lettered"] == 1
     configure_gemini(stack, {"faults": {"prompt_rules": []}})
     r = requests.post(f"{stack.url('api')}/v1/jobs/{job_id}:retry", timeout=HTTP_TIMEOUT)

@@ -3,7 +3,8 @@
 Windows and timeouts are short so the folder runs in about a minute on 2 cores (10 s of it
 waiting out a killed worker's lease, the test marked slow): a 2 s quota window on both sides
 (worker and emulator), 3 attempts, a 3 s model timeout. The worker is fed by the Pub/Sub
-emulator's push subscription (at most 2 pushes in flight), which redelivers after 1-2 s; its
+emulator's push subscription (at most 2 pushes in flight), which redelivers after 1-2 s (now and
+then never: the poller's sweep republishes an item left queued 20 s, see below); its
 ack deadline (20 s) stays above the longest delivery (MAX_WAIT_SECONDS +
 GEMINI_TIMEOUT_SECONDS + Firestore round trips), so a message is never pushed again while a
 worker is still on it.

@@ -163,10 +163,11 @@ class ExpandDeps:
 
 
 class _Written:
-    """The keys of the items one attempt wrote, while there are at most MAX_KEYS_HELD."""
+    """The keys of the items one attempt wrote, if it holds them (`hold`) and while there are at
+    most MAX_KEYS_HELD; keys None: not held."""
 
-    def __init__(self) -> None:
-        self.keys: list[str] | None = []
+    def __init__(self, hold: bool) -> None:
+        self.keys: list[str] | None = [] if hold else None
 
     def add(self, keys: list[str]) -> None:
         if self.keys is not None:
@@ -175,7 +176,7 @@ class _Written:
                 self.keys = None
 
     def all_of(self, exp: Expansion) -> list[str] | None:
-        """Every item of the job, or None when some were written by another attempt or dropped."""
+        """Every item of the job, or None when not held, or some were written by another attempt."""
         return self.keys if self.keys is not None and len(self.keys) == exp.items else None
 
 
@@ -234,7 +235,7 @@ def expand_job(job_id: str, owner: str, deps: ExpandDeps, deadline: float) -> st
     # An interactive job expanded from its first line to its last by this one attempt publishes
     # the keys it wrote, rather than read its items back (a query a page, on the emulator a scan
     # of the job's items each: 5 s of the 9 s a 1,500-item job took to expand).
-    written = _Written() if job.lane is Lane.INTERACTIVE and saved[0].items == 0 else None
+    written = _Written(hold=job.lane is Lane.INTERACTIVE and saved[0].items == 0)
     try:
         finished = _expand_chunks(job, saved, owner, deps, deadline, written)
     except SourceUnavailable as e:
@@ -295,9 +296,9 @@ class _LeaseLost(Exception):
 
 
 def _expand_chunks(job: Job, saved: list[Expansion], owner: str, deps: ExpandDeps, deadline: float,
-                   written: _Written | None = None) -> bool:
+                   written: _Written) -> bool:
     """Write chunks until the source ends (True) or the budget does (False); saved[0] is kept
-    at the last checkpoint written, and `written` (if given) gets the keys of the items written."""
+    at the last checkpoint written, and `written` gets the keys of the items written."""
     clock = deps.clock
     lines = deps.sources.lines(saved[0])
     # A batch job's chunk is at least a whole batch, so that its batches are as full as when the
@@ -339,7 +340,7 @@ def _take(lines: Iterator[Line], size: int) -> tuple[list[Line], list[Line], Lin
 
 
 def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], last: Line,
-                 deps: ExpandDeps, written: _Written | None = None) -> Expansion:
+                 deps: ExpandDeps, written: _Written) -> Expansion:
     """Create the chunk's items (and, batch lane, its intents); the checkpoint after it."""
     store, now = deps.store, deps.clock.now()
     items, duplicates = _new_items(job, exp, chunk, store, now)
@@ -350,8 +351,7 @@ def _write_chunk(job: Job, exp: Expansion, chunk: list[Line], bad: list[Line], l
     if exp.items + len(items) > deps.max_items:
         raise _Refused(f"the source holds more than {deps.max_items} items, the most one job takes")
     store.create_items(job.job_id, items, job_created_at=job.created_at)
-    if written is not None:
-        written.add([it.key for it in items])
+    written.add([it.key for it in items])
     if deps.batches is not None and job.lane is Lane.BATCH and items:
         deps.batches.create_intents(plan_intents(job, items, max_requests=deps.batch_max_requests, now=now,
                                                  series=_series(exp.chunks)))
@@ -400,7 +400,7 @@ def _new_items(job: Job, exp: Expansion, chunk: list[Line], store: JobStore,
 # --- the end ---------------------------------------------------------------------------------
 
 
-def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps, written: _Written | None = None) -> str:
+def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps, written: _Written) -> str:
     """accepting -> queued, the count known; a source job's cost reserved now; interactive:
     publish (published stays False until done, so reconcile_unpublished finishes a crash)."""
     store, clock, accounting = deps.store, deps.clock, deps.accounting
@@ -420,7 +420,7 @@ def _finish(job: Job, exp: Expansion, owner: str, deps: ExpandDeps, written: _Wr
         # reserves nothing, the safe side for the caller; the daily budget still caps spend).
         accounting.reserve(job.lane, exp.items, cost=estimate, job_id=job.job_id)
     if job.lane is Lane.INTERACTIVE:
-        _publish_all(job.job_id, deps, written.all_of(exp) if written is not None else None)
+        _publish_all(job.job_id, deps, written.all_of(exp))
     else:
         _nudge_intents(job.job_id, deps)
     log.info("job %s expanded: %d items, %d line(s) refused", job.job_id, exp.items, exp.bad_lines,

@@ -395,16 +395,22 @@ def _interactive_job_with(store, n: int, fmt: str = expanding.STAGED_FORMAT):
     return job, deps
 
 
-class IndexReadingStore(KillingStore):
+class ReadCountingStore(KillingStore):
+    """Counts the reads of items an expansion may make: index lookups (their sizes) and listings."""
+
     def item_indexes(self, job_id, keys):
         self.__dict__.setdefault("index_reads", []).append(len(keys))
         return super().item_indexes(job_id, keys)
+
+    def list_items(self, job_id, start_after_index, limit):
+        self.__dict__["lists"] = self.__dict__.get("lists", 0) + 1
+        return super().list_items(job_id, start_after_index, limit)
 
 
 # jsonl: a read per chunk, the chunk cut short by the kill read twice.
 @pytest.mark.parametrize("fmt, reads", [(expanding.STAGED_FORMAT, []), ("jsonl", [10, 10, 10, 5])])
 def test_a_staged_body_is_expanded_without_reading_its_items_first(fmt, reads):
-    store = IndexReadingStore()
+    store = ReadCountingStore()
     job, deps = _interactive_job_with(store, 25, fmt)
     store.kill_at = ("update_expansion", 2, False)  # a chunk written again after a kill
     with pytest.raises(Killed):
@@ -416,18 +422,12 @@ def test_a_staged_body_is_expanded_without_reading_its_items_first(fmt, reads):
     assert store.__dict__.get("index_reads", []) == reads
 
 
-class ListCountingStore(KillingStore):
-    def list_items(self, job_id, start_after_index, limit):
-        self.__dict__["lists"] = self.__dict__.get("lists", 0) + 1
-        return super().list_items(job_id, start_after_index, limit)
-
-
 @pytest.mark.parametrize("held, lists", [(1000, 0), (20, 1)])
 def test_an_interactive_job_expanded_in_one_attempt_publishes_the_keys_it_wrote(monkeypatch, held, lists):
     # Reading the items back is a query a page (a scan of the job's items each on the emulator);
     # past MAX_KEYS_HELD keys the expansion does read them back.
     monkeypatch.setattr(expanding, "MAX_KEYS_HELD", held)
-    store = ListCountingStore()
+    store = ReadCountingStore()
     job, deps = _interactive_job_with(store, 25)
     assert run_to_end(job.job_id, deps) == ["done"]
     assert store.__dict__.get("lists", 0) == lists
@@ -436,7 +436,7 @@ def test_an_interactive_job_expanded_in_one_attempt_publishes_the_keys_it_wrote(
 
 
 def test_an_interactive_job_resumed_after_a_kill_reads_its_items_back_to_publish_them():
-    store = ListCountingStore()
+    store = ReadCountingStore()
     job, deps = _interactive_job_with(store, 25)
     store.kill_at = ("update_expansion", 2, True)  # the second checkpoint written, then killed
     with pytest.raises(Killed):

@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pybase64
+
 from core import images
 from core.errors import (
     ContentRefused, GenerationError, InvalidRequest, MalformedResponse, QuotaExceeded, TransientError,
@@ -65,21 +67,17 @@ _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def _b64decode(data: bytes) -> bytes:
-    """base64.b64decode(data, validate=True), about a quarter cheaper for well-formed data.
+    """binascii.a2b_base64(data, strict_mode=True), some fifty times faster for well-formed data.
 
-    The lenient decoder skips what is not base64, so a result of exactly the length that the
-    input's size and padding call for means there was nothing to skip: the input was canonical
-    base64 and the strict decoder would have returned the same bytes. Anything else is decided
-    by the strict decoder itself. (tests/unit/test_jsonl_scan.py compares the two on mutated input.)"""
-    if len(data) % 4 == 0:
-        try:
-            raw = binascii.a2b_base64(data)
-        except binascii.Error:
-            raw = b""  # its own message would differ from the strict decoder's
-        pad = 2 if data.endswith(b"==") else 1 if data.endswith(b"=") else 0
-        if len(raw) == len(data) // 4 * 3 - pad:
-            return raw
-    return binascii.a2b_base64(data, strict_mode=True)
+    pybase64's SIMD decoder (validate=True) takes about 0.1 ms per MB where binascii takes 4 to
+    5, holding the GIL that the reading thread and the uploads need. It accepts a subset of what
+    the strict decoder accepts, decoded to the same bytes (it also refuses surplus padding, such
+    as "QUJH=="), so what it refuses is decided by the strict decoder itself: the answers are the
+    strict decoder's. (tests/unit/test_jsonl_scan.py compares the two on mutated input.)"""
+    try:
+        return pybase64.b64decode(data, validate=True)
+    except binascii.Error:
+        return binascii.a2b_base64(data, strict_mode=True)
 
 
 @dataclass(frozen=True)

@@ -427,15 +427,15 @@ class BatchLane:
             if overdue:
                 info = self._cancel_overdue(intent, info)
             state = normalise_state(info.state)
-            if state != intent.gemini_state:
-                self._update(intent, owner, GeminiStateSeen(self.clock.now(), state))
             if state == "BATCH_STATE_SUCCEEDED":
-                self._update(intent, owner, IngestStarted(self.clock.now(), info.output_file))
+                self._update(intent, owner, IngestStarted(self.clock.now(), info.output_file))  # the state with it
                 intent.state, intent.output_file = IntentState.INGESTING, info.output_file
-            elif state in TERMINAL_BATCH_STATES:
-                self._resubmit(intent, owner, f"batch ended {state}" + (" past the local deadline" if overdue else ""))
-                return "resubmitted"
             else:
+                if state != intent.gemini_state:
+                    self._update(intent, owner, GeminiStateSeen(self.clock.now(), state))
+                if state in TERMINAL_BATCH_STATES:
+                    self._resubmit(intent, owner, f"batch ended {state}" + (" past the local deadline" if overdue else ""))
+                    return "resubmitted"
                 return "running"
         if not ingest_here:
             # The tick only decides: the ingest runs in its own request (a nudge, pushed back to

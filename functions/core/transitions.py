@@ -356,12 +356,14 @@ class GeminiStateSeen:
 
 @dataclass(frozen=True)
 class IngestStarted:
-    """The batch succeeded: its results file is to be ingested."""
+    """The batch succeeded: its results file is to be ingested. Records the state seen too, in
+    the same write (a GeminiStateSeen before it would cost a round trip per batch)."""
     at: float
     output_file: str | None
 
     def as_fields(self) -> dict[str, Any]:
-        return {"state": IntentState.INGESTING.value, "output_file": self.output_file, "updated_at": self.at}
+        return {"state": IntentState.INGESTING.value, "gemini_state": "BATCH_STATE_SUCCEEDED",
+                "output_file": self.output_file, "updated_at": self.at}
 
 
 @dataclass(frozen=True)

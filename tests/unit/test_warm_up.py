@@ -57,3 +57,14 @@ def test_requests_wait_for_a_warm_up_under_way(monkeypatch):
     release.set()
     waiter.join()
     monkeypatch.setattr(wiring, "_warm_up_thread", None)
+
+
+def test_the_poller_and_the_api_build_the_sdks_batch_models_before_their_first_batch():
+    from google.genai import types
+
+    from adapters.gemini_batches import warm_up_sdk
+
+    assert "warm_batch_api" in wiring._WARM_UP["scheduled_poller"] and "warm_batch_api" in wiring._WARM_UP["http_api"]
+    info = warm_up_sdk()  # no client, no request
+    assert (info.name, info.state, info.output_file) == ("batches/warm-up", "JOB_STATE_SUCCEEDED", "files/warm-up")
+    assert types.BatchJob.__pydantic_complete__ and types.BatchJobDestination.__pydantic_complete__

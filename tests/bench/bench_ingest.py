@@ -212,35 +212,6 @@ def download_copy(name: str, path: Path) -> None:
 # --- the benchmark --------------------------------------------------------------------------
 
 
-def warm_firestore(rounds: int = 12, items: int = 200) -> None:
-    """Run the Firestore emulator's checkpoint-shaped work before any timed run. The emulator is
-    a JVM: on a new stack its first commits of a few hundred documents run before its JIT has
-    compiled them (a 150-item read and commit took 0.55 s in the first ingest and 0.17 s once
-    warm), a cost the poller would pay only on this machine. Each round reads the documents,
-    updates them conditionally in one batch and queries them in order, as a checkpoint and a
-    manifest do; the scratch collection is deleted after."""
-    from google.cloud import firestore
-
-    db = firestore.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"])
-    scratch = db.collection("bench_warm_up")
-    refs = [scratch.document(f"d{n:04d}") for n in range(items)]
-    batch = db.batch()
-    for n, ref in enumerate(refs):
-        batch.set(ref, {"state": "queued", "index": n, "prompt": "a studio photo of a chair"})
-    batch.commit()
-    for r in range(rounds):
-        batch = db.batch()
-        for snap in db.get_all(refs):
-            batch.update(snap.reference, {"state": f"round-{r}", "gcs_uri": f"gs://warm/{snap.id}"},
-                         option=db.write_option(last_update_time=snap.update_time))
-        batch.commit()
-        list(scratch.order_by("index").limit(items).stream())
-    batch = db.batch()
-    for ref in refs:
-        batch.delete(ref)
-    batch.commit()
-
-
 def accept_10k(stack, label: str) -> float:
     body = {"lane": "batch", "requests": [{"prompt": f"catalogue image {i}: a chair, angle {i % 12}"} for i in range(10_000)]}
     start = time.monotonic()
@@ -355,6 +326,7 @@ def main() -> int:
         return 0
 
     from infra.local import Ports, Stack
+    from tests.bench.warm_up import warm_firestore
 
     function_env = {"BATCH_MAX_REQUESTS": "1000"}
     # No Gemini webhooks: their nudge would have the stack's poller ingest each file before the runs.
@@ -368,9 +340,7 @@ def main() -> int:
             accept_10k(stack, "second job")
             requests.post(f"{stack.url('gemini')}/_emulator/reset", timeout=30).raise_for_status()
             stack.wipe_firestore()
-        started = time.monotonic()
-        warm_firestore()
-        print(f"Firestore emulator warmed up in {time.monotonic() - started:.1f}s", flush=True)
+        print(f"Firestore emulator warmed up in {warm_firestore():.1f}s", flush=True)
         results = [ingest_size(stack, int(size), args.line_bytes, args.timeout) for size in args.sizes.split(",")]
     failures = [f for r in results for f in r["failures"]]
     peaks = [r["poller_peak_rss"] for r in results if r["poller_peak_rss"] is not None]
